@@ -1,0 +1,272 @@
+//! Wire types spoken by the Tessera server, the native client and the browser client, defined once.
+//!
+//! Every JSON body of the HTTP API under `/api/v1` is one of these types. Times are Unix seconds.
+//! WebAuthn options and credentials are the `webauthn-rs-proto` types, which are the JSON that the
+//! browser's `parseCreationOptionsFromJSON` / `toJSON()` helpers read and write.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub use webauthn_rs_proto::{
+    CreationChallengeResponse, PublicKeyCredential, RegisterPublicKeyCredential,
+    RequestChallengeResponse,
+};
+
+/// The path prefix of every JSON endpoint.
+pub const API_PREFIX: &str = "/api/v1";
+
+/// The name of the browser's session cookie (HttpOnly, SameSite=Strict).
+pub const SESSION_COOKIE: &str = "tessera_session";
+
+/// A member's role in their circle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// May issue and revoke invitations and revoke members.
+    Admin,
+    /// May use the circle.
+    Member,
+}
+
+impl Role {
+    /// The role's name as stored and sent (`admin` or `member`).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Member => "member",
+        }
+    }
+
+    /// Parses a stored role name.
+    #[must_use]
+    pub fn parse(name: &str) -> Option<Role> {
+        match name {
+            "admin" => Some(Role::Admin),
+            "member" => Some(Role::Member),
+            _ => None,
+        }
+    }
+}
+
+/// Every refused request answers with this body and a 4xx (or, without detail, 5xx) status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// A stable machine-readable code, e.g. `invitation_unusable`.
+    pub error: String,
+    /// A sentence for people.
+    pub message: String,
+}
+
+/// `POST /api/v1/enroll/start`: begin enrolling a hardware key with an invitation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollStartRequest {
+    /// The invitation token from the link `/join/<token>`.
+    pub token: String,
+    /// A label for the key's holder, shown by the authenticator; never stored by the server.
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+/// `POST /api/v1/me/passkeys/start`: begin adding another key to one's own membership.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AddPasskeyStartRequest {
+    /// A label shown by the authenticator; never stored by the server.
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+/// The answer to a registration start: the ceremony id and the options for `navigator.credentials.create`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegistrationOptions {
+    /// The ceremony id to send back with the credential; single use, expires in minutes.
+    pub ceremony: String,
+    /// `{"publicKey": {…}}`: the creation options.
+    #[serde(flatten)]
+    pub options: CreationChallengeResponse,
+}
+
+/// The answer to a login start: the ceremony id and the options for `navigator.credentials.get`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuthenticationOptions {
+    /// The ceremony id to send back with the assertion; single use, expires in minutes.
+    pub ceremony: String,
+    /// `{"publicKey": {…}}`: the request options (no allowed credentials: discoverable login).
+    #[serde(flatten)]
+    pub options: RequestChallengeResponse,
+}
+
+/// `POST …/enroll/finish` and `POST …/me/passkeys/finish`: the new credential.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegistrationFinishRequest {
+    /// The ceremony id from the start.
+    pub ceremony: String,
+    /// The browser's `PublicKeyCredential.toJSON()`.
+    pub credential: RegisterPublicKeyCredential,
+}
+
+/// `POST …/login/finish`: the assertion.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginFinishRequest {
+    /// The ceremony id from the start.
+    pub ceremony: String,
+    /// The browser's `PublicKeyCredential.toJSON()`.
+    pub credential: PublicKeyCredential,
+}
+
+/// A new session, after enrollment or login. The browser also receives it as a cookie.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionGranted {
+    /// The member id.
+    pub member: Uuid,
+    /// The member's circle.
+    pub circle: Uuid,
+    /// The member's role.
+    pub role: Role,
+    /// The session token: `Authorization: Bearer <session>` for native clients.
+    pub session: String,
+    /// When the session ends.
+    pub expires_at: i64,
+}
+
+/// `GET /api/v1/me`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Me {
+    /// The member id.
+    pub member: Uuid,
+    /// The member's circle.
+    pub circle: Uuid,
+    /// The member's role.
+    pub role: Role,
+    /// When the member enrolled.
+    pub created_at: i64,
+}
+
+/// A passkey's public half, as peers need it to verify a member's device certificates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicKeyInfo {
+    /// The credential id, base64url without padding.
+    pub credential_id: String,
+    /// The COSE algorithm name: `ES256` or `EdDSA`.
+    pub alg: String,
+    /// ES256: the SEC1 uncompressed point; EdDSA: the 32-byte key; base64url without padding.
+    pub public_key: String,
+}
+
+/// One of the member's own keys: `GET /api/v1/me/passkeys`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PasskeyInfo {
+    /// The credential id (base64url), also the id for `DELETE /api/v1/me/passkeys/{id}`.
+    pub id: String,
+    /// The authenticator model's AAGUID, when the authenticator reported one.
+    pub aaguid: Option<Uuid>,
+    /// When the key was enrolled.
+    pub created_at: i64,
+    /// When the key last logged in.
+    pub last_used_at: Option<i64>,
+    /// The public key.
+    pub public_key: PublicKeyInfo,
+}
+
+/// `POST /api/v1/invitations`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateInvitationRequest {
+    /// The role the newcomer gets.
+    pub role: Role,
+    /// The invitation's lifetime in seconds (60 s to 30 days).
+    pub ttl_secs: u64,
+}
+
+/// `POST /api/v1/members/{id}/recovery`: an invitation for an existing member to enroll a new key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateRecoveryRequest {
+    /// The invitation's lifetime in seconds (60 s to 30 days).
+    pub ttl_secs: u64,
+}
+
+/// A freshly issued invitation: the only time its token is ever shown.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedInvitation {
+    /// The invitation's id (for listing and revoking).
+    pub id: Uuid,
+    /// The secret token (256 random bits, base64url).
+    pub token: String,
+    /// The enrollment link, `<origin>/join/<token>`.
+    pub url: String,
+    /// When the invitation stops working.
+    pub expires_at: i64,
+    /// The link as a QR code, an SVG document.
+    pub qr_svg: String,
+}
+
+/// What a pending invitation admits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InvitationKind {
+    /// A new member with the invitation's role.
+    Newcomer,
+    /// A new key for an existing member (after losing theirs).
+    Recovery,
+}
+
+/// A pending invitation, as admins list it (never with its token).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InvitationInfo {
+    /// The invitation's id.
+    pub id: Uuid,
+    /// Newcomer or recovery.
+    pub kind: InvitationKind,
+    /// The role it grants (for recovery: the member's role).
+    pub role: Role,
+    /// For a recovery invitation: the member it recovers.
+    pub member: Option<Uuid>,
+    /// The admin who issued it.
+    pub created_by: Option<Uuid>,
+    /// When it was issued.
+    pub created_at: i64,
+    /// When it stops working.
+    pub expires_at: i64,
+}
+
+/// One member of the circle directory: `GET /api/v1/members`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberInfo {
+    /// The member id (also the WebAuthn user handle).
+    pub id: Uuid,
+    /// The member's role.
+    pub role: Role,
+    /// When the member enrolled.
+    pub created_at: i64,
+    /// The public keys of the member's hardware keys.
+    pub passkeys: Vec<PublicKeyInfo>,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Health {
+    /// `ok` when the database answers.
+    pub status: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_round_trip_through_their_names() {
+        for role in [Role::Admin, Role::Member] {
+            assert_eq!(Role::parse(role.as_str()), Some(role));
+            let json = serde_json::to_string(&role).expect("serialize");
+            assert_eq!(json, format!("\"{}\"", role.as_str()));
+        }
+        assert_eq!(Role::parse("owner"), None);
+    }
+
+    #[test]
+    fn enroll_start_label_is_optional() {
+        let request: EnrollStartRequest =
+            serde_json::from_str(r#"{"token":"abc"}"#).expect("parse");
+        assert_eq!(request.token, "abc");
+        assert!(request.label.is_none());
+    }
+}

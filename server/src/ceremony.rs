@@ -1,0 +1,205 @@
+//! WebAuthn ceremonies: their server-side state (single use, expiring in minutes), and turning a verified key into what the store keeps.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+use tessera_wire::{PasskeyInfo, PublicKeyInfo, RegisterPublicKeyCredential, Role};
+use uuid::Uuid;
+use webauthn_rs::prelude::{COSEKeyType, DiscoverableAuthentication, Passkey, PasskeyRegistration};
+
+use crate::config::AttestationPolicy;
+use crate::error::{ApiError, ApiResult};
+use crate::secret::{self, Digest};
+use crate::state::AppState;
+use crate::store::PasskeyRecord;
+
+/// What a ceremony was started for, with the webauthn-rs state that finishes it.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CeremonyState {
+    /// Enrolling a key with an invitation.
+    Enroll {
+        /// The invitation to consume.
+        invitation_hash: Digest,
+        /// The member being enrolled (new, or existing for a recovery).
+        member: Uuid,
+        /// The circle.
+        circle: Uuid,
+        /// The role.
+        role: Role,
+        /// Whether the member is new.
+        new_member: bool,
+        /// The registration state.
+        registration: PasskeyRegistration,
+    },
+    /// A logged-in member adding a key.
+    AddKey {
+        /// The member.
+        member: Uuid,
+        /// The registration state.
+        registration: PasskeyRegistration,
+    },
+    /// A discoverable login.
+    Login {
+        /// The authentication state.
+        authentication: DiscoverableAuthentication,
+    },
+}
+
+/// Stores a ceremony's state and returns its fresh id.
+///
+/// # Errors
+/// When the store fails.
+pub async fn begin(state: &AppState, ceremony: &CeremonyState) -> ApiResult<String> {
+    let id = secret::new_token();
+    let json = serde_json::to_string(ceremony).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let expires_at = state.clock.now() + state.config.ceremony_ttl_secs;
+    state
+        .store
+        .put_ceremony(&secret::digest(&id), &json, expires_at)
+        .await?;
+    Ok(id)
+}
+
+/// Takes a ceremony's state: it can be taken once, before it expires.
+///
+/// # Errors
+/// [`ApiError::CeremonyUnknown`] when the id is malformed, unknown, used or expired.
+pub async fn take(state: &AppState, id: &str) -> ApiResult<CeremonyState> {
+    if !secret::looks_like_token(id) {
+        return Err(ApiError::CeremonyUnknown);
+    }
+    let json = state
+        .store
+        .take_ceremony(&secret::digest(id), state.clock.now())
+        .await?
+        .ok_or(ApiError::CeremonyUnknown)?;
+    serde_json::from_str(&json).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// The label shown by the authenticator: trimmed, at most 64 characters, never stored.
+///
+/// # Errors
+/// [`ApiError::Invalid`] when it is too long or holds control characters.
+pub fn authenticator_label(label: Option<&str>) -> ApiResult<String> {
+    let label = label.map(str::trim).filter(|l| !l.is_empty());
+    match label {
+        None => Ok("Tessera member".to_owned()),
+        Some(l) if l.chars().count() > 64 => Err(ApiError::Invalid(
+            "the label may have at most 64 characters".into(),
+        )),
+        Some(l) if l.chars().any(char::is_control) => Err(ApiError::Invalid(
+            "the label may not contain control characters".into(),
+        )),
+        Some(l) => Ok(l.to_owned()),
+    }
+}
+
+/// Asks the browser for a discoverable credential on a roaming (cross-platform) key with user verification.
+pub fn require_discoverable_roaming_key(
+    options: &mut webauthn_rs::prelude::CreationChallengeResponse,
+) {
+    use webauthn_rs_proto::{
+        AuthenticatorAttachment, ResidentKeyRequirement, UserVerificationPolicy,
+    };
+    let selection = options
+        .public_key
+        .authenticator_selection
+        .get_or_insert_with(Default::default);
+    selection.resident_key = Some(ResidentKeyRequirement::Required);
+    selection.require_resident_key = true;
+    selection.user_verification = UserVerificationPolicy::Required;
+    selection.authenticator_attachment = Some(AuthenticatorAttachment::CrossPlatform);
+}
+
+/// The AAGUID in a registration's authenticator data, if it reports one (not all zero).
+fn reported_aaguid(credential: &RegisterPublicKeyCredential) -> Option<Uuid> {
+    let object: ciborium::Value =
+        ciborium::from_reader(&credential.response.attestation_object[..]).ok()?;
+    let auth_data = object
+        .as_map()?
+        .iter()
+        .find(|(key, _)| key.as_text() == Some("authData"))?
+        .1
+        .as_bytes()?;
+    // rpIdHash (32) ‖ flags (1) ‖ counter (4) ‖ AAGUID (16) when attested credential data is present.
+    let has_credential_data = auth_data.get(32).is_some_and(|flags| flags & 0x40 != 0);
+    let aaguid: [u8; 16] = auth_data.get(37..53)?.try_into().ok()?;
+    (has_credential_data && aaguid != [0; 16]).then(|| Uuid::from_bytes(aaguid))
+}
+
+/// Checks the attestation policy and builds the row for a newly verified key.
+///
+/// # Errors
+/// [`ApiError::AttestationRefused`] when the key's model is not admitted.
+pub fn passkey_record(
+    state: &AppState,
+    member: Uuid,
+    passkey: &Passkey,
+    credential: &RegisterPublicKeyCredential,
+) -> ApiResult<PasskeyRecord> {
+    let aaguid = reported_aaguid(credential);
+    if let AttestationPolicy::Aaguids(allowed) = &state.config.attestation {
+        if !aaguid.is_some_and(|a| allowed.contains(&a)) {
+            return Err(ApiError::AttestationRefused);
+        }
+    }
+    Ok(PasskeyRecord {
+        credential_id: passkey.cred_id().to_vec(),
+        member,
+        passkey_json: serde_json::to_string(passkey)
+            .map_err(|e| ApiError::Internal(e.to_string()))?,
+        aaguid,
+        created_at: state.clock.now(),
+        last_used_at: None,
+    })
+}
+
+/// Reads back a stored passkey.
+///
+/// # Errors
+/// [`ApiError::Internal`] when the row does not parse.
+pub fn stored_passkey(record: &PasskeyRecord) -> ApiResult<Passkey> {
+    serde_json::from_str(&record.passkey_json)
+        .map_err(|e| ApiError::Internal(format!("stored passkey does not parse: {e}")))
+}
+
+/// The public half of a stored passkey, as peers need it.
+///
+/// # Errors
+/// [`ApiError::Internal`] when the row does not parse or holds an unsupported key type.
+pub fn public_key_info(record: &PasskeyRecord) -> ApiResult<PublicKeyInfo> {
+    let passkey = stored_passkey(record)?;
+    let (alg, bytes) = match &passkey.get_public_key().key {
+        COSEKeyType::EC_EC2(ec) => {
+            let mut point = Vec::with_capacity(65);
+            point.push(0x04);
+            point.extend_from_slice(ec.x.as_ref());
+            point.extend_from_slice(ec.y.as_ref());
+            ("ES256", point)
+        }
+        COSEKeyType::EC_OKP(okp) => ("EdDSA", okp.x.to_vec()),
+        COSEKeyType::RSA(_) => {
+            return Err(ApiError::Internal("RSA keys are not supported".into()));
+        }
+    };
+    Ok(PublicKeyInfo {
+        credential_id: URL_SAFE_NO_PAD.encode(&record.credential_id),
+        alg: alg.to_owned(),
+        public_key: URL_SAFE_NO_PAD.encode(bytes),
+    })
+}
+
+/// One of a member's keys, as they see it in their account.
+///
+/// # Errors
+/// [`ApiError::Internal`] when the row does not parse.
+pub fn passkey_info(record: &PasskeyRecord) -> ApiResult<PasskeyInfo> {
+    Ok(PasskeyInfo {
+        id: URL_SAFE_NO_PAD.encode(&record.credential_id),
+        aaguid: record.aaguid,
+        created_at: record.created_at,
+        last_used_at: record.last_used_at,
+        public_key: public_key_info(record)?,
+    })
+}

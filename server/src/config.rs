@@ -1,0 +1,206 @@
+//! Server configuration: command-line flags with `TESSERA_…` environment equivalents.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use url::Url;
+use uuid::Uuid;
+
+/// Tessera rendezvous server: hardware-key enrollment, login and invitations for invitation-only circles.
+#[derive(Debug, Parser)]
+#[command(name = "tessera-server", version, about)]
+pub struct Cli {
+    /// What to do; without a command the server runs.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// The server's settings.
+    #[command(flatten)]
+    pub config: Config,
+}
+
+/// Operator commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Create another circle and print its one-time admin invitation link (safe while the server runs).
+    NewCircle,
+}
+
+/// How the attestation of a newly enrolled key is judged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttestationPolicy {
+    /// Any authenticator that performs user verification.
+    None,
+    /// Only authenticators whose reported AAGUID is in the list.
+    Aaguids(Vec<Uuid>),
+}
+
+impl std::str::FromStr for AttestationPolicy {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        if text.eq_ignore_ascii_case("none") {
+            return Ok(AttestationPolicy::None);
+        }
+        let list = text
+            .split(',')
+            .map(|item| {
+                Uuid::parse_str(item.trim())
+                    .map_err(|_| format!("{item:?} is not an AAGUID (expected a UUID, or `none`)"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if list.is_empty() {
+            return Err("empty AAGUID list".into());
+        }
+        Ok(AttestationPolicy::Aaguids(list))
+    }
+}
+
+/// Everything the server needs to run.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address and port to listen on.
+    #[arg(
+        long,
+        env = "TESSERA_LISTEN",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
+    pub listen: SocketAddr,
+    /// Directory that holds the SQLite database (created if missing).
+    #[arg(
+        long,
+        env = "TESSERA_DATA_DIR",
+        default_value = "./tessera-data",
+        global = true
+    )]
+    pub data_dir: PathBuf,
+    /// The URL members open; its host is the WebAuthn relying-party id. Use https outside localhost.
+    #[arg(
+        long,
+        env = "TESSERA_ORIGIN",
+        default_value = "http://localhost:8080",
+        global = true
+    )]
+    pub origin: Url,
+    /// Which keys may enroll: `none` (any key with user verification) or a comma-separated list of AAGUIDs.
+    #[arg(
+        long,
+        env = "TESSERA_ATTESTATION",
+        default_value = "none",
+        global = true
+    )]
+    pub attestation: AttestationPolicy,
+    /// Lifetime of a login session, in seconds.
+    #[arg(long, env = "TESSERA_SESSION_TTL_SECS", default_value_t = 12 * 3600, global = true)]
+    pub session_ttl_secs: i64,
+    /// Lifetime of a WebAuthn ceremony (the time to touch the key), in seconds.
+    #[arg(
+        long,
+        env = "TESSERA_CEREMONY_TTL_SECS",
+        default_value_t = 300,
+        global = true
+    )]
+    pub ceremony_ttl_secs: i64,
+    /// WebAuthn ceremonies allowed per client address per minute (kept in memory only).
+    #[arg(
+        long,
+        env = "TESSERA_CEREMONY_RATE_PER_MINUTE",
+        default_value_t = 60,
+        global = true
+    )]
+    pub ceremony_rate_per_minute: u32,
+    /// Invitations an admin may issue per minute.
+    #[arg(
+        long,
+        env = "TESSERA_INVITATION_RATE_PER_MINUTE",
+        default_value_t = 30,
+        global = true
+    )]
+    pub invitation_rate_per_minute: u32,
+    /// Log filter (tracing syntax), e.g. `info` or `tessera_server=debug`.
+    #[arg(long, env = "TESSERA_LOG", default_value = "info", global = true)]
+    pub log: String,
+}
+
+impl Config {
+    /// The WebAuthn relying-party id: the origin's host.
+    ///
+    /// # Errors
+    /// When the origin has no host.
+    pub fn rp_id(&self) -> Result<String, String> {
+        self.origin
+            .host_str()
+            .map(str::to_owned)
+            .ok_or_else(|| format!("the origin {} has no host", self.origin))
+    }
+
+    /// The origin without a trailing slash, for building links.
+    #[must_use]
+    pub fn origin_base(&self) -> String {
+        self.origin.as_str().trim_end_matches('/').to_owned()
+    }
+
+    /// Whether cookies must be marked `Secure` (the origin is https).
+    #[must_use]
+    pub fn secure_cookies(&self) -> bool {
+        self.origin.scheme() == "https"
+    }
+
+    /// A configuration for tests: listens on 127.0.0.1 port 0, data in `data_dir`.
+    #[must_use]
+    pub fn for_tests(data_dir: PathBuf, origin: Url) -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir,
+            origin,
+            attestation: AttestationPolicy::None,
+            session_ttl_secs: 12 * 3600,
+            ceremony_ttl_secs: 300,
+            ceremony_rate_per_minute: 10_000,
+            invitation_rate_per_minute: 10_000,
+            log: "warn".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attestation_policy_parses() {
+        assert_eq!(
+            "none".parse::<AttestationPolicy>(),
+            Ok(AttestationPolicy::None)
+        );
+        let id = "cb69481e-8ff7-4039-93ec-0a2729a154a8";
+        assert_eq!(
+            format!("{id}, {id}").parse::<AttestationPolicy>(),
+            Ok(AttestationPolicy::Aaguids(vec![
+                Uuid::parse_str(id).expect("uuid"),
+                Uuid::parse_str(id).expect("uuid")
+            ]))
+        );
+        assert!("yubikey".parse::<AttestationPolicy>().is_err());
+    }
+
+    #[test]
+    fn every_option_has_help() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+        let help = Cli::command().render_long_help().to_string();
+        for flag in [
+            "--listen",
+            "--data-dir",
+            "--origin",
+            "--attestation",
+            "TESSERA_ORIGIN",
+        ] {
+            assert!(help.contains(flag), "--help lacks {flag}");
+        }
+    }
+}

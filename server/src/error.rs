@@ -1,0 +1,166 @@
+//! Every refusal and failure of the HTTP API, mapped once to a status and a `{"error", "message"}` body.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use tessera_wire::ErrorBody;
+
+use crate::store::StoreError;
+
+/// Why a request was refused or failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// No valid session (missing, unknown, expired, or its member was revoked).
+    #[error("a valid session is required")]
+    Unauthorized,
+    /// The session's member lacks the role.
+    #[error("only an admin of the circle may do this")]
+    AdminRequired,
+    /// The thing named does not exist in the caller's circle.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The invitation is unknown, used, revoked or expired.
+    #[error("this invitation is unknown, already used, revoked or expired")]
+    InvitationUnusable,
+    /// The ceremony id is unknown, was already used, or expired.
+    #[error("this ceremony is unknown, already finished or expired; start again")]
+    CeremonyUnknown,
+    /// The ceremony was started for another purpose (e.g. a login ceremony sent to enrollment).
+    #[error("this ceremony belongs to another operation")]
+    CeremonyMismatch,
+    /// WebAuthn verification refused the authenticator's response.
+    #[error("the authenticator's response was refused ({0})")]
+    WebauthnRejected(String),
+    /// The key is not registered here.
+    #[error("this key is not registered in any circle here")]
+    UnknownCredential,
+    /// The assertion's user handle does not match the key's member.
+    #[error("the key's user handle does not match its member")]
+    UserHandleMismatch,
+    /// The key's member was revoked.
+    #[error("this membership was revoked")]
+    MemberRevoked,
+    /// The key's signature counter went backwards: a possible clone.
+    #[error("the key's signature counter went backwards; it may have been cloned")]
+    CounterRegression,
+    /// The credential is already registered.
+    #[error("this key is already registered")]
+    CredentialExists,
+    /// The key's model is not admitted by the attestation policy.
+    #[error("this model of key is not admitted by the circle's policy")]
+    AttestationRefused,
+    /// The member would be left without a key.
+    #[error("you cannot remove your last key; add another first")]
+    LastPasskey,
+    /// An admin tried to revoke themselves.
+    #[error("an admin cannot revoke themselves")]
+    CannotRevokeSelf,
+    /// The request is well-formed JSON but its values are not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+    /// The body is not acceptable JSON.
+    #[error("{0}")]
+    MalformedBody(String),
+    /// The body is larger than the limit.
+    #[error("the request body is too large")]
+    BodyTooLarge,
+    /// The body is not declared as JSON.
+    #[error("the request body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
+    /// Too many requests from this client.
+    #[error("too many requests; wait a minute and try again")]
+    RateLimited,
+    /// Something failed inside the server; the cause is logged, never sent.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::AdminRequired => (StatusCode::FORBIDDEN, "admin_required"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::InvitationUnusable => (StatusCode::GONE, "invitation_unusable"),
+            ApiError::CeremonyUnknown => (StatusCode::BAD_REQUEST, "ceremony_unknown"),
+            ApiError::CeremonyMismatch => (StatusCode::BAD_REQUEST, "ceremony_mismatch"),
+            ApiError::WebauthnRejected(_) => (StatusCode::BAD_REQUEST, "webauthn_rejected"),
+            ApiError::UnknownCredential => (StatusCode::UNAUTHORIZED, "unknown_credential"),
+            ApiError::UserHandleMismatch => (StatusCode::UNAUTHORIZED, "user_handle_mismatch"),
+            ApiError::MemberRevoked => (StatusCode::FORBIDDEN, "member_revoked"),
+            ApiError::CounterRegression => (StatusCode::UNAUTHORIZED, "counter_regression"),
+            ApiError::CredentialExists => (StatusCode::CONFLICT, "credential_exists"),
+            ApiError::AttestationRefused => (StatusCode::FORBIDDEN, "attestation_refused"),
+            ApiError::LastPasskey => (StatusCode::CONFLICT, "last_passkey"),
+            ApiError::CannotRevokeSelf => (StatusCode::CONFLICT, "cannot_revoke_self"),
+            ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+            ApiError::MalformedBody(_) => (StatusCode::BAD_REQUEST, "malformed_body"),
+            ApiError::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            ApiError::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        match &self {
+            ApiError::Internal(cause) => tracing::error!(%cause, "request failed"),
+            ApiError::WebauthnRejected(cause) => tracing::info!(%cause, "webauthn refused"),
+            // Only the code: a message may echo what the client sent.
+            _ => tracing::info!(code, "request refused"),
+        }
+        let body = ErrorBody {
+            error: code.to_owned(),
+            message: self.to_string(),
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::InvitationUnusable => ApiError::InvitationUnusable,
+            StoreError::CredentialExists => ApiError::CredentialExists,
+            StoreError::LastPasskey => ApiError::LastPasskey,
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
+            JsonRejection::BytesRejection(_) => ApiError::BodyTooLarge,
+            other => ApiError::MalformedBody(other.body_text()),
+        }
+    }
+}
+
+impl From<webauthn_rs::prelude::WebauthnError> for ApiError {
+    fn from(error: webauthn_rs::prelude::WebauthnError) -> Self {
+        ApiError::WebauthnRejected(format!("{error:?}"))
+    }
+}
+
+/// The result of a handler.
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// A JSON body whose rejections answer in the API's error format.
+#[derive(Debug, axum::extract::FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+impl<T: serde::Serialize> IntoResponse for ApiJson<T> {
+    fn into_response(self) -> Response {
+        Json(self.0).into_response()
+    }
+}

@@ -1,0 +1,20 @@
+//! Tessera's rendezvous server: hardware-key enrollment and login (WebAuthn), invitations, the circle directory.
+//!
+//! The server holds only random ids, roles, public passkeys and hashes of secrets; see `docs/architecture.md`.
+
+pub mod app;
+pub mod auth;
+pub mod ceremony;
+pub mod circle;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod invitation;
+pub mod ratelimit;
+pub mod routes;
+pub mod secret;
+pub mod state;
+pub mod store;
+
+pub use app::Application;
+pub use config::Config;

@@ -1,0 +1,127 @@
+//! Enrollment with an invitation: `POST /enroll/start` and `/enroll/finish` (a new member, or a recovered one's new key).
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use axum::{Json, Router};
+use tessera_wire::{EnrollStartRequest, RegistrationFinishRequest, RegistrationOptions};
+use uuid::Uuid;
+use webauthn_rs::prelude::CredentialID;
+
+use crate::auth;
+use crate::ceremony::{self, CeremonyState};
+use crate::error::{ApiError, ApiJson, ApiResult};
+use crate::secret;
+use crate::state::AppState;
+use crate::store::{Enrollment, MemberRecord};
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/enroll/start", post(start))
+        .route("/enroll/finish", post(finish))
+}
+
+#[tracing::instrument(skip_all)]
+async fn start(
+    State(state): State<AppState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    ApiJson(request): ApiJson<EnrollStartRequest>,
+) -> ApiResult<Json<RegistrationOptions>> {
+    state.limits.ceremony(client.ip())?;
+    let label = ceremony::authenticator_label(request.label.as_deref())?;
+    if !secret::looks_like_token(&request.token) {
+        return Err(ApiError::InvitationUnusable);
+    }
+    let invitation_hash = secret::digest(&request.token);
+    let invitation = state
+        .store
+        .usable_invitation(&invitation_hash, state.clock.now())
+        .await?
+        .ok_or(ApiError::InvitationUnusable)?;
+
+    let (member, role, new_member, exclude) = match invitation.member {
+        Some(existing) => {
+            let member = state
+                .store
+                .member(existing)
+                .await?
+                .ok_or(ApiError::InvitationUnusable)?;
+            let keys: Vec<CredentialID> = state
+                .store
+                .passkeys_of(existing)
+                .await?
+                .into_iter()
+                .map(|k| k.credential_id.into())
+                .collect();
+            (member.id, member.role, false, Some(keys))
+        }
+        None => (Uuid::new_v4(), invitation.role, true, None),
+    };
+
+    let (mut options, registration) = state
+        .webauthn
+        .start_passkey_registration(member, &label, &label, exclude)?;
+    ceremony::require_discoverable_roaming_key(&mut options);
+    let ceremony = ceremony::begin(
+        &state,
+        &CeremonyState::Enroll {
+            invitation_hash,
+            member,
+            circle: invitation.circle,
+            role,
+            new_member,
+            registration,
+        },
+    )
+    .await?;
+    Ok(Json(RegistrationOptions { ceremony, options }))
+}
+
+#[tracing::instrument(skip_all)]
+async fn finish(
+    State(state): State<AppState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    ApiJson(request): ApiJson<RegistrationFinishRequest>,
+) -> ApiResult<impl IntoResponse> {
+    state.limits.ceremony(client.ip())?;
+    let CeremonyState::Enroll {
+        invitation_hash,
+        member,
+        circle,
+        role,
+        new_member,
+        registration,
+    } = ceremony::take(&state, &request.ceremony).await?
+    else {
+        return Err(ApiError::CeremonyMismatch);
+    };
+    let passkey = state
+        .webauthn
+        .finish_passkey_registration(&request.credential, &registration)?;
+    let passkey = ceremony::passkey_record(&state, member, &passkey, &request.credential)?;
+    let now = state.clock.now();
+    let member = MemberRecord {
+        id: member,
+        circle,
+        role,
+        created_at: now,
+    };
+    let (session, granted) = auth::new_session(&state, &member);
+    state
+        .store
+        .enroll(
+            &Enrollment {
+                invitation_hash,
+                member,
+                new_member,
+                passkey,
+                session,
+            },
+            now,
+        )
+        .await?;
+    tracing::info!(new_member, "key enrolled");
+    Ok(([auth::session_cookie(&state, &granted)], Json(granted)))
+}

@@ -1,0 +1,110 @@
+//! Invitations, for admins: issue (shown once as link and QR code), list pending, revoke.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use tessera_wire::{CreateInvitationRequest, CreatedInvitation, InvitationInfo, InvitationKind};
+use uuid::Uuid;
+
+use crate::auth::AdminCaller;
+use crate::error::{ApiError, ApiJson, ApiResult};
+use crate::invitation;
+use crate::state::AppState;
+use crate::store::InvitationRecord;
+
+/// Shortest and longest lifetime of an invitation.
+const TTL_RANGE: std::ops::RangeInclusive<u64> = 60..=30 * 24 * 3600;
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/invitations", get(list).post(create))
+        .route("/invitations/{id}", delete(revoke))
+}
+
+/// Checks an invitation lifetime requested by an admin.
+///
+/// # Errors
+/// [`ApiError::Invalid`] outside 60 s – 30 days.
+pub(super) fn checked_ttl(ttl_secs: u64) -> ApiResult<i64> {
+    if !TTL_RANGE.contains(&ttl_secs) {
+        return Err(ApiError::Invalid(
+            "ttl_secs must be between 60 (one minute) and 2592000 (30 days)".into(),
+        ));
+    }
+    i64::try_from(ttl_secs).map_err(|_| ApiError::Invalid("ttl_secs is too large".into()))
+}
+
+#[tracing::instrument(skip_all)]
+async fn create(
+    State(state): State<AppState>,
+    AdminCaller(admin): AdminCaller,
+    ApiJson(request): ApiJson<CreateInvitationRequest>,
+) -> ApiResult<(StatusCode, Json<CreatedInvitation>)> {
+    let ttl = checked_ttl(request.ttl_secs)?;
+    state.limits.invitation(admin.member.id)?;
+    let now = state.clock.now();
+    let invitation = InvitationRecord {
+        id: Uuid::new_v4(),
+        circle: admin.member.circle,
+        role: request.role,
+        member: None,
+        created_by: Some(admin.member.id),
+        created_at: now,
+        expires_at: now + ttl,
+    };
+    let created = invitation::issue(
+        state.store.as_ref(),
+        &state.config.origin_base(),
+        &invitation,
+    )
+    .await?;
+    tracing::info!(role = request.role.as_str(), "invitation issued");
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// An invitation as admins list it.
+fn invitation_info(record: InvitationRecord) -> InvitationInfo {
+    InvitationInfo {
+        id: record.id,
+        kind: if record.member.is_some() {
+            InvitationKind::Recovery
+        } else {
+            InvitationKind::Newcomer
+        },
+        role: record.role,
+        member: record.member,
+        created_by: record.created_by,
+        created_at: record.created_at,
+        expires_at: record.expires_at,
+    }
+}
+
+async fn list(
+    State(state): State<AppState>,
+    AdminCaller(admin): AdminCaller,
+) -> ApiResult<Json<Vec<InvitationInfo>>> {
+    let pending = state
+        .store
+        .pending_invitations(admin.member.circle, state.clock.now())
+        .await?;
+    Ok(Json(pending.into_iter().map(invitation_info).collect()))
+}
+
+#[tracing::instrument(skip_all)]
+async fn revoke(
+    State(state): State<AppState>,
+    AdminCaller(admin): AdminCaller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound("invitation"))?;
+    if !state
+        .store
+        .revoke_invitation(admin.member.circle, id, state.clock.now())
+        .await?
+    {
+        return Err(ApiError::NotFound("invitation"));
+    }
+    tracing::info!("invitation revoked");
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,89 @@
+//! Login with a discoverable credential (no user name typed), and logout.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::post;
+use axum::{Json, Router};
+use tessera_wire::{AuthenticationOptions, LoginFinishRequest};
+use webauthn_rs::prelude::WebauthnError;
+
+use crate::auth::{self, Caller};
+use crate::ceremony::{self, CeremonyState};
+use crate::error::{ApiError, ApiJson, ApiResult};
+use crate::state::AppState;
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/login/start", post(start))
+        .route("/login/finish", post(finish))
+        .route("/logout", post(logout))
+}
+
+#[tracing::instrument(skip_all)]
+async fn start(
+    State(state): State<AppState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+) -> ApiResult<Json<AuthenticationOptions>> {
+    state.limits.ceremony(client.ip())?;
+    let (options, authentication) = state.webauthn.start_discoverable_authentication()?;
+    let ceremony = ceremony::begin(&state, &CeremonyState::Login { authentication }).await?;
+    Ok(Json(AuthenticationOptions { ceremony, options }))
+}
+
+#[tracing::instrument(skip_all)]
+async fn finish(
+    State(state): State<AppState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    ApiJson(request): ApiJson<LoginFinishRequest>,
+) -> ApiResult<impl IntoResponse> {
+    state.limits.ceremony(client.ip())?;
+    let CeremonyState::Login { authentication } = ceremony::take(&state, &request.ceremony).await?
+    else {
+        return Err(ApiError::CeremonyMismatch);
+    };
+    let (user_handle, credential_id) = state
+        .webauthn
+        .identify_discoverable_authentication(&request.credential)?;
+    let record = state
+        .store
+        .passkey(credential_id)
+        .await?
+        .ok_or(ApiError::UnknownCredential)?;
+    if record.member != user_handle {
+        return Err(ApiError::UserHandleMismatch);
+    }
+    let member = state
+        .store
+        .member(record.member)
+        .await?
+        .ok_or(ApiError::MemberRevoked)?;
+    let mut passkey = ceremony::stored_passkey(&record)?;
+    let result = state
+        .webauthn
+        .finish_discoverable_authentication_v2(&request.credential, authentication, &passkey)
+        .map_err(|error| match error {
+            WebauthnError::CredentialPossibleCompromise => ApiError::CounterRegression,
+            other => other.into(),
+        })?;
+    passkey.update_credential(&result);
+    let passkey_json =
+        serde_json::to_string(&passkey).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let now = state.clock.now();
+    state
+        .store
+        .record_passkey_use(&record.credential_id, &passkey_json, now)
+        .await?;
+    let (session, granted) = auth::new_session(&state, &member);
+    state.store.insert_session(&session).await?;
+    tracing::info!("logged in");
+    Ok(([auth::session_cookie(&state, &granted)], Json(granted)))
+}
+
+#[tracing::instrument(skip_all)]
+async fn logout(State(state): State<AppState>, caller: Caller) -> ApiResult<impl IntoResponse> {
+    state.store.delete_session(&caller.session_hash).await?;
+    Ok((StatusCode::NO_CONTENT, [auth::clearing_cookie()]))
+}

@@ -1,0 +1,130 @@
+//! The member's own account: who they are, their keys (list, add, revoke any but the last).
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use tessera_wire::{
+    AddPasskeyStartRequest, Me, PasskeyInfo, RegistrationFinishRequest, RegistrationOptions,
+};
+use webauthn_rs::prelude::CredentialID;
+
+use crate::auth::Caller;
+use crate::ceremony::{self, CeremonyState};
+use crate::error::{ApiError, ApiJson, ApiResult};
+use crate::state::AppState;
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/me", get(me))
+        .route("/me/passkeys", get(passkeys))
+        .route("/me/passkeys/start", post(add_start))
+        .route("/me/passkeys/finish", post(add_finish))
+        .route("/me/passkeys/{id}", delete(remove))
+}
+
+async fn me(caller: Caller) -> Json<Me> {
+    let member = caller.member;
+    Json(Me {
+        member: member.id,
+        circle: member.circle,
+        role: member.role,
+        created_at: member.created_at,
+    })
+}
+
+async fn passkeys(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<PasskeyInfo>>> {
+    let records = state.store.passkeys_of(caller.member.id).await?;
+    let keys = records
+        .iter()
+        .map(ceremony::passkey_info)
+        .collect::<ApiResult<Vec<_>>>()?;
+    Ok(Json(keys))
+}
+
+#[tracing::instrument(skip_all)]
+async fn add_start(
+    State(state): State<AppState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    caller: Caller,
+    ApiJson(request): ApiJson<AddPasskeyStartRequest>,
+) -> ApiResult<Json<RegistrationOptions>> {
+    state.limits.ceremony(client.ip())?;
+    let label = ceremony::authenticator_label(request.label.as_deref())?;
+    let member = caller.member.id;
+    let exclude: Vec<CredentialID> = state
+        .store
+        .passkeys_of(member)
+        .await?
+        .into_iter()
+        .map(|k| k.credential_id.into())
+        .collect();
+    let (mut options, registration) =
+        state
+            .webauthn
+            .start_passkey_registration(member, &label, &label, Some(exclude))?;
+    ceremony::require_discoverable_roaming_key(&mut options);
+    let ceremony = ceremony::begin(
+        &state,
+        &CeremonyState::AddKey {
+            member,
+            registration,
+        },
+    )
+    .await?;
+    Ok(Json(RegistrationOptions { ceremony, options }))
+}
+
+#[tracing::instrument(skip_all)]
+async fn add_finish(
+    State(state): State<AppState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    caller: Caller,
+    ApiJson(request): ApiJson<RegistrationFinishRequest>,
+) -> ApiResult<(StatusCode, Json<PasskeyInfo>)> {
+    state.limits.ceremony(client.ip())?;
+    let CeremonyState::AddKey {
+        member,
+        registration,
+    } = ceremony::take(&state, &request.ceremony).await?
+    else {
+        return Err(ApiError::CeremonyMismatch);
+    };
+    if member != caller.member.id {
+        return Err(ApiError::CeremonyMismatch);
+    }
+    let passkey = state
+        .webauthn
+        .finish_passkey_registration(&request.credential, &registration)?;
+    let record = ceremony::passkey_record(&state, member, &passkey, &request.credential)?;
+    state.store.add_passkey(&record).await?;
+    tracing::info!("key added");
+    Ok((StatusCode::CREATED, Json(ceremony::passkey_info(&record)?)))
+}
+
+#[tracing::instrument(skip_all)]
+async fn remove(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let credential_id = URL_SAFE_NO_PAD
+        .decode(id.as_bytes())
+        .map_err(|_| ApiError::NotFound("key"))?;
+    if !state
+        .store
+        .delete_passkey(caller.member.id, &credential_id)
+        .await?
+    {
+        return Err(ApiError::NotFound("key"));
+    }
+    tracing::info!("key revoked");
+    Ok(StatusCode::NO_CONTENT)
+}

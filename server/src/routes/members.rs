@@ -1,0 +1,109 @@
+//! The circle directory (ids, roles, passkey public keys) for members; revocation and recovery invitations for admins.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use tessera_wire::{CreateRecoveryRequest, CreatedInvitation, MemberInfo};
+use uuid::Uuid;
+
+use super::invitations::checked_ttl;
+use crate::auth::{AdminCaller, Caller};
+use crate::ceremony;
+use crate::error::{ApiError, ApiJson, ApiResult};
+use crate::invitation;
+use crate::state::AppState;
+use crate::store::InvitationRecord;
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/members", get(directory))
+        .route("/members/{id}", delete(revoke))
+        .route("/members/{id}/recovery", post(recovery))
+}
+
+async fn directory(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<MemberInfo>>> {
+    let circle = caller.member.circle;
+    let members = state.store.members_of(circle).await?;
+    let keys = state.store.passkeys_of_circle(circle).await?;
+    let directory = members
+        .into_iter()
+        .map(|member| {
+            let passkeys = keys
+                .iter()
+                .filter(|key| key.member == member.id)
+                .map(ceremony::public_key_info)
+                .collect::<ApiResult<Vec<_>>>()?;
+            Ok(MemberInfo {
+                id: member.id,
+                role: member.role,
+                created_at: member.created_at,
+                passkeys,
+            })
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
+    Ok(Json(directory))
+}
+
+fn member_id(id: &str) -> ApiResult<Uuid> {
+    Uuid::parse_str(id).map_err(|_| ApiError::NotFound("member"))
+}
+
+#[tracing::instrument(skip_all)]
+async fn revoke(
+    State(state): State<AppState>,
+    AdminCaller(admin): AdminCaller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let target = member_id(&id)?;
+    if target == admin.member.id {
+        return Err(ApiError::CannotRevokeSelf);
+    }
+    if !state
+        .store
+        .revoke_member(admin.member.circle, target, state.clock.now())
+        .await?
+    {
+        return Err(ApiError::NotFound("member"));
+    }
+    tracing::info!("member revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[tracing::instrument(skip_all)]
+async fn recovery(
+    State(state): State<AppState>,
+    AdminCaller(admin): AdminCaller,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<CreateRecoveryRequest>,
+) -> ApiResult<(StatusCode, Json<CreatedInvitation>)> {
+    let ttl = checked_ttl(request.ttl_secs)?;
+    let target = state
+        .store
+        .member(member_id(&id)?)
+        .await?
+        .filter(|m| m.circle == admin.member.circle)
+        .ok_or(ApiError::NotFound("member"))?;
+    state.limits.invitation(admin.member.id)?;
+    let now = state.clock.now();
+    let invitation = InvitationRecord {
+        id: Uuid::new_v4(),
+        circle: target.circle,
+        role: target.role,
+        member: Some(target.id),
+        created_by: Some(admin.member.id),
+        created_at: now,
+        expires_at: now + ttl,
+    };
+    let created = invitation::issue(
+        state.store.as_ref(),
+        &state.config.origin_base(),
+        &invitation,
+    )
+    .await?;
+    tracing::info!("recovery invitation issued");
+    Ok((StatusCode::CREATED, Json(created)))
+}

@@ -1,0 +1,27 @@
+//! The HTTP routes: one module per resource, each exposing its `router()`.
+
+mod enroll;
+mod health;
+mod invitations;
+mod login;
+mod me;
+mod members;
+mod pages;
+
+use axum::Router;
+
+use crate::state::AppState;
+
+/// Every route of the server.
+pub fn router() -> Router<AppState> {
+    let api = Router::new()
+        .merge(enroll::router())
+        .merge(login::router())
+        .merge(me::router())
+        .merge(invitations::router())
+        .merge(members::router());
+    Router::new()
+        .nest(tessera_wire::API_PREFIX, api)
+        .merge(health::router())
+        .merge(pages::router())
+}

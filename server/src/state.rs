@@ -1,0 +1,25 @@
+//! What every handler shares: the store, the WebAuthn relying party, the clock, the limits.
+
+use std::sync::Arc;
+
+use webauthn_rs::prelude::Webauthn;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::ratelimit::RateLimits;
+use crate::store::Store;
+
+/// The application's shared state (cheap to clone).
+#[derive(Clone)]
+pub struct AppState {
+    /// Persistent state.
+    pub store: Arc<dyn Store>,
+    /// The relying party: origin and RP id checks, challenge generation.
+    pub webauthn: Arc<Webauthn>,
+    /// Now.
+    pub clock: Arc<Clock>,
+    /// Settings.
+    pub config: Arc<Config>,
+    /// In-memory rate limiters.
+    pub limits: Arc<RateLimits>,
+}

@@ -1,0 +1,199 @@
+//! The server's whole state behind one trait, so that SQLite (the default) and PostgreSQL can each implement it.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use async_trait::async_trait;
+use tessera_wire::Role;
+use uuid::Uuid;
+
+use crate::secret::Digest;
+
+/// A member row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRecord {
+    /// Random id, also the WebAuthn user handle.
+    pub id: Uuid,
+    /// The member's circle.
+    pub circle: Uuid,
+    /// Admin or member.
+    pub role: Role,
+    /// Enrollment time.
+    pub created_at: i64,
+}
+
+/// A passkey row: the webauthn-rs `Passkey` is kept as JSON so that the store does not depend on it.
+#[derive(Debug, Clone)]
+pub struct PasskeyRecord {
+    /// The credential id.
+    pub credential_id: Vec<u8>,
+    /// Its member.
+    pub member: Uuid,
+    /// The serialised webauthn-rs `Passkey` (public key, counter, backup flags).
+    pub passkey_json: String,
+    /// The authenticator model, when reported.
+    pub aaguid: Option<Uuid>,
+    /// Enrollment time.
+    pub created_at: i64,
+    /// Last login with this key.
+    pub last_used_at: Option<i64>,
+}
+
+/// An invitation row (without its token, which is never stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvitationRecord {
+    /// Random id.
+    pub id: Uuid,
+    /// The circle it admits to.
+    pub circle: Uuid,
+    /// The role it grants.
+    pub role: Role,
+    /// For a recovery invitation: the existing member it lets enroll a new key.
+    pub member: Option<Uuid>,
+    /// The admin who issued it; `None` when the operator did.
+    pub created_by: Option<Uuid>,
+    /// Issue time.
+    pub created_at: i64,
+    /// End of validity.
+    pub expires_at: i64,
+}
+
+/// What a successful enrollment writes, all at once.
+#[derive(Debug, Clone)]
+pub struct Enrollment {
+    /// The invitation being consumed.
+    pub invitation_hash: Digest,
+    /// The member: new (inserted) or existing (recovery).
+    pub member: MemberRecord,
+    /// Whether `member` is a newcomer to insert.
+    pub new_member: bool,
+    /// The first (or recovered) key.
+    pub passkey: PasskeyRecord,
+    /// The session the enrollment opens.
+    pub session: SessionRecord,
+}
+
+/// A session row.
+#[derive(Debug, Clone)]
+pub struct SessionRecord {
+    /// SHA-256 of the session token.
+    pub token_hash: Digest,
+    /// Its member.
+    pub member: Uuid,
+    /// End of validity.
+    pub expires_at: i64,
+}
+
+/// Why the store refused or failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The invitation is unknown, already used, revoked or expired, or its member was revoked.
+    #[error("the invitation is unknown, used, revoked or expired")]
+    InvitationUnusable,
+    /// The credential id is already registered.
+    #[error("this credential is already registered")]
+    CredentialExists,
+    /// The member would be left without a key.
+    #[error("the last key of a member cannot be removed")]
+    LastPasskey,
+    /// A row could not be read back.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// The database failed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// The migrations failed.
+    #[error(transparent)]
+    Migration(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Result of a store operation.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The server's persistent state. Every method is one atomic step.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Checks that the database answers.
+    async fn ping(&self) -> StoreResult<()>;
+    /// How many circles exist.
+    async fn circle_count(&self) -> StoreResult<i64>;
+    /// Creates a circle together with its first (operator-issued admin) invitation.
+    async fn create_circle(
+        &self,
+        circle: Uuid,
+        now: i64,
+        first_invitation: (&InvitationRecord, &Digest),
+    ) -> StoreResult<()>;
+    /// Whether the circle exists.
+    async fn circle_exists(&self, circle: Uuid) -> StoreResult<bool>;
+
+    /// Stores a new invitation under the hash of its token.
+    async fn insert_invitation(
+        &self,
+        invitation: &InvitationRecord,
+        token_hash: &Digest,
+    ) -> StoreResult<()>;
+    /// The invitation with this token hash, if it is unused, unrevoked and unexpired.
+    async fn usable_invitation(
+        &self,
+        token_hash: &Digest,
+        now: i64,
+    ) -> StoreResult<Option<InvitationRecord>>;
+    /// The circle's usable invitations.
+    async fn pending_invitations(
+        &self,
+        circle: Uuid,
+        now: i64,
+    ) -> StoreResult<Vec<InvitationRecord>>;
+    /// Revokes a pending invitation of the circle; false if there is none with that id.
+    async fn revoke_invitation(&self, circle: Uuid, id: Uuid, now: i64) -> StoreResult<bool>;
+
+    /// Stores a ceremony's state under the hash of its id.
+    async fn put_ceremony(&self, id_hash: &Digest, state: &str, expires_at: i64)
+    -> StoreResult<()>;
+    /// Takes (deletes and returns) a ceremony's state; `None` if unknown, already taken or expired.
+    async fn take_ceremony(&self, id_hash: &Digest, now: i64) -> StoreResult<Option<String>>;
+
+    /// Consumes the invitation and writes the member, key and session, atomically.
+    async fn enroll(&self, enrollment: &Enrollment, now: i64) -> StoreResult<()>;
+    /// Adds a key to an existing member (who must not be revoked).
+    async fn add_passkey(&self, passkey: &PasskeyRecord) -> StoreResult<()>;
+    /// The key with this credential id.
+    async fn passkey(&self, credential_id: &[u8]) -> StoreResult<Option<PasskeyRecord>>;
+    /// A member's keys.
+    async fn passkeys_of(&self, member: Uuid) -> StoreResult<Vec<PasskeyRecord>>;
+    /// Every key of the circle's unrevoked members.
+    async fn passkeys_of_circle(&self, circle: Uuid) -> StoreResult<Vec<PasskeyRecord>>;
+    /// Saves a key's updated state (counter, backup flags) after a login.
+    async fn record_passkey_use(
+        &self,
+        credential_id: &[u8],
+        passkey_json: &str,
+        now: i64,
+    ) -> StoreResult<()>;
+    /// Deletes one of a member's keys, never the last; false if the member has no such key.
+    async fn delete_passkey(&self, member: Uuid, credential_id: &[u8]) -> StoreResult<bool>;
+
+    /// An unrevoked member.
+    async fn member(&self, id: Uuid) -> StoreResult<Option<MemberRecord>>;
+    /// The circle's unrevoked members.
+    async fn members_of(&self, circle: Uuid) -> StoreResult<Vec<MemberRecord>>;
+    /// Revokes a member of the circle, ending their sessions and pending recovery invitations.
+    async fn revoke_member(&self, circle: Uuid, id: Uuid, now: i64) -> StoreResult<bool>;
+
+    /// Opens a session.
+    async fn insert_session(&self, session: &SessionRecord) -> StoreResult<()>;
+    /// The unrevoked member of an unexpired session.
+    async fn session_member(
+        &self,
+        token_hash: &Digest,
+        now: i64,
+    ) -> StoreResult<Option<MemberRecord>>;
+    /// Ends a session.
+    async fn delete_session(&self, token_hash: &Digest) -> StoreResult<()>;
+
+    /// Deletes expired ceremonies and sessions; returns how many rows went.
+    async fn purge_expired(&self, now: i64) -> StoreResult<u64>;
+}

@@ -1,0 +1,544 @@
+//! The SQLite implementation of the store: one file under the data directory, WAL mode.
+
+use std::path::Path;
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
+use sqlx::{Row as _, SqlitePool};
+use tessera_wire::Role;
+use uuid::Uuid;
+
+use super::{
+    Enrollment, InvitationRecord, MemberRecord, PasskeyRecord, SessionRecord, Store, StoreError,
+    StoreResult,
+};
+use crate::secret::Digest;
+
+/// The migrations for this backend, embedded at build time.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// The file name of the database inside the data directory.
+pub const DATABASE_FILE: &str = "tessera.db";
+
+/// A store in one SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `<data_dir>/tessera.db` and applies the migrations.
+    ///
+    /// # Errors
+    /// When the directory or database cannot be created, opened or migrated.
+    pub async fn open(data_dir: &Path) -> StoreResult<SqliteStore> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| StoreError::Corrupt(format!("cannot create the data directory: {e}")))?;
+        let options = SqliteConnectOptions::new()
+            .filename(data_dir.join(DATABASE_FILE))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(SqliteStore { pool })
+    }
+}
+
+fn uuid_of(row: &SqliteRow, column: &str) -> StoreResult<Uuid> {
+    let text: String = row.try_get(column)?;
+    Uuid::from_str(&text).map_err(|_| StoreError::Corrupt(format!("{column} is not a uuid")))
+}
+
+fn optional_uuid_of(row: &SqliteRow, column: &str) -> StoreResult<Option<Uuid>> {
+    let text: Option<String> = row.try_get(column)?;
+    text.map(|t| Uuid::from_str(&t))
+        .transpose()
+        .map_err(|_| StoreError::Corrupt(format!("{column} is not a uuid")))
+}
+
+fn role_of(row: &SqliteRow) -> StoreResult<Role> {
+    let name: String = row.try_get("role")?;
+    Role::parse(&name).ok_or_else(|| StoreError::Corrupt(format!("unknown role {name:?}")))
+}
+
+fn member_of(row: &SqliteRow) -> StoreResult<MemberRecord> {
+    Ok(MemberRecord {
+        id: uuid_of(row, "id")?,
+        circle: uuid_of(row, "circle_id")?,
+        role: role_of(row)?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn passkey_of(row: &SqliteRow) -> StoreResult<PasskeyRecord> {
+    Ok(PasskeyRecord {
+        credential_id: row.try_get("credential_id")?,
+        member: uuid_of(row, "member_id")?,
+        passkey_json: row.try_get("passkey")?,
+        aaguid: optional_uuid_of(row, "aaguid")?,
+        created_at: row.try_get("created_at")?,
+        last_used_at: row.try_get("last_used_at")?,
+    })
+}
+
+fn invitation_of(row: &SqliteRow) -> StoreResult<InvitationRecord> {
+    Ok(InvitationRecord {
+        id: uuid_of(row, "id")?,
+        circle: uuid_of(row, "circle_id")?,
+        role: role_of(row)?,
+        member: optional_uuid_of(row, "member_id")?,
+        created_by: optional_uuid_of(row, "created_by")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+    })
+}
+
+/// The columns that [`member_of`] reads, as a literal for `concat!`.
+macro_rules! member_columns {
+    () => {
+        "id, circle_id, role, created_at"
+    };
+}
+/// The columns that [`passkey_of`] reads.
+macro_rules! passkey_columns {
+    () => {
+        "credential_id, member_id, passkey, aaguid, created_at, last_used_at"
+    };
+}
+/// The columns that [`invitation_of`] reads.
+macro_rules! invitation_columns {
+    () => {
+        "id, circle_id, role, member_id, created_by, created_at, expires_at"
+    };
+}
+
+/// Whether an error is the unique-key violation of an already registered credential.
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+async fn insert_invitation_in<'e, E>(
+    executor: E,
+    invitation: &InvitationRecord,
+    token_hash: &Digest,
+) -> StoreResult<()>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    sqlx::query(
+        "INSERT INTO invitations (id, token_hash, circle_id, role, member_id, created_by, created_at, expires_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(invitation.id.to_string())
+    .bind(&token_hash[..])
+    .bind(invitation.circle.to_string())
+    .bind(invitation.role.as_str())
+    .bind(invitation.member.map(|m| m.to_string()))
+    .bind(invitation.created_by.map(|m| m.to_string()))
+    .bind(invitation.created_at)
+    .bind(invitation.expires_at)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+async fn insert_passkey_in<'e, E>(executor: E, passkey: &PasskeyRecord) -> StoreResult<()>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    sqlx::query(
+        "INSERT INTO passkeys (credential_id, member_id, passkey, aaguid, created_at, last_used_at) \
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&passkey.credential_id)
+    .bind(passkey.member.to_string())
+    .bind(&passkey.passkey_json)
+    .bind(passkey.aaguid.map(|a| a.to_string()))
+    .bind(passkey.created_at)
+    .bind(passkey.last_used_at)
+    .execute(executor)
+    .await
+    .map_err(|e| {
+        if is_unique_violation(&e) {
+            StoreError::CredentialExists
+        } else {
+            StoreError::Database(e)
+        }
+    })?;
+    Ok(())
+}
+
+async fn insert_session_in<'e, E>(executor: E, session: &SessionRecord) -> StoreResult<()>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    sqlx::query("INSERT INTO sessions (token_hash, member_id, expires_at) VALUES (?, ?, ?)")
+        .bind(&session.token_hash[..])
+        .bind(session.member.to_string())
+        .bind(session.expires_at)
+        .execute(executor)
+        .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn circle_count(&self) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM circles")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    async fn create_circle(
+        &self,
+        circle: Uuid,
+        now: i64,
+        (invitation, token_hash): (&InvitationRecord, &Digest),
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO circles (id, created_at) VALUES (?, ?)")
+            .bind(circle.to_string())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        insert_invitation_in(&mut *tx, invitation, token_hash).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn circle_exists(&self, circle: Uuid) -> StoreResult<bool> {
+        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM circles WHERE id = ?")
+            .bind(circle.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(found.is_some())
+    }
+
+    async fn insert_invitation(
+        &self,
+        invitation: &InvitationRecord,
+        token_hash: &Digest,
+    ) -> StoreResult<()> {
+        insert_invitation_in(&self.pool, invitation, token_hash).await
+    }
+
+    async fn usable_invitation(
+        &self,
+        token_hash: &Digest,
+        now: i64,
+    ) -> StoreResult<Option<InvitationRecord>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            invitation_columns!(),
+            " FROM invitations \
+             WHERE token_hash = ? AND used_at IS NULL AND revoked_at IS NULL AND expires_at > ?"
+        ))
+        .bind(&token_hash[..])
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(invitation_of).transpose()
+    }
+
+    async fn pending_invitations(
+        &self,
+        circle: Uuid,
+        now: i64,
+    ) -> StoreResult<Vec<InvitationRecord>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            invitation_columns!(),
+            " FROM invitations \
+             WHERE circle_id = ? AND used_at IS NULL AND revoked_at IS NULL AND expires_at > ? \
+             ORDER BY created_at, id"
+        ))
+        .bind(circle.to_string())
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(invitation_of).collect()
+    }
+
+    async fn revoke_invitation(&self, circle: Uuid, id: Uuid, now: i64) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE invitations SET revoked_at = ? \
+             WHERE id = ? AND circle_id = ? AND used_at IS NULL AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(id.to_string())
+        .bind(circle.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn put_ceremony(
+        &self,
+        id_hash: &Digest,
+        state: &str,
+        expires_at: i64,
+    ) -> StoreResult<()> {
+        sqlx::query("INSERT INTO ceremonies (id_hash, state, expires_at) VALUES (?, ?, ?)")
+            .bind(&id_hash[..])
+            .bind(state)
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn take_ceremony(&self, id_hash: &Digest, now: i64) -> StoreResult<Option<String>> {
+        let row =
+            sqlx::query("DELETE FROM ceremonies WHERE id_hash = ? RETURNING state, expires_at")
+                .bind(&id_hash[..])
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(row) = row else { return Ok(None) };
+        let expires_at: i64 = row.try_get("expires_at")?;
+        if expires_at <= now {
+            return Ok(None);
+        }
+        Ok(Some(row.try_get("state")?))
+    }
+
+    async fn enroll(&self, enrollment: &Enrollment, now: i64) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        // The write comes first so that SQLite takes its write lock at once.
+        let consumed = sqlx::query(
+            "UPDATE invitations SET used_at = ? \
+             WHERE token_hash = ? AND used_at IS NULL AND revoked_at IS NULL AND expires_at > ?",
+        )
+        .bind(now)
+        .bind(&enrollment.invitation_hash[..])
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if consumed.rows_affected() != 1 {
+            return Err(StoreError::InvitationUnusable);
+        }
+        let member = &enrollment.member;
+        if enrollment.new_member {
+            sqlx::query(
+                "INSERT INTO members (id, circle_id, role, created_at) VALUES (?, ?, ?, ?)",
+            )
+            .bind(member.id.to_string())
+            .bind(member.circle.to_string())
+            .bind(member.role.as_str())
+            .bind(member.created_at)
+            .execute(&mut *tx)
+            .await?;
+        } else {
+            let active: Option<i64> = sqlx::query_scalar(
+                "SELECT 1 FROM members WHERE id = ? AND circle_id = ? AND revoked_at IS NULL",
+            )
+            .bind(member.id.to_string())
+            .bind(member.circle.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if active.is_none() {
+                return Err(StoreError::InvitationUnusable);
+            }
+        }
+        insert_passkey_in(&mut *tx, &enrollment.passkey).await?;
+        insert_session_in(&mut *tx, &enrollment.session).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn add_passkey(&self, passkey: &PasskeyRecord) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        insert_passkey_in(&mut *tx, passkey).await?;
+        let active: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM members WHERE id = ? AND revoked_at IS NULL")
+                .bind(passkey.member.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+        if active.is_none() {
+            return Err(StoreError::Corrupt(
+                "member revoked during the ceremony".into(),
+            ));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn passkey(&self, credential_id: &[u8]) -> StoreResult<Option<PasskeyRecord>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            passkey_columns!(),
+            " FROM passkeys WHERE credential_id = ?"
+        ))
+        .bind(credential_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(passkey_of).transpose()
+    }
+
+    async fn passkeys_of(&self, member: Uuid) -> StoreResult<Vec<PasskeyRecord>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            passkey_columns!(),
+            " FROM passkeys WHERE member_id = ? ORDER BY created_at, credential_id"
+        ))
+        .bind(member.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(passkey_of).collect()
+    }
+
+    async fn passkeys_of_circle(&self, circle: Uuid) -> StoreResult<Vec<PasskeyRecord>> {
+        let rows = sqlx::query(
+            "SELECT p.credential_id, p.member_id, p.passkey, p.aaguid, p.created_at, p.last_used_at \
+             FROM passkeys p JOIN members m ON m.id = p.member_id \
+             WHERE m.circle_id = ? AND m.revoked_at IS NULL ORDER BY p.created_at, p.credential_id",
+        )
+        .bind(circle.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(passkey_of).collect()
+    }
+
+    async fn record_passkey_use(
+        &self,
+        credential_id: &[u8],
+        passkey_json: &str,
+        now: i64,
+    ) -> StoreResult<()> {
+        sqlx::query("UPDATE passkeys SET passkey = ?, last_used_at = ? WHERE credential_id = ?")
+            .bind(passkey_json)
+            .bind(now)
+            .bind(credential_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_passkey(&self, member: Uuid, credential_id: &[u8]) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query("DELETE FROM passkeys WHERE member_id = ? AND credential_id = ?")
+            .bind(member.to_string())
+            .bind(credential_id)
+            .execute(&mut *tx)
+            .await?;
+        if deleted.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM passkeys WHERE member_id = ?")
+            .bind(member.to_string())
+            .fetch_one(&mut *tx)
+            .await?;
+        if left == 0 {
+            // Dropping the transaction rolls the deletion back.
+            return Err(StoreError::LastPasskey);
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn member(&self, id: Uuid) -> StoreResult<Option<MemberRecord>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            member_columns!(),
+            " FROM members WHERE id = ? AND revoked_at IS NULL"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(member_of).transpose()
+    }
+
+    async fn members_of(&self, circle: Uuid) -> StoreResult<Vec<MemberRecord>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            member_columns!(),
+            " FROM members WHERE circle_id = ? AND revoked_at IS NULL \
+             ORDER BY created_at, id"
+        ))
+        .bind(circle.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(member_of).collect()
+    }
+
+    async fn revoke_member(&self, circle: Uuid, id: Uuid, now: i64) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        let revoked = sqlx::query(
+            "UPDATE members SET revoked_at = ? WHERE id = ? AND circle_id = ? AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(id.to_string())
+        .bind(circle.to_string())
+        .execute(&mut *tx)
+        .await?;
+        if revoked.rows_affected() != 1 {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM sessions WHERE member_id = ?")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE invitations SET revoked_at = ? \
+             WHERE member_id = ? AND used_at IS NULL AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn insert_session(&self, session: &SessionRecord) -> StoreResult<()> {
+        insert_session_in(&self.pool, session).await
+    }
+
+    async fn session_member(
+        &self,
+        token_hash: &Digest,
+        now: i64,
+    ) -> StoreResult<Option<MemberRecord>> {
+        let row = sqlx::query(
+            "SELECT m.id, m.circle_id, m.role, m.created_at \
+             FROM sessions s JOIN members m ON m.id = s.member_id \
+             WHERE s.token_hash = ? AND s.expires_at > ? AND m.revoked_at IS NULL",
+        )
+        .bind(&token_hash[..])
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(member_of).transpose()
+    }
+
+    async fn delete_session(&self, token_hash: &Digest) -> StoreResult<()> {
+        sqlx::query("DELETE FROM sessions WHERE token_hash = ?")
+            .bind(&token_hash[..])
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn purge_expired(&self, now: i64) -> StoreResult<u64> {
+        let ceremonies = sqlx::query("DELETE FROM ceremonies WHERE expires_at <= ?")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        let sessions = sqlx::query("DELETE FROM sessions WHERE expires_at <= ?")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(ceremonies.rows_affected() + sessions.rows_affected())
+    }
+}

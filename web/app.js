@@ -1,0 +1,298 @@
+// Tessera pages: WebAuthn through the browser's JSON helpers, and the account and admin views.
+// All state lives on the server behind /api/v1; this script only draws and asks.
+
+const API = '/api/v1';
+const statusLine = () => document.getElementById('status');
+
+function say(text, kind = 'info') {
+  const line = statusLine();
+  line.textContent = text;
+  line.className = kind;
+}
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function api(method, path, body) {
+  const init = { method, credentials: 'same-origin', headers: {} };
+  if (body !== undefined) {
+    init.headers['Content-Type'] = 'application/json';
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(API + path, init);
+  if (response.status === 204) return null;
+  const data = await response.json().catch(() => null);
+  if (!response.ok) {
+    throw new ApiError(response.status, data?.error ?? 'http_' + response.status,
+      data?.message ?? `The server answered ${response.status}.`);
+  }
+  return data;
+}
+
+// Explains a failed ceremony in words a member can act on.
+function explain(error) {
+  if (error instanceof ApiError) return error.message;
+  switch (error?.name) {
+    case 'NotAllowedError':
+      return 'The key did not answer, or the request was cancelled. Is your key inserted? Try again and touch it when it blinks.';
+    case 'InvalidStateError':
+      return 'This key is already enrolled here.';
+    case 'SecurityError':
+      return 'This page is not served from the address the server expects.';
+    case 'TypeError':
+      return 'The server cannot be reached. Check your network and try again.';
+    default:
+      return `Something went wrong: ${error?.message ?? error}`;
+  }
+}
+
+async function registerKey(startPath, startBody, finishPath) {
+  const start = await api('POST', startPath, startBody);
+  const publicKey = PublicKeyCredential.parseCreationOptionsFromJSON(start.publicKey);
+  const credential = await navigator.credentials.create({ publicKey });
+  return api('POST', finishPath, { ceremony: start.ceremony, credential: credential.toJSON() });
+}
+
+async function logIn() {
+  const start = await api('POST', '/login/start', {});
+  const publicKey = PublicKeyCredential.parseRequestOptionsFromJSON(start.publicKey);
+  const credential = await navigator.credentials.get({ publicKey });
+  return api('POST', '/login/finish', { ceremony: start.ceremony, credential: credential.toJSON() });
+}
+
+function busy(button, running) {
+  button.disabled = running;
+  button.setAttribute('aria-busy', String(running));
+}
+
+const when = (seconds) => (seconds ? new Date(seconds * 1000).toLocaleString() : 'never');
+const short = (id) => id.slice(0, 8);
+
+function cell(row, text) {
+  const td = document.createElement('td');
+  td.textContent = text;
+  row.append(td);
+  return td;
+}
+
+function actionCell(row, label, action) {
+  const td = document.createElement('td');
+  const button = document.createElement('button');
+  button.type = 'button';
+  button.textContent = label;
+  button.addEventListener('click', async () => {
+    busy(button, true);
+    try {
+      await action();
+    } catch (error) {
+      say(explain(error), 'error');
+    } finally {
+      busy(button, false);
+    }
+  });
+  td.append(button);
+  row.append(td);
+}
+
+// Loads the caller; sends them to the login page when their session is gone.
+async function whoAmI() {
+  try {
+    const me = await api('GET', '/me');
+    document.getElementById('nav').hidden = false;
+    document.getElementById('admin-link').hidden = me.role !== 'admin';
+    return me;
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 401) {
+      window.location.assign('/');
+      return null;
+    }
+    throw error;
+  }
+}
+
+const pages = {
+  login() {
+    const button = document.getElementById('login');
+    button.addEventListener('click', async () => {
+      busy(button, true);
+      say('Touch your key…');
+      try {
+        await logIn();
+        window.location.assign('/account');
+      } catch (error) {
+        say(explain(error), 'error');
+      } finally {
+        busy(button, false);
+      }
+    });
+  },
+
+  join() {
+    const form = document.getElementById('enroll');
+    if (!form) return;
+    const token = decodeURIComponent(window.location.pathname.split('/')[2] ?? '');
+    form.addEventListener('submit', async (event) => {
+      event.preventDefault();
+      const button = document.getElementById('enroll-button');
+      busy(button, true);
+      say('Touch your key and enter its PIN…');
+      try {
+        const label = document.getElementById('label').value;
+        await registerKey('/enroll/start', { token, label }, '/enroll/finish');
+        // The invitation is used up: keep the link out of the history.
+        window.history.replaceState(null, '', '/account');
+        window.location.assign('/account');
+      } catch (error) {
+        say(explain(error), 'error');
+      } finally {
+        busy(button, false);
+      }
+    });
+  },
+
+  async account() {
+    const me = await whoAmI();
+    if (!me) return;
+    document.getElementById('member-id').textContent = me.member;
+    document.getElementById('member-role').textContent = me.role;
+    const body = document.querySelector('#keys tbody');
+    const draw = async () => {
+      const keys = await api('GET', '/me/passkeys');
+      body.replaceChildren();
+      for (const key of keys) {
+        const row = document.createElement('tr');
+        row.dataset.key = key.id;
+        cell(row, `${short(key.id)}… (${key.public_key.alg})`);
+        cell(row, when(key.created_at));
+        cell(row, when(key.last_used_at));
+        actionCell(row, 'Revoke', async () => {
+          await api('DELETE', `/me/passkeys/${encodeURIComponent(key.id)}`);
+          say('Key revoked.');
+          await draw();
+        });
+        body.append(row);
+      }
+    };
+    await draw();
+    document.getElementById('add-key').addEventListener('submit', async (event) => {
+      event.preventDefault();
+      const button = document.getElementById('add-key-button');
+      busy(button, true);
+      say('Touch the new key and enter its PIN…');
+      try {
+        const label = document.getElementById('key-label').value;
+        await registerKey('/me/passkeys/start', { label }, '/me/passkeys/finish');
+        say('Key added.');
+        await draw();
+      } catch (error) {
+        say(explain(error), 'error');
+      } finally {
+        busy(button, false);
+      }
+    });
+  },
+
+  async admin() {
+    const me = await whoAmI();
+    if (!me) return;
+    if (me.role !== 'admin') {
+      say('Only admins of the circle can see this page.', 'error');
+      return;
+    }
+    const pending = document.querySelector('#pending tbody');
+    const members = document.querySelector('#members tbody');
+    const showInvitation = (created) => {
+      document.getElementById('new-invitation').hidden = false;
+      document.getElementById('invitation-url').value = created.url;
+      document.getElementById('invitation-qr').src =
+        'data:image/svg+xml;charset=utf-8,' + encodeURIComponent(created.qr_svg);
+    };
+    const draw = async () => {
+      const [invitations, directory] = await Promise.all([
+        api('GET', '/invitations'),
+        api('GET', '/members'),
+      ]);
+      pending.replaceChildren();
+      for (const invitation of invitations) {
+        const row = document.createElement('tr');
+        row.dataset.invitation = invitation.id;
+        cell(row, invitation.kind === 'recovery' ? `recovery for ${short(invitation.member)}` : 'newcomer');
+        cell(row, invitation.role);
+        cell(row, when(invitation.expires_at));
+        actionCell(row, 'Revoke', async () => {
+          await api('DELETE', `/invitations/${invitation.id}`);
+          say('Invitation revoked.');
+          await draw();
+        });
+        pending.append(row);
+      }
+      members.replaceChildren();
+      for (const member of directory) {
+        const row = document.createElement('tr');
+        row.dataset.member = member.id;
+        cell(row, member.id === me.member ? `${short(member.id)} (you)` : short(member.id));
+        cell(row, member.role);
+        cell(row, String(member.passkeys.length));
+        if (member.id === me.member) {
+          cell(row, '');
+        } else {
+          actionCell(row, 'Revoke', async () => {
+            if (!window.confirm('Revoke this member? Their sessions end at once.')) return;
+            await api('DELETE', `/members/${member.id}`);
+            say('Member revoked.');
+            await draw();
+          });
+          actionCell(row, 'Recovery link', async () => {
+            showInvitation(await api('POST', `/members/${member.id}/recovery`, { ttl_secs: 86400 }));
+            say('Recovery invitation issued.');
+            await draw();
+          });
+        }
+        members.append(row);
+      }
+    };
+    await draw();
+    document.getElementById('invite').addEventListener('submit', async (event) => {
+      event.preventDefault();
+      const button = document.getElementById('invite-button');
+      busy(button, true);
+      try {
+        const role = document.getElementById('invite-role').value;
+        const ttl_secs = Number(document.getElementById('invite-ttl').value);
+        showInvitation(await api('POST', '/invitations', { role, ttl_secs }));
+        say('Invitation issued.');
+        await draw();
+      } catch (error) {
+        say(explain(error), 'error');
+      } finally {
+        busy(button, false);
+      }
+    });
+  },
+};
+
+async function main() {
+  document.getElementById('logout')?.addEventListener('click', async () => {
+    try {
+      await api('POST', '/logout');
+    } finally {
+      window.location.assign('/');
+    }
+  });
+  if (!window.PublicKeyCredential?.parseCreationOptionsFromJSON) {
+    say('This browser cannot use hardware keys with Tessera. Use a current Chrome, Edge, Firefox or Safari.', 'error');
+  }
+  const page = pages[document.body.dataset.page];
+  try {
+    await page?.();
+  } catch (error) {
+    say(explain(error), 'error');
+  }
+}
+
+main();
