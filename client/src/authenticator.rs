@@ -144,6 +144,9 @@ pub struct Tamper {
     /// credential data as well, and the returned [`SoftKey`] keeps it, e.g.
     /// to try registering an id that already belongs to someone else.
     pub credential_id: Option<Vec<u8>>,
+    /// Registration only: report this AAGUID (authenticator model) instead of
+    /// all zeros, as a key of that model would.
+    pub aaguid: Option<[u8; 16]>,
 }
 
 /// A software WebAuthn authenticator holding one discoverable ES256
@@ -407,7 +410,7 @@ impl SoftKey {
             rp_id,
             user_handle: opts.user.id.clone(),
             counter: 0,
-            aaguid: [0; 16],
+            aaguid: tamper.aaguid.unwrap_or([0; 16]),
         };
 
         let client_data_json =

@@ -77,16 +77,25 @@ impl Application {
     /// # Errors
     /// See [`BuildError`].
     pub async fn build(config: Config) -> Result<Application, BuildError> {
-        Application::build_with_clock(config, Arc::new(Clock::default())).await
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| BuildError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+        Application::build_on(config, Arc::new(Clock::default()), listener).await
     }
 
-    /// Like [`Application::build`], with a clock that the caller (a test) may move forward.
+    /// Like [`Application::build`], on a listener the caller bound and with a clock the caller
+    /// may move forward (tests bind port 0 first, so that the origin can name the port).
     ///
     /// # Errors
     /// See [`BuildError`].
-    pub async fn build_with_clock(
+    pub async fn build_on(
         config: Config,
         clock: Arc<Clock>,
+        listener: TcpListener,
     ) -> Result<Application, BuildError> {
         let webauthn = relying_party(&config)?;
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.data_dir).await?);
@@ -97,13 +106,6 @@ impl Application {
         } else {
             None
         };
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| BuildError::Listen {
-                    addr: config.listen,
-                    source,
-                })?;
         let state = AppState {
             store,
             webauthn: Arc::new(webauthn),

@@ -5,7 +5,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use tessera_wire::{PasskeyInfo, PublicKeyInfo, RegisterPublicKeyCredential, Role};
 use uuid::Uuid;
-use webauthn_rs::prelude::{COSEKeyType, DiscoverableAuthentication, Passkey, PasskeyRegistration};
+use webauthn_rs::prelude::{
+    COSEKeyType, CredentialID, DiscoverableAuthentication, Passkey, PasskeyRegistration,
+};
 
 use crate::config::AttestationPolicy;
 use crate::error::{ApiError, ApiResult};
@@ -95,6 +97,15 @@ pub fn authenticator_label(label: Option<&str>) -> ApiResult<String> {
     }
 }
 
+/// The user name given to webauthn-rs, so that its ceremony state (which is stored) never holds the label.
+pub const STATE_USER_NAME: &str = "tessera";
+
+/// Shows the member's label in the authenticator's prompts: it travels in the options only, never in the stored state.
+pub fn show_label(options: &mut webauthn_rs::prelude::CreationChallengeResponse, label: &str) {
+    options.public_key.user.name = label.to_owned();
+    options.public_key.user.display_name = label.to_owned();
+}
+
 /// Asks the browser for a discoverable credential on a roaming (cross-platform) key with user verification.
 pub fn require_discoverable_roaming_key(
     options: &mut webauthn_rs::prelude::CreationChallengeResponse,
@@ -139,10 +150,10 @@ pub fn passkey_record(
     credential: &RegisterPublicKeyCredential,
 ) -> ApiResult<PasskeyRecord> {
     let aaguid = reported_aaguid(credential);
-    if let AttestationPolicy::Aaguids(allowed) = &state.config.attestation {
-        if !aaguid.is_some_and(|a| allowed.contains(&a)) {
-            return Err(ApiError::AttestationRefused);
-        }
+    if let AttestationPolicy::Aaguids(allowed) = &state.config.attestation
+        && !aaguid.is_some_and(|a| allowed.contains(&a))
+    {
+        return Err(ApiError::AttestationRefused);
     }
     Ok(PasskeyRecord {
         credential_id: passkey.cred_id().to_vec(),
@@ -153,6 +164,20 @@ pub fn passkey_record(
         created_at: state.clock.now(),
         last_used_at: None,
     })
+}
+
+/// The credential ids a member already has, which a new registration must exclude.
+///
+/// # Errors
+/// When the store fails.
+pub async fn registered_ids(state: &AppState, member: Uuid) -> ApiResult<Vec<CredentialID>> {
+    Ok(state
+        .store
+        .passkeys_of(member)
+        .await?
+        .into_iter()
+        .map(|key| key.credential_id)
+        .collect())
 }
 
 /// Reads back a stored passkey.

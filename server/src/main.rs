@@ -14,14 +14,12 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&config.log).context("--log is not a valid filter")?)
         .with_target(false)
+        .with_writer(std::io::stderr)
         .init();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let app = Application::build(config.clone()).await?;
-            println!(
-                "Tessera is serving {} (listening on {})",
-                config.origin, config.listen
-            );
+            println!("Tessera is serving {} (port {})", config.origin, app.port());
             if let Some(link) = app.first_invitation() {
                 println!();
                 println!(

@@ -8,7 +8,6 @@ use axum::routing::post;
 use axum::{Json, Router};
 use tessera_wire::{EnrollStartRequest, RegistrationFinishRequest, RegistrationOptions};
 use uuid::Uuid;
-use webauthn_rs::prelude::CredentialID;
 
 use crate::auth;
 use crate::ceremony::{self, CeremonyState};
@@ -48,21 +47,19 @@ async fn start(
                 .member(existing)
                 .await?
                 .ok_or(ApiError::InvitationUnusable)?;
-            let keys: Vec<CredentialID> = state
-                .store
-                .passkeys_of(existing)
-                .await?
-                .into_iter()
-                .map(|k| k.credential_id.into())
-                .collect();
+            let keys = ceremony::registered_ids(&state, existing).await?;
             (member.id, member.role, false, Some(keys))
         }
         None => (Uuid::new_v4(), invitation.role, true, None),
     };
 
-    let (mut options, registration) = state
-        .webauthn
-        .start_passkey_registration(member, &label, &label, exclude)?;
+    let (mut options, registration) = state.webauthn.start_passkey_registration(
+        member,
+        ceremony::STATE_USER_NAME,
+        ceremony::STATE_USER_NAME,
+        exclude,
+    )?;
+    ceremony::show_label(&mut options, &label);
     ceremony::require_discoverable_roaming_key(&mut options);
     let ceremony = ceremony::begin(
         &state,

@@ -11,7 +11,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tessera_wire::{
     AddPasskeyStartRequest, Me, PasskeyInfo, RegistrationFinishRequest, RegistrationOptions,
 };
-use webauthn_rs::prelude::CredentialID;
 
 use crate::auth::Caller;
 use crate::ceremony::{self, CeremonyState};
@@ -59,17 +58,14 @@ async fn add_start(
     state.limits.ceremony(client.ip())?;
     let label = ceremony::authenticator_label(request.label.as_deref())?;
     let member = caller.member.id;
-    let exclude: Vec<CredentialID> = state
-        .store
-        .passkeys_of(member)
-        .await?
-        .into_iter()
-        .map(|k| k.credential_id.into())
-        .collect();
-    let (mut options, registration) =
-        state
-            .webauthn
-            .start_passkey_registration(member, &label, &label, Some(exclude))?;
+    let exclude = ceremony::registered_ids(&state, member).await?;
+    let (mut options, registration) = state.webauthn.start_passkey_registration(
+        member,
+        ceremony::STATE_USER_NAME,
+        ceremony::STATE_USER_NAME,
+        Some(exclude),
+    )?;
+    ceremony::show_label(&mut options, &label);
     ceremony::require_discoverable_roaming_key(&mut options);
     let ceremony = ceremony::begin(
         &state,

@@ -1,0 +1,455 @@
+//! A typed client of the rendezvous server's HTTP API (`/api/v1`), with a bearer session once logged in.
+
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tessera_wire::{
+    API_PREFIX, AddPasskeyStartRequest, AuthenticationOptions, CreateInvitationRequest,
+    CreateRecoveryRequest, CreatedInvitation, EnrollStartRequest, ErrorBody, InvitationInfo,
+    LoginFinishRequest, Me, MemberInfo, PasskeyInfo, PublicKeyCredential,
+    RegisterPublicKeyCredential, RegistrationFinishRequest, RegistrationOptions, Role,
+    SessionGranted,
+};
+use url::Url;
+use uuid::Uuid;
+
+use crate::authenticator::{AuthenticatorError, SoftKey, Tamper};
+
+/// Why an API call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiClientError {
+    /// The server refused the request with an error body.
+    #[error("the server refused ({status}): {} — {}", body.error, body.message)]
+    Refused {
+        /// The HTTP status.
+        status: StatusCode,
+        /// The server's explanation.
+        body: ErrorBody,
+    },
+    /// The server answered something that is not the API's JSON.
+    #[error("unexpected answer ({status}): {text}")]
+    Unexpected {
+        /// The HTTP status.
+        status: StatusCode,
+        /// The start of the body.
+        text: String,
+    },
+    /// The server could not be reached.
+    #[error("cannot reach the server: {0}")]
+    Transport(#[from] reqwest::Error),
+    /// The authenticator refused to act.
+    #[error("the authenticator refused: {0}")]
+    Authenticator(#[from] AuthenticatorError),
+    /// The URL is not an invitation link.
+    #[error("not an invitation link: {0}")]
+    NotAnInvitation(String),
+}
+
+impl ApiClientError {
+    /// The server's error code, when it refused.
+    #[must_use]
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ApiClientError::Refused { body, .. } => Some(&body.error),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status, when the server answered.
+    #[must_use]
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            ApiClientError::Refused { status, .. } | ApiClientError::Unexpected { status, .. } => {
+                Some(*status)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The result of an API call.
+pub type ApiClientResult<T> = Result<T, ApiClientError>;
+
+/// The token of an invitation link `…/join/<token>`.
+///
+/// # Errors
+/// [`ApiClientError::NotAnInvitation`] when the link has no such path.
+pub fn invitation_token(link: &str) -> ApiClientResult<String> {
+    let url = Url::parse(link).map_err(|_| ApiClientError::NotAnInvitation(link.to_owned()))?;
+    let mut segments = url
+        .path_segments()
+        .ok_or_else(|| ApiClientError::NotAnInvitation(link.to_owned()))?;
+    match (segments.next(), segments.next(), segments.next()) {
+        (Some("join"), Some(token), None) if !token.is_empty() => Ok(token.to_owned()),
+        _ => Err(ApiClientError::NotAnInvitation(link.to_owned())),
+    }
+}
+
+/// A client of one server, optionally holding a session.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    origin: Url,
+    session: Option<String>,
+}
+
+impl ApiClient {
+    /// A client of the server at `origin` (e.g. `http://localhost:8080`), without a session.
+    #[must_use]
+    pub fn new(origin: Url) -> ApiClient {
+        ApiClient {
+            http: reqwest::Client::new(),
+            origin,
+            session: None,
+        }
+    }
+
+    /// The server's origin, which the authenticator presents.
+    #[must_use]
+    pub fn origin(&self) -> &Url {
+        &self.origin
+    }
+
+    /// The session token, once enrolled or logged in.
+    #[must_use]
+    pub fn session(&self) -> Option<&str> {
+        self.session.as_deref()
+    }
+
+    /// Uses (or drops) a session token for the following calls.
+    pub fn set_session(&mut self, session: Option<String>) {
+        self.session = session;
+    }
+
+    fn origin_str(&self) -> &str {
+        self.origin.as_str().trim_end_matches('/')
+    }
+
+    /// Sends one request to `/api/v1{path}` and returns the status and raw body.
+    ///
+    /// # Errors
+    /// [`ApiClientError::Transport`] when the server cannot be reached.
+    pub async fn send_raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> ApiClientResult<(StatusCode, Vec<u8>)> {
+        let url = format!("{}{API_PREFIX}{path}", self.origin_str());
+        let mut request = self.http.request(method, url);
+        if let Some(session) = &self.session {
+            request = request.bearer_auth(session);
+        }
+        if let Some((content_type, bytes)) = body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .body(bytes);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        Ok((status, response.bytes().await?.to_vec()))
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> ApiClientResult<T> {
+        let body = body
+            .map(|b| serde_json::to_vec(b).map(|bytes| ("application/json", bytes)))
+            .transpose()
+            .map_err(|e| ApiClientError::Unexpected {
+                status: StatusCode::BAD_REQUEST,
+                text: e.to_string(),
+            })?;
+        let (status, bytes) = self.send_raw(method, path, body).await?;
+        let unexpected = |bytes: &[u8]| ApiClientError::Unexpected {
+            status,
+            text: String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned(),
+        };
+        if !status.is_success() {
+            let body: ErrorBody = serde_json::from_slice(&bytes).map_err(|_| unexpected(&bytes))?;
+            return Err(ApiClientError::Refused { status, body });
+        }
+        let bytes = if bytes.is_empty() {
+            b"null".to_vec()
+        } else {
+            bytes
+        };
+        serde_json::from_slice(&bytes).map_err(|_| unexpected(&bytes))
+    }
+
+    /// `POST /enroll/start`.
+    ///
+    /// # Errors
+    /// When the server refuses or cannot be reached.
+    pub async fn enroll_start(
+        &self,
+        token: &str,
+        label: Option<&str>,
+    ) -> ApiClientResult<RegistrationOptions> {
+        let body = EnrollStartRequest {
+            token: token.to_owned(),
+            label: label.map(str::to_owned),
+        };
+        self.call(Method::POST, "/enroll/start", Some(&body)).await
+    }
+
+    /// `POST /enroll/finish`; keeps the session on success.
+    ///
+    /// # Errors
+    /// When the server refuses or cannot be reached.
+    pub async fn enroll_finish(
+        &mut self,
+        ceremony: &str,
+        credential: RegisterPublicKeyCredential,
+    ) -> ApiClientResult<SessionGranted> {
+        let body = RegistrationFinishRequest {
+            ceremony: ceremony.to_owned(),
+            credential,
+        };
+        let granted: SessionGranted = self
+            .call(Method::POST, "/enroll/finish", Some(&body))
+            .await?;
+        self.session = Some(granted.session.clone());
+        Ok(granted)
+    }
+
+    /// Enrolls a new software key with an invitation token; keeps the session.
+    ///
+    /// # Errors
+    /// When the server or the authenticator refuses.
+    pub async fn enroll(
+        &mut self,
+        token: &str,
+        label: Option<&str>,
+    ) -> ApiClientResult<(SoftKey, SessionGranted)> {
+        let options = self.enroll_start(token, label).await?;
+        let (key, credential) = SoftKey::register(&options.options, self.origin.as_str())?;
+        let granted = self.enroll_finish(&options.ceremony, credential).await?;
+        Ok((key, granted))
+    }
+
+    /// `POST /login/start`.
+    ///
+    /// # Errors
+    /// When the server refuses or cannot be reached.
+    pub async fn login_start(&self) -> ApiClientResult<AuthenticationOptions> {
+        self.call(Method::POST, "/login/start", Some(&serde_json::json!({})))
+            .await
+    }
+
+    /// `POST /login/finish`; keeps the session on success.
+    ///
+    /// # Errors
+    /// When the server refuses or cannot be reached.
+    pub async fn login_finish(
+        &mut self,
+        ceremony: &str,
+        credential: PublicKeyCredential,
+    ) -> ApiClientResult<SessionGranted> {
+        let body = LoginFinishRequest {
+            ceremony: ceremony.to_owned(),
+            credential,
+        };
+        let granted: SessionGranted = self
+            .call(Method::POST, "/login/finish", Some(&body))
+            .await?;
+        self.session = Some(granted.session.clone());
+        Ok(granted)
+    }
+
+    /// Logs in with a key (discoverable: no user name); keeps the session.
+    ///
+    /// # Errors
+    /// When the server or the authenticator refuses.
+    pub async fn login(&mut self, key: &mut SoftKey) -> ApiClientResult<SessionGranted> {
+        self.login_with(key, &Tamper::default()).await
+    }
+
+    /// Logs in with a key whose answer is tampered with (tests of refusals).
+    ///
+    /// # Errors
+    /// When the server or the authenticator refuses.
+    pub async fn login_with(
+        &mut self,
+        key: &mut SoftKey,
+        tamper: &Tamper,
+    ) -> ApiClientResult<SessionGranted> {
+        let options = self.login_start().await?;
+        let credential = key.sign_in_with(&options.options, self.origin.as_str(), tamper)?;
+        self.login_finish(&options.ceremony, credential).await
+    }
+
+    /// `POST /logout`; forgets the session.
+    ///
+    /// # Errors
+    /// When the server refuses or cannot be reached.
+    pub async fn logout(&mut self) -> ApiClientResult<()> {
+        self.call::<(), ()>(Method::POST, "/logout", None).await?;
+        self.session = None;
+        Ok(())
+    }
+
+    /// `GET /me`.
+    ///
+    /// # Errors
+    /// When the server refuses or cannot be reached.
+    pub async fn me(&self) -> ApiClientResult<Me> {
+        self.call::<(), _>(Method::GET, "/me", None).await
+    }
+
+    /// `GET /me/passkeys`.
+    ///
+    /// # Errors
+    /// When the server refuses or cannot be reached.
+    pub async fn passkeys(&self) -> ApiClientResult<Vec<PasskeyInfo>> {
+        self.call::<(), _>(Method::GET, "/me/passkeys", None).await
+    }
+
+    /// `POST /me/passkeys/start`.
+    ///
+    /// # Errors
+    /// When the server refuses or cannot be reached.
+    pub async fn add_passkey_start(
+        &self,
+        label: Option<&str>,
+    ) -> ApiClientResult<RegistrationOptions> {
+        let body = AddPasskeyStartRequest {
+            label: label.map(str::to_owned),
+        };
+        self.call(Method::POST, "/me/passkeys/start", Some(&body))
+            .await
+    }
+
+    /// `POST /me/passkeys/finish`.
+    ///
+    /// # Errors
+    /// When the server refuses or cannot be reached.
+    pub async fn add_passkey_finish(
+        &self,
+        ceremony: &str,
+        credential: RegisterPublicKeyCredential,
+    ) -> ApiClientResult<PasskeyInfo> {
+        let body = RegistrationFinishRequest {
+            ceremony: ceremony.to_owned(),
+            credential,
+        };
+        self.call(Method::POST, "/me/passkeys/finish", Some(&body))
+            .await
+    }
+
+    /// Adds a new software key to the logged-in member.
+    ///
+    /// # Errors
+    /// When the server or the authenticator refuses.
+    pub async fn add_passkey(
+        &self,
+        label: Option<&str>,
+    ) -> ApiClientResult<(SoftKey, PasskeyInfo)> {
+        let options = self.add_passkey_start(label).await?;
+        let (key, credential) = SoftKey::register(&options.options, self.origin.as_str())?;
+        let info = self
+            .add_passkey_finish(&options.ceremony, credential)
+            .await?;
+        Ok((key, info))
+    }
+
+    /// `DELETE /me/passkeys/{id}`.
+    ///
+    /// # Errors
+    /// When the server refuses or cannot be reached.
+    pub async fn delete_passkey(&self, id: &str) -> ApiClientResult<()> {
+        self.call::<(), ()>(Method::DELETE, &format!("/me/passkeys/{id}"), None)
+            .await
+    }
+
+    /// `POST /invitations` (admins).
+    ///
+    /// # Errors
+    /// When the server refuses or cannot be reached.
+    pub async fn create_invitation(
+        &self,
+        role: Role,
+        ttl_secs: u64,
+    ) -> ApiClientResult<CreatedInvitation> {
+        let body = CreateInvitationRequest { role, ttl_secs };
+        self.call(Method::POST, "/invitations", Some(&body)).await
+    }
+
+    /// `GET /invitations` (admins).
+    ///
+    /// # Errors
+    /// When the server refuses or cannot be reached.
+    pub async fn invitations(&self) -> ApiClientResult<Vec<InvitationInfo>> {
+        self.call::<(), _>(Method::GET, "/invitations", None).await
+    }
+
+    /// `DELETE /invitations/{id}` (admins).
+    ///
+    /// # Errors
+    /// When the server refuses or cannot be reached.
+    pub async fn revoke_invitation(&self, id: Uuid) -> ApiClientResult<()> {
+        self.call::<(), ()>(Method::DELETE, &format!("/invitations/{id}"), None)
+            .await
+    }
+
+    /// `GET /members`: the circle directory.
+    ///
+    /// # Errors
+    /// When the server refuses or cannot be reached.
+    pub async fn members(&self) -> ApiClientResult<Vec<MemberInfo>> {
+        self.call::<(), _>(Method::GET, "/members", None).await
+    }
+
+    /// `DELETE /members/{id}` (admins).
+    ///
+    /// # Errors
+    /// When the server refuses or cannot be reached.
+    pub async fn revoke_member(&self, id: Uuid) -> ApiClientResult<()> {
+        self.call::<(), ()>(Method::DELETE, &format!("/members/{id}"), None)
+            .await
+    }
+
+    /// `POST /members/{id}/recovery` (admins): an invitation for the member to enroll a new key.
+    ///
+    /// # Errors
+    /// When the server refuses or cannot be reached.
+    pub async fn recovery_invitation(
+        &self,
+        id: Uuid,
+        ttl_secs: u64,
+    ) -> ApiClientResult<CreatedInvitation> {
+        let body = CreateRecoveryRequest { ttl_secs };
+        self.call(
+            Method::POST,
+            &format!("/members/{id}/recovery"),
+            Some(&body),
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invitation_links_yield_their_token() {
+        assert_eq!(
+            invitation_token("http://localhost:8080/join/abc_DEF-1").expect("token"),
+            "abc_DEF-1"
+        );
+        for bad in [
+            "http://localhost:8080/",
+            "http://localhost:8080/join/",
+            "http://localhost:8080/join/a/b",
+            "http://localhost:8080/account/abc",
+            "not a url",
+        ] {
+            assert!(invitation_token(bad).is_err(), "{bad} accepted");
+        }
+    }
+}

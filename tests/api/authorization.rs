@@ -1,0 +1,227 @@
+//! Who may do what: sessions (bearer and cookie), expiry, revocation, roles, and circles that never see each other.
+
+use reqwest::StatusCode;
+use tessera_server::circle;
+use tessera_tests::TestApp;
+use tessera_wire::{Role, SESSION_COOKIE};
+
+use crate::support::assert_refused;
+
+#[tokio::test]
+async fn without_a_session_everything_but_login_is_refused() {
+    let app = TestApp::spawn().await;
+    let client = app.client();
+    assert_refused(client.me().await, StatusCode::UNAUTHORIZED, "unauthorized");
+    assert_refused(
+        client.members().await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+    assert_refused(
+        client.invitations().await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+    assert_refused(
+        client.create_invitation(Role::Admin, 3600).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+    let mut forged = app.client();
+    forged.set_session(Some(tessera_server::secret::new_token()));
+    assert_refused(forged.me().await, StatusCode::UNAUTHORIZED, "unauthorized");
+    forged.set_session(Some("garbage".into()));
+    assert_refused(forged.me().await, StatusCode::UNAUTHORIZED, "unauthorized");
+}
+
+#[tokio::test]
+async fn the_browser_cookie_is_http_only_strict_and_authenticates() {
+    let app = TestApp::spawn().await;
+    let token = tessera_client::api::invitation_token(&app.first_invitation).expect("token");
+    let client = app.client();
+    let options = client.enroll_start(&token, None).await.expect("start");
+    let (_key, credential) =
+        tessera_client::authenticator::SoftKey::register(&options.options, app.origin.as_str())
+            .expect("register");
+    let response = reqwest::Client::new()
+        .post(format!("{}api/v1/enroll/finish", app.origin))
+        .json(&tessera_wire::RegistrationFinishRequest {
+            ceremony: options.ceremony,
+            credential,
+        })
+        .send()
+        .await
+        .expect("finish");
+    assert_eq!(response.status(), StatusCode::OK);
+    let cookie = response
+        .headers()
+        .get(reqwest::header::SET_COOKIE)
+        .expect("a session cookie")
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(cookie.starts_with(&format!("{SESSION_COOKIE}=")));
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(
+            cookie.contains(attribute),
+            "cookie lacks {attribute}: {cookie}"
+        );
+    }
+    let pair = cookie.split(';').next().expect("name=value");
+    let me = reqwest::Client::new()
+        .get(format!("{}api/v1/me", app.origin))
+        .header(reqwest::header::COOKIE, pair)
+        .send()
+        .await
+        .expect("me");
+    assert_eq!(me.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_expired_session_is_refused() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    app.clock.advance(12 * 3600 + 1);
+    assert_refused(
+        admin.client.me().await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+}
+
+#[tokio::test]
+async fn a_member_cannot_act_as_an_admin() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let member = app.invite(&admin, Role::Member, "Grace").await;
+    let pending = admin
+        .client
+        .create_invitation(Role::Member, 3600)
+        .await
+        .expect("invite");
+    let c = &member.client;
+    assert_refused(
+        c.create_invitation(Role::Admin, 3600).await,
+        StatusCode::FORBIDDEN,
+        "admin_required",
+    );
+    assert_refused(
+        c.invitations().await,
+        StatusCode::FORBIDDEN,
+        "admin_required",
+    );
+    assert_refused(
+        c.revoke_invitation(pending.id).await,
+        StatusCode::FORBIDDEN,
+        "admin_required",
+    );
+    assert_refused(
+        c.revoke_member(admin.granted.member).await,
+        StatusCode::FORBIDDEN,
+        "admin_required",
+    );
+    assert_refused(
+        c.recovery_invitation(member.granted.member, 3600).await,
+        StatusCode::FORBIDDEN,
+        "admin_required",
+    );
+    // Nothing changed.
+    assert_eq!(admin.client.invitations().await.expect("pending").len(), 1);
+    assert_eq!(admin.client.members().await.expect("directory").len(), 2);
+    // Members may read the directory.
+    assert_eq!(c.members().await.expect("directory").len(), 2);
+}
+
+#[tokio::test]
+async fn revoking_a_member_ends_their_sessions_at_once() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let member = app.invite(&admin, Role::Member, "Grace").await;
+    member
+        .client
+        .me()
+        .await
+        .expect("the member's session works");
+    admin
+        .client
+        .revoke_member(member.granted.member)
+        .await
+        .expect("revoke");
+    assert_refused(
+        member.client.me().await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+    let directory = admin.client.members().await.expect("directory");
+    assert_eq!(directory.len(), 1, "the revoked member left the directory");
+    assert_refused(
+        admin.client.revoke_member(member.granted.member).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+}
+
+#[tokio::test]
+async fn an_admin_cannot_revoke_themselves() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    assert_refused(
+        admin.client.revoke_member(admin.granted.member).await,
+        StatusCode::CONFLICT,
+        "cannot_revoke_self",
+    );
+    admin.client.me().await.expect("still in");
+}
+
+#[tokio::test]
+async fn circles_never_see_each_other() {
+    let app = TestApp::spawn().await;
+    let admin_a = app.admin().await;
+    let member_a = app.invite(&admin_a, Role::Member, "Grace").await;
+    let pending_a = admin_a
+        .client
+        .create_invitation(Role::Member, 3600)
+        .await
+        .expect("invite");
+
+    let second = circle::create_circle(
+        app.store.as_ref(),
+        app.origin.as_str().trim_end_matches('/'),
+        app.clock.now(),
+    )
+    .await
+    .expect("a second circle");
+    let admin_b = app.enroll(&second.url, "Other Admin").await;
+    assert_ne!(admin_b.granted.circle, admin_a.granted.circle);
+
+    let b = &admin_b.client;
+    let directory = b.members().await.expect("directory");
+    assert_eq!(directory.len(), 1);
+    assert_eq!(directory[0].id, admin_b.granted.member);
+    assert!(b.invitations().await.expect("pending").is_empty());
+    assert_refused(
+        b.revoke_member(member_a.granted.member).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_refused(
+        b.revoke_invitation(pending_a.id).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_refused(
+        b.recovery_invitation(member_a.granted.member, 3600).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    // Circle A is untouched.
+    member_a
+        .client
+        .me()
+        .await
+        .expect("the member of A is still in");
+    assert_eq!(
+        admin_a.client.invitations().await.expect("pending").len(),
+        1
+    );
+}

@@ -1,0 +1,211 @@
+//! A member's own keys (add a spare, list, revoke any but the last) and recovery after a lost key.
+
+use base64::Engine as _;
+use reqwest::StatusCode;
+use tessera_tests::TestApp;
+use tessera_wire::{InvitationKind, Role};
+
+use crate::support::assert_refused;
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[tokio::test]
+async fn a_member_adds_a_spare_key_logs_in_with_it_and_revokes_the_first() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let (mut spare, info) = admin.client.add_passkey(Some("spare")).await.expect("add");
+    assert_eq!(info.id, b64(spare.credential_id()));
+    assert_eq!(admin.client.passkeys().await.expect("keys").len(), 2);
+
+    let mut client = app.client();
+    let granted = client.login(&mut spare).await.expect("the spare logs in");
+    assert_eq!(granted.member, admin.granted.member);
+
+    let first = b64(admin.key.credential_id());
+    client
+        .delete_passkey(&first)
+        .await
+        .expect("revoke the first key");
+    let keys = client.passkeys().await.expect("keys");
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].id, info.id);
+
+    let mut lost = admin.key.clone();
+    assert_refused(
+        app.client().login(&mut lost).await,
+        StatusCode::UNAUTHORIZED,
+        "unknown_credential",
+    );
+}
+
+#[tokio::test]
+async fn the_last_key_cannot_be_revoked() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let only = b64(admin.key.credential_id());
+    assert_refused(
+        admin.client.delete_passkey(&only).await,
+        StatusCode::CONFLICT,
+        "last_passkey",
+    );
+    assert_eq!(admin.client.passkeys().await.expect("keys").len(), 1);
+}
+
+#[tokio::test]
+async fn a_member_cannot_revoke_someone_elses_key() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    admin.client.add_passkey(None).await.expect("a second key");
+    let member = app.invite(&admin, Role::Member, "Grace").await;
+    let admins_key = b64(admin.key.credential_id());
+    assert_refused(
+        member.client.delete_passkey(&admins_key).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_refused(
+        member.client.delete_passkey("%%%").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_eq!(admin.client.passkeys().await.expect("keys").len(), 2);
+}
+
+#[tokio::test]
+async fn the_same_key_cannot_be_added_twice() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let options = admin.client.add_passkey_start(None).await.expect("start");
+    let json = serde_json::to_value(&options).expect("json");
+    let excluded = json["publicKey"]["excludeCredentials"][0]["id"]
+        .as_str()
+        .map(str::to_owned);
+    assert_eq!(
+        excluded,
+        Some(b64(admin.key.credential_id())),
+        "the browser is told to exclude it"
+    );
+    let again = tessera_client::authenticator::Tamper {
+        credential_id: Some(admin.key.credential_id().to_vec()),
+        ..Default::default()
+    };
+    let (_key, credential) = tessera_client::authenticator::SoftKey::register_with(
+        &options.options,
+        app.origin.as_str(),
+        &again,
+    )
+    .expect("register");
+    let result = admin
+        .client
+        .add_passkey_finish(&options.ceremony, credential)
+        .await;
+    let error = result.expect_err("refused");
+    assert!(
+        matches!(
+            error.code(),
+            Some("webauthn_rejected" | "credential_exists")
+        ),
+        "{error}"
+    );
+    assert_eq!(admin.client.passkeys().await.expect("keys").len(), 1);
+}
+
+#[tokio::test]
+async fn another_members_ceremony_cannot_add_a_key_to_me() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let member = app.invite(&admin, Role::Member, "Grace").await;
+    let options = member.client.add_passkey_start(None).await.expect("start");
+    let (_key, credential) =
+        tessera_client::authenticator::SoftKey::register(&options.options, app.origin.as_str())
+            .expect("register");
+    assert_refused(
+        admin
+            .client
+            .add_passkey_finish(&options.ceremony, credential)
+            .await,
+        StatusCode::BAD_REQUEST,
+        "ceremony_mismatch",
+    );
+    assert_eq!(admin.client.passkeys().await.expect("keys").len(), 1);
+    assert_eq!(member.client.passkeys().await.expect("keys").len(), 1);
+}
+
+#[tokio::test]
+async fn a_recovery_invitation_lets_a_member_enroll_a_new_key() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let member = app.invite(&admin, Role::Member, "Grace").await;
+    let recovery = admin
+        .client
+        .recovery_invitation(member.granted.member, 3600)
+        .await
+        .expect("recovery");
+    let pending = admin.client.invitations().await.expect("pending");
+    assert_eq!(pending[0].kind, InvitationKind::Recovery);
+    assert_eq!(pending[0].member, Some(member.granted.member));
+
+    let recovered = app.enroll(&recovery.url, "Grace again").await;
+    assert_eq!(
+        recovered.granted.member, member.granted.member,
+        "the same member"
+    );
+    assert_eq!(recovered.granted.role, Role::Member);
+    assert_eq!(recovered.client.passkeys().await.expect("keys").len(), 2);
+    assert_eq!(admin.client.members().await.expect("directory").len(), 2);
+}
+
+#[tokio::test]
+async fn revoking_a_member_voids_their_recovery_invitation() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let member = app.invite(&admin, Role::Member, "Grace").await;
+    let recovery = admin
+        .client
+        .recovery_invitation(member.granted.member, 3600)
+        .await
+        .expect("recovery");
+    admin
+        .client
+        .revoke_member(member.granted.member)
+        .await
+        .expect("revoke");
+    assert_refused(
+        app.client().enroll_start(&recovery.token, None).await,
+        StatusCode::GONE,
+        "invitation_unusable",
+    );
+    assert_refused(
+        admin
+            .client
+            .recovery_invitation(member.granted.member, 3600)
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+}
+
+#[tokio::test]
+async fn the_directory_carries_each_members_public_keys() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let member = app.invite(&admin, Role::Member, "Grace").await;
+    let directory = member.client.members().await.expect("directory");
+    let entry = directory
+        .iter()
+        .find(|m| m.id == admin.granted.member)
+        .expect("the admin is listed");
+    assert_eq!(entry.role, Role::Admin);
+    assert_eq!(entry.passkeys.len(), 1);
+    assert_eq!(entry.passkeys[0].alg, "ES256");
+    assert_eq!(
+        entry.passkeys[0].public_key,
+        b64(&admin.key.public_key_sec1())
+    );
+    assert_eq!(
+        entry.passkeys[0].credential_id,
+        b64(admin.key.credential_id())
+    );
+}

@@ -1,0 +1,88 @@
+//! After a full scenario, neither the database files nor the logs hold a label, a token in clear or an IP address.
+
+use tessera_client::api::invitation_token;
+use tessera_tests::{TestApp, captured_logs, contains_bytes};
+use tessera_wire::Role;
+
+#[tokio::test]
+async fn the_database_and_logs_hold_no_labels_tokens_or_addresses() {
+    let app = TestApp::spawn().await;
+    let labels = [
+        "Ada Lovelace (admin)",
+        "Grace Hopper",
+        "Hedy spare key",
+        "Grace after loss",
+    ];
+    let mut secrets = vec![invitation_token(&app.first_invitation).expect("token")];
+
+    let mut admin = app.enroll(&app.first_invitation.clone(), labels[0]).await;
+    let invitation = admin
+        .client
+        .create_invitation(Role::Member, 3600)
+        .await
+        .expect("invite");
+    secrets.push(invitation.token.clone());
+    let member = app.enroll(&invitation.url, labels[1]).await;
+    secrets.push(member.granted.session.clone());
+    let (_spare, _) = member
+        .client
+        .add_passkey(Some(labels[2]))
+        .await
+        .expect("spare");
+    let recovery = admin
+        .client
+        .recovery_invitation(member.granted.member, 3600)
+        .await
+        .expect("recovery");
+    secrets.push(recovery.token.clone());
+    let recovered = app.enroll(&recovery.url, labels[3]).await;
+    secrets.push(recovered.granted.session.clone());
+    let mut client = app.client();
+    let login = client.login(&mut admin.key).await.expect("login");
+    secrets.push(login.session.clone());
+    secrets.push(admin.granted.session.clone());
+    let pending = admin
+        .client
+        .create_invitation(Role::Admin, 3600)
+        .await
+        .expect("invite");
+    secrets.push(pending.token.clone());
+    admin
+        .client
+        .revoke_member(member.granted.member)
+        .await
+        .expect("revoke");
+    client.logout().await.expect("logout");
+
+    let database = app.database_bytes();
+    assert!(!database.is_empty());
+    let logs = captured_logs();
+    assert!(logs.contains("logged in"), "the logs were captured");
+    for label in labels {
+        assert!(
+            !contains_bytes(&database, label.as_bytes()),
+            "the database holds the label {label:?}"
+        );
+        assert!(!logs.contains(label), "the logs hold the label {label:?}");
+    }
+    for secret in &secrets {
+        assert!(
+            !contains_bytes(&database, secret.as_bytes()),
+            "the database holds a token in clear"
+        );
+        assert!(
+            !logs.contains(secret.as_str()),
+            "the logs hold a token in clear"
+        );
+    }
+    for address in ["127.0.0.1", "::1"] {
+        assert!(
+            !contains_bytes(&database, address.as_bytes()),
+            "the database holds {address}"
+        );
+    }
+    assert!(
+        !logs.contains("127.0.0.1"),
+        "the logs hold a client address"
+    );
+}
