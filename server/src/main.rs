@@ -3,7 +3,7 @@
 use anyhow::Context as _;
 use clap::Parser as _;
 use tessera_server::config::{Cli, Command};
-use tessera_server::store::{SqliteStore, Store as _};
+use tessera_server::store::SqliteStore;
 use tessera_server::{Application, circle, clock::Clock};
 use tracing_subscriber::EnvFilter;
 
@@ -19,17 +19,10 @@ async fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let app = Application::build(config.clone()).await?;
-            println!("Tessera is serving {} (port {})", config.origin, app.port());
             if let Some(link) = app.first_invitation() {
-                println!();
-                println!(
-                    "A new circle was created. Its first admin enrolls a hardware key at this link,"
-                );
-                println!("valid for 24 hours and usable once (it is shown only now):");
-                println!();
-                println!("    {link}");
-                println!();
+                print_admin_link(link);
             }
+            println!("Tessera is serving {} (port {})", config.origin, app.port());
             app.run().await.context("the server stopped")?;
         }
         Command::NewCircle => {
@@ -37,14 +30,17 @@ async fn main() -> anyhow::Result<()> {
             let created =
                 circle::create_circle(&store, &config.origin_base(), Clock::default().now())
                     .await?;
-            store.ping().await?;
-            println!(
-                "A new circle was created. Its first admin enrolls a hardware key at this link,"
-            );
-            println!("valid for 24 hours and usable once (it is shown only now):");
-            println!();
-            println!("    {}", created.url);
+            print_admin_link(&created.url);
         }
     }
     Ok(())
+}
+
+/// Shows the operator a new circle's one-time admin invitation link (on the console, never in the logs).
+fn print_admin_link(link: &str) {
+    println!("A new circle was created. Its first admin enrolls a hardware key at this link,");
+    println!("valid for 24 hours and usable once (it is shown only now):");
+    println!();
+    println!("    {link}");
+    println!();
 }
