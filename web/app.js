@@ -187,6 +187,7 @@ const pages = {
       try {
         const label = document.getElementById('key-label').value;
         await registerKey('/me/passkeys/start', { label }, '/me/passkeys/finish');
+        document.getElementById('key-label').value = '';
         say('Key added.');
         await draw();
       } catch (error) {

@@ -47,9 +47,5 @@ CREATE TABLE sessions (
 ) STRICT;
 CREATE INDEX sessions_by_member ON sessions (member_id);
 
--- WebAuthn ceremony state: single use (deleted when taken), expires in minutes.
-CREATE TABLE ceremonies (
-    id_hash    BLOB PRIMARY KEY NOT NULL,  -- SHA-256 of the ceremony id
-    state      TEXT NOT NULL,              -- JSON: what the ceremony is for and the webauthn-rs state
-    expires_at INTEGER NOT NULL
-) STRICT;
+-- WebAuthn ceremony state is not here: a single SQLite node keeps it in memory (single use,
+-- minutes). A multi-node backend (PostgreSQL) keeps it in a table of its own.

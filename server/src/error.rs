@@ -72,6 +72,9 @@ pub enum ApiError {
     /// Too many requests from this client.
     #[error("too many requests; wait a minute and try again")]
     RateLimited,
+    /// The server is at a limit (e.g. too many pending ceremonies).
+    #[error("the server is busy; try again in a minute")]
+    Busy,
     /// Something failed inside the server; the cause is logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -102,6 +105,7 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ApiError::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -130,6 +134,7 @@ impl From<StoreError> for ApiError {
             StoreError::InvitationUnusable => ApiError::InvitationUnusable,
             StoreError::CredentialExists => ApiError::CredentialExists,
             StoreError::LastPasskey => ApiError::LastPasskey,
+            StoreError::Busy => ApiError::Busy,
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -234,6 +234,7 @@ test('the login page renders', async () => {
   assert.equal(response.status(), 200);
   await visitor.page.locator('#login').waitFor();
   await shot(visitor.page, 'login');
+  assert.equal(await visitor.page.locator('#logout').isVisible(), false, 'a logged-out visitor sees no "Log out" button');
   await visitor.context.close();
 });
 
@@ -318,6 +319,7 @@ test('e. a used invitation link is refused in a third context', async () => {
   assert.equal(response.status(), 410);
   assert.match(await stranger.page.locator('main').textContent(), /already used/);
   assert.equal(await stranger.page.locator('#enroll').count(), 0, 'no enrollment form');
+  assert.equal(await stranger.page.locator('#nav').isVisible(), false, 'a stranger sees no account navigation');
   await shot(stranger.page, 'join-used');
   const bootstrap = await stranger.page.goto(run.bootstrapLink);
   assert.equal(bootstrap.status(), 410, 'the bootstrap link is used up too');
@@ -341,6 +343,7 @@ test('f. the admin revokes the member, whose next request fails', async () => {
   // Their key no longer logs them in either.
   await run.member.page.locator('#login').click();
   await run.member.page.locator('#status.error').waitFor();
+  assert.match(await status(run.member.page), /revoked/);
   assert.equal(run.member.page.url(), `${run.base}/`);
 });
 
@@ -359,6 +362,7 @@ test('g. the admin adds a spare key, then revokes it', async () => {
   await page.locator('#add-key-button').click();
   await page.locator('#status', { hasText: 'Key added.' }).waitFor();
   assert.equal(await page.locator('#keys tbody tr').count(), 2);
+  assert.equal(await page.locator('#key-label').inputValue(), '', 'the label does not linger in the form');
   const onSpare = await cdp.send('WebAuthn.getCredentials', { authenticatorId: spare });
   assert.equal(onSpare.credentials.length, 1);
   assert.equal(onSpare.credentials[0].userName, run.labels.at(-1), 'the spare key shows its own label');
@@ -386,6 +390,7 @@ test('g. the admin adds a spare key, then revokes it', async () => {
   // The last key cannot be revoked.
   await page.locator('#keys tbody tr').getByRole('button', { name: 'Revoke' }).click();
   await page.locator('#status.error').waitFor();
+  assert.match(await status(page), /last key/);
   assert.equal(await page.locator('#keys tbody tr').count(), 1);
 
   // And the first key still logs in.

@@ -47,19 +47,15 @@ async fn finish(
     let (user_handle, credential_id) = state
         .webauthn
         .identify_discoverable_authentication(&request.credential)?;
-    let record = state
+    let (record, member) = state
         .store
-        .passkey(credential_id)
+        .login_key(credential_id)
         .await?
         .ok_or(ApiError::UnknownCredential)?;
     if record.member != user_handle {
         return Err(ApiError::UserHandleMismatch);
     }
-    let member = state
-        .store
-        .member(record.member)
-        .await?
-        .ok_or(ApiError::MemberRevoked)?;
+    let member = member.ok_or(ApiError::MemberRevoked)?;
     let mut passkey = ceremony::stored_passkey(&record)?;
     let result = state
         .webauthn
@@ -68,16 +64,20 @@ async fn finish(
             WebauthnError::CredentialPossibleCompromise => ApiError::CounterRegression,
             other => other.into(),
         })?;
+    // The new counter must be stored: webauthn-rs judges regressions against what it is given.
     passkey.update_credential(&result);
     let passkey_json =
         serde_json::to_string(&passkey).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let now = state.clock.now();
+    let (session, granted) = auth::new_session(&state, &member);
     state
         .store
-        .record_passkey_use(&record.credential_id, &passkey_json, now)
+        .record_login(
+            &record.credential_id,
+            &passkey_json,
+            &session,
+            state.clock.now(),
+        )
         .await?;
-    let (session, granted) = auth::new_session(&state, &member);
-    state.store.insert_session(&session).await?;
     tracing::info!("logged in");
     Ok(([auth::session_cookie(&state, &granted)], Json(granted)))
 }

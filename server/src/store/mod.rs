@@ -1,7 +1,9 @@
 //! The server's whole state behind one trait, so that SQLite (the default) and PostgreSQL can each implement it.
 
+mod ceremonies;
 mod sqlite;
 
+pub use ceremonies::MemoryCeremonies;
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
@@ -101,6 +103,9 @@ pub enum StoreError {
     /// A row could not be read back.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// Too many ceremonies are pending; try again shortly.
+    #[error("too many ceremonies are pending")]
+    Busy,
     /// The database failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
@@ -160,17 +165,21 @@ pub trait Store: Send + Sync + 'static {
     async fn enroll(&self, enrollment: &Enrollment, now: i64) -> StoreResult<()>;
     /// Adds a key to an existing member (who must not be revoked).
     async fn add_passkey(&self, passkey: &PasskeyRecord) -> StoreResult<()>;
-    /// The key with this credential id.
-    async fn passkey(&self, credential_id: &[u8]) -> StoreResult<Option<PasskeyRecord>>;
     /// A member's keys.
     async fn passkeys_of(&self, member: Uuid) -> StoreResult<Vec<PasskeyRecord>>;
     /// Every key of the circle's unrevoked members.
     async fn passkeys_of_circle(&self, circle: Uuid) -> StoreResult<Vec<PasskeyRecord>>;
-    /// Saves a key's updated state (counter, backup flags) after a login.
-    async fn record_passkey_use(
+    /// The key with this credential id, and its member unless revoked.
+    async fn login_key(
+        &self,
+        credential_id: &[u8],
+    ) -> StoreResult<Option<(PasskeyRecord, Option<MemberRecord>)>>;
+    /// After a login: saves the key's updated state (counter, backup flags) and opens the session, atomically.
+    async fn record_login(
         &self,
         credential_id: &[u8],
         passkey_json: &str,
+        session: &SessionRecord,
         now: i64,
     ) -> StoreResult<()>;
     /// Deletes one of a member's keys, never the last; false if the member has no such key.
@@ -183,8 +192,6 @@ pub trait Store: Send + Sync + 'static {
     /// Revokes a member of the circle, ending their sessions and pending recovery invitations.
     async fn revoke_member(&self, circle: Uuid, id: Uuid, now: i64) -> StoreResult<bool>;
 
-    /// Opens a session.
-    async fn insert_session(&self, session: &SessionRecord) -> StoreResult<()>;
     /// The unrevoked member of an unexpired session.
     async fn session_member(
         &self,

@@ -2,17 +2,20 @@
 
 use std::path::Path;
 use std::str::FromStr as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Row as _, SqlitePool};
 use tessera_wire::Role;
 use uuid::Uuid;
 
 use super::{
-    Enrollment, InvitationRecord, MemberRecord, PasskeyRecord, SessionRecord, Store, StoreError,
-    StoreResult,
+    Enrollment, InvitationRecord, MemberRecord, MemoryCeremonies, PasskeyRecord, SessionRecord,
+    Store, StoreError, StoreResult,
 };
 use crate::secret::Digest;
 
@@ -26,6 +29,7 @@ pub const DATABASE_FILE: &str = "tessera.db";
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    ceremonies: Arc<MemoryCeremonies>,
 }
 
 impl SqliteStore {
@@ -40,8 +44,11 @@ impl SqliteStore {
             .filename(data_dir.join(DATABASE_FILE))
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
+            // In WAL mode, NORMAL syncs at checkpoints: a crash of the process loses nothing, a power
+            // loss at most the last commits (sessions, last-used times).
+            .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            // Deleted rows (used ceremonies, ended sessions) are overwritten, not left in free pages.
+            // Deleted rows (ended sessions, used invitations' rows) are overwritten, not left in free pages.
             .pragma("secure_delete", "ON")
             .busy_timeout(Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
@@ -49,7 +56,10 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            pool,
+            ceremonies: Arc::new(MemoryCeremonies::default()),
+        })
     }
 }
 
@@ -292,27 +302,12 @@ impl Store for SqliteStore {
         state: &str,
         expires_at: i64,
     ) -> StoreResult<()> {
-        sqlx::query("INSERT INTO ceremonies (id_hash, state, expires_at) VALUES (?, ?, ?)")
-            .bind(&id_hash[..])
-            .bind(state)
-            .bind(expires_at)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        // One process serves: ceremony state stays in memory and never reaches the disk.
+        self.ceremonies.put(id_hash, state, expires_at)
     }
 
     async fn take_ceremony(&self, id_hash: &Digest, now: i64) -> StoreResult<Option<String>> {
-        let row =
-            sqlx::query("DELETE FROM ceremonies WHERE id_hash = ? RETURNING state, expires_at")
-                .bind(&id_hash[..])
-                .fetch_optional(&self.pool)
-                .await?;
-        let Some(row) = row else { return Ok(None) };
-        let expires_at: i64 = row.try_get("expires_at")?;
-        if expires_at <= now {
-            return Ok(None);
-        }
-        Ok(Some(row.try_get("state")?))
+        Ok(self.ceremonies.take(id_hash, now))
     }
 
     async fn enroll(&self, enrollment: &Enrollment, now: i64) -> StoreResult<()> {
@@ -376,18 +371,6 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn passkey(&self, credential_id: &[u8]) -> StoreResult<Option<PasskeyRecord>> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            passkey_columns!(),
-            " FROM passkeys WHERE credential_id = ?"
-        ))
-        .bind(credential_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(passkey_of).transpose()
-    }
-
     async fn passkeys_of(&self, member: Uuid) -> StoreResult<Vec<PasskeyRecord>> {
         let rows = sqlx::query(concat!(
             "SELECT ",
@@ -412,18 +395,49 @@ impl Store for SqliteStore {
         rows.iter().map(passkey_of).collect()
     }
 
-    async fn record_passkey_use(
+    async fn login_key(
+        &self,
+        credential_id: &[u8],
+    ) -> StoreResult<Option<(PasskeyRecord, Option<MemberRecord>)>> {
+        let row = sqlx::query(
+            "SELECT p.credential_id, p.member_id, p.passkey, p.aaguid, p.created_at, p.last_used_at, \
+                    m.id, m.circle_id, m.role, m.created_at AS member_created_at, m.revoked_at \
+             FROM passkeys p JOIN members m ON m.id = p.member_id WHERE p.credential_id = ?",
+        )
+        .bind(credential_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let revoked_at: Option<i64> = row.try_get("revoked_at")?;
+        let member = if revoked_at.is_some() {
+            None
+        } else {
+            Some(MemberRecord {
+                id: uuid_of(&row, "id")?,
+                circle: uuid_of(&row, "circle_id")?,
+                role: role_of(&row)?,
+                created_at: row.try_get("member_created_at")?,
+            })
+        };
+        Ok(Some((passkey_of(&row)?, member)))
+    }
+
+    async fn record_login(
         &self,
         credential_id: &[u8],
         passkey_json: &str,
+        session: &SessionRecord,
         now: i64,
     ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE passkeys SET passkey = ?, last_used_at = ? WHERE credential_id = ?")
             .bind(passkey_json)
             .bind(now)
             .bind(credential_id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        insert_session_in(&mut *tx, session).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -503,10 +517,6 @@ impl Store for SqliteStore {
         Ok(true)
     }
 
-    async fn insert_session(&self, session: &SessionRecord) -> StoreResult<()> {
-        insert_session_in(&self.pool, session).await
-    }
-
     async fn session_member(
         &self,
         token_hash: &Digest,
@@ -533,14 +543,11 @@ impl Store for SqliteStore {
     }
 
     async fn purge_expired(&self, now: i64) -> StoreResult<u64> {
-        let ceremonies = sqlx::query("DELETE FROM ceremonies WHERE expires_at <= ?")
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
+        let ceremonies = self.ceremonies.purge(now);
         let sessions = sqlx::query("DELETE FROM sessions WHERE expires_at <= ?")
             .bind(now)
             .execute(&self.pool)
             .await?;
-        Ok(ceremonies.rows_affected() + sessions.rows_affected())
+        Ok(ceremonies + sessions.rows_affected())
     }
 }
