@@ -19,8 +19,10 @@ use webauthn_rs::prelude::WebauthnBuilder;
 use crate::circle;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::ratelimit::RateLimits;
 use crate::routes;
+use crate::signal::LocalHub;
 use crate::state::AppState;
 use crate::store::{SqliteStore, Store};
 
@@ -114,6 +116,8 @@ impl Application {
                 config.ceremony_rate_per_minute,
                 config.invitation_rate_per_minute,
             )),
+            signals: Arc::new(LocalHub::default()),
+            metrics: Arc::new(Metrics::default()),
             config: Arc::new(config),
         };
         Ok(Application {

@@ -121,6 +121,41 @@ pub struct Config {
         global = true
     )]
     pub invitation_rate_per_minute: u32,
+    /// Largest signalling frame accepted, in bytes.
+    #[arg(long, env = "TESSERA_WS_MAX_FRAME_BYTES", default_value_t = 64 * 1024, global = true)]
+    pub ws_max_frame_bytes: usize,
+    /// Signalling frames a connection may send per second (bursts of twice that).
+    #[arg(
+        long,
+        env = "TESSERA_WS_FRAMES_PER_SECOND",
+        default_value_t = 50,
+        global = true
+    )]
+    pub ws_frames_per_second: u32,
+    /// Refused frames after which a connection is closed for abuse.
+    #[arg(
+        long,
+        env = "TESSERA_WS_MAX_REFUSALS",
+        default_value_t = 100,
+        global = true
+    )]
+    pub ws_max_refusals: u32,
+    /// Signalling connections one member may hold at once (browser tabs, CLI devices).
+    #[arg(
+        long,
+        env = "TESSERA_WS_CONNECTIONS_PER_MEMBER",
+        default_value_t = 8,
+        global = true
+    )]
+    pub ws_connections_per_member: usize,
+    /// Seconds of silence after which a connection is closed (the server pings every third of it).
+    #[arg(
+        long,
+        env = "TESSERA_WS_IDLE_TIMEOUT_SECS",
+        default_value_t = 60,
+        global = true
+    )]
+    pub ws_idle_timeout_secs: u64,
     /// Log filter (tracing syntax), e.g. `info` or `tessera_server=debug`.
     #[arg(long, env = "TESSERA_LOG", default_value = "info", global = true)]
     pub log: String,
@@ -162,6 +197,11 @@ impl Config {
             ceremony_ttl_secs: 300,
             ceremony_rate_per_minute: 10_000,
             invitation_rate_per_minute: 10_000,
+            ws_max_frame_bytes: 64 * 1024,
+            ws_frames_per_second: 50,
+            ws_max_refusals: 100,
+            ws_connections_per_member: 8,
+            ws_idle_timeout_secs: 60,
             log: "warn".into(),
         }
     }

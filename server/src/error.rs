@@ -72,6 +72,15 @@ pub enum ApiError {
     /// Too many requests from this client.
     #[error("too many requests; wait a minute and try again")]
     RateLimited,
+    /// A page of another origin tried to open the signalling socket.
+    #[error("this origin may not open a signalling connection")]
+    OriginRefused,
+    /// The member has too many signalling connections.
+    #[error("too many signalling connections for this member; close one")]
+    TooManyConnections,
+    /// The device id is in use by another member.
+    #[error("this device id is in use by another member")]
+    DeviceTaken,
     /// The server is at a limit (e.g. too many pending ceremonies).
     #[error("the server is busy; try again in a minute")]
     Busy,
@@ -105,6 +114,9 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ApiError::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::OriginRefused => (StatusCode::FORBIDDEN, "origin_refused"),
+            ApiError::TooManyConnections => (StatusCode::TOO_MANY_REQUESTS, "too_many_connections"),
+            ApiError::DeviceTaken => (StatusCode::CONFLICT, "device_taken"),
             ApiError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

@@ -10,9 +10,11 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod invitation;
+pub mod metrics;
 pub mod ratelimit;
 pub mod routes;
 pub mod secret;
+pub mod signal;
 pub mod state;
 pub mod store;
 

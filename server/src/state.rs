@@ -6,7 +6,9 @@ use webauthn_rs::prelude::Webauthn;
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::ratelimit::RateLimits;
+use crate::signal::SignalRouter;
 use crate::store::Store;
 
 /// The application's shared state (cheap to clone).
@@ -22,4 +24,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// In-memory rate limiters.
     pub limits: Arc<RateLimits>,
+    /// Who is online, and delivery to them.
+    pub signals: Arc<dyn SignalRouter>,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
 }

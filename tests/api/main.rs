@@ -9,4 +9,5 @@ mod login;
 mod passkeys;
 mod privacy;
 mod rate_limits;
+mod signalling;
 mod support;

@@ -203,3 +203,122 @@ pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
             .windows(needle.len())
             .any(|window| window == needle)
 }
+
+/// A signalling connection of a test device, over a real WebSocket.
+pub struct WsClient {
+    stream: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+/// How long a test waits for a frame before it fails.
+const FRAME_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl WsClient {
+    /// Opens `/api/v1/ws` with a bearer session (and optionally a device id and extra headers).
+    ///
+    /// # Errors
+    /// The handshake's error, e.g. an HTTP 401.
+    pub async fn connect_with(
+        app: &TestApp,
+        session: Option<&str>,
+        device: Option<uuid::Uuid>,
+        headers: &[(&'static str, &str)],
+    ) -> Result<WsClient, tokio_tungstenite::tungstenite::Error> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        let mut url = format!(
+            "ws://127.0.0.1:{}{}",
+            app.origin.port().unwrap_or(80),
+            tessera_wire::signal::WS_PATH
+        );
+        if let Some(device) = device {
+            url.push_str(&format!("?device={device}"));
+        }
+        let mut request = url.into_client_request()?;
+        if let Some(session) = session {
+            request.headers_mut().insert(
+                "authorization",
+                format!("Bearer {session}").parse().expect("header"),
+            );
+        }
+        for (name, value) in headers {
+            request
+                .headers_mut()
+                .insert(*name, value.parse().expect("header"));
+        }
+        let (stream, _) = tokio_tungstenite::connect_async(request).await?;
+        Ok(WsClient { stream })
+    }
+
+    /// Opens the member's connection and reads its hello.
+    ///
+    /// # Panics
+    /// When the connection fails or the first frame is not a hello.
+    pub async fn connect(
+        app: &TestApp,
+        member: &TestMember,
+    ) -> (WsClient, tessera_wire::signal::ServerFrame) {
+        let mut client = WsClient::connect_with(app, member.client.session(), None, &[])
+            .await
+            .expect("the socket opens");
+        let hello = client.next().await.expect("a hello");
+        assert!(
+            matches!(hello, tessera_wire::signal::ServerFrame::Hello { .. }),
+            "{hello:?}"
+        );
+        (client, hello)
+    }
+
+    /// Sends a text frame.
+    ///
+    /// # Panics
+    /// When the socket is closed.
+    pub async fn send_text(&mut self, text: &str) {
+        use futures_util::SinkExt as _;
+        self.stream
+            .send(tokio_tungstenite::tungstenite::Message::text(text))
+            .await
+            .expect("send");
+    }
+
+    /// Sends a raw WebSocket message; returns whether the socket took it.
+    pub async fn send_message(&mut self, message: tokio_tungstenite::tungstenite::Message) -> bool {
+        use futures_util::SinkExt as _;
+        self.stream.send(message).await.is_ok()
+    }
+
+    /// A frame if one arrives within `wait`; `None` otherwise (or when closed).
+    pub async fn frame_within(
+        &mut self,
+        wait: std::time::Duration,
+    ) -> Option<tessera_wire::signal::ServerFrame> {
+        use futures_util::StreamExt as _;
+        match tokio::time::timeout(wait, self.stream.next()).await {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text)))) => {
+                serde_json::from_str(text.as_str()).ok()
+            }
+            _ => None,
+        }
+    }
+
+    /// The next server frame; `None` when the server closed the connection.
+    ///
+    /// # Panics
+    /// When nothing arrives in time or a frame does not parse.
+    pub async fn next(&mut self) -> Option<tessera_wire::signal::ServerFrame> {
+        use futures_util::StreamExt as _;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            let message = tokio::time::timeout(FRAME_WAIT, self.stream.next())
+                .await
+                .expect("a frame arrives in time");
+            match message {
+                None | Some(Err(_) | Ok(Message::Close(_))) => return None,
+                Some(Ok(Message::Text(text))) => {
+                    return Some(serde_json::from_str(text.as_str()).expect("a server frame"));
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+}

@@ -4,6 +4,8 @@
 //! WebAuthn options and credentials are the `webauthn-rs-proto` types, which are the JSON that the
 //! browser's `parseCreationOptionsFromJSON` / `toJSON()` helpers read and write.
 
+pub mod signal;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 

@@ -85,5 +85,6 @@ async fn finish(
 #[tracing::instrument(skip_all)]
 async fn logout(State(state): State<AppState>, caller: Caller) -> ApiResult<impl IntoResponse> {
     state.store.delete_session(&caller.session_hash).await?;
+    state.signals.revoke_session(&caller.session_hash);
     Ok((StatusCode::NO_CONTENT, [auth::clearing_cookie()]))
 }

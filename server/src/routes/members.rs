@@ -69,6 +69,7 @@ async fn revoke(
     {
         return Err(ApiError::NotFound("member"));
     }
+    state.signals.revoke_member(target);
     tracing::info!("member revoked");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -7,6 +7,7 @@ mod login;
 mod me;
 mod members;
 mod pages;
+mod signal;
 
 use axum::Router;
 
@@ -19,9 +20,11 @@ pub fn router() -> Router<AppState> {
         .merge(login::router())
         .merge(me::router())
         .merge(invitations::router())
-        .merge(members::router());
+        .merge(members::router())
+        .merge(signal::router());
     Router::new()
         .nest(tessera_wire::API_PREFIX, api)
         .merge(health::router())
+        .merge(signal::metrics_router())
         .merge(pages::router())
 }

@@ -133,6 +133,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
     /// Whether the circle exists.
     async fn circle_exists(&self, circle: Uuid) -> StoreResult<bool>;
+    /// The circle's current MLS epoch at the sequencer (0 before the first commit).
+    async fn circle_epoch(&self, circle: Uuid) -> StoreResult<u64>;
+    /// Accepts the first commit made in `epoch`: moves the circle from `epoch` to `epoch + 1` and
+    /// returns true; returns false (and changes nothing) when the circle is not at `epoch`.
+    async fn advance_epoch(&self, circle: Uuid, epoch: u64) -> StoreResult<bool>;
 
     /// Stores a new invitation under the hash of its token.
     async fn insert_invitation(

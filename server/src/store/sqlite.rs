@@ -238,6 +238,28 @@ impl Store for SqliteStore {
         Ok(found.is_some())
     }
 
+    async fn circle_epoch(&self, circle: Uuid) -> StoreResult<u64> {
+        let epoch: Option<i64> = sqlx::query_scalar("SELECT mls_epoch FROM circles WHERE id = ?")
+            .bind(circle.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        u64::try_from(epoch.unwrap_or(0)).map_err(|_| StoreError::Corrupt("negative epoch".into()))
+    }
+
+    async fn advance_epoch(&self, circle: Uuid, epoch: u64) -> StoreResult<bool> {
+        let Ok(epoch) = i64::try_from(epoch) else {
+            return Ok(false);
+        };
+        let advanced = sqlx::query(
+            "UPDATE circles SET mls_epoch = mls_epoch + 1 WHERE id = ? AND mls_epoch = ?",
+        )
+        .bind(circle.to_string())
+        .bind(epoch)
+        .execute(&self.pool)
+        .await?;
+        Ok(advanced.rows_affected() == 1)
+    }
+
     async fn insert_invitation(
         &self,
         invitation: &InvitationRecord,

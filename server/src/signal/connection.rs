@@ -1,0 +1,307 @@
+//! One device's signalling connection: a reader (this task) and a writer task over a bounded queue.
+//! Bad frames get an error frame; abuse, a slow reader, silence or revocation end the connection.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt as _, StreamExt as _};
+use governor::{DefaultDirectRateLimiter, Quota};
+use tessera_wire::signal::{ClientFrame, Envelope, ServerFrame};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::hub::{DeliveryError, Endpoint, Outbound};
+use crate::auth::Caller;
+use crate::state::AppState;
+
+/// Frames waiting for a device; past this, the device is too slow and is disconnected.
+pub const OUTBOUND_QUEUE: usize = 256;
+/// How long one write to a device may take.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the closing frame may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often the session is checked again (revocations arrive at once; this catches expiry).
+const SESSION_RECHECK: Duration = Duration::from_secs(30);
+
+/// Serialises a server frame once.
+fn text(frame: &ServerFrame) -> Utf8Bytes {
+    Utf8Bytes::from(serde_json::to_string(frame).unwrap_or_default())
+}
+
+fn error_frame(code: &str, message: &str) -> Utf8Bytes {
+    text(&ServerFrame::Error {
+        code: code.to_owned(),
+        message: message.to_owned(),
+    })
+}
+
+/// The reader's view of its connection.
+struct Session {
+    state: AppState,
+    endpoint: Endpoint,
+    limiter: DefaultDirectRateLimiter,
+    strikes: u32,
+}
+
+impl Session {
+    /// Queues a frame for this device; a full queue ends the connection.
+    fn send(&self, frame: Outbound) {
+        if self.endpoint.outbound.try_send(frame).is_err() {
+            self.state.metrics.refused("slow_consumer");
+            self.endpoint.cancel.cancel();
+        }
+    }
+
+    /// Refuses a frame; past the allowed number of refusals the connection is closed for abuse.
+    fn refuse(&mut self, code: &'static str, message: &str) {
+        self.state.metrics.refused(code);
+        self.strikes += 1;
+        if self.strikes > self.state.config.ws_max_refusals {
+            self.state.metrics.refused("abuse");
+            self.send(Outbound::Close(error_frame(
+                "abuse",
+                "too many refused frames; the connection is closed",
+            )));
+        } else {
+            self.send(Outbound::Text(error_frame(code, message)));
+        }
+    }
+
+    async fn on_text(&mut self, frame: &str) {
+        if self.limiter.check().is_err() {
+            self.refuse("rate_limited", "too many frames per second; slow down");
+            return;
+        }
+        if frame.len() > self.state.config.ws_max_frame_bytes {
+            self.refuse("frame_too_large", "the frame is larger than the limit");
+            return;
+        }
+        let envelope: Envelope = match serde_json::from_str(frame) {
+            Ok(envelope) => envelope,
+            Err(_) => {
+                self.refuse("invalid_json", "the frame is not a JSON object with a type");
+                return;
+            }
+        };
+        match ClientFrame::try_from(envelope) {
+            Ok(ClientFrame::Signal { to, payload }) => self.relay(to, payload),
+            Ok(ClientFrame::Commit { epoch, payload }) => self.commit(epoch, payload).await,
+            Err(error) => {
+                let code = match error {
+                    tessera_wire::signal::FrameError::UnknownType(_) => "unknown_type",
+                    _ => "malformed_frame",
+                };
+                self.refuse(code, &error.to_string());
+            }
+        }
+    }
+
+    fn relay(&mut self, to: Uuid, payload: tessera_wire::signal::Payload) {
+        let frame = text(&ServerFrame::Signal {
+            from: self.endpoint.device,
+            member: self.endpoint.member,
+            payload,
+        });
+        match self.state.signals.deliver(self.endpoint.circle, to, frame) {
+            Ok(()) => {
+                self.state.metrics.frames_relayed.inc();
+            }
+            Err(DeliveryError::UnknownDevice) => {
+                self.refuse("unknown_device", "no such device is online in your circle");
+            }
+            Err(DeliveryError::PeerUnavailable) => {
+                self.state.metrics.refused("peer_unavailable");
+                self.send(Outbound::Text(error_frame(
+                    "peer_unavailable",
+                    "that device does not keep up and was disconnected",
+                )));
+            }
+        }
+    }
+
+    async fn commit(&mut self, epoch: u64, payload: tessera_wire::signal::Payload) {
+        let accepted = match self
+            .state
+            .store
+            .advance_epoch(self.endpoint.circle, epoch)
+            .await
+        {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::error!(%error, "sequencer: the store failed");
+                self.send(Outbound::Text(error_frame(
+                    "internal",
+                    "the commit could not be sequenced; retry",
+                )));
+                return;
+            }
+        };
+        self.state.metrics.commit(accepted);
+        if accepted {
+            let relay = text(&ServerFrame::Commit {
+                from: self.endpoint.device,
+                member: self.endpoint.member,
+                epoch,
+                payload,
+            });
+            let reached =
+                self.state
+                    .signals
+                    .broadcast(self.endpoint.circle, self.endpoint.device, relay);
+            self.state.metrics.frames_relayed.inc_by(reached as u64);
+        }
+        self.send(Outbound::Text(text(&ServerFrame::CommitResult {
+            epoch,
+            accepted,
+        })));
+    }
+}
+
+/// Writes queued frames and keepalive pings to the device until cancelled; ends the connection on
+/// a failed or slow write, or after a revocation or closing frame.
+async fn write(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut queue: mpsc::Receiver<Outbound>,
+    cancel: CancellationToken,
+    ping_every: Duration,
+) {
+    let mut ping = tokio::time::interval(ping_every);
+    ping.tick().await;
+    loop {
+        let (message, last) = tokio::select! {
+            () = cancel.cancelled() => break,
+            _ = ping.tick() => (Message::Ping(Default::default()), false),
+            next = queue.recv() => match next {
+                None => break,
+                Some(Outbound::Text(frame)) => (Message::Text(frame), false),
+                Some(Outbound::Revoked) => (Message::Text(text(&ServerFrame::Revoked)), true),
+                Some(Outbound::Close(frame)) => (Message::Text(frame), true),
+            },
+        };
+        let written = tokio::select! {
+            () = cancel.cancelled() => break,
+            written = tokio::time::timeout(WRITE_TIMEOUT, sink.send(message)) => written,
+        };
+        if !matches!(written, Ok(Ok(()))) || last {
+            break;
+        }
+    }
+    // A polite close if the device still reads; a device that does not is not waited for.
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(None))).await;
+    cancel.cancel();
+}
+
+/// Reads the device's frames until it leaves, goes silent, is cancelled or loses its session.
+async fn read(session: &mut Session, mut stream: SplitStream<WebSocket>) {
+    let idle = Duration::from_secs(session.state.config.ws_idle_timeout_secs.max(1));
+    let cancel = session.endpoint.cancel.clone();
+    let mut recheck = tokio::time::interval(SESSION_RECHECK);
+    recheck.tick().await;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            _ = recheck.tick() => {
+                let valid = session
+                    .state
+                    .store
+                    .session_member(&session.endpoint.session, session.state.clock.now())
+                    .await;
+                if !matches!(valid, Ok(Some(_))) {
+                    session.send(Outbound::Revoked);
+                }
+            }
+            next = tokio::time::timeout(idle, stream.next()) => match next {
+                Err(_) => {
+                    session.state.metrics.refused("idle_timeout");
+                    break;
+                }
+                Ok(None | Some(Err(_) | Ok(Message::Close(_)))) => break,
+                Ok(Some(Ok(Message::Text(frame)))) => session.on_text(frame.as_str()).await,
+                Ok(Some(Ok(Message::Binary(_)))) => {
+                    session.refuse("binary_frame", "frames are JSON text");
+                }
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+            },
+        }
+    }
+}
+
+/// Serves one device's connection from hello to goodbye.
+pub async fn serve(socket: WebSocket, state: AppState, caller: Caller, device: Uuid) {
+    let (outbound, queue) = mpsc::channel(OUTBOUND_QUEUE);
+    let cancel = CancellationToken::new();
+    let member = caller.member;
+    let endpoint = Endpoint {
+        serial: state.signals.next_serial(),
+        circle: member.circle,
+        member: member.id,
+        device,
+        session: caller.session_hash,
+        outbound,
+        cancel: cancel.clone(),
+    };
+    let (sink, stream) = socket.split();
+    let ping_every = Duration::from_secs((state.config.ws_idle_timeout_secs / 3).max(1));
+    let writer = tokio::spawn(write(sink, queue, cancel.clone(), ping_every));
+
+    let joined = state
+        .signals
+        .join(endpoint.clone(), state.config.ws_connections_per_member);
+    let peers = match joined {
+        Ok(peers) => peers,
+        Err(error) => {
+            state.metrics.refused("join_refused");
+            let _ = endpoint.outbound.try_send(Outbound::Close(error_frame(
+                "join_refused",
+                &error.to_string(),
+            )));
+            let _ = writer.await;
+            return;
+        }
+    };
+    state.metrics.connections.inc();
+    let epoch = state.store.circle_epoch(member.circle).await.unwrap_or(0);
+    let per_second =
+        NonZeroU32::new(state.config.ws_frames_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
+    let mut session = Session {
+        state: state.clone(),
+        endpoint: endpoint.clone(),
+        limiter: DefaultDirectRateLimiter::direct(
+            Quota::per_second(per_second)
+                .allow_burst(per_second.saturating_mul(NonZeroU32::MIN.saturating_add(1))),
+        ),
+        strikes: 0,
+    };
+    session.send(Outbound::Text(text(&ServerFrame::Hello {
+        member: member.id,
+        device,
+        peers,
+        epoch,
+    })));
+    let presence = |online| {
+        text(&ServerFrame::Presence {
+            member: member.id,
+            device,
+            online,
+        })
+    };
+    state
+        .signals
+        .broadcast(member.circle, device, presence(true));
+    tracing::debug!("device connected");
+
+    read(&mut session, stream).await;
+
+    cancel.cancel();
+    let _ = writer.await;
+    if state.signals.leave(device, endpoint.serial) {
+        state
+            .signals
+            .broadcast(member.circle, device, presence(false));
+    }
+    state.metrics.connections.dec();
+    tracing::debug!("device disconnected");
+}

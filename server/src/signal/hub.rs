@@ -1,0 +1,350 @@
+//! Who is online where, and delivery to them: the in-process router. A router over NATS for several
+//! server nodes implements the same [`SignalRouter`] trait.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::ws::Utf8Bytes;
+use tessera_wire::signal::PeerDevice;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::secret::Digest;
+
+/// What a connection's writer sends to its device.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A text frame, serialised once (shared among the recipients of a broadcast).
+    Text(Utf8Bytes),
+    /// Tell the device it was revoked, then close.
+    Revoked,
+    /// Send this last frame, then close.
+    Close(Utf8Bytes),
+}
+
+/// A connected device as the router knows it.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// A number unique to this connection (a device may reconnect).
+    pub serial: u64,
+    /// The device's circle.
+    pub circle: Uuid,
+    /// The device's member.
+    pub member: Uuid,
+    /// The device.
+    pub device: Uuid,
+    /// The digest of the session the connection was opened with.
+    pub session: Digest,
+    /// The connection's bounded outbound queue.
+    pub outbound: mpsc::Sender<Outbound>,
+    /// Cancelled to drop the connection at once.
+    pub cancel: CancellationToken,
+}
+
+/// Why a device may not join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JoinError {
+    /// The member has too many connections.
+    #[error("too many connections for this member")]
+    TooManyConnections,
+    /// The device id belongs to another member's connection.
+    #[error("this device id is in use by another member")]
+    DeviceTaken,
+}
+
+/// Why a frame could not be delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeliveryError {
+    /// No such device online in the sender's circle.
+    #[error("no such device is online in your circle")]
+    UnknownDevice,
+    /// The device does not keep up; it was disconnected.
+    #[error("the device does not keep up and was disconnected")]
+    PeerUnavailable,
+}
+
+/// Routes frames between the devices of a circle.
+pub trait SignalRouter: Send + Sync + 'static {
+    /// A new serial for a connection.
+    fn next_serial(&self) -> u64;
+    /// Registers a device; replaces an earlier connection of the same member's device. Returns the
+    /// circle's other online devices.
+    ///
+    /// # Errors
+    /// See [`JoinError`].
+    fn join(&self, endpoint: Endpoint, max_per_member: usize)
+    -> Result<Vec<PeerDevice>, JoinError>;
+    /// Checks, without joining, whether a member's device could join now.
+    ///
+    /// # Errors
+    /// See [`JoinError`].
+    fn may_join(&self, member: Uuid, device: Uuid, max_per_member: usize) -> Result<(), JoinError>;
+    /// Removes a connection (if it is still the device's current one); true if it was.
+    fn leave(&self, device: Uuid, serial: u64) -> bool;
+    /// Delivers a frame to one device of the circle.
+    ///
+    /// # Errors
+    /// See [`DeliveryError`].
+    fn deliver(&self, circle: Uuid, to: Uuid, frame: Utf8Bytes) -> Result<(), DeliveryError>;
+    /// Delivers a frame to every online device of the circle but one; returns how many got it.
+    fn broadcast(&self, circle: Uuid, except: Uuid, frame: Utf8Bytes) -> usize;
+    /// Tells every connection of the member that it was revoked, and closes them.
+    fn revoke_member(&self, member: Uuid);
+    /// Tells every connection opened with the session that it was revoked, and closes them.
+    fn revoke_session(&self, session: &Digest);
+    /// How many devices are online.
+    fn online(&self) -> usize;
+}
+
+#[derive(Debug, Default)]
+struct Directory {
+    devices: HashMap<Uuid, Endpoint>,
+    circles: HashMap<Uuid, HashSet<Uuid>>,
+    members: HashMap<Uuid, HashSet<Uuid>>,
+}
+
+/// The router of one server process.
+#[derive(Debug, Default)]
+pub struct LocalHub {
+    directory: Mutex<Directory>,
+    serials: AtomicU64,
+}
+
+impl LocalHub {
+    fn directory(&self) -> std::sync::MutexGuard<'_, Directory> {
+        self.directory
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Queues a frame for an endpoint; a full queue means a slow consumer, which is dropped.
+fn push(endpoint: &Endpoint, frame: Outbound) -> Result<(), DeliveryError> {
+    match endpoint.outbound.try_send(frame) {
+        Ok(()) => Ok(()),
+        Err(_) => {
+            endpoint.cancel.cancel();
+            Err(DeliveryError::PeerUnavailable)
+        }
+    }
+}
+
+fn revoke(endpoint: &Endpoint) {
+    if push(endpoint, Outbound::Revoked).is_err() {
+        endpoint.cancel.cancel();
+    }
+}
+
+impl SignalRouter for LocalHub {
+    fn next_serial(&self) -> u64 {
+        self.serials.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn may_join(&self, member: Uuid, device: Uuid, max_per_member: usize) -> Result<(), JoinError> {
+        let directory = self.directory();
+        let replacing = match directory.devices.get(&device) {
+            Some(existing) if existing.member != member => return Err(JoinError::DeviceTaken),
+            Some(_) => 1,
+            None => 0,
+        };
+        let open = directory.members.get(&member).map_or(0, HashSet::len);
+        if open - replacing >= max_per_member {
+            return Err(JoinError::TooManyConnections);
+        }
+        Ok(())
+    }
+
+    fn join(
+        &self,
+        endpoint: Endpoint,
+        max_per_member: usize,
+    ) -> Result<Vec<PeerDevice>, JoinError> {
+        self.may_join(endpoint.member, endpoint.device, max_per_member)?;
+        let mut directory = self.directory();
+        if let Some(previous) = directory.devices.remove(&endpoint.device) {
+            let _ = push(
+                &previous,
+                Outbound::Close(Utf8Bytes::from_static(
+                    r#"{"type":"error","code":"replaced","message":"this device connected again elsewhere"}"#,
+                )),
+            );
+        }
+        let peers = directory
+            .circles
+            .get(&endpoint.circle)
+            .into_iter()
+            .flatten()
+            .filter(|device| **device != endpoint.device)
+            .filter_map(|device| directory.devices.get(device))
+            .map(|e| PeerDevice {
+                member: e.member,
+                device: e.device,
+            })
+            .collect();
+        directory
+            .circles
+            .entry(endpoint.circle)
+            .or_default()
+            .insert(endpoint.device);
+        directory
+            .members
+            .entry(endpoint.member)
+            .or_default()
+            .insert(endpoint.device);
+        directory.devices.insert(endpoint.device, endpoint);
+        Ok(peers)
+    }
+
+    fn leave(&self, device: Uuid, serial: u64) -> bool {
+        let mut directory = self.directory();
+        let Some(endpoint) = directory.devices.get(&device) else {
+            return false;
+        };
+        if endpoint.serial != serial {
+            return false;
+        }
+        let (circle, member) = (endpoint.circle, endpoint.member);
+        directory.devices.remove(&device);
+        if let Some(devices) = directory.circles.get_mut(&circle) {
+            devices.remove(&device);
+            if devices.is_empty() {
+                directory.circles.remove(&circle);
+            }
+        }
+        if let Some(devices) = directory.members.get_mut(&member) {
+            devices.remove(&device);
+            if devices.is_empty() {
+                directory.members.remove(&member);
+            }
+        }
+        true
+    }
+
+    fn deliver(&self, circle: Uuid, to: Uuid, frame: Utf8Bytes) -> Result<(), DeliveryError> {
+        let directory = self.directory();
+        let endpoint = directory
+            .devices
+            .get(&to)
+            .filter(|e| e.circle == circle)
+            .ok_or(DeliveryError::UnknownDevice)?;
+        push(endpoint, Outbound::Text(frame))
+    }
+
+    fn broadcast(&self, circle: Uuid, except: Uuid, frame: Utf8Bytes) -> usize {
+        let directory = self.directory();
+        directory
+            .circles
+            .get(&circle)
+            .into_iter()
+            .flatten()
+            .filter(|device| **device != except)
+            .filter_map(|device| directory.devices.get(device))
+            .filter(|endpoint| push(endpoint, Outbound::Text(frame.clone())).is_ok())
+            .count()
+    }
+
+    fn revoke_member(&self, member: Uuid) {
+        let directory = self.directory();
+        for device in directory.members.get(&member).into_iter().flatten() {
+            if let Some(endpoint) = directory.devices.get(device) {
+                revoke(endpoint);
+            }
+        }
+    }
+
+    fn revoke_session(&self, session: &Digest) {
+        let directory = self.directory();
+        for endpoint in directory.devices.values().filter(|e| &e.session == session) {
+            revoke(endpoint);
+        }
+    }
+
+    fn online(&self) -> usize {
+        self.directory().devices.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(
+        hub: &LocalHub,
+        circle: Uuid,
+        member: Uuid,
+        device: Uuid,
+    ) -> (Endpoint, mpsc::Receiver<Outbound>) {
+        let (outbound, rx) = mpsc::channel(2);
+        let endpoint = Endpoint {
+            serial: hub.next_serial(),
+            circle,
+            member,
+            device,
+            session: [0; 32],
+            outbound,
+            cancel: CancellationToken::new(),
+        };
+        (endpoint, rx)
+    }
+
+    #[test]
+    fn delivery_stays_inside_the_circle_and_a_full_queue_drops_the_peer() {
+        let hub = LocalHub::default();
+        let (circle, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let (a, _a_rx) = endpoint(&hub, circle, Uuid::new_v4(), Uuid::new_v4());
+        let (b, mut b_rx) = endpoint(&hub, circle, Uuid::new_v4(), Uuid::new_v4());
+        let (c, _c_rx) = endpoint(&hub, other, Uuid::new_v4(), Uuid::new_v4());
+        let (b_device, b_cancel, c_device) = (b.device, b.cancel.clone(), c.device);
+        assert!(hub.join(a.clone(), 8).expect("a joins").is_empty());
+        assert_eq!(hub.join(b, 8).expect("b joins").len(), 1);
+        hub.join(c, 8).expect("c joins");
+        assert_eq!(
+            hub.deliver(circle, c_device, Utf8Bytes::from_static("x")),
+            Err(DeliveryError::UnknownDevice)
+        );
+        hub.deliver(circle, b_device, Utf8Bytes::from_static("1"))
+            .expect("queued");
+        assert!(matches!(b_rx.try_recv(), Ok(Outbound::Text(t)) if t.as_str() == "1"));
+        hub.deliver(circle, b_device, Utf8Bytes::from_static("2"))
+            .expect("queued");
+        hub.deliver(circle, b_device, Utf8Bytes::from_static("3"))
+            .expect("queued");
+        assert_eq!(
+            hub.deliver(circle, b_device, Utf8Bytes::from_static("4")),
+            Err(DeliveryError::PeerUnavailable)
+        );
+        assert!(b_cancel.is_cancelled(), "a slow consumer is dropped");
+        assert_eq!(
+            hub.broadcast(circle, a.device, Utf8Bytes::from_static("x")),
+            0
+        );
+    }
+
+    #[test]
+    fn connections_per_member_are_bounded_and_devices_are_not_shared() {
+        let hub = LocalHub::default();
+        let (circle, member) = (Uuid::new_v4(), Uuid::new_v4());
+        let (first, _rx1) = endpoint(&hub, circle, member, Uuid::new_v4());
+        let (second, _rx2) = endpoint(&hub, circle, member, Uuid::new_v4());
+        let first_device = first.device;
+        hub.join(first, 1).expect("first");
+        assert_eq!(hub.join(second, 1), Err(JoinError::TooManyConnections));
+        let (intruder, _rx3) = endpoint(&hub, circle, Uuid::new_v4(), first_device);
+        assert_eq!(hub.join(intruder, 8), Err(JoinError::DeviceTaken));
+        let (again, _rx4) = endpoint(&hub, circle, member, first_device);
+        let serial = again.serial;
+        hub.join(again, 1)
+            .expect("the same device reconnects and replaces");
+        assert_eq!(hub.online(), 1);
+        assert!(
+            !hub.leave(first_device, 0),
+            "the replaced connection's leave is ignored"
+        );
+        assert!(hub.leave(first_device, serial));
+        assert_eq!(hub.online(), 0);
+    }
+}

@@ -1,0 +1,6 @@
+//! Signalling: one WebSocket per logged-in device; presence, opaque relays within a circle, and the commit sequencer.
+
+pub mod connection;
+pub mod hub;
+
+pub use hub::{DeliveryError, JoinError, LocalHub, Outbound, SignalRouter};

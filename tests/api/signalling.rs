@@ -1,0 +1,437 @@
+//! Signalling over the real WebSocket after a real WebAuthn login: presence, relays within a circle,
+//! refusal across circles, the commit sequencer, revocation, and every abuse case.
+
+use reqwest::StatusCode;
+use serde_json::json;
+use tessera_server::circle;
+use tessera_tests::{TestApp, TestMember, WsClient};
+use tessera_wire::Role;
+use tessera_wire::signal::ServerFrame;
+use tokio_tungstenite::tungstenite::{self, Message};
+use uuid::Uuid;
+
+fn device_of(hello: &ServerFrame) -> Uuid {
+    match hello {
+        ServerFrame::Hello { device, .. } => *device,
+        other => panic!("not a hello: {other:?}"),
+    }
+}
+
+fn signal(to: Uuid, payload: &serde_json::Value) -> String {
+    json!({"type": "signal", "to": to, "payload": payload}).to_string()
+}
+
+#[track_caller]
+fn assert_error(frame: Option<ServerFrame>, expected: &str) {
+    match frame {
+        Some(ServerFrame::Error { code, message }) => {
+            assert_eq!(code, expected, "{message}");
+            assert!(!message.is_empty());
+        }
+        other => panic!("expected an error {expected}, got {other:?}"),
+    }
+}
+
+async fn circle_of_three(app: &TestApp) -> (TestMember, TestMember, TestMember) {
+    let admin = app.admin().await;
+    let grace = app.invite(&admin, Role::Member, "Grace").await;
+    let hedy = app.invite(&admin, Role::Member, "Hedy").await;
+    (admin, grace, hedy)
+}
+
+#[tokio::test]
+async fn the_socket_needs_a_valid_session() {
+    let app = TestApp::spawn().await;
+    for session in [
+        None,
+        Some("garbage"),
+        Some(&*tessera_server::secret::new_token()),
+    ] {
+        match WsClient::connect_with(&app, session, None, &[]).await {
+            Err(tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+            }
+            Err(other) => panic!("unexpected failure {other}"),
+            Ok(_) => panic!("a socket opened without a valid session"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_page_of_another_origin_cannot_open_the_socket() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let result = WsClient::connect_with(
+        &app,
+        admin.client.session(),
+        None,
+        &[("origin", "http://evil.example")],
+    )
+    .await;
+    assert!(
+        matches!(result, Err(tungstenite::Error::Http(r)) if r.status() == StatusCode::FORBIDDEN)
+    );
+    let origin = app.origin.as_str().trim_end_matches('/').to_owned();
+    WsClient::connect_with(&app, admin.client.session(), None, &[("origin", &origin)])
+        .await
+        .expect("the server's own origin may");
+}
+
+#[tokio::test]
+async fn hello_and_presence_follow_devices_coming_and_going() {
+    let app = TestApp::spawn().await;
+    let (admin, grace, _) = circle_of_three(&app).await;
+    let (mut a, hello) = WsClient::connect(&app, &admin).await;
+    let ServerFrame::Hello {
+        member,
+        peers,
+        epoch,
+        ..
+    } = &hello
+    else {
+        unreachable!()
+    };
+    assert_eq!(*member, admin.granted.member);
+    assert!(peers.is_empty());
+    assert_eq!(*epoch, 0);
+    let a_device = device_of(&hello);
+
+    let (g, g_hello) = WsClient::connect(&app, &grace).await;
+    let ServerFrame::Hello { peers, .. } = &g_hello else {
+        unreachable!()
+    };
+    assert_eq!(peers.len(), 1);
+    assert_eq!(
+        (peers[0].member, peers[0].device),
+        (admin.granted.member, a_device)
+    );
+    let g_device = device_of(&g_hello);
+    match a.next().await {
+        Some(ServerFrame::Presence {
+            member,
+            device,
+            online,
+        }) => {
+            assert_eq!(
+                (member, device, online),
+                (grace.granted.member, g_device, true)
+            );
+        }
+        other => panic!("expected presence, got {other:?}"),
+    }
+    drop(g);
+    match a.next().await {
+        Some(ServerFrame::Presence { device, online, .. }) => {
+            assert_eq!((device, online), (g_device, false))
+        }
+        other => panic!("expected presence, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn signals_are_relayed_unchanged_within_the_circle() {
+    let app = TestApp::spawn().await;
+    let (admin, grace, _) = circle_of_three(&app).await;
+    let (mut a, a_hello) = WsClient::connect(&app, &admin).await;
+    let (mut g, g_hello) = WsClient::connect(&app, &grace).await;
+    let _presence = a.next().await;
+    let payload = json!({"sdp": "v=0\r\no=- 1 2 IN IP4 0.0.0.0", "nested": [1, {"x": null}]});
+    a.send_text(&signal(device_of(&g_hello), &payload)).await;
+    match g.next().await {
+        Some(ServerFrame::Signal {
+            from,
+            member,
+            payload: got,
+        }) => {
+            assert_eq!(from, device_of(&a_hello));
+            assert_eq!(member, admin.granted.member);
+            let got: serde_json::Value = serde_json::from_str(got.get()).expect("json");
+            assert_eq!(got, payload);
+        }
+        other => panic!("expected a signal, got {other:?}"),
+    }
+    let logs = tessera_tests::captured_logs();
+    assert!(
+        !logs.contains("o=- 1 2 IN IP4"),
+        "a payload reached the logs"
+    );
+}
+
+#[tokio::test]
+async fn signals_never_cross_circles_or_reach_unknown_devices() {
+    let app = TestApp::spawn().await;
+    let (admin, grace, _) = circle_of_three(&app).await;
+    let other = circle::create_circle(
+        app.store.as_ref(),
+        app.origin.as_str().trim_end_matches('/'),
+        app.clock.now(),
+    )
+    .await
+    .expect("another circle");
+    let outsider = app.enroll(&other.url, "Outsider").await;
+    let (mut a, _) = WsClient::connect(&app, &admin).await;
+    let (mut o, o_hello) = WsClient::connect(&app, &outsider).await;
+    let ServerFrame::Hello { peers, .. } = &o_hello else {
+        unreachable!()
+    };
+    assert!(peers.is_empty(), "no presence across circles");
+    a.send_text(&signal(device_of(&o_hello), &json!("secret")))
+        .await;
+    assert_error(a.next().await, "unknown_device");
+    a.send_text(&signal(Uuid::new_v4(), &json!(1))).await;
+    assert_error(a.next().await, "unknown_device");
+    // Grace's arrival is not announced to the outsider, and nothing of A reached it: the next
+    // frame it sees is the arrival of its own member's second device.
+    let (_g, _) = WsClient::connect(&app, &grace).await;
+    let (_o2, _) = WsClient::connect(&app, &outsider).await;
+    match o.next().await {
+        Some(ServerFrame::Presence { member, .. }) => assert_eq!(member, outsider.granted.member),
+        other => panic!("the outsider saw {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn concurrent_commits_for_one_epoch_are_accepted_once() {
+    let app = TestApp::spawn().await;
+    let (admin, grace, hedy) = circle_of_three(&app).await;
+    let (mut a, _) = WsClient::connect(&app, &admin).await;
+    let (mut g, _) = WsClient::connect(&app, &grace).await;
+    let (mut h, _) = WsClient::connect(&app, &hedy).await;
+    // Drain presence frames.
+    for _ in 0..2 {
+        a.next().await;
+    }
+    g.next().await;
+
+    let commit =
+        |who: &str| json!({"type": "commit", "epoch": 0, "payload": {"by": who}}).to_string();
+    let (ca, cg) = (commit("a"), commit("g"));
+    tokio::join!(a.send_text(&ca), g.send_text(&cg));
+
+    // Each committer gets its result and, if the other won, the other's commit.
+    let mut accepted = Vec::new();
+    let mut relayed = Vec::new();
+    for (name, socket) in [("a", &mut a), ("g", &mut g)] {
+        loop {
+            match socket.next().await {
+                Some(ServerFrame::CommitResult {
+                    epoch,
+                    accepted: ok,
+                }) => {
+                    assert_eq!(epoch, 0);
+                    if ok {
+                        accepted.push(name);
+                    }
+                    break;
+                }
+                Some(ServerFrame::Commit { epoch, payload, .. }) => {
+                    assert_eq!(epoch, 0);
+                    relayed.push((name, payload.get().to_owned()));
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    assert_eq!(accepted.len(), 1, "exactly one commit wins epoch 0");
+    let winner = accepted[0];
+    match h.next().await {
+        Some(ServerFrame::Commit { epoch, payload, .. }) => {
+            assert_eq!(epoch, 0);
+            assert_eq!(payload.get(), format!("{{\"by\":\"{winner}\"}}"));
+        }
+        other => panic!("the third device saw {other:?}"),
+    }
+    // A stale commit is refused; the next epoch is open.
+    h.send_text(&json!({"type": "commit", "epoch": 0, "payload": 1}).to_string())
+        .await;
+    assert!(matches!(
+        h.next().await,
+        Some(ServerFrame::CommitResult {
+            epoch: 0,
+            accepted: false
+        })
+    ));
+    h.send_text(&json!({"type": "commit", "epoch": 1, "payload": 2}).to_string())
+        .await;
+    assert!(matches!(
+        h.next().await,
+        Some(ServerFrame::CommitResult {
+            epoch: 1,
+            accepted: true
+        })
+    ));
+    let (_late, hello) = WsClient::connect(&app, &admin).await;
+    assert!(
+        matches!(hello, ServerFrame::Hello { epoch: 2, .. }),
+        "{hello:?}"
+    );
+}
+
+#[tokio::test]
+async fn revoking_a_member_or_logging_out_closes_their_sockets() {
+    let app = TestApp::spawn().await;
+    let (admin, grace, mut hedy) = circle_of_three(&app).await;
+    let (mut g, _) = WsClient::connect(&app, &grace).await;
+    admin
+        .client
+        .revoke_member(grace.granted.member)
+        .await
+        .expect("revoke");
+    assert!(matches!(g.next().await, Some(ServerFrame::Revoked)));
+    assert!(g.next().await.is_none(), "then the server closes");
+
+    let (mut h, _) = WsClient::connect(&app, &hedy).await;
+    hedy.client.logout().await.expect("logout");
+    assert!(matches!(h.next().await, Some(ServerFrame::Revoked)));
+    assert!(h.next().await.is_none());
+}
+
+#[tokio::test]
+async fn bad_frames_get_an_error_and_the_connection_stays_up() {
+    let app = TestApp::spawn().await;
+    let (admin, grace, _) = circle_of_three(&app).await;
+    let (mut a, _) = WsClient::connect(&app, &admin).await;
+    let (mut g, g_hello) = WsClient::connect(&app, &grace).await;
+    let _presence = a.next().await;
+    for (frame, code) in [
+        ("not json", "invalid_json"),
+        ("[1,2]", "invalid_json"),
+        (r#"{"type":"shout","to":"x"}"#, "invalid_json"),
+        (r#"{"type":"shout"}"#, "unknown_type"),
+        (r#"{"type":"signal","payload":1}"#, "malformed_frame"),
+        (r#"{"type":"commit","payload":1}"#, "malformed_frame"),
+    ] {
+        a.send_text(frame).await;
+        assert_error(a.next().await, code);
+    }
+    a.send_message(Message::binary(vec![1, 2, 3])).await;
+    assert_error(a.next().await, "binary_frame");
+    let big = "x".repeat(70 * 1024);
+    a.send_text(&signal(device_of(&g_hello), &json!(big))).await;
+    assert_error(a.next().await, "frame_too_large");
+    // Still up: a good frame goes through.
+    a.send_text(&signal(device_of(&g_hello), &json!("ok")))
+        .await;
+    assert!(matches!(g.next().await, Some(ServerFrame::Signal { .. })));
+}
+
+#[tokio::test]
+async fn a_frame_past_the_hard_limit_closes_the_connection() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let (mut a, _) = WsClient::connect(&app, &admin).await;
+    a.send_message(Message::text("x".repeat(300 * 1024))).await;
+    assert!(a.next().await.is_none(), "closed");
+    // The server is fine.
+    WsClient::connect(&app, &admin).await;
+}
+
+#[tokio::test]
+async fn flooding_is_refused_then_closed() {
+    let app = TestApp::spawn_with(|config| {
+        config.ws_frames_per_second = 5;
+        config.ws_max_refusals = 3;
+    })
+    .await;
+    let (admin, grace, _) = circle_of_three(&app).await;
+    let (mut a, _) = WsClient::connect(&app, &admin).await;
+    let (mut g, g_hello) = WsClient::connect(&app, &grace).await;
+    let _presence = a.next().await;
+    for _ in 0..40 {
+        if !a
+            .send_message(Message::text(signal(device_of(&g_hello), &json!(0))))
+            .await
+        {
+            break;
+        }
+    }
+    let mut codes = Vec::new();
+    while let Some(frame) = a.next().await {
+        if let ServerFrame::Error { code, .. } = frame {
+            codes.push(code);
+        }
+    }
+    assert!(codes.iter().any(|c| c == "rate_limited"), "{codes:?}");
+    assert_eq!(codes.last().map(String::as_str), Some("abuse"), "{codes:?}");
+    // Others are unaffected: the frames within the limit arrived, and grace can still be reached.
+    assert!(matches!(g.next().await, Some(ServerFrame::Signal { .. })));
+    let (mut again, _) = WsClient::connect(&app, &admin).await;
+    again
+        .send_text(&signal(device_of(&g_hello), &json!("after")))
+        .await;
+}
+
+#[tokio::test]
+async fn connections_per_member_are_bounded_and_device_ids_are_not_shared() {
+    let app = TestApp::spawn_with(|config| config.ws_connections_per_member = 2).await;
+    let (admin, grace, _) = circle_of_three(&app).await;
+    let (one, hello) = WsClient::connect(&app, &admin).await;
+    let (_two, _) = WsClient::connect(&app, &admin).await;
+    let third = WsClient::connect_with(&app, admin.client.session(), None, &[]).await;
+    assert!(
+        matches!(third, Err(tungstenite::Error::Http(r)) if r.status() == StatusCode::TOO_MANY_REQUESTS)
+    );
+    let stolen =
+        WsClient::connect_with(&app, grace.client.session(), Some(device_of(&hello)), &[]).await;
+    assert!(
+        matches!(stolen, Err(tungstenite::Error::Http(r)) if r.status() == StatusCode::CONFLICT)
+    );
+    // The member's own device may reconnect, replacing its old connection.
+    let mut old = one;
+    let (_new, new_hello) = {
+        let mut client =
+            WsClient::connect_with(&app, admin.client.session(), Some(device_of(&hello)), &[])
+                .await
+                .expect("reconnect");
+        let hello = client.next().await;
+        (client, hello)
+    };
+    assert!(
+        matches!(new_hello, Some(ServerFrame::Hello { device, .. }) if device == device_of(&hello))
+    );
+    let mut last = old.next().await;
+    while matches!(last, Some(ServerFrame::Presence { .. })) {
+        last = old.next().await;
+    }
+    assert_error(last, "replaced");
+}
+
+#[tokio::test]
+async fn a_device_that_never_reads_is_dropped_and_others_carry_on() {
+    let app = TestApp::spawn_with(|config| config.ws_frames_per_second = 100_000).await;
+    let (admin, grace, hedy) = circle_of_three(&app).await;
+    let (mut a, _) = WsClient::connect(&app, &admin).await;
+    let (_g_never_reads, g_hello) = WsClient::connect(&app, &grace).await;
+    let (mut h, h_hello) = WsClient::connect(&app, &hedy).await;
+    let big = json!("y".repeat(60 * 1024));
+    let frame = signal(device_of(&g_hello), &big);
+    // Bounded: at most 4000 frames (240 MB) before the server must give up on the silent reader.
+    let mut dropped = false;
+    for _ in 0..4000 {
+        a.send_text(&frame).await;
+        if let Some(ServerFrame::Error { code, .. }) =
+            a.frame_within(std::time::Duration::from_millis(1)).await
+        {
+            assert!(
+                matches!(code.as_str(), "peer_unavailable" | "unknown_device"),
+                "{code}"
+            );
+            dropped = true;
+            break;
+        }
+    }
+    assert!(dropped, "the silent device was dropped");
+    let _ = h.next().await; // presence: grace left
+    a.send_text(&signal(device_of(&h_hello), &json!("still here")))
+        .await;
+    loop {
+        match h.next().await {
+            Some(ServerFrame::Signal { payload, .. }) => {
+                assert_eq!(payload.get(), "\"still here\"");
+                break;
+            }
+            Some(ServerFrame::Presence { .. }) => {}
+            other => panic!("hedy saw {other:?}"),
+        }
+    }
+}
