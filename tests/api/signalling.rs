@@ -435,3 +435,61 @@ async fn a_device_that_never_reads_is_dropped_and_others_carry_on() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_silent_device_is_closed_after_the_idle_timeout() {
+    let app = TestApp::spawn_with(|config| config.ws_idle_timeout_secs = 1).await;
+    let admin = app.admin().await;
+    let mut silent = WsClient::connect_with(&app, admin.client.session(), None, &[])
+        .await
+        .expect("opens");
+    // Not reading means not answering the server's pings either.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let mut frames = Vec::new();
+    while let Some(frame) = silent.next().await {
+        frames.push(frame);
+    }
+    assert!(
+        matches!(frames.first(), Some(ServerFrame::Hello { .. })),
+        "{frames:?}"
+    );
+    let metrics = reqwest::get(format!("{}metrics", app.origin))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains(r#"tessera_ws_refusals_total{reason="idle_timeout"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn the_browser_cookie_opens_the_socket_too() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let cookie = format!(
+        "{}={}",
+        tessera_wire::SESSION_COOKIE,
+        admin.client.session().expect("session")
+    );
+    let mut socket = WsClient::connect_with(&app, None, None, &[("cookie", &cookie)])
+        .await
+        .expect("the cookie authenticates");
+    let hello = socket.next().await;
+    assert!(
+        matches!(hello, Some(ServerFrame::Hello { member, .. }) if member == admin.granted.member),
+        "{hello:?}"
+    );
+}
+
+#[tokio::test]
+async fn arrays_are_not_frames() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let (mut a, hello) = WsClient::connect(&app, &admin).await;
+    let device = device_of(&hello);
+    a.send_text(&json!(["signal", device, 1]).to_string()).await;
+    assert_error(a.next().await, "invalid_json");
+}

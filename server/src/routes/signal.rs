@@ -31,7 +31,10 @@ pub(super) fn metrics_router() -> Router<AppState> {
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
-        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.render(),
     )
 }
@@ -63,11 +66,14 @@ async fn upgrade(
     state
         .signals
         .may_join(caller.member.id, device, limits.ws_connections_per_member)
-        .map_err(|error| {
-            state.metrics.refused("join_refused");
-            match error {
-                JoinError::DeviceTaken => ApiError::DeviceTaken,
-                _ => ApiError::TooManyConnections,
+        .map_err(|error| match error {
+            JoinError::DeviceTaken => {
+                state.metrics.refused("device_taken");
+                ApiError::DeviceTaken
+            }
+            _ => {
+                state.metrics.refused("too_many_connections");
+                ApiError::TooManyConnections
             }
         })?;
     let hard_limit = limits.ws_max_frame_bytes.saturating_mul(4);

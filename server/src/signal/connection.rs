@@ -79,6 +79,11 @@ impl Session {
             self.refuse("frame_too_large", "the frame is larger than the limit");
             return;
         }
+        // Only objects: serde would also read a struct from an array of its fields.
+        if !frame.trim_start().starts_with('{') {
+            self.refuse("invalid_json", "the frame is not a JSON object with a type");
+            return;
+        }
         let envelope: Envelope = match serde_json::from_str(frame) {
             Ok(envelope) => envelope,
             Err(_) => {
@@ -161,35 +166,42 @@ impl Session {
 }
 
 /// Writes queued frames and keepalive pings to the device until cancelled; ends the connection on
-/// a failed or slow write, or after a revocation or closing frame.
+/// a failed or slow write. A revocation overtakes everything queued.
 async fn write(
     mut sink: SplitSink<WebSocket, Message>,
     mut queue: mpsc::Receiver<Outbound>,
-    cancel: CancellationToken,
+    endpoint: Endpoint,
     ping_every: Duration,
 ) {
+    let (cancel, revoked) = (&endpoint.cancel, &endpoint.revoked);
     let mut ping = tokio::time::interval(ping_every);
     ping.tick().await;
-    loop {
-        let (message, last) = tokio::select! {
-            () = cancel.cancelled() => break,
-            _ = ping.tick() => (Message::Ping(Default::default()), false),
+    let farewell = loop {
+        let message = tokio::select! {
+            biased;
+            () = revoked.cancelled() => break Some(text(&ServerFrame::Revoked)),
+            () = cancel.cancelled() => break None,
             next = queue.recv() => match next {
-                None => break,
-                Some(Outbound::Text(frame)) => (Message::Text(frame), false),
-                Some(Outbound::Revoked) => (Message::Text(text(&ServerFrame::Revoked)), true),
-                Some(Outbound::Close(frame)) => (Message::Text(frame), true),
+                None => break None,
+                Some(Outbound::Text(frame)) => Message::Text(frame),
+                Some(Outbound::Close(frame)) => break Some(frame),
             },
+            _ = ping.tick() => Message::Ping(Default::default()),
         };
         let written = tokio::select! {
-            () = cancel.cancelled() => break,
+            biased;
+            () = revoked.cancelled() => break Some(text(&ServerFrame::Revoked)),
+            () = cancel.cancelled() => break None,
             written = tokio::time::timeout(WRITE_TIMEOUT, sink.send(message)) => written,
         };
-        if !matches!(written, Ok(Ok(()))) || last {
-            break;
+        if !matches!(written, Ok(Ok(()))) {
+            break None;
         }
+    };
+    // The last word and a polite close, if the device still reads; one that does not is not waited for.
+    if let Some(frame) = farewell {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Text(frame))).await;
     }
-    // A polite close if the device still reads; a device that does not is not waited for.
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(None))).await;
     cancel.cancel();
 }
@@ -197,34 +209,41 @@ async fn write(
 /// Reads the device's frames until it leaves, goes silent, is cancelled or loses its session.
 async fn read(session: &mut Session, mut stream: SplitStream<WebSocket>) {
     let idle = Duration::from_secs(session.state.config.ws_idle_timeout_secs.max(1));
-    let cancel = session.endpoint.cancel.clone();
+    let (cancel, revoked) = (
+        session.endpoint.cancel.clone(),
+        session.endpoint.revoked.clone(),
+    );
     let mut recheck = tokio::time::interval(SESSION_RECHECK);
     recheck.tick().await;
+    let silence = tokio::time::sleep(idle);
+    tokio::pin!(silence);
     loop {
         tokio::select! {
             () = cancel.cancelled() => break,
+            () = revoked.cancelled() => break,
+            () = &mut silence => {
+                session.state.metrics.refused("idle_timeout");
+                break;
+            }
             _ = recheck.tick() => {
-                let valid = session
-                    .state
-                    .store
-                    .session_member(&session.endpoint.session, session.state.clock.now())
-                    .await;
-                if !matches!(valid, Ok(Some(_))) {
-                    session.send(Outbound::Revoked);
+                let now = session.state.clock.now();
+                match session.state.store.session_member(&session.endpoint.session, now).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => revoked.cancel(),
+                    Err(error) => tracing::warn!(%error, "session re-check failed; will retry"),
                 }
             }
-            next = tokio::time::timeout(idle, stream.next()) => match next {
-                Err(_) => {
-                    session.state.metrics.refused("idle_timeout");
-                    break;
+            next = stream.next() => {
+                silence.as_mut().reset(tokio::time::Instant::now() + idle);
+                match next {
+                    None | Some(Err(_) | Ok(Message::Close(_))) => break,
+                    Some(Ok(Message::Text(frame))) => session.on_text(frame.as_str()).await,
+                    Some(Ok(Message::Binary(_))) => {
+                        session.refuse("binary_frame", "frames are JSON text");
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 }
-                Ok(None | Some(Err(_) | Ok(Message::Close(_)))) => break,
-                Ok(Some(Ok(Message::Text(frame)))) => session.on_text(frame.as_str()).await,
-                Ok(Some(Ok(Message::Binary(_)))) => {
-                    session.refuse("binary_frame", "frames are JSON text");
-                }
-                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
-            },
+            }
         }
     }
 }
@@ -232,7 +251,6 @@ async fn read(session: &mut Session, mut stream: SplitStream<WebSocket>) {
 /// Serves one device's connection from hello to goodbye.
 pub async fn serve(socket: WebSocket, state: AppState, caller: Caller, device: Uuid) {
     let (outbound, queue) = mpsc::channel(OUTBOUND_QUEUE);
-    let cancel = CancellationToken::new();
     let member = caller.member;
     let endpoint = Endpoint {
         serial: state.signals.next_serial(),
@@ -241,29 +259,49 @@ pub async fn serve(socket: WebSocket, state: AppState, caller: Caller, device: U
         device,
         session: caller.session_hash,
         outbound,
-        cancel: cancel.clone(),
+        cancel: CancellationToken::new(),
+        revoked: CancellationToken::new(),
     };
     let (sink, stream) = socket.split();
     let ping_every = Duration::from_secs((state.config.ws_idle_timeout_secs / 3).max(1));
-    let writer = tokio::spawn(write(sink, queue, cancel.clone(), ping_every));
+    let writer = tokio::spawn(write(sink, queue, endpoint.clone(), ping_every));
+    let refuse_and_close = |code: &'static str, message: &str| {
+        state.metrics.refused(code);
+        let _ = endpoint
+            .outbound
+            .try_send(Outbound::Close(error_frame(code, message)));
+    };
 
-    let joined = state
-        .signals
-        .join(endpoint.clone(), state.config.ws_connections_per_member);
-    let peers = match joined {
-        Ok(peers) => peers,
+    let epoch = match state.store.circle_epoch(member.circle).await {
+        Ok(epoch) => epoch,
         Err(error) => {
-            state.metrics.refused("join_refused");
-            let _ = endpoint.outbound.try_send(Outbound::Close(error_frame(
-                "join_refused",
-                &error.to_string(),
-            )));
+            tracing::error!(%error, "signalling: the store failed");
+            refuse_and_close(
+                "internal",
+                "the server cannot serve this connection now; retry",
+            );
             let _ = writer.await;
             return;
         }
     };
+    let hello = |peers| {
+        text(&ServerFrame::Hello {
+            member: member.id,
+            device,
+            peers,
+            epoch,
+        })
+    };
+    if let Err(error) = state.signals.join(
+        endpoint.clone(),
+        state.config.ws_connections_per_member,
+        &hello,
+    ) {
+        refuse_and_close("join_refused", &error.to_string());
+        let _ = writer.await;
+        return;
+    }
     state.metrics.connections.inc();
-    let epoch = state.store.circle_epoch(member.circle).await.unwrap_or(0);
     let per_second =
         NonZeroU32::new(state.config.ws_frames_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
     let mut session = Session {
@@ -275,12 +313,6 @@ pub async fn serve(socket: WebSocket, state: AppState, caller: Caller, device: U
         ),
         strikes: 0,
     };
-    session.send(Outbound::Text(text(&ServerFrame::Hello {
-        member: member.id,
-        device,
-        peers,
-        epoch,
-    })));
     let presence = |online| {
         text(&ServerFrame::Presence {
             member: member.id,
@@ -295,7 +327,9 @@ pub async fn serve(socket: WebSocket, state: AppState, caller: Caller, device: U
 
     read(&mut session, stream).await;
 
-    cancel.cancel();
+    if !endpoint.revoked.is_cancelled() {
+        endpoint.cancel.cancel();
+    }
     let _ = writer.await;
     if state.signals.leave(device, endpoint.serial) {
         state

@@ -18,8 +18,6 @@ use crate::secret::Digest;
 pub enum Outbound {
     /// A text frame, serialised once (shared among the recipients of a broadcast).
     Text(Utf8Bytes),
-    /// Tell the device it was revoked, then close.
-    Revoked,
     /// Send this last frame, then close.
     Close(Utf8Bytes),
 }
@@ -41,6 +39,8 @@ pub struct Endpoint {
     pub outbound: mpsc::Sender<Outbound>,
     /// Cancelled to drop the connection at once.
     pub cancel: CancellationToken,
+    /// Cancelled when the member or session is revoked: the writer says so ahead of anything queued, then closes.
+    pub revoked: CancellationToken,
 }
 
 /// Why a device may not join.
@@ -71,13 +71,17 @@ pub enum DeliveryError {
 pub trait SignalRouter: Send + Sync + 'static {
     /// A new serial for a connection.
     fn next_serial(&self) -> u64;
-    /// Registers a device; replaces an earlier connection of the same member's device. Returns the
-    /// circle's other online devices.
+    /// Registers a device, replacing an earlier connection of the same member's device. Its first
+    /// frame, built by `hello` from the circle's other online devices, is queued before any other.
     ///
     /// # Errors
     /// See [`JoinError`].
-    fn join(&self, endpoint: Endpoint, max_per_member: usize)
-    -> Result<Vec<PeerDevice>, JoinError>;
+    fn join(
+        &self,
+        endpoint: Endpoint,
+        max_per_member: usize,
+        hello: &dyn Fn(Vec<PeerDevice>) -> Utf8Bytes,
+    ) -> Result<(), JoinError>;
     /// Checks, without joining, whether a member's device could join now.
     ///
     /// # Errors
@@ -133,12 +137,6 @@ fn push(endpoint: &Endpoint, frame: Outbound) -> Result<(), DeliveryError> {
     }
 }
 
-fn revoke(endpoint: &Endpoint) {
-    if push(endpoint, Outbound::Revoked).is_err() {
-        endpoint.cancel.cancel();
-    }
-}
-
 impl SignalRouter for LocalHub {
     fn next_serial(&self) -> u64 {
         self.serials.fetch_add(1, Ordering::Relaxed)
@@ -162,7 +160,8 @@ impl SignalRouter for LocalHub {
         &self,
         endpoint: Endpoint,
         max_per_member: usize,
-    ) -> Result<Vec<PeerDevice>, JoinError> {
+        hello: &dyn Fn(Vec<PeerDevice>) -> Utf8Bytes,
+    ) -> Result<(), JoinError> {
         self.may_join(endpoint.member, endpoint.device, max_per_member)?;
         let mut directory = self.directory();
         if let Some(previous) = directory.devices.remove(&endpoint.device) {
@@ -185,6 +184,8 @@ impl SignalRouter for LocalHub {
                 device: e.device,
             })
             .collect();
+        // Queued under the lock: no presence or relay can overtake it.
+        let _ = push(&endpoint, Outbound::Text(hello(peers)));
         directory
             .circles
             .entry(endpoint.circle)
@@ -196,7 +197,7 @@ impl SignalRouter for LocalHub {
             .or_default()
             .insert(endpoint.device);
         directory.devices.insert(endpoint.device, endpoint);
-        Ok(peers)
+        Ok(())
     }
 
     fn leave(&self, device: Uuid, serial: u64) -> bool {
@@ -251,7 +252,7 @@ impl SignalRouter for LocalHub {
         let directory = self.directory();
         for device in directory.members.get(&member).into_iter().flatten() {
             if let Some(endpoint) = directory.devices.get(device) {
-                revoke(endpoint);
+                endpoint.revoked.cancel();
             }
         }
     }
@@ -259,7 +260,7 @@ impl SignalRouter for LocalHub {
     fn revoke_session(&self, session: &Digest) {
         let directory = self.directory();
         for endpoint in directory.devices.values().filter(|e| &e.session == session) {
-            revoke(endpoint);
+            endpoint.revoked.cancel();
         }
     }
 
@@ -287,6 +288,7 @@ mod tests {
             session: [0; 32],
             outbound,
             cancel: CancellationToken::new(),
+            revoked: CancellationToken::new(),
         };
         (endpoint, rx)
     }
@@ -299,9 +301,14 @@ mod tests {
         let (b, mut b_rx) = endpoint(&hub, circle, Uuid::new_v4(), Uuid::new_v4());
         let (c, _c_rx) = endpoint(&hub, other, Uuid::new_v4(), Uuid::new_v4());
         let (b_device, b_cancel, c_device) = (b.device, b.cancel.clone(), c.device);
-        assert!(hub.join(a.clone(), 8).expect("a joins").is_empty());
-        assert_eq!(hub.join(b, 8).expect("b joins").len(), 1);
-        hub.join(c, 8).expect("c joins");
+        let hello = |peers: Vec<PeerDevice>| Utf8Bytes::from(peers.len().to_string());
+        hub.join(a.clone(), 8, &hello).expect("a joins");
+        hub.join(b, 8, &hello).expect("b joins");
+        assert!(
+            matches!(b_rx.try_recv(), Ok(Outbound::Text(t)) if t.as_str() == "1"),
+            "b's hello comes first and names a"
+        );
+        hub.join(c, 8, &hello).expect("c joins");
         assert_eq!(
             hub.deliver(circle, c_device, Utf8Bytes::from_static("x")),
             Err(DeliveryError::UnknownDevice)
@@ -331,13 +338,20 @@ mod tests {
         let (first, _rx1) = endpoint(&hub, circle, member, Uuid::new_v4());
         let (second, _rx2) = endpoint(&hub, circle, member, Uuid::new_v4());
         let first_device = first.device;
-        hub.join(first, 1).expect("first");
-        assert_eq!(hub.join(second, 1), Err(JoinError::TooManyConnections));
+        let hello = |_: Vec<PeerDevice>| Utf8Bytes::from_static("hello");
+        let revoked = first.revoked.clone();
+        hub.join(first, 1, &hello).expect("first");
+        assert_eq!(
+            hub.join(second, 1, &hello),
+            Err(JoinError::TooManyConnections)
+        );
         let (intruder, _rx3) = endpoint(&hub, circle, Uuid::new_v4(), first_device);
-        assert_eq!(hub.join(intruder, 8), Err(JoinError::DeviceTaken));
+        assert_eq!(hub.join(intruder, 8, &hello), Err(JoinError::DeviceTaken));
+        hub.revoke_member(member);
+        assert!(revoked.is_cancelled(), "revocation reaches the connection");
         let (again, _rx4) = endpoint(&hub, circle, member, first_device);
         let serial = again.serial;
-        hub.join(again, 1)
+        hub.join(again, 1, &hello)
             .expect("the same device reconnects and replaces");
         assert_eq!(hub.online(), 1);
         assert!(
