@@ -18,7 +18,7 @@ use crate::signal::{JoinError, connection};
 use crate::state::AppState;
 
 /// The socket read buffer: small, so that an idle connection costs little memory.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+const READ_BUFFER_BYTES: usize = 1024;
 
 pub(super) fn router() -> Router<AppState> {
     Router::new().route("/ws", get(upgrade))
