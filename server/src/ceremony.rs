@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 use tessera_wire::{PasskeyInfo, PublicKeyInfo, RegisterPublicKeyCredential, Role};
 use uuid::Uuid;
 use webauthn_rs::prelude::{
-    COSEKeyType, CredentialID, DiscoverableAuthentication, Passkey, PasskeyRegistration,
+    COSEKeyType, CreationChallengeResponse, CredentialID, DiscoverableAuthentication, Passkey,
+    PasskeyRegistration,
 };
 
 use crate::config::AttestationPolicy;
@@ -98,18 +99,16 @@ pub fn authenticator_label(label: Option<&str>) -> ApiResult<String> {
 }
 
 /// The user name given to webauthn-rs, so that its ceremony state (which is stored) never holds the label.
-pub const STATE_USER_NAME: &str = "tessera";
+const STATE_USER_NAME: &str = "tessera";
 
 /// Shows the member's label in the authenticator's prompts: it travels in the options only, never in the stored state.
-pub fn show_label(options: &mut webauthn_rs::prelude::CreationChallengeResponse, label: &str) {
+fn show_label(options: &mut CreationChallengeResponse, label: &str) {
     options.public_key.user.name = label.to_owned();
     options.public_key.user.display_name = label.to_owned();
 }
 
 /// Asks the browser for a discoverable credential on a roaming (cross-platform) key with user verification.
-pub fn require_discoverable_roaming_key(
-    options: &mut webauthn_rs::prelude::CreationChallengeResponse,
-) {
+fn require_discoverable_roaming_key(options: &mut CreationChallengeResponse) {
     use webauthn_rs_proto::{
         AuthenticatorAttachment, ResidentKeyRequirement, UserVerificationPolicy,
     };
@@ -166,11 +165,34 @@ pub fn passkey_record(
     })
 }
 
+/// Starts registering a key for `member` (new or existing): the options for the browser — a
+/// discoverable roaming key with user verification, the member's keys excluded, the label shown by
+/// the authenticator — and the state that finishes it (which never holds the label).
+///
+/// # Errors
+/// When the store or webauthn-rs fails.
+pub async fn start_registration(
+    state: &AppState,
+    member: Uuid,
+    label: &str,
+) -> ApiResult<(CreationChallengeResponse, PasskeyRegistration)> {
+    let exclude = registered_ids(state, member).await?;
+    let (mut options, registration) = state.webauthn.start_passkey_registration(
+        member,
+        STATE_USER_NAME,
+        STATE_USER_NAME,
+        Some(exclude),
+    )?;
+    show_label(&mut options, label);
+    require_discoverable_roaming_key(&mut options);
+    Ok((options, registration))
+}
+
 /// The credential ids a member already has, which a new registration must exclude.
 ///
 /// # Errors
 /// When the store fails.
-pub async fn registered_ids(state: &AppState, member: Uuid) -> ApiResult<Vec<CredentialID>> {
+async fn registered_ids(state: &AppState, member: Uuid) -> ApiResult<Vec<CredentialID>> {
     Ok(state
         .store
         .passkeys_of(member)

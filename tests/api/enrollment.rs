@@ -7,7 +7,7 @@ use tessera_client::authenticator::{SoftKey, Tamper};
 use tessera_tests::TestApp;
 use tessera_wire::Role;
 
-use crate::support::assert_refused;
+use crate::support::{assert_refused, tampered_responses};
 
 #[tokio::test]
 async fn the_first_admin_enrolls_with_the_bootstrap_link() {
@@ -81,50 +81,7 @@ async fn enroll_tampered(app: &TestApp, tamper: Tamper) -> (StatusCode, String) 
 #[tokio::test]
 async fn tampered_registrations_are_refused_and_the_invitation_survives() {
     let app = TestApp::spawn().await;
-    let cases = [
-        (
-            "wrong origin",
-            Tamper {
-                origin: Some("http://evil.example:8080".into()),
-                ..Tamper::default()
-            },
-        ),
-        (
-            "wrong client-data type",
-            Tamper {
-                client_data_type: Some("webauthn.get".into()),
-                ..Tamper::default()
-            },
-        ),
-        (
-            "wrong challenge",
-            Tamper {
-                challenge: Some(vec![7; 32]),
-                ..Tamper::default()
-            },
-        ),
-        (
-            "wrong RP id hash",
-            Tamper {
-                rp_id: Some("evil.example".into()),
-                ..Tamper::default()
-            },
-        ),
-        (
-            "no user verification",
-            Tamper {
-                clear_user_verified: true,
-                ..Tamper::default()
-            },
-        ),
-        (
-            "no user presence",
-            Tamper {
-                clear_user_present: true,
-                ..Tamper::default()
-            },
-        ),
-    ];
+    let cases = tampered_responses("webauthn.get");
     for (case, tamper) in cases {
         let (status, code) = enroll_tampered(&app, tamper).await;
         assert_eq!(

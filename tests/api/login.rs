@@ -5,7 +5,7 @@ use tessera_client::authenticator::Tamper;
 use tessera_tests::TestApp;
 use tessera_wire::Role;
 
-use crate::support::assert_refused;
+use crate::support::{assert_refused, tampered_responses};
 
 #[tokio::test]
 async fn a_member_logs_in_with_their_key_alone() {
@@ -40,57 +40,14 @@ async fn login_options_name_no_credential() {
 async fn tampered_assertions_are_refused_and_grant_nothing() {
     let app = TestApp::spawn().await;
     let mut admin = app.admin().await;
-    let cases = [
-        (
-            "wrong origin",
-            Tamper {
-                origin: Some("http://evil.example:8080".into()),
-                ..Tamper::default()
-            },
-        ),
-        (
-            "wrong client-data type",
-            Tamper {
-                client_data_type: Some("webauthn.create".into()),
-                ..Tamper::default()
-            },
-        ),
-        (
-            "wrong challenge",
-            Tamper {
-                challenge: Some(vec![9; 32]),
-                ..Tamper::default()
-            },
-        ),
-        (
-            "wrong RP id hash",
-            Tamper {
-                rp_id: Some("evil.example".into()),
-                ..Tamper::default()
-            },
-        ),
-        (
-            "no user verification",
-            Tamper {
-                clear_user_verified: true,
-                ..Tamper::default()
-            },
-        ),
-        (
-            "no user presence",
-            Tamper {
-                clear_user_present: true,
-                ..Tamper::default()
-            },
-        ),
-        (
-            "bad signature",
-            Tamper {
-                corrupt_signature: true,
-                ..Tamper::default()
-            },
-        ),
-    ];
+    let mut cases = tampered_responses("webauthn.create");
+    cases.push((
+        "bad signature",
+        Tamper {
+            corrupt_signature: true,
+            ..Tamper::default()
+        },
+    ));
     for (case, tamper) in cases {
         let mut client = app.client();
         let result = client.login_with(&mut admin.key, &tamper).await;

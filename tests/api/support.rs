@@ -2,6 +2,7 @@
 
 use reqwest::StatusCode;
 use tessera_client::api::{ApiClientError, ApiClientResult};
+use tessera_client::authenticator::Tamper;
 
 /// Asserts that a call was refused with this status and error code, and returns the message.
 #[track_caller]
@@ -23,4 +24,53 @@ pub fn assert_refused<T: std::fmt::Debug>(
         }
         other => panic!("expected a refusal {status} {code}, got {other:?}"),
     }
+}
+
+/// Authenticator responses wrong in one way each, which verification must refuse. `other_type` is
+/// the client-data type of the other ceremony (`webauthn.get` for a registration and vice versa).
+pub fn tampered_responses(other_type: &str) -> Vec<(&'static str, Tamper)> {
+    vec![
+        (
+            "wrong origin",
+            Tamper {
+                origin: Some("http://evil.example:8080".into()),
+                ..Tamper::default()
+            },
+        ),
+        (
+            "wrong client-data type",
+            Tamper {
+                client_data_type: Some(other_type.into()),
+                ..Tamper::default()
+            },
+        ),
+        (
+            "wrong challenge",
+            Tamper {
+                challenge: Some(vec![7; 32]),
+                ..Tamper::default()
+            },
+        ),
+        (
+            "wrong RP id hash",
+            Tamper {
+                rp_id: Some("evil.example".into()),
+                ..Tamper::default()
+            },
+        ),
+        (
+            "no user verification",
+            Tamper {
+                clear_user_verified: true,
+                ..Tamper::default()
+            },
+        ),
+        (
+            "no user presence",
+            Tamper {
+                clear_user_present: true,
+                ..Tamper::default()
+            },
+        ),
+    ]
 }

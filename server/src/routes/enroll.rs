@@ -40,27 +40,18 @@ async fn start(
         .await?
         .ok_or(ApiError::InvitationUnusable)?;
 
-    let (member, role, new_member, exclude) = match invitation.member {
+    let (member, role, new_member) = match invitation.member {
         Some(existing) => {
             let member = state
                 .store
                 .member(existing)
                 .await?
                 .ok_or(ApiError::InvitationUnusable)?;
-            let keys = ceremony::registered_ids(&state, existing).await?;
-            (member.id, member.role, false, Some(keys))
+            (member.id, member.role, false)
         }
-        None => (Uuid::new_v4(), invitation.role, true, None),
+        None => (Uuid::new_v4(), invitation.role, true),
     };
-
-    let (mut options, registration) = state.webauthn.start_passkey_registration(
-        member,
-        ceremony::STATE_USER_NAME,
-        ceremony::STATE_USER_NAME,
-        exclude,
-    )?;
-    ceremony::show_label(&mut options, &label);
-    ceremony::require_discoverable_roaming_key(&mut options);
+    let (options, registration) = ceremony::start_registration(&state, member, &label).await?;
     let ceremony = ceremony::begin(
         &state,
         &CeremonyState::Enroll {

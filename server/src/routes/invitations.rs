@@ -4,14 +4,16 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
 use axum::{Json, Router};
-use tessera_wire::{CreateInvitationRequest, CreatedInvitation, InvitationInfo, InvitationKind};
+use tessera_wire::{
+    CreateInvitationRequest, CreatedInvitation, InvitationInfo, InvitationKind, Role,
+};
 use uuid::Uuid;
 
 use crate::auth::AdminCaller;
 use crate::error::{ApiError, ApiJson, ApiResult};
 use crate::invitation;
 use crate::state::AppState;
-use crate::store::InvitationRecord;
+use crate::store::{InvitationRecord, MemberRecord};
 
 /// Shortest and longest lifetime of an invitation.
 const TTL_RANGE: std::ops::RangeInclusive<u64> = 60..=30 * 24 * 3600;
@@ -26,7 +28,7 @@ pub(super) fn router() -> Router<AppState> {
 ///
 /// # Errors
 /// [`ApiError::Invalid`] outside 60 s – 30 days.
-pub(super) fn checked_ttl(ttl_secs: u64) -> ApiResult<i64> {
+fn checked_ttl(ttl_secs: u64) -> ApiResult<i64> {
     if !TTL_RANGE.contains(&ttl_secs) {
         return Err(ApiError::Invalid(
             "ttl_secs must be between 60 (one minute) and 2592000 (30 days)".into(),
@@ -35,30 +37,40 @@ pub(super) fn checked_ttl(ttl_secs: u64) -> ApiResult<i64> {
     i64::try_from(ttl_secs).map_err(|_| ApiError::Invalid("ttl_secs is too large".into()))
 }
 
+/// Issues an invitation in the admin's circle, counted against their rate limit: for a newcomer
+/// with `role`, or (with `member`) a recovery for an existing member.
+///
+/// # Errors
+/// An out-of-range lifetime, the rate limit, or a store failure.
+pub(super) async fn issue_by(
+    state: &AppState,
+    admin: &MemberRecord,
+    role: Role,
+    member: Option<Uuid>,
+    ttl_secs: u64,
+) -> ApiResult<CreatedInvitation> {
+    let ttl = checked_ttl(ttl_secs)?;
+    state.limits.invitation(admin.id)?;
+    let now = state.clock.now();
+    let record = InvitationRecord {
+        id: Uuid::new_v4(),
+        circle: admin.circle,
+        role,
+        member,
+        created_by: Some(admin.id),
+        created_at: now,
+        expires_at: now + ttl,
+    };
+    Ok(invitation::issue(state.store.as_ref(), &state.config.origin_base(), &record).await?)
+}
+
 #[tracing::instrument(skip_all)]
 async fn create(
     State(state): State<AppState>,
     AdminCaller(admin): AdminCaller,
     ApiJson(request): ApiJson<CreateInvitationRequest>,
 ) -> ApiResult<(StatusCode, Json<CreatedInvitation>)> {
-    let ttl = checked_ttl(request.ttl_secs)?;
-    state.limits.invitation(admin.member.id)?;
-    let now = state.clock.now();
-    let invitation = InvitationRecord {
-        id: Uuid::new_v4(),
-        circle: admin.member.circle,
-        role: request.role,
-        member: None,
-        created_by: Some(admin.member.id),
-        created_at: now,
-        expires_at: now + ttl,
-    };
-    let created = invitation::issue(
-        state.store.as_ref(),
-        &state.config.origin_base(),
-        &invitation,
-    )
-    .await?;
+    let created = issue_by(&state, &admin.member, request.role, None, request.ttl_secs).await?;
     tracing::info!(role = request.role.as_str(), "invitation issued");
     Ok((StatusCode::CREATED, Json(created)))
 }

@@ -58,15 +58,7 @@ async fn add_start(
     state.limits.ceremony(client.ip())?;
     let label = ceremony::authenticator_label(request.label.as_deref())?;
     let member = caller.member.id;
-    let exclude = ceremony::registered_ids(&state, member).await?;
-    let (mut options, registration) = state.webauthn.start_passkey_registration(
-        member,
-        ceremony::STATE_USER_NAME,
-        ceremony::STATE_USER_NAME,
-        Some(exclude),
-    )?;
-    ceremony::show_label(&mut options, &label);
-    ceremony::require_discoverable_roaming_key(&mut options);
+    let (options, registration) = ceremony::start_registration(&state, member, &label).await?;
     let ceremony = ceremony::begin(
         &state,
         &CeremonyState::AddKey {

@@ -7,13 +7,11 @@ use axum::{Json, Router};
 use tessera_wire::{CreateRecoveryRequest, CreatedInvitation, MemberInfo};
 use uuid::Uuid;
 
-use super::invitations::checked_ttl;
+use super::invitations::issue_by;
 use crate::auth::{AdminCaller, Caller};
 use crate::ceremony;
 use crate::error::{ApiError, ApiJson, ApiResult};
-use crate::invitation;
 use crate::state::AppState;
-use crate::store::InvitationRecord;
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -81,28 +79,18 @@ async fn recovery(
     Path(id): Path<String>,
     ApiJson(request): ApiJson<CreateRecoveryRequest>,
 ) -> ApiResult<(StatusCode, Json<CreatedInvitation>)> {
-    let ttl = checked_ttl(request.ttl_secs)?;
     let target = state
         .store
         .member(member_id(&id)?)
         .await?
         .filter(|m| m.circle == admin.member.circle)
         .ok_or(ApiError::NotFound("member"))?;
-    state.limits.invitation(admin.member.id)?;
-    let now = state.clock.now();
-    let invitation = InvitationRecord {
-        id: Uuid::new_v4(),
-        circle: target.circle,
-        role: target.role,
-        member: Some(target.id),
-        created_by: Some(admin.member.id),
-        created_at: now,
-        expires_at: now + ttl,
-    };
-    let created = invitation::issue(
-        state.store.as_ref(),
-        &state.config.origin_base(),
-        &invitation,
+    let created = issue_by(
+        &state,
+        &admin.member,
+        target.role,
+        Some(target.id),
+        request.ttl_secs,
     )
     .await?;
     tracing::info!("recovery invitation issued");
