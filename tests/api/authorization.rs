@@ -94,11 +94,7 @@ async fn a_member_cannot_act_as_an_admin() {
     let app = TestApp::spawn().await;
     let admin = app.admin().await;
     let member = app.invite(&admin, Role::Member, "Grace").await;
-    let pending = admin
-        .client
-        .create_invitation(Role::Member, 3600)
-        .await
-        .expect("invite");
+    let pending = admin.issue(Role::Member, 3600).await;
     let c = &member.client;
     assert_refused(
         c.create_invitation(Role::Admin, 3600).await,
@@ -178,11 +174,7 @@ async fn circles_never_see_each_other() {
     let app = TestApp::spawn().await;
     let admin_a = app.admin().await;
     let member_a = app.invite(&admin_a, Role::Member, "Grace").await;
-    let pending_a = admin_a
-        .client
-        .create_invitation(Role::Member, 3600)
-        .await
-        .expect("invite");
+    let pending_a = admin_a.issue(Role::Member, 3600).await;
 
     let second = circle::create_circle(
         app.store.as_ref(),

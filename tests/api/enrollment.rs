@@ -119,11 +119,7 @@ async fn circle_of(app: &TestApp) -> uuid::Uuid {
 async fn a_credential_already_registered_is_refused() {
     let app = TestApp::spawn().await;
     let admin = app.admin().await;
-    let invitation = admin
-        .client
-        .create_invitation(Role::Member, 3600)
-        .await
-        .expect("invite");
+    let invitation = admin.issue(Role::Member, 3600).await;
     let mut client = app.client();
     let options = client
         .enroll_start(&invitation.token, None)
@@ -256,16 +252,8 @@ async fn expired_revoked_and_forged_invitations_are_refused() {
     let admin = app.admin().await;
     let client = app.client();
 
-    let expiring = admin
-        .client
-        .create_invitation(Role::Member, 60)
-        .await
-        .expect("invite");
-    let revoked = admin
-        .client
-        .create_invitation(Role::Member, 3600)
-        .await
-        .expect("invite");
+    let expiring = admin.issue(Role::Member, 60).await;
+    let revoked = admin.issue(Role::Member, 3600).await;
     admin
         .client
         .revoke_invitation(revoked.id)
@@ -294,16 +282,8 @@ async fn expired_revoked_and_forged_invitations_are_refused() {
 async fn an_invitation_revoked_or_expired_during_the_ceremony_is_refused_at_finish() {
     let app = TestApp::spawn().await;
     let admin = app.admin().await;
-    let revoked = admin
-        .client
-        .create_invitation(Role::Member, 3600)
-        .await
-        .expect("invite");
-    let expiring = admin
-        .client
-        .create_invitation(Role::Member, 60)
-        .await
-        .expect("invite");
+    let revoked = admin.issue(Role::Member, 3600).await;
+    let expiring = admin.issue(Role::Member, 60).await;
     let mut client = app.client();
     let revoked_options = client
         .enroll_start(&revoked.token, None)

@@ -10,11 +10,7 @@ use crate::support::assert_refused;
 async fn an_issued_invitation_is_shown_once_and_listed_without_its_token() {
     let app = TestApp::spawn().await;
     let admin = app.admin().await;
-    let created = admin
-        .client
-        .create_invitation(Role::Member, 3600)
-        .await
-        .expect("invite");
+    let created = admin.issue(Role::Member, 3600).await;
     assert_eq!(created.token.len(), 43, "256 bits in base64url");
     assert_eq!(created.url, format!("{}join/{}", app.origin, created.token));
     assert!(created.qr_svg.starts_with("<?xml") && created.qr_svg.contains("<svg"));
@@ -42,21 +38,9 @@ async fn an_issued_invitation_is_shown_once_and_listed_without_its_token() {
 async fn used_revoked_and_expired_invitations_leave_the_list() {
     let app = TestApp::spawn().await;
     let admin = app.admin().await;
-    let used = admin
-        .client
-        .create_invitation(Role::Member, 3600)
-        .await
-        .expect("invite");
-    let revoked = admin
-        .client
-        .create_invitation(Role::Member, 3600)
-        .await
-        .expect("invite");
-    admin
-        .client
-        .create_invitation(Role::Member, 60)
-        .await
-        .expect("invite");
+    let used = admin.issue(Role::Member, 3600).await;
+    let revoked = admin.issue(Role::Member, 3600).await;
+    admin.issue(Role::Member, 60).await;
     app.enroll(&used.url, "Grace").await;
     admin
         .client

@@ -16,11 +16,7 @@ async fn the_database_and_logs_hold_no_labels_tokens_or_addresses() {
     let mut secrets = vec![invitation_token(&app.first_invitation).expect("token")];
 
     let mut admin = app.enroll(&app.first_invitation.clone(), labels[0]).await;
-    let invitation = admin
-        .client
-        .create_invitation(Role::Member, 3600)
-        .await
-        .expect("invite");
+    let invitation = admin.issue(Role::Member, 3600).await;
     secrets.push(invitation.token.clone());
     let member = app.enroll(&invitation.url, labels[1]).await;
     secrets.push(member.granted.session.clone());
@@ -41,11 +37,7 @@ async fn the_database_and_logs_hold_no_labels_tokens_or_addresses() {
     let login = client.login(&mut admin.key).await.expect("login");
     secrets.push(login.session.clone());
     secrets.push(admin.granted.session.clone());
-    let pending = admin
-        .client
-        .create_invitation(Role::Admin, 3600)
-        .await
-        .expect("invite");
+    let pending = admin.issue(Role::Admin, 3600).await;
     secrets.push(pending.token.clone());
     admin
         .client

@@ -84,6 +84,19 @@ pub struct TestMember {
     pub granted: SessionGranted,
 }
 
+impl TestMember {
+    /// Issues an invitation (the member must be an admin).
+    ///
+    /// # Panics
+    /// When the server refuses.
+    pub async fn issue(&self, role: Role, ttl_secs: u64) -> tessera_wire::CreatedInvitation {
+        self.client
+            .create_invitation(role, ttl_secs)
+            .await
+            .expect("the admin issues an invitation")
+    }
+}
+
 impl TestApp {
     /// Spawns the server with the test defaults.
     ///
@@ -170,11 +183,7 @@ impl TestApp {
     /// # Panics
     /// When issuing or enrolling fails.
     pub async fn invite(&self, admin: &TestMember, role: Role, label: &str) -> TestMember {
-        let invitation = admin
-            .client
-            .create_invitation(role, 3600)
-            .await
-            .expect("the admin issues an invitation");
+        let invitation = admin.issue(role, 3600).await;
         self.enroll(&invitation.url, label).await
     }
 
