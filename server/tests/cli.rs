@@ -1,5 +1,6 @@
-//! The `tessera-server` binary as an operator uses it: `--help`, the first start's one-time admin
-//! link, later starts that print nothing secret, and `new-circle`.
+//! The `tessera-server` binary as a process, as operators and clients meet it: `--help`, the first
+//! start's one-time admin link, later starts that print nothing secret, `new-circle`, and a restart
+//! that signalling clients ride out by reconnecting.
 
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
@@ -21,12 +22,22 @@ impl Drop for Server {
 
 /// Starts the server on port 0 and returns it with the lines it printed up to and including the banner block.
 fn start(data_dir: &Path) -> (Server, Vec<String>) {
+    start_on(data_dir, 0)
+}
+
+/// Starts the server on a port (0: any) and returns it with the lines it printed up to the banner.
+fn start_on(data_dir: &Path, port: u16) -> (Server, Vec<String>) {
+    let origin = if port == 0 {
+        "http://localhost:8080".to_owned()
+    } else {
+        format!("http://localhost:{port}")
+    };
     let mut child = Command::new(BINARY)
         .args([
             "--listen",
-            "127.0.0.1:0",
+            &format!("127.0.0.1:{port}"),
             "--origin",
-            "http://localhost:8080",
+            &origin,
             "--data-dir",
         ])
         .arg(data_dir)
@@ -146,4 +157,71 @@ async fn new_circle_creates_another_circle_with_its_own_admin_link() {
     assert_ne!(links[0], links[1]);
     let store = SqliteStore::open(data.path()).await.expect("open");
     assert_eq!(store.circle_count().await.expect("count"), 2);
+}
+
+#[tokio::test]
+async fn signalling_clients_reconnect_by_themselves_after_a_restart() {
+    use tessera_client::api::{ApiClient, invitation_token};
+    use tessera_client::signal::{Backoff, SignalClient, SignalEvent};
+    use tessera_wire::signal::ServerFrame;
+
+    let data = tempfile::tempdir().expect("temp dir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let (server, lines) = start_on(data.path(), port);
+    let link = join_links(&lines).pop().expect("the admin link");
+    let origin = url::Url::parse(&format!("http://localhost:{port}")).expect("origin");
+    let mut admin = ApiClient::new(origin.clone());
+    admin
+        .enroll(&invitation_token(&link).expect("token"), None)
+        .await
+        .expect("enroll");
+    let session = admin.session().expect("session").to_owned();
+    let device = uuid::Uuid::new_v4();
+    let backoff = Backoff::new(
+        std::time::Duration::from_millis(50),
+        std::time::Duration::from_millis(400),
+    );
+    let mut client = SignalClient::start(origin, session, device, backoff);
+    assert!(
+        matches!(next(&mut client).await, Some(SignalEvent::Connected(ServerFrame::Hello { device: d, .. })) if d == device)
+    );
+
+    drop(server);
+    assert!(matches!(
+        next(&mut client).await,
+        Some(SignalEvent::Disconnected { .. })
+    ));
+    let (_server, _) = start_on(data.path(), port);
+    // Attempts fail while the server is down; the first to succeed brings a fresh hello.
+    loop {
+        match next(&mut client).await {
+            Some(SignalEvent::Disconnected { retry_in, .. }) => {
+                assert!(retry_in <= std::time::Duration::from_millis(400));
+            }
+            Some(SignalEvent::Connected(ServerFrame::Hello { device: d, .. })) => {
+                assert_eq!(d, device, "the same device id after the restart");
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // The session survived the restart (it is in SQLite); revoking it stops the client for good.
+    admin.logout().await.expect("logout");
+    assert!(matches!(
+        next(&mut client).await,
+        Some(SignalEvent::Revoked)
+    ));
+    assert!(next(&mut client).await.is_none(), "the client stopped");
+}
+
+/// The signalling client's next event, failing the test if none comes within 20 s.
+async fn next(
+    client: &mut tessera_client::signal::SignalClient,
+) -> Option<tessera_client::signal::SignalEvent> {
+    tokio::time::timeout(std::time::Duration::from_secs(20), client.next_event())
+        .await
+        .expect("an event in time")
 }
