@@ -493,3 +493,55 @@ async fn arrays_are_not_frames() {
     a.send_text(&json!(["signal", device, 1]).to_string()).await;
     assert_error(a.next().await, "invalid_json");
 }
+
+#[tokio::test]
+async fn a_signalling_client_replaced_by_its_own_device_stops_instead_of_fighting() {
+    use tessera_client::signal::{Backoff, SignalClient, SignalEvent};
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let session = admin.client.session().expect("session").to_owned();
+    let device = Uuid::new_v4();
+    let mut first = SignalClient::start(
+        app.origin.clone(),
+        session.clone(),
+        device,
+        Backoff::default(),
+    );
+    assert!(matches!(
+        event(&mut first).await,
+        Some(SignalEvent::Connected(_))
+    ));
+    let mut second = SignalClient::start(app.origin.clone(), session, device, Backoff::default());
+    assert!(matches!(
+        event(&mut second).await,
+        Some(SignalEvent::Connected(_))
+    ));
+    assert!(matches!(
+        event(&mut first).await,
+        Some(SignalEvent::Replaced)
+    ));
+    assert!(
+        event(&mut first).await.is_none(),
+        "the replaced client stopped"
+    );
+    // The second keeps working: it relays to itself through the server.
+    second
+        .send(signal(device, &json!("to myself")))
+        .await
+        .expect("send");
+    match event(&mut second).await {
+        Some(SignalEvent::Frame(ServerFrame::Signal { payload, .. })) => {
+            assert_eq!(payload.get(), "\"to myself\"");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// A signalling client's next event, failing the test if none comes within 10 s.
+async fn event(
+    client: &mut tessera_client::signal::SignalClient,
+) -> Option<tessera_client::signal::SignalEvent> {
+    tokio::time::timeout(std::time::Duration::from_secs(10), client.next_event())
+        .await
+        .expect("an event in time")
+}
