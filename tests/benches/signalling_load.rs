@@ -1,5 +1,5 @@
-//! Load generator for signalling relays: Tessera's `/api/v1/ws` next to the PeerJS server (npm
-//! `peer`), driven the same way, each as a separate process on loopback.
+//! Load generator for signalling relays: Tessera's `/api/v1/ws` next to a bare tokio-tungstenite
+//! relay and the PeerJS server (npm `peer`), driven the same way, each as a separate process on loopback.
 //!
 //! For each server and each connection count (1,000 and 10,000 by default) it measures:
 //! - RSS per idle connection (the server's VmRSS before and after opening them),
@@ -8,7 +8,8 @@
 //!
 //! Bounded in count and time; every process it starts is ended by its PID.
 //! Run: `cargo build --release --bin tessera-server && cargo bench -p tessera-tests --bench signalling_load`
-//! (environment: `CONNECTIONS=1000,10000`, `PAIRS`, `MESSAGES`, `OFFERED_PER_SECOND`, `TESSERA_SERVER_BIN`).
+//! (environment: `CONNECTIONS=1000,10000`, `PAIRS`, `MESSAGES`, `OFFERED_PER_SECOND`, `CIRCLE_SIZE`,
+//! `TARGETS=tessera` to skip PeerJS, `TESSERA_SERVER_BIN`).
 
 use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;
@@ -510,7 +511,107 @@ async fn measure(target: &Target, counts: &[usize], pairs: usize, messages: usiz
     }
 }
 
+/// A bare relay, the floor to compare against: tokio-tungstenite with a 4 KiB read buffer, one
+/// task per connection, no authentication, no limits. Speaks the PeerJS flavour (`id` in the query,
+/// `dst` in the frame). Runs in a child process of this generator (`bare-relay PORT`).
+#[allow(clippy::result_large_err)] // the handshake callback's signature is tungstenite's
+fn bare_relay(port: u16) {
+    use std::collections::HashMap;
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+    use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+    type Peers =
+        Arc<std::sync::Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<Message>>>>;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("bind");
+        let peers: Peers = Arc::default();
+        while let Ok((socket, _)) = listener.accept().await {
+            let peers = peers.clone();
+            tokio::spawn(async move {
+                let mut id = String::new();
+                let callback = |request: &Request, response: Response| {
+                    id = request
+                        .uri()
+                        .query()
+                        .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("id=")))
+                        .unwrap_or_default()
+                        .to_owned();
+                    Ok(response)
+                };
+                let config = WebSocketConfig::default().read_buffer_size(4096);
+                let Ok(stream) =
+                    tokio_tungstenite::accept_hdr_async_with_config(socket, callback, Some(config))
+                        .await
+                else {
+                    return;
+                };
+                let (mut sink, mut source) = stream.split();
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                if let Ok(mut p) = peers.lock() {
+                    p.insert(id.clone(), tx);
+                }
+                let writer = tokio::spawn(async move {
+                    while let Some(message) = rx.recv().await {
+                        if sink.send(message).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                while let Some(Ok(Message::Text(text))) = source.next().await {
+                    let dst = serde_json::from_str::<serde_json::Value>(text.as_str())
+                        .ok()
+                        .and_then(|v| v.get("dst").and_then(|d| d.as_str()).map(str::to_owned));
+                    if let (Some(dst), Ok(p)) = (dst, peers.lock())
+                        && let Some(peer) = p.get(&dst)
+                    {
+                        let _ = peer.send(Message::Text(text));
+                    }
+                }
+                if let Ok(mut p) = peers.lock() {
+                    p.remove(&id);
+                }
+                writer.abort();
+            });
+        }
+    });
+}
+
+fn start_bare_relay() -> (Server, u16) {
+    let port = free_port();
+    let child = Command::new(std::env::current_exe().expect("this generator"))
+        .args(["bare-relay", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the bare relay starts");
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the bare relay did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (Server { child }, port)
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(port) = args
+        .iter()
+        .position(|a| a == "bare-relay")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|p| p.parse().ok())
+    {
+        bare_relay(port);
+        return;
+    }
     let counts = env_list("CONNECTIONS", &[1000, 10_000]);
     let pairs = env_number("PAIRS", 100);
     let messages = env_number("MESSAGES", 200_000);
@@ -547,6 +648,19 @@ fn main() {
         };
         measure(&tessera, &counts, pairs, messages, rate).await;
         drop(tessera);
+
+        let (server, port) = start_bare_relay();
+        let bare = Target {
+            name: "bare",
+            server,
+            port,
+            flavour: Flavour::PeerJs,
+        };
+        measure(&bare, &counts, pairs, messages, rate).await;
+        drop(bare);
+        if std::env::var("TARGETS").is_ok_and(|t| !t.contains("peerjs")) {
+            return;
+        }
 
         let (server, port) = start_peerjs(&root);
         let peerjs = Target {

@@ -19,8 +19,6 @@ use crate::state::AppState;
 
 /// Frames waiting for a device; past this, the device is too slow and is disconnected.
 pub const OUTBOUND_QUEUE: usize = 256;
-/// How long one write to a device may take.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the closing frame may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often the session is checked again (revocations arrive at once; this catches expiry).
@@ -173,14 +171,17 @@ async fn write(
     endpoint: Endpoint,
     ping_every: Duration,
 ) {
-    let (cancel, revoked) = (&endpoint.cancel, &endpoint.revoked);
+    // Waiting on the tokens is set up once, not per frame.
+    let cancelled = endpoint.cancel.cancelled();
+    let revoked = endpoint.revoked.cancelled();
+    tokio::pin!(cancelled, revoked);
     let mut ping = tokio::time::interval(ping_every);
     ping.tick().await;
     let farewell = loop {
         let message = tokio::select! {
             biased;
-            () = revoked.cancelled() => break Some(text(&ServerFrame::Revoked)),
-            () = cancel.cancelled() => break None,
+            () = &mut revoked => break Some(text(&ServerFrame::Revoked)),
+            () = &mut cancelled => break None,
             next = queue.recv() => match next {
                 None => break None,
                 Some(Outbound::Text(frame)) => Message::Text(frame),
@@ -188,13 +189,15 @@ async fn write(
             },
             _ = ping.tick() => Message::Ping(Default::default()),
         };
+        // No timer per write: a device that stops reading fills its queue and is cancelled, and
+        // one that stops answering pings is closed by the reader's idle timeout.
         let written = tokio::select! {
             biased;
-            () = revoked.cancelled() => break Some(text(&ServerFrame::Revoked)),
-            () = cancel.cancelled() => break None,
-            written = tokio::time::timeout(WRITE_TIMEOUT, sink.send(message)) => written,
+            () = &mut revoked => break Some(text(&ServerFrame::Revoked)),
+            () = &mut cancelled => break None,
+            written = sink.send(message) => written,
         };
-        if !matches!(written, Ok(Ok(()))) {
+        if written.is_err() {
             break None;
         }
     };
@@ -203,7 +206,7 @@ async fn write(
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Text(frame))).await;
     }
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(None))).await;
-    cancel.cancel();
+    endpoint.cancel.cancel();
 }
 
 /// Reads the device's frames until it leaves, goes silent, is cancelled or loses its session.
@@ -213,17 +216,25 @@ async fn read(session: &mut Session, mut stream: SplitStream<WebSocket>) {
         session.endpoint.cancel.clone(),
         session.endpoint.revoked.clone(),
     );
+    let cancelled = cancel.cancelled();
+    let revoked_wait = revoked.cancelled();
+    tokio::pin!(cancelled, revoked_wait);
     let mut recheck = tokio::time::interval(SESSION_RECHECK);
     recheck.tick().await;
+    let mut last_heard = tokio::time::Instant::now();
     let silence = tokio::time::sleep(idle);
     tokio::pin!(silence);
     loop {
         tokio::select! {
-            () = cancel.cancelled() => break,
-            () = revoked.cancelled() => break,
+            () = &mut cancelled => break,
+            () = &mut revoked_wait => break,
             () = &mut silence => {
-                session.state.metrics.refused("idle_timeout");
-                break;
+                // The timer is re-armed lazily: hearing from the device only notes the time.
+                if last_heard.elapsed() >= idle {
+                    session.state.metrics.refused("idle_timeout");
+                    break;
+                }
+                silence.as_mut().reset(last_heard + idle);
             }
             _ = recheck.tick() => {
                 let now = session.state.clock.now();
@@ -234,7 +245,7 @@ async fn read(session: &mut Session, mut stream: SplitStream<WebSocket>) {
                 }
             }
             next = stream.next() => {
-                silence.as_mut().reset(tokio::time::Instant::now() + idle);
+                last_heard = tokio::time::Instant::now();
                 match next {
                     None | Some(Err(_) | Ok(Message::Close(_))) => break,
                     Some(Ok(Message::Text(frame))) => session.on_text(frame.as_str()).await,

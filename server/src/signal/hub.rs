@@ -2,8 +2,8 @@
 //! server nodes implements the same [`SignalRouter`] trait.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use axum::extract::ws::Utf8Bytes;
 use tessera_wire::signal::PeerDevice;
@@ -114,16 +114,43 @@ struct Directory {
 /// The router of one server process.
 #[derive(Debug, Default)]
 pub struct LocalHub {
-    directory: Mutex<Directory>,
+    directory: RwLock<Directory>,
     serials: AtomicU64,
 }
 
 impl LocalHub {
-    fn directory(&self) -> std::sync::MutexGuard<'_, Directory> {
+    /// For routing: many at once.
+    fn directory(&self) -> RwLockReadGuard<'_, Directory> {
         self.directory
-            .lock()
+            .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+
+    /// For joining and leaving.
+    fn directory_mut(&self) -> RwLockWriteGuard<'_, Directory> {
+        self.directory
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Whether a member's device may join the directory now.
+fn check_join(
+    directory: &Directory,
+    member: Uuid,
+    device: Uuid,
+    max_per_member: usize,
+) -> Result<(), JoinError> {
+    let replacing = match directory.devices.get(&device) {
+        Some(existing) if existing.member != member => return Err(JoinError::DeviceTaken),
+        Some(_) => 1,
+        None => 0,
+    };
+    let open = directory.members.get(&member).map_or(0, HashSet::len);
+    if open - replacing >= max_per_member {
+        return Err(JoinError::TooManyConnections);
+    }
+    Ok(())
 }
 
 /// Queues a frame for an endpoint; a full queue means a slow consumer, which is dropped.
@@ -143,17 +170,7 @@ impl SignalRouter for LocalHub {
     }
 
     fn may_join(&self, member: Uuid, device: Uuid, max_per_member: usize) -> Result<(), JoinError> {
-        let directory = self.directory();
-        let replacing = match directory.devices.get(&device) {
-            Some(existing) if existing.member != member => return Err(JoinError::DeviceTaken),
-            Some(_) => 1,
-            None => 0,
-        };
-        let open = directory.members.get(&member).map_or(0, HashSet::len);
-        if open - replacing >= max_per_member {
-            return Err(JoinError::TooManyConnections);
-        }
-        Ok(())
+        check_join(&self.directory(), member, device, max_per_member)
     }
 
     fn join(
@@ -162,8 +179,8 @@ impl SignalRouter for LocalHub {
         max_per_member: usize,
         hello: &dyn Fn(Vec<PeerDevice>) -> Utf8Bytes,
     ) -> Result<(), JoinError> {
-        self.may_join(endpoint.member, endpoint.device, max_per_member)?;
-        let mut directory = self.directory();
+        let mut directory = self.directory_mut();
+        check_join(&directory, endpoint.member, endpoint.device, max_per_member)?;
         if let Some(previous) = directory.devices.remove(&endpoint.device) {
             let _ = push(
                 &previous,
@@ -201,7 +218,7 @@ impl SignalRouter for LocalHub {
     }
 
     fn leave(&self, device: Uuid, serial: u64) -> bool {
-        let mut directory = self.directory();
+        let mut directory = self.directory_mut();
         let Some(endpoint) = directory.devices.get(&device) else {
             return false;
         };
