@@ -172,8 +172,8 @@ const pages = {
         cell(row, when(key.last_used_at));
         actionCell(row, 'Revoke', async () => {
           await api('DELETE', `/me/passkeys/${encodeURIComponent(key.id)}`);
-          say('Key revoked.');
           await draw();
+          say('Key revoked.');
         });
         body.append(row);
       }
@@ -188,8 +188,8 @@ const pages = {
         const label = document.getElementById('key-label').value;
         await registerKey('/me/passkeys/start', { label }, '/me/passkeys/finish');
         document.getElementById('key-label').value = '';
-        say('Key added.');
         await draw();
+        say('Key added.');
       } catch (error) {
         say(explain(error), 'error');
       } finally {
@@ -227,8 +227,8 @@ const pages = {
         cell(row, when(invitation.expires_at));
         actionCell(row, 'Revoke', async () => {
           await api('DELETE', `/invitations/${invitation.id}`);
-          say('Invitation revoked.');
           await draw();
+          say('Invitation revoked.');
         });
         pending.append(row);
       }
@@ -245,13 +245,13 @@ const pages = {
           actionCell(row, 'Revoke', async () => {
             if (!window.confirm('Revoke this member? Their sessions end at once.')) return;
             await api('DELETE', `/members/${member.id}`);
-            say('Member revoked.');
             await draw();
+            say('Member revoked.');
           });
           actionCell(row, 'Recovery link', async () => {
             showInvitation(await api('POST', `/members/${member.id}/recovery`, { ttl_secs: 86400 }));
-            say('Recovery invitation issued.');
             await draw();
+            say('Recovery invitation issued.');
           });
         }
         members.append(row);
@@ -266,8 +266,8 @@ const pages = {
         const role = document.getElementById('invite-role').value;
         const ttl_secs = Number(document.getElementById('invite-ttl').value);
         showInvitation(await api('POST', '/invitations', { role, ttl_secs }));
-        say('Invitation issued.');
         await draw();
+        say('Invitation issued.');
       } catch (error) {
         say(explain(error), 'error');
       } finally {
