@@ -1,4 +1,4 @@
-//! One device's signalling connection: a reader (this task) and a writer task over a bounded queue.
+//! One device's signalling connection: a reader and a writer, run together in one task, over a bounded queue.
 //! Bad frames get an error frame; abuse, a slow reader, silence or revocation end the connection.
 
 use std::num::NonZeroU32;
@@ -275,7 +275,8 @@ pub async fn serve(socket: WebSocket, state: AppState, caller: Caller, device: U
     };
     let (sink, stream) = socket.split();
     let ping_every = Duration::from_secs((state.config.ws_idle_timeout_secs / 3).max(1));
-    let writer = tokio::spawn(write(sink, queue, endpoint.clone(), ping_every));
+    // One task for both halves: the writer future runs beside the reader (join), not spawned.
+    let writer = write(sink, queue, endpoint.clone(), ping_every);
     let refuse_and_close = |code: &'static str, message: &str| {
         state.metrics.refused(code);
         let _ = endpoint
@@ -291,7 +292,7 @@ pub async fn serve(socket: WebSocket, state: AppState, caller: Caller, device: U
                 "internal",
                 "the server cannot serve this connection now; retry",
             );
-            let _ = writer.await;
+            writer.await;
             return;
         }
     };
@@ -309,7 +310,7 @@ pub async fn serve(socket: WebSocket, state: AppState, caller: Caller, device: U
         &hello,
     ) {
         refuse_and_close("join_refused", &error.to_string());
-        let _ = writer.await;
+        writer.await;
         return;
     }
     state.metrics.connections.inc();
@@ -336,12 +337,13 @@ pub async fn serve(socket: WebSocket, state: AppState, caller: Caller, device: U
         .broadcast(member.circle, device, presence(true));
     tracing::debug!("device connected");
 
-    read(&mut session, stream).await;
-
-    if !endpoint.revoked.is_cancelled() {
-        endpoint.cancel.cancel();
-    }
-    let _ = writer.await;
+    let reader = async {
+        read(&mut session, stream).await;
+        if !endpoint.revoked.is_cancelled() {
+            endpoint.cancel.cancel();
+        }
+    };
+    tokio::join!(reader, writer);
     if state.signals.leave(device, endpoint.serial) {
         state
             .signals
