@@ -4,4 +4,5 @@
 
 pub mod api;
 pub mod authenticator;
+pub mod identity;
 pub mod signal;

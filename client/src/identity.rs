@@ -1,0 +1,349 @@
+//! Device certificates: a device's MLS signature key bound to its member's hardware key by a WebAuthn
+//! assertion whose challenge commits to that key and to the member and device ids; checked by every
+//! peer against the passkey public keys of the circle directory.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use p256::ecdsa::signature::Verifier as _;
+use p256::ecdsa::{Signature, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use tessera_wire::{PublicKeyInfo, RequestChallengeResponse};
+use uuid::Uuid;
+
+use crate::authenticator::{AuthenticatorError, SoftKey};
+
+/// Separates this use of a hardware key's signature from every other.
+const DOMAIN: &[u8] = b"tessera device certificate v1";
+
+/// A device's MLS signature key, certified by its member's hardware key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceCertificate {
+    /// The member.
+    pub member: Uuid,
+    /// The device.
+    pub device: Uuid,
+    /// The device's MLS signature public key, base64url.
+    pub device_key: String,
+    /// The hardware key's credential id, base64url.
+    pub credential_id: String,
+    /// The assertion's authenticator data, base64url.
+    pub authenticator_data: String,
+    /// The assertion's client data JSON, base64url.
+    pub client_data_json: String,
+    /// The hardware key's signature over authenticator data ‖ SHA-256(client data), base64url.
+    pub signature: String,
+}
+
+/// Why a certificate is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CertificateError {
+    /// A field is not valid base64url or JSON.
+    #[error("the certificate is malformed: {0}")]
+    Malformed(&'static str),
+    /// The client data is not that of an assertion.
+    #[error("the client data is not a WebAuthn assertion")]
+    WrongType,
+    /// The challenge does not commit to this member, device and key.
+    #[error("the challenge does not commit to this member, device and key")]
+    WrongChallenge,
+    /// The assertion was made for another origin.
+    #[error("the assertion was made for another origin")]
+    WrongOrigin,
+    /// The assertion was made for another relying party.
+    #[error("the assertion was made for another relying party")]
+    WrongRelyingParty,
+    /// The key did not verify its user (PIN or biometric) or saw no presence.
+    #[error("the hardware key did not verify its user")]
+    UserNotVerified,
+    /// The credential is not one of the member's keys in the directory.
+    #[error("the hardware key is not one of the member's keys")]
+    UnknownKey,
+    /// The key's algorithm is not supported here.
+    #[error("the hardware key's algorithm {0} is not supported")]
+    UnsupportedAlgorithm(String),
+    /// The signature does not verify.
+    #[error("the hardware key's signature does not verify")]
+    BadSignature,
+}
+
+/// The challenge a hardware key signs to certify `device_key` for `member`'s `device`.
+#[must_use]
+pub fn certificate_challenge(member: Uuid, device: Uuid, device_key: &[u8]) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    hash.update(DOMAIN);
+    hash.update(member.as_bytes());
+    hash.update(device.as_bytes());
+    hash.update(device_key);
+    hash.finalize().into()
+}
+
+/// The request options a client hands its authenticator (the browser's `navigator.credentials.get`
+/// or a [`SoftKey`]) to certify a device key.
+///
+/// # Panics
+/// Never: the options are built from well-formed JSON.
+#[must_use]
+pub fn certificate_request(
+    rp_id: &str,
+    member: Uuid,
+    device: Uuid,
+    device_key: &[u8],
+) -> RequestChallengeResponse {
+    let challenge = certificate_challenge(member, device, device_key);
+    serde_json::from_value(serde_json::json!({
+        "publicKey": {
+            "challenge": URL_SAFE_NO_PAD.encode(challenge),
+            "rpId": rp_id,
+            "allowCredentials": [],
+            "userVerification": "required",
+            "timeout": 120_000
+        }
+    }))
+    .unwrap_or_else(|_| unreachable!("the request options are well-formed"))
+}
+
+/// Certifies a device key with a software hardware key (headless clients and tests).
+///
+/// # Errors
+/// When the authenticator refuses.
+pub fn certify_with_soft_key(
+    key: &mut SoftKey,
+    origin: &str,
+    member: Uuid,
+    device: Uuid,
+    device_key: &[u8],
+) -> Result<DeviceCertificate, AuthenticatorError> {
+    let request = certificate_request(key.rp_id(), member, device, device_key);
+    let assertion = key.sign_in(&request, origin)?;
+    Ok(DeviceCertificate {
+        member,
+        device,
+        device_key: URL_SAFE_NO_PAD.encode(device_key),
+        credential_id: URL_SAFE_NO_PAD.encode(&assertion.raw_id[..]),
+        authenticator_data: URL_SAFE_NO_PAD.encode(&assertion.response.authenticator_data[..]),
+        client_data_json: URL_SAFE_NO_PAD.encode(&assertion.response.client_data_json[..]),
+        signature: URL_SAFE_NO_PAD.encode(&assertion.response.signature[..]),
+    })
+}
+
+fn decode(field: &str, name: &'static str) -> Result<Vec<u8>, CertificateError> {
+    URL_SAFE_NO_PAD
+        .decode(field)
+        .map_err(|_| CertificateError::Malformed(name))
+}
+
+#[derive(Deserialize)]
+struct ClientData {
+    #[serde(rename = "type")]
+    kind: String,
+    challenge: String,
+    origin: String,
+}
+
+impl DeviceCertificate {
+    /// The certified device key.
+    ///
+    /// # Errors
+    /// When the field is not base64url.
+    pub fn device_key_bytes(&self) -> Result<Vec<u8>, CertificateError> {
+        decode(&self.device_key, "device_key")
+    }
+
+    /// Checks the certificate against the member's passkeys from the circle directory, for the
+    /// server's `origin` and `rp_id`. Every check must pass.
+    ///
+    /// # Errors
+    /// The first check that fails.
+    pub fn verify(
+        &self,
+        member_passkeys: &[PublicKeyInfo],
+        origin: &str,
+        rp_id: &str,
+    ) -> Result<(), CertificateError> {
+        let device_key = self.device_key_bytes()?;
+        let auth_data = decode(&self.authenticator_data, "authenticator_data")?;
+        let client_data_json = decode(&self.client_data_json, "client_data_json")?;
+        let signature = decode(&self.signature, "signature")?;
+
+        let client_data: ClientData = serde_json::from_slice(&client_data_json)
+            .map_err(|_| CertificateError::Malformed("client_data_json"))?;
+        if client_data.kind != "webauthn.get" {
+            return Err(CertificateError::WrongType);
+        }
+        let expected = certificate_challenge(self.member, self.device, &device_key);
+        if decode(&client_data.challenge, "challenge")? != expected {
+            return Err(CertificateError::WrongChallenge);
+        }
+        if client_data.origin.trim_end_matches('/') != origin.trim_end_matches('/') {
+            return Err(CertificateError::WrongOrigin);
+        }
+        // rpIdHash (32) ‖ flags (1) ‖ counter (4).
+        if auth_data.len() < 37 {
+            return Err(CertificateError::Malformed("authenticator_data"));
+        }
+        if auth_data[..32] != Sha256::digest(rp_id.as_bytes())[..] {
+            return Err(CertificateError::WrongRelyingParty);
+        }
+        let flags = auth_data[32];
+        if flags & 0x01 == 0 || flags & 0x04 == 0 {
+            return Err(CertificateError::UserNotVerified);
+        }
+
+        let passkey = member_passkeys
+            .iter()
+            .find(|p| p.credential_id == self.credential_id)
+            .ok_or(CertificateError::UnknownKey)?;
+        if passkey.alg != "ES256" {
+            return Err(CertificateError::UnsupportedAlgorithm(passkey.alg.clone()));
+        }
+        let public_key = decode(&passkey.public_key, "public_key")?;
+        let verifying = VerifyingKey::from_sec1_bytes(&public_key)
+            .map_err(|_| CertificateError::Malformed("public_key"))?;
+        let signature =
+            Signature::from_der(&signature).map_err(|_| CertificateError::BadSignature)?;
+        let mut signed = auth_data;
+        signed.extend_from_slice(&Sha256::digest(&client_data_json));
+        verifying
+            .verify(&signed, &signature)
+            .map_err(|_| CertificateError::BadSignature)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ORIGIN: &str = "http://localhost:8080";
+
+    /// A member's soft key registered through real webauthn-rs, and its directory entry.
+    fn member_key() -> (SoftKey, Vec<PublicKeyInfo>, Uuid) {
+        let rp_origin = url::Url::parse(ORIGIN).expect("origin");
+        let webauthn = webauthn_rs::prelude::WebauthnBuilder::new("localhost", &rp_origin)
+            .and_then(webauthn_rs::prelude::WebauthnBuilder::build)
+            .expect("relying party");
+        let member = Uuid::new_v4();
+        let (options, _state) = webauthn
+            .start_passkey_registration(member, "ada", "Ada", None)
+            .expect("start");
+        let (key, _credential) = SoftKey::register(&options, ORIGIN).expect("register");
+        let info = PublicKeyInfo {
+            credential_id: URL_SAFE_NO_PAD.encode(key.credential_id()),
+            alg: "ES256".into(),
+            public_key: URL_SAFE_NO_PAD.encode(key.public_key_sec1()),
+        };
+        (key, vec![info], member)
+    }
+
+    #[test]
+    fn a_certificate_from_the_members_key_verifies() {
+        let (mut key, directory, member) = member_key();
+        let device = Uuid::new_v4();
+        let cert = certify_with_soft_key(&mut key, ORIGIN, member, device, b"device mls key")
+            .expect("certify");
+        assert_eq!(cert.verify(&directory, ORIGIN, "localhost"), Ok(()));
+        assert_eq!(cert.device_key_bytes().expect("bytes"), b"device mls key");
+        let json = serde_json::to_string(&cert).expect("serialize");
+        let back: DeviceCertificate = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back.verify(&directory, ORIGIN, "localhost"), Ok(()));
+    }
+
+    #[test]
+    fn substituted_keys_ids_and_signers_are_refused() {
+        let (mut key, directory, member) = member_key();
+        let device = Uuid::new_v4();
+        let cert = certify_with_soft_key(&mut key, ORIGIN, member, device, b"device mls key")
+            .expect("certify");
+
+        let other_key = DeviceCertificate {
+            device_key: URL_SAFE_NO_PAD.encode(b"attacker key"),
+            ..cert.clone()
+        };
+        let other_device = DeviceCertificate {
+            device: Uuid::new_v4(),
+            ..cert.clone()
+        };
+        let other_member = DeviceCertificate {
+            member: Uuid::new_v4(),
+            ..cert.clone()
+        };
+        for forged in [other_key, other_device, other_member] {
+            assert_eq!(
+                forged.verify(&directory, ORIGIN, "localhost"),
+                Err(CertificateError::WrongChallenge)
+            );
+        }
+
+        let (_, strangers_directory, _) = member_key();
+        assert_eq!(
+            cert.verify(&strangers_directory, ORIGIN, "localhost"),
+            Err(CertificateError::UnknownKey),
+            "another member's directory entry does not vouch for it"
+        );
+        let mut swapped = strangers_directory[0].clone();
+        swapped.credential_id = cert.credential_id.clone();
+        assert_eq!(
+            cert.verify(&[swapped], ORIGIN, "localhost"),
+            Err(CertificateError::BadSignature),
+            "a directory that substitutes the public key is caught"
+        );
+        assert_eq!(
+            cert.verify(&directory, "http://evil.example", "localhost"),
+            Err(CertificateError::WrongOrigin)
+        );
+        assert_eq!(
+            cert.verify(&directory, ORIGIN, "evil.example"),
+            Err(CertificateError::WrongRelyingParty)
+        );
+        let mut bad_signature = cert.clone();
+        let mut bytes = URL_SAFE_NO_PAD.decode(&cert.signature).expect("b64");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        bad_signature.signature = URL_SAFE_NO_PAD.encode(bytes);
+        assert_eq!(
+            bad_signature.verify(&directory, ORIGIN, "localhost"),
+            Err(CertificateError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn a_key_that_did_not_verify_its_user_or_an_unsupported_key_is_refused() {
+        let (mut key, directory, member) = member_key();
+        let device = Uuid::new_v4();
+        let request = certificate_request("localhost", member, device, b"k");
+        let tamper = crate::authenticator::Tamper {
+            clear_user_verified: true,
+            ..Default::default()
+        };
+        let assertion = key.sign_in_with(&request, ORIGIN, &tamper).expect("sign");
+        let cert = DeviceCertificate {
+            member,
+            device,
+            device_key: URL_SAFE_NO_PAD.encode(b"k"),
+            credential_id: URL_SAFE_NO_PAD.encode(&assertion.raw_id[..]),
+            authenticator_data: URL_SAFE_NO_PAD.encode(&assertion.response.authenticator_data[..]),
+            client_data_json: URL_SAFE_NO_PAD.encode(&assertion.response.client_data_json[..]),
+            signature: URL_SAFE_NO_PAD.encode(&assertion.response.signature[..]),
+        };
+        assert_eq!(
+            cert.verify(&directory, ORIGIN, "localhost"),
+            Err(CertificateError::UserNotVerified)
+        );
+        let mut eddsa = directory[0].clone();
+        eddsa.alg = "EdDSA".into();
+        let good = certify_with_soft_key(&mut key, ORIGIN, member, device, b"k").expect("certify");
+        assert_eq!(
+            good.verify(&[eddsa], ORIGIN, "localhost"),
+            Err(CertificateError::UnsupportedAlgorithm("EdDSA".into()))
+        );
+        let garbage = DeviceCertificate {
+            client_data_json: "!!".into(),
+            ..good
+        };
+        assert_eq!(
+            garbage.verify(&directory, ORIGIN, "localhost"),
+            Err(CertificateError::Malformed("client_data_json"))
+        );
+    }
+}
