@@ -4,5 +4,6 @@
 
 pub mod api;
 pub mod authenticator;
+pub mod delivery;
 pub mod identity;
 pub mod signal;
