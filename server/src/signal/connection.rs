@@ -47,9 +47,8 @@ struct Session {
 impl Session {
     /// Queues a frame for this device; a full queue ends the connection.
     fn send(&self, frame: Outbound) {
-        if self.endpoint.outbound.try_send(frame).is_err() {
+        if self.endpoint.push(frame).is_err() {
             self.state.metrics.refused("slow_consumer");
-            self.endpoint.cancel.cancel();
         }
     }
 
@@ -78,16 +77,14 @@ impl Session {
             return;
         }
         // Only objects: serde would also read a struct from an array of its fields.
-        if !frame.trim_start().starts_with('{') {
+        let envelope = frame
+            .trim_start()
+            .starts_with('{')
+            .then(|| serde_json::from_str::<Envelope>(frame).ok())
+            .flatten();
+        let Some(envelope) = envelope else {
             self.refuse("invalid_json", "the frame is not a JSON object with a type");
             return;
-        }
-        let envelope: Envelope = match serde_json::from_str(frame) {
-            Ok(envelope) => envelope,
-            Err(_) => {
-                self.refuse("invalid_json", "the frame is not a JSON object with a type");
-                return;
-            }
         };
         match ClientFrame::try_from(envelope) {
             Ok(ClientFrame::Signal { to, payload }) => self.relay(to, payload),
@@ -279,9 +276,7 @@ pub async fn serve(socket: WebSocket, state: AppState, caller: Caller, device: U
     let writer = write(sink, queue, endpoint.clone(), ping_every);
     let refuse_and_close = |code: &'static str, message: &str| {
         state.metrics.refused(code);
-        let _ = endpoint
-            .outbound
-            .try_send(Outbound::Close(error_frame(code, message)));
+        let _ = endpoint.push(Outbound::Close(error_frame(code, message)));
     };
 
     let epoch = match state.store.circle_epoch(member.circle).await {

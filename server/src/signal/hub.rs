@@ -43,6 +43,19 @@ pub struct Endpoint {
     pub revoked: CancellationToken,
 }
 
+impl Endpoint {
+    /// Queues a frame for this device; a full queue means a slow consumer, which is dropped.
+    ///
+    /// # Errors
+    /// [`DeliveryError::PeerUnavailable`] when the queue was full.
+    pub fn push(&self, frame: Outbound) -> Result<(), DeliveryError> {
+        self.outbound.try_send(frame).map_err(|_| {
+            self.cancel.cancel();
+            DeliveryError::PeerUnavailable
+        })
+    }
+}
+
 /// Why a device may not join.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -153,17 +166,6 @@ fn check_join(
     Ok(())
 }
 
-/// Queues a frame for an endpoint; a full queue means a slow consumer, which is dropped.
-fn push(endpoint: &Endpoint, frame: Outbound) -> Result<(), DeliveryError> {
-    match endpoint.outbound.try_send(frame) {
-        Ok(()) => Ok(()),
-        Err(_) => {
-            endpoint.cancel.cancel();
-            Err(DeliveryError::PeerUnavailable)
-        }
-    }
-}
-
 impl SignalRouter for LocalHub {
     fn next_serial(&self) -> u64 {
         self.serials.fetch_add(1, Ordering::Relaxed)
@@ -182,8 +184,7 @@ impl SignalRouter for LocalHub {
         let mut directory = self.directory_mut();
         check_join(&directory, endpoint.member, endpoint.device, max_per_member)?;
         if let Some(previous) = directory.devices.remove(&endpoint.device) {
-            let _ = push(
-                &previous,
+            let _ = previous.push(
                 Outbound::Close(Utf8Bytes::from_static(
                     r#"{"type":"error","code":"replaced","message":"this device connected again elsewhere"}"#,
                 )),
@@ -202,7 +203,7 @@ impl SignalRouter for LocalHub {
             })
             .collect();
         // Queued under the lock: no presence or relay can overtake it.
-        let _ = push(&endpoint, Outbound::Text(hello(peers)));
+        let _ = endpoint.push(Outbound::Text(hello(peers)));
         directory
             .circles
             .entry(endpoint.circle)
@@ -249,7 +250,7 @@ impl SignalRouter for LocalHub {
             .get(&to)
             .filter(|e| e.circle == circle)
             .ok_or(DeliveryError::UnknownDevice)?;
-        push(endpoint, Outbound::Text(frame))
+        endpoint.push(Outbound::Text(frame))
     }
 
     fn broadcast(&self, circle: Uuid, except: Uuid, frame: Utf8Bytes) -> usize {
@@ -261,7 +262,7 @@ impl SignalRouter for LocalHub {
             .flatten()
             .filter(|device| **device != except)
             .filter_map(|device| directory.devices.get(device))
-            .filter(|endpoint| push(endpoint, Outbound::Text(frame.clone())).is_ok())
+            .filter(|endpoint| endpoint.push(Outbound::Text(frame.clone())).is_ok())
             .count()
     }
 

@@ -131,8 +131,6 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
         first_invitation: (&InvitationRecord, &Digest),
     ) -> StoreResult<()>;
-    /// Whether the circle exists.
-    async fn circle_exists(&self, circle: Uuid) -> StoreResult<bool>;
     /// The circle's current MLS epoch at the sequencer (0 before the first commit).
     async fn circle_epoch(&self, circle: Uuid) -> StoreResult<u64>;
     /// Accepts the first commit made in `epoch`: moves the circle from `epoch` to `epoch + 1` and

@@ -230,14 +230,6 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn circle_exists(&self, circle: Uuid) -> StoreResult<bool> {
-        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM circles WHERE id = ?")
-            .bind(circle.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(found.is_some())
-    }
-
     async fn circle_epoch(&self, circle: Uuid) -> StoreResult<u64> {
         let epoch: Option<i64> = sqlx::query_scalar("SELECT mls_epoch FROM circles WHERE id = ?")
             .bind(circle.to_string())
