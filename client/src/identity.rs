@@ -8,7 +8,7 @@ use p256::ecdsa::signature::Verifier as _;
 use p256::ecdsa::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use tessera_wire::{PublicKeyInfo, RequestChallengeResponse};
+use tessera_wire::{PublicKeyCredential, PublicKeyInfo, RequestChallengeResponse};
 use uuid::Uuid;
 
 use crate::authenticator::{AuthenticatorError, SoftKey};
@@ -117,15 +117,9 @@ pub fn certify_with_soft_key(
 ) -> Result<DeviceCertificate, AuthenticatorError> {
     let request = certificate_request(key.rp_id(), member, device, device_key);
     let assertion = key.sign_in(&request, origin)?;
-    Ok(DeviceCertificate {
-        member,
-        device,
-        device_key: URL_SAFE_NO_PAD.encode(device_key),
-        credential_id: URL_SAFE_NO_PAD.encode(&assertion.raw_id[..]),
-        authenticator_data: URL_SAFE_NO_PAD.encode(&assertion.response.authenticator_data[..]),
-        client_data_json: URL_SAFE_NO_PAD.encode(&assertion.response.client_data_json[..]),
-        signature: URL_SAFE_NO_PAD.encode(&assertion.response.signature[..]),
-    })
+    Ok(DeviceCertificate::from_assertion(
+        member, device, device_key, &assertion,
+    ))
 }
 
 fn decode(field: &str, name: &'static str) -> Result<Vec<u8>, CertificateError> {
@@ -143,6 +137,26 @@ struct ClientData {
 }
 
 impl DeviceCertificate {
+    /// The certificate made of an authenticator's answer to [`certificate_request`] (from a
+    /// browser's `navigator.credentials.get` or a [`SoftKey`]).
+    #[must_use]
+    pub fn from_assertion(
+        member: Uuid,
+        device: Uuid,
+        device_key: &[u8],
+        assertion: &PublicKeyCredential,
+    ) -> DeviceCertificate {
+        DeviceCertificate {
+            member,
+            device,
+            device_key: URL_SAFE_NO_PAD.encode(device_key),
+            credential_id: URL_SAFE_NO_PAD.encode(&assertion.raw_id[..]),
+            authenticator_data: URL_SAFE_NO_PAD.encode(&assertion.response.authenticator_data[..]),
+            client_data_json: URL_SAFE_NO_PAD.encode(&assertion.response.client_data_json[..]),
+            signature: URL_SAFE_NO_PAD.encode(&assertion.response.signature[..]),
+        }
+    }
+
     /// The certified device key.
     ///
     /// # Errors
@@ -317,15 +331,7 @@ mod tests {
             ..Default::default()
         };
         let assertion = key.sign_in_with(&request, ORIGIN, &tamper).expect("sign");
-        let cert = DeviceCertificate {
-            member,
-            device,
-            device_key: URL_SAFE_NO_PAD.encode(b"k"),
-            credential_id: URL_SAFE_NO_PAD.encode(&assertion.raw_id[..]),
-            authenticator_data: URL_SAFE_NO_PAD.encode(&assertion.response.authenticator_data[..]),
-            client_data_json: URL_SAFE_NO_PAD.encode(&assertion.response.client_data_json[..]),
-            signature: URL_SAFE_NO_PAD.encode(&assertion.response.signature[..]),
-        };
+        let cert = DeviceCertificate::from_assertion(member, device, b"k", &assertion);
         assert_eq!(
             cert.verify(&directory, ORIGIN, "localhost"),
             Err(CertificateError::UserNotVerified)
