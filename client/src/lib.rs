@@ -1,9 +1,7 @@
-//! The Tessera member's side: a software authenticator for headless use and tests, a typed client of the server's API, and the self-reconnecting signalling client.
-//!
-//! The MLS engine, the signalling client and the `tessera` CLI follow in later issues.
+//! The Tessera member's native side: the typed client of the server's API, the self-reconnecting
+//! signalling client, and (re-exported) the sans-IO engine shared with the browser.
+
+pub use tessera_engine::{authenticator, delivery, identity};
 
 pub mod api;
-pub mod authenticator;
-pub mod delivery;
-pub mod identity;
 pub mod signal;

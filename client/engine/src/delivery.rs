@@ -3,7 +3,8 @@
 //! Sans-IO: it is fed packets and time, and drained for packets to send and messages to show.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::time::{Duration, Instant};
+
+use web_time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -66,36 +67,42 @@ pub enum SendError {
     TooLarge(usize),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Outgoing {
     chunks: Vec<Vec<u8>>,
+    #[serde(skip)]
     due: Option<Instant>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct Assembling {
     count: u32,
     pieces: BTreeMap<u32, Vec<u8>>,
     bytes: usize,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct Peer {
     next_seq: Seq,
     outbox: BTreeMap<Seq, Outgoing>,
+    #[serde(skip)]
     link_up: bool,
     next_expected: Seq,
     assembling: BTreeMap<Seq, Assembling>,
     complete: BTreeMap<Seq, Vec<u8>>,
 }
 
-/// The delivery state of one device towards all its peers.
-#[derive(Debug)]
+/// The delivery state of one device towards all its peers. It serialises (for the local store)
+/// without its configuration, its links and the packets not yet taken.
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Delivery {
+    #[serde(skip)]
     config: DeliveryConfig,
     peers: HashMap<Uuid, Peer>,
+    #[serde(skip)]
     transmit: VecDeque<(Uuid, Packet)>,
     delivered: VecDeque<(Uuid, Seq, Vec<u8>)>,
+    acknowledged: VecDeque<(Uuid, Seq)>,
 }
 
 impl Delivery {
@@ -107,7 +114,20 @@ impl Delivery {
             peers: HashMap::new(),
             transmit: VecDeque::new(),
             delivered: VecDeque::new(),
+            acknowledged: VecDeque::new(),
         }
+    }
+
+    /// Sets the limits and timings (after restoring a saved state).
+    pub fn set_config(&mut self, config: DeliveryConfig) {
+        self.config = config;
+    }
+
+    /// Forgets `peer` (it left the group): its outbox and what was received from it.
+    pub fn forget(&mut self, peer: Uuid) {
+        self.peers.remove(&peer);
+        self.transmit.retain(|(to, _)| *to != peer);
+        self.acknowledged.retain(|(to, _)| *to != peer);
     }
 
     /// Queues a message for `peer`; it is sent while the link is up and resent until acknowledged.
@@ -213,8 +233,10 @@ impl Delivery {
     pub fn handle_packet(&mut self, peer: Uuid, packet: Packet) {
         match packet {
             Packet::Ack { seq } => {
-                if let Some(state) = self.peers.get_mut(&peer) {
-                    state.outbox.remove(&seq);
+                if let Some(state) = self.peers.get_mut(&peer)
+                    && state.outbox.remove(&seq).is_some()
+                {
+                    self.acknowledged.push_back((peer, seq));
                 }
             }
             Packet::Chunk {
@@ -286,6 +308,11 @@ impl Delivery {
     /// The next message to show, in each sender's order, each once.
     pub fn poll_delivered(&mut self) -> Option<(Uuid, Seq, Vec<u8>)> {
         self.delivered.pop_front()
+    }
+
+    /// The next of this device's messages that a peer acknowledged, each once.
+    pub fn poll_acknowledged(&mut self) -> Option<(Uuid, Seq)> {
+        self.acknowledged.pop_front()
     }
 
     /// Messages for `peer` not yet acknowledged.

@@ -1,0 +1,15 @@
+//! The Tessera member's engine, sans-IO and shared by the native CLI and the browser: a device key
+//! certified by the member's hardware key, the circle's MLS group ordered by the server's
+//! sequencer, peer-link negotiation protected by MLS, and reliable delivery with an outbox.
+
+pub mod authenticator;
+pub mod delivery;
+pub mod engine;
+pub mod identity;
+pub mod payload;
+pub mod provider;
+pub mod roster;
+
+pub use engine::{
+    ChatMessage, DeviceKey, Engine, EngineConfig, EngineError, Event, LinkCommand, Output, Snapshot,
+};

@@ -1,0 +1,240 @@
+//! What devices say to one another: the payloads of the server's `signal` and `commit` frames, the
+//! sealed content of MLS application messages, and the framing of packets on a peer link. Defined
+//! once here for the native and the browser engine alike.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::delivery::Packet;
+
+/// The payload of a `signal` frame. The server relays it without reading it; everything in it is
+/// either public by nature (a KeyPackage, a commit the server already relayed, a slot number) or
+/// MLS-protected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum SignalPayload {
+    /// A device outside the group asks to be added: its MLS KeyPackage (TLS-encoded MLSMessage,
+    /// base64url), whose credential carries the device certificate.
+    KeyPackage {
+        /// The KeyPackage.
+        kp: String,
+    },
+    /// A Welcome into the group (TLS-encoded MLSMessage, base64url) and the sequencer slot that
+    /// follows the commit that added the device.
+    Welcome {
+        /// The Welcome.
+        welcome: String,
+        /// The next sequencer slot after the adding commit.
+        next: u64,
+    },
+    /// An MLS application message (a PrivateMessage, base64url) holding a [`Sealed`].
+    Mls {
+        /// The message.
+        msg: String,
+    },
+    /// Ask a peer for the accepted commits from slot `from` on.
+    NeedCommits {
+        /// The first slot wanted.
+        from: u64,
+    },
+    /// Accepted commits by slot, from `from` on, as the sequencer relayed them (base64url).
+    Commits {
+        /// The slot of the first commit.
+        from: u64,
+        /// The commits, one per slot.
+        commits: Vec<String>,
+    },
+}
+
+/// The payload of a `commit` frame: the MLS commit (TLS-encoded MLSMessage, base64url).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitPayload {
+    /// The commit.
+    pub mls: String,
+}
+
+/// What an MLS application message sent through the server holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum Sealed {
+    /// WebRTC negotiation for the link between the sender and `to`.
+    Rtc {
+        /// The device the negotiation is for (a relay cannot redirect it to another).
+        to: Uuid,
+        /// The negotiation step.
+        rtc: RtcSignal,
+    },
+}
+
+/// One step of WebRTC negotiation, in the browser's JSON shapes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RtcSignal {
+    /// An SDP offer.
+    Offer {
+        /// The session description.
+        sdp: String,
+    },
+    /// An SDP answer.
+    Answer {
+        /// The session description.
+        sdp: String,
+    },
+    /// A trickled ICE candidate.
+    Candidate {
+        /// The candidate line (`candidate:…`).
+        candidate: String,
+        /// The media stream id it belongs to.
+        #[serde(default, rename = "sdpMid")]
+        sdp_mid: Option<String>,
+    },
+}
+
+/// What an MLS application message sent over a peer link holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum Content {
+    /// A chat message.
+    Text {
+        /// The message's id (the same for every recipient).
+        id: Uuid,
+        /// The text.
+        text: String,
+        /// When it was written, milliseconds since the Unix epoch, by the sender's clock.
+        sent_at: i64,
+    },
+    /// The sender's display name, chosen by the member and known only inside the group.
+    Profile {
+        /// The name.
+        name: String,
+    },
+}
+
+/// Why bytes from a peer could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed {0}")]
+pub struct Malformed(pub &'static str);
+
+/// Base64url without padding, the encoding of every binary field above.
+#[must_use]
+pub fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Decodes a base64url field.
+///
+/// # Errors
+/// When it is not base64url.
+pub fn unb64(text: &str, what: &'static str) -> Result<Vec<u8>, Malformed> {
+    URL_SAFE_NO_PAD.decode(text).map_err(|_| Malformed(what))
+}
+
+const CHUNK: u8 = 1;
+const ACK: u8 = 2;
+
+/// A packet as it goes on a data channel: `1 ‖ seq u64 ‖ index u32 ‖ count u32 ‖ bytes` for a
+/// chunk, `2 ‖ seq u64` for an acknowledgement (big-endian).
+#[must_use]
+pub fn encode_packet(packet: &Packet) -> Vec<u8> {
+    match packet {
+        Packet::Chunk {
+            seq,
+            index,
+            count,
+            bytes,
+        } => {
+            let mut out = Vec::with_capacity(17 + bytes.len());
+            out.push(CHUNK);
+            out.extend_from_slice(&seq.to_be_bytes());
+            out.extend_from_slice(&index.to_be_bytes());
+            out.extend_from_slice(&count.to_be_bytes());
+            out.extend_from_slice(bytes);
+            out
+        }
+        Packet::Ack { seq } => {
+            let mut out = Vec::with_capacity(9);
+            out.push(ACK);
+            out.extend_from_slice(&seq.to_be_bytes());
+            out
+        }
+    }
+}
+
+/// Reads a packet from a data channel.
+///
+/// # Errors
+/// When the bytes are not a packet.
+pub fn decode_packet(bytes: &[u8]) -> Result<Packet, Malformed> {
+    let u64_at = |at: usize| -> Result<u64, Malformed> {
+        let field = bytes.get(at..at + 8).ok_or(Malformed("packet"))?;
+        Ok(u64::from_be_bytes(
+            field.try_into().map_err(|_| Malformed("packet"))?,
+        ))
+    };
+    let u32_at = |at: usize| -> Result<u32, Malformed> {
+        let field = bytes.get(at..at + 4).ok_or(Malformed("packet"))?;
+        Ok(u32::from_be_bytes(
+            field.try_into().map_err(|_| Malformed("packet"))?,
+        ))
+    };
+    match bytes.first() {
+        Some(&CHUNK) => Ok(Packet::Chunk {
+            seq: u64_at(1)?,
+            index: u32_at(9)?,
+            count: u32_at(13)?,
+            bytes: bytes.get(17..).ok_or(Malformed("packet"))?.to_vec(),
+        }),
+        Some(&ACK) if bytes.len() == 9 => Ok(Packet::Ack { seq: u64_at(1)? }),
+        _ => Err(Malformed("packet")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packets_round_trip_and_garbage_is_refused() {
+        for packet in [
+            Packet::Ack { seq: 7 },
+            Packet::Chunk {
+                seq: u64::MAX,
+                index: 2,
+                count: 3,
+                bytes: b"piece".to_vec(),
+            },
+            Packet::Chunk {
+                seq: 0,
+                index: 0,
+                count: 1,
+                bytes: Vec::new(),
+            },
+        ] {
+            assert_eq!(decode_packet(&encode_packet(&packet)), Ok(packet));
+        }
+        for garbage in [
+            &[][..],
+            &[0],
+            &[2, 0, 0],
+            &[1, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+            &[3; 9],
+        ] {
+            assert!(decode_packet(garbage).is_err(), "{garbage:?} accepted");
+        }
+        let mut ack = encode_packet(&Packet::Ack { seq: 1 });
+        ack.push(0);
+        assert!(decode_packet(&ack).is_err(), "an ack with trailing bytes");
+    }
+
+    #[test]
+    fn payloads_have_their_documented_shape() {
+        let kp = serde_json::to_value(SignalPayload::KeyPackage { kp: "AA".into() }).expect("json");
+        assert_eq!(kp, serde_json::json!({"t": "key_package", "kp": "AA"}));
+        let rtc: RtcSignal =
+            serde_json::from_str(r#"{"type":"candidate","candidate":"candidate:1 1 udp 1 10.0.0.1 5 typ host","sdpMid":"0"}"#)
+                .expect("json");
+        assert!(matches!(rtc, RtcSignal::Candidate { sdp_mid: Some(ref m), .. } if m == "0"));
+    }
+}

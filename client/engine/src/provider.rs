@@ -1,0 +1,76 @@
+//! The MLS provider of a device: RustCrypto for the cryptography and a key-value store whose
+//! contents the engine hands to the local store (SQLite natively, IndexedDB in the browser).
+
+use std::collections::HashMap;
+
+use openmls_rust_crypto::{MemoryStorage, RustCrypto};
+use openmls_traits::OpenMlsProvider;
+
+/// One device's MLS provider.
+#[derive(Debug, Default)]
+pub struct Provider {
+    crypto: RustCrypto,
+    storage: MemoryStorage,
+}
+
+/// Changes to the MLS key-value store since the last [`Provider::take_changes`]: values to write,
+/// and keys to delete (`None`).
+pub type StorageChanges = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+impl Provider {
+    /// A provider holding `values`, as saved from an earlier run.
+    #[must_use]
+    pub fn with_values(values: HashMap<Vec<u8>, Vec<u8>>) -> Provider {
+        let storage = MemoryStorage::default();
+        *storage
+            .values
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = values;
+        Provider {
+            crypto: RustCrypto::default(),
+            storage,
+        }
+    }
+
+    /// What changed since `saved` (the values last written to the local store), and the new saved
+    /// copy.
+    #[must_use]
+    pub fn changes_since(&self, saved: &mut HashMap<Vec<u8>, Vec<u8>>) -> StorageChanges {
+        let values = self
+            .storage
+            .values
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut changes = Vec::new();
+        for (key, value) in values.iter() {
+            if saved.get(key) != Some(value) {
+                changes.push((key.clone(), Some(value.clone())));
+            }
+        }
+        for key in saved.keys() {
+            if !values.contains_key(key) {
+                changes.push((key.clone(), None));
+            }
+        }
+        saved.clone_from(&values);
+        changes
+    }
+}
+
+impl OpenMlsProvider for Provider {
+    type CryptoProvider = RustCrypto;
+    type RandProvider = RustCrypto;
+    type StorageProvider = MemoryStorage;
+
+    fn storage(&self) -> &Self::StorageProvider {
+        &self.storage
+    }
+
+    fn crypto(&self) -> &Self::CryptoProvider {
+        &self.crypto
+    }
+
+    fn rand(&self) -> &Self::RandProvider {
+        &self.crypto
+    }
+}
