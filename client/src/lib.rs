@@ -1,7 +1,9 @@
 //! The Tessera member's native side: the typed client of the server's API, the self-reconnecting
-//! signalling client, and (re-exported) the sans-IO engine shared with the browser.
+//! signalling client, WebRTC data channels (str0m), and (re-exported) the sans-IO engine shared
+//! with the browser.
 
 pub use tessera_engine::{authenticator, delivery, identity};
 
 pub mod api;
+pub mod rtc;
 pub mod signal;

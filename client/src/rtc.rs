@@ -1,0 +1,321 @@
+//! WebRTC data channels to peer devices with str0m, sans-IO: one `Rtc` per peer device, all over
+//! one UDP socket (datagrams go to the `Rtc` that accepts them). The engine decides which links to
+//! open; their negotiation travels MLS-protected through the engine (`LinkCommand::Rtc`).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::channel::ChannelId;
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use tessera_engine::payload::RtcSignal;
+use uuid::Uuid;
+
+/// The data channel's label.
+const LABEL: &str = "tessera";
+
+/// What happened on the links.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// A negotiation step to send to `device` (through the engine, MLS-protected).
+    Negotiate {
+        /// The peer.
+        device: Uuid,
+        /// The step.
+        signal: RtcSignal,
+    },
+    /// The data channel to `device` is open.
+    Up(Uuid),
+    /// The link to `device` closed or failed.
+    Down(Uuid),
+    /// A message from `device`.
+    Data(Uuid, Vec<u8>),
+}
+
+/// Why a negotiation step was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkError {
+    /// The SDP or candidate does not parse.
+    #[error("malformed {0}")]
+    Malformed(&'static str),
+    /// An answer with no offer outstanding.
+    #[error("an answer for a link that made no offer")]
+    UnexpectedAnswer,
+    /// str0m refused it.
+    #[error("WebRTC refused it: {0}")]
+    Rtc(#[from] str0m::RtcError),
+}
+
+struct Peer {
+    rtc: Rtc,
+    channel: Option<ChannelId>,
+    pending: Option<SdpPendingOffer>,
+    timeout: Option<Instant>,
+    up: bool,
+}
+
+/// Every link of one device, over one UDP socket at `local`.
+pub struct Links {
+    local: SocketAddr,
+    peers: BTreeMap<Uuid, Peer>,
+    transmit: VecDeque<(SocketAddr, Vec<u8>)>,
+    events: VecDeque<LinkEvent>,
+}
+
+impl std::fmt::Debug for Links {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Links")
+            .field("local", &self.local)
+            .field("peers", &self.peers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Links {
+    /// Links over the UDP socket bound at `local` (its host candidate; no STUN or TURN yet).
+    #[must_use]
+    pub fn new(local: SocketAddr) -> Links {
+        Links {
+            local,
+            peers: BTreeMap::new(),
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    fn new_rtc(&self, now: Instant) -> Result<Rtc, LinkError> {
+        let mut rtc = Rtc::builder().build(now);
+        let candidate =
+            Candidate::host(self.local, "udp").map_err(|_| LinkError::Malformed("candidate"))?;
+        rtc.add_local_candidate(candidate);
+        Ok(rtc)
+    }
+
+    /// Opens a link to `device`: the offer comes out as [`LinkEvent::Negotiate`].
+    ///
+    /// # Errors
+    /// When str0m cannot make an offer.
+    pub fn open(&mut self, now: Instant, device: Uuid) -> Result<(), LinkError> {
+        self.close(device);
+        let mut rtc = self.new_rtc(now)?;
+        let mut change = rtc.sdp_api();
+        let channel = change.add_channel(LABEL.to_owned());
+        let (offer, pending) = change
+            .apply()
+            .ok_or(LinkError::Malformed("offer: nothing to negotiate"))?;
+        self.events.push_back(LinkEvent::Negotiate {
+            device,
+            signal: RtcSignal::Offer {
+                sdp: offer.to_sdp_string(),
+            },
+        });
+        self.peers.insert(
+            device,
+            Peer {
+                rtc,
+                channel: Some(channel),
+                pending: Some(pending),
+                timeout: None,
+                up: false,
+            },
+        );
+        self.drain(now, device);
+        Ok(())
+    }
+
+    /// Applies a negotiation step from `device` (already authenticated by the engine).
+    ///
+    /// # Errors
+    /// When the step does not parse or does not fit the link's state.
+    pub fn apply(
+        &mut self,
+        now: Instant,
+        device: Uuid,
+        signal: RtcSignal,
+    ) -> Result<(), LinkError> {
+        match signal {
+            RtcSignal::Offer { sdp } => {
+                let offer =
+                    SdpOffer::from_sdp_string(&sdp).map_err(|_| LinkError::Malformed("offer"))?;
+                self.close(device);
+                let mut rtc = self.new_rtc(now)?;
+                let answer = rtc.sdp_api().accept_offer(offer)?;
+                self.events.push_back(LinkEvent::Negotiate {
+                    device,
+                    signal: RtcSignal::Answer {
+                        sdp: answer.to_sdp_string(),
+                    },
+                });
+                self.peers.insert(
+                    device,
+                    Peer {
+                        rtc,
+                        channel: None,
+                        pending: None,
+                        timeout: None,
+                        up: false,
+                    },
+                );
+            }
+            RtcSignal::Answer { sdp } => {
+                let answer =
+                    SdpAnswer::from_sdp_string(&sdp).map_err(|_| LinkError::Malformed("answer"))?;
+                let peer = self
+                    .peers
+                    .get_mut(&device)
+                    .ok_or(LinkError::UnexpectedAnswer)?;
+                let pending = peer.pending.take().ok_or(LinkError::UnexpectedAnswer)?;
+                peer.rtc.sdp_api().accept_answer(pending, answer)?;
+            }
+            RtcSignal::Candidate { candidate, .. } => {
+                let candidate = Candidate::from_sdp_string(&candidate)
+                    .map_err(|_| LinkError::Malformed("candidate"))?;
+                if let Some(peer) = self.peers.get_mut(&device) {
+                    peer.rtc.add_remote_candidate(candidate);
+                }
+            }
+        }
+        self.drain(now, device);
+        Ok(())
+    }
+
+    /// Puts `bytes` on the data channel to `device`; false when the link is not up.
+    pub fn send(&mut self, now: Instant, device: Uuid, bytes: &[u8]) -> bool {
+        let Some(peer) = self.peers.get_mut(&device) else {
+            return false;
+        };
+        let Some(id) = peer.channel.filter(|_| peer.up) else {
+            return false;
+        };
+        let written = peer
+            .rtc
+            .channel(id)
+            .is_some_and(|mut channel| matches!(channel.write(true, bytes), Ok(true)));
+        self.drain(now, device);
+        written
+    }
+
+    /// Closes the link to `device`.
+    pub fn close(&mut self, device: Uuid) {
+        if let Some(mut peer) = self.peers.remove(&device) {
+            peer.rtc.disconnect();
+        }
+    }
+
+    /// A datagram arrived on the socket.
+    pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, contents: &[u8]) {
+        let Ok(contents) = contents.try_into() else {
+            return;
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination: self.local,
+                contents,
+            },
+        );
+        let Some(device) = self
+            .peers
+            .iter()
+            .find(|(_, p)| p.rtc.accepts(&input))
+            .map(|(d, _)| *d)
+        else {
+            return;
+        };
+        self.feed(now, device, input);
+    }
+
+    /// Hands `input` to the peer's `Rtc`; one that fails is disconnected.
+    fn feed(&mut self, now: Instant, device: Uuid, input: Input<'_>) {
+        if let Some(peer) = self.peers.get_mut(&device)
+            && peer.rtc.handle_input(input).is_err()
+        {
+            peer.rtc.disconnect();
+        }
+        self.drain(now, device);
+    }
+
+    /// Time passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<Uuid> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.timeout.is_some_and(|t| t <= now))
+            .map(|(d, _)| *d)
+            .collect();
+        for device in due {
+            self.feed(now, device, Input::Timeout(now));
+        }
+    }
+
+    /// When [`Links::handle_timeout`] next has work.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.peers.values().filter_map(|p| p.timeout).min()
+    }
+
+    /// The next datagram to send: destination and contents.
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.transmit.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<LinkEvent> {
+        self.events.pop_front()
+    }
+
+    /// Drains the peer's `Rtc` until it only has a timeout left (str0m's rule after each change).
+    fn drain(&mut self, _now: Instant, device: Uuid) {
+        let Some(peer) = self.peers.get_mut(&device) else {
+            return;
+        };
+        let mut down = false;
+        loop {
+            if !peer.rtc.is_alive() {
+                down = true;
+                break;
+            }
+            match peer.rtc.poll_output() {
+                Ok(Output::Timeout(at)) => {
+                    peer.timeout = Some(at);
+                    break;
+                }
+                Ok(Output::Transmit(t)) => {
+                    self.transmit
+                        .push_back((t.destination, t.contents.to_vec()));
+                }
+                Ok(Output::Event(event)) => match event {
+                    Event::ChannelOpen(id, _) => {
+                        peer.channel = Some(id);
+                        peer.up = true;
+                        self.events.push_back(LinkEvent::Up(device));
+                    }
+                    Event::ChannelData(data) => {
+                        self.events.push_back(LinkEvent::Data(device, data.data));
+                    }
+                    Event::ChannelClose(_)
+                    | Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                        down = true;
+                        break;
+                    }
+                    _ => {}
+                },
+                Err(_) => {
+                    down = true;
+                    break;
+                }
+            }
+        }
+        if down {
+            if let Some(mut peer) = self.peers.remove(&device) {
+                peer.rtc.disconnect();
+            }
+            self.events.push_back(LinkEvent::Down(device));
+        }
+    }
+}
