@@ -7,3 +7,4 @@ pub use tessera_engine::{authenticator, delivery, identity};
 pub mod api;
 pub mod rtc;
 pub mod signal;
+pub mod store;

@@ -1,0 +1,186 @@
+//! The device's local store in SQLite (sqlx): the engine's snapshots (its state and MLS's
+//! key-value pairs) and the message history, each snapshot written in one transaction before the
+//! outputs that followed it are acted on, so a crash loses nothing acknowledged.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row as _, SqlitePool};
+use tessera_engine::{ChatMessage, Event, Snapshot};
+use uuid::Uuid;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/client");
+
+/// Why the local store failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("the local store failed: {0}")]
+    Sqlite(#[from] sqlx::Error),
+    /// The schema could not be brought up to date.
+    #[error("the local store could not be migrated: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored value is not what it should be.
+    #[error("the local store holds a malformed {0}")]
+    Malformed(&'static str),
+}
+
+/// A message in the history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    /// The message.
+    pub message: ChatMessage,
+    /// Whether this device sent it.
+    pub outgoing: bool,
+    /// How many devices acknowledged it (outgoing messages).
+    pub delivered: u32,
+}
+
+/// The engine as saved: its state and MLS's key-value pairs.
+pub type SavedEngine = (Vec<u8>, HashMap<Vec<u8>, Vec<u8>>);
+
+/// One device's local store.
+#[derive(Debug, Clone)]
+pub struct DeviceStore {
+    pool: SqlitePool,
+}
+
+impl DeviceStore {
+    /// Opens (creating if needed) the store at `path`. Synchronous commits (`FULL`): a snapshot
+    /// is on disk before anything it allows goes out.
+    ///
+    /// # Errors
+    /// When SQLite or the migration fails.
+    pub async fn open(path: &Path) -> Result<DeviceStore, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .pragma("secure_delete", "ON");
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(DeviceStore { pool })
+    }
+
+    /// The saved engine, if this device has one.
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub async fn load(&self) -> Result<Option<SavedEngine>, StoreError> {
+        let Some(state): Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT state FROM engine WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await?
+        else {
+            return Ok(None);
+        };
+        let rows = sqlx::query("SELECT key, value FROM mls")
+            .fetch_all(&self.pool)
+            .await?;
+        let mls = rows
+            .into_iter()
+            .map(|r| (r.get::<Vec<u8>, _>(0), r.get::<Vec<u8>, _>(1)))
+            .collect();
+        Ok(Some((state, mls)))
+    }
+
+    /// Writes a snapshot and the history the events carry, in one transaction.
+    ///
+    /// # Errors
+    /// When SQLite fails (nothing is written).
+    pub async fn save(&self, snapshot: &Snapshot, events: &[Event]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO engine (id, state) VALUES (1, ?) \
+             ON CONFLICT (id) DO UPDATE SET state = excluded.state",
+        )
+        .bind(&snapshot.state)
+        .execute(&mut *tx)
+        .await?;
+        for (key, value) in &snapshot.mls {
+            match value {
+                Some(value) => {
+                    sqlx::query(
+                        "INSERT INTO mls (key, value) VALUES (?, ?) \
+                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    )
+                    .bind(key)
+                    .bind(value)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                None => {
+                    sqlx::query("DELETE FROM mls WHERE key = ?")
+                        .bind(key)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
+        for event in events {
+            match event {
+                Event::Message { message, outgoing } => {
+                    sqlx::query(
+                        "INSERT INTO history (id, member, device, text, sent_at, outgoing) \
+                         VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                    )
+                    .bind(message.id.to_string())
+                    .bind(message.member.to_string())
+                    .bind(message.device.to_string())
+                    .bind(&message.text)
+                    .bind(message.sent_at)
+                    .bind(i64::from(*outgoing))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Event::Delivered { id, .. } => {
+                    sqlx::query("UPDATE history SET delivered = delivered + 1 WHERE id = ?")
+                        .bind(id.to_string())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                _ => {}
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The last `limit` messages, oldest first.
+    ///
+    /// # Errors
+    /// When SQLite fails or a row is malformed.
+    pub async fn history(&self, limit: u32) -> Result<Vec<HistoryEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, member, device, text, sent_at, outgoing, delivered FROM \
+             (SELECT rowid AS seq, * FROM history ORDER BY sent_at DESC, seq DESC LIMIT ?) \
+             ORDER BY sent_at, seq",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let uuid = |text: String| Uuid::parse_str(&text).map_err(|_| StoreError::Malformed("id"));
+        rows.into_iter()
+            .map(|r| {
+                Ok(HistoryEntry {
+                    message: ChatMessage {
+                        id: uuid(r.get(0))?,
+                        member: uuid(r.get(1))?,
+                        device: uuid(r.get(2))?,
+                        text: r.get(3),
+                        sent_at: r.get(4),
+                    },
+                    outgoing: r.get::<i64, _>(5) != 0,
+                    delivered: u32::try_from(r.get::<i64, _>(6))
+                        .map_err(|_| StoreError::Malformed("delivered"))?,
+                })
+            })
+            .collect()
+    }
+}
