@@ -7,10 +7,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::{BasicCredential, Sender};
 use openmls::prelude::{
-    Ciphersuite, CredentialWithKey, GroupId, KeyPackage, KeyPackageIn, LeafNodeIndex, MlsGroup,
-    MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut,
-    PURE_CIPHERTEXT_WIRE_FORMAT_POLICY, ProcessedMessageContent, ProtocolMessage, ProtocolVersion,
-    SenderRatchetConfiguration, StagedCommit, StagedWelcome,
+    Ciphersuite, CredentialWithKey, GroupId, KeyPackage, KeyPackageIn, LeafNode, LeafNodeIndex,
+    MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn,
+    MlsMessageOut, PURE_CIPHERTEXT_WIRE_FORMAT_POLICY, ProcessedMessageContent, ProtocolMessage,
+    ProtocolVersion, SenderRatchetConfiguration, StagedCommit, StagedWelcome,
 };
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_traits::OpenMlsProvider as _;
@@ -1506,27 +1506,22 @@ impl Engine {
             .ok_or(Refusal::Mls("not in the group".into()))?;
         let (sender, sender_leaf) = (&staged.sender, staged.sender_leaf);
         let staged = &staged.commit;
-        let (origin, rp_id) = (&self.config.origin, &self.config.rp_id);
-        let mut added_devices = BTreeMap::new();
-        for add in staged.add_proposals() {
-            let leaf = add.add_proposal().key_package().leaf_node();
-            let c = verify_leaf(
+        let check = |leaf: &LeafNode| {
+            verify_leaf(
                 &directory,
                 leaf.credential(),
                 leaf.signature_key().as_slice(),
-                origin,
-                rp_id,
-            )?;
+                &self.config.origin,
+                &self.config.rp_id,
+            )
+        };
+        let mut added_devices = BTreeMap::new();
+        for add in staged.add_proposals() {
+            let c = check(add.add_proposal().key_package().leaf_node())?;
             added_devices.insert(c.device, c.member);
         }
         if let Some(leaf) = staged.update_path_leaf_node() {
-            let c = verify_leaf(
-                &directory,
-                leaf.credential(),
-                leaf.signature_key().as_slice(),
-                origin,
-                rp_id,
-            )?;
+            let c = check(leaf)?;
             if c.device != sender.device {
                 return Err(Refusal::NotBound);
             }

@@ -425,6 +425,28 @@ impl Sim {
         }
     }
 
+    /// Hands `to` a signal frame as a relay in the middle would forge it.
+    fn inject_signal(
+        &mut self,
+        to: Uuid,
+        from: Uuid,
+        member: Uuid,
+        payload: Box<serde_json::value::RawValue>,
+    ) {
+        let now = self.now;
+        let frame = ServerFrame::Signal {
+            from,
+            member,
+            payload,
+        };
+        self.devices
+            .get_mut(&to)
+            .expect("device")
+            .engine
+            .handle_frame(now, frame);
+        self.drain(to);
+    }
+
     fn engine(&self, device: Uuid) -> &Engine {
         &self.devices[&device].engine
     }
@@ -738,16 +760,7 @@ fn substituted_key_packages_and_certificates_are_refused() {
         .expect("a KeyPackage was relayed");
     let payload = serde_json::value::RawValue::from_string(kp_payload.clone()).expect("json");
     let cy = sim.devices[&c].member;
-    let now = sim.now;
-    sim.devices.get_mut(&a).expect("a").engine.handle_frame(
-        now,
-        ServerFrame::Signal {
-            from: c,
-            member: cy,
-            payload,
-        },
-    );
-    sim.drain(a);
+    sim.inject_signal(a, c, cy, payload);
     assert!(
         sim.refused(a)
             .iter()
@@ -764,15 +777,7 @@ fn substituted_key_packages_and_certificates_are_refused() {
     value["kp"] = serde_json::Value::String(URL_SAFE_NO_PAD.encode(bytes));
     let payload = serde_json::value::RawValue::from_string(value.to_string()).expect("json");
     let dee = sim.devices[&d].member;
-    sim.devices.get_mut(&a).expect("a").engine.handle_frame(
-        now,
-        ServerFrame::Signal {
-            from: d,
-            member: dee,
-            payload,
-        },
-    );
-    sim.drain(a);
+    sim.inject_signal(a, d, dee, payload);
     assert!(
         sim.refused(a)
             .iter()
@@ -807,15 +812,7 @@ fn substituted_key_packages_and_certificates_are_refused() {
         kp: URL_SAFE_NO_PAD.encode(kp),
     })
     .expect("json");
-    sim.devices.get_mut(&a).expect("a").engine.handle_frame(
-        now,
-        ServerFrame::Signal {
-            from: d,
-            member: dee,
-            payload,
-        },
-    );
-    sim.drain(a);
+    sim.inject_signal(a, d, dee, payload);
     assert!(
         sim.refused(a).iter().any(|r| r.contains("for another key")),
         "{:?}",
