@@ -122,7 +122,7 @@ impl Links {
                 up: false,
             },
         );
-        self.drain(now, device);
+        self.drain(device);
         Ok(())
     }
 
@@ -178,12 +178,12 @@ impl Links {
                 }
             }
         }
-        self.drain(now, device);
+        self.drain(device);
         Ok(())
     }
 
     /// Puts `bytes` on the data channel to `device`; false when the link is not up.
-    pub fn send(&mut self, now: Instant, device: Uuid, bytes: &[u8]) -> bool {
+    pub fn send(&mut self, device: Uuid, bytes: &[u8]) -> bool {
         let Some(peer) = self.peers.get_mut(&device) else {
             return false;
         };
@@ -194,7 +194,7 @@ impl Links {
             .rtc
             .channel(id)
             .is_some_and(|mut channel| matches!(channel.write(true, bytes), Ok(true)));
-        self.drain(now, device);
+        self.drain(device);
         written
     }
 
@@ -227,17 +227,17 @@ impl Links {
         else {
             return;
         };
-        self.feed(now, device, input);
+        self.feed(device, input);
     }
 
     /// Hands `input` to the peer's `Rtc`; one that fails is disconnected.
-    fn feed(&mut self, now: Instant, device: Uuid, input: Input<'_>) {
+    fn feed(&mut self, device: Uuid, input: Input<'_>) {
         if let Some(peer) = self.peers.get_mut(&device)
             && peer.rtc.handle_input(input).is_err()
         {
             peer.rtc.disconnect();
         }
-        self.drain(now, device);
+        self.drain(device);
     }
 
     /// Time passed.
@@ -249,7 +249,7 @@ impl Links {
             .map(|(d, _)| *d)
             .collect();
         for device in due {
-            self.feed(now, device, Input::Timeout(now));
+            self.feed(device, Input::Timeout(now));
         }
     }
 
@@ -270,7 +270,7 @@ impl Links {
     }
 
     /// Drains the peer's `Rtc` until it only has a timeout left (str0m's rule after each change).
-    fn drain(&mut self, _now: Instant, device: Uuid) {
+    fn drain(&mut self, device: Uuid) {
         let Some(peer) = self.peers.get_mut(&device) else {
             return;
         };

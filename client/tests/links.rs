@@ -134,7 +134,7 @@ fn a_data_channel_opens_and_carries_bulk_data_in_order() {
     let mut sent = 0;
     let deadline = Instant::now() + Duration::from_secs(20);
     while b.received.len() < messages.len() && Instant::now() < deadline {
-        while sent < messages.len() && a.links.send(Instant::now(), b.id, &messages[sent]) {
+        while sent < messages.len() && a.links.send(b.id, &messages[sent]) {
             sent += 1;
             if sent % 16 == 0 {
                 break;
@@ -169,8 +169,5 @@ fn malformed_and_unexpected_negotiation_is_refused() {
             "{bad:?} accepted"
         );
     }
-    assert!(
-        !a.links.send(Instant::now(), peer, b"no link"),
-        "no link, nothing sent"
-    );
+    assert!(!a.links.send(peer, b"no link"), "no link, nothing sent");
 }

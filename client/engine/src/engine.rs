@@ -8,9 +8,9 @@ use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::{BasicCredential, Sender};
 use openmls::prelude::{
     Ciphersuite, CredentialWithKey, GroupId, KeyPackage, KeyPackageIn, LeafNode, LeafNodeIndex,
-    MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn,
-    MlsMessageOut, PURE_CIPHERTEXT_WIRE_FORMAT_POLICY, ProcessedMessageContent, ProtocolMessage,
-    ProtocolVersion, SenderRatchetConfiguration, StagedCommit, StagedWelcome,
+    MlsGroup, MlsGroupCreateConfig, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut,
+    PURE_CIPHERTEXT_WIRE_FORMAT_POLICY, ProcessedMessageContent, ProtocolMessage, ProtocolVersion,
+    SenderRatchetConfiguration, StagedCommit, StagedWelcome,
 };
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_traits::OpenMlsProvider as _;
@@ -29,7 +29,7 @@ use crate::payload::{
     unb64,
 };
 use crate::provider::{Provider, StorageChanges};
-use crate::roster::{Directory, Refusal, certificate_of, verify_leaf};
+use crate::roster::{Directory, Refusal, certificate_of, verify_leaf, verify_leaf_node};
 
 /// The circle's ciphersuite: X25519, AES-128-GCM, SHA-256, Ed25519 device keys.
 pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
@@ -38,8 +38,17 @@ pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_
 /// (or waiting in an outbox across one) can still be read.
 const PAST_EPOCHS: usize = 16;
 
-/// How many KeyPackages a device keeps while it cannot check them yet.
-const MAX_UNVERIFIED: usize = 256;
+/// How many items a device keeps of each kind it cannot process yet (KeyPackages before it is in
+/// the group, MLS signals before its Welcome).
+const MAX_WAITING: usize = 256;
+
+/// Keeps `item` until it can be processed, dropping the oldest beyond [`MAX_WAITING`].
+fn push_bounded<T>(queue: &mut Vec<T>, item: T) {
+    queue.push(item);
+    if queue.len() > MAX_WAITING {
+        queue.remove(0);
+    }
+}
 
 /// Timings and limits of the engine.
 #[derive(Debug, Clone)]
@@ -354,15 +363,7 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-fn join_config() -> MlsGroupJoinConfig {
-    MlsGroupJoinConfig::builder()
-        .use_ratchet_tree_extension(true)
-        .max_past_epochs(PAST_EPOCHS)
-        .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
-        .sender_ratchet_configuration(SenderRatchetConfiguration::new(1_000, 100_000))
-        .build()
-}
-
+/// The group's settings; a device that joins by Welcome uses the same ones.
 fn create_config() -> MlsGroupCreateConfig {
     MlsGroupCreateConfig::builder()
         .ciphersuite(CIPHERSUITE)
@@ -561,10 +562,7 @@ impl Engine {
         self.directory = Some(Directory::new(members));
         self.directory_version += 1;
         self.directory_requested = false;
-        let unverified = std::mem::take(&mut self.unverified);
-        for (from, member, kp, tried) in unverified {
-            self.take_key_package(now, from, member, &kp, tried);
-        }
+        self.retry_key_packages(now);
         let welcomes = std::mem::take(&mut self.welcomes);
         for (from, welcome, next, tried) in welcomes {
             self.take_welcome(now, from, &welcome, next, tried);
@@ -574,7 +572,6 @@ impl Engine {
 
     /// A frame from the server.
     pub fn handle_frame(&mut self, now: Instant, frame: ServerFrame) {
-        self.dirty = true;
         match frame {
             ServerFrame::Hello {
                 member,
@@ -694,7 +691,6 @@ impl Engine {
         }
         match decode_packet(bytes) {
             Ok(packet) => {
-                self.dirty = true;
                 self.saved.delivery.handle_packet(device, packet);
             }
             Err(_) => self.event(Event::Refused {
@@ -764,18 +760,19 @@ impl Engine {
     /// MLS failing.
     pub fn set_display_name(&mut self, now: Instant, name: &str) -> Result<(), EngineError> {
         self.saved.display_name = Some(name.to_owned());
-        self.dirty = true;
-        if self.group.is_some() {
+        let told = if self.group.is_some() {
             self.broadcast(
                 now,
                 &Content::Profile {
                     name: name.to_owned(),
                 },
                 None,
-            )?;
-        }
+            )
+        } else {
+            Ok(())
+        };
         self.step(now);
-        Ok(())
+        told
     }
 
     /// Time passed.
@@ -909,7 +906,6 @@ impl Engine {
         for device in peers {
             self.send_to(now, device, &msg, id)?;
         }
-        self.dirty = true;
         Ok(())
     }
 
@@ -981,10 +977,7 @@ impl Engine {
             SignalPayload::Mls { msg } => {
                 if self.group.is_none() {
                     // Sent by a member that processed this device's add before its Welcome came.
-                    self.early.push((from, member, msg));
-                    if self.early.len() > MAX_UNVERIFIED {
-                        self.early.remove(0);
-                    }
+                    push_bounded(&mut self.early, (from, member, msg));
                     return;
                 }
                 let result = unb64(&msg, "MLS message")
@@ -1017,10 +1010,7 @@ impl Engine {
             // Kept until this device is in the group and knows the directory: it may be the one
             // designated to add them.
             self.unverified.retain(|(d, ..)| *d != from);
-            self.unverified.push((from, member, bytes.to_vec(), tried));
-            if self.unverified.len() > MAX_UNVERIFIED {
-                self.unverified.remove(0);
-            }
+            push_bounded(&mut self.unverified, (from, member, bytes.to_vec(), tried));
             return;
         };
         let checked = (|| {
@@ -1030,11 +1020,9 @@ impl Engine {
             let kp: KeyPackage =
                 KeyPackageIn::validate(kp, self.provider.crypto(), ProtocolVersion::Mls10)
                     .map_err(refused)?;
-            let leaf = kp.leaf_node();
-            let certificate = verify_leaf(
+            let certificate = verify_leaf_node(
                 directory,
-                leaf.credential(),
-                leaf.signature_key().as_slice(),
+                kp.leaf_node(),
                 &self.config.origin,
                 &self.config.rp_id,
             )?;
@@ -1096,9 +1084,13 @@ impl Engine {
             let MlsMessageBodyIn::Welcome(welcome) = read_mls(bytes)? else {
                 return Err(Refusal::Malformed("Welcome"));
             };
-            let staged =
-                StagedWelcome::new_from_welcome(&self.provider, &join_config(), welcome, None)
-                    .map_err(refused)?;
+            let staged = StagedWelcome::new_from_welcome(
+                &self.provider,
+                create_config().join_config(),
+                welcome,
+                None,
+            )
+            .map_err(refused)?;
             for member in staged.members() {
                 verify_leaf(
                     directory,
@@ -1122,7 +1114,6 @@ impl Engine {
                     self.saved.key_package = None;
                     self.saved.held.retain(|slot, _| *slot >= next);
                     self.waiting.clear();
-                    self.dirty = true;
                     self.refresh_roster();
                     self.event(Event::Joined);
                     self.retry_key_packages(now);
@@ -1344,7 +1335,6 @@ impl Engine {
     }
 
     fn after_epoch_change(&mut self, now: Instant, joined: &[Uuid]) {
-        self.dirty = true;
         self.refresh_roster();
         // Tell newcomers this member's name.
         if let Some(name) = self.saved.display_name.clone() {
@@ -1372,7 +1362,6 @@ impl Engine {
         self.saved.future.clear();
         self.waiting.clear();
         self.refresh_roster();
-        self.dirty = true;
     }
 
     /// Processes slot `slot`'s commit. Returns false when it must wait (for the directory).
@@ -1499,7 +1488,8 @@ impl Engine {
     /// Checks that every leaf a staged commit brings is bound to a hardware key of a current
     /// member and that its sender may make its changes.
     fn authorize(&self, staged: &Staged) -> Result<(), Refusal> {
-        let directory = self.directory.clone().unwrap_or_default();
+        let no_directory = Directory::default();
+        let directory = self.directory.as_ref().unwrap_or(&no_directory);
         let group = self
             .group
             .as_ref()
@@ -1507,13 +1497,7 @@ impl Engine {
         let (sender, sender_leaf) = (&staged.sender, staged.sender_leaf);
         let staged = &staged.commit;
         let check = |leaf: &LeafNode| {
-            verify_leaf(
-                &directory,
-                leaf.credential(),
-                leaf.signature_key().as_slice(),
-                &self.config.origin,
-                &self.config.rp_id,
-            )
+            verify_leaf_node(directory, leaf, &self.config.origin, &self.config.rp_id)
         };
         let mut added_devices = BTreeMap::new();
         for add in staged.add_proposals() {
@@ -1547,6 +1531,7 @@ impl Engine {
         Ok(())
     }
 
+    /// Runs after every input, which may have changed what is saved.
     fn step(&mut self, now: Instant) {
         self.dirty = true;
         if self.directory.is_none() {
@@ -1684,7 +1669,6 @@ impl Engine {
             .to_bytes()
             .map_err(mls_error)?;
         self.saved.key_package = Some(bytes.clone());
-        self.dirty = true;
         Ok(bytes)
     }
 
@@ -1734,7 +1718,6 @@ impl Engine {
             joining,
             claim,
         });
-        self.dirty = true;
         self.send(frame);
     }
 
@@ -1763,7 +1746,8 @@ impl Engine {
             .filter(|(_, w)| designated || w.since + fallback <= now)
             .map(|(d, w)| (*d, w.key_package.clone()))
             .collect();
-        let directory = self.directory.clone().unwrap_or_default();
+        let no_directory = Directory::default();
+        let directory = self.directory.as_ref().unwrap_or(&no_directory);
         let admin = directory.is_admin(self.saved.member);
         let mut removals: Vec<LeafNodeIndex> = self
             .roster

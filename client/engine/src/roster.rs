@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use openmls::prelude::{BasicCredential, Credential};
+use openmls::prelude::{BasicCredential, Credential, LeafNode};
 use tessera_wire::{MemberInfo, PublicKeyInfo, Role};
 use uuid::Uuid;
 
@@ -108,4 +108,23 @@ pub fn verify_leaf(
         .ok_or(Refusal::UnknownMember)?;
     certificate.verify(passkeys, origin, rp_id)?;
     Ok(certificate)
+}
+
+/// [`verify_leaf`] for a leaf node (of a KeyPackage or a commit).
+///
+/// # Errors
+/// The first check that fails.
+pub fn verify_leaf_node(
+    directory: &Directory,
+    leaf: &LeafNode,
+    origin: &str,
+    rp_id: &str,
+) -> Result<DeviceCertificate, Refusal> {
+    verify_leaf(
+        directory,
+        leaf.credential(),
+        leaf.signature_key().as_slice(),
+        origin,
+        rp_id,
+    )
 }
