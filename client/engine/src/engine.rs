@@ -39,7 +39,7 @@ pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_
 const PAST_EPOCHS: usize = 16;
 
 /// How many items a device keeps of each kind it cannot process yet (KeyPackages before it is in
-/// the group, MLS signals before its Welcome).
+/// the group, MLS signals before its Welcome, link messages from an epoch ahead of its own).
 const MAX_WAITING: usize = 256;
 
 /// Keeps `item` until it can be processed, dropping the oldest beyond [`MAX_WAITING`].
@@ -1202,7 +1202,7 @@ impl Engine {
             .is_some_and(|g| protocol_message(&msg).is_ok_and(|m| m.epoch() > g.epoch()));
         if ahead {
             // Made after a commit this device has not processed yet: keep it until then.
-            self.saved.future.push((device, msg));
+            push_bounded(&mut self.saved.future, (device, msg));
             return;
         }
         let opened = self.decrypt(&msg).and_then(|(sender, bytes)| {
