@@ -226,10 +226,25 @@ impl ApiClient {
         token: &str,
         label: Option<&str>,
     ) -> ApiClientResult<(SoftKey, SessionGranted)> {
-        let options = self.enroll_start(token, label).await?;
-        let (key, credential) = SoftKey::register(&options.options, self.origin.as_str())?;
-        let granted = self.enroll_finish(&options.ceremony, credential).await?;
+        let mut key = SoftKey::blank()?;
+        let granted = self.enroll_key(token, label, &mut key).await?;
         Ok((key, granted))
+    }
+
+    /// Enrolls a blank software key (`tessera key new`) with an invitation token, creating its
+    /// credential; keeps the session. Save the key afterwards.
+    ///
+    /// # Errors
+    /// When the server or the authenticator refuses (a key that holds a credential already).
+    pub async fn enroll_key(
+        &mut self,
+        token: &str,
+        label: Option<&str>,
+        key: &mut SoftKey,
+    ) -> ApiClientResult<SessionGranted> {
+        let options = self.enroll_start(token, label).await?;
+        let credential = key.register_blank(&options.options, self.origin.as_str())?;
+        self.enroll_finish(&options.ceremony, credential).await
     }
 
     /// `POST /login/start`.
@@ -349,12 +364,24 @@ impl ApiClient {
         &self,
         label: Option<&str>,
     ) -> ApiClientResult<(SoftKey, PasskeyInfo)> {
-        let options = self.add_passkey_start(label).await?;
-        let (key, credential) = SoftKey::register(&options.options, self.origin.as_str())?;
-        let info = self
-            .add_passkey_finish(&options.ceremony, credential)
-            .await?;
+        let mut key = SoftKey::blank()?;
+        let info = self.add_key(label, &mut key).await?;
         Ok((key, info))
+    }
+
+    /// Registers a blank software key (`tessera key new`) for the logged-in member. Save the key
+    /// afterwards.
+    ///
+    /// # Errors
+    /// When the server or the authenticator refuses.
+    pub async fn add_key(
+        &self,
+        label: Option<&str>,
+        key: &mut SoftKey,
+    ) -> ApiClientResult<PasskeyInfo> {
+        let options = self.add_passkey_start(label).await?;
+        let credential = key.register_blank(&options.options, self.origin.as_str())?;
+        self.add_passkey_finish(&options.ceremony, credential).await
     }
 
     /// `DELETE /me/passkeys/{id}`.

@@ -160,6 +160,12 @@ impl SignalClient {
             .map_err(|_| "the signalling client has stopped".to_owned())
     }
 
+    /// Queues a client frame without waiting: false when the queue is full (the server has been
+    /// away for a while) or the client has stopped; the frame is then dropped.
+    pub fn try_send(&self, frame: String) -> bool {
+        self.outgoing.try_send(frame).is_ok()
+    }
+
     /// The next event; `None` once the client has stopped and every event was read.
     pub async fn next_event(&mut self) -> Option<SignalEvent> {
         self.events.recv().await

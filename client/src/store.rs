@@ -8,6 +8,7 @@ use std::path::Path;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row as _, SqlitePool};
 use tessera_engine::{ChatMessage, Event, Snapshot};
+use tessera_wire::Role;
 use uuid::Uuid;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/client");
@@ -36,6 +37,27 @@ pub struct HistoryEntry {
     pub outgoing: bool,
     /// How many devices acknowledged it (outgoing messages).
     pub delivered: u32,
+}
+
+/// Who this device is and where its server is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    /// The server's origin.
+    pub origin: String,
+    /// The WebAuthn relying party id the member's keys are registered for.
+    pub rp_id: String,
+    /// This member.
+    pub member: Uuid,
+    /// This device.
+    pub device: Uuid,
+    /// The member's circle.
+    pub circle: Uuid,
+    /// The member's role when last logged in.
+    pub role: Role,
+    /// The bearer session, while logged in.
+    pub session: Option<String>,
+    /// The software key file, when the member uses one.
+    pub key_file: Option<String>,
 }
 
 /// The engine as saved: its state and MLS's key-value pairs.
@@ -149,6 +171,59 @@ impl DeviceStore {
             }
         }
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// This device's profile, once `tessera join` wrote it.
+    ///
+    /// # Errors
+    /// When SQLite fails or a row is malformed.
+    pub async fn profile(&self) -> Result<Option<Profile>, StoreError> {
+        let Some(r) = sqlx::query(
+            "SELECT origin, rp_id, member, device, circle, role, session, key_file FROM profile \
+             WHERE id = 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let uuid = |text: String| Uuid::parse_str(&text).map_err(|_| StoreError::Malformed("id"));
+        let role = Role::parse(r.get(5)).ok_or(StoreError::Malformed("role"))?;
+        Ok(Some(Profile {
+            origin: r.get(0),
+            rp_id: r.get(1),
+            member: uuid(r.get(2))?,
+            device: uuid(r.get(3))?,
+            circle: uuid(r.get(4))?,
+            role,
+            session: r.get(6),
+            key_file: r.get(7),
+        }))
+    }
+
+    /// Writes this device's profile.
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub async fn save_profile(&self, profile: &Profile) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO profile (id, origin, rp_id, member, device, circle, role, session, \
+             key_file) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET \
+             origin = excluded.origin, rp_id = excluded.rp_id, member = excluded.member, device = excluded.device, \
+             circle = excluded.circle, role = excluded.role, session = excluded.session, \
+             key_file = excluded.key_file",
+        )
+        .bind(&profile.origin)
+        .bind(&profile.rp_id)
+        .bind(profile.member.to_string())
+        .bind(profile.device.to_string())
+        .bind(profile.circle.to_string())
+        .bind(profile.role.as_str())
+        .bind(&profile.session)
+        .bind(&profile.key_file)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

@@ -90,6 +90,11 @@ pub enum AuthenticatorError {
     /// The signature counter has reached `u32::MAX`; the key can sign no more.
     #[error("the signature counter is exhausted")]
     CounterExhausted,
+    /// The key file holds a credential already (one per software key file).
+    #[error(
+        "this key file already holds a credential (for {0}); create another with `tessera key new`"
+    )]
+    AlreadyRegistered(String),
     /// Reading or writing the key file failed.
     #[error("key file I/O: {0}")]
     Io(#[from] std::io::Error),
@@ -386,6 +391,65 @@ impl SoftKey {
         origin: &str,
         tamper: &Tamper,
     ) -> Result<(SoftKey, RegisterPublicKeyCredential), AuthenticatorError> {
+        let signing_key = SigningKey::try_generate().map_err(crypto)?;
+        Self::create(signing_key, options, origin, tamper)
+    }
+
+    /// A key holding no credential yet, as `tessera key new` writes it: the first registration
+    /// ([`SoftKey::register_blank`]) creates its one credential with the key made here.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthenticatorError::Crypto`] if the system has no randomness.
+    pub fn blank() -> Result<SoftKey, AuthenticatorError> {
+        Ok(SoftKey {
+            signing_key: SigningKey::try_generate().map_err(crypto)?,
+            credential_id: Vec::new(),
+            rp_id: String::new(),
+            user_handle: Vec::new(),
+            counter: 0,
+            aaguid: [0; 16],
+        })
+    }
+
+    /// Whether the key holds no credential yet.
+    #[must_use]
+    pub fn is_blank(&self) -> bool {
+        self.credential_id.is_empty()
+    }
+
+    /// Creates this blank key's credential for the relying party's `options`, as
+    /// [`SoftKey::register`] does with a fresh key.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthenticatorError::AlreadyRegistered`] if the key holds a credential already; otherwise
+    /// as [`SoftKey::register`].
+    pub fn register_blank(
+        &mut self,
+        options: &CreationChallengeResponse,
+        origin: &str,
+    ) -> Result<RegisterPublicKeyCredential, AuthenticatorError> {
+        if !self.is_blank() {
+            return Err(AuthenticatorError::AlreadyRegistered(self.rp_id.clone()));
+        }
+        let (key, credential) = Self::create(
+            self.signing_key.clone(),
+            options,
+            origin,
+            &Tamper::default(),
+        )?;
+        *self = key;
+        Ok(credential)
+    }
+
+    /// A credential for `options` made with `signing_key`.
+    fn create(
+        signing_key: SigningKey,
+        options: &CreationChallengeResponse,
+        origin: &str,
+        tamper: &Tamper,
+    ) -> Result<(SoftKey, RegisterPublicKeyCredential), AuthenticatorError> {
         let opts = &options.public_key;
         let es256_offered = opts
             .pub_key_cred_params
@@ -397,7 +461,6 @@ impl SoftKey {
         let page = Page::parse(origin)?;
         let rp_id = page.resolve_rp_id(&opts.rp.id)?;
 
-        let signing_key = SigningKey::try_generate().map_err(crypto)?;
         let credential_id = match &tamper.credential_id {
             Some(id) => id.clone(),
             None => <[u8; CREDENTIAL_ID_LEN]>::try_generate()
@@ -651,11 +714,13 @@ impl SoftKey {
                 file.version
             )));
         }
-        if file.rp_id.is_empty() {
+        let credential_id = unb64("credential_id", &file.credential_id)?;
+        // A blank key (`tessera key new`) has neither; a registered one has both.
+        let blank = file.rp_id.is_empty() && credential_id.is_empty();
+        if file.rp_id.is_empty() && !blank {
             return Err(invalid("rp_id is empty"));
         }
-        let credential_id = unb64("credential_id", &file.credential_id)?;
-        if credential_id.is_empty() || credential_id.len() > usize::from(u16::MAX) {
+        if (credential_id.is_empty() && !blank) || credential_id.len() > usize::from(u16::MAX) {
             return Err(invalid("credential_id has an invalid length"));
         }
         let user_handle = unb64("user_handle", &file.user_handle)?;
@@ -1449,6 +1514,44 @@ mod tests {
             login(&rp, &mut loaded, &passkey, &Tamper::default()).expect("loaded key signs in");
         assert_eq!(who, user);
         assert_eq!(result.counter(), 2);
+    }
+
+    #[test]
+    fn a_blank_key_file_registers_once_with_its_own_key_and_then_signs_in() {
+        let path = temp_key_path();
+        let blank = SoftKey::blank().expect("blank key");
+        blank.save(&path).expect("saves");
+        let mut key = SoftKey::load(&path).expect("a blank key file loads");
+        assert!(key.is_blank());
+        let public = key.public_key_sec1();
+
+        let rp = relying_party();
+        let (_, ccr, state) = registration_options(&rp);
+        // A blank key holds no credential: nothing to sign in with.
+        let (rcr, _) = rp.start_discoverable_authentication().expect("starts");
+        assert!(matches!(
+            key.sign_in(&over_the_wire(&rcr), ORIGIN),
+            Err(AuthenticatorError::NoCredential)
+        ));
+        let reg = key.register_blank(&ccr, ORIGIN).expect("registers");
+        let passkey = rp
+            .finish_passkey_registration(&over_the_wire(&reg), &state)
+            .expect("relying party accepts it");
+        assert!(!key.is_blank());
+        assert_eq!(
+            key.public_key_sec1(),
+            public,
+            "the key made by `key new` is kept"
+        );
+        let (_, again, _) = registration_options(&rp);
+        assert!(matches!(
+            key.register_blank(&again, ORIGIN),
+            Err(AuthenticatorError::AlreadyRegistered(rp_id)) if rp_id == "localhost"
+        ));
+        key.save(&path).expect("saves");
+        let mut loaded = SoftKey::load(&path).expect("loads");
+        std::fs::remove_file(&path).expect("cleanup");
+        login(&rp, &mut loaded, &passkey, &Tamper::default()).expect("signs in");
     }
 
     #[test]

@@ -68,6 +68,18 @@ pub enum CertificateError {
     BadSignature,
 }
 
+/// A hardware key's fingerprint for people to compare out of band: the first 16 bytes of the
+/// SHA-256 of its public key (SEC1 bytes), in groups of four hex digits.
+#[must_use]
+pub fn key_fingerprint(public_key: &[u8]) -> String {
+    let digest = Sha256::digest(public_key);
+    digest[..16]
+        .chunks(2)
+        .map(|pair| format!("{:02x}{:02x}", pair[0], pair[1]))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The challenge a hardware key signs to certify `device_key` for `member`'s `device`.
 #[must_use]
 pub fn certificate_challenge(member: Uuid, device: Uuid, device_key: &[u8]) -> [u8; 32] {
@@ -228,6 +240,16 @@ impl DeviceCertificate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fingerprint_is_the_start_of_the_keys_sha256_in_groups() {
+        // SHA-256 of nothing starts e3b0c442 98fc1c14 9afbf4c8 996fb924.
+        assert_eq!(
+            key_fingerprint(b""),
+            "e3b0 c442 98fc 1c14 9afb f4c8 996f b924"
+        );
+        assert_ne!(key_fingerprint(&[4; 65]), key_fingerprint(&[5; 65]));
+    }
 
     const ORIGIN: &str = "http://localhost:8080";
 

@@ -1,0 +1,510 @@
+//! Being a device of the circle: starting the engine's driver, chatting, sending, the member list,
+//! display names and the stored history.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::json;
+use tessera_client::device::{Connection, DeviceHandle, Status, Stopped, Update};
+use tessera_client::signal::{Backoff, SignalClient, SignalEvent};
+use tessera_client::store::{DeviceStore, HistoryEntry};
+use tessera_engine::{ChatMessage, Engine, EngineConfig, Event};
+use tessera_wire::signal::ServerFrame;
+use tokio::io::AsyncBufReadExt as _;
+use url::Url;
+use uuid::Uuid;
+
+use crate::account::{self, Opened, explain, fingerprint, logged_in};
+use crate::settings::Settings;
+
+/// The engine as this device last stored it.
+async fn restore(store: &DeviceStore, origin: &str, rp_id: &str) -> Result<Engine> {
+    let (state, mls) = store.load().await?.context(
+        "this device's state is missing from its store: join again with a new --data-dir",
+    )?;
+    Ok(Engine::restore(
+        EngineConfig::new(origin, rp_id),
+        &state,
+        mls,
+    )?)
+}
+
+/// The local address that routes to the server: the host candidate peers are offered.
+async fn route_to(origin: &str) -> Result<IpAddr> {
+    let url = Url::parse(origin)?;
+    let host = url.host_str().context("the server URL has no host")?;
+    let port = url.port_or_known_default().unwrap_or(443);
+    let server = tokio::net::lookup_host((host, port))
+        .await
+        .with_context(|| format!("cannot resolve {host}"))?
+        .next()
+        .with_context(|| format!("{host} has no address"))?;
+    let unspecified: IpAddr = if server.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    let probe = std::net::UdpSocket::bind((unspecified, 0))?;
+    probe
+        .connect(server)
+        .with_context(|| format!("no route to {server}: pass --bind"))?;
+    Ok(probe.local_addr()?.ip())
+}
+
+/// This device, running.
+struct Running {
+    opened: Opened,
+    device: DeviceHandle,
+}
+
+async fn start(settings: &Settings) -> Result<Running> {
+    let opened = account::open(settings).await?;
+    let api = logged_in(&opened.profile)?;
+    let engine = restore(&opened.store, &opened.profile.origin, &opened.profile.rp_id).await?;
+    let bind = match settings.bind {
+        Some(bind) => bind,
+        None => route_to(&opened.profile.origin).await?,
+    };
+    let device = DeviceHandle::start(
+        engine,
+        opened.store.clone(),
+        Connection {
+            api,
+            bind,
+            backoff: Backoff::default(),
+        },
+    )
+    .await?;
+    Ok(Running { opened, device })
+}
+
+/// Why the device stopped, as an error for the member when it was not asked to.
+async fn stopped(device: DeviceHandle) -> Result<()> {
+    why_stopped(device.stop().await?)
+}
+
+fn why_stopped(stopped: Stopped) -> Result<()> {
+    match stopped {
+        Stopped::Requested => Ok(()),
+        Stopped::Revoked => bail!(
+            "the server ended this device's session: the membership was revoked, or the session \
+             expired or was logged out (`tessera login` signs in again if you are still a member)"
+        ),
+        Stopped::Replaced => {
+            bail!("another process connected as this device; this one stopped")
+        }
+    }
+}
+
+/// A name for a member: the display name it shared in the group, else the start of its id.
+fn name_of(names: &BTreeMap<Uuid, String>, member: Uuid) -> String {
+    names.get(&member).cloned().unwrap_or_else(|| {
+        let id = member.simple().to_string();
+        format!("member-{}", &id[..8])
+    })
+}
+
+/// A time in milliseconds since the Unix epoch, as local `HH:MM` (with the date if not today).
+fn clock(ms: i64) -> String {
+    let zone = jiff::tz::TimeZone::system();
+    let Ok(at) = jiff::Timestamp::from_millisecond(ms) else {
+        return "??:??".into();
+    };
+    let at = at.to_zoned(zone.clone());
+    let today = jiff::Timestamp::now().to_zoned(zone).date();
+    if at.date() == today {
+        at.strftime("%H:%M").to_string()
+    } else {
+        at.strftime("%Y-%m-%d %H:%M").to_string()
+    }
+}
+
+fn message_line(message: &ChatMessage, names: &BTreeMap<Uuid, String>) -> String {
+    format!(
+        "[{}] {}: {}",
+        clock(message.sent_at),
+        name_of(names, message.member),
+        message.text
+    )
+}
+
+fn message_json(message: &ChatMessage, outgoing: bool, names: &BTreeMap<Uuid, String>) -> String {
+    json!({
+        "event": "message",
+        "id": message.id,
+        "member": message.member,
+        "device": message.device,
+        "name": names.get(&message.member),
+        "text": message.text,
+        "sent_at": message.sent_at,
+        "outgoing": outgoing,
+    })
+    .to_string()
+}
+
+fn status_json(status: &Status) -> String {
+    json!({
+        "event": "status",
+        "member": status.member,
+        "device": status.device,
+        "epoch": status.epoch,
+        "connected": status.connected,
+        "group": status.group,
+        "online": status.online,
+        "names": status.names,
+        "links": status.links,
+        "waiting": status.waiting,
+    })
+    .to_string()
+}
+
+/// One update as a JSON line (`--json`).
+fn update_json(update: &Update, names: &BTreeMap<Uuid, String>) -> Option<String> {
+    let line = match update {
+        Update::Engine(Event::Message { message, outgoing }) => {
+            return Some(message_json(message, *outgoing, names));
+        }
+        Update::Engine(Event::GroupCreated) => json!({"event": "group_created"}),
+        Update::Engine(Event::Joined) => json!({"event": "joined"}),
+        Update::Engine(Event::MembersChanged) => json!({"event": "members_changed"}),
+        Update::Engine(Event::Removed) => json!({"event": "removed"}),
+        Update::Engine(Event::Delivered { id, device }) => {
+            json!({"event": "delivered", "id": id, "device": device})
+        }
+        Update::Engine(Event::Refused { what, reason }) => {
+            json!({"event": "refused", "what": what, "reason": reason.to_string()})
+        }
+        Update::Engine(Event::ServerError { code }) => {
+            json!({"event": "server_error", "code": code})
+        }
+        Update::Engine(Event::Revoked) => json!({"event": "revoked"}),
+        Update::Connected => json!({"event": "connected"}),
+        Update::Disconnected { reason, retry_in } => json!({
+            "event": "disconnected", "reason": reason, "retry_in_ms": retry_in.as_millis()
+        }),
+        Update::LinkUp(device) => json!({"event": "link_up", "device": device}),
+        Update::LinkDown(device) => json!({"event": "link_down", "device": device}),
+        Update::DirectoryUnavailable(reason) => {
+            json!({"event": "directory_unavailable", "reason": reason})
+        }
+        _ => return None,
+    };
+    Some(line.to_string())
+}
+
+/// One update as text for people; `None` for what is not worth a line.
+fn update_text(
+    update: &Update,
+    names: &BTreeMap<Uuid, String>,
+    group: &BTreeMap<Uuid, Uuid>,
+) -> Option<String> {
+    let device_name = |device: &Uuid| match group.get(device) {
+        Some(member) => format!("{}'s device", name_of(names, *member)),
+        None => "a device".to_owned(),
+    };
+    Some(match update {
+        Update::Engine(Event::Message {
+            message,
+            outgoing: false,
+        }) => message_line(message, names),
+        Update::Engine(Event::GroupCreated) => {
+            "* You created the circle's encrypted group.".to_owned()
+        }
+        Update::Engine(Event::Joined) => {
+            "* This device joined the circle's encrypted group.".to_owned()
+        }
+        Update::Engine(Event::Removed) => {
+            "* This device was removed from the circle's group: it receives nothing more."
+                .to_owned()
+        }
+        Update::Engine(Event::Refused { what, reason }) => {
+            format!("! Refused a {what}: {reason}")
+        }
+        Update::Engine(Event::ServerError { code }) => format!("! The server refused: {code}"),
+        Update::Disconnected { reason, retry_in } => format!(
+            "* Lost the server ({reason}); retrying in {} s. Peer links keep working.",
+            retry_in.as_secs().max(1)
+        ),
+        Update::Connected => "* Connected to the server.".to_owned(),
+        Update::LinkUp(device) => format!("* Linked to {} (peer to peer).", device_name(device)),
+        Update::LinkDown(device) => format!("* Link to {} closed.", device_name(device)),
+        _ => return None,
+    })
+}
+
+const CHAT_HELP: &str = "Type a message and press Enter to send it to the circle.\n\
+    /members  who is in the group and linked\n\
+    /name N   set your display name\n\
+    /status   this device's state (JSON)\n\
+    /quit     leave (Ctrl-D too)";
+
+/// `tessera chat`.
+pub async fn chat(settings: &Settings, json_lines: bool) -> Result<()> {
+    let Running { opened, mut device } = start(settings).await?;
+    let mut status = device.status().await.map_err(anyhow::Error::msg)?;
+    if !json_lines {
+        for entry in opened.store.history(20).await? {
+            println!("{}", message_line(&entry.message, &status.names));
+        }
+        println!(
+            "* Chatting as {} on {}. /help lists the commands.",
+            name_of(&status.names, status.member),
+            opened.profile.origin
+        );
+        if status.epoch.is_none() {
+            println!(
+                "* This device is not in the circle's group yet: a member's device online adds it."
+            );
+        }
+    }
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    loop {
+        tokio::select! {
+            line = lines.next_line() => {
+                let Ok(Some(line)) = line else { break };
+                let line = line.trim();
+                match line.split_once(' ').map_or((line, ""), |(c, rest)| (c, rest.trim())) {
+                    ("", _) => {}
+                    ("/quit", _) => break,
+                    ("/help", _) => println!("{CHAT_HELP}"),
+                    ("/status", _) => {
+                        status = device.status().await.map_err(anyhow::Error::msg)?;
+                        println!("{}", status_json(&status));
+                    }
+                    ("/members", _) => {
+                        status = device.status().await.map_err(anyhow::Error::msg)?;
+                        print_group(&status);
+                    }
+                    ("/name", name) if !name.is_empty() => {
+                        if let Err(e) = device.set_display_name(name).await {
+                            eprintln!("! Cannot set the name: {e}");
+                        }
+                    }
+                    _ if line.starts_with('/') => {
+                        eprintln!("! Unknown command {line}; /help lists them");
+                    }
+                    _ => {
+                        if let Err(e) = device.send_text(line).await {
+                            eprintln!("! Not sent: {e}");
+                        }
+                    }
+                }
+            }
+            update = device.next_update() => {
+                let Some(update) = update else { break };
+                if matches!(
+                    update,
+                    Update::Engine(
+                        Event::MembersChanged | Event::Joined | Event::GroupCreated
+                    ) | Update::LinkUp(_)
+                ) {
+                    status = device.status().await.unwrap_or(status);
+                }
+                let line = if json_lines {
+                    update_json(&update, &status.names)
+                } else {
+                    update_text(&update, &status.names, &status.group)
+                };
+                if let Some(line) = line {
+                    println!("{line}");
+                }
+            }
+        }
+    }
+    drop(opened);
+    stopped(device).await
+}
+
+fn print_group(status: &Status) {
+    for (device, member) in &status.group {
+        let this = if *device == status.device {
+            " (this device)"
+        } else if status.links.contains(device) {
+            " linked"
+        } else if status.online.contains_key(device) {
+            " online, not linked yet"
+        } else {
+            " offline"
+        };
+        println!("  {}{this}", name_of(&status.names, *member));
+    }
+}
+
+/// `tessera send`.
+pub async fn send(settings: &Settings, text: &str, wait: Duration) -> Result<()> {
+    let Running { opened, mut device } = start(settings).await?;
+    let deadline = Instant::now() + wait;
+    let mut status = device.status().await.map_err(anyhow::Error::msg)?;
+    while !(status.connected && status.epoch.is_some()) {
+        if Instant::now() >= deadline {
+            let why = if status.connected {
+                "this device is not in the circle's encrypted group yet: a member's device \
+                 online adds it (keep `tessera chat` running until it says so)"
+            } else {
+                "the server cannot be reached, so no peer link can be set up"
+            };
+            drop(opened);
+            stopped(device).await?;
+            bail!("not sent: {why}");
+        }
+        status = next_status(&mut device).await?;
+    }
+    let id = device.send_text(text).await.map_err(anyhow::Error::msg)?;
+    let online_waiting = |s: &Status| {
+        s.waiting
+            .iter()
+            .filter(|(d, n)| **n > 0 && s.online.contains_key(d))
+            .count()
+    };
+    while online_waiting(&status) > 0 && Instant::now() < deadline {
+        status = next_status(&mut device).await?;
+    }
+    let peers = status.waiting.len();
+    let missing = status.waiting.values().filter(|n| **n > 0).count();
+    println!(
+        "Message {id}: delivered to {} of {peers} other devices of the circle.",
+        peers - missing
+    );
+    if missing > 0 {
+        println!(
+            "{missing} did not acknowledge it yet: it waits in this device's outbox and goes out \
+             when this device and they are online together (e.g. while `tessera chat` runs)."
+        );
+    }
+    drop(opened);
+    stopped(device).await
+}
+
+/// The device's status after the next update (or a short pause).
+async fn next_status(device: &mut DeviceHandle) -> Result<Status> {
+    let update = tokio::time::timeout(Duration::from_millis(250), device.next_update()).await;
+    if let Ok(None) = update {
+        // The device stopped by itself.
+        why_stopped(device.finished().await?)?;
+    }
+    device.status().await.map_err(anyhow::Error::msg)
+}
+
+/// `tessera name`.
+pub async fn set_name(settings: &Settings, name: &str) -> Result<()> {
+    let opened = account::open(settings).await?;
+    let profile = &opened.profile;
+    let mut engine = restore(&opened.store, &profile.origin, &profile.rp_id).await?;
+    engine.set_display_name(Instant::now(), name)?;
+    let mut events = Vec::new();
+    while let Some(output) = engine.poll_output() {
+        if let tessera_engine::Output::Event(event) = output {
+            events.push(event);
+        }
+    }
+    if let Some(snapshot) = engine.take_snapshot()? {
+        opened.store.save(&snapshot, &events).await?;
+    }
+    println!(
+        "Your display name is now {name:?} on this device; the circle's devices learn it, \
+         inside the encrypted group, the next time this device is online with them."
+    );
+    Ok(())
+}
+
+/// `tessera history` (needs no lock: it only reads).
+pub async fn history(settings: &Settings, limit: u32) -> Result<()> {
+    let store = DeviceStore::open(&settings.store_path()).await?;
+    let Some(profile) = store.profile().await? else {
+        bail!("this data directory holds no device yet: run `tessera join <invitation-link>`");
+    };
+    let names = restore(&store, &profile.origin, &profile.rp_id)
+        .await?
+        .display_names();
+    for HistoryEntry {
+        message,
+        outgoing,
+        delivered,
+    } in store.history(limit).await?
+    {
+        let state = if outgoing {
+            format!("  (delivered to {delivered})")
+        } else {
+            String::new()
+        };
+        println!("{}{state}", message_line(&message, &names));
+    }
+    Ok(())
+}
+
+/// `tessera members`: the directory from the server, names from the group, who is online from a
+/// short signalling connection.
+pub async fn members(settings: &Settings) -> Result<()> {
+    let opened = account::open(settings).await?;
+    let profile = &opened.profile;
+    let api = logged_in(profile)?;
+    let directory = api
+        .members()
+        .await
+        .map_err(|e| explain(e, &profile.origin))?;
+    let engine = restore(&opened.store, &profile.origin, &profile.rp_id).await?;
+    let names = engine.display_names();
+    let online = online_devices(&api, profile.device).await?;
+    println!(
+        "{:<24}  {:<6}  {:>6}  {:<39}  MEMBER",
+        "NAME", "ROLE", "ONLINE", "KEY FINGERPRINTS"
+    );
+    for member in directory {
+        let mut name = name_of(&names, member.id);
+        if member.id == profile.member {
+            name.push_str(" (you)");
+        }
+        let online = online.values().filter(|m| **m == member.id).count();
+        let fingerprints: Vec<String> = member
+            .passkeys
+            .iter()
+            .map(|k| fingerprint(&k.public_key))
+            .collect();
+        println!(
+            "{:<24}  {:<6}  {:>6}  {:<39}  {}",
+            name,
+            member.role.as_str(),
+            online,
+            fingerprints.first().map_or("-", String::as_str),
+            member.id
+        );
+        for more in fingerprints.iter().skip(1) {
+            println!("{:<24}  {:<6}  {:>6}  {more:<39}", "", "", "");
+        }
+    }
+    Ok(())
+}
+
+/// The devices online now (this one included), from the `hello` of a short connection.
+async fn online_devices(
+    api: &tessera_client::api::ApiClient,
+    device: Uuid,
+) -> Result<BTreeMap<Uuid, Uuid>> {
+    let session = api.session().unwrap_or_default().to_owned();
+    let mut signal = SignalClient::start(api.origin().clone(), session, device, Backoff::default());
+    let hello = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match signal.next_event().await {
+                Some(SignalEvent::Connected(ServerFrame::Hello {
+                    peers,
+                    member,
+                    device,
+                    ..
+                })) => {
+                    let mut online: BTreeMap<Uuid, Uuid> =
+                        peers.into_iter().map(|p| (p.device, p.member)).collect();
+                    online.insert(device, member);
+                    return Ok(online);
+                }
+                Some(SignalEvent::Revoked) | None => {
+                    return why_stopped(Stopped::Revoked).map(|()| BTreeMap::new());
+                }
+                Some(_) => {}
+            }
+        }
+    })
+    .await;
+    hello.unwrap_or_else(|_| bail!("the server did not answer on its signalling connection"))
+}

@@ -1,0 +1,227 @@
+//! `tessera`: a member's command-line device — enroll a key from an invitation, log in, and talk
+//! to the circle peer to peer, MLS-encrypted.
+
+mod account;
+mod circle;
+mod settings;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use url::Url;
+
+use crate::settings::{Given, Settings};
+
+/// A member's device of a Tessera circle.
+///
+/// Settings come from a flag, else its environment variable, else the config file
+/// (`$XDG_CONFIG_HOME/tessera/config.toml`, keys `server`, `data_dir`, `key_file`, `bind`).
+#[derive(Debug, Parser)]
+#[command(name = "tessera", version, propagate_version = true)]
+struct Cli {
+    /// The server's origin (`https://tessera.example.org`); `join` takes it from the invitation.
+    #[arg(long, env = "TESSERA_SERVER", global = true)]
+    server: Option<Url>,
+    /// Where this device keeps its state [default: $XDG_DATA_HOME/tessera].
+    #[arg(long, env = "TESSERA_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    /// The config file [default: $XDG_CONFIG_HOME/tessera/config.toml].
+    #[arg(long, env = "TESSERA_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// The software key file to use (see `tessera key new`).
+    #[arg(long, env = "TESSERA_KEY_FILE", global = true)]
+    key_file: Option<PathBuf>,
+    /// The local address peer links use [default: the one that routes to the server].
+    #[arg(long, env = "TESSERA_BIND", global = true)]
+    bind: Option<IpAddr>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Software key files (for bots and tests; weaker than a hardware key).
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
+    /// Enroll the key with an invitation link and log in; this directory becomes a device.
+    Join {
+        /// The invitation link an admin gave you.
+        invitation: String,
+        /// Your display name, shared inside the circle's encrypted group only.
+        #[arg(long)]
+        name: Option<String>,
+        /// A label for the key on the server (e.g. "laptop key").
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// Log in again with the key (after `logout` or when the session expired).
+    Login,
+    /// End this device's session on the server; its keys and history stay.
+    Logout,
+    /// List the circle's members: display names, online devices, key fingerprints.
+    Members,
+    /// Chat interactively: type to send; `/quit`, `/members`, `/name NAME`, `/status`, `/help`.
+    Chat {
+        /// Print one JSON object per line instead of text (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send one message and wait (up to --wait seconds) until the online devices have it.
+    Send {
+        /// The message.
+        text: String,
+        /// How long to wait for delivery, in seconds.
+        #[arg(long, default_value_t = 30)]
+        wait: u64,
+    },
+    /// Set your display name (shared inside the circle's group only).
+    Name {
+        /// The name.
+        name: String,
+    },
+    /// Show the messages stored on this device.
+    History {
+        /// How many of the latest messages.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Your keys on the server: list, add, revoke.
+    Keys {
+        #[command(subcommand)]
+        action: Option<KeysAction>,
+    },
+    /// Circle administration (admins only): invitations and revoking members.
+    Admin {
+        #[command(subcommand)]
+        action: AdminAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminAction {
+    /// Issue an invitation link; it is shown once.
+    Invite {
+        /// Make the newcomer an admin.
+        #[arg(long)]
+        admin: bool,
+        /// How long the link works, in hours.
+        #[arg(long, default_value_t = 72)]
+        hours: u64,
+    },
+    /// List the pending invitations.
+    Invitations,
+    /// Revoke a pending invitation.
+    Uninvite {
+        /// The invitation's id.
+        id: uuid::Uuid,
+    },
+    /// Revoke a member: their sessions end and the circle's devices remove theirs from the group.
+    Revoke {
+        /// The member's id, as `tessera members` lists it.
+        member: uuid::Uuid,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyAction {
+    /// Create a software key file (mode 0600). Anyone who copies it can act as you: prefer a
+    /// hardware key for people.
+    New {
+        /// Where to write it.
+        #[arg(long)]
+        file: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysAction {
+    /// List your keys (the default).
+    List,
+    /// Register another key for your membership.
+    Add {
+        /// The new key's file (made with `tessera key new`).
+        #[arg(long)]
+        file: PathBuf,
+        /// A label for it.
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// Revoke one of your keys (not the last one).
+    Revoke {
+        /// The key's id, as `tessera keys` lists it.
+        id: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = Settings::resolve(Given {
+        server: cli.server,
+        data_dir: cli.data_dir,
+        config: cli.config,
+        key_file: cli.key_file,
+        bind: cli.bind,
+    })?;
+    match cli.command {
+        Command::Key {
+            action: KeyAction::New { file, force },
+        } => account::new_key(&file, force),
+        Command::Join {
+            invitation,
+            name,
+            label,
+        } => account::join(&settings, &invitation, name.as_deref(), label.as_deref()).await,
+        Command::Login => account::login(&settings).await,
+        Command::Logout => account::logout(&settings).await,
+        Command::Keys { action } => match action.unwrap_or(KeysAction::List) {
+            KeysAction::List => account::list_keys(&settings).await,
+            KeysAction::Add { file, label } => {
+                account::add_key(&settings, &file, label.as_deref()).await
+            }
+            KeysAction::Revoke { id } => account::revoke_key(&settings, &id).await,
+        },
+        Command::Admin { action } => match action {
+            AdminAction::Invite { admin, hours } => {
+                account::invite(&settings, admin, hours.saturating_mul(3600)).await
+            }
+            AdminAction::Invitations => account::list_invitations(&settings).await,
+            AdminAction::Uninvite { id } => account::uninvite(&settings, id).await,
+            AdminAction::Revoke { member } => account::revoke_member(&settings, member).await,
+        },
+        Command::Members => circle::members(&settings).await,
+        Command::Chat { json } => circle::chat(&settings, json).await,
+        Command::Send { text, wait } => {
+            circle::send(&settings, &text, std::time::Duration::from_secs(wait)).await
+        }
+        Command::Name { name } => circle::set_name(&settings, &name).await,
+        Command::History { limit } => circle::history(&settings, limit).await,
+    }
+}

@@ -1,0 +1,135 @@
+//! Where the CLI's settings come from — a flag, else its environment variable, else the config
+//! file, else the default — and the data directory with its one-process lock.
+
+use std::fs::File;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use serde::Deserialize;
+use url::Url;
+
+/// The config file (TOML); every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    server: Option<Url>,
+    data_dir: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    bind: Option<IpAddr>,
+}
+
+/// The settings as resolved.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub server: Option<Url>,
+    pub data_dir: PathBuf,
+    pub key_file: Option<PathBuf>,
+    pub bind: Option<IpAddr>,
+}
+
+/// What the flags and the environment gave (clap merges those two).
+#[derive(Debug, Clone, Default)]
+pub struct Given {
+    pub server: Option<Url>,
+    pub data_dir: Option<PathBuf>,
+    pub config: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub bind: Option<IpAddr>,
+}
+
+fn home() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+}
+
+/// `$XDG_<kind>_HOME/tessera`, else `$HOME/<fallback>/tessera`.
+fn xdg(variable: &str, fallback: &str) -> Option<PathBuf> {
+    std::env::var_os(variable)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| home().map(|h| h.join(fallback)))
+        .map(|base| base.join("tessera"))
+}
+
+impl Settings {
+    /// Resolves the settings; an explicitly named config file must exist.
+    pub fn resolve(given: Given) -> Result<Settings> {
+        let (path, explicit) = match given.config {
+            Some(path) => (Some(path), true),
+            None => (
+                xdg("XDG_CONFIG_HOME", ".config").map(|d| d.join("config.toml")),
+                false,
+            ),
+        };
+        let file = match path {
+            Some(path) if explicit || path.exists() => {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read the config file {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("the config file {} is not valid", path.display()))?
+            }
+            _ => ConfigFile::default(),
+        };
+        let data_dir = given
+            .data_dir
+            .or(file.data_dir)
+            .or_else(|| xdg("XDG_DATA_HOME", ".local/share"))
+            .context("no data directory: set --data-dir, TESSERA_DATA_DIR or HOME")?;
+        Ok(Settings {
+            server: given.server.or(file.server),
+            data_dir,
+            key_file: given.key_file.or(file.key_file),
+            bind: given.bind.or(file.bind),
+        })
+    }
+
+    /// The local store's path.
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("device.db")
+    }
+
+    /// Creates the data directory (0700) if needed and takes its lock: one process per device,
+    /// since two would fork the device's MLS state.
+    pub fn lock(&self) -> Result<DataDirLock> {
+        create_private_dir(&self.data_dir)?;
+        let path = self.data_dir.join("device.lock");
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(DataDirLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => bail!(
+                "another tessera process is using this device ({}): stop it first, or use \
+                 another --data-dir",
+                self.data_dir.display()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("cannot lock {}", path.display()))
+            }
+        }
+    }
+}
+
+/// Held while the process uses the device; released when dropped (or the process ends).
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: File,
+}
+
+fn create_private_dir(path: &Path) -> Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        builder.mode(0o700);
+    }
+    builder
+        .create(path)
+        .with_context(|| format!("cannot create the data directory {}", path.display()))
+}

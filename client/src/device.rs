@@ -1,0 +1,499 @@
+//! The native device: a thin tokio driver around the sans-IO engine. It feeds the engine the
+//! signalling connection, the circle directory, one UDP socket carrying every WebRTC link, user
+//! commands and time, and writes each snapshot to the local store before acting on the outputs
+//! that followed it.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use tessera_engine::{Engine, EngineError, Event, LinkCommand, Output};
+use tessera_wire::MemberInfo;
+use tessera_wire::signal::ServerFrame;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::api::ApiClient;
+use crate::rtc::{LinkEvent, Links};
+use crate::signal::{Backoff, SignalClient, SignalEvent};
+use crate::store::{DeviceStore, StoreError};
+
+/// Why the device stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeviceError {
+    /// The local store failed: the device stops rather than act on what it could not save.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The engine's state could not be encoded.
+    #[error("the engine failed: {0}")]
+    Engine(#[from] EngineError),
+    /// The UDP socket for peer links failed.
+    #[error("the peer-link socket failed: {0}")]
+    Socket(#[from] std::io::Error),
+}
+
+/// Why the device stopped without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Asked to stop.
+    Requested,
+    /// The server says the session or the membership is no longer valid.
+    Revoked,
+    /// Another process took over this device's signalling connection.
+    Replaced,
+}
+
+/// What the device reports to its user interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Update {
+    /// Something the engine reported (already in the local store).
+    Engine(Event),
+    /// The signalling connection opened.
+    Connected,
+    /// The signalling connection dropped; peer links go on.
+    Disconnected {
+        /// Why, in words.
+        reason: String,
+        /// When the next attempt is made.
+        retry_in: Duration,
+    },
+    /// A link to a peer device opened.
+    LinkUp(Uuid),
+    /// A link to a peer device closed.
+    LinkDown(Uuid),
+    /// The circle directory could not be fetched; the device tries again.
+    DirectoryUnavailable(String),
+}
+
+/// The device as its user interface sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    /// This member.
+    pub member: Uuid,
+    /// This device.
+    pub device: Uuid,
+    /// The group's MLS epoch, once in the group.
+    pub epoch: Option<u64>,
+    /// The group's devices (this one included): device → member.
+    pub group: BTreeMap<Uuid, Uuid>,
+    /// The devices online at the server: device → member.
+    pub online: BTreeMap<Uuid, Uuid>,
+    /// Display names learnt inside the group: member → name.
+    pub names: BTreeMap<Uuid, String>,
+    /// Peer devices with a link up.
+    pub links: Vec<Uuid>,
+    /// Messages waiting for an acknowledgement, per peer device of the group.
+    pub waiting: BTreeMap<Uuid, usize>,
+    /// Whether the signalling connection is up.
+    pub connected: bool,
+}
+
+enum Command {
+    Send(String, oneshot::Sender<Result<Uuid, EngineError>>),
+    SetName(String, oneshot::Sender<Result<(), EngineError>>),
+    Status(oneshot::Sender<Status>),
+    Stop,
+}
+
+/// Where the device reaches the server and binds its peer-link socket.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// The server's API client, holding the session.
+    pub api: ApiClient,
+    /// The local address the WebRTC links use (their host candidate).
+    pub bind: IpAddr,
+    /// The signalling client's reconnection backoff.
+    pub backoff: Backoff,
+}
+
+/// A running device: send it commands, read its updates; dropping it stops the device.
+#[derive(Debug)]
+pub struct DeviceHandle {
+    commands: mpsc::Sender<Command>,
+    updates: mpsc::UnboundedReceiver<Update>,
+    task: Option<JoinHandle<Result<Stopped, DeviceError>>>,
+}
+
+impl Drop for DeviceHandle {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+const STOPPED: &str = "the device has stopped";
+
+impl DeviceHandle {
+    /// Starts `engine` (fresh or restored) with its store, connecting as described.
+    ///
+    /// # Errors
+    /// When the peer-link socket cannot be bound.
+    pub async fn start(
+        engine: Engine,
+        store: DeviceStore,
+        connection: Connection,
+    ) -> Result<DeviceHandle, DeviceError> {
+        let socket = UdpSocket::bind(SocketAddr::new(connection.bind, 0)).await?;
+        let local = socket.local_addr()?;
+        let session = connection.api.session().unwrap_or_default().to_owned();
+        let signal = SignalClient::start(
+            connection.api.origin().clone(),
+            session,
+            engine.device(),
+            connection.backoff,
+        );
+        let (commands, commands_rx) = mpsc::channel(64);
+        let (updates_tx, updates) = mpsc::unbounded_channel();
+        let (directory_tx, directory_rx) = mpsc::channel(4);
+        let driver = Driver {
+            engine,
+            store,
+            api: connection.api,
+            links: Links::new(local),
+            socket,
+            signal,
+            connected: false,
+            updates: updates_tx,
+            directory_tx,
+            directory_wanted: false,
+            directory_fetching: false,
+            directory_retry: None,
+        };
+        let task = tokio::spawn(driver.run(commands_rx, directory_rx));
+        Ok(DeviceHandle {
+            commands,
+            updates,
+            task: Some(task),
+        })
+    }
+
+    /// Sends `text` to the circle; its id, once the message is in the outbox (and stored).
+    ///
+    /// # Errors
+    /// The engine's refusal (not in the group yet, too large), or the device stopped.
+    pub async fn send_text(&self, text: &str) -> Result<Uuid, String> {
+        let (reply, answer) = oneshot::channel();
+        self.ask(Command::Send(text.to_owned(), reply)).await?;
+        answer
+            .await
+            .map_err(|_| STOPPED.to_owned())?
+            .map_err(|e| e.to_string())
+    }
+
+    /// Sets this member's display name, shared inside the group only.
+    ///
+    /// # Errors
+    /// The engine's refusal, or the device stopped.
+    pub async fn set_display_name(&self, name: &str) -> Result<(), String> {
+        let (reply, answer) = oneshot::channel();
+        self.ask(Command::SetName(name.to_owned(), reply)).await?;
+        answer
+            .await
+            .map_err(|_| STOPPED.to_owned())?
+            .map_err(|e| e.to_string())
+    }
+
+    /// The device's current status.
+    ///
+    /// # Errors
+    /// When the device stopped.
+    pub async fn status(&self) -> Result<Status, String> {
+        let (reply, answer) = oneshot::channel();
+        self.ask(Command::Status(reply)).await?;
+        answer.await.map_err(|_| STOPPED.to_owned())
+    }
+
+    async fn ask(&self, command: Command) -> Result<(), String> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| STOPPED.to_owned())
+    }
+
+    /// The next update; `None` once the device stopped and every update was read.
+    pub async fn next_update(&mut self) -> Option<Update> {
+        self.updates.recv().await
+    }
+
+    /// Stops the device (its state is already stored) and says why it stopped.
+    ///
+    /// # Errors
+    /// When the device had stopped on an error.
+    pub async fn stop(mut self) -> Result<Stopped, DeviceError> {
+        let _ = self.commands.send(Command::Stop).await;
+        self.finished().await
+    }
+
+    /// Waits until the device stops by itself (revoked, replaced, or an error).
+    ///
+    /// # Errors
+    /// When the device stopped on an error.
+    pub async fn finished(&mut self) -> Result<Stopped, DeviceError> {
+        match self.task.take() {
+            Some(task) => task.await.unwrap_or(Ok(Stopped::Requested)),
+            None => Ok(Stopped::Requested),
+        }
+    }
+}
+
+/// How long a failed directory fetch waits before the next try.
+const DIRECTORY_RETRY: Duration = Duration::from_secs(2);
+
+/// The largest datagram read from the socket (WebRTC keeps under the path MTU).
+const DATAGRAM: usize = 2048;
+
+struct Driver {
+    engine: Engine,
+    store: DeviceStore,
+    api: ApiClient,
+    links: Links,
+    socket: UdpSocket,
+    signal: SignalClient,
+    connected: bool,
+    updates: mpsc::UnboundedSender<Update>,
+    directory_tx: mpsc::Sender<Result<Vec<MemberInfo>, String>>,
+    directory_wanted: bool,
+    directory_fetching: bool,
+    directory_retry: Option<Instant>,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut directory: mpsc::Receiver<Result<Vec<MemberInfo>, String>>,
+    ) -> Result<Stopped, DeviceError> {
+        let mut buffer = vec![0u8; DATAGRAM];
+        loop {
+            self.settle().await?;
+            let wake = [
+                self.engine.poll_timeout(),
+                self.links.poll_timeout(),
+                self.directory_retry,
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
+            tokio::select! {
+                received = self.socket.recv_from(&mut buffer) => {
+                    let (length, source) = received?;
+                    self.links.handle_datagram(Instant::now(), source, &buffer[..length]);
+                }
+                event = self.signal.next_event() => {
+                    if let Some(stopped) = self.take_signal_event(event) {
+                        self.settle().await?;
+                        return Ok(stopped);
+                    }
+                }
+                fetched = directory.recv() => {
+                    self.directory_fetching = false;
+                    match fetched {
+                        Some(Ok(members)) => {
+                            self.directory_wanted = false;
+                            self.engine.handle_directory(Instant::now(), members);
+                        }
+                        Some(Err(reason)) => {
+                            self.directory_retry = Some(Instant::now() + DIRECTORY_RETRY);
+                            self.report(Update::DirectoryUnavailable(reason));
+                        }
+                        None => {}
+                    }
+                }
+                command = commands.recv() => match command {
+                    None | Some(Command::Stop) => {
+                        self.settle().await?;
+                        return Ok(Stopped::Requested);
+                    }
+                    Some(command) => self.take_command(command),
+                },
+                () = tokio::time::sleep_until(wake.into()) => {
+                    let now = Instant::now();
+                    self.links.handle_timeout(now);
+                    self.engine.handle_timeout(now);
+                    if self.directory_retry.is_some_and(|at| at <= now) {
+                        self.directory_retry = None;
+                        self.fetch_directory();
+                    }
+                }
+            }
+        }
+    }
+
+    fn take_signal_event(&mut self, event: Option<SignalEvent>) -> Option<Stopped> {
+        let now = Instant::now();
+        match event {
+            Some(SignalEvent::Connected(hello)) => {
+                self.connected = true;
+                self.report(Update::Connected);
+                self.engine.handle_frame(now, hello);
+            }
+            Some(SignalEvent::Frame(frame)) => self.engine.handle_frame(now, frame),
+            Some(SignalEvent::Disconnected { reason, retry_in }) => {
+                self.connected = false;
+                self.engine.handle_disconnected(now);
+                self.report(Update::Disconnected { reason, retry_in });
+            }
+            Some(SignalEvent::Revoked) => {
+                self.engine.handle_frame(now, ServerFrame::Revoked);
+                return Some(Stopped::Revoked);
+            }
+            Some(SignalEvent::Replaced) => return Some(Stopped::Replaced),
+            // The signalling client ended on its own: nothing more will come.
+            None => return Some(Stopped::Revoked),
+        }
+        None
+    }
+
+    fn take_command(&mut self, command: Command) {
+        let now = Instant::now();
+        match command {
+            Command::Send(text, reply) => {
+                let _ = reply.send(self.engine.send_text(now, &text));
+            }
+            Command::SetName(name, reply) => {
+                let _ = reply.send(self.engine.set_display_name(now, &name));
+            }
+            Command::Status(reply) => {
+                let group = self.engine.group_devices();
+                let links: Vec<Uuid> = group
+                    .keys()
+                    .copied()
+                    .filter(|d| self.engine.link_is_up(*d))
+                    .collect();
+                let waiting = group
+                    .keys()
+                    .filter(|d| **d != self.engine.device())
+                    .map(|d| (*d, self.engine.unacknowledged(*d)))
+                    .collect();
+                let _ = reply.send(Status {
+                    member: self.engine.member(),
+                    device: self.engine.device(),
+                    epoch: self.engine.epoch(),
+                    online: self.engine.online_devices(),
+                    names: self.engine.display_names(),
+                    group,
+                    links,
+                    waiting,
+                    connected: self.connected,
+                });
+            }
+            Command::Stop => {}
+        }
+    }
+
+    /// Runs the engine and the links until neither has anything left to do: every engine output
+    /// is acted on once the snapshot that led to it is stored; link events go back to the engine;
+    /// datagrams go out.
+    async fn settle(&mut self) -> Result<(), DeviceError> {
+        loop {
+            let mut outputs = Vec::new();
+            while let Some(output) = self.engine.poll_output() {
+                outputs.push(output);
+            }
+            let events: Vec<Event> = outputs
+                .iter()
+                .filter_map(|o| match o {
+                    Output::Event(event) => Some(event.clone()),
+                    _ => None,
+                })
+                .collect();
+            if let Some(snapshot) = self.engine.take_snapshot()? {
+                self.store.save(&snapshot, &events).await?;
+            }
+            let acted = !outputs.is_empty();
+            for output in outputs {
+                self.act(output).await;
+            }
+            let mut fed = false;
+            while let Some(event) = self.links.poll_event() {
+                fed = true;
+                self.take_link_event(event);
+            }
+            while let Some((destination, datagram)) = self.links.poll_transmit() {
+                // A datagram that cannot go out is lost like any other; WebRTC retransmits.
+                let _ = self.socket.send_to(&datagram, destination).await;
+            }
+            if !acted && !fed {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn act(&mut self, output: Output) {
+        let now = Instant::now();
+        match output {
+            Output::Send(frame) => {
+                if let Ok(text) = serde_json::to_string(&frame) {
+                    // Queued while the server is away; the engine repeats what still matters.
+                    let _ = self.signal.try_send(text);
+                }
+            }
+            Output::Link(LinkCommand::Open { device }) => {
+                if self.links.open(now, device).is_err() {
+                    self.engine.handle_link_down(now, device);
+                }
+            }
+            Output::Link(LinkCommand::Rtc { device, signal }) => {
+                if self.links.apply(now, device, signal).is_err() {
+                    self.links.close(device);
+                    self.engine.handle_link_down(now, device);
+                }
+            }
+            Output::Link(LinkCommand::Data { device, bytes }) => {
+                // A packet the link cannot take now is resent by the outbox.
+                let _ = self.links.send(device, &bytes);
+            }
+            Output::Link(LinkCommand::Close { device }) => self.links.close(device),
+            Output::Event(event) => self.report(Update::Engine(event)),
+            Output::FetchDirectory => {
+                self.directory_wanted = true;
+                self.fetch_directory();
+            }
+        }
+    }
+
+    fn take_link_event(&mut self, event: LinkEvent) {
+        let now = Instant::now();
+        match event {
+            LinkEvent::Negotiate { device, signal } => {
+                if self.engine.send_rtc(now, device, signal).is_err() {
+                    self.links.close(device);
+                }
+            }
+            LinkEvent::Up(device) => {
+                self.report(Update::LinkUp(device));
+                self.engine.handle_link_up(now, device);
+            }
+            LinkEvent::Down(device) => {
+                self.report(Update::LinkDown(device));
+                self.engine.handle_link_down(now, device);
+            }
+            LinkEvent::Data(device, bytes) => self.engine.handle_link_data(now, device, &bytes),
+        }
+    }
+
+    /// Fetches the directory in the background; the answer comes back through the run loop.
+    fn fetch_directory(&mut self) {
+        if !self.directory_wanted || self.directory_fetching {
+            return;
+        }
+        self.directory_fetching = true;
+        let api = self.api.clone();
+        let answer = self.directory_tx.clone();
+        tokio::spawn(async move {
+            let fetched = api.members().await.map_err(|e| e.to_string());
+            let _ = answer.send(fetched).await;
+        });
+    }
+
+    fn report(&self, update: Update) {
+        // The interface may have gone; the device carries on until stopped.
+        let _ = self.updates.send(update);
+    }
+}
