@@ -69,6 +69,9 @@ pub struct EngineConfig {
     pub relink_after: Duration,
     /// How long a link may take to open before it is tried again.
     pub link_timeout: Duration,
+    /// How often a connected device fetches the circle directory again, to learn of revoked
+    /// members whose devices were offline when it happened.
+    pub directory_refresh: Duration,
     /// Delivery limits and timings.
     pub delivery: DeliveryConfig,
 }
@@ -86,6 +89,7 @@ impl EngineConfig {
             add_fallback_after: Duration::from_secs(10),
             relink_after: Duration::from_secs(2),
             link_timeout: Duration::from_secs(10),
+            directory_refresh: Duration::from_secs(60),
             delivery: DeliveryConfig::default(),
         }
     }
@@ -326,6 +330,8 @@ pub struct Engine {
     directory: Option<Directory>,
     directory_version: u64,
     directory_requested: bool,
+    /// When the directory is next fetched again.
+    directory_due: Option<Instant>,
     connected: bool,
     server_slot: Option<u64>,
     online: BTreeMap<Uuid, Uuid>,
@@ -480,6 +486,7 @@ impl Engine {
             directory: None,
             directory_version: 0,
             directory_requested: false,
+            directory_due: None,
             connected: false,
             server_slot: None,
             online: BTreeMap::new(),
@@ -562,6 +569,7 @@ impl Engine {
         self.directory = Some(Directory::new(members));
         self.directory_version += 1;
         self.directory_requested = false;
+        self.directory_due = Some(now + self.config.directory_refresh);
         self.retry_key_packages(now);
         let welcomes = std::mem::take(&mut self.welcomes);
         for (from, welcome, next, tried) in welcomes {
@@ -617,6 +625,10 @@ impl Engine {
                 } else {
                     self.online.remove(&device);
                     self.announced.remove(&device);
+                    // A group device going away may be a revoked member's: look again.
+                    if self.roster.contains_key(&device) {
+                        self.fetch_directory();
+                    }
                 }
             }
             ServerFrame::Signal {
@@ -778,6 +790,10 @@ impl Engine {
     /// Time passed.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.saved.delivery.handle_timeout(now);
+        if self.connected && self.directory_due.is_some_and(|due| due <= now) {
+            self.directory_due = None;
+            self.fetch_directory();
+        }
         self.step(now);
     }
 
@@ -797,6 +813,7 @@ impl Engine {
             self.saved.delivery.poll_timeout(),
             self.announce_at,
             self.catch_up.as_ref().map(|c| c.1),
+            self.directory_due.filter(|_| self.connected),
         ]
         .into_iter()
         .flatten()

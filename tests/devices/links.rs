@@ -2,49 +2,12 @@
 //! (loopback only): negotiation, the data channel opening on both sides, bulk data in order.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tessera_client::rtc::{LinkEvent, Links};
 use uuid::Uuid;
 
-/// Runs the named test again inside a fresh network namespace with only `lo` up; returns true
-/// when the caller is already inside and should run the test body.
-fn inside_namespace(test: &str) -> bool {
-    if std::env::var_os("TESSERA_TEST_NETNS").is_some() {
-        return true;
-    }
-    let name = format!("tessera-links-{}", std::process::id());
-    let ip = |args: &[&str]| {
-        let status = Command::new("ip")
-            .args(args)
-            .status()
-            .expect("run ip (iproute2)");
-        assert!(
-            status.success(),
-            "ip {args:?} failed: this test needs root and iproute2"
-        );
-    };
-    ip(&["netns", "add", &name]);
-    struct Cleanup(String);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-        }
-    }
-    let _cleanup = Cleanup(name.clone());
-    ip(&["-n", &name, "link", "set", "lo", "up"]);
-    let exe = std::env::current_exe().expect("test binary");
-    let status = Command::new("ip")
-        .args(["netns", "exec", &name])
-        .arg(exe)
-        .args(["--exact", test, "--nocapture"])
-        .env("TESSERA_TEST_NETNS", &name)
-        .status()
-        .expect("run the test inside the namespace");
-    assert!(status.success(), "{test} failed inside the namespace");
-    false
-}
+use crate::support::inside_namespace;
 
 struct Side {
     id: Uuid,
@@ -116,7 +79,7 @@ fn run(a: &mut Side, b: &mut Side, done: impl Fn(&Side, &Side) -> bool) {
 
 #[test]
 fn a_data_channel_opens_and_carries_bulk_data_in_order() {
-    if !inside_namespace("a_data_channel_opens_and_carries_bulk_data_in_order") {
+    if !inside_namespace("links::a_data_channel_opens_and_carries_bulk_data_in_order") {
         return;
     }
     let (mut a, mut b) = (Side::new(), Side::new());
