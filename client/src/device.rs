@@ -177,11 +177,8 @@ impl DeviceHandle {
     /// # Errors
     /// The engine's refusal (not in the group yet, too large), or the device stopped.
     pub async fn send_text(&self, text: &str) -> Result<Uuid, String> {
-        let (reply, answer) = oneshot::channel();
-        self.ask(Command::Send(text.to_owned(), reply)).await?;
-        answer
-            .await
-            .map_err(|_| STOPPED.to_owned())?
+        self.ask(|reply| Command::Send(text.to_owned(), reply))
+            .await?
             .map_err(|e| e.to_string())
     }
 
@@ -190,11 +187,8 @@ impl DeviceHandle {
     /// # Errors
     /// The engine's refusal, or the device stopped.
     pub async fn set_display_name(&self, name: &str) -> Result<(), String> {
-        let (reply, answer) = oneshot::channel();
-        self.ask(Command::SetName(name.to_owned(), reply)).await?;
-        answer
-            .await
-            .map_err(|_| STOPPED.to_owned())?
+        self.ask(|reply| Command::SetName(name.to_owned(), reply))
+            .await?
             .map_err(|e| e.to_string())
     }
 
@@ -203,16 +197,17 @@ impl DeviceHandle {
     /// # Errors
     /// When the device stopped.
     pub async fn status(&self) -> Result<Status, String> {
-        let (reply, answer) = oneshot::channel();
-        self.ask(Command::Status(reply)).await?;
-        answer.await.map_err(|_| STOPPED.to_owned())
+        self.ask(Command::Status).await
     }
 
-    async fn ask(&self, command: Command) -> Result<(), String> {
+    /// Sends the command `make` builds around a reply channel and waits for the reply.
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, String> {
+        let (reply, answer) = oneshot::channel();
         self.commands
-            .send(command)
+            .send(make(reply))
             .await
-            .map_err(|_| STOPPED.to_owned())
+            .map_err(|_| STOPPED.to_owned())?;
+        answer.await.map_err(|_| STOPPED.to_owned())
     }
 
     /// The next update; `None` once the device stopped and every update was read.

@@ -151,6 +151,13 @@ pub fn logged_in(profile: &Profile) -> Result<ApiClient> {
     Ok(api)
 }
 
+/// This device's profile and its logged-in API client, for calls that leave the engine alone.
+async fn on_server(settings: &Settings) -> Result<(Profile, ApiClient)> {
+    let opened = open_profile(settings).await?;
+    let api = logged_in(&opened.profile)?;
+    Ok((opened.profile, api))
+}
+
 /// `tessera join`.
 pub async fn join(
     settings: &Settings,
@@ -314,12 +321,11 @@ pub async fn logout(settings: &Settings) -> Result<()> {
 
 /// `tessera keys list`.
 pub async fn list_keys(settings: &Settings) -> Result<()> {
-    let opened = open_profile(settings).await?;
-    let api = logged_in(&opened.profile)?;
+    let (profile, api) = on_server(settings).await?;
     let keys = api
         .passkeys()
         .await
-        .map_err(|e| explain(e, &opened.profile.origin))?;
+        .map_err(|e| explain(e, &profile.origin))?;
     println!("{:<44}  {:<39}  ENROLLED", "ID", "FINGERPRINT");
     for key in keys {
         println!(
@@ -354,8 +360,7 @@ pub fn date(seconds: i64) -> String {
 
 /// `tessera keys add`.
 pub async fn add_key(settings: &Settings, file: &Path, label: Option<&str>) -> Result<()> {
-    let opened = open_profile(settings).await?;
-    let api = logged_in(&opened.profile)?;
+    let (profile, api) = on_server(settings).await?;
     let mut key = load_key(file)?;
     if !key.is_blank() {
         bail!(
@@ -367,7 +372,7 @@ pub async fn add_key(settings: &Settings, file: &Path, label: Option<&str>) -> R
     if !key.is_blank() {
         save_key(&key, file)?;
     }
-    let info = added.map_err(|e| explain(e, &opened.profile.origin))?;
+    let info = added.map_err(|e| explain(e, &profile.origin))?;
     println!(
         "Added key {} (fingerprint {}).",
         info.id,
@@ -378,24 +383,22 @@ pub async fn add_key(settings: &Settings, file: &Path, label: Option<&str>) -> R
 
 /// `tessera keys revoke`.
 pub async fn revoke_key(settings: &Settings, id: &str) -> Result<()> {
-    let opened = open_profile(settings).await?;
-    let api = logged_in(&opened.profile)?;
+    let (profile, api) = on_server(settings).await?;
     api.delete_passkey(id)
         .await
-        .map_err(|e| explain(e, &opened.profile.origin))?;
+        .map_err(|e| explain(e, &profile.origin))?;
     println!("Revoked key {id}.");
     Ok(())
 }
 
 /// `tessera admin invite`.
 pub async fn invite(settings: &Settings, admin: bool, ttl_secs: u64) -> Result<()> {
-    let opened = open_profile(settings).await?;
-    let api = logged_in(&opened.profile)?;
+    let (profile, api) = on_server(settings).await?;
     let role = if admin { Role::Admin } else { Role::Member };
     let invitation = api
         .create_invitation(role, ttl_secs)
         .await
-        .map_err(|e| explain(e, &opened.profile.origin))?;
+        .map_err(|e| explain(e, &profile.origin))?;
     println!("{}", invitation.url);
     eprintln!(
         "Invitation {} for a new {}, valid until {}. The link is shown only now: hand it over \
@@ -409,12 +412,11 @@ pub async fn invite(settings: &Settings, admin: bool, ttl_secs: u64) -> Result<(
 
 /// `tessera admin invitations`.
 pub async fn list_invitations(settings: &Settings) -> Result<()> {
-    let opened = open_profile(settings).await?;
-    let api = logged_in(&opened.profile)?;
+    let (profile, api) = on_server(settings).await?;
     let invitations = api
         .invitations()
         .await
-        .map_err(|e| explain(e, &opened.profile.origin))?;
+        .map_err(|e| explain(e, &profile.origin))?;
     println!("{:<36}  {:<6}  EXPIRES", "ID", "ROLE");
     for invitation in invitations {
         println!(
@@ -429,22 +431,20 @@ pub async fn list_invitations(settings: &Settings) -> Result<()> {
 
 /// `tessera admin uninvite`.
 pub async fn uninvite(settings: &Settings, id: Uuid) -> Result<()> {
-    let opened = open_profile(settings).await?;
-    let api = logged_in(&opened.profile)?;
+    let (profile, api) = on_server(settings).await?;
     api.revoke_invitation(id)
         .await
-        .map_err(|e| explain(e, &opened.profile.origin))?;
+        .map_err(|e| explain(e, &profile.origin))?;
     println!("Revoked invitation {id}.");
     Ok(())
 }
 
 /// `tessera admin revoke`.
 pub async fn revoke_member(settings: &Settings, member: Uuid) -> Result<()> {
-    let opened = open_profile(settings).await?;
-    let api = logged_in(&opened.profile)?;
+    let (profile, api) = on_server(settings).await?;
     api.revoke_member(member)
         .await
-        .map_err(|e| explain(e, &opened.profile.origin))?;
+        .map_err(|e| explain(e, &profile.origin))?;
     println!(
         "Revoked member {member}: their sessions ended; the next admin device online removes \
          their devices from the circle's group."
