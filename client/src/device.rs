@@ -239,6 +239,10 @@ impl DeviceHandle {
 /// How long a failed directory fetch waits before the next try.
 const DIRECTORY_RETRY: Duration = Duration::from_secs(2);
 
+/// How many datagrams (or commands) that are ready at once are taken before the engine's state is
+/// written: under load, one transaction covers a batch instead of each packet.
+const BATCH: usize = 64;
+
 /// The largest datagram read from the socket (WebRTC keeps under the path MTU).
 const DATAGRAM: usize = 2048;
 
@@ -279,6 +283,13 @@ impl Driver {
                 received = self.socket.recv_from(&mut buffer) => {
                     let (length, source) = received?;
                     self.links.handle_datagram(Instant::now(), source, &buffer[..length]);
+                    // Take what else has arrived before settling: one snapshot for the batch.
+                    for _ in 1..BATCH {
+                        let Ok((length, source)) = self.socket.try_recv_from(&mut buffer) else {
+                            break;
+                        };
+                        self.links.handle_datagram(Instant::now(), source, &buffer[..length]);
+                    }
                 }
                 event = self.signal.next_event() => {
                     if let Some(stopped) = self.take_signal_event(event) {
@@ -305,7 +316,19 @@ impl Driver {
                         self.settle().await?;
                         return Ok(Stopped::Requested);
                     }
-                    Some(command) => self.take_command(command),
+                    Some(command) => {
+                        self.take_command(command);
+                        for _ in 1..BATCH {
+                            match commands.try_recv() {
+                                Ok(Command::Stop) => {
+                                    self.settle().await?;
+                                    return Ok(Stopped::Requested);
+                                }
+                                Ok(command) => self.take_command(command),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                 },
                 () = tokio::time::sleep_until(wake.into()) => {
                     let now = Instant::now();

@@ -14,46 +14,21 @@ use serde_json::Value;
 /// cores.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// Runs the named test (`module::name`) again inside a fresh network namespace with only `lo` up
-/// (deleted afterwards); returns true when the caller is already inside and should run the test
+/// Runs the named test (`module::name`) again inside a fresh network namespace (see
+/// `tessera_tests::netns`); returns true when the caller is already inside and should run the test
 /// body. Every server, device and WebRTC stack of the test stays inside.
 pub fn inside_namespace(test: &str) -> bool {
-    if std::env::var_os("TESSERA_TEST_NETNS").is_some() {
-        return true;
-    }
     let _serial = ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let name = format!("tessera-{}-{}", std::process::id(), unique());
-    let ip = |args: &[&str]| {
-        let status = Command::new("ip")
-            .args(args)
-            .status()
-            .expect("run ip (iproute2)");
-        assert!(
-            status.success(),
-            "ip {args:?} failed: this test needs root and iproute2"
-        );
-    };
-    ip(&["netns", "add", &name]);
-    struct Cleanup(String);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    match tessera_tests::netns::run_inside(&["--exact", test, "--nocapture", "--test-threads", "1"])
+    {
+        None => true,
+        Some(passed) => {
+            assert!(passed, "{test} failed inside the namespace");
+            false
         }
     }
-    let _cleanup = Cleanup(name.clone());
-    ip(&["-n", &name, "link", "set", "lo", "up"]);
-    let exe = std::env::current_exe().expect("test binary");
-    let status = Command::new("ip")
-        .args(["netns", "exec", &name])
-        .arg(exe)
-        .args(["--exact", test, "--nocapture", "--test-threads", "1"])
-        .env("TESSERA_TEST_NETNS", &name)
-        .status()
-        .expect("run the test inside the namespace");
-    assert!(status.success(), "{test} failed inside the namespace");
-    false
 }
 
 /// A binary of this workspace, built next to the test binary (`cargo test --workspace` and

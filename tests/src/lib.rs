@@ -1,5 +1,7 @@
 //! Test helpers: spawn the real server on port 0 with a fresh database, and drive it with real clients and software keys.
 
+pub mod netns;
+
 use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};

@@ -1,0 +1,358 @@
+//! Load generator: two native devices — the real driver (`DeviceHandle`), their SQLite stores on
+//! disk, str0m over UDP — with the real server in this process, inside a network namespace this
+//! benchmark makes. Measures the time from login to the first peer-to-peer message (a new device,
+//! which must first be added to the group, and a device already in it), then application messages
+//! per second and MB/s over one link; next to raw openmls and raw str0m in the same run.
+//!
+//! Run: `cargo bench -p tessera-tests --bench device_link` (environment: `MESSAGES`, `LARGE`).
+//! Every phase is bounded in count and time.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use openmls::prelude::tls_codec::Deserialize as _;
+use openmls::prelude::{
+    BasicCredential, Ciphersuite, CredentialWithKey, KeyPackage, MlsGroup, MlsGroupCreateConfig,
+    MlsMessageBodyIn, MlsMessageIn, ProcessedMessageContent, ProtocolMessage, StagedWelcome,
+};
+use openmls_basic_credential::SignatureKeyPair;
+use openmls_rust_crypto::OpenMlsRustCrypto;
+use openmls_traits::OpenMlsProvider as _;
+use tessera_client::device::{Connection, DeviceHandle, Update};
+use tessera_client::identity::certify_with_soft_key;
+use tessera_client::rtc::{LinkEvent, Links};
+use tessera_client::signal::Backoff;
+use tessera_client::store::DeviceStore;
+use tessera_engine::{DeviceKey, Engine, EngineConfig, Event};
+use tessera_tests::{TestApp, TestMember};
+use tessera_wire::Role;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// The most time any phase may take.
+const TIME_LIMIT: Duration = Duration::from_secs(60);
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// 100-byte application messages per second through raw openmls: encrypt at one member, serialise,
+/// parse and decrypt at the other, on one thread (the ciphersuite the engine uses).
+fn openmls_messages_per_second() -> f64 {
+    let suite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+    let member = |name: &str| {
+        let provider = OpenMlsRustCrypto::default();
+        let signer = SignatureKeyPair::new(suite.signature_algorithm()).expect("key");
+        signer.store(provider.storage()).expect("store");
+        let credential = CredentialWithKey {
+            credential: BasicCredential::new(name.as_bytes().to_vec()).into(),
+            signature_key: signer.public().into(),
+        };
+        (provider, signer, credential)
+    };
+    let (alice_provider, alice_signer, alice_credential) = member("alice");
+    let (bob_provider, bob_signer, bob_credential) = member("bob");
+    let config = MlsGroupCreateConfig::builder()
+        .ciphersuite(suite)
+        .use_ratchet_tree_extension(true)
+        .build();
+    let mut alice =
+        MlsGroup::new(&alice_provider, &alice_signer, &config, alice_credential).expect("group");
+    let bob_package = KeyPackage::builder()
+        .build(suite, &bob_provider, &bob_signer, bob_credential)
+        .expect("key package");
+    let (_, welcome, _) = alice
+        .add_members(
+            &alice_provider,
+            &alice_signer,
+            &[bob_package.key_package().clone()],
+        )
+        .expect("add");
+    alice.merge_pending_commit(&alice_provider).expect("merge");
+    let welcome_bytes = welcome.to_bytes().expect("welcome");
+    let MlsMessageBodyIn::Welcome(welcome) = MlsMessageIn::tls_deserialize_exact(welcome_bytes)
+        .expect("parse")
+        .extract()
+    else {
+        panic!("not a welcome");
+    };
+    let mut bob =
+        StagedWelcome::new_from_welcome(&bob_provider, config.join_config(), welcome, None)
+            .and_then(|staged| staged.into_group(&bob_provider))
+            .expect("bob joins");
+    let payload = [7u8; 100];
+    let started = Instant::now();
+    let mut count = 0u32;
+    while count < 50_000 && started.elapsed() < Duration::from_secs(3) {
+        let bytes = alice
+            .create_message(&alice_provider, &alice_signer, &payload)
+            .expect("encrypt")
+            .to_bytes()
+            .expect("bytes");
+        let message: ProtocolMessage = match MlsMessageIn::tls_deserialize_exact(bytes)
+            .expect("parse")
+            .extract()
+        {
+            MlsMessageBodyIn::PrivateMessage(m) => m.into(),
+            _ => panic!("not a private message"),
+        };
+        let processed = bob
+            .process_message(&bob_provider, message)
+            .expect("decrypt");
+        assert!(matches!(
+            processed.into_content(),
+            ProcessedMessageContent::ApplicationMessage(_)
+        ));
+        count += 1;
+    }
+    f64::from(count) / started.elapsed().as_secs_f64()
+}
+
+/// MB/s of 15 KiB messages over one raw str0m data channel on loopback (both ends on this thread).
+fn str0m_megabytes_per_second() -> f64 {
+    struct End {
+        id: Uuid,
+        socket: UdpSocket,
+        links: Links,
+        up: bool,
+        received: usize,
+    }
+    let end = || {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket.set_nonblocking(true).expect("nonblocking");
+        let local: SocketAddr = socket.local_addr().expect("address");
+        End {
+            id: Uuid::new_v4(),
+            socket,
+            links: Links::new(local),
+            up: false,
+            received: 0,
+        }
+    };
+    let turn = |this: &mut End, other: &mut End| {
+        let now = Instant::now();
+        if this.links.poll_timeout().is_some_and(|t| t <= now) {
+            this.links.handle_timeout(now);
+        }
+        let mut buffer = [0u8; 2048];
+        while let Ok((n, from)) = this.socket.recv_from(&mut buffer) {
+            this.links
+                .handle_datagram(Instant::now(), from, &buffer[..n]);
+        }
+        while let Some((to, bytes)) = this.links.poll_transmit() {
+            let _ = this.socket.send_to(&bytes, to);
+        }
+        while let Some(event) = this.links.poll_event() {
+            match event {
+                LinkEvent::Negotiate { signal, .. } => other
+                    .links
+                    .apply(Instant::now(), this.id, signal)
+                    .expect("apply"),
+                LinkEvent::Up(_) => this.up = true,
+                LinkEvent::Down(_) => this.up = false,
+                LinkEvent::Data(_, bytes) => this.received += bytes.len(),
+            }
+        }
+    };
+    let (mut a, mut b) = (end(), end());
+    a.links.open(Instant::now(), b.id).expect("offer");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(a.up && b.up) {
+        assert!(Instant::now() < deadline, "the raw link did not open");
+        turn(&mut a, &mut b);
+        turn(&mut b, &mut a);
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let message = vec![9u8; 15 * 1024];
+    let total = 4_000 * message.len();
+    let started = Instant::now();
+    while b.received < total && started.elapsed() < Duration::from_secs(10) {
+        for _ in 0..16 {
+            if !a.links.send(b.id, &message) {
+                break;
+            }
+        }
+        turn(&mut a, &mut b);
+        turn(&mut b, &mut a);
+    }
+    megabytes(b.received, started.elapsed())
+}
+
+fn megabytes(bytes: usize, elapsed: Duration) -> f64 {
+    let bytes = u32::try_from(bytes).map_or(f64::from(u32::MAX), f64::from);
+    bytes / 1e6 / elapsed.as_secs_f64()
+}
+
+/// A device of `member` with a fresh certified key, its store under `dir`.
+async fn new_device(app: &TestApp, member: &mut TestMember, dir: &std::path::Path) -> DeviceHandle {
+    let origin = app.origin.origin().ascii_serialization();
+    let device = Uuid::new_v4();
+    let key = DeviceKey::generate().expect("device key");
+    let certificate = certify_with_soft_key(
+        &mut member.key,
+        &origin,
+        member.granted.member,
+        device,
+        key.public(),
+    )
+    .expect("certify");
+    let engine = Engine::new(
+        EngineConfig::new(origin, "localhost"),
+        member.granted.member,
+        device,
+        key,
+        certificate,
+    )
+    .expect("engine");
+    let store = DeviceStore::open(&dir.join(format!("{device}.db")))
+        .await
+        .expect("store");
+    start(engine, store, member).await
+}
+
+async fn start(engine: Engine, store: DeviceStore, member: &TestMember) -> DeviceHandle {
+    DeviceHandle::start(
+        engine,
+        store,
+        Connection {
+            api: member.client.clone(),
+            bind: [127, 0, 0, 1].into(),
+            backoff: Backoff::default(),
+        },
+    )
+    .await
+    .expect("the device starts")
+}
+
+/// Counts the messages a device receives, on a task of its own.
+fn count_received(mut device: DeviceHandle) -> watch::Receiver<usize> {
+    let (count, counted) = watch::channel(0);
+    tokio::spawn(async move {
+        let mut received = 0;
+        while let Some(update) = device.next_update().await {
+            if let Update::Engine(Event::Message {
+                outgoing: false, ..
+            }) = update
+            {
+                received += 1;
+                let _ = count.send(received);
+            }
+        }
+    });
+    counted
+}
+
+async fn wait_count(counted: &mut watch::Receiver<usize>, at_least: usize) {
+    tokio::time::timeout(TIME_LIMIT, counted.wait_for(|n| *n >= at_least))
+        .await
+        .expect("the messages arrive in time")
+        .expect("the receiving device runs");
+}
+
+async fn wait_in_group(device: &DeviceHandle) {
+    let deadline = Instant::now() + TIME_LIMIT;
+    while device.status().await.expect("status").epoch.is_none() {
+        assert!(Instant::now() < deadline, "the device never joined");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn devices() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let app = TestApp::spawn().await;
+    let mut admin = app.admin().await;
+    let mut bob = app.invite(&admin, Role::Member, "bob").await;
+    let a = new_device(&app, &mut admin, dir.path()).await;
+    wait_in_group(&a).await;
+    let mut received = count_received(a);
+
+    // A new device: login, be added to the group, open the link, send.
+    let started = Instant::now();
+    bob.client.login(&mut bob.key).await.expect("login");
+    let b = new_device(&app, &mut bob, dir.path()).await;
+    wait_in_group(&b).await;
+    b.send_text("first").await.expect("send");
+    wait_count(&mut received, 1).await;
+    let first_new = started.elapsed();
+
+    // A device already in the group, restarted from its store.
+    let device = b.status().await.expect("status").device;
+    b.stop().await.expect("stop");
+    let store = DeviceStore::open(&dir.path().join(format!("{device}.db")))
+        .await
+        .expect("store");
+    let (state, mls) = store.load().await.expect("load").expect("saved");
+    let started = Instant::now();
+    bob.client.login(&mut bob.key).await.expect("login");
+    let engine = Engine::restore(
+        EngineConfig::new(app.origin.origin().ascii_serialization(), "localhost"),
+        &state,
+        mls,
+    )
+    .expect("restore");
+    let b = start(engine, store, &bob).await;
+    b.send_text("again").await.expect("send");
+    wait_count(&mut received, 2).await;
+    let first_existing = started.elapsed();
+
+    let small = env_number("MESSAGES", 1_000);
+    let text = "x".repeat(100);
+    let started = Instant::now();
+    for _ in 0..small {
+        b.send_text(&text).await.expect("send");
+    }
+    wait_count(&mut received, 2 + small).await;
+    let small_elapsed = started.elapsed();
+
+    let large = env_number("LARGE", 100);
+    let text = "y".repeat(16 * 1024);
+    let started = Instant::now();
+    for _ in 0..large {
+        b.send_text(&text).await.expect("send");
+    }
+    wait_count(&mut received, 2 + small + large).await;
+    let large_elapsed = started.elapsed();
+
+    println!(
+        "login → first peer-to-peer message, new device (joins the group first): {:.0} ms",
+        first_new.as_secs_f64() * 1e3
+    );
+    println!(
+        "login → first peer-to-peer message, device already in the group: {:.0} ms",
+        first_existing.as_secs_f64() * 1e3
+    );
+    println!(
+        "engine over one link, {small} × 100-byte messages: {:.0} msgs/s",
+        f64::from(u32::try_from(small).unwrap_or(u32::MAX)) / small_elapsed.as_secs_f64()
+    );
+    println!(
+        "engine over one link, {large} × 16 KiB messages: {:.2} MB/s",
+        megabytes(large * 16 * 1024, large_elapsed)
+    );
+    b.stop().await.expect("stop");
+}
+
+fn main() {
+    // WebRTC stays inside a namespace of its own.
+    if let Some(passed) = tessera_tests::netns::run_inside(&[]) {
+        assert!(passed, "the benchmark failed inside its namespace");
+        return;
+    }
+    println!(
+        "raw openmls, 100-byte messages (encrypt + decrypt): {:.0} msgs/s",
+        openmls_messages_per_second()
+    );
+    println!(
+        "raw str0m, 15 KiB messages over one data channel: {:.1} MB/s",
+        str0m_megabytes_per_second()
+    );
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(devices());
+}
