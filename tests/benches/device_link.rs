@@ -24,20 +24,13 @@ use tessera_client::rtc::{LinkEvent, Links};
 use tessera_client::signal::Backoff;
 use tessera_client::store::DeviceStore;
 use tessera_engine::{DeviceKey, Engine, EngineConfig, Event};
-use tessera_tests::{TestApp, TestMember};
+use tessera_tests::{TestApp, TestMember, env_number};
 use tessera_wire::Role;
 use tokio::sync::watch;
 use uuid::Uuid;
 
 /// The most time any phase may take.
 const TIME_LIMIT: Duration = Duration::from_secs(60);
-
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// 100-byte application messages per second through raw openmls: encrypt at one member, serialise,
 /// parse and decrypt at the other, on one thread (the ciphersuite the engine uses).

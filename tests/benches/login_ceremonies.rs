@@ -13,18 +13,11 @@ use cpu_time::{ProcessTime, ThreadTime};
 use p256::ecdsa::signature::{Signer as _, Verifier as _};
 use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
 use p256::elliptic_curve::Generate as _;
-use tessera_tests::{TestApp, TestMember};
+use tessera_tests::{TestApp, TestMember, env_number};
 use tessera_wire::Role;
 
 /// The most time any phase may take.
 const TIME_LIMIT: Duration = Duration::from_secs(60);
-
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Raw ES256 verifications per CPU-second on this thread.
 fn es256_verifications_per_second() -> f64 {

@@ -333,3 +333,12 @@ impl WsClient {
         }
     }
 }
+
+/// A benchmark's size from the environment variable `name`, else `default`.
+#[must_use]
+pub fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
