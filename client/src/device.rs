@@ -160,7 +160,6 @@ impl DeviceHandle {
             connected: false,
             updates: updates_tx,
             directory_tx,
-            directory_wanted: false,
             directory_fetching: false,
             directory_retry: None,
         };
@@ -256,7 +255,6 @@ struct Driver {
     connected: bool,
     updates: mpsc::UnboundedSender<Update>,
     directory_tx: mpsc::Sender<Result<Vec<MemberInfo>, String>>,
-    directory_wanted: bool,
     directory_fetching: bool,
     directory_retry: Option<Instant>,
 }
@@ -301,7 +299,7 @@ impl Driver {
                     self.directory_fetching = false;
                     match fetched {
                         Some(Ok(members)) => {
-                            self.directory_wanted = false;
+                            self.directory_retry = None;
                             self.engine.handle_directory(Instant::now(), members);
                         }
                         Some(Err(reason)) => {
@@ -311,25 +309,21 @@ impl Driver {
                         None => {}
                     }
                 }
-                command = commands.recv() => match command {
-                    None | Some(Command::Stop) => {
-                        self.settle().await?;
-                        return Ok(Stopped::Requested);
-                    }
-                    Some(command) => {
-                        self.take_command(command);
-                        for _ in 1..BATCH {
-                            match commands.try_recv() {
-                                Ok(Command::Stop) => {
-                                    self.settle().await?;
-                                    return Ok(Stopped::Requested);
-                                }
-                                Ok(command) => self.take_command(command),
-                                Err(_) => break,
-                            }
+                command = commands.recv() => {
+                    // This command and what else is queued, up to a batch, before settling.
+                    let mut command = command;
+                    for _ in 0..BATCH {
+                        let Some(next) = command.filter(|c| !matches!(c, Command::Stop)) else {
+                            self.settle().await?;
+                            return Ok(Stopped::Requested);
+                        };
+                        self.take_command(next);
+                        match commands.try_recv() {
+                            Ok(more) => command = Some(more),
+                            Err(_) => break,
                         }
                     }
-                },
+                }
                 () = tokio::time::sleep_until(wake.into()) => {
                     let now = Instant::now();
                     self.links.handle_timeout(now);
@@ -469,10 +463,7 @@ impl Driver {
             }
             Output::Link(LinkCommand::Close { device }) => self.links.close(device),
             Output::Event(event) => self.report(Update::Engine(event)),
-            Output::FetchDirectory => {
-                self.directory_wanted = true;
-                self.fetch_directory();
-            }
+            Output::FetchDirectory => self.fetch_directory(),
         }
     }
 
@@ -496,9 +487,10 @@ impl Driver {
         }
     }
 
-    /// Fetches the directory in the background; the answer comes back through the run loop.
+    /// Fetches the directory in the background (asked by the engine, or again after a failure);
+    /// the answer comes back through the run loop.
     fn fetch_directory(&mut self) {
-        if !self.directory_wanted || self.directory_fetching {
+        if self.directory_fetching {
             return;
         }
         self.directory_fetching = true;

@@ -7,7 +7,6 @@
 //! Run: `cargo bench -p tessera-tests --bench device_link` (environment: `MESSAGES`, `LARGE`).
 //! Every phase is bounded in count and time.
 
-use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use openmls::prelude::tls_codec::Deserialize as _;
@@ -20,10 +19,10 @@ use openmls_rust_crypto::OpenMlsRustCrypto;
 use openmls_traits::OpenMlsProvider as _;
 use tessera_client::device::{Connection, DeviceHandle, Update};
 use tessera_client::identity::certify_with_soft_key;
-use tessera_client::rtc::{LinkEvent, Links};
 use tessera_client::signal::Backoff;
 use tessera_client::store::DeviceStore;
 use tessera_engine::{DeviceKey, Engine, EngineConfig, Event};
+use tessera_tests::loopback::{Side, run};
 use tessera_tests::{TestApp, TestMember, env_number};
 use tessera_wire::Role;
 use tokio::sync::watch;
@@ -106,72 +105,27 @@ fn openmls_messages_per_second() -> f64 {
 
 /// MB/s of 15 KiB messages over one raw str0m data channel on loopback (both ends on this thread).
 fn str0m_megabytes_per_second() -> f64 {
-    struct End {
-        id: Uuid,
-        socket: UdpSocket,
-        links: Links,
-        up: bool,
-        received: usize,
-    }
-    let end = || {
-        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        socket.set_nonblocking(true).expect("nonblocking");
-        let local: SocketAddr = socket.local_addr().expect("address");
-        End {
-            id: Uuid::new_v4(),
-            socket,
-            links: Links::new(local),
-            up: false,
-            received: 0,
-        }
-    };
-    let turn = |this: &mut End, other: &mut End| {
-        let now = Instant::now();
-        if this.links.poll_timeout().is_some_and(|t| t <= now) {
-            this.links.handle_timeout(now);
-        }
-        let mut buffer = [0u8; 2048];
-        while let Ok((n, from)) = this.socket.recv_from(&mut buffer) {
-            this.links
-                .handle_datagram(Instant::now(), from, &buffer[..n]);
-        }
-        while let Some((to, bytes)) = this.links.poll_transmit() {
-            let _ = this.socket.send_to(&bytes, to);
-        }
-        while let Some(event) = this.links.poll_event() {
-            match event {
-                LinkEvent::Negotiate { signal, .. } => other
-                    .links
-                    .apply(Instant::now(), this.id, signal)
-                    .expect("apply"),
-                LinkEvent::Up(_) => this.up = true,
-                LinkEvent::Down(_) => this.up = false,
-                LinkEvent::Data(_, bytes) => this.received += bytes.len(),
-            }
-        }
-    };
-    let (mut a, mut b) = (end(), end());
+    let (mut a, mut b) = (Side::new(), Side::new());
     a.links.open(Instant::now(), b.id).expect("offer");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !(a.up && b.up) {
-        assert!(Instant::now() < deadline, "the raw link did not open");
-        turn(&mut a, &mut b);
-        turn(&mut b, &mut a);
-        std::thread::sleep(Duration::from_micros(200));
-    }
+    run(&mut a, &mut b, |a, b| a.up && b.up);
+    assert!(a.up && b.up, "the raw link did not open");
     let message = vec![9u8; 15 * 1024];
     let total = 4_000 * message.len();
+    let mut received = 0;
     let started = Instant::now();
-    while b.received < total && started.elapsed() < Duration::from_secs(10) {
+    while received < total && started.elapsed() < Duration::from_secs(10) {
         for _ in 0..16 {
             if !a.links.send(b.id, &message) {
                 break;
             }
         }
-        turn(&mut a, &mut b);
-        turn(&mut b, &mut a);
+        assert!(
+            a.turn().is_empty() && b.turn().is_empty(),
+            "no renegotiation"
+        );
+        received += b.received.drain(..).map(|m| m.len()).sum::<usize>();
     }
-    megabytes(b.received, started.elapsed())
+    megabytes(received, started.elapsed())
 }
 
 fn megabytes(bytes: usize, elapsed: Duration) -> f64 {

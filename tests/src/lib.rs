@@ -1,5 +1,6 @@
 //! Test helpers: spawn the real server on port 0 with a fresh database, and drive it with real clients and software keys.
 
+pub mod loopback;
 pub mod netns;
 
 use std::io::Write;

@@ -313,7 +313,8 @@ pub async fn chat(settings: &Settings, json_lines: bool) -> Result<()> {
             }
         }
     }
-    drop(opened);
+    // The data directory stays locked until the device has written its last
+    // snapshot and stopped.
     stopped(device).await
 }
 
@@ -334,7 +335,10 @@ fn print_group(status: &Status) {
 
 /// `tessera send`.
 pub async fn send(settings: &Settings, text: &str, wait: Duration) -> Result<()> {
-    let Running { opened, mut device } = start(settings).await?;
+    let Running {
+        opened: _lock,
+        mut device,
+    } = start(settings).await?;
     let deadline = Instant::now() + wait;
     let mut status = device.status().await.map_err(anyhow::Error::msg)?;
     while !(status.connected && status.epoch.is_some()) {
@@ -345,7 +349,6 @@ pub async fn send(settings: &Settings, text: &str, wait: Duration) -> Result<()>
             } else {
                 "the server cannot be reached, so no peer link can be set up"
             };
-            drop(opened);
             stopped(device).await?;
             bail!("not sent: {why}");
         }
@@ -373,7 +376,8 @@ pub async fn send(settings: &Settings, text: &str, wait: Duration) -> Result<()>
              when this device and they are online together (e.g. while `tessera chat` runs)."
         );
     }
-    drop(opened);
+    // The data directory stays locked until the device has written its last
+    // snapshot and stopped.
     stopped(device).await
 }
 
