@@ -147,7 +147,7 @@ impl DeviceHandle {
             engine.device(),
             connection.backoff,
         );
-        let (commands, commands_rx) = mpsc::channel(64);
+        let (commands, commands_rx) = mpsc::channel(COMMAND_QUEUE);
         let (updates_tx, updates) = mpsc::unbounded_channel();
         let (directory_tx, directory_rx) = mpsc::channel(4);
         let driver = Driver {
@@ -239,8 +239,12 @@ impl DeviceHandle {
 const DIRECTORY_RETRY: Duration = Duration::from_secs(2);
 
 /// How many datagrams (or commands) that are ready at once are taken before the engine's state is
-/// written: under load, one transaction covers a batch instead of each packet.
-const BATCH: usize = 64;
+/// written: under load, one transaction covers a batch instead of each packet. Smaller than
+/// [`COMMAND_QUEUE`], so a full queue is served in more than one batch.
+const BATCH: usize = 32;
+
+/// Commands of the user interface waiting for the device; past this, senders wait.
+const COMMAND_QUEUE: usize = 64;
 
 /// The largest datagram read from the socket (WebRTC keeps under the path MTU).
 const DATAGRAM: usize = 2048;
@@ -311,17 +315,21 @@ impl Driver {
                 }
                 command = commands.recv() => {
                     // This command and what else is queued, up to a batch, before settling.
-                    let mut command = command;
-                    for _ in 0..BATCH {
-                        let Some(next) = command.filter(|c| !matches!(c, Command::Stop)) else {
+                    let mut next = command;
+                    for taken in 1..=BATCH {
+                        let Some(command) = next.filter(|c| !matches!(c, Command::Stop)) else {
                             self.settle().await?;
                             return Ok(Stopped::Requested);
                         };
-                        self.take_command(next);
-                        match commands.try_recv() {
-                            Ok(more) => command = Some(more),
-                            Err(_) => break,
+                        self.take_command(command);
+                        // Nothing is taken from the queue past the batch: what is taken is answered.
+                        if taken == BATCH {
+                            break;
                         }
+                        next = match commands.try_recv() {
+                            Ok(more) => Some(more),
+                            Err(_) => break,
+                        };
                     }
                 }
                 () = tokio::time::sleep_until(wake.into()) => {

@@ -1,35 +1,13 @@
 //! The device's local store on a real SQLite file: an engine saved, the file closed and opened
 //! again, the engine restored; the history keeps each message once.
 
+mod common;
+
+use common::engine;
 use tessera_client::store::DeviceStore;
-use tessera_engine::identity::DeviceCertificate;
-use tessera_engine::payload::b64;
-use tessera_engine::{ChatMessage, DeviceKey, Engine, EngineConfig, Event};
+use tessera_engine::{ChatMessage, Engine, EngineConfig, Event};
 use uuid::Uuid;
 use web_time::Instant;
-
-fn engine() -> Engine {
-    let (member, device) = (Uuid::new_v4(), Uuid::new_v4());
-    let key = DeviceKey::generate().expect("key");
-    // The engine only checks that the certificate is for its key; peers check the rest.
-    let certificate = DeviceCertificate {
-        member,
-        device,
-        device_key: b64(key.public()),
-        credential_id: b64(b"credential"),
-        authenticator_data: b64(&[0; 37]),
-        client_data_json: b64(b"{}"),
-        signature: b64(b"signature"),
-    };
-    Engine::new(
-        EngineConfig::new("http://localhost:8080", "localhost"),
-        member,
-        device,
-        key,
-        certificate,
-    )
-    .expect("engine")
-}
 
 fn message(text: &str, sent_at: i64) -> ChatMessage {
     ChatMessage {
