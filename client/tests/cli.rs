@@ -190,3 +190,45 @@ fn a_device_in_use_is_refused_to_a_second_process() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_malformed_config_file_is_refused_by_name() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("config.toml");
+    let config_arg = config.display().to_string();
+    for (content, expected) in [
+        ("server = [", "is not valid"),
+        ("servre = \"http://localhost:8080\"", "unknown field"),
+        ("bind = \"not an address\"", "is not valid"),
+    ] {
+        std::fs::write(&config, content).expect("write");
+        let out = tessera(dir.path(), &["--config", &config_arg, "history"]);
+        assert!(!out.status.success(), "{content} accepted");
+        let message = stderr(&out);
+        assert!(
+            message.contains(&config_arg) && message.contains(expected),
+            "{content}: {message}"
+        );
+        assert!(!dir.path().join("device").exists(), "nothing was created");
+    }
+    let missing = dir.path().join("missing.toml").display().to_string();
+    let out = tessera(dir.path(), &["--config", &missing, "history"]);
+    assert!(
+        stderr(&out).contains("cannot read the config file"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn reading_the_history_of_no_device_creates_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = tessera(dir.path(), &["history"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("holds no device yet"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dir.path().join("device").join("device.db").exists());
+}

@@ -415,10 +415,7 @@ pub async fn set_name(settings: &Settings, name: &str) -> Result<()> {
 
 /// `tessera history` (needs no lock: it only reads).
 pub async fn history(settings: &Settings, limit: u32) -> Result<()> {
-    let store = DeviceStore::open(&settings.store_path()).await?;
-    let Some(profile) = store.profile().await? else {
-        bail!("this data directory holds no device yet: run `tessera join <invitation-link>`");
-    };
+    let Opened { store, profile, .. } = account::open_profile(settings).await?;
     let names = restore(&store, &profile.origin, &profile.rp_id)
         .await?
         .display_names();
