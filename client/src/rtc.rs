@@ -1,6 +1,8 @@
 //! WebRTC data channels to peer devices with str0m, sans-IO: one `Rtc` per peer device, all over
 //! one UDP socket (datagrams go to the `Rtc` that accepts them). The engine decides which links to
-//! open; their negotiation travels MLS-protected through the engine (`LinkCommand::Rtc`).
+//! open; their negotiation travels MLS-protected through the engine (`LinkCommand::Rtc`). What
+//! the data channel cannot take yet waits in a bounded queue per link and goes out as the SCTP
+//! buffer drains (str0m's buffered-amount-low event), instead of being dropped.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -15,6 +17,13 @@ use uuid::Uuid;
 
 /// The data channel's label.
 const LABEL: &str = "tessera";
+
+/// Bytes waiting for the data channel, per link, past which further messages are refused (the
+/// engine's outbox sends them again later). The engine's window keeps it far below this.
+const QUEUE_LIMIT: usize = 8 * 1024 * 1024;
+
+/// The SCTP buffer's level at which str0m says the channel can take more.
+const LOW_WATER: usize = 32 * 1024;
 
 /// What happened on the links.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +64,40 @@ struct Peer {
     pending: Option<SdpPendingOffer>,
     timeout: Option<Instant>,
     up: bool,
+    /// Messages the data channel could not take yet, oldest first, and their bytes.
+    queue: VecDeque<Vec<u8>>,
+    queued: usize,
+}
+
+impl Peer {
+    fn new(rtc: Rtc, channel: Option<ChannelId>, pending: Option<SdpPendingOffer>) -> Peer {
+        Peer {
+            rtc,
+            channel,
+            pending,
+            timeout: None,
+            up: false,
+            queue: VecDeque::new(),
+            queued: 0,
+        }
+    }
+
+    /// Hands queued messages to the data channel while it takes them; whether any went.
+    fn write_queued(&mut self) -> bool {
+        let Some(mut channel) = self.channel.and_then(|id| self.rtc.channel(id)) else {
+            return false;
+        };
+        let mut wrote = false;
+        while let Some(bytes) = self.queue.front() {
+            if !matches!(channel.write(true, bytes), Ok(true)) {
+                break;
+            }
+            self.queued -= bytes.len();
+            self.queue.pop_front();
+            wrote = true;
+        }
+        wrote
+    }
 }
 
 /// Every link of one device, over one UDP socket at `local`.
@@ -112,16 +155,8 @@ impl Links {
                 sdp: offer.to_sdp_string(),
             },
         });
-        self.peers.insert(
-            device,
-            Peer {
-                rtc,
-                channel: Some(channel),
-                pending: Some(pending),
-                timeout: None,
-                up: false,
-            },
-        );
+        self.peers
+            .insert(device, Peer::new(rtc, Some(channel), Some(pending)));
         self.drain(device);
         Ok(())
     }
@@ -149,16 +184,7 @@ impl Links {
                         sdp: answer.to_sdp_string(),
                     },
                 });
-                self.peers.insert(
-                    device,
-                    Peer {
-                        rtc,
-                        channel: None,
-                        pending: None,
-                        timeout: None,
-                        up: false,
-                    },
-                );
+                self.peers.insert(device, Peer::new(rtc, None, None));
             }
             RtcSignal::Answer { sdp } => {
                 let answer =
@@ -182,20 +208,28 @@ impl Links {
         Ok(())
     }
 
-    /// Puts `bytes` on the data channel to `device`; false when the link is not up.
+    /// Puts `bytes` on the data channel to `device`, or in its queue while the channel's buffer is
+    /// full; false when the link is not up or its queue is full (the message is not sent).
     pub fn send(&mut self, device: Uuid, bytes: &[u8]) -> bool {
-        let Some(peer) = self.peers.get_mut(&device) else {
+        let Some(peer) = self.peers.get_mut(&device).filter(|p| p.up) else {
             return false;
         };
-        let Some(id) = peer.channel.filter(|_| peer.up) else {
+        if peer.queued + bytes.len() > QUEUE_LIMIT {
             return false;
-        };
-        let written = peer
-            .rtc
-            .channel(id)
-            .is_some_and(|mut channel| matches!(channel.write(true, bytes), Ok(true)));
-        self.drain(device);
-        written
+        }
+        peer.queue.push_back(bytes.to_vec());
+        peer.queued += bytes.len();
+        if peer.queue.len() == 1 {
+            peer.write_queued();
+            self.drain(device);
+        }
+        true
+    }
+
+    /// Bytes waiting in the queue to `device` (not yet taken by its data channel).
+    #[must_use]
+    pub fn queued(&self, device: Uuid) -> usize {
+        self.peers.get(&device).map_or(0, |p| p.queued)
     }
 
     /// Closes the link to `device`.
@@ -275,6 +309,7 @@ impl Links {
             return;
         };
         let mut down = false;
+        let mut writable = false;
         loop {
             if !peer.rtc.is_alive() {
                 down = true;
@@ -283,6 +318,10 @@ impl Links {
             match peer.rtc.poll_output() {
                 Ok(Output::Timeout(at)) => {
                     peer.timeout = Some(at);
+                    // Queued messages the channel now takes produce more output.
+                    if std::mem::take(&mut writable) && peer.write_queued() {
+                        continue;
+                    }
                     break;
                 }
                 Ok(Output::Transmit(t)) => {
@@ -293,8 +332,12 @@ impl Links {
                     Event::ChannelOpen(id, _) => {
                         peer.channel = Some(id);
                         peer.up = true;
+                        if let Some(mut channel) = peer.rtc.channel(id) {
+                            channel.set_buffered_amount_low_threshold(LOW_WATER);
+                        }
                         self.events.push_back(LinkEvent::Up(device));
                     }
+                    Event::ChannelBufferedAmountLow(_) => writable = true,
                     Event::ChannelData(data) => {
                         self.events.push_back(LinkEvent::Data(device, data.data));
                     }

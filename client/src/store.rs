@@ -1,13 +1,14 @@
-//! The device's local store in SQLite (sqlx): the engine's snapshots (its state and MLS's
-//! key-value pairs) and the message history, each snapshot written in one transaction before the
+//! The device's local store in SQLite (sqlx): the engine's snapshots (its state, MLS's key-value
+//! pairs and the outbox, one row per message) and the message history, each snapshot written in one transaction before the
 //! outputs that followed it are acted on, so a crash loses nothing acknowledged.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row as _, SqlitePool};
-use tessera_engine::{ChatMessage, Event, Snapshot};
+use tessera_engine::delivery::{OutboxChange, Queued};
+use tessera_engine::{ChatMessage, Event, Snapshot, Stored};
 use tessera_wire::Role;
 use uuid::Uuid;
 
@@ -60,9 +61,6 @@ pub struct Profile {
     pub key_file: Option<String>,
 }
 
-/// The engine as saved: its state and MLS's key-value pairs.
-pub type SavedEngine = (Vec<u8>, HashMap<Vec<u8>, Vec<u8>>);
-
 /// One device's local store.
 #[derive(Debug, Clone)]
 pub struct DeviceStore {
@@ -94,7 +92,7 @@ impl DeviceStore {
     ///
     /// # Errors
     /// When SQLite fails.
-    pub async fn load(&self) -> Result<Option<SavedEngine>, StoreError> {
+    pub async fn load(&self) -> Result<Option<Stored>, StoreError> {
         let Some(state): Option<Vec<u8>> =
             sqlx::query_scalar("SELECT state FROM engine WHERE id = 1")
                 .fetch_optional(&self.pool)
@@ -109,7 +107,28 @@ impl DeviceStore {
             .into_iter()
             .map(|r| (r.get::<Vec<u8>, _>(0), r.get::<Vec<u8>, _>(1)))
             .collect();
-        Ok(Some((state, mls)))
+        let rows = sqlx::query("SELECT peer, seq, tag, message FROM outbox")
+            .fetch_all(&self.pool)
+            .await?;
+        let uuid = |text: &str| Uuid::parse_str(text).map_err(|_| StoreError::Malformed("outbox"));
+        let mut outbox = BTreeMap::new();
+        for r in rows {
+            let peer = uuid(r.get(0))?;
+            let seq =
+                u64::try_from(r.get::<i64, _>(1)).map_err(|_| StoreError::Malformed("outbox"))?;
+            let tag = r.get::<Option<&str>, _>(2).map(uuid).transpose()?;
+            let message = r.get(3);
+            outbox.insert(
+                (peer, seq),
+                Queued {
+                    peer,
+                    seq,
+                    tag,
+                    message,
+                },
+            );
+        }
+        Ok(Some(Stored { state, mls, outbox }))
     }
 
     /// Writes a snapshot and the history the events carry, in one transaction.
@@ -140,6 +159,26 @@ impl DeviceStore {
                 None => {
                     sqlx::query("DELETE FROM mls WHERE key = ?")
                         .bind(key)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
+        for change in &snapshot.outbox {
+            match change {
+                OutboxChange::Put(row) => {
+                    sqlx::query("INSERT INTO outbox (peer, seq, tag, message) VALUES (?, ?, ?, ?)")
+                        .bind(row.peer.to_string())
+                        .bind(sql_seq(row.seq)?)
+                        .bind(row.tag.map(|t| t.to_string()))
+                        .bind(&row.message)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                OutboxChange::Delete { peer, seq } => {
+                    sqlx::query("DELETE FROM outbox WHERE peer = ? AND seq = ?")
+                        .bind(peer.to_string())
+                        .bind(sql_seq(*seq)?)
                         .execute(&mut *tx)
                         .await?;
                 }
@@ -258,4 +297,9 @@ impl DeviceStore {
             })
             .collect()
     }
+}
+
+/// A sequence number as SQLite's integer.
+fn sql_seq(seq: u64) -> Result<i64, StoreError> {
+    i64::try_from(seq).map_err(|_| StoreError::Malformed("outbox sequence number"))
 }

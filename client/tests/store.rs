@@ -5,7 +5,8 @@ mod common;
 
 use common::engine;
 use tessera_client::store::DeviceStore;
-use tessera_engine::{ChatMessage, Engine, EngineConfig, Event};
+use tessera_engine::delivery::{OutboxChange, Queued};
+use tessera_engine::{ChatMessage, Engine, EngineConfig, Event, Snapshot, Stored};
 use uuid::Uuid;
 use web_time::Instant;
 
@@ -60,11 +61,10 @@ async fn an_engine_and_its_history_survive_closing_the_store() {
             .expect("save again");
     }
     let store = DeviceStore::open(&path).await.expect("reopen");
-    let (state, mls) = store.load().await.expect("load").expect("saved");
+    let stored = store.load().await.expect("load").expect("saved");
     let restored = Engine::restore(
         EngineConfig::new("http://localhost:8080", "localhost"),
-        &state,
-        mls,
+        stored,
     )
     .expect("restore");
     assert_eq!((restored.member(), restored.device()), (member, device));
@@ -86,8 +86,61 @@ async fn an_engine_and_its_history_survive_closing_the_store() {
 async fn a_corrupt_saved_state_is_refused_not_half_restored() {
     let result = Engine::restore(
         EngineConfig::new("http://localhost:8080", "localhost"),
-        b"not cbor",
-        std::collections::HashMap::new(),
+        Stored {
+            state: b"not cbor".to_vec(),
+            ..Stored::default()
+        },
     );
     assert!(result.is_err());
+}
+
+#[tokio::test]
+async fn the_outbox_is_kept_row_by_row_across_snapshots() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = DeviceStore::open(&dir.path().join("device.sqlite"))
+        .await
+        .expect("open");
+    let mut engine = engine();
+    let state = engine.take_snapshot().expect("encode").expect("changed");
+    let (peer, tag) = (Uuid::new_v4(), Uuid::new_v4());
+    let row = |seq: u64, tag: Option<Uuid>| Queued {
+        peer,
+        seq,
+        tag,
+        message: format!("ciphertext {seq}").into_bytes(),
+    };
+    let snapshot = |outbox: Vec<OutboxChange>| Snapshot {
+        state: state.state.clone(),
+        mls: state.mls.clone(),
+        outbox,
+    };
+    store
+        .save(
+            &snapshot(vec![
+                OutboxChange::Put(row(0, Some(tag))),
+                OutboxChange::Put(row(1, None)),
+                OutboxChange::Put(row(2, None)),
+            ]),
+            &[],
+        )
+        .await
+        .expect("save");
+    store
+        .save(&snapshot(vec![OutboxChange::Delete { peer, seq: 1 }]), &[])
+        .await
+        .expect("save");
+    let stored = store.load().await.expect("load").expect("saved");
+    assert_eq!(
+        stored.outbox.into_values().collect::<Vec<_>>(),
+        vec![row(0, Some(tag)), row(2, None)],
+        "the acknowledged row is gone, the others intact"
+    );
+    // A snapshot that cannot be written as a whole writes nothing: the same row twice.
+    let twice = snapshot(vec![
+        OutboxChange::Delete { peer, seq: 0 },
+        OutboxChange::Put(row(2, None)),
+    ]);
+    assert!(store.save(&twice, &[]).await.is_err());
+    let stored = store.load().await.expect("load").expect("saved");
+    assert_eq!(stored.outbox.len(), 2, "the delete was rolled back too");
 }

@@ -231,13 +231,12 @@ async fn devices() {
     let store = DeviceStore::open(&dir.path().join(format!("{device}.db")))
         .await
         .expect("store");
-    let (state, mls) = store.load().await.expect("load").expect("saved");
+    let stored = store.load().await.expect("load").expect("saved");
     let started = Instant::now();
     bob.client.login(&mut bob.key).await.expect("login");
     let engine = Engine::restore(
         EngineConfig::new(app.origin.origin().ascii_serialization(), "localhost"),
-        &state,
-        mls,
+        stored,
     )
     .expect("restore");
     let b = start(engine, store, &bob).await;

@@ -1,6 +1,8 @@
 //! Reliable delivery between devices over links that lose, repeat and reorder: message ids, chunking,
-//! acknowledgements, an outbox resent until acknowledged, duplicate suppression and per-sender order.
-//! Sans-IO: it is fed packets and time, and drained for packets to send and messages to show.
+//! acknowledgements, an outbox resent until acknowledged, duplicate suppression and per-sender order,
+//! and a window that bounds the bytes in flight per peer so a burst waits in the outbox instead of
+//! flooding the link. Sans-IO: it is fed packets and time, and drained for packets to send,
+//! messages to show and the outbox rows to store.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -43,8 +45,12 @@ pub struct DeliveryConfig {
     pub max_message_bytes: usize,
     /// How far ahead of the next expected message a receiver keeps messages.
     pub receive_window: u64,
-    /// How long an unacknowledged message waits before it is sent again.
+    /// How long an unacknowledged message waits before it is sent again (once per window of
+    /// bytes it spans: a large message is given the time to cross).
     pub resend_after: Duration,
+    /// Bytes sent and not yet acknowledged, per peer, past which further messages wait in the
+    /// outbox (a larger message still goes, alone).
+    pub window_bytes: usize,
 }
 
 impl Default for DeliveryConfig {
@@ -54,6 +60,7 @@ impl Default for DeliveryConfig {
             max_message_bytes: 64 * 1024 * 1024,
             receive_window: 1024,
             resend_after: Duration::from_secs(2),
+            window_bytes: 1024 * 1024,
         }
     }
 }
@@ -67,10 +74,38 @@ pub enum SendError {
     TooLarge(usize),
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// A message in the outbox, as the local store keeps it (one row each).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queued {
+    /// The device it is for.
+    pub peer: Uuid,
+    /// Its sequence number towards that device.
+    pub seq: Seq,
+    /// The caller's name for it, handed back when it is acknowledged.
+    pub tag: Option<Uuid>,
+    /// The message.
+    pub message: Vec<u8>,
+}
+
+/// A change to the stored outbox since the last [`Delivery::take_outbox_changes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboxChange {
+    /// A message to keep.
+    Put(Queued),
+    /// A message acknowledged (or its peer gone): delete its row.
+    Delete {
+        /// The device it was for.
+        peer: Uuid,
+        /// Its sequence number.
+        seq: Seq,
+    },
+}
+
+#[derive(Debug)]
 struct Outgoing {
-    chunks: Vec<Vec<u8>>,
-    #[serde(skip)]
+    tag: Option<Uuid>,
+    message: Vec<u8>,
+    /// When it is sent again; `None` while it waits (link down, or the window is full).
     due: Option<Instant>,
 }
 
@@ -84,16 +119,24 @@ struct Assembling {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Peer {
     next_seq: Seq,
+    /// Stored row by row (see [`OutboxChange`]), not with the rest.
+    #[serde(skip)]
     outbox: BTreeMap<Seq, Outgoing>,
+    /// Bytes of the outbox sent and not yet acknowledged.
+    #[serde(skip)]
+    in_flight: usize,
     #[serde(skip)]
     link_up: bool,
     next_expected: Seq,
+    /// Not stored: nothing of a partial message was acknowledged, so the sender sends it again.
+    #[serde(skip)]
     assembling: BTreeMap<Seq, Assembling>,
     complete: BTreeMap<Seq, Vec<u8>>,
 }
 
 /// The delivery state of one device towards all its peers. It serialises (for the local store)
-/// without its configuration, its links and the packets not yet taken.
+/// without its configuration, its links, the packets not yet taken and its outbox, which is
+/// stored row by row through [`Delivery::take_outbox_changes`].
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Delivery {
     #[serde(skip)]
@@ -102,7 +145,10 @@ pub struct Delivery {
     #[serde(skip)]
     transmit: VecDeque<(Uuid, Packet)>,
     delivered: VecDeque<(Uuid, Seq, Vec<u8>)>,
-    acknowledged: VecDeque<(Uuid, Seq)>,
+    acknowledged: VecDeque<(Uuid, Seq, Option<Uuid>)>,
+    /// Outbox rows to write or delete, by (peer, seq); `None` deletes.
+    #[serde(skip)]
+    outbox_changes: BTreeMap<(Uuid, Seq), Option<Queued>>,
 }
 
 impl Delivery {
@@ -115,6 +161,7 @@ impl Delivery {
             transmit: VecDeque::new(),
             delivered: VecDeque::new(),
             acknowledged: VecDeque::new(),
+            outbox_changes: BTreeMap::new(),
         }
     }
 
@@ -123,78 +170,126 @@ impl Delivery {
         self.config = config;
     }
 
-    /// Forgets `peer` (it left the group): its outbox and what was received from it.
-    pub fn forget(&mut self, peer: Uuid) {
-        self.peers.remove(&peer);
-        self.transmit.retain(|(to, _)| *to != peer);
-        self.acknowledged.retain(|(to, _)| *to != peer);
+    /// Puts back the outbox as the local store kept it (after restoring a saved state); it goes out
+    /// when each link comes up.
+    pub fn restore_outbox(&mut self, rows: impl IntoIterator<Item = Queued>) {
+        for row in rows {
+            let state = self.peers.entry(row.peer).or_default();
+            state.next_seq = state.next_seq.max(row.seq + 1);
+            state.outbox.insert(
+                row.seq,
+                Outgoing {
+                    tag: row.tag,
+                    message: row.message,
+                    due: None,
+                },
+            );
+        }
     }
 
-    /// Queues a message for `peer`; it is sent while the link is up and resent until acknowledged.
+    /// The outbox rows to write and delete since the last call, to store with the state.
+    pub fn take_outbox_changes(&mut self) -> Vec<OutboxChange> {
+        std::mem::take(&mut self.outbox_changes)
+            .into_iter()
+            .map(|((peer, seq), row)| match row {
+                Some(queued) => OutboxChange::Put(queued),
+                None => OutboxChange::Delete { peer, seq },
+            })
+            .collect()
+    }
+
+    /// Records that the row of (`peer`, `seq`) goes; one never written is simply not written.
+    fn delete_row(&mut self, peer: Uuid, seq: Seq) {
+        if !matches!(self.outbox_changes.remove(&(peer, seq)), Some(Some(_))) {
+            self.outbox_changes.insert((peer, seq), None);
+        }
+    }
+
+    /// Forgets `peer` (it left the group): its outbox and what was received from it.
+    pub fn forget(&mut self, peer: Uuid) {
+        if let Some(state) = self.peers.remove(&peer) {
+            for seq in state.outbox.into_keys() {
+                self.delete_row(peer, seq);
+            }
+        }
+        self.transmit.retain(|(to, _)| *to != peer);
+        self.acknowledged.retain(|(to, _, _)| *to != peer);
+    }
+
+    /// Queues a message for `peer`, named `tag` for [`Delivery::poll_acknowledged`]; it is sent
+    /// while the link is up and the window allows, and resent until acknowledged.
     ///
     /// # Errors
     /// [`SendError::TooLarge`].
-    pub fn send(&mut self, now: Instant, peer: Uuid, message: &[u8]) -> Result<Seq, SendError> {
+    pub fn send(
+        &mut self,
+        now: Instant,
+        peer: Uuid,
+        message: &[u8],
+        tag: Option<Uuid>,
+    ) -> Result<Seq, SendError> {
         if message.len() > self.config.max_message_bytes {
             return Err(SendError::TooLarge(self.config.max_message_bytes));
         }
-        let chunks: Vec<Vec<u8>> = if message.is_empty() {
-            vec![Vec::new()]
-        } else {
-            message
-                .chunks(self.config.chunk_bytes.max(1))
-                .map(<[u8]>::to_vec)
-                .collect()
-        };
         let state = self.peers.entry(peer).or_default();
         let seq = state.next_seq;
         state.next_seq += 1;
-        state.outbox.insert(seq, Outgoing { chunks, due: None });
-        if state.link_up {
-            self.emit(now, peer, seq);
-        }
+        state.outbox.insert(
+            seq,
+            Outgoing {
+                tag,
+                message: message.to_vec(),
+                due: None,
+            },
+        );
+        self.outbox_changes.insert(
+            (peer, seq),
+            Some(Queued {
+                peer,
+                seq,
+                tag,
+                message: message.to_vec(),
+            }),
+        );
+        self.fill(now, peer);
         Ok(seq)
     }
 
-    fn emit(&mut self, now: Instant, peer: Uuid, seq: Seq) {
-        let resend_after = self.config.resend_after;
-        let Some(outgoing) = self
-            .peers
-            .get_mut(&peer)
-            .and_then(|p| p.outbox.get_mut(&seq))
-        else {
+    /// Sends the waiting messages to `peer`, oldest first, while its link is up and the window
+    /// has room (one message always goes when nothing is in flight).
+    fn fill(&mut self, now: Instant, peer: Uuid) {
+        let config = &self.config;
+        let Some(state) = self.peers.get_mut(&peer).filter(|s| s.link_up) else {
             return;
         };
-        outgoing.due = Some(now + resend_after);
-        let count = u32::try_from(outgoing.chunks.len()).unwrap_or(u32::MAX);
-        for (index, bytes) in outgoing.chunks.iter().enumerate() {
-            let index = u32::try_from(index).unwrap_or(u32::MAX);
-            self.transmit.push_back((
-                peer,
-                Packet::Chunk {
-                    seq,
-                    index,
-                    count,
-                    bytes: bytes.clone(),
-                },
-            ));
+        for (seq, outgoing) in state.outbox.iter_mut().filter(|(_, o)| o.due.is_none()) {
+            let size = outgoing.message.len();
+            if state.in_flight > 0 && state.in_flight + size > config.window_bytes {
+                break;
+            }
+            state.in_flight += size;
+            outgoing.due = Some(now + resend_delay(config, size));
+            emit(&mut self.transmit, config, peer, *seq, &outgoing.message);
         }
     }
 
-    /// The link to `peer` opened: everything unacknowledged goes out again, oldest first.
+    /// The link to `peer` opened: everything unacknowledged goes out again, oldest first, as the
+    /// window allows.
     pub fn link_up(&mut self, now: Instant, peer: Uuid) {
         let state = self.peers.entry(peer).or_default();
         state.link_up = true;
-        let pending: Vec<Seq> = state.outbox.keys().copied().collect();
-        for seq in pending {
-            self.emit(now, peer, seq);
+        state.in_flight = 0;
+        for outgoing in state.outbox.values_mut() {
+            outgoing.due = None;
         }
+        self.fill(now, peer);
     }
 
     /// The link to `peer` closed: messages wait in the outbox.
     pub fn link_down(&mut self, peer: Uuid) {
         if let Some(state) = self.peers.get_mut(&peer) {
             state.link_up = false;
+            state.in_flight = 0;
             for outgoing in state.outbox.values_mut() {
                 outgoing.due = None;
             }
@@ -204,19 +299,14 @@ impl Delivery {
 
     /// Resends what is due.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let due: Vec<(Uuid, Seq)> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.link_up)
-            .flat_map(|(peer, p)| {
-                p.outbox
-                    .iter()
-                    .filter(|(_, o)| o.due.is_some_and(|d| d <= now))
-                    .map(|(seq, _)| (*peer, *seq))
-            })
-            .collect();
-        for (peer, seq) in due {
-            self.emit(now, peer, seq);
+        let config = &self.config;
+        for (peer, state) in self.peers.iter_mut().filter(|(_, p)| p.link_up) {
+            for (seq, outgoing) in &mut state.outbox {
+                if outgoing.due.is_some_and(|d| d <= now) {
+                    outgoing.due = Some(now + resend_delay(config, outgoing.message.len()));
+                    emit(&mut self.transmit, config, *peer, *seq, &outgoing.message);
+                }
+            }
         }
     }
 
@@ -230,14 +320,21 @@ impl Delivery {
     }
 
     /// Takes a packet from `peer`. Malformed or out-of-window packets are dropped (the sender resends).
-    pub fn handle_packet(&mut self, peer: Uuid, packet: Packet) {
+    pub fn handle_packet(&mut self, now: Instant, peer: Uuid, packet: Packet) {
         match packet {
             Packet::Ack { seq } => {
-                if let Some(state) = self.peers.get_mut(&peer)
-                    && state.outbox.remove(&seq).is_some()
-                {
-                    self.acknowledged.push_back((peer, seq));
+                let Some(state) = self.peers.get_mut(&peer) else {
+                    return;
+                };
+                let Some(outgoing) = state.outbox.remove(&seq) else {
+                    return;
+                };
+                if outgoing.due.is_some() {
+                    state.in_flight = state.in_flight.saturating_sub(outgoing.message.len());
                 }
+                self.acknowledged.push_back((peer, seq, outgoing.tag));
+                self.delete_row(peer, seq);
+                self.fill(now, peer);
             }
             Packet::Chunk {
                 seq,
@@ -310,8 +407,8 @@ impl Delivery {
         self.delivered.pop_front()
     }
 
-    /// The next of this device's messages that a peer acknowledged, each once.
-    pub fn poll_acknowledged(&mut self) -> Option<(Uuid, Seq)> {
+    /// The next of this device's messages that a peer acknowledged, each once, with its tag.
+    pub fn poll_acknowledged(&mut self) -> Option<(Uuid, Seq, Option<Uuid>)> {
         self.acknowledged.pop_front()
     }
 
@@ -319,6 +416,41 @@ impl Delivery {
     #[must_use]
     pub fn unacknowledged(&self, peer: Uuid) -> usize {
         self.peers.get(&peer).map_or(0, |p| p.outbox.len())
+    }
+}
+
+/// How long a message of `size` bytes waits for its acknowledgement before it is sent again.
+fn resend_delay(config: &DeliveryConfig, size: usize) -> Duration {
+    let windows = u32::try_from(size / config.window_bytes.max(1)).unwrap_or(u32::MAX);
+    config
+        .resend_after
+        .saturating_mul(windows.saturating_add(1))
+}
+
+/// Puts the chunks of message `seq` for `peer` on the transmit queue.
+fn emit(
+    transmit: &mut VecDeque<(Uuid, Packet)>,
+    config: &DeliveryConfig,
+    peer: Uuid,
+    seq: Seq,
+    message: &[u8],
+) {
+    let chunks: Vec<&[u8]> = if message.is_empty() {
+        vec![&[]]
+    } else {
+        message.chunks(config.chunk_bytes.max(1)).collect()
+    };
+    let count = u32::try_from(chunks.len()).unwrap_or(u32::MAX);
+    for (index, bytes) in chunks.into_iter().enumerate() {
+        transmit.push_back((
+            peer,
+            Packet::Chunk {
+                seq,
+                index: u32::try_from(index).unwrap_or(u32::MAX),
+                count,
+                bytes: bytes.to_vec(),
+            },
+        ));
     }
 }
 
@@ -337,6 +469,8 @@ mod tests {
         in_flight: Vec<(Uuid, Uuid, Packet)>,
         now: Instant,
         loss: f64,
+        /// Pieces of messages A put on the link during [`Lossy::run`].
+        chunks_from_a: usize,
     }
 
     impl Lossy {
@@ -346,6 +480,7 @@ mod tests {
                 max_message_bytes: 10_000,
                 receive_window: 64,
                 resend_after: Duration::from_millis(200),
+                window_bytes: 2_000,
             };
             let now = Instant::now();
             let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
@@ -356,6 +491,7 @@ mod tests {
                 in_flight: Vec::new(),
                 now,
                 loss,
+                chunks_from_a: 0,
             };
             lossy.a.1.link_up(now, b);
             lossy.b.1.link_up(now, a);
@@ -368,6 +504,9 @@ mod tests {
             for _ in 0..steps {
                 for (from, delivery) in [(self.a.0, &mut self.a.1), (self.b.0, &mut self.b.1)] {
                     while let Some((to, packet)) = delivery.poll_transmit() {
+                        if from == self.a.0 && matches!(packet, Packet::Chunk { .. }) {
+                            self.chunks_from_a += 1;
+                        }
                         self.in_flight.push((from, to, packet));
                     }
                 }
@@ -391,7 +530,7 @@ mod tests {
                     } else {
                         &mut self.b.1
                     };
-                    target.handle_packet(from, packet);
+                    target.handle_packet(self.now, from, packet);
                 }
                 while let Some((from, seq, message)) = self.b.1.poll_delivered() {
                     assert_eq!(from, self.a.0);
@@ -416,7 +555,7 @@ mod tests {
             let mut link = Lossy::new(seed, 0.2);
             let b = link.b.0;
             for i in 0..100 {
-                link.a.1.send(link.now, b, &message(i)).expect("send");
+                link.a.1.send(link.now, b, &message(i), None).expect("send");
             }
             let delivered = link.run(400);
             assert_eq!(
@@ -441,7 +580,10 @@ mod tests {
         let mut link = Lossy::new(7, 0.0);
         let (a, b) = (link.a.0, link.b.0);
         link.a.1.link_down(b);
-        link.a.1.send(link.now, b, b"while offline").expect("send");
+        link.a
+            .1
+            .send(link.now, b, b"while offline", None)
+            .expect("send");
         assert!(
             link.run(10).is_empty(),
             "nothing goes out while the link is down"
@@ -458,15 +600,153 @@ mod tests {
     fn a_message_sent_again_before_its_ack_is_shown_once() {
         let mut link = Lossy::new(3, 0.0);
         let b = link.b.0;
-        link.a.1.send(link.now, b, b"once").expect("send");
+        link.a.1.send(link.now, b, b"once", None).expect("send");
         assert_eq!(link.run(2).len(), 1);
         // Reconnects before the ack came back send the same message several times.
-        link.a.1.send(link.now, b, b"twice?").expect("send");
+        link.a.1.send(link.now, b, b"twice?", None).expect("send");
         link.a.1.link_up(link.now, b);
         link.a.1.link_up(link.now, b);
         let delivered = link.run(5);
         assert_eq!(delivered, vec![(1, b"twice?".to_vec())], "shown once");
         assert_eq!(link.a.1.unacknowledged(b), 0);
+    }
+
+    /// Bytes of chunks on the transmit queue, taken off it.
+    fn sent_bytes(delivery: &mut Delivery) -> usize {
+        chunk_bytes(&std::iter::from_fn(|| delivery.poll_transmit()).collect::<Vec<_>>())
+    }
+
+    fn chunk_bytes(packets: &[(Uuid, Packet)]) -> usize {
+        packets
+            .iter()
+            .map(|(_, p)| match p {
+                Packet::Chunk { bytes, .. } => bytes.len(),
+                Packet::Ack { .. } => 0,
+            })
+            .sum()
+    }
+
+    #[test]
+    fn a_burst_waits_in_the_outbox_beyond_the_window_and_goes_as_acks_return() {
+        let mut link = Lossy::new(11, 0.0);
+        let b = link.b.0;
+        let a = link.a.0;
+        // 50 messages of 500 bytes against a 2,000-byte window: four go at once.
+        for _ in 0..50 {
+            link.a.1.send(link.now, b, &[7; 500], None).expect("send");
+        }
+        let first: Vec<(Uuid, Packet)> = std::iter::from_fn(|| link.a.1.poll_transmit()).collect();
+        assert_eq!(chunk_bytes(&first), 2_000, "only the window goes");
+        // Nothing more leaves while nothing is acknowledged.
+        link.a
+            .1
+            .handle_timeout(link.now + Duration::from_millis(100));
+        assert_eq!(sent_bytes(&mut link.a.1), 0);
+        // The rest go as acknowledgements return: each arrives once and in order, and nothing
+        // is sent twice (acknowledgements come back before the 200 ms resend timer).
+        link.in_flight
+            .extend(first.into_iter().map(|(to, packet)| (a, to, packet)));
+        let delivered = link.run(200);
+        assert_eq!(delivered.len(), 50);
+        assert!(
+            delivered
+                .iter()
+                .enumerate()
+                .all(|(i, (seq, _))| *seq == i as u64)
+        );
+        assert_eq!(link.a.1.unacknowledged(b), 0);
+        assert_eq!(
+            link.chunks_from_a,
+            46 * 5,
+            "the other 46, each once (5 pieces each)"
+        );
+    }
+
+    #[test]
+    fn a_message_larger_than_the_window_goes_alone_and_waits_longer_for_its_ack() {
+        let mut link = Lossy::new(12, 0.0);
+        let b = link.b.0;
+        link.a.1.send(link.now, b, &[1; 5_000], None).expect("send");
+        link.a.1.send(link.now, b, &[2; 10], None).expect("send");
+        assert_eq!(sent_bytes(&mut link.a.1), 5_000, "the large one alone");
+        // 5,000 bytes span two windows of 2,000: three resend periods of 200 ms.
+        link.a
+            .1
+            .handle_timeout(link.now + Duration::from_millis(500));
+        assert_eq!(sent_bytes(&mut link.a.1), 0, "not resent before its time");
+        link.a
+            .1
+            .handle_timeout(link.now + Duration::from_millis(600));
+        assert_eq!(sent_bytes(&mut link.a.1), 5_000, "resent after it");
+    }
+
+    #[test]
+    fn the_outbox_is_stored_row_by_row_and_restored() {
+        let mut link = Lossy::new(13, 0.0);
+        let (a, b) = (link.a.0, link.b.0);
+        link.a.1.link_down(b);
+        let tag = Uuid::new_v4();
+        link.a
+            .1
+            .send(link.now, b, b"first", Some(tag))
+            .expect("send");
+        link.a.1.send(link.now, b, b"second", None).expect("send");
+        let changes = link.a.1.take_outbox_changes();
+        assert_eq!(
+            changes,
+            vec![
+                OutboxChange::Put(Queued {
+                    peer: b,
+                    seq: 0,
+                    tag: Some(tag),
+                    message: b"first".to_vec(),
+                }),
+                OutboxChange::Put(Queued {
+                    peer: b,
+                    seq: 1,
+                    tag: None,
+                    message: b"second".to_vec(),
+                }),
+            ]
+        );
+        assert!(link.a.1.take_outbox_changes().is_empty(), "taken once");
+        // The saved state holds no outbox; restored with its rows, the device sends them on.
+        let mut state = Vec::new();
+        ciborium::into_writer(&link.a.1, &mut state).expect("cbor");
+        assert!(
+            !state.windows(5).any(|w| w == b"first"),
+            "the outbox is not in the state"
+        );
+        let mut restored: Delivery = ciborium::from_reader(&state[..]).expect("cbor");
+        restored.set_config(link.b.1.config.clone());
+        restored.restore_outbox(changes.into_iter().filter_map(|c| match c {
+            OutboxChange::Put(row) => Some(row),
+            OutboxChange::Delete { .. } => None,
+        }));
+        link.a.1 = restored;
+        link.a.1.link_up(link.now, b);
+        let delivered = link.run(5);
+        assert_eq!(
+            delivered,
+            vec![(0, b"first".to_vec()), (1, b"second".to_vec())]
+        );
+        let mut acknowledged: Vec<_> =
+            std::iter::from_fn(|| link.a.1.poll_acknowledged()).collect();
+        acknowledged.sort();
+        assert_eq!(acknowledged, vec![(b, 0, Some(tag)), (b, 1, None)]);
+        assert_eq!(
+            link.a.1.take_outbox_changes(),
+            vec![
+                OutboxChange::Delete { peer: b, seq: 0 },
+                OutboxChange::Delete { peer: b, seq: 1 },
+            ],
+            "acknowledged rows are deleted"
+        );
+        // A message sent and acknowledged between two snapshots leaves no row behind.
+        link.a.1.send(link.now, b, b"third", None).expect("send");
+        link.run(2);
+        assert!(link.a.1.take_outbox_changes().is_empty());
+        assert_eq!(link.b.1.unacknowledged(a), 0);
     }
 
     #[test]
@@ -476,10 +756,11 @@ mod tests {
             max_message_bytes: 100,
             receive_window: 4,
             resend_after: Duration::from_secs(1),
+            window_bytes: 1_000,
         });
         let peer = Uuid::new_v4();
         assert_eq!(
-            delivery.send(Instant::now(), peer, &[0; 101]),
+            delivery.send(Instant::now(), peer, &[0; 101], None),
             Err(SendError::TooLarge(100))
         );
         for bad in [
@@ -514,7 +795,7 @@ mod tests {
                 bytes: vec![1],
             },
         ] {
-            delivery.handle_packet(peer, bad.clone());
+            delivery.handle_packet(Instant::now(), peer, bad.clone());
             assert!(delivery.poll_delivered().is_none(), "{bad:?} was accepted");
             assert!(
                 delivery.poll_transmit().is_none(),
@@ -523,6 +804,7 @@ mod tests {
         }
         // A chunk count that changes midway is ignored, not mixed in.
         delivery.handle_packet(
+            Instant::now(),
             peer,
             Packet::Chunk {
                 seq: 0,
@@ -532,6 +814,7 @@ mod tests {
             },
         );
         delivery.handle_packet(
+            Instant::now(),
             peer,
             Packet::Chunk {
                 seq: 0,
@@ -542,6 +825,7 @@ mod tests {
         );
         assert!(delivery.poll_delivered().is_none());
         delivery.handle_packet(
+            Instant::now(),
             peer,
             Packet::Chunk {
                 seq: 0,

@@ -22,7 +22,7 @@ use tessera_wire::signal::{ClientFrame, ServerFrame};
 use uuid::Uuid;
 use web_time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::delivery::{Delivery, DeliveryConfig, Seq};
+use crate::delivery::{Delivery, DeliveryConfig, OutboxChange, Queued, Seq};
 use crate::identity::DeviceCertificate;
 use crate::payload::{
     CommitPayload, Content, RtcSignal, Sealed, SignalPayload, b64, decode_packet, encode_packet,
@@ -253,6 +253,43 @@ pub struct Snapshot {
     pub state: Vec<u8>,
     /// Changes to the MLS key-value store.
     pub mls: StorageChanges,
+    /// Changes to the outbox, one row per message and peer.
+    pub outbox: Vec<OutboxChange>,
+}
+
+/// An engine as its local store keeps it: the last snapshot's state, and the MLS key-value pairs
+/// and outbox rows as the snapshots' changes left them. What [`Engine::restore`] takes.
+#[derive(Debug, Clone, Default)]
+pub struct Stored {
+    /// The engine's own state (CBOR).
+    pub state: Vec<u8>,
+    /// MLS's key-value store.
+    pub mls: HashMap<Vec<u8>, Vec<u8>>,
+    /// The outbox, by peer and sequence number.
+    pub outbox: BTreeMap<(Uuid, Seq), Queued>,
+}
+
+impl Stored {
+    /// Applies a snapshot, as a store on disk does in one transaction.
+    pub fn apply(&mut self, snapshot: Snapshot) {
+        self.state = snapshot.state;
+        for (key, value) in snapshot.mls {
+            match value {
+                Some(value) => self.mls.insert(key, value),
+                None => self.mls.remove(&key),
+            };
+        }
+        for change in snapshot.outbox {
+            match change {
+                OutboxChange::Put(row) => {
+                    self.outbox.insert((row.peer, row.seq), row);
+                }
+                OutboxChange::Delete { peer, seq } => {
+                    self.outbox.remove(&(peer, seq));
+                }
+            }
+        }
+    }
 }
 
 /// A device's commit waiting for its slot.
@@ -311,7 +348,6 @@ struct Saved {
     pending: Option<Pending>,
     key_package: Option<Vec<u8>>,
     delivery: Delivery,
-    sent: BTreeMap<Uuid, BTreeMap<Seq, Uuid>>,
     display_name: Option<String>,
     names: BTreeMap<Uuid, String>,
     future: Vec<(Uuid, Vec<u8>)>,
@@ -426,7 +462,6 @@ impl Engine {
             pending: None,
             key_package: None,
             delivery: Delivery::new(config.delivery.clone()),
-            sent: BTreeMap::new(),
             display_name: None,
             names: BTreeMap::new(),
             future: Vec::new(),
@@ -434,18 +469,16 @@ impl Engine {
         Ok(Engine::assemble(config, provider, key.0, saved, None))
     }
 
-    /// The engine as saved by [`Engine::take_snapshot`]: `state` and the MLS key-value store.
+    /// The engine as the local store kept it, snapshot after snapshot.
     ///
     /// # Errors
-    /// [`EngineError::Corrupt`] when they do not fit together.
-    pub fn restore(
-        config: EngineConfig,
-        state: &[u8],
-        mls: HashMap<Vec<u8>, Vec<u8>>,
-    ) -> Result<Engine, EngineError> {
+    /// [`EngineError::Corrupt`] when the parts do not fit together.
+    pub fn restore(config: EngineConfig, stored: Stored) -> Result<Engine, EngineError> {
+        let Stored { state, mls, outbox } = stored;
         let mut saved: Saved =
-            ciborium::from_reader(state).map_err(|e| EngineError::Corrupt(e.to_string()))?;
+            ciborium::from_reader(&state[..]).map_err(|e| EngineError::Corrupt(e.to_string()))?;
         saved.delivery.set_config(config.delivery.clone());
+        saved.delivery.restore_outbox(outbox.into_values());
         let saved_mls = mls.clone();
         let provider = Provider::with_values(mls);
         let signer = SignatureKeyPair::read(
@@ -703,7 +736,7 @@ impl Engine {
         }
         match decode_packet(bytes) {
             Ok(packet) => {
-                self.saved.delivery.handle_packet(device, packet);
+                self.saved.delivery.handle_packet(now, device, packet);
             }
             Err(_) => self.event(Event::Refused {
                 what: "link packet",
@@ -845,7 +878,8 @@ impl Engine {
         ciborium::into_writer(&self.saved, &mut state)
             .map_err(|e| EngineError::Corrupt(e.to_string()))?;
         let mls = self.provider.changes_since(&mut self.saved_mls);
-        Ok(Some(Snapshot { state, mls }))
+        let outbox = self.saved.delivery.take_outbox_changes();
+        Ok(Some(Snapshot { state, mls, outbox }))
     }
 
     // ---------------------------------------------------------------- the machine
@@ -933,14 +967,10 @@ impl Engine {
         msg: &[u8],
         id: Option<Uuid>,
     ) -> Result<(), EngineError> {
-        let seq = self
-            .saved
+        self.saved
             .delivery
-            .send(now, device, msg)
+            .send(now, device, msg, id)
             .map_err(|_| EngineError::TooLarge)?;
-        if let Some(id) = id {
-            self.saved.sent.entry(device).or_default().insert(seq, id);
-        }
         Ok(())
     }
 
@@ -960,7 +990,6 @@ impl Engine {
         if before != after {
             for gone in before.difference(&after) {
                 self.saved.delivery.forget(*gone);
-                self.saved.sent.remove(gone);
                 if self.links.remove(gone).is_some() {
                     self.link(LinkCommand::Close { device: *gone });
                 }
@@ -1015,6 +1044,14 @@ impl Engine {
         }
     }
 
+    /// Whether something refused for an unknown member, first tried with directory `tried`,
+    /// waits for a fresh directory: it has not been tried with one fetched after that yet. Once
+    /// it has, the refusal stands (a newer directory does not make it try again, so a member
+    /// nobody knows cannot make this device fetch the directory without end).
+    fn awaits_directory(&self, tried: Option<u64>) -> bool {
+        tried.is_none_or(|version| version == self.directory_version)
+    }
+
     fn take_key_package(
         &mut self,
         now: Instant,
@@ -1061,9 +1098,9 @@ impl Engine {
                     });
                 }
             }
-            Err(Refusal::UnknownMember) if tried != Some(self.directory_version) => {
+            Err(Refusal::UnknownMember) if self.awaits_directory(tried) => {
                 // Perhaps a member who enrolled after the directory was fetched.
-                let version = Some(self.directory_version);
+                let version = Some(tried.unwrap_or(self.directory_version));
                 self.unverified
                     .push((from, member, bytes.to_vec(), version));
                 self.fetch_directory();
@@ -1097,6 +1134,10 @@ impl Engine {
             self.welcomes.push((from, bytes.to_vec(), next, tried));
             return;
         };
+        // openmls deletes the KeyPackage a Welcome is for before the engine checks who sent it:
+        // a refused (forged, or not yet verifiable) Welcome must leave it, or the genuine one
+        // could never be read.
+        let checkpoint = self.provider.checkpoint();
         let staged = (|| {
             let MlsMessageBodyIn::Welcome(welcome) = read_mls(bytes)? else {
                 return Err(Refusal::Malformed("Welcome"));
@@ -1141,20 +1182,27 @@ impl Engine {
                         let _ = self.broadcast(now, &Content::Profile { name }, None);
                     }
                 }
-                Err(e) => self.event(Event::Refused {
-                    what: "Welcome",
-                    reason: refused(e),
-                }),
+                Err(e) => {
+                    self.provider.roll_back(checkpoint);
+                    self.event(Event::Refused {
+                        what: "Welcome",
+                        reason: refused(e),
+                    });
+                }
             },
-            Err(Refusal::UnknownMember) if tried != Some(self.directory_version) => {
-                let version = Some(self.directory_version);
+            Err(Refusal::UnknownMember) if self.awaits_directory(tried) => {
+                self.provider.roll_back(checkpoint);
+                let version = Some(tried.unwrap_or(self.directory_version));
                 self.welcomes.push((from, bytes.to_vec(), next, version));
                 self.fetch_directory();
             }
-            Err(reason) => self.event(Event::Refused {
-                what: "Welcome",
-                reason,
-            }),
+            Err(reason) => {
+                self.provider.roll_back(checkpoint);
+                self.event(Event::Refused {
+                    what: "Welcome",
+                    reason,
+                });
+            }
         }
     }
 
@@ -1399,7 +1447,7 @@ impl Engine {
             Some((s, staged)) if s == slot => Ok(staged),
             _ => self.stage_commit(&held.commit),
         };
-        let retry = held.tried_with_directory != Some(self.directory_version);
+        let retry = self.awaits_directory(held.tried_with_directory);
         let outcome = staged.and_then(|staged| match self.authorize(&staged) {
             Ok(()) => Ok(staged.commit),
             Err(Refusal::UnknownMember) if retry => {
@@ -1453,7 +1501,9 @@ impl Engine {
                     slot,
                     Held {
                         commit: held.commit,
-                        tried_with_directory: Some(self.directory_version),
+                        tried_with_directory: Some(
+                            held.tried_with_directory.unwrap_or(self.directory_version),
+                        ),
                     },
                 );
                 self.fetch_directory();
@@ -1854,13 +1904,8 @@ impl Engine {
                 bytes: encode_packet(&packet),
             }));
         }
-        while let Some((device, seq)) = self.saved.delivery.poll_acknowledged() {
-            if let Some(id) = self
-                .saved
-                .sent
-                .get_mut(&device)
-                .and_then(|m| m.remove(&seq))
-            {
+        while let Some((device, _, tag)) = self.saved.delivery.poll_acknowledged() {
+            if let Some(id) = tag {
                 self.event(Event::Delivered { id, device });
             }
         }

@@ -11,5 +11,6 @@ pub mod provider;
 pub mod roster;
 
 pub use engine::{
-    ChatMessage, DeviceKey, Engine, EngineConfig, EngineError, Event, LinkCommand, Output, Snapshot,
+    ChatMessage, DeviceKey, Engine, EngineConfig, EngineError, Event, LinkCommand, Output,
+    Snapshot, Stored,
 };

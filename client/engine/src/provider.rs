@@ -32,6 +32,27 @@ impl Provider {
         }
     }
 
+    /// A copy of the key-value store, for [`Provider::roll_back`].
+    #[must_use]
+    pub fn checkpoint(&self) -> HashMap<Vec<u8>, Vec<u8>> {
+        self.storage
+            .values
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Puts the key-value store back as it was at `checkpoint`: for an operation openmls performs
+    /// in steps that the engine refuses midway (a Welcome whose KeyPackage openmls already
+    /// deleted before the engine found its certificates wrong).
+    pub fn roll_back(&self, checkpoint: HashMap<Vec<u8>, Vec<u8>>) {
+        *self
+            .storage
+            .values
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = checkpoint;
+    }
+
     /// What changed since `saved` (the values last written to the local store), and the new saved
     /// copy.
     #[must_use]

@@ -2,499 +2,29 @@
 //! rules (first commit per slot wins), simulated data channels that can lose and reorder packets,
 //! simulated time. The real server and real WebRTC are exercised by the cross-component tests.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+mod sim;
+
+use std::collections::BTreeSet;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use openmls::prelude::{BasicCredential, CredentialWithKey, KeyPackage, MlsMessageOut};
+use openmls::prelude::tls_codec::Deserialize as _;
+use openmls::prelude::{
+    BasicCredential, CredentialWithKey, KeyPackage, KeyPackageIn, MlsGroup, MlsGroupCreateConfig,
+    MlsMessageBodyIn, MlsMessageIn, MlsMessageOut, ProtocolVersion,
+};
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_traits::OpenMlsProvider as _;
 use openmls_traits::types::SignatureScheme;
-use rand::rngs::StdRng;
-use rand::{Rng as _, SeedableRng as _};
 use serde_json::value::to_raw_value;
-use tessera_engine::authenticator::SoftKey;
+use sim::{ORIGIN, Sim, config, new_member};
+use tessera_engine::delivery::Packet;
 use tessera_engine::identity::certify_with_soft_key;
-use tessera_engine::payload::{RtcSignal, SignalPayload};
-use tessera_engine::{DeviceKey, Engine, EngineConfig, Event, LinkCommand, Output};
-use tessera_wire::signal::{ClientFrame, PeerDevice, ServerFrame};
-use tessera_wire::{MemberInfo, PublicKeyInfo, Role};
+use tessera_engine::payload::{RtcSignal, SignalPayload, decode_packet, encode_packet};
+use tessera_engine::{Engine, roster};
+use tessera_wire::Role;
 use uuid::Uuid;
-use web_time::{Duration, Instant};
-
-const ORIGIN: &str = "http://localhost:8080";
-
-fn config() -> EngineConfig {
-    let mut config = EngineConfig::new(ORIGIN, "localhost");
-    config.delivery.resend_after = Duration::from_millis(300);
-    config.link_timeout = Duration::from_millis(500);
-    config
-}
-
-/// A member registered through real webauthn-rs with a software key.
-fn new_member(role: Role) -> (SoftKey, MemberInfo) {
-    let rp_origin = url::Url::parse(ORIGIN).expect("origin");
-    let webauthn = webauthn_rs::prelude::WebauthnBuilder::new("localhost", &rp_origin)
-        .and_then(webauthn_rs::prelude::WebauthnBuilder::build)
-        .expect("relying party");
-    let id = Uuid::new_v4();
-    let (options, _state) = webauthn
-        .start_passkey_registration(id, "tessera", "tessera", None)
-        .expect("start");
-    let (key, _credential) = SoftKey::register(&options, ORIGIN).expect("register");
-    let info = MemberInfo {
-        id,
-        role,
-        created_at: 0,
-        passkeys: vec![PublicKeyInfo {
-            credential_id: URL_SAFE_NO_PAD.encode(key.credential_id()),
-            alg: "ES256".into(),
-            public_key: URL_SAFE_NO_PAD.encode(key.public_key_sec1()),
-        }],
-    };
-    (key, info)
-}
-
-struct Device {
-    engine: Engine,
-    member: Uuid,
-    connected: bool,
-    received: Vec<(Uuid, String)>,
-    delivered: BTreeSet<(Uuid, Uuid)>,
-    refused: Vec<String>,
-    removed: bool,
-    store: (Vec<u8>, HashMap<Vec<u8>, Vec<u8>>),
-}
-
-/// How the simulated relay treats payloads: honestly, or as an attacker in the middle.
-type Tamper = Box<dyn FnMut(&str) -> Option<String>>;
-
-struct Sim {
-    now: Instant,
-    devices: BTreeMap<Uuid, Device>,
-    directory: Vec<MemberInfo>,
-    slot: u64,
-    frames: VecDeque<(Uuid, ServerFrame)>,
-    links: BTreeSet<(Uuid, Uuid)>,
-    in_flight: Vec<(Uuid, Uuid, Vec<u8>)>,
-    rng: StdRng,
-    loss: f64,
-    tamper: Option<Tamper>,
-    relayed: Vec<String>,
-}
-
-fn pair(a: Uuid, b: Uuid) -> (Uuid, Uuid) {
-    (a.min(b), a.max(b))
-}
-
-impl Sim {
-    fn new(seed: u64) -> Sim {
-        Sim {
-            now: Instant::now(),
-            devices: BTreeMap::new(),
-            directory: Vec::new(),
-            slot: 0,
-            frames: VecDeque::new(),
-            links: BTreeSet::new(),
-            in_flight: Vec::new(),
-            rng: StdRng::seed_from_u64(seed),
-            loss: 0.0,
-            tamper: None,
-            relayed: Vec::new(),
-        }
-    }
-
-    /// A new member with one device, connected.
-    fn member(&mut self, role: Role, name: &str) -> Uuid {
-        let (mut key, info) = new_member(role);
-        let member = info.id;
-        self.directory.push(info);
-        self.device(&mut key, member, name)
-    }
-
-    /// A new device of `member`, certified by its key, connected.
-    fn device(&mut self, key: &mut SoftKey, member: Uuid, name: &str) -> Uuid {
-        let device = Uuid::new_v4();
-        let device_key = DeviceKey::generate().expect("device key");
-        let certificate =
-            certify_with_soft_key(key, ORIGIN, member, device, device_key.public()).expect("cert");
-        let mut engine =
-            Engine::new(config(), member, device, device_key, certificate).expect("engine");
-        engine
-            .set_display_name(self.now, name)
-            .expect("display name");
-        self.devices.insert(
-            device,
-            Device {
-                engine,
-                member,
-                connected: false,
-                received: Vec::new(),
-                delivered: BTreeSet::new(),
-                refused: Vec::new(),
-                removed: false,
-                store: (Vec::new(), HashMap::new()),
-            },
-        );
-        self.connect(device);
-        device
-    }
-
-    fn connect(&mut self, device: Uuid) {
-        let peers: Vec<PeerDevice> = self
-            .devices
-            .iter()
-            .filter(|(d, dev)| **d != device && dev.connected)
-            .map(|(d, dev)| PeerDevice {
-                member: dev.member,
-                device: *d,
-            })
-            .collect();
-        let member = self.devices[&device].member;
-        for peer in &peers {
-            self.frames.push_back((
-                peer.device,
-                ServerFrame::Presence {
-                    member,
-                    device,
-                    online: true,
-                },
-            ));
-        }
-        self.devices.get_mut(&device).expect("device").connected = true;
-        self.frames.push_back((
-            device,
-            ServerFrame::Hello {
-                member,
-                device,
-                peers,
-                epoch: self.slot,
-            },
-        ));
-    }
-
-    fn disconnect(&mut self, device: Uuid) {
-        let dev = self.devices.get_mut(&device).expect("device");
-        dev.connected = false;
-        let member = dev.member;
-        dev.engine.handle_disconnected(self.now);
-        let others: Vec<Uuid> = self
-            .devices
-            .iter()
-            .filter(|(d, dev)| **d != device && dev.connected)
-            .map(|(d, _)| *d)
-            .collect();
-        for other in others {
-            self.frames.push_back((
-                other,
-                ServerFrame::Presence {
-                    member,
-                    device,
-                    online: false,
-                },
-            ));
-        }
-    }
-
-    /// Takes the device off the network entirely: signalling and every link.
-    fn go_offline(&mut self, device: Uuid) {
-        self.disconnect(device);
-        let gone: Vec<(Uuid, Uuid)> = self
-            .links
-            .iter()
-            .copied()
-            .filter(|(a, b)| *a == device || *b == device)
-            .collect();
-        for (a, b) in gone {
-            self.links.remove(&(a, b));
-            let now = self.now;
-            for (x, y) in [(a, b), (b, a)] {
-                if let Some(dev) = self.devices.get_mut(&x) {
-                    dev.engine.handle_link_down(now, y);
-                }
-            }
-        }
-    }
-
-    fn relay(&mut self, from: Uuid, frame: ClientFrame) {
-        let Some(sender) = self.devices.get(&from) else {
-            return;
-        };
-        if !sender.connected {
-            return;
-        }
-        let member = sender.member;
-        match frame {
-            ClientFrame::Signal { to, payload } => {
-                if !self.devices.get(&to).is_some_and(|d| d.connected) {
-                    return;
-                }
-                let mut text = payload.get().to_owned();
-                if let Some(tamper) = self.tamper.as_mut()
-                    && let Some(changed) = tamper(&text)
-                {
-                    text = changed;
-                }
-                self.relayed.push(text.clone());
-                let payload = serde_json::value::RawValue::from_string(text).expect("json");
-                self.frames.push_back((
-                    to,
-                    ServerFrame::Signal {
-                        from,
-                        member,
-                        payload,
-                    },
-                ));
-            }
-            ClientFrame::Commit { epoch, payload } => {
-                self.relayed.push(payload.get().to_owned());
-                if epoch != self.slot {
-                    self.frames.push_back((
-                        from,
-                        ServerFrame::CommitResult {
-                            epoch,
-                            accepted: false,
-                        },
-                    ));
-                    return;
-                }
-                self.slot += 1;
-                let others: Vec<Uuid> = self
-                    .devices
-                    .iter()
-                    .filter(|(d, dev)| **d != from && dev.connected)
-                    .map(|(d, _)| *d)
-                    .collect();
-                for other in others {
-                    let payload = to_raw_value(&payload).expect("json");
-                    self.frames.push_back((
-                        other,
-                        ServerFrame::Commit {
-                            from,
-                            member,
-                            epoch,
-                            payload,
-                        },
-                    ));
-                }
-                self.frames.push_back((
-                    from,
-                    ServerFrame::CommitResult {
-                        epoch,
-                        accepted: true,
-                    },
-                ));
-            }
-        }
-    }
-
-    /// Acts on one device's outputs, as its driver would.
-    fn drain(&mut self, device: Uuid) {
-        loop {
-            let now = self.now;
-            let Some(dev) = self.devices.get_mut(&device) else {
-                return;
-            };
-            if let Ok(Some(snapshot)) = dev.engine.take_snapshot() {
-                dev.store.0 = snapshot.state;
-                for (k, v) in snapshot.mls {
-                    match v {
-                        Some(v) => dev.store.1.insert(k, v),
-                        None => dev.store.1.remove(&k),
-                    };
-                }
-            }
-            let Some(output) = dev.engine.poll_output() else {
-                return;
-            };
-            match output {
-                Output::Send(frame) => self.relay(device, frame),
-                Output::FetchDirectory => {
-                    let directory = self.directory.clone();
-                    dev.engine.handle_directory(now, directory);
-                }
-                Output::Event(event) => match event {
-                    Event::Message {
-                        message,
-                        outgoing: false,
-                    } => dev.received.push((message.device, message.text)),
-                    Event::Delivered { id, device } => {
-                        dev.delivered.insert((id, device));
-                    }
-                    Event::Refused { what, reason } => {
-                        dev.refused.push(format!("{what}: {reason}"))
-                    }
-                    Event::Removed => dev.removed = true,
-                    _ => {}
-                },
-                Output::Link(LinkCommand::Open { device: peer }) => {
-                    dev.engine
-                        .send_rtc(
-                            now,
-                            peer,
-                            RtcSignal::Offer {
-                                sdp: format!("offer {device}"),
-                            },
-                        )
-                        .expect("offer");
-                }
-                Output::Link(LinkCommand::Rtc {
-                    device: peer,
-                    signal,
-                }) => match signal {
-                    RtcSignal::Offer { .. } => {
-                        dev.engine
-                            .send_rtc(
-                                now,
-                                peer,
-                                RtcSignal::Answer {
-                                    sdp: format!("answer {device}"),
-                                },
-                            )
-                            .expect("answer");
-                    }
-                    RtcSignal::Answer { .. } => {
-                        self.links.insert(pair(device, peer));
-                        dev.engine.handle_link_up(now, peer);
-                        if let Some(other) = self.devices.get_mut(&peer) {
-                            other.engine.handle_link_up(now, device);
-                        }
-                    }
-                    RtcSignal::Candidate { .. } => {}
-                },
-                Output::Link(LinkCommand::Data {
-                    device: peer,
-                    bytes,
-                }) => {
-                    if self.links.contains(&pair(device, peer)) {
-                        self.in_flight.push((device, peer, bytes));
-                    }
-                }
-                Output::Link(LinkCommand::Close { device: peer }) => {
-                    if self.links.remove(&pair(device, peer))
-                        && let Some(other) = self.devices.get_mut(&peer)
-                    {
-                        other.engine.handle_link_down(now, device);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Runs the circle for `rounds` steps of 50 ms.
-    fn run(&mut self, rounds: usize) {
-        for _ in 0..rounds {
-            let ids: Vec<Uuid> = self.devices.keys().copied().collect();
-            for id in &ids {
-                self.drain(*id);
-            }
-            while let Some((to, frame)) = self.frames.pop_front() {
-                let now = self.now;
-                if let Some(dev) = self.devices.get_mut(&to)
-                    && dev.connected
-                {
-                    dev.engine.handle_frame(now, frame);
-                }
-                self.drain(to);
-            }
-            // Link packets arrive in any order; some are lost.
-            let mut packets = std::mem::take(&mut self.in_flight);
-            for i in (1..packets.len()).rev() {
-                let j = self.rng.gen_range(0..=i);
-                packets.swap(i, j);
-            }
-            for (from, to, bytes) in packets {
-                if self.rng.gen_bool(self.loss) || !self.links.contains(&pair(from, to)) {
-                    continue;
-                }
-                let now = self.now;
-                if let Some(dev) = self.devices.get_mut(&to) {
-                    dev.engine.handle_link_data(now, from, &bytes);
-                }
-                self.drain(to);
-            }
-            self.now += Duration::from_millis(50);
-            for id in &ids {
-                let now = self.now;
-                if let Some(dev) = self.devices.get_mut(id)
-                    && dev.engine.poll_timeout().is_some_and(|t| t <= now)
-                {
-                    dev.engine.handle_timeout(now);
-                }
-            }
-        }
-    }
-
-    /// Hands `to` a signal frame as a relay in the middle would forge it.
-    fn inject_signal(
-        &mut self,
-        to: Uuid,
-        from: Uuid,
-        member: Uuid,
-        payload: Box<serde_json::value::RawValue>,
-    ) {
-        let now = self.now;
-        let frame = ServerFrame::Signal {
-            from,
-            member,
-            payload,
-        };
-        self.devices
-            .get_mut(&to)
-            .expect("device")
-            .engine
-            .handle_frame(now, frame);
-        self.drain(to);
-    }
-
-    fn engine(&self, device: Uuid) -> &Engine {
-        &self.devices[&device].engine
-    }
-
-    fn send(&mut self, device: Uuid, text: &str) -> Uuid {
-        let now = self.now;
-        let id = self
-            .devices
-            .get_mut(&device)
-            .expect("device")
-            .engine
-            .send_text(now, text)
-            .expect("send");
-        self.drain(device);
-        id
-    }
-
-    fn received(&self, device: Uuid) -> Vec<(Uuid, String)> {
-        self.devices[&device].received.clone()
-    }
-
-    fn refused(&self, device: Uuid) -> Vec<String> {
-        self.devices[&device].refused.clone()
-    }
-
-    fn assert_one_group(&self, devices: &[Uuid]) {
-        let epochs: BTreeSet<Option<u64>> =
-            devices.iter().map(|d| self.engine(*d).epoch()).collect();
-        if epochs.len() != 1 {
-            for d in devices {
-                eprintln!(
-                    "{d}: epoch {:?} refused {:?}",
-                    self.engine(*d).epoch(),
-                    self.refused(*d)
-                );
-            }
-        }
-        assert_eq!(epochs.len(), 1, "devices disagree on the epoch: {epochs:?}");
-        for d in devices {
-            let members: BTreeSet<Uuid> = self.engine(*d).group_devices().into_keys().collect();
-            assert_eq!(
-                members,
-                devices.iter().copied().collect(),
-                "{d} sees another group"
-            );
-        }
-    }
-}
+use web_time::Duration;
 
 /// An admin, then two members: all three end in one group with links between every pair.
 fn circle_of_three(seed: u64) -> (Sim, [Uuid; 3]) {
@@ -660,7 +190,7 @@ fn concurrent_commits_converge_to_one_epoch() {
         let state = dev.store.clone();
         let mut config = config();
         config.add_fallback_after = Duration::ZERO;
-        dev.engine = Engine::restore(config, &state.0, state.1).expect("restore");
+        dev.engine = Engine::restore(config, state).expect("restore");
         dev.connected = false;
         sim.connect(d);
     }
@@ -687,7 +217,7 @@ fn a_restarted_device_keeps_its_group_outbox_and_history_position() {
     // Crash: the engine is rebuilt from what its driver last stored.
     let dev = sim.devices.get_mut(&b).expect("b");
     let state = dev.store.clone();
-    dev.engine = Engine::restore(config(), &state.0, state.1).expect("restore");
+    dev.engine = Engine::restore(config(), state).expect("restore");
     dev.connected = false;
     sim.go_offline(b);
     sim.connect(b);
@@ -821,4 +351,239 @@ fn substituted_key_packages_and_certificates_are_refused() {
     let epoch = sim.engine(a).epoch();
     sim.run(10);
     assert_eq!(sim.engine(a).epoch(), epoch, "nothing was added");
+}
+
+/// The KeyPackage `device` announced through the relay (its last one).
+fn announced_key_package(sim: &Sim, device: Uuid) -> KeyPackage {
+    sim.relayed
+        .iter()
+        .rev()
+        .filter_map(|p| serde_json::from_str::<SignalPayload>(p).ok())
+        .find_map(|p| match p {
+            SignalPayload::KeyPackage { kp } => {
+                let bytes = URL_SAFE_NO_PAD.decode(kp).ok()?;
+                let MlsMessageBodyIn::KeyPackage(kp) =
+                    MlsMessageIn::tls_deserialize_exact(bytes).ok()?.extract()
+                else {
+                    return None;
+                };
+                let kp = KeyPackageIn::validate(
+                    kp,
+                    tessera_engine::provider::Provider::default().crypto(),
+                    ProtocolVersion::Mls10,
+                )
+                .ok()?;
+                let certificate = roster::certificate_of(kp.leaf_node().credential()).ok()?;
+                (certificate.device == device).then_some(kp)
+            }
+            _ => None,
+        })
+        .expect("the device announced a KeyPackage")
+}
+
+#[test]
+fn a_forged_or_replayed_welcome_is_refused_and_the_device_still_joins_the_real_group() {
+    let mut sim = Sim::new(21);
+    let a = sim.member(Role::Admin, "Ada L.");
+    sim.run(5);
+    // Two newcomers announce to each other while the only member device is away: nobody adds
+    // them yet, and the relay has Dee's KeyPackage.
+    sim.go_offline(a);
+    let x = sim.member(Role::Member, "Xan");
+    let d = sim.member(Role::Member, "Dee");
+    sim.run(2);
+    let dee_package = announced_key_package(&sim, d);
+
+    // An outsider (a hardware key the directory does not know) certifies its own device key and
+    // builds a group of its own around Dee's public KeyPackage.
+    let (mut outsider_key, outsider) = new_member(Role::Admin);
+    let provider = tessera_engine::provider::Provider::default();
+    let device_key = SignatureKeyPair::new(SignatureScheme::ED25519).expect("key");
+    device_key.store(provider.storage()).expect("store");
+    let rogue_device = Uuid::new_v4();
+    let certificate = certify_with_soft_key(
+        &mut outsider_key,
+        ORIGIN,
+        outsider.id,
+        rogue_device,
+        &device_key.to_public_vec(),
+    )
+    .expect("certificate");
+    let mut rogue = MlsGroup::new(
+        &provider,
+        &device_key,
+        &MlsGroupCreateConfig::builder()
+            .ciphersuite(tessera_engine::engine::CIPHERSUITE)
+            .use_ratchet_tree_extension(true)
+            .build(),
+        CredentialWithKey {
+            credential: BasicCredential::new(serde_json::to_vec(&certificate).expect("json"))
+                .into(),
+            signature_key: device_key.to_public_vec().into(),
+        },
+    )
+    .expect("rogue group");
+    let (_, welcome, _) = rogue
+        .add_members(&provider, &device_key, &[dee_package])
+        .expect("add Dee");
+    let forged = to_raw_value(&SignalPayload::Welcome {
+        welcome: URL_SAFE_NO_PAD.encode(welcome.to_bytes().expect("bytes")),
+        next: 1,
+    })
+    .expect("json");
+    let fetches = sim.devices[&d].fetches;
+    sim.inject_signal(d, rogue_device, outsider.id, forged);
+    sim.run(2);
+    assert_eq!(
+        sim.devices[&d].fetches,
+        fetches + 1,
+        "one fresh directory for an unknown signer, then the refusal stands"
+    );
+    assert!(!sim.engine(d).in_group(), "Dee joined the outsider's group");
+    assert!(
+        sim.refused(d)
+            .iter()
+            .any(|r| r.starts_with("Welcome") && r.contains("member")),
+        "{:?}",
+        sim.refused(d)
+    );
+
+    // The admin returns and adds both; Dee's real Welcome, replayed to her and to a newcomer,
+    // changes nothing.
+    sim.connect(a);
+    sim.run(40);
+    sim.assert_one_group(&[a, x, d]);
+    let welcome = sim
+        .relayed
+        .iter()
+        .rev()
+        .find(|p| p.contains("\"welcome\""))
+        .cloned()
+        .expect("the real Welcome");
+    let replay = || serde_json::value::RawValue::from_string(welcome.clone()).expect("json");
+    let ada = sim.devices[&a].member;
+    let epoch = sim.engine(d).epoch();
+    sim.inject_signal(d, a, ada, replay());
+    assert_eq!(sim.engine(d).epoch(), epoch, "Dee's group did not change");
+    let e = sim.member(Role::Member, "Eve");
+    sim.hello_now(e);
+    sim.inject_signal(e, a, ada, replay());
+    assert!(!sim.engine(e).in_group(), "a Welcome for Dee let Eve in");
+    assert!(
+        sim.refused(e).iter().any(|r| r.starts_with("Welcome")),
+        "{:?}",
+        sim.refused(e)
+    );
+    sim.run(40);
+    sim.assert_one_group(&[a, x, d, e]);
+    sim.send(d, "still one circle");
+    sim.run(10);
+    assert_eq!(
+        sim.received(e).last(),
+        Some(&(d, "still one circle".to_string()))
+    );
+}
+
+#[test]
+fn commits_nobody_asked_for_are_ignored() {
+    let (mut sim, [a, b, c]) = circle_of_three(22);
+    let epoch = sim.engine(b).epoch();
+    let slot = epoch.map_or(0, |e| e + 1);
+    let refused_before = sim.refused(b).len();
+    // A member device (or a relay forging its id) pushes "commits" for the next slots to Bea,
+    // who never asked for them.
+    for commits in [
+        vec![URL_SAFE_NO_PAD.encode(b"not a commit")],
+        vec![URL_SAFE_NO_PAD.encode([0u8; 64]); 10],
+    ] {
+        let payload = to_raw_value(&SignalPayload::Commits {
+            from: slot,
+            commits,
+        })
+        .expect("json");
+        sim.inject_signal(b, a, sim.devices[&a].member, payload);
+    }
+    sim.run(10);
+    assert_eq!(sim.engine(b).epoch(), epoch, "Bea's epoch moved");
+    assert_eq!(
+        sim.refused(b).len(),
+        refused_before,
+        "Bea held and tried them: {:?}",
+        sim.refused(b)
+    );
+    sim.send(c, "after the push");
+    sim.run(10);
+    assert_eq!(
+        sim.received(b).last(),
+        Some(&(c, "after the push".to_string()))
+    );
+}
+
+/// `msg` (a TLS-encoded MLS PrivateMessage) claiming epoch `epoch`: its header altered in place.
+fn with_epoch(msg: &[u8], epoch: u64) -> Vec<u8> {
+    // version (2) and wire format (2), then the group id: an MLS variable-length size, then bytes.
+    let mut at = 4;
+    let (size, width) = match msg[at] >> 6 {
+        0 => (usize::from(msg[at] & 0x3f), 1),
+        1 => (
+            usize::from(u16::from_be_bytes([msg[at] & 0x3f, msg[at + 1]])),
+            2,
+        ),
+        _ => panic!("an unexpected group id length"),
+    };
+    at += width + size;
+    let mut out = msg.to_vec();
+    out[at..at + 8].copy_from_slice(&epoch.to_be_bytes());
+    out
+}
+
+#[test]
+fn a_flood_of_messages_from_future_epochs_is_kept_within_a_bound() {
+    let (mut sim, [a, b, c]) = circle_of_three(23);
+    // A genuine link message from Ada to Bea, as sent.
+    sim.send(a, "a template");
+    let template = sim
+        .in_flight
+        .iter()
+        .find(|(from, to, _)| *from == a && *to == b)
+        .and_then(|(_, _, bytes)| match decode_packet(bytes) {
+            Ok(Packet::Chunk {
+                bytes, count: 1, ..
+            }) => Some(bytes),
+            _ => None,
+        })
+        .expect("a one-chunk message");
+    sim.run(5);
+    let epoch = sim.engine(b).epoch().expect("in the group");
+    // Ada (a member; only she can speak on her link) sends sequence numbers Bea has not seen,
+    // each claiming a later epoch: Bea keeps them for when she gets there, within a bound.
+    let flood = |sim: &mut Sim, seqs: std::ops::Range<u64>| {
+        for seq in seqs {
+            let packet = encode_packet(&Packet::Chunk {
+                seq,
+                index: 0,
+                count: 1,
+                bytes: with_epoch(&template, epoch + 1 + seq),
+            });
+            let now = sim.now;
+            let bea = sim.devices.get_mut(&b).expect("b");
+            bea.engine.handle_link_data(now, a, &packet);
+            sim.drain(b);
+        }
+    };
+    flood(&mut sim, 0..400);
+    let after_400 = sim.devices[&b].store.state.len();
+    flood(&mut sim, 400..1_000);
+    let after_1000 = sim.devices[&b].store.state.len();
+    assert!(
+        after_1000 < after_400 + 2 * 1024,
+        "Bea's saved state grew from {after_400} to {after_1000} bytes"
+    );
+    assert_eq!(sim.engine(b).epoch(), Some(epoch));
+    sim.send(c, "Bea still reads Cy");
+    sim.run(10);
+    assert_eq!(
+        sim.received(b).last(),
+        Some(&(c, "Bea still reads Cy".to_string()))
+    );
 }

@@ -21,14 +21,10 @@ use crate::settings::Settings;
 
 /// The engine as this device last stored it.
 async fn restore(store: &DeviceStore, origin: &str, rp_id: &str) -> Result<Engine> {
-    let (state, mls) = store.load().await?.context(
+    let stored = store.load().await?.context(
         "this device's state is missing from its store: join again with a new --data-dir",
     )?;
-    Ok(Engine::restore(
-        EngineConfig::new(origin, rp_id),
-        &state,
-        mls,
-    )?)
+    Ok(Engine::restore(EngineConfig::new(origin, rp_id), stored)?)
 }
 
 /// The local address that routes to the server: the host candidate peers are offered.

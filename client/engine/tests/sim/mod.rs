@@ -1,0 +1,528 @@
+//! A simulated circle for the sans-IO engine: in-memory devices, a relay with the sequencer's rules
+//! (first commit per slot wins), data channels that can lose and reorder packets, simulated time,
+//! and each device's time spent in its engine. Shared by the engine's tests and its benchmark.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
+use serde_json::value::to_raw_value;
+use tessera_engine::authenticator::SoftKey;
+use tessera_engine::identity::certify_with_soft_key;
+use tessera_engine::payload::RtcSignal;
+use tessera_engine::{DeviceKey, Engine, EngineConfig, Event, LinkCommand, Output, Stored};
+use tessera_wire::signal::{ClientFrame, PeerDevice, ServerFrame};
+use tessera_wire::{MemberInfo, PublicKeyInfo, Role};
+use uuid::Uuid;
+use web_time::{Duration, Instant};
+
+pub const ORIGIN: &str = "http://localhost:8080";
+
+pub fn config() -> EngineConfig {
+    let mut config = EngineConfig::new(ORIGIN, "localhost");
+    config.delivery.resend_after = Duration::from_millis(300);
+    config.link_timeout = Duration::from_millis(500);
+    config
+}
+
+/// A member registered through real webauthn-rs with a software key.
+pub fn new_member(role: Role) -> (SoftKey, MemberInfo) {
+    let rp_origin = url::Url::parse(ORIGIN).expect("origin");
+    let webauthn = webauthn_rs::prelude::WebauthnBuilder::new("localhost", &rp_origin)
+        .and_then(webauthn_rs::prelude::WebauthnBuilder::build)
+        .expect("relying party");
+    let id = Uuid::new_v4();
+    let (options, _state) = webauthn
+        .start_passkey_registration(id, "tessera", "tessera", None)
+        .expect("start");
+    let (key, _credential) = SoftKey::register(&options, ORIGIN).expect("register");
+    let info = MemberInfo {
+        id,
+        role,
+        created_at: 0,
+        passkeys: vec![PublicKeyInfo {
+            credential_id: URL_SAFE_NO_PAD.encode(key.credential_id()),
+            alg: "ES256".into(),
+            public_key: URL_SAFE_NO_PAD.encode(key.public_key_sec1()),
+        }],
+    };
+    (key, info)
+}
+
+pub struct Device {
+    pub engine: Engine,
+    pub member: Uuid,
+    pub connected: bool,
+    pub received: Vec<(Uuid, String)>,
+    pub delivered: BTreeSet<(Uuid, Uuid)>,
+    pub refused: Vec<String>,
+    pub removed: bool,
+    pub store: Stored,
+    /// Time spent in its engine (and applying its snapshots), on this machine's clock.
+    pub busy: std::time::Duration,
+    /// Directory fetches it asked for.
+    pub fetches: usize,
+}
+
+impl Device {
+    /// Runs `f` on the engine, counting the time it takes as the device's.
+    pub fn timed<R>(&mut self, f: impl FnOnce(&mut Engine) -> R) -> R {
+        let started = std::time::Instant::now();
+        let result = f(&mut self.engine);
+        self.busy += started.elapsed();
+        result
+    }
+}
+
+/// How the simulated relay treats payloads: honestly, or as an attacker in the middle.
+pub type Tamper = Box<dyn FnMut(&str) -> Option<String>>;
+
+pub struct Sim {
+    pub now: Instant,
+    pub devices: BTreeMap<Uuid, Device>,
+    pub directory: Vec<MemberInfo>,
+    pub slot: u64,
+    pub frames: VecDeque<(Uuid, ServerFrame)>,
+    pub links: BTreeSet<(Uuid, Uuid)>,
+    pub in_flight: Vec<(Uuid, Uuid, Vec<u8>)>,
+    pub rng: StdRng,
+    pub loss: f64,
+    pub tamper: Option<Tamper>,
+    pub relayed: Vec<String>,
+}
+
+pub fn pair(a: Uuid, b: Uuid) -> (Uuid, Uuid) {
+    (a.min(b), a.max(b))
+}
+
+impl Sim {
+    pub fn new(seed: u64) -> Sim {
+        Sim {
+            now: Instant::now(),
+            devices: BTreeMap::new(),
+            directory: Vec::new(),
+            slot: 0,
+            frames: VecDeque::new(),
+            links: BTreeSet::new(),
+            in_flight: Vec::new(),
+            rng: StdRng::seed_from_u64(seed),
+            loss: 0.0,
+            tamper: None,
+            relayed: Vec::new(),
+        }
+    }
+
+    /// A new member with one device, connected.
+    pub fn member(&mut self, role: Role, name: &str) -> Uuid {
+        let (mut key, info) = new_member(role);
+        let member = info.id;
+        self.directory.push(info);
+        self.device(&mut key, member, name)
+    }
+
+    /// A new device of `member`, certified by its key, connected.
+    pub fn device(&mut self, key: &mut SoftKey, member: Uuid, name: &str) -> Uuid {
+        let device = Uuid::new_v4();
+        let device_key = DeviceKey::generate().expect("device key");
+        let certificate =
+            certify_with_soft_key(key, ORIGIN, member, device, device_key.public()).expect("cert");
+        let mut engine =
+            Engine::new(config(), member, device, device_key, certificate).expect("engine");
+        engine
+            .set_display_name(self.now, name)
+            .expect("display name");
+        self.devices.insert(
+            device,
+            Device {
+                engine,
+                member,
+                connected: false,
+                received: Vec::new(),
+                delivered: BTreeSet::new(),
+                refused: Vec::new(),
+                removed: false,
+                store: Stored::default(),
+                busy: std::time::Duration::ZERO,
+                fetches: 0,
+            },
+        );
+        self.connect(device);
+        device
+    }
+
+    pub fn connect(&mut self, device: Uuid) {
+        let peers: Vec<PeerDevice> = self
+            .devices
+            .iter()
+            .filter(|(d, dev)| **d != device && dev.connected)
+            .map(|(d, dev)| PeerDevice {
+                member: dev.member,
+                device: *d,
+            })
+            .collect();
+        let member = self.devices[&device].member;
+        for peer in &peers {
+            self.frames.push_back((
+                peer.device,
+                ServerFrame::Presence {
+                    member,
+                    device,
+                    online: true,
+                },
+            ));
+        }
+        self.devices.get_mut(&device).expect("device").connected = true;
+        self.frames.push_back((
+            device,
+            ServerFrame::Hello {
+                member,
+                device,
+                peers,
+                epoch: self.slot,
+            },
+        ));
+    }
+
+    pub fn disconnect(&mut self, device: Uuid) {
+        let dev = self.devices.get_mut(&device).expect("device");
+        dev.connected = false;
+        let member = dev.member;
+        dev.engine.handle_disconnected(self.now);
+        let others: Vec<Uuid> = self
+            .devices
+            .iter()
+            .filter(|(d, dev)| **d != device && dev.connected)
+            .map(|(d, _)| *d)
+            .collect();
+        for other in others {
+            self.frames.push_back((
+                other,
+                ServerFrame::Presence {
+                    member,
+                    device,
+                    online: false,
+                },
+            ));
+        }
+    }
+
+    /// Takes the device off the network entirely: signalling and every link.
+    pub fn go_offline(&mut self, device: Uuid) {
+        self.disconnect(device);
+        let gone: Vec<(Uuid, Uuid)> = self
+            .links
+            .iter()
+            .copied()
+            .filter(|(a, b)| *a == device || *b == device)
+            .collect();
+        for (a, b) in gone {
+            self.links.remove(&(a, b));
+            let now = self.now;
+            for (x, y) in [(a, b), (b, a)] {
+                if let Some(dev) = self.devices.get_mut(&x) {
+                    dev.engine.handle_link_down(now, y);
+                }
+            }
+        }
+    }
+
+    pub fn relay(&mut self, from: Uuid, frame: ClientFrame) {
+        let Some(sender) = self.devices.get(&from) else {
+            return;
+        };
+        if !sender.connected {
+            return;
+        }
+        let member = sender.member;
+        match frame {
+            ClientFrame::Signal { to, payload } => {
+                if !self.devices.get(&to).is_some_and(|d| d.connected) {
+                    return;
+                }
+                let mut text = payload.get().to_owned();
+                if let Some(tamper) = self.tamper.as_mut()
+                    && let Some(changed) = tamper(&text)
+                {
+                    text = changed;
+                }
+                self.relayed.push(text.clone());
+                let payload = serde_json::value::RawValue::from_string(text).expect("json");
+                self.frames.push_back((
+                    to,
+                    ServerFrame::Signal {
+                        from,
+                        member,
+                        payload,
+                    },
+                ));
+            }
+            ClientFrame::Commit { epoch, payload } => {
+                self.relayed.push(payload.get().to_owned());
+                if epoch != self.slot {
+                    self.frames.push_back((
+                        from,
+                        ServerFrame::CommitResult {
+                            epoch,
+                            accepted: false,
+                        },
+                    ));
+                    return;
+                }
+                self.slot += 1;
+                let others: Vec<Uuid> = self
+                    .devices
+                    .iter()
+                    .filter(|(d, dev)| **d != from && dev.connected)
+                    .map(|(d, _)| *d)
+                    .collect();
+                for other in others {
+                    let payload = to_raw_value(&payload).expect("json");
+                    self.frames.push_back((
+                        other,
+                        ServerFrame::Commit {
+                            from,
+                            member,
+                            epoch,
+                            payload,
+                        },
+                    ));
+                }
+                self.frames.push_back((
+                    from,
+                    ServerFrame::CommitResult {
+                        epoch,
+                        accepted: true,
+                    },
+                ));
+            }
+        }
+    }
+
+    /// Acts on one device's outputs, as its driver would.
+    pub fn drain(&mut self, device: Uuid) {
+        loop {
+            let now = self.now;
+            let Some(dev) = self.devices.get_mut(&device) else {
+                return;
+            };
+            let started = std::time::Instant::now();
+            if let Ok(Some(snapshot)) = dev.engine.take_snapshot() {
+                dev.store.apply(snapshot);
+            }
+            dev.busy += started.elapsed();
+            let Some(output) = dev.timed(Engine::poll_output) else {
+                return;
+            };
+            match output {
+                Output::Send(frame) => self.relay(device, frame),
+                Output::FetchDirectory => {
+                    dev.fetches += 1;
+                    // Far more than any test needs: an engine fetching without end fails here.
+                    assert!(
+                        dev.fetches < 1_000,
+                        "{device} fetches the directory without end"
+                    );
+                    let directory = self.directory.clone();
+                    dev.timed(|e| e.handle_directory(now, directory));
+                }
+                Output::Event(event) => match event {
+                    Event::Message {
+                        message,
+                        outgoing: false,
+                    } => dev.received.push((message.device, message.text)),
+                    Event::Delivered { id, device } => {
+                        dev.delivered.insert((id, device));
+                    }
+                    Event::Refused { what, reason } => {
+                        dev.refused.push(format!("{what}: {reason}"))
+                    }
+                    Event::Removed => dev.removed = true,
+                    _ => {}
+                },
+                Output::Link(LinkCommand::Open { device: peer }) => {
+                    dev.engine
+                        .send_rtc(
+                            now,
+                            peer,
+                            RtcSignal::Offer {
+                                sdp: format!("offer {device}"),
+                            },
+                        )
+                        .expect("offer");
+                }
+                Output::Link(LinkCommand::Rtc {
+                    device: peer,
+                    signal,
+                }) => match signal {
+                    RtcSignal::Offer { .. } => {
+                        dev.engine
+                            .send_rtc(
+                                now,
+                                peer,
+                                RtcSignal::Answer {
+                                    sdp: format!("answer {device}"),
+                                },
+                            )
+                            .expect("answer");
+                    }
+                    RtcSignal::Answer { .. } => {
+                        self.links.insert(pair(device, peer));
+                        dev.engine.handle_link_up(now, peer);
+                        if let Some(other) = self.devices.get_mut(&peer) {
+                            other.engine.handle_link_up(now, device);
+                        }
+                    }
+                    RtcSignal::Candidate { .. } => {}
+                },
+                Output::Link(LinkCommand::Data {
+                    device: peer,
+                    bytes,
+                }) => {
+                    if self.links.contains(&pair(device, peer)) {
+                        self.in_flight.push((device, peer, bytes));
+                    }
+                }
+                Output::Link(LinkCommand::Close { device: peer }) => {
+                    if self.links.remove(&pair(device, peer))
+                        && let Some(other) = self.devices.get_mut(&peer)
+                    {
+                        other.engine.handle_link_down(now, device);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs the circle for `rounds` steps of 50 ms.
+    pub fn run(&mut self, rounds: usize) {
+        for _ in 0..rounds {
+            let ids: Vec<Uuid> = self.devices.keys().copied().collect();
+            for id in &ids {
+                self.drain(*id);
+            }
+            while let Some((to, frame)) = self.frames.pop_front() {
+                let now = self.now;
+                if let Some(dev) = self.devices.get_mut(&to)
+                    && dev.connected
+                {
+                    dev.timed(|e| e.handle_frame(now, frame));
+                }
+                self.drain(to);
+            }
+            // Link packets arrive in any order; some are lost.
+            let mut packets = std::mem::take(&mut self.in_flight);
+            for i in (1..packets.len()).rev() {
+                let j = self.rng.gen_range(0..=i);
+                packets.swap(i, j);
+            }
+            for (from, to, bytes) in packets {
+                if self.rng.gen_bool(self.loss) || !self.links.contains(&pair(from, to)) {
+                    continue;
+                }
+                let now = self.now;
+                if let Some(dev) = self.devices.get_mut(&to) {
+                    dev.timed(|e| e.handle_link_data(now, from, &bytes));
+                }
+                self.drain(to);
+            }
+            self.now += Duration::from_millis(50);
+            for id in &ids {
+                let now = self.now;
+                if let Some(dev) = self.devices.get_mut(id)
+                    && dev.engine.poll_timeout().is_some_and(|t| t <= now)
+                {
+                    dev.timed(|e| e.handle_timeout(now));
+                }
+            }
+        }
+    }
+
+    /// Lets a device just connected take its hello (and announce itself) now, before the rest
+    /// of the circle runs.
+    pub fn hello_now(&mut self, device: Uuid) {
+        let index = self
+            .frames
+            .iter()
+            .position(|(to, _)| *to == device)
+            .expect("its hello is queued");
+        let (_, hello) = self.frames.remove(index).expect("hello");
+        let now = self.now;
+        self.devices
+            .get_mut(&device)
+            .expect("device")
+            .timed(|e| e.handle_frame(now, hello));
+        self.drain(device);
+    }
+
+    /// Hands `to` a signal frame as a relay in the middle would forge it.
+    pub fn inject_signal(
+        &mut self,
+        to: Uuid,
+        from: Uuid,
+        member: Uuid,
+        payload: Box<serde_json::value::RawValue>,
+    ) {
+        let now = self.now;
+        let frame = ServerFrame::Signal {
+            from,
+            member,
+            payload,
+        };
+        self.devices
+            .get_mut(&to)
+            .expect("device")
+            .engine
+            .handle_frame(now, frame);
+        self.drain(to);
+    }
+
+    pub fn engine(&self, device: Uuid) -> &Engine {
+        &self.devices[&device].engine
+    }
+
+    pub fn send(&mut self, device: Uuid, text: &str) -> Uuid {
+        let now = self.now;
+        let id = self
+            .devices
+            .get_mut(&device)
+            .expect("device")
+            .engine
+            .send_text(now, text)
+            .expect("send");
+        self.drain(device);
+        id
+    }
+
+    pub fn received(&self, device: Uuid) -> Vec<(Uuid, String)> {
+        self.devices[&device].received.clone()
+    }
+
+    pub fn refused(&self, device: Uuid) -> Vec<String> {
+        self.devices[&device].refused.clone()
+    }
+
+    pub fn assert_one_group(&self, devices: &[Uuid]) {
+        let epochs: BTreeSet<Option<u64>> =
+            devices.iter().map(|d| self.engine(*d).epoch()).collect();
+        if epochs.len() != 1 {
+            for d in devices {
+                eprintln!(
+                    "{d}: epoch {:?} refused {:?}",
+                    self.engine(*d).epoch(),
+                    self.refused(*d)
+                );
+            }
+        }
+        assert_eq!(epochs.len(), 1, "devices disagree on the epoch: {epochs:?}");
+        for d in devices {
+            let members: BTreeSet<Uuid> = self.engine(*d).group_devices().into_keys().collect();
+            assert_eq!(
+                members,
+                devices.iter().copied().collect(),
+                "{d} sees another group"
+            );
+        }
+    }
+}
