@@ -8,7 +8,7 @@ use tessera_wire::{
     CreateRecoveryRequest, CreatedInvitation, EnrollStartRequest, ErrorBody, InvitationInfo,
     LoginFinishRequest, Me, MemberInfo, PasskeyInfo, PublicKeyCredential,
     RegisterPublicKeyCredential, RegistrationFinishRequest, RegistrationOptions, Role,
-    SessionGranted,
+    SessionGranted, TurnCredentials,
 };
 use url::Url;
 use uuid::Uuid;
@@ -429,6 +429,14 @@ impl ApiClient {
     /// When the server refuses or cannot be reached.
     pub async fn members(&self) -> ApiClientResult<Vec<MemberInfo>> {
         self.call::<(), _>(Method::GET, "/members", None).await
+    }
+
+    /// `GET /turn`: ICE servers and short-lived TURN credentials, when the server has them.
+    ///
+    /// # Errors
+    /// When the server refuses (`turn_not_configured` when it has none) or cannot be reached.
+    pub async fn turn(&self) -> ApiClientResult<TurnCredentials> {
+        self.call::<(), _>(Method::GET, "/turn", None).await
     }
 
     /// `DELETE /members/{id}` (admins).

@@ -100,6 +100,8 @@ impl Application {
         listener: TcpListener,
     ) -> Result<Application, BuildError> {
         let webauthn = relying_party(&config)?;
+        crate::turn::check_urls(&config.ice_urls, config.turn_secret.as_ref())
+            .map_err(BuildError::Config)?;
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.data_dir).await?);
         let first_invitation = if store.circle_count().await? == 0 {
             let created =

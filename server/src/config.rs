@@ -7,6 +7,8 @@ use clap::{Args, Parser, Subcommand};
 use url::Url;
 use uuid::Uuid;
 
+use crate::turn::TurnSecret;
+
 /// Tessera rendezvous server: hardware-key enrollment, login and invitations for invitation-only circles.
 #[derive(Debug, Parser)]
 #[command(name = "tessera-server", version, about)]
@@ -156,6 +158,32 @@ pub struct Config {
         global = true
     )]
     pub ws_idle_timeout_secs: u64,
+    /// ICE servers members' devices may use (`stun:`, `turn:`, `turns:` URLs, comma-separated),
+    /// handed out by `GET /api/v1/turn`. None by default: peers connect directly.
+    #[arg(
+        long = "ice-url",
+        env = "TESSERA_ICE_URLS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub ice_urls: Vec<String>,
+    /// The secret shared with the TURN server (coturn `static-auth-secret`), to sign short-lived
+    /// credentials with. Prefer the environment variable to the command line.
+    #[arg(
+        long,
+        env = "TESSERA_TURN_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
+    pub turn_secret: Option<TurnSecret>,
+    /// How long TURN credentials stay valid, in seconds (an allocation ends with them).
+    #[arg(
+        long,
+        env = "TESSERA_TURN_TTL_SECS",
+        default_value_t = 12 * 3600,
+        global = true
+    )]
+    pub turn_ttl_secs: u64,
     /// Log filter (tracing syntax), e.g. `info` or `tessera_server=debug`.
     #[arg(long, env = "TESSERA_LOG", default_value = "info", global = true)]
     pub log: String,
@@ -202,6 +230,9 @@ impl Config {
             ws_max_refusals: 100,
             ws_connections_per_member: 8,
             ws_idle_timeout_secs: 60,
+            ice_urls: Vec::new(),
+            turn_secret: None,
+            turn_ttl_secs: 12 * 3600,
             log: "warn".into(),
         }
     }

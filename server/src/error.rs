@@ -81,6 +81,9 @@ pub enum ApiError {
     /// The device id is in use by another member.
     #[error("this device id is in use by another member")]
     DeviceTaken,
+    /// No TURN service is configured (`--turn-secret`, `--ice-url`).
+    #[error("this server hands out no TURN credentials; peers connect directly")]
+    TurnNotConfigured,
     /// The server is at a limit (e.g. too many pending ceremonies).
     #[error("the server is busy; try again in a minute")]
     Busy,
@@ -117,6 +120,7 @@ impl ApiError {
             ApiError::OriginRefused => (StatusCode::FORBIDDEN, "origin_refused"),
             ApiError::TooManyConnections => (StatusCode::TOO_MANY_REQUESTS, "too_many_connections"),
             ApiError::DeviceTaken => (StatusCode::CONFLICT, "device_taken"),
+            ApiError::TurnNotConfigured => (StatusCode::NOT_FOUND, "turn_not_configured"),
             ApiError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

@@ -17,6 +17,7 @@ pub mod secret;
 pub mod signal;
 pub mod state;
 pub mod store;
+pub mod turn;
 
 pub use app::Application;
 pub use config::Config;

@@ -11,3 +11,4 @@ mod privacy;
 mod rate_limits;
 mod signalling;
 mod support;
+mod turn;

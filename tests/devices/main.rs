@@ -5,3 +5,4 @@ mod circle;
 mod links;
 mod relay;
 mod support;
+mod turn;

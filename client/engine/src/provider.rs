@@ -53,8 +53,9 @@ impl Provider {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = checkpoint;
     }
 
-    /// What changed since `saved` (the values last written to the local store), and the new saved
-    /// copy.
+    /// What changed since `saved` (the values last written to the local store); `saved` is
+    /// brought up to date in place (only changed values are copied: the store of a large
+    /// group holds megabytes).
     #[must_use]
     pub fn changes_since(&self, saved: &mut HashMap<Vec<u8>, Vec<u8>>) -> StorageChanges {
         let values = self
@@ -65,15 +66,19 @@ impl Provider {
         let mut changes = Vec::new();
         for (key, value) in values.iter() {
             if saved.get(key) != Some(value) {
+                saved.insert(key.clone(), value.clone());
                 changes.push((key.clone(), Some(value.clone())));
             }
         }
-        for key in saved.keys() {
-            if !values.contains_key(key) {
-                changes.push((key.clone(), None));
-            }
+        if saved.len() > values.len() {
+            saved.retain(|key, _| {
+                let kept = values.contains_key(key);
+                if !kept {
+                    changes.push((key.clone(), None));
+                }
+                kept
+            });
         }
-        saved.clone_from(&values);
         changes
     }
 }

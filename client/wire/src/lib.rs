@@ -243,6 +243,21 @@ pub struct MemberInfo {
     pub passkeys: Vec<PublicKeyInfo>,
 }
 
+/// `GET /api/v1/turn`: ICE servers and short-lived credentials for them (coturn's REST-secret
+/// scheme), for WebRTC peers that cannot reach each other directly. The shape of the browser's
+/// `RTCIceServer`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnCredentials {
+    /// `stun:`, `turn:` and `turns:` URLs.
+    pub urls: Vec<String>,
+    /// The TURN username: the expiry (Unix seconds), a colon and an opaque tag.
+    pub username: String,
+    /// The TURN password for that username.
+    pub credential: String,
+    /// Seconds the credentials stay valid.
+    pub ttl_secs: u64,
+}
+
 /// `GET /healthz`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Health {

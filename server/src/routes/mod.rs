@@ -8,6 +8,7 @@ mod me;
 mod members;
 mod pages;
 mod signal;
+mod turn;
 
 use axum::Router;
 
@@ -21,7 +22,8 @@ pub fn router() -> Router<AppState> {
         .merge(me::router())
         .merge(invitations::router())
         .merge(members::router())
-        .merge(signal::router());
+        .merge(signal::router())
+        .merge(turn::router());
     Router::new()
         .nest(tessera_wire::API_PREFIX, api)
         .merge(health::router())
