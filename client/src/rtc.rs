@@ -226,12 +226,6 @@ impl Links {
         true
     }
 
-    /// Bytes waiting in the queue to `device` (not yet taken by its data channel).
-    #[must_use]
-    pub fn queued(&self, device: Uuid) -> usize {
-        self.peers.get(&device).map_or(0, |p| p.queued)
-    }
-
     /// Closes the link to `device`.
     pub fn close(&mut self, device: Uuid) {
         if let Some(mut peer) = self.peers.remove(&device) {

@@ -1,6 +1,7 @@
 //! The device's local store in SQLite (sqlx): the engine's snapshots (its state, MLS's key-value
-//! pairs and the outbox, one row per message) and the message history, each snapshot written in one transaction before the
-//! outputs that followed it are acted on, so a crash loses nothing acknowledged.
+//! pairs and the outbox, one row per message) and the message history, each snapshot written in
+//! one transaction before the outputs that followed it are acted on, so a crash loses nothing
+//! acknowledged.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -110,13 +111,12 @@ impl DeviceStore {
         let rows = sqlx::query("SELECT peer, seq, tag, message FROM outbox")
             .fetch_all(&self.pool)
             .await?;
-        let uuid = |text: &str| Uuid::parse_str(text).map_err(|_| StoreError::Malformed("outbox"));
         let mut outbox = BTreeMap::new();
         for r in rows {
-            let peer = uuid(r.get(0))?;
+            let peer = stored_id(r.get(0))?;
             let seq =
                 u64::try_from(r.get::<i64, _>(1)).map_err(|_| StoreError::Malformed("outbox"))?;
-            let tag = r.get::<Option<&str>, _>(2).map(uuid).transpose()?;
+            let tag = r.get::<Option<&str>, _>(2).map(stored_id).transpose()?;
             let message = r.get(3);
             outbox.insert(
                 (peer, seq),
@@ -227,14 +227,13 @@ impl DeviceStore {
         else {
             return Ok(None);
         };
-        let uuid = |text: String| Uuid::parse_str(&text).map_err(|_| StoreError::Malformed("id"));
         let role = Role::parse(r.get(5)).ok_or(StoreError::Malformed("role"))?;
         Ok(Some(Profile {
             origin: r.get(0),
             rp_id: r.get(1),
-            member: uuid(r.get(2))?,
-            device: uuid(r.get(3))?,
-            circle: uuid(r.get(4))?,
+            member: stored_id(r.get(2))?,
+            device: stored_id(r.get(3))?,
+            circle: stored_id(r.get(4))?,
             role,
             session: r.get(6),
             key_file: r.get(7),
@@ -279,14 +278,13 @@ impl DeviceStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        let uuid = |text: String| Uuid::parse_str(&text).map_err(|_| StoreError::Malformed("id"));
         rows.into_iter()
             .map(|r| {
                 Ok(HistoryEntry {
                     message: ChatMessage {
-                        id: uuid(r.get(0))?,
-                        member: uuid(r.get(1))?,
-                        device: uuid(r.get(2))?,
+                        id: stored_id(r.get(0))?,
+                        member: stored_id(r.get(1))?,
+                        device: stored_id(r.get(2))?,
                         text: r.get(3),
                         sent_at: r.get(4),
                     },
@@ -302,4 +300,9 @@ impl DeviceStore {
 /// A sequence number as SQLite's integer.
 fn sql_seq(seq: u64) -> Result<i64, StoreError> {
     i64::try_from(seq).map_err(|_| StoreError::Malformed("outbox sequence number"))
+}
+
+/// An id as the store keeps it (text).
+fn stored_id(text: &str) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(text).map_err(|_| StoreError::Malformed("id"))
 }

@@ -134,6 +134,16 @@ struct Peer {
     complete: BTreeMap<Seq, Vec<u8>>,
 }
 
+impl Peer {
+    /// Counts nothing as sent any more: every unacknowledged message waits to go (again).
+    fn recall(&mut self) {
+        self.in_flight = 0;
+        for outgoing in self.outbox.values_mut() {
+            outgoing.due = None;
+        }
+    }
+}
+
 /// The delivery state of one device towards all its peers. It serialises (for the local store)
 /// without its configuration, its links, the packets not yet taken and its outbox, which is
 /// stored row by row through [`Delivery::take_outbox_changes`].
@@ -146,9 +156,10 @@ pub struct Delivery {
     transmit: VecDeque<(Uuid, Packet)>,
     delivered: VecDeque<(Uuid, Seq, Vec<u8>)>,
     acknowledged: VecDeque<(Uuid, Seq, Option<Uuid>)>,
-    /// Outbox rows to write or delete, by (peer, seq); `None` deletes.
+    /// Outbox rows to write (`true`: the message is read from the outbox when taken) or delete
+    /// (`false`), by (peer, seq).
     #[serde(skip)]
-    outbox_changes: BTreeMap<(Uuid, Seq), Option<Queued>>,
+    outbox_changes: BTreeMap<(Uuid, Seq), bool>,
 }
 
 impl Delivery {
@@ -189,19 +200,29 @@ impl Delivery {
 
     /// The outbox rows to write and delete since the last call, to store with the state.
     pub fn take_outbox_changes(&mut self) -> Vec<OutboxChange> {
-        std::mem::take(&mut self.outbox_changes)
+        let changes = std::mem::take(&mut self.outbox_changes);
+        changes
             .into_iter()
-            .map(|((peer, seq), row)| match row {
-                Some(queued) => OutboxChange::Put(queued),
-                None => OutboxChange::Delete { peer, seq },
+            .filter_map(|((peer, seq), put)| {
+                if !put {
+                    return Some(OutboxChange::Delete { peer, seq });
+                }
+                // Still in the outbox: a message that left it took its put with it (delete_row).
+                let outgoing = self.peers.get(&peer)?.outbox.get(&seq)?;
+                Some(OutboxChange::Put(Queued {
+                    peer,
+                    seq,
+                    tag: outgoing.tag,
+                    message: outgoing.message.clone(),
+                }))
             })
             .collect()
     }
 
     /// Records that the row of (`peer`, `seq`) goes; one never written is simply not written.
     fn delete_row(&mut self, peer: Uuid, seq: Seq) {
-        if !matches!(self.outbox_changes.remove(&(peer, seq)), Some(Some(_))) {
-            self.outbox_changes.insert((peer, seq), None);
+        if self.outbox_changes.remove(&(peer, seq)) != Some(true) {
+            self.outbox_changes.insert((peer, seq), false);
         }
     }
 
@@ -242,15 +263,7 @@ impl Delivery {
                 due: None,
             },
         );
-        self.outbox_changes.insert(
-            (peer, seq),
-            Some(Queued {
-                peer,
-                seq,
-                tag,
-                message: message.to_vec(),
-            }),
-        );
+        self.outbox_changes.insert((peer, seq), true);
         self.fill(now, peer);
         Ok(seq)
     }
@@ -278,10 +291,7 @@ impl Delivery {
     pub fn link_up(&mut self, now: Instant, peer: Uuid) {
         let state = self.peers.entry(peer).or_default();
         state.link_up = true;
-        state.in_flight = 0;
-        for outgoing in state.outbox.values_mut() {
-            outgoing.due = None;
-        }
+        state.recall();
         self.fill(now, peer);
     }
 
@@ -289,10 +299,7 @@ impl Delivery {
     pub fn link_down(&mut self, peer: Uuid) {
         if let Some(state) = self.peers.get_mut(&peer) {
             state.link_up = false;
-            state.in_flight = 0;
-            for outgoing in state.outbox.values_mut() {
-                outgoing.due = None;
-            }
+            state.recall();
         }
         self.transmit.retain(|(to, _)| *to != peer);
     }

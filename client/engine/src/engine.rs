@@ -1138,7 +1138,7 @@ impl Engine {
         // a refused (forged, or not yet verifiable) Welcome must leave it, or the genuine one
         // could never be read.
         let checkpoint = self.provider.checkpoint();
-        let staged = (|| {
+        let joined = (|| {
             let MlsMessageBodyIn::Welcome(welcome) = read_mls(bytes)? else {
                 return Err(Refusal::Malformed("Welcome"));
             };
@@ -1162,52 +1162,41 @@ impl Engine {
             if certificate_of(sender.credential())?.device != from {
                 return Err(Refusal::WrongSender);
             }
-            Ok(staged)
+            staged.into_group(&self.provider).map_err(refused)
         })();
-        match staged {
-            Ok(staged) => match staged.into_group(&self.provider) {
-                Ok(group) => {
-                    self.group = Some(group);
-                    self.saved.next_slot = Some(next);
-                    self.saved.key_package = None;
-                    self.saved.held.retain(|slot, _| *slot >= next);
-                    self.waiting.clear();
-                    self.refresh_roster();
-                    self.event(Event::Joined);
-                    self.retry_key_packages(now);
-                    for (from, member, msg) in std::mem::take(&mut self.early) {
-                        self.take_signal(now, from, member, SignalPayload::Mls { msg });
-                    }
-                    if let Some(name) = self.saved.display_name.clone() {
-                        let _ = self.broadcast(now, &Content::Profile { name }, None);
-                    }
-                }
-                Err(e) => {
-                    self.provider.roll_back(checkpoint);
-                    self.event(Event::Refused {
-                        what: "Welcome",
-                        reason: refused(e),
-                    });
-                }
-            },
-            Err(Refusal::UnknownMember) if self.awaits_directory(tried) => {
-                self.provider.roll_back(checkpoint);
-                let version = Some(tried.unwrap_or(self.directory_version));
-                self.welcomes.push((from, bytes.to_vec(), next, version));
-                self.fetch_directory();
-            }
+        let group = match joined {
+            Ok(group) => group,
             Err(reason) => {
                 self.provider.roll_back(checkpoint);
-                self.event(Event::Refused {
-                    what: "Welcome",
-                    reason,
-                });
+                if matches!(reason, Refusal::UnknownMember) && self.awaits_directory(tried) {
+                    let version = Some(tried.unwrap_or(self.directory_version));
+                    self.welcomes.push((from, bytes.to_vec(), next, version));
+                    self.fetch_directory();
+                } else {
+                    self.event(Event::Refused {
+                        what: "Welcome",
+                        reason,
+                    });
+                }
+                return;
             }
+        };
+        self.group = Some(group);
+        self.saved.next_slot = Some(next);
+        self.saved.key_package = None;
+        self.saved.held.retain(|slot, _| *slot >= next);
+        self.waiting.clear();
+        self.refresh_roster();
+        self.event(Event::Joined);
+        self.retry_key_packages(now);
+        for (from, member, msg) in std::mem::take(&mut self.early) {
+            self.take_signal(now, from, member, SignalPayload::Mls { msg });
+        }
+        if let Some(name) = self.saved.display_name.clone() {
+            let _ = self.broadcast(now, &Content::Profile { name }, None);
         }
     }
 
-    /// An MLS application message relayed by the server: the sender must be the device and member
-    /// the server named, and it must be addressed to this device.
     fn open_sealed(
         &mut self,
         now: Instant,

@@ -67,10 +67,11 @@ pub struct Device {
 }
 
 impl Device {
-    /// Runs `f` on the engine, counting the time it takes as the device's.
-    pub fn timed<R>(&mut self, f: impl FnOnce(&mut Engine) -> R) -> R {
+    /// Runs `f` on the device (its engine, its store), counting the time it takes as the
+    /// device's.
+    pub fn timed<R>(&mut self, f: impl FnOnce(&mut Device) -> R) -> R {
         let started = std::time::Instant::now();
-        let result = f(&mut self.engine);
+        let result = f(self);
         self.busy += started.elapsed();
         result
     }
@@ -307,12 +308,12 @@ impl Sim {
             let Some(dev) = self.devices.get_mut(&device) else {
                 return;
             };
-            let started = std::time::Instant::now();
-            if let Ok(Some(snapshot)) = dev.engine.take_snapshot() {
-                dev.store.apply(snapshot);
-            }
-            dev.busy += started.elapsed();
-            let Some(output) = dev.timed(Engine::poll_output) else {
+            dev.timed(|d| {
+                if let Ok(Some(snapshot)) = d.engine.take_snapshot() {
+                    d.store.apply(snapshot);
+                }
+            });
+            let Some(output) = dev.timed(|d| d.engine.poll_output()) else {
                 return;
             };
             match output {
@@ -325,7 +326,7 @@ impl Sim {
                         "{device} fetches the directory without end"
                     );
                     let directory = self.directory.clone();
-                    dev.timed(|e| e.handle_directory(now, directory));
+                    dev.timed(|d| d.engine.handle_directory(now, directory));
                 }
                 Output::Event(event) => match event {
                     Event::Message {
@@ -407,7 +408,7 @@ impl Sim {
                 if let Some(dev) = self.devices.get_mut(&to)
                     && dev.connected
                 {
-                    dev.timed(|e| e.handle_frame(now, frame));
+                    dev.timed(|d| d.engine.handle_frame(now, frame));
                 }
                 self.drain(to);
             }
@@ -423,7 +424,7 @@ impl Sim {
                 }
                 let now = self.now;
                 if let Some(dev) = self.devices.get_mut(&to) {
-                    dev.timed(|e| e.handle_link_data(now, from, &bytes));
+                    dev.timed(|d| d.engine.handle_link_data(now, from, &bytes));
                 }
                 self.drain(to);
             }
@@ -433,7 +434,7 @@ impl Sim {
                 if let Some(dev) = self.devices.get_mut(id)
                     && dev.engine.poll_timeout().is_some_and(|t| t <= now)
                 {
-                    dev.timed(|e| e.handle_timeout(now));
+                    dev.timed(|d| d.engine.handle_timeout(now));
                 }
             }
         }
@@ -452,7 +453,7 @@ impl Sim {
         self.devices
             .get_mut(&device)
             .expect("device")
-            .timed(|e| e.handle_frame(now, hello));
+            .timed(|d| d.engine.handle_frame(now, hello));
         self.drain(device);
     }
 
