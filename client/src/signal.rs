@@ -113,8 +113,9 @@ impl Drop for SignalClient {
     }
 }
 
-/// Frames waiting to be sent; past this, [`SignalClient::send`] waits.
-const OUTGOING_QUEUE: usize = 64;
+/// Frames waiting to be sent; past this, [`SignalClient::send`] waits. Twice the most frames the
+/// engine lets out at once ([`tessera_engine::pacer::MAX_BURST`]).
+const OUTGOING_QUEUE: usize = 128;
 
 enum Ended {
     Revoked,

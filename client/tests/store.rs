@@ -4,7 +4,7 @@
 mod common;
 
 use common::engine;
-use tessera_client::store::DeviceStore;
+use tessera_client::store::{DeviceStore, StoreError};
 use tessera_engine::delivery::{OutboxChange, Queued};
 use tessera_engine::{ChatMessage, Engine, EngineConfig, Event, Snapshot, Stored};
 use uuid::Uuid;
@@ -143,4 +143,54 @@ async fn the_outbox_is_kept_row_by_row_across_snapshots() {
     assert!(store.save(&twice, &[]).await.is_err());
     let stored = store.load().await.expect("load").expect("saved");
     assert_eq!(stored.outbox.len(), 2, "the delete was rolled back too");
+}
+
+#[tokio::test]
+async fn an_outbox_row_altered_on_disk_is_refused_as_malformed_not_half_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("device.sqlite");
+    let store = DeviceStore::open(&path).await.expect("open");
+    let mut engine = engine();
+    let mut snapshot = engine.take_snapshot().expect("encode").expect("changed");
+    let peer = Uuid::new_v4();
+    snapshot.outbox = vec![OutboxChange::Put(Queued {
+        peer,
+        seq: 3,
+        tag: None,
+        message: b"ciphertext".to_vec(),
+    })];
+    store.save(&snapshot, &[]).await.expect("save");
+    let disk = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("the same file");
+    for (change, expected) in [
+        ("UPDATE outbox SET peer = 'not a device id'", "id"),
+        ("UPDATE outbox SET seq = -1", "outbox"),
+        ("UPDATE outbox SET tag = 'not a message id'", "id"),
+    ] {
+        let mut tx = disk.begin().await.expect("begin");
+        sqlx::query(change).execute(&mut *tx).await.expect("alter");
+        tx.commit().await.expect("commit");
+        match store.load().await {
+            Err(StoreError::Malformed(what)) => assert_eq!(what, expected, "{change}"),
+            other => panic!("{change}: {other:?}"),
+        }
+        // Put the row back as it was for the next case.
+        sqlx::query("UPDATE outbox SET peer = ?, seq = 3, tag = NULL")
+            .bind(peer.to_string())
+            .execute(&disk)
+            .await
+            .expect("restore");
+        assert_eq!(
+            store
+                .load()
+                .await
+                .expect("load")
+                .expect("saved")
+                .outbox
+                .len(),
+            1
+        );
+    }
+    disk.close().await;
 }

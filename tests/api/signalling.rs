@@ -6,7 +6,7 @@ use serde_json::json;
 use tessera_server::circle;
 use tessera_tests::{TestApp, TestMember, WsClient};
 use tessera_wire::Role;
-use tessera_wire::signal::ServerFrame;
+use tessera_wire::signal::{Limits, ServerFrame};
 use tokio_tungstenite::tungstenite::{self, Message};
 use uuid::Uuid;
 
@@ -324,6 +324,43 @@ async fn a_frame_past_the_hard_limit_closes_the_connection() {
     assert!(a.next().await.is_none(), "closed");
     // The server is fine.
     WsClient::connect(&app, &admin).await;
+}
+
+#[tokio::test]
+async fn the_hello_tells_the_limits_the_server_then_holds_the_connection_to() {
+    let app = TestApp::spawn_with(|config| {
+        config.ws_frames_per_second = 1;
+        config.ws_max_frame_bytes = 4096;
+    })
+    .await;
+    let (admin, grace, _) = circle_of_three(&app).await;
+    let (mut a, hello) = WsClient::connect(&app, &admin).await;
+    let ServerFrame::Hello { limits, .. } = &hello else {
+        unreachable!()
+    };
+    assert_eq!(
+        *limits,
+        Limits {
+            frame_bytes: 4096,
+            frames_per_second: 1,
+            burst: 2
+        }
+    );
+    let (mut g, g_hello) = WsClient::connect(&app, &grace).await;
+    let _presence = a.next().await;
+    // The burst named goes through; one more frame at once does not.
+    for n in 0..3 {
+        a.send_text(&signal(device_of(&g_hello), &json!(n))).await;
+    }
+    assert!(
+        matches!(a.next().await, Some(ServerFrame::Error { code, .. }) if code == "rate_limited")
+    );
+    for n in 0..2 {
+        match g.next().await {
+            Some(ServerFrame::Signal { payload, .. }) => assert_eq!(payload.get(), n.to_string()),
+            other => panic!("expected signal {n}, got {other:?}"),
+        }
+    }
 }
 
 #[tokio::test]

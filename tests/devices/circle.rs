@@ -186,6 +186,12 @@ fn three_devices_talk_peer_to_peer_and_the_server_sees_no_text_name_or_address()
         frames.iter().any(|f| f.contains("\"t\":\"mls\"")),
         "the relay saw the devices' sealed negotiation"
     );
+    assert!(
+        frames
+            .iter()
+            .any(|f| f.contains(r#""t":"piece","id""#) && f.contains(r#"{\"t\":\"welcome\""#)),
+        "the third device's Welcome (over 3 KiB) went in pieces"
+    );
     let frames = vec![("relayed frames".to_owned(), frames.join("\n").into_bytes())];
     // The WebRTC addresses travel sealed: the server never learns where the devices are.
     assert_absent(&frames, &secrets);

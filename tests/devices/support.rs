@@ -85,6 +85,10 @@ impl Server {
         let mut child = Command::new(binary("tessera-server"))
             .args(["--listen", &format!("127.0.0.1:{port}"), "--origin", origin])
             .args(["--log", "debug"])
+            // Small frames, so that every Welcome past two devices (~1 KB a device) and every
+            // catch-up answer with two commits goes in pieces; a commit adding two devices at
+            // once (~2.5 KB) still fits.
+            .args(["--ws-max-frame-bytes", "3072"])
             .arg("--data-dir")
             .arg(data)
             .stdout(Stdio::piped())

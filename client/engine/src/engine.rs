@@ -16,18 +16,20 @@ use openmls_basic_credential::SignatureKeyPair;
 use openmls_traits::OpenMlsProvider as _;
 use openmls_traits::types::SignatureScheme;
 use serde::{Deserialize, Serialize};
-use serde_json::value::to_raw_value;
+use serde_json::value::{RawValue, to_raw_value};
 use tessera_wire::MemberInfo;
-use tessera_wire::signal::{ClientFrame, ServerFrame};
+use tessera_wire::signal::{ClientFrame, Limits, ServerFrame};
 use uuid::Uuid;
 use web_time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::delivery::{Delivery, DeliveryConfig, OutboxChange, Queued, Seq};
 use crate::identity::DeviceCertificate;
+use crate::pacer::Pacer;
 use crate::payload::{
     CommitPayload, Content, RtcSignal, Sealed, SignalPayload, b64, decode_packet, encode_packet,
     unb64,
 };
+use crate::pieces::{self, Assembler};
 use crate::provider::{Provider, StorageChanges};
 use crate::roster::{Directory, Refusal, certificate_of, verify_leaf, verify_leaf_node};
 
@@ -385,6 +387,14 @@ pub struct Engine {
     /// MLS signals that came before this device's Welcome.
     early: Vec<(Uuid, Uuid, String)>,
     links: BTreeMap<Uuid, Link>,
+    /// The server's limits, from its latest `hello`.
+    limits: Limits,
+    /// Frames to the server, within its rate.
+    pacer: Pacer,
+    /// Signal payloads coming in pieces.
+    assembler: Assembler,
+    /// The id of the next payload sent in pieces.
+    next_pieces: u64,
     outputs: VecDeque<Output>,
     dirty: bool,
 }
@@ -532,6 +542,10 @@ impl Engine {
             early: Vec::new(),
             staged: None,
             links: BTreeMap::new(),
+            limits: Limits::default(),
+            pacer: Pacer::new(Limits::default()),
+            assembler: Assembler::default(),
+            next_pieces: 0,
             outputs: VecDeque::new(),
             dirty: true,
         }
@@ -619,6 +633,7 @@ impl Engine {
                 device,
                 peers,
                 epoch,
+                limits,
             } => {
                 if member != self.saved.member || device != self.saved.device {
                     self.event(Event::Refused {
@@ -628,6 +643,8 @@ impl Engine {
                     return;
                 }
                 self.connected = true;
+                self.limits = limits;
+                self.pacer.set_limits(limits);
                 self.server_slot = Some(epoch);
                 self.online = peers.into_iter().map(|p| (p.device, p.member)).collect();
                 self.announced.clear();
@@ -757,14 +774,22 @@ impl Engine {
         device: Uuid,
         signal: RtcSignal,
     ) -> Result<(), EngineError> {
-        let sealed = Sealed::Rtc {
-            to: device,
-            rtc: signal,
-        };
-        let bytes = serde_json::to_vec(&sealed).map_err(|e| EngineError::Mls(e.to_string()))?;
+        let sent = self.send_sealed(
+            device,
+            &Sealed::Rtc {
+                to: device,
+                rtc: signal,
+            },
+        );
+        self.step(now);
+        sent
+    }
+
+    /// Sends `sealed` to `device` through the server, MLS-protected.
+    fn send_sealed(&mut self, device: Uuid, sealed: &Sealed) -> Result<(), EngineError> {
+        let bytes = serde_json::to_vec(sealed).map_err(|e| EngineError::Mls(e.to_string()))?;
         let msg = self.encrypt(&bytes)?;
         self.send_signal(device, &SignalPayload::Mls { msg: b64(&msg) });
-        self.step(now);
         Ok(())
     }
 
@@ -847,6 +872,8 @@ impl Engine {
             self.announce_at,
             self.catch_up.as_ref().map(|c| c.1),
             self.directory_due.filter(|_| self.connected),
+            self.pacer.next_at(),
+            self.assembler.next_expiry(),
         ]
         .into_iter()
         .flatten()
@@ -893,12 +920,48 @@ impl Engine {
     }
 
     fn send(&mut self, frame: ClientFrame) {
-        self.outputs.push_back(Output::Send(frame));
+        self.pacer.push(frame);
     }
 
+    /// Sends `payload` to `to` through the server: in pieces when one frame cannot hold it.
     fn send_signal(&mut self, to: Uuid, payload: &SignalPayload) {
-        if let Ok(payload) = to_raw_value(payload) {
-            self.send(ClientFrame::Signal { to, payload });
+        let Ok(json) = serde_json::to_string(payload) else {
+            return;
+        };
+        // A signal frame's bytes besides its payload.
+        let envelope = to_raw_value(&())
+            .ok()
+            .and_then(|payload| serde_json::to_string(&ClientFrame::Signal { to, payload }).ok())
+            .map_or(0, |frame| frame.len() - "null".len());
+        let payloads = if envelope + json.len() <= self.limits.frame_bytes {
+            vec![json]
+        } else {
+            // A piece's bytes besides its part, for the largest numbers a piece may carry.
+            let empty = serde_json::to_string(&SignalPayload::Piece {
+                id: u64::MAX,
+                i: u32::MAX,
+                n: u32::MAX,
+                part: String::new(),
+            })
+            .map_or(0, |piece| piece.len());
+            let room = self.limits.frame_bytes.saturating_sub(envelope + empty);
+            self.next_pieces = self.next_pieces.wrapping_add(1);
+            pieces::split(&json, self.next_pieces, room)
+                .iter()
+                .filter_map(|piece| serde_json::to_string(piece).ok())
+                .collect()
+        };
+        for json in payloads {
+            if let Ok(payload) = RawValue::from_string(json) {
+                self.send(ClientFrame::Signal { to, payload });
+            }
+        }
+    }
+
+    /// Lets out the frames to the server that its rate allows now.
+    fn release_frames(&mut self, now: Instant) {
+        while let Some(frame) = self.pacer.pop(now) {
+            self.outputs.push_back(Output::Send(frame));
         }
     }
 
@@ -1037,6 +1100,16 @@ impl Engine {
                 }
             }
             SignalPayload::NeedCommits { from: first } => self.answer_catch_up(from, first),
+            SignalPayload::Piece { id, i, n, part } => {
+                match self.assembler.take(now, from, (id, i, n), &part) {
+                    Ok(Some(payload)) => self.take_signal(now, from, member, payload),
+                    Ok(None) => {}
+                    Err(reason) => self.event(Event::Refused {
+                        what: "signal",
+                        reason: Refusal::Malformed(reason.0),
+                    }),
+                }
+            }
             SignalPayload::Commits {
                 from: first,
                 commits,
@@ -1222,6 +1295,23 @@ impl Engine {
                     device: from,
                     signal: rtc,
                 });
+            }
+            Sealed::LinkWanted { to } => {
+                if to != self.saved.device {
+                    return Err(Refusal::WrongRecipient);
+                }
+                match self.links.get(&from) {
+                    // The peer lost this link (it restarted, or the link died on its side first):
+                    // open a new one now rather than when this side notices.
+                    Some(Link::Up) => {
+                        self.saved.delivery.link_down(from);
+                        self.links.insert(from, Link::Down { retry_at: None });
+                    }
+                    Some(Link::Down { .. }) => {
+                        self.links.insert(from, Link::Down { retry_at: None });
+                    }
+                    Some(Link::Connecting { .. }) | None => {}
+                }
             }
         }
         Ok(())
@@ -1604,6 +1694,8 @@ impl Engine {
         }
         self.drive_links(now);
         self.drain_delivery();
+        self.assembler.expire(now);
+        self.release_frames(now);
     }
 
     fn process_held(&mut self, now: Instant) {
@@ -1872,17 +1964,38 @@ impl Engine {
                 *link = Link::Down { retry_at: None };
             }
         }
+        let mut asks = Vec::new();
         for (device, link) in &mut self.links {
-            if let Link::Down { retry_at } = *link {
-                let due = retry_at.is_none_or(|at| at <= now);
-                if due && me < *device && self.online.contains_key(device) {
+            let Link::Down { retry_at } = link else {
+                continue;
+            };
+            if !self.online.contains_key(device) {
+                continue;
+            }
+            if me < *device {
+                // This side opens.
+                if retry_at.is_none_or(|at| at <= now) {
                     *link = Link::Connecting { since: now };
                     opens.push(*device);
+                }
+            } else {
+                // The other side opens: give it time to, then ask (it may hold a link this
+                // device lost, and would not notice for many seconds).
+                match retry_at {
+                    None => *retry_at = Some(now + self.config.relink_after),
+                    Some(at) if *at <= now => {
+                        *link = Link::Connecting { since: now };
+                        asks.push(*device);
+                    }
+                    Some(_) => {}
                 }
             }
         }
         for device in opens {
             self.link(LinkCommand::Open { device });
+        }
+        for device in asks {
+            let _ = self.send_sealed(device, &Sealed::LinkWanted { to: device });
         }
     }
 

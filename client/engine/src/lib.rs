@@ -6,7 +6,9 @@ pub mod authenticator;
 pub mod delivery;
 pub mod engine;
 pub mod identity;
+pub mod pacer;
 pub mod payload;
+pub mod pieces;
 pub mod provider;
 pub mod roster;
 

@@ -46,6 +46,18 @@ pub enum SignalPayload {
         /// The commits, one per slot.
         commits: Vec<String>,
     },
+    /// Piece `i` of `n` of another payload too large for one server frame: the pieces' `part`s,
+    /// joined in order, are that payload's JSON text (see [`crate::pieces`]).
+    Piece {
+        /// Tells one payload's pieces from another's, per sender.
+        id: u64,
+        /// Which piece, from 0.
+        i: u32,
+        /// How many pieces.
+        n: u32,
+        /// The piece's share of the payload's JSON text.
+        part: String,
+    },
 }
 
 /// The payload of a `commit` frame: the MLS commit (TLS-encoded MLSMessage, base64url).
@@ -65,6 +77,12 @@ pub enum Sealed {
         to: Uuid,
         /// The negotiation step.
         rtc: RtcSignal,
+    },
+    /// The sender has no link to `to` and asks it to open one: only the device with the lower id
+    /// opens links, and it may still hold a link the sender lost when it restarted.
+    LinkWanted {
+        /// The device asked (a relay cannot redirect the request to another).
+        to: Uuid,
     },
 }
 

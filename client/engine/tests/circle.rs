@@ -233,6 +233,103 @@ fn a_restarted_device_keeps_its_group_outbox_and_history_position() {
 }
 
 #[test]
+fn a_restarted_device_whose_peers_still_hold_its_dead_links_gets_new_ones_by_asking() {
+    let (mut sim, devices) = circle_of_three(8);
+    // Only the device with the lower id of a pair opens their link: the restarted device must
+    // have the higher id to depend on asking.
+    let restarted = *devices.iter().max().expect("three");
+    let others: Vec<Uuid> = devices
+        .iter()
+        .copied()
+        .filter(|d| *d != restarted)
+        .collect();
+    sim.restart(restarted);
+    sim.run(2);
+    for other in &others {
+        assert!(
+            sim.engine(*other).link_is_up(restarted),
+            "the peers do not know the link died"
+        );
+        assert!(!sim.engine(restarted).link_is_up(*other));
+    }
+    sim.send(others[0], "after the restart");
+    sim.send(restarted, "back again");
+    // 5 simulated seconds: the restarted device waits `relink_after` (2 s) for an offer, asks,
+    // and the link opens; the stale side would otherwise wait for its link to time out.
+    sim.run(100);
+    for other in &others {
+        assert!(sim.engine(*other).link_is_up(restarted));
+        assert!(sim.engine(restarted).link_is_up(*other));
+        assert_eq!(
+            sim.received(*other).last(),
+            Some(&(restarted, "back again".to_string()))
+        );
+    }
+    let got: Vec<_> = sim
+        .received(restarted)
+        .into_iter()
+        .filter(|(_, text)| text == "after the restart")
+        .collect();
+    assert_eq!(got, vec![(others[0], "after the restart".to_string())]);
+    assert!(sim.refused_frames.is_empty(), "{:?}", sim.refused_frames);
+}
+
+#[test]
+fn welcomes_and_catch_up_answers_too_large_for_a_frame_go_in_paced_pieces() {
+    let mut sim = Sim::new(12);
+    // A relay with a small frame limit and a slow rate: a Welcome into a group of two or more
+    // (~1 KB a device) and an answer with two commits no longer fit one frame (a commit adding
+    // one device, ~1.3 KB, still does), and the pieces come in bursts.
+    sim.limits.frame_bytes = 2 * 1024;
+    sim.limits.frames_per_second = 10;
+    sim.limits.burst = 20;
+    let a = sim.member(Role::Admin, "Ada L.");
+    sim.run(5);
+    let b = sim.member(Role::Member, "Bea K.");
+    let c = sim.member(Role::Member, "Cy D.");
+    sim.run(80);
+    sim.assert_one_group(&[a, b, c]);
+    sim.go_offline(c);
+    sim.run(5);
+    let d = sim.member(Role::Member, "Dee");
+    sim.run(80);
+    let e = sim.member(Role::Member, "Eve");
+    sim.run(80);
+    assert_eq!(
+        sim.engine(e).group_devices().len(),
+        5,
+        "Cy's device is away, not gone"
+    );
+    assert!(sim.engine(c).epoch() < sim.engine(e).epoch());
+    sim.connect(c);
+    sim.run(200);
+    sim.assert_one_group(&[a, b, c, d, e]);
+    sim.send(e, "everyone got in");
+    sim.run(100);
+    for x in [a, b, c, d] {
+        assert_eq!(
+            sim.received(x).last(),
+            Some(&(e, "everyone got in".to_string()))
+        );
+    }
+    let pieces_of = |what: &str| {
+        let start = r#""i":0,"#;
+        let kind = format!(r#"{{\"t\":\"{what}\""#);
+        sim.relayed
+            .iter()
+            .filter(|p| p.contains(r#""t":"piece""#) && p.contains(start) && p.contains(&kind))
+            .count()
+    };
+    assert!(pieces_of("welcome") >= 2, "the Welcomes went in pieces");
+    assert!(
+        pieces_of("commits") >= 1,
+        "the catch-up answer went in pieces"
+    );
+    assert!(sim.refused_frames.is_empty(), "{:?}", sim.refused_frames);
+    assert!(sim.largest_frame <= 2 * 1024, "{} bytes", sim.largest_frame);
+}
+
+#[test]
 fn a_relay_that_alters_payloads_is_detected_and_nothing_is_accepted() {
     let (mut sim, [a, b, c]) = circle_of_three(8);
     let epoch = sim.engine(a).epoch();

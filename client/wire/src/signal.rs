@@ -20,6 +20,29 @@ pub struct PeerDevice {
     pub device: Uuid,
 }
 
+/// The limits a server holds each connection to, told in its `hello` so that clients stay within
+/// them: a larger payload goes in pieces, a burst of frames is paced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// The largest frame the server accepts, in bytes.
+    pub frame_bytes: usize,
+    /// Frames a connection may send per second, sustained.
+    pub frames_per_second: u32,
+    /// Frames a connection may send at once after a quiet spell.
+    pub burst: u32,
+}
+
+impl Default for Limits {
+    /// The server's defaults: 64 KiB frames, 50 per second, bursts of 100.
+    fn default() -> Limits {
+        Limits {
+            frame_bytes: 64 * 1024,
+            frames_per_second: 50,
+            burst: 100,
+        }
+    }
+}
+
 /// Any frame, as it appears on the wire: every field optional. Frames are read through it because
 /// serde cannot keep a payload raw inside an internally tagged enum.
 #[derive(Debug, Default, Deserialize)]
@@ -32,6 +55,7 @@ pub struct Envelope {
     member: Option<Uuid>,
     device: Option<Uuid>,
     peers: Option<Vec<PeerDevice>>,
+    limits: Option<Limits>,
     epoch: Option<u64>,
     accepted: Option<bool>,
     online: Option<bool>,
@@ -113,6 +137,9 @@ pub enum ServerFrame {
         peers: Vec<PeerDevice>,
         /// The circle's current MLS epoch at the sequencer.
         epoch: u64,
+        /// The limits this connection is held to (a server that does not say holds the
+        /// defaults).
+        limits: Limits,
     },
     /// A device of the circle came online or went offline.
     Presence {
@@ -171,6 +198,7 @@ impl TryFrom<Envelope> for ServerFrame {
                 device: need(e.device, "hello", "device")?,
                 peers: need(e.peers, "hello", "peers")?,
                 epoch: need(e.epoch, "hello", "epoch")?,
+                limits: e.limits.unwrap_or_default(),
             },
             "presence" => ServerFrame::Presence {
                 member: need(e.member, "presence", "member")?,

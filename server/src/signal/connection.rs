@@ -8,7 +8,7 @@ use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt as _, StreamExt as _};
 use governor::{DefaultDirectRateLimiter, Quota};
-use tessera_wire::signal::{ClientFrame, Envelope, ServerFrame};
+use tessera_wire::signal::{ClientFrame, Envelope, Limits, ServerFrame};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -291,12 +291,21 @@ pub async fn serve(socket: WebSocket, state: AppState, caller: Caller, device: U
             return;
         }
     };
+    let per_second =
+        NonZeroU32::new(state.config.ws_frames_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
+    let burst = per_second.saturating_mul(NonZeroU32::MIN.saturating_add(1));
+    let limits = Limits {
+        frame_bytes: state.config.ws_max_frame_bytes,
+        frames_per_second: per_second.get(),
+        burst: burst.get(),
+    };
     let hello = |peers| {
         text(&ServerFrame::Hello {
             member: member.id,
             device,
             peers,
             epoch,
+            limits,
         })
     };
     if let Err(error) = state.signals.join(
@@ -309,15 +318,10 @@ pub async fn serve(socket: WebSocket, state: AppState, caller: Caller, device: U
         return;
     }
     state.metrics.connections.inc();
-    let per_second =
-        NonZeroU32::new(state.config.ws_frames_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
     let mut session = Session {
         state: state.clone(),
         endpoint: endpoint.clone(),
-        limiter: DefaultDirectRateLimiter::direct(
-            Quota::per_second(per_second)
-                .allow_burst(per_second.saturating_mul(NonZeroU32::MIN.saturating_add(1))),
-        ),
+        limiter: DefaultDirectRateLimiter::direct(Quota::per_second(per_second).allow_burst(burst)),
         strikes: 0,
     };
     let presence = |online| {

@@ -13,7 +13,7 @@ use tessera_engine::authenticator::SoftKey;
 use tessera_engine::identity::certify_with_soft_key;
 use tessera_engine::payload::RtcSignal;
 use tessera_engine::{DeviceKey, Engine, EngineConfig, Event, LinkCommand, Output, Stored};
-use tessera_wire::signal::{ClientFrame, PeerDevice, ServerFrame};
+use tessera_wire::signal::{ClientFrame, Limits, PeerDevice, ServerFrame};
 use tessera_wire::{MemberInfo, PublicKeyInfo, Role};
 use uuid::Uuid;
 use web_time::{Duration, Instant};
@@ -64,6 +64,8 @@ pub struct Device {
     pub busy: std::time::Duration,
     /// Directory fetches it asked for.
     pub fetches: usize,
+    /// Its frame allowance at the relay: tokens, and when last counted.
+    pub allowance: (f64, Instant),
 }
 
 impl Device {
@@ -92,6 +94,12 @@ pub struct Sim {
     pub loss: f64,
     pub tamper: Option<Tamper>,
     pub relayed: Vec<String>,
+    /// The limits the relay holds every connection to, as the server does, and tells in `hello`.
+    pub limits: Limits,
+    /// Frames the relay refused: too large, or beyond the rate.
+    pub refused_frames: Vec<String>,
+    /// The largest frame relayed, in bytes.
+    pub largest_frame: usize,
 }
 
 pub fn pair(a: Uuid, b: Uuid) -> (Uuid, Uuid) {
@@ -112,6 +120,9 @@ impl Sim {
             loss: 0.0,
             tamper: None,
             relayed: Vec::new(),
+            limits: Limits::default(),
+            refused_frames: Vec::new(),
+            largest_frame: 0,
         }
     }
 
@@ -147,6 +158,7 @@ impl Sim {
                 store: Stored::default(),
                 busy: std::time::Duration::ZERO,
                 fetches: 0,
+                allowance: (f64::from(self.limits.burst), self.now),
             },
         );
         self.connect(device);
@@ -182,6 +194,7 @@ impl Sim {
                 device,
                 peers,
                 epoch: self.slot,
+                limits: self.limits,
             },
         ));
     }
@@ -229,6 +242,50 @@ impl Sim {
         }
     }
 
+    /// Whether the relay takes `frame` from `from` as the server would: within the frame size
+    /// and the rate (a token bucket of `burst`, refilled at `frames_per_second`).
+    fn within_limits(&mut self, from: Uuid, frame: &ClientFrame) -> bool {
+        let bytes = serde_json::to_string(frame).expect("json").len();
+        let (rate, burst) = (
+            f64::from(self.limits.frames_per_second),
+            f64::from(self.limits.burst),
+        );
+        let now = self.now;
+        let Some(sender) = self.devices.get_mut(&from) else {
+            return false;
+        };
+        let (tokens, last) = sender.allowance;
+        let tokens = (tokens + now.duration_since(last).as_secs_f64() * rate).min(burst);
+        let refusal = if bytes > self.limits.frame_bytes {
+            Some(format!("frame_too_large: {bytes} bytes"))
+        } else if tokens < 1.0 {
+            Some("rate_limited".to_owned())
+        } else {
+            None
+        };
+        sender.allowance = (
+            if refusal.is_none() {
+                tokens - 1.0
+            } else {
+                tokens
+            },
+            now,
+        );
+        if let Some(code) = refusal {
+            self.refused_frames.push(code.clone());
+            self.frames.push_back((
+                from,
+                ServerFrame::Error {
+                    code,
+                    message: "refused by the relay".into(),
+                },
+            ));
+            return false;
+        }
+        self.largest_frame = self.largest_frame.max(bytes);
+        true
+    }
+
     pub fn relay(&mut self, from: Uuid, frame: ClientFrame) {
         let Some(sender) = self.devices.get(&from) else {
             return;
@@ -237,6 +294,9 @@ impl Sim {
             return;
         }
         let member = sender.member;
+        if !self.within_limits(from, &frame) {
+            return;
+        }
         match frame {
             ClientFrame::Signal { to, payload } => {
                 if !self.devices.get(&to).is_some_and(|d| d.connected) {
@@ -438,6 +498,18 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// Restarts a device's process: its engine is rebuilt from what its driver last stored and
+    /// it connects again. Its links die with the process, but its peers are not told: they learn
+    /// it only when their side of the link times out (or when the device asks for a new link).
+    pub fn restart(&mut self, device: Uuid) {
+        let dev = self.devices.get_mut(&device).expect("device");
+        let stored = dev.store.clone();
+        dev.engine = Engine::restore(config(), stored).expect("restore");
+        self.disconnect(device);
+        self.links.retain(|(a, b)| *a != device && *b != device);
+        self.connect(device);
     }
 
     /// Lets a device just connected take its hello (and announce itself) now, before the rest
