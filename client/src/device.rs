@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::api::ApiClient;
+use crate::gather::{IcePolicy, IceServer, IceUrl, parse_ice_url};
 use crate::rtc::{LinkEvent, Links};
 use crate::signal::{Backoff, SignalClient, SignalEvent};
 use crate::store::{DeviceStore, StoreError};
@@ -33,6 +34,9 @@ pub enum DeviceError {
     /// The UDP socket for peer links failed.
     #[error("the peer-link socket failed: {0}")]
     Socket(#[from] std::io::Error),
+    /// Relay-only links were asked for, and there is no TURN server to relay through.
+    #[error("relay-only links need a TURN server: {0}")]
+    NoRelay(String),
 }
 
 /// Why the device stopped without an error.
@@ -90,6 +94,8 @@ pub struct Status {
     pub waiting: BTreeMap<Uuid, usize>,
     /// Whether the signalling connection is up.
     pub connected: bool,
+    /// The address a TURN server relays for this device, once allocated.
+    pub relayed: Option<SocketAddr>,
 }
 
 enum Command {
@@ -108,6 +114,69 @@ pub struct Connection {
     pub bind: IpAddr,
     /// The signalling client's reconnection backoff.
     pub backoff: Backoff,
+    /// Offer peers only a TURN-relayed address, never this device's own.
+    pub relay_only: bool,
+}
+
+/// How long a starting device waits for the server's ICE servers.
+const ICE_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The ICE servers the server offers (`GET /api/v1/turn`), addresses resolved: none when it
+/// offers none or cannot be reached (links then offer the host address only).
+///
+/// # Errors
+/// [`DeviceError::NoRelay`] when `relay_only` and no TURN server can be used.
+pub async fn ice_policy(api: &ApiClient, relay_only: bool) -> Result<IcePolicy, DeviceError> {
+    let mut servers = Vec::new();
+    // A server that does not answer must not hold the device (and its links) back.
+    let offered = match tokio::time::timeout(ICE_FETCH_TIMEOUT, api.turn()).await {
+        Ok(Ok(offered)) => Some(offered),
+        Ok(Err(error)) => {
+            tracing::info!(%error, "no ICE servers from the server");
+            None
+        }
+        Err(_) => {
+            tracing::info!("no ICE servers: the server did not answer in time");
+            None
+        }
+    };
+    for url in offered.iter().flat_map(|o| &o.urls) {
+        let Some(parsed) = parse_ice_url(url) else {
+            tracing::info!(
+                url,
+                "an ICE server this client cannot use (TLS or TCP), skipped"
+            );
+            continue;
+        };
+        let (host, port) = match &parsed {
+            IceUrl::Stun { host, port } | IceUrl::Turn { host, port } => (host.clone(), *port),
+        };
+        let Some(address) = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .ok()
+            .and_then(|mut found| found.next())
+        else {
+            tracing::warn!(url, "an ICE server's host does not resolve, skipped");
+            continue;
+        };
+        servers.push(match (parsed, &offered) {
+            (IceUrl::Turn { .. }, Some(offered)) => IceServer::Turn {
+                server: address,
+                username: offered.username.clone(),
+                credential: offered.credential.clone(),
+            },
+            _ => IceServer::Stun(address),
+        });
+    }
+    if relay_only && !servers.iter().any(|s| matches!(s, IceServer::Turn { .. })) {
+        return Err(DeviceError::NoRelay(
+            "the server offers none this client can use (a turn: URL over UDP)".into(),
+        ));
+    }
+    Ok(IcePolicy {
+        servers,
+        relay_only,
+    })
 }
 
 /// A running device: send it commands, read its updates; dropping it stops the device.
@@ -140,6 +209,7 @@ impl DeviceHandle {
     ) -> Result<DeviceHandle, DeviceError> {
         let socket = UdpSocket::bind(SocketAddr::new(connection.bind, 0)).await?;
         let local = socket.local_addr()?;
+        let ice = ice_policy(&connection.api, connection.relay_only).await?;
         let session = connection.api.session().unwrap_or_default().to_owned();
         let signal = SignalClient::start(
             connection.api.origin().clone(),
@@ -154,7 +224,7 @@ impl DeviceHandle {
             engine,
             store,
             api: connection.api,
-            links: Links::new(local),
+            links: Links::with_ice(local, &ice, Instant::now()),
             socket,
             signal,
             connected: false,
@@ -401,6 +471,7 @@ impl Driver {
                     links,
                     waiting,
                     connected: self.connected,
+                    relayed: self.links.relayed(),
                 });
             }
             Command::Stop => {}

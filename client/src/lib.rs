@@ -6,6 +6,7 @@ pub use tessera_engine::{authenticator, delivery, identity};
 
 pub mod api;
 pub mod device;
+pub mod gather;
 pub mod rtc;
 pub mod signal;
 pub mod store;

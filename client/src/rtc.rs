@@ -2,7 +2,9 @@
 //! one UDP socket (datagrams go to the `Rtc` that accepts them). The engine decides which links to
 //! open; their negotiation travels MLS-protected through the engine (`LinkCommand::Rtc`). What
 //! the data channel cannot take yet waits in a bounded queue per link and goes out as the SCTP
-//! buffer drains (str0m's buffered-amount-low event), instead of being dropped.
+//! buffer drains (str0m's buffered-amount-low event), instead of being dropped. With ICE servers,
+//! every link also offers the server-reflexive and relayed candidates the gatherer finds, and what
+//! str0m sends from the relayed address goes through the TURN server.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -14,6 +16,8 @@ use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tessera_engine::payload::RtcSignal;
 use uuid::Uuid;
+
+use crate::gather::{Datagram, Found, Gatherer, IcePolicy};
 
 /// The data channel's label.
 const LABEL: &str = "tessera";
@@ -103,6 +107,11 @@ impl Peer {
 /// Every link of one device, over one UDP socket at `local`.
 pub struct Links {
     local: SocketAddr,
+    gatherer: Gatherer,
+    /// Offer only the relayed candidate.
+    relay_only: bool,
+    /// The latest time the links were told.
+    now: Instant,
     peers: BTreeMap<Uuid, Peer>,
     transmit: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<LinkEvent>,
@@ -118,22 +127,87 @@ impl std::fmt::Debug for Links {
 }
 
 impl Links {
-    /// Links over the UDP socket bound at `local` (its host candidate; no STUN or TURN yet).
+    /// Links over the UDP socket bound at `local`, with its host candidate only.
     #[must_use]
     pub fn new(local: SocketAddr) -> Links {
+        Links::with_ice(local, &IcePolicy::default(), Instant::now())
+    }
+
+    /// Links over the UDP socket bound at `local` that also gather candidates from ICE servers.
+    #[must_use]
+    pub fn with_ice(local: SocketAddr, policy: &IcePolicy, now: Instant) -> Links {
         Links {
             local,
+            gatherer: Gatherer::new(local, &policy.servers, now),
+            relay_only: policy.relay_only,
+            now,
             peers: BTreeMap::new(),
             transmit: VecDeque::new(),
             events: VecDeque::new(),
         }
     }
 
-    fn new_rtc(&self, now: Instant) -> Result<Rtc, LinkError> {
+    /// The relayed address, once the TURN server allocated one.
+    #[must_use]
+    pub fn relayed(&self) -> Option<SocketAddr> {
+        self.gatherer.relayed()
+    }
+
+    /// The candidates found so far besides the host one.
+    fn gathered(&self) -> Vec<Candidate> {
+        let reflexive = self
+            .gatherer
+            .reflexive()
+            .filter(|_| !self.relay_only)
+            .and_then(|addr| Candidate::server_reflexive(addr, self.local, "udp").ok());
+        let relayed = self
+            .gatherer
+            .relayed()
+            .and_then(|addr| Candidate::relayed(addr, self.local, "udp").ok());
+        reflexive.into_iter().chain(relayed).collect()
+    }
+
+    /// Adds what the gatherer found to every link and tells each peer (trickled candidates).
+    fn take_found(&mut self) {
+        while let Some(found) = self.gatherer.poll_found() {
+            let candidate = match found {
+                Found::Reflexive(_) if self.relay_only => continue,
+                Found::Reflexive(addr) => Candidate::server_reflexive(addr, self.local, "udp"),
+                Found::Relayed(addr) => Candidate::relayed(addr, self.local, "udp"),
+            };
+            let Ok(candidate) = candidate else {
+                continue;
+            };
+            let devices: Vec<Uuid> = self.peers.keys().copied().collect();
+            for device in devices {
+                let Some(peer) = self.peers.get_mut(&device) else {
+                    continue;
+                };
+                if let Some(added) = peer.rtc.add_local_candidate(candidate.clone()) {
+                    self.events.push_back(LinkEvent::Negotiate {
+                        device,
+                        signal: RtcSignal::Candidate {
+                            candidate: added.to_sdp_string(),
+                            sdp_mid: None,
+                        },
+                    });
+                }
+                self.drain(device);
+            }
+        }
+    }
+
+    fn new_rtc(&mut self, now: Instant) -> Result<Rtc, LinkError> {
+        self.now = now;
         let mut rtc = Rtc::builder().build(now);
-        let candidate =
-            Candidate::host(self.local, "udp").map_err(|_| LinkError::Malformed("candidate"))?;
-        rtc.add_local_candidate(candidate);
+        if !self.relay_only {
+            let candidate = Candidate::host(self.local, "udp")
+                .map_err(|_| LinkError::Malformed("candidate"))?;
+            rtc.add_local_candidate(candidate);
+        }
+        for candidate in self.gathered() {
+            rtc.add_local_candidate(candidate);
+        }
         Ok(rtc)
     }
 
@@ -171,6 +245,8 @@ impl Links {
         device: Uuid,
         signal: RtcSignal,
     ) -> Result<(), LinkError> {
+        self.now = now;
+        self.permit_candidates(now, &signal);
         match signal {
             RtcSignal::Offer { sdp } => {
                 let offer =
@@ -208,6 +284,24 @@ impl Links {
         Ok(())
     }
 
+    /// Lets the TURN server relay to and from every address the peer offers (in an offer's or
+    /// answer's candidate lines, or a trickled candidate).
+    fn permit_candidates(&mut self, now: Instant, signal: &RtcSignal) {
+        let lines: Vec<&str> = match signal {
+            RtcSignal::Offer { sdp } | RtcSignal::Answer { sdp } => sdp
+                .lines()
+                .filter_map(|line| line.strip_prefix("a="))
+                .filter(|line| line.starts_with("candidate:"))
+                .collect(),
+            RtcSignal::Candidate { candidate, .. } => vec![candidate.as_str()],
+        };
+        for line in lines {
+            if let Ok(candidate) = Candidate::from_sdp_string(line) {
+                self.gatherer.permit(now, candidate.addr().ip());
+            }
+        }
+    }
+
     /// Puts `bytes` on the data channel to `device`, or in its queue while the channel's buffer is
     /// full; false when the link is not up or its queue is full (the message is not sent).
     pub fn send(&mut self, device: Uuid, bytes: &[u8]) -> bool {
@@ -235,7 +329,21 @@ impl Links {
 
     /// A datagram arrived on the socket.
     pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, contents: &[u8]) {
-        let Ok(contents) = contents.try_into() else {
+        self.now = now;
+        match self.gatherer.handle_datagram(now, source, contents) {
+            Datagram::Consumed => self.take_found(),
+            Datagram::Relayed { peer, data } => {
+                if let Some(relayed) = self.gatherer.relayed() {
+                    self.receive(now, peer, relayed, &data);
+                }
+            }
+            Datagram::NotMine => self.receive(now, source, self.local, contents),
+        }
+    }
+
+    /// A datagram from `source` to our `destination` (the socket, or the relayed address).
+    fn receive(&mut self, now: Instant, source: SocketAddr, destination: SocketAddr, bytes: &[u8]) {
+        let Ok(contents) = bytes.try_into() else {
             return;
         };
         let input = Input::Receive(
@@ -243,7 +351,7 @@ impl Links {
             Receive {
                 proto: Protocol::Udp,
                 source,
-                destination: self.local,
+                destination,
                 contents,
             },
         );
@@ -270,6 +378,11 @@ impl Links {
 
     /// Time passed.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        if self.gatherer.poll_timeout().is_some_and(|t| t <= now) {
+            self.gatherer.handle_timeout(now);
+            self.take_found();
+        }
         let due: Vec<Uuid> = self
             .peers
             .iter()
@@ -284,12 +397,18 @@ impl Links {
     /// When [`Links::handle_timeout`] next has work.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.peers.values().filter_map(|p| p.timeout).min()
+        self.peers
+            .values()
+            .filter_map(|p| p.timeout)
+            .chain(self.gatherer.poll_timeout())
+            .min()
     }
 
     /// The next datagram to send: destination and contents.
     pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
-        self.transmit.pop_front()
+        self.gatherer
+            .poll_transmit()
+            .or_else(|| self.transmit.pop_front())
     }
 
     /// The next event.
@@ -319,8 +438,13 @@ impl Links {
                     break;
                 }
                 Ok(Output::Transmit(t)) => {
-                    self.transmit
-                        .push_back((t.destination, t.contents.to_vec()));
+                    if Some(t.source) == self.gatherer.relayed() {
+                        self.gatherer
+                            .send_relayed(self.now, t.destination, &t.contents);
+                    } else {
+                        self.transmit
+                            .push_back((t.destination, t.contents.to_vec()));
+                    }
                 }
                 Ok(Output::Event(event)) => match event {
                     Event::ChannelOpen(id, _) => {

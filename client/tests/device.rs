@@ -28,6 +28,7 @@ async fn every_command_of_a_burst_is_answered() {
             api,
             bind: [127, 0, 0, 1].into(),
             backoff: Backoff::new(Duration::from_millis(50), Duration::from_millis(200)),
+            relay_only: false,
         },
     )
     .await

@@ -168,6 +168,7 @@ async fn start(engine: Engine, store: DeviceStore, member: &TestMember) -> Devic
             api: member.client.clone(),
             bind: [127, 0, 0, 1].into(),
             backoff: Backoff::default(),
+            relay_only: false,
         },
     )
     .await

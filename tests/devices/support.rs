@@ -80,6 +80,17 @@ impl Server {
     /// Starts the server on `127.0.0.1:port` for `origin` with its data in `data`; returns it with
     /// the admin link its first start prints (`None` on later starts).
     pub fn start(data: &Path, port: u16, origin: &str) -> (Server, Option<String>) {
+        Server::start_with(data, port, origin, &[], &[])
+    }
+
+    /// As [`Server::start`], with more flags and environment variables.
+    pub fn start_with(
+        data: &Path,
+        port: u16,
+        origin: &str,
+        flags: &[&str],
+        env: &[(&str, &str)],
+    ) -> (Server, Option<String>) {
         // Beside the data directory, so that what the server stores can be read on its own.
         let log = data.with_extension(format!("{}.log", unique()));
         let mut child = Command::new(binary("tessera-server"))
@@ -89,6 +100,8 @@ impl Server {
             // catch-up answer with two commits goes in pieces; a commit adding two devices at
             // once (~2.5 KB) still fits.
             .args(["--ws-max-frame-bytes", "3072"])
+            .args(flags)
+            .envs(env.iter().copied())
             .arg("--data-dir")
             .arg(data)
             .stdout(Stdio::piped())
@@ -128,6 +141,8 @@ pub fn unique() -> String {
 pub struct Device {
     pub dir: PathBuf,
     pub key: PathBuf,
+    /// Global flags every command of this device gets (e.g. `--relay-only`).
+    pub flags: Vec<String>,
 }
 
 impl Device {
@@ -136,6 +151,7 @@ impl Device {
         let device = Device {
             dir: root.join(name),
             key: root.join(format!("{name}.key")),
+            flags: Vec::new(),
         };
         let out = device.run(&["key", "new", "--file", &device.key.display().to_string()]);
         assert!(out.status.success(), "key new: {}", text(&out));
@@ -152,7 +168,8 @@ impl Device {
             .arg(&self.dir)
             .arg("--key-file")
             .arg(&self.key)
-            .args(["--bind", "127.0.0.1"]);
+            .args(["--bind", "127.0.0.1"])
+            .args(&self.flags);
         command
     }
 

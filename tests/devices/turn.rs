@@ -1,17 +1,21 @@
 //! TURN credentials from `GET /api/v1/turn` against a real coturn (Debian's `turnserver`), inside
 //! a network namespace this test makes (loopback only): coturn relays for the credentials the
 //! server hands out, and refuses altered or expired ones. coturn's own client
-//! (`turnutils_uclient`) allocates a relay and sends through it.
+//! (`turnutils_uclient`) allocates a relay and sends through it. And two devices' links that offer
+//! only relayed addresses talk through it, with the credentials the server hands out: as links
+//! in this process, and as `tessera --relay-only` devices of a real server.
 
 use std::net::UdpSocket;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use tessera_client::gather::{IcePolicy, IceServer};
 use tessera_tests::TestApp;
+use tessera_tests::loopback::{Side, run};
 use tessera_wire::TurnCredentials;
 
-use crate::support::inside_namespace;
+use crate::support::{Device, Server, free_port, inside_namespace, unique, wait_converged};
 
 /// The secret coturn and the server share (`static-auth-secret`).
 const SECRET: &str = "a-test-secret-shared-with-coturn";
@@ -121,5 +125,162 @@ fn coturn_relays_for_the_credentials_the_server_hands_out_and_refuses_altered_or
     assert!(
         !coturn.relays_for(&expired.username, &expired.credential),
         "coturn relayed for expired credentials"
+    );
+}
+
+/// Credentials from a real server configured with `url` and coturn's secret.
+fn credentials_for(url: &str) -> TurnCredentials {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let app = TestApp::spawn_with(|config| {
+            config.ice_urls = vec![url.to_owned()];
+            config.turn_secret = Some(SECRET.parse().expect("secret"));
+        })
+        .await;
+        let admin = app.admin().await;
+        admin.client.turn().await.expect("credentials")
+    })
+}
+
+#[test]
+fn relay_only_links_talk_through_coturn_and_never_send_to_each_other_directly() {
+    if !inside_namespace(
+        "turn::relay_only_links_talk_through_coturn_and_never_send_to_each_other_directly",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let coturn = Coturn::start(dir.path());
+    let server: std::net::SocketAddr = ([127, 0, 0, 1], coturn.port).into();
+    let given = credentials_for(&format!("turn:127.0.0.1:{}?transport=udp", coturn.port));
+    let policy = IcePolicy {
+        servers: vec![IceServer::Turn {
+            server,
+            username: given.username,
+            credential: given.credential,
+        }],
+        relay_only: true,
+    };
+    let (mut a, mut b) = (Side::with_ice(&policy), Side::with_ice(&policy));
+    // Both allocate a relay first (bounded: `run` gives up after ten seconds).
+    run(&mut a, &mut b, |a, b| {
+        a.links.relayed().is_some() && b.links.relayed().is_some()
+    });
+    let (a_relay, b_relay) = (a.links.relayed(), b.links.relayed());
+    assert!(
+        a_relay.is_some() && b_relay.is_some(),
+        "coturn allocated no relay"
+    );
+    assert_ne!(a_relay.map(|r| r.port()), Some(coturn.port));
+
+    a.links
+        .open(std::time::Instant::now(), b.id)
+        .expect("offer");
+    run(&mut a, &mut b, |a, b| a.up && b.up);
+    assert!(a.up && b.up, "no link through the relay");
+    for n in 0..20u8 {
+        assert!(a.links.send(b.id, &[n; 3000]));
+        assert!(b.links.send(a.id, &[n; 10]));
+    }
+    run(&mut a, &mut b, |a, b| {
+        a.received.len() == 20 && b.received.len() == 20
+    });
+    assert_eq!(
+        b.received,
+        (0..20u8).map(|n| vec![n; 3000]).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        a.received,
+        (0..20u8).map(|n| vec![n; 10]).collect::<Vec<_>>()
+    );
+    // Neither end ever sent a datagram anywhere but to coturn.
+    assert_eq!(a.sent_to, [server].into());
+    assert_eq!(b.sent_to, [server].into());
+}
+
+#[test]
+fn relay_only_cli_devices_get_a_relay_from_the_servers_credentials_and_talk_through_it() {
+    if !inside_namespace(
+        "turn::relay_only_cli_devices_get_a_relay_from_the_servers_credentials_and_talk_through_it",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let coturn = Coturn::start(dir.path());
+    let port = free_port();
+    let origin = format!("http://localhost:{port}");
+    let ice = format!(
+        "stun:127.0.0.1:{0},turn:127.0.0.1:{0}?transport=udp",
+        coturn.port
+    );
+    let (_server, link) = Server::start_with(
+        &dir.path().join("server"),
+        port,
+        &origin,
+        &["--ice-url", &ice],
+        &[("TESSERA_TURN_SECRET", SECRET)],
+    );
+    let mut admin = Device::new(dir.path(), "admin");
+    admin.flags.push("--relay-only".into());
+    admin.join(
+        &link.expect("the admin link"),
+        &format!("Admin{}", unique()),
+    );
+    let invitation = admin.ok(&["admin", "invite"]).trim().to_owned();
+    let mut member = Device::new(dir.path(), "member");
+    member.flags.push("--relay-only".into());
+    member.join(&invitation, &format!("Member{}", unique()));
+
+    let (mut a, mut b) = (admin.chat(), member.chat());
+    wait_converged(&mut [&mut a, &mut b], 2);
+    let relayed: Vec<String> = [&mut a, &mut b]
+        .into_iter()
+        .map(|chat| {
+            let status = chat.status();
+            status["relayed"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect();
+    for address in &relayed {
+        // coturn's relay ports (--min-port/--max-port), not the devices' own sockets.
+        let relay_port: u16 = address
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or_default();
+        assert!((49152..=49252).contains(&relay_port), "relayed {relayed:?}");
+    }
+    let text = format!("through the relay {}", unique());
+    a.say(&text);
+    let got = b.wait_for("the message through the relay", |v| {
+        v["event"] == "message" && v["text"] == text.as_str()
+    });
+    assert_eq!(got["text"], text);
+    b.say("and back");
+    a.wait_for("the answer through the relay", |v| {
+        v["event"] == "message" && v["text"] == "and back"
+    });
+}
+
+#[test]
+fn relay_only_refuses_to_start_when_the_server_offers_no_turn_server() {
+    if !inside_namespace("turn::relay_only_refuses_to_start_when_the_server_offers_no_turn_server")
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let (_server, link) = Server::start(
+        &dir.path().join("server"),
+        port,
+        &format!("http://localhost:{port}"),
+    );
+    let mut admin = Device::new(dir.path(), "admin");
+    admin.join(&link.expect("the admin link"), "Admin");
+    admin.flags.push("--relay-only".into());
+    let out = admin.run(&["send", "hello", "--wait", "1"]);
+    assert!(!out.status.success(), "it started without a relay");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("relay-only links need a TURN server"),
+        "{said}"
     );
 }

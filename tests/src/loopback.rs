@@ -2,9 +2,11 @@
 //! handed straight to the other end: for the link tests and the raw-str0m benchmark. Run them
 //! inside a network namespace (`crate::netns`).
 
+use std::collections::BTreeSet;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
+use tessera_client::gather::IcePolicy;
 use tessera_client::rtc::{LinkEvent, Links};
 use uuid::Uuid;
 
@@ -19,6 +21,8 @@ pub struct Side {
     pub up: bool,
     /// The messages received so far.
     pub received: Vec<Vec<u8>>,
+    /// Every address this end sent a datagram to.
+    pub sent_to: BTreeSet<SocketAddr>,
 }
 
 impl Default for Side {
@@ -34,15 +38,25 @@ impl Side {
     /// When the socket cannot be bound.
     #[must_use]
     pub fn new() -> Side {
+        Side::with_ice(&IcePolicy::default())
+    }
+
+    /// A new end on a fresh socket whose links use ICE servers as `policy` says.
+    ///
+    /// # Panics
+    /// When the socket cannot be bound.
+    #[must_use]
+    pub fn with_ice(policy: &IcePolicy) -> Side {
         let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
         socket.set_nonblocking(true).expect("nonblocking");
         let local: SocketAddr = socket.local_addr().expect("addr");
         Side {
             id: Uuid::new_v4(),
             socket,
-            links: Links::new(local),
+            links: Links::with_ice(local, policy, Instant::now()),
             up: false,
             received: Vec::new(),
+            sent_to: BTreeSet::new(),
         }
     }
 
@@ -57,6 +71,7 @@ impl Side {
             self.links.handle_datagram(Instant::now(), from, &buf[..n]);
         }
         while let Some((to, bytes)) = self.links.poll_transmit() {
+            self.sent_to.insert(to);
             let _ = self.socket.send_to(&bytes, to);
         }
         let mut steps = Vec::new();

@@ -1897,60 +1897,82 @@ impl Engine {
         let no_directory = Directory::default();
         let directory = self.directory.as_ref().unwrap_or(&no_directory);
         let admin = directory.is_admin(self.saved.member);
-        let mut removals: Vec<LeafNodeIndex> = self
+        let revoked: Vec<LeafNodeIndex> = self
             .roster
-            .iter()
-            .filter(|(device, (member, _))| {
-                // A rejoining device's old leaf goes with its new KeyPackage's add.
-                adds.iter().any(|(d, _)| d == *device) || (admin && !directory.contains(*member))
-            })
-            .map(|(_, (_, leaf))| *leaf)
+            .values()
+            .filter(|(member, _)| admin && !directory.contains(*member))
+            .map(|(_, leaf)| *leaf)
             .collect();
-        removals.sort_unstable();
-        if adds.is_empty() && removals.is_empty() {
-            return;
-        }
-        let Some(group) = self.group.as_mut() else {
-            return;
-        };
-        let built = group
-            .commit_builder()
-            .propose_adds(adds.iter().map(|(_, kp)| kp.clone()))
-            .propose_removals(removals)
-            .load_psks(self.provider.storage())
-            .map_err(mls_error)
-            .and_then(|b| {
-                b.build(
-                    self.provider.rand(),
-                    self.provider.crypto(),
-                    &self.signer,
-                    |_| true,
-                )
+        // As many adds as one commit frame holds: a commit carries every KeyPackage it adds.
+        let mut take = adds.len();
+        loop {
+            let chosen = &adds[..take];
+            let mut removals: Vec<LeafNodeIndex> = self
+                .roster
+                .iter()
+                // A rejoining device's old leaf goes with its new KeyPackage's add.
+                .filter(|(device, _)| chosen.iter().any(|(d, _)| d == *device))
+                .map(|(_, (_, leaf))| *leaf)
+                .chain(revoked.iter().copied())
+                .collect();
+            removals.sort_unstable();
+            removals.dedup();
+            if chosen.is_empty() && removals.is_empty() {
+                return;
+            }
+            let Some(group) = self.group.as_mut() else {
+                return;
+            };
+            let built = group
+                .commit_builder()
+                .propose_adds(chosen.iter().map(|(_, kp)| kp.clone()))
+                .propose_removals(removals)
+                .load_psks(self.provider.storage())
                 .map_err(mls_error)
-            })
-            .and_then(|b| b.stage_commit(&self.provider).map_err(mls_error));
-        match built {
-            Ok(bundle) => {
-                let welcome = bundle.to_welcome_msg().and_then(|w| w.to_bytes().ok());
-                match bundle.into_commit().to_bytes() {
-                    Ok(commit) => {
-                        let joining = adds.iter().map(|(d, _)| *d).collect();
-                        self.propose(next, commit, welcome, joining, false);
+                .and_then(|b| {
+                    b.build(
+                        self.provider.rand(),
+                        self.provider.crypto(),
+                        &self.signer,
+                        |_| true,
+                    )
+                    .map_err(mls_error)
+                })
+                .and_then(|b| b.stage_commit(&self.provider).map_err(mls_error));
+            match built {
+                Ok(bundle) => {
+                    let welcome = bundle.to_welcome_msg().and_then(|w| w.to_bytes().ok());
+                    match bundle.into_commit().to_bytes() {
+                        Ok(commit) => {
+                            let frame_bytes = serde_json::to_string(&commit_frame(next, &commit))
+                                .map_or(usize::MAX, |f| f.len());
+                            if take > 1 && frame_bytes > self.limits.frame_bytes {
+                                // Too large for one frame: half the adds now, the rest next.
+                                if let Some(group) = self.group.as_mut() {
+                                    let _ = group.clear_pending_commit(self.provider.storage());
+                                }
+                                take /= 2;
+                                continue;
+                            }
+                            let joining = chosen.iter().map(|(d, _)| *d).collect();
+                            self.propose(next, commit, welcome, joining, false);
+                        }
+                        Err(e) => self.event(Event::Refused {
+                            what: "own commit",
+                            reason: refused(e),
+                        }),
                     }
-                    Err(e) => self.event(Event::Refused {
+                }
+                Err(e) => {
+                    // A KeyPackage openmls will not add (e.g. already used): forget them all.
+                    self.waiting.clear();
+                    self.event(Event::Refused {
                         what: "own commit",
-                        reason: refused(e),
-                    }),
+                        reason: Refusal::Mls(e.to_string()),
+                    });
                 }
             }
-            Err(e) => {
-                // A KeyPackage openmls will not add (e.g. already used): forget them all.
-                self.waiting.clear();
-                self.event(Event::Refused {
-                    what: "own commit",
-                    reason: Refusal::Mls(e.to_string()),
-                });
-            }
+            return;
         }
     }
 

@@ -330,6 +330,34 @@ fn welcomes_and_catch_up_answers_too_large_for_a_frame_go_in_paced_pieces() {
 }
 
 #[test]
+fn newcomers_arriving_together_are_added_in_commits_that_each_fit_a_frame() {
+    let mut sim = Sim::new(13);
+    // One add (~1.3 KB) fits a 2 KiB frame, two do not: four newcomers at once take four
+    // commits instead of one the relay would refuse.
+    sim.limits.frame_bytes = 2 * 1024;
+    let a = sim.member(Role::Admin, "Ada L.");
+    sim.run(5);
+    let slot = sim.slot;
+    let newcomers: Vec<Uuid> = (0..4)
+        .map(|i| sim.member(Role::Member, &format!("Newcomer {i}")))
+        .collect();
+    sim.run(200);
+    let mut all = vec![a];
+    all.extend(&newcomers);
+    sim.assert_one_group(&all);
+    assert!(sim.slot - slot >= 4, "{} commits", sim.slot - slot);
+    assert!(sim.refused_frames.is_empty(), "{:?}", sim.refused_frames);
+    sim.send(newcomers[3], "all in");
+    sim.run(40);
+    for x in all.iter().take(4) {
+        assert_eq!(
+            sim.received(*x).last(),
+            Some(&(newcomers[3], "all in".to_string()))
+        );
+    }
+}
+
+#[test]
 fn a_relay_that_alters_payloads_is_detected_and_nothing_is_accepted() {
     let (mut sim, [a, b, c]) = circle_of_three(8);
     let epoch = sim.engine(a).epoch();

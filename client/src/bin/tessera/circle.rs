@@ -70,6 +70,7 @@ async fn start(settings: &Settings) -> Result<Running> {
             api,
             bind,
             backoff: Backoff::default(),
+            relay_only: settings.relay_only,
         },
     )
     .await?;
@@ -152,6 +153,7 @@ fn status_json(status: &Status) -> String {
         "names": status.names,
         "links": status.links,
         "waiting": status.waiting,
+        "relayed": status.relayed,
     })
     .to_string()
 }

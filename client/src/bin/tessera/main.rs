@@ -17,7 +17,7 @@ use crate::settings::{Given, Settings};
 /// A member's device of a Tessera circle.
 ///
 /// Settings come from a flag, else its environment variable, else the config file
-/// (`$XDG_CONFIG_HOME/tessera/config.toml`, keys `server`, `data_dir`, `key_file`, `bind`).
+/// (`$XDG_CONFIG_HOME/tessera/config.toml`, keys `server`, `data_dir`, `key_file`, `bind`, `relay_only`).
 #[derive(Debug, Parser)]
 #[command(name = "tessera", version, propagate_version = true)]
 struct Cli {
@@ -36,6 +36,10 @@ struct Cli {
     /// The local address peer links use [default: the one that routes to the server].
     #[arg(long, env = "TESSERA_BIND", global = true)]
     bind: Option<IpAddr>,
+    /// Offer peers only an address relayed by the server's TURN server, never this device's own
+    /// (needs a server configured with a TURN server).
+    #[arg(long, env = "TESSERA_RELAY_ONLY", global = true)]
+    relay_only: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -192,6 +196,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         config: cli.config,
         key_file: cli.key_file,
         bind: cli.bind,
+        relay_only: cli.relay_only,
     })?;
     match cli.command {
         Command::Key {

@@ -17,6 +17,7 @@ struct ConfigFile {
     data_dir: Option<PathBuf>,
     key_file: Option<PathBuf>,
     bind: Option<IpAddr>,
+    relay_only: Option<bool>,
 }
 
 /// The settings as resolved.
@@ -26,6 +27,7 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub key_file: Option<PathBuf>,
     pub bind: Option<IpAddr>,
+    pub relay_only: bool,
 }
 
 /// What the flags and the environment gave (clap merges those two).
@@ -36,6 +38,7 @@ pub struct Given {
     pub config: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
     pub bind: Option<IpAddr>,
+    pub relay_only: bool,
 }
 
 fn home() -> Option<PathBuf> {
@@ -82,6 +85,7 @@ impl Settings {
             data_dir,
             key_file: given.key_file.or(file.key_file),
             bind: given.bind.or(file.bind),
+            relay_only: given.relay_only || file.relay_only.unwrap_or(false),
         })
     }
 
