@@ -59,6 +59,11 @@ impl Coturn {
         Coturn { child, port }
     }
 
+    /// coturn's `turn:` URL.
+    fn url(&self) -> String {
+        format!("turn:127.0.0.1:{}?transport=udp", self.port)
+    }
+
     /// Whether coturn's client allocates a relay with these credentials and its messages come
     /// back through it.
     fn relays_for(&self, username: &str, password: &str) -> bool {
@@ -90,7 +95,7 @@ fn coturn_relays_for_the_credentials_the_server_hands_out_and_refuses_altered_or
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let coturn = Coturn::start(dir.path());
-    let url = format!("turn:127.0.0.1:{}?transport=udp", coturn.port);
+    let url = coturn.url();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let (fresh, expired) = runtime.block_on(async {
         let app = TestApp::spawn_with(|config| {
@@ -152,7 +157,7 @@ fn relay_only_links_talk_through_coturn_and_never_send_to_each_other_directly() 
     let dir = tempfile::tempdir().expect("tempdir");
     let coturn = Coturn::start(dir.path());
     let server: std::net::SocketAddr = ([127, 0, 0, 1], coturn.port).into();
-    let given = credentials_for(&format!("turn:127.0.0.1:{}?transport=udp", coturn.port));
+    let given = credentials_for(&coturn.url());
     let policy = IcePolicy {
         servers: vec![IceServer::Turn {
             server,
@@ -209,10 +214,7 @@ fn relay_only_cli_devices_get_a_relay_from_the_servers_credentials_and_talk_thro
     let coturn = Coturn::start(dir.path());
     let port = free_port();
     let origin = format!("http://localhost:{port}");
-    let ice = format!(
-        "stun:127.0.0.1:{0},turn:127.0.0.1:{0}?transport=udp",
-        coturn.port
-    );
+    let ice = format!("stun:127.0.0.1:{},{}", coturn.port, coturn.url());
     let (_server, link) = Server::start_with(
         &dir.path().join("server"),
         port,

@@ -603,6 +603,12 @@ impl Engine {
         self.links.get(&device) == Some(&Link::Up)
     }
 
+    /// Frames waiting to go to the server within its rate.
+    #[must_use]
+    pub fn frames_waiting(&self) -> usize {
+        self.pacer.waiting()
+    }
+
     /// Messages waiting in the outbox for `device`.
     #[must_use]
     pub fn unacknowledged(&self, device: Uuid) -> usize {
