@@ -16,6 +16,7 @@ use openmls_basic_credential::SignatureKeyPair;
 use openmls_traits::OpenMlsProvider as _;
 use openmls_traits::types::SignatureScheme;
 use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
 use serde_json::value::{RawValue, to_raw_value};
 use tessera_wire::MemberInfo;
 use tessera_wire::signal::{ClientFrame, Limits, ServerFrame};
@@ -298,7 +299,9 @@ impl Stored {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Pending {
     slot: u64,
+    #[serde(with = "serde_bytes")]
     commit: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     welcome: Option<Vec<u8>>,
     /// Devices the Welcome goes to once the commit is accepted.
     joining: Vec<Uuid>,
@@ -309,6 +312,7 @@ struct Pending {
 /// A relayed commit waiting to be processed, and the directory version it last failed against.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Held {
+    #[serde(with = "serde_bytes")]
     commit: Vec<u8>,
     tried_with_directory: Option<u64>,
 }
@@ -341,13 +345,16 @@ enum Link {
 struct Saved {
     member: Uuid,
     device: Uuid,
+    #[serde(with = "serde_bytes")]
     signature_public: Vec<u8>,
     certificate: DeviceCertificate,
+    #[serde(with = "serde_bytes")]
     group_id: Option<Vec<u8>>,
     next_slot: Option<u64>,
-    recent: BTreeMap<u64, Vec<u8>>,
+    recent: BTreeMap<u64, ByteBuf>,
     held: BTreeMap<u64, Held>,
     pending: Option<Pending>,
+    #[serde(with = "serde_bytes")]
     key_package: Option<Vec<u8>>,
     delivery: Delivery,
     display_name: Option<String>,
@@ -1478,7 +1485,7 @@ impl Engine {
     }
 
     fn remember(&mut self, slot: u64, commit: Vec<u8>) {
-        self.saved.recent.insert(slot, commit);
+        self.saved.recent.insert(slot, ByteBuf::from(commit));
         while self.saved.recent.len() > self.config.recent_commits {
             self.saved.recent.pop_first();
         }
@@ -2051,5 +2058,47 @@ fn commit_frame(slot: u64, commit: &[u8]) -> ClientFrame {
     ClientFrame::Commit {
         epoch: slot,
         payload,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cbor<T: Serialize>(value: &T) -> Vec<u8> {
+        let mut out = Vec::new();
+        ciborium::into_writer(value, &mut out).expect("encode");
+        out
+    }
+
+    #[test]
+    fn saved_bytes_are_cbor_byte_strings_and_states_saved_as_arrays_still_read() {
+        // How states were saved before: every byte an array element.
+        #[derive(Serialize)]
+        struct ArrayHeld {
+            commit: Vec<u8>,
+            tried_with_directory: Option<u64>,
+        }
+        let old = cbor(&ArrayHeld {
+            commit: vec![200; 100],
+            tried_with_directory: Some(4),
+        });
+        let held: Held = ciborium::from_reader(&old[..]).expect("an array-encoded commit reads");
+        assert_eq!(held.commit, vec![200; 100]);
+        assert_eq!(held.tried_with_directory, Some(4));
+        let old_recent: BTreeMap<u64, Vec<u8>> = [(7, vec![9; 50])].into();
+        let recent: BTreeMap<u64, ByteBuf> =
+            ciborium::from_reader(&cbor(&old_recent)[..]).expect("array-encoded recent commits");
+        assert_eq!(recent[&7].as_slice(), &[9; 50][..]);
+        // Now: one byte string, about the bytes' own size (an array took two bytes per byte).
+        let new = cbor(&held);
+        assert!(
+            new.len() < old.len() * 2 / 3,
+            "{} vs {}",
+            new.len(),
+            old.len()
+        );
+        let back: Held = ciborium::from_reader(&new[..]).expect("reads");
+        assert_eq!(back.commit, held.commit);
     }
 }
