@@ -155,6 +155,28 @@ const pages = {
     });
   },
 
+  async circle() {
+    const me = await whoAmI();
+    if (!me) return;
+    const state = document.getElementById('engine-state');
+    try {
+      // The engine (Rust compiled to WebAssembly) does the protocol; this page only shows it.
+      const engine = await import('/static/engine/tessera_web.js');
+      await engine.default();
+      const info = JSON.parse(engine.engineInfo());
+      const key = engine.WebDeviceKey.generate();
+      const hex = Array.from(key.publicKey(), (b) => b.toString(16).padStart(2, '0')).join('');
+      document.getElementById('device-key').textContent = hex.match(/.{1,4}/g).slice(0, 8).join(' ');
+      key.free();
+      // Milliseconds from the start of the page's navigation to the engine being ready.
+      document.body.dataset.engineReadyMs = String(Math.round(performance.now()));
+      state.textContent = `Engine ${info.version} ready (${info.ciphersuite}).`;
+    } catch (error) {
+      state.textContent = 'The engine did not load in this browser.';
+      throw error;
+    }
+  },
+
   async account() {
     const me = await whoAmI();
     if (!me) return;

@@ -1,8 +1,9 @@
 // The whole enrollment story in real Chromium, each browser context holding its own virtual
 // hardware key (the DevTools WebAuthn domain), against the real `tessera-server` binary:
 // bootstrap admin enrolls, issues an invitation, a newcomer enrolls with it, both log in with one
-// button, the used link is refused, the admin revokes the member, the admin adds a spare key, and
-// finally no label, token or IP address is left in the database files or the logs.
+// button, the circle page runs the engine compiled to WebAssembly, the used link is refused, the
+// admin revokes the member, the admin adds a spare key, and finally no label, token or IP address
+// is left in the database files or the logs.
 //
 // Run with `node --test tests/browser/` (or `tests/run`). Environment:
 //   TESSERA_SERVER_BIN  the server binary to test (else `cargo build --bin tessera-server` is run)
@@ -311,6 +312,25 @@ test('d. both log in again with one button, no name typed', async () => {
     }
     assert.equal(shown.member, who.member, `${who.name} logs in as the same member`);
   }
+});
+
+test('d2. the circle page runs the engine (WebAssembly) in the page', async (t) => {
+  const { page } = run.admin;
+  const wasm = await page.request.get('/static/engine/tessera_web_bg.wasm');
+  assert.equal(wasm.status(), 200);
+  assert.equal(wasm.headers()['content-type'], 'application/wasm');
+  const served = await wasm.body();
+  const built = await fs.readFile(path.join(REPO, 'web/pkg/tessera_web_bg.wasm'));
+  assert.ok(served.equals(built), 'the server serves the engine web/build made');
+  await page.goto('/circle');
+  await page.locator('#engine-state').filter({ hasText: /ready/ }).waitFor({ timeout: WAIT });
+  assert.match(await page.locator('#engine-state').textContent(), /Engine \d+\.\d+\.\d+ ready/);
+  const key = (await page.locator('#device-key').textContent()).trim();
+  assert.match(key, /^[0-9a-f]{4}( [0-9a-f]{4}){7}$/, 'a device key made in the page');
+  const readyMs = Number(await page.locator('body').getAttribute('data-engine-ready-ms'));
+  assert.ok(readyMs > 0);
+  t.diagnostic(`engine ready ${readyMs} ms after navigation; wasm ${served.length} bytes`);
+  await shot(page, 'circle-engine');
 });
 
 test('e. a used invitation link is refused in a third context', async () => {

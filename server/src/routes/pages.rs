@@ -17,8 +17,11 @@ pub(super) fn router() -> Router<AppState> {
         .route("/join/{token}", get(join_page))
         .route("/account", get(account_page))
         .route("/admin", get(admin_page))
+        .route("/circle", get(circle_page))
         .route("/static/app.js", get(script))
         .route("/static/style.css", get(style))
+        .route("/static/engine/tessera_web.js", get(engine_script))
+        .route("/static/engine/tessera_web_bg.wasm", get(engine_wasm))
 }
 
 /// The landing page: log in with a key.
@@ -80,6 +83,31 @@ async fn account_page() -> Response {
 
 async fn admin_page() -> Response {
     render(&AdminPage)
+}
+
+/// The circle view: this browser as a member device, the engine running in the page.
+#[derive(Template)]
+#[template(path = "circle.html")]
+struct CirclePage;
+
+async fn circle_page() -> Response {
+    render(&CirclePage)
+}
+
+/// The engine's JavaScript glue (wasm-bindgen output, built by `web/build` into `web/pkg`).
+async fn engine_script() -> impl IntoResponse {
+    (
+        [(CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("../../../web/pkg/tessera_web.js"),
+    )
+}
+
+/// The engine compiled to WebAssembly.
+async fn engine_wasm() -> impl IntoResponse {
+    (
+        [(CONTENT_TYPE, "application/wasm")],
+        include_bytes!("../../../web/pkg/tessera_web_bg.wasm").as_slice(),
+    )
 }
 
 async fn script() -> impl IntoResponse {
