@@ -167,10 +167,32 @@ const pages = {
       const key = engine.WebDeviceKey.generate();
       const hex = Array.from(key.publicKey(), (b) => b.toString(16).padStart(2, '0')).join('');
       document.getElementById('device-key').textContent = hex.match(/.{1,4}/g).slice(0, 8).join(' ');
-      key.free();
       // Milliseconds from the start of the page's navigation to the engine being ready.
       document.body.dataset.engineReadyMs = String(Math.round(performance.now()));
       state.textContent = `Engine ${info.version} ready (${info.ciphersuite}).`;
+      const device = crypto.randomUUID();
+      const button = document.getElementById('certify');
+      button.disabled = false;
+      button.addEventListener('click', async () => {
+        busy(button, true);
+        try {
+          const options = JSON.parse(key.certificateRequest(window.location.hostname, me.member, device));
+          const credential = await navigator.credentials.get({
+            publicKey: PublicKeyCredential.parseRequestOptionsFromJSON(options),
+          });
+          const certificate = key.certify(me.member, device, JSON.stringify(credential.toJSON()));
+          const directory = await api('GET', '/members');
+          const fingerprint = engine.verifyCertificate(
+            certificate, JSON.stringify(directory), window.location.origin, window.location.hostname);
+          document.getElementById('certified').textContent =
+            `This browser's key is certified by your hardware key ${fingerprint}.`;
+          say('Certified.');
+        } catch (error) {
+          say(explain(error), 'error');
+        } finally {
+          busy(button, false);
+        }
+      });
     } catch (error) {
       state.textContent = 'The engine did not load in this browser.';
       throw error;

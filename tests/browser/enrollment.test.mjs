@@ -330,6 +330,15 @@ test('d2. the circle page runs the engine (WebAssembly) in the page', async (t) 
   const readyMs = Number(await page.locator('body').getAttribute('data-engine-ready-ms'));
   assert.ok(readyMs > 0);
   t.diagnostic(`engine ready ${readyMs} ms after navigation; wasm ${served.length} bytes`);
+  // The hardware key (the context's virtual one) certifies the page's device key, and the
+  // engine verifies the certificate against the circle directory as every peer will.
+  await page.locator('#certify').click();
+  await page.locator('#certified').filter({ hasText: /certified/ }).waitFor({ timeout: WAIT });
+  assert.match(
+    await page.locator('#certified').textContent(),
+    /certified by your hardware key [0-9a-f]{4}( [0-9a-f]{4}){7}\./,
+    `status line: "${await status(page)}"`,
+  );
   await shot(page, 'circle-engine');
 });
 
