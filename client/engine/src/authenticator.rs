@@ -605,6 +605,16 @@ impl SoftKey {
             .to_vec()
     }
 
+    /// The key as the circle directory lists it (`GET /api/v1/members`).
+    #[must_use]
+    pub fn public_key_info(&self) -> tessera_wire::PublicKeyInfo {
+        tessera_wire::PublicKeyInfo {
+            credential_id: b64(&self.credential_id),
+            alg: "ES256".into(),
+            public_key: b64(&self.public_key_sec1()),
+        }
+    }
+
     /// The credential id.
     #[must_use]
     pub fn credential_id(&self) -> &[u8] {

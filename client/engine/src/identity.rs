@@ -264,11 +264,7 @@ mod tests {
             .start_passkey_registration(member, "ada", "Ada", None)
             .expect("start");
         let (key, _credential) = SoftKey::register(&options, ORIGIN).expect("register");
-        let info = PublicKeyInfo {
-            credential_id: URL_SAFE_NO_PAD.encode(key.credential_id()),
-            alg: "ES256".into(),
-            public_key: URL_SAFE_NO_PAD.encode(key.public_key_sec1()),
-        };
+        let info = key.public_key_info();
         (key, vec![info], member)
     }
 

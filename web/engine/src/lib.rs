@@ -129,7 +129,7 @@ pub fn verify_certificate(
 mod tests {
     use super::*;
     use tessera_engine::authenticator::SoftKey;
-    use tessera_wire::{PublicKeyInfo, Role};
+    use tessera_wire::Role;
 
     const ORIGIN: &str = "http://localhost:8080";
 
@@ -149,11 +149,7 @@ mod tests {
             id,
             role: Role::Member,
             created_at: 0,
-            passkeys: vec![PublicKeyInfo {
-                credential_id: URL_SAFE_NO_PAD.encode(key.credential_id()),
-                alg: "ES256".into(),
-                public_key: URL_SAFE_NO_PAD.encode(key.public_key_sec1()),
-            }],
+            passkeys: vec![key.public_key_info()],
         };
         (key, info)
     }

@@ -42,11 +42,7 @@ pub fn new_member(role: Role) -> (SoftKey, MemberInfo) {
         id,
         role,
         created_at: 0,
-        passkeys: vec![PublicKeyInfo {
-            credential_id: URL_SAFE_NO_PAD.encode(key.credential_id()),
-            alg: "ES256".into(),
-            public_key: URL_SAFE_NO_PAD.encode(key.public_key_sec1()),
-        }],
+        passkeys: vec![key.public_key_info()],
     };
     (key, info)
 }
