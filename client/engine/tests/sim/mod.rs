@@ -4,8 +4,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::value::to_raw_value;
@@ -14,7 +12,7 @@ use tessera_engine::identity::certify_with_soft_key;
 use tessera_engine::payload::RtcSignal;
 use tessera_engine::{DeviceKey, Engine, EngineConfig, Event, LinkCommand, Output, Stored};
 use tessera_wire::signal::{ClientFrame, Limits, PeerDevice, ServerFrame};
-use tessera_wire::{MemberInfo, PublicKeyInfo, Role};
+use tessera_wire::{MemberInfo, Role};
 use uuid::Uuid;
 use web_time::{Duration, Instant};
 
