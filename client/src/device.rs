@@ -127,7 +127,6 @@ const ICE_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// # Errors
 /// [`DeviceError::NoRelay`] when `relay_only` and no TURN server can be used.
 pub async fn ice_policy(api: &ApiClient, relay_only: bool) -> Result<IcePolicy, DeviceError> {
-    let mut servers = Vec::new();
     // A server that does not answer must not hold the device (and its links) back.
     let offered = match tokio::time::timeout(ICE_FETCH_TIMEOUT, api.turn()).await {
         Ok(Ok(offered)) => Some(offered),
@@ -140,33 +139,34 @@ pub async fn ice_policy(api: &ApiClient, relay_only: bool) -> Result<IcePolicy, 
             None
         }
     };
-    for url in offered.iter().flat_map(|o| &o.urls) {
-        let Some(parsed) = parse_ice_url(url) else {
-            tracing::info!(
-                url,
-                "an ICE server this client cannot use (TLS or TCP), skipped"
-            );
-            continue;
-        };
-        let (host, port) = match &parsed {
-            IceUrl::Stun { host, port } | IceUrl::Turn { host, port } => (host.clone(), *port),
-        };
-        let Some(address) = tokio::net::lookup_host((host.as_str(), port))
-            .await
-            .ok()
-            .and_then(|mut found| found.next())
-        else {
-            tracing::warn!(url, "an ICE server's host does not resolve, skipped");
-            continue;
-        };
-        servers.push(match (parsed, &offered) {
-            (IceUrl::Turn { .. }, Some(offered)) => IceServer::Turn {
-                server: address,
-                username: offered.username.clone(),
-                credential: offered.credential.clone(),
-            },
-            _ => IceServer::Stun(address),
-        });
+    let mut servers = Vec::new();
+    if let Some(offered) = &offered {
+        for url in &offered.urls {
+            let Some(parsed) = parse_ice_url(url) else {
+                tracing::info!(
+                    url,
+                    "an ICE server this client cannot use (TLS or TCP), skipped"
+                );
+                continue;
+            };
+            let (IceUrl::Stun { host, port } | IceUrl::Turn { host, port }) = &parsed;
+            let Some(address) = tokio::net::lookup_host((host.as_str(), *port))
+                .await
+                .ok()
+                .and_then(|mut found| found.next())
+            else {
+                tracing::warn!(url, "an ICE server's host does not resolve, skipped");
+                continue;
+            };
+            servers.push(match parsed {
+                IceUrl::Turn { .. } => IceServer::Turn {
+                    server: address,
+                    username: offered.username.clone(),
+                    credential: offered.credential.clone(),
+                },
+                IceUrl::Stun { .. } => IceServer::Stun(address),
+            });
+        }
     }
     if relay_only && !servers.iter().any(|s| matches!(s, IceServer::Turn { .. })) {
         return Err(DeviceError::NoRelay(

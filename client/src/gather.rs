@@ -324,6 +324,12 @@ impl Gatherer {
         let Some((_, client)) = self.turn.as_mut() else {
             return;
         };
+        while let Some(event) = client.poll_event() {
+            if let TurnEvent::AllocationCreated(_, relayed) = event {
+                self.relayed = Some(relayed);
+                self.found.push_back(Found::Relayed(relayed));
+            }
+        }
         if self.relayed.is_some() {
             for peer in &self.permitted {
                 // One already made or asked for is fine.
@@ -333,15 +339,6 @@ impl Gatherer {
         while let Some(transmit) = client.poll_transmit(clock) {
             self.transmit
                 .push_back((transmit.to, transmit.data.as_ref().to_vec()));
-        }
-        while let Some(event) = client.poll_event() {
-            if let TurnEvent::AllocationCreated(_, relayed) = event {
-                self.relayed = Some(relayed);
-                self.found.push_back(Found::Relayed(relayed));
-                for peer in &self.permitted {
-                    let _ = client.create_permission(TransportType::Udp, *peer, clock);
-                }
-            }
         }
         match client.poll(clock) {
             TurnPollRet::WaitUntil(at) => {

@@ -153,29 +153,31 @@ impl Links {
         self.gatherer.relayed()
     }
 
+    /// The candidate a link offers for what the gatherer found, if this policy offers it.
+    fn candidate(&self, found: Found) -> Option<Candidate> {
+        match found {
+            Found::Reflexive(_) if self.relay_only => None,
+            Found::Reflexive(addr) => Candidate::server_reflexive(addr, self.local, "udp").ok(),
+            Found::Relayed(addr) => Candidate::relayed(addr, self.local, "udp").ok(),
+        }
+    }
+
     /// The candidates found so far besides the host one.
     fn gathered(&self) -> Vec<Candidate> {
-        let reflexive = self
-            .gatherer
-            .reflexive()
-            .filter(|_| !self.relay_only)
-            .and_then(|addr| Candidate::server_reflexive(addr, self.local, "udp").ok());
-        let relayed = self
-            .gatherer
-            .relayed()
-            .and_then(|addr| Candidate::relayed(addr, self.local, "udp").ok());
-        reflexive.into_iter().chain(relayed).collect()
+        [
+            self.gatherer.reflexive().map(Found::Reflexive),
+            self.gatherer.relayed().map(Found::Relayed),
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(|found| self.candidate(found))
+        .collect()
     }
 
     /// Adds what the gatherer found to every link and tells each peer (trickled candidates).
     fn take_found(&mut self) {
         while let Some(found) = self.gatherer.poll_found() {
-            let candidate = match found {
-                Found::Reflexive(_) if self.relay_only => continue,
-                Found::Reflexive(addr) => Candidate::server_reflexive(addr, self.local, "udp"),
-                Found::Relayed(addr) => Candidate::relayed(addr, self.local, "udp"),
-            };
-            let Ok(candidate) = candidate else {
+            let Some(candidate) = self.candidate(found) else {
                 continue;
             };
             let devices: Vec<Uuid> = self.peers.keys().copied().collect();

@@ -14,10 +14,9 @@ mod sim;
 
 use std::time::{Duration, Instant};
 
-use std::collections::BTreeMap;
-
 use sim::Sim;
 use tessera_engine::payload::SignalPayload;
+use tessera_engine::pieces::Assembler;
 use tessera_wire::Role;
 use uuid::Uuid;
 
@@ -80,29 +79,28 @@ fn run_until(sim: &mut Sim, what: &str, done: impl Fn(&Sim) -> bool) {
     assert!(done(sim), "{what}: not done within {ROUNDS} rounds");
 }
 
-/// The largest Welcome payload (its JSON, the Welcome in base64) among relayed payloads, put
-/// together from their pieces.
+/// The largest Welcome payload (its JSON, the Welcome in base64) among relayed payloads, pieces
+/// put together by the engine's own assembler (the relay keeps no senders: each payload id stands
+/// for one).
 fn largest_welcome(relayed: &[String]) -> usize {
-    let mut joined: Vec<String> = Vec::new();
-    let mut partial: BTreeMap<u64, String> = BTreeMap::new();
-    for text in relayed {
-        match serde_json::from_str::<SignalPayload>(text) {
-            Ok(SignalPayload::Piece { id, i, n, part }) => {
-                let so_far = partial.entry(id).or_default();
-                so_far.push_str(&part);
-                if i + 1 == n {
-                    joined.extend(partial.remove(&id));
-                }
-            }
-            _ => joined.push(text.clone()),
-        }
-    }
-    joined
+    let mut assembler = Assembler::default();
+    let now = web_time::Instant::now();
+    relayed
         .iter()
-        .filter_map(|text| match serde_json::from_str::<SignalPayload>(text) {
-            Ok(SignalPayload::Welcome { .. }) => Some(text.len()),
+        .filter_map(
+            |text| match serde_json::from_str::<SignalPayload>(text).ok()? {
+                SignalPayload::Piece { id, i, n, part } => assembler
+                    .take(now, Uuid::from_u128(u128::from(id)), (id, i, n), &part)
+                    .ok()
+                    .flatten(),
+                whole => Some(whole),
+            },
+        )
+        .filter_map(|payload| match payload {
+            welcome @ SignalPayload::Welcome { .. } => serde_json::to_string(&welcome).ok(),
             _ => None,
         })
+        .map(|json| json.len())
         .max()
         .unwrap_or(0)
 }

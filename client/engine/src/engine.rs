@@ -1933,59 +1933,71 @@ impl Engine {
             if chosen.is_empty() && removals.is_empty() {
                 return;
             }
-            let Some(group) = self.group.as_mut() else {
+            let Some((commit, welcome)) = self.build_own_commit(chosen, removals) else {
                 return;
             };
-            let built = group
-                .commit_builder()
-                .propose_adds(chosen.iter().map(|(_, kp)| kp.clone()))
-                .propose_removals(removals)
-                .load_psks(self.provider.storage())
-                .map_err(mls_error)
-                .and_then(|b| {
-                    b.build(
-                        self.provider.rand(),
-                        self.provider.crypto(),
-                        &self.signer,
-                        |_| true,
-                    )
-                    .map_err(mls_error)
-                })
-                .and_then(|b| b.stage_commit(&self.provider).map_err(mls_error));
-            match built {
-                Ok(bundle) => {
-                    let welcome = bundle.to_welcome_msg().and_then(|w| w.to_bytes().ok());
-                    match bundle.into_commit().to_bytes() {
-                        Ok(commit) => {
-                            let frame_bytes = serde_json::to_string(&commit_frame(next, &commit))
-                                .map_or(usize::MAX, |f| f.len());
-                            if take > 1 && frame_bytes > self.limits.frame_bytes {
-                                // Too large for one frame: half the adds now, the rest next.
-                                if let Some(group) = self.group.as_mut() {
-                                    let _ = group.clear_pending_commit(self.provider.storage());
-                                }
-                                take /= 2;
-                                continue;
-                            }
-                            let joining = chosen.iter().map(|(d, _)| *d).collect();
-                            self.propose(next, commit, welcome, joining, false);
-                        }
-                        Err(e) => self.event(Event::Refused {
-                            what: "own commit",
-                            reason: refused(e),
-                        }),
-                    }
+            let frame_bytes =
+                serde_json::to_string(&commit_frame(next, &commit)).map_or(usize::MAX, |f| f.len());
+            if take > 1 && frame_bytes > self.limits.frame_bytes {
+                // Too large for one frame: half the adds now, the rest next.
+                if let Some(group) = self.group.as_mut() {
+                    let _ = group.clear_pending_commit(self.provider.storage());
                 }
-                Err(e) => {
-                    // A KeyPackage openmls will not add (e.g. already used): forget them all.
-                    self.waiting.clear();
-                    self.event(Event::Refused {
-                        what: "own commit",
-                        reason: Refusal::Mls(e.to_string()),
-                    });
-                }
+                take /= 2;
+                continue;
             }
+            let joining = chosen.iter().map(|(d, _)| *d).collect();
+            self.propose(next, commit, welcome, joining, false);
             return;
+        }
+    }
+
+    /// Builds and stages a commit of these adds and removals: the commit and its Welcome. A
+    /// failure is told as a refusal of this device's own commit.
+    fn build_own_commit(
+        &mut self,
+        adds: &[(Uuid, KeyPackage)],
+        removals: Vec<LeafNodeIndex>,
+    ) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
+        let group = self.group.as_mut()?;
+        let built = group
+            .commit_builder()
+            .propose_adds(adds.iter().map(|(_, kp)| kp.clone()))
+            .propose_removals(removals)
+            .load_psks(self.provider.storage())
+            .map_err(mls_error)
+            .and_then(|b| {
+                b.build(
+                    self.provider.rand(),
+                    self.provider.crypto(),
+                    &self.signer,
+                    |_| true,
+                )
+                .map_err(mls_error)
+            })
+            .and_then(|b| b.stage_commit(&self.provider).map_err(mls_error));
+        let bundle = match built {
+            Ok(bundle) => bundle,
+            Err(e) => {
+                // A KeyPackage openmls will not add (e.g. already used): forget them all.
+                self.waiting.clear();
+                self.event(Event::Refused {
+                    what: "own commit",
+                    reason: Refusal::Mls(e.to_string()),
+                });
+                return None;
+            }
+        };
+        let welcome = bundle.to_welcome_msg().and_then(|w| w.to_bytes().ok());
+        match bundle.into_commit().to_bytes() {
+            Ok(commit) => Some((commit, welcome)),
+            Err(e) => {
+                self.event(Event::Refused {
+                    what: "own commit",
+                    reason: refused(e),
+                });
+                None
+            }
         }
     }
 

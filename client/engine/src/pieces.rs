@@ -98,12 +98,9 @@ impl Assembler {
         part: &str,
     ) -> Result<Option<SignalPayload>, Malformed> {
         let (id, i, n) = piece;
-        let at = self.unfinished.iter().position(|u| u.from == from);
         if i == 0 {
             // A sender starts a new payload only once its last one is finished or abandoned.
-            if let Some(at) = at {
-                self.unfinished.remove(at);
-            }
+            self.unfinished.retain(|u| u.from != from);
             if n == 0 {
                 return Err(Malformed("payload piece"));
             }
@@ -119,8 +116,7 @@ impl Assembler {
                 last: now,
             });
         }
-        let at = self.unfinished.iter().position(|u| u.from == from);
-        let Some(at) = at else {
+        let Some(at) = self.unfinished.iter().position(|u| u.from == from) else {
             return Err(Malformed("payload piece"));
         };
         let entry = &mut self.unfinished[at];

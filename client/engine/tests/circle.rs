@@ -201,12 +201,7 @@ fn concurrent_commits_converge_to_one_epoch() {
     sim.assert_one_group(&[a, b, c, d, e]);
     sim.send(e, "hello from Eve");
     sim.run(20);
-    for x in [a, b, c, d] {
-        assert_eq!(
-            sim.received(x).last(),
-            Some(&(e, "hello from Eve".to_string()))
-        );
-    }
+    sim.assert_last_received(&[a, b, c, d], e, "hello from Eve");
 }
 
 #[test]
@@ -260,11 +255,8 @@ fn a_restarted_device_whose_peers_still_hold_its_dead_links_gets_new_ones_by_ask
     for other in &others {
         assert!(sim.engine(*other).link_is_up(restarted));
         assert!(sim.engine(restarted).link_is_up(*other));
-        assert_eq!(
-            sim.received(*other).last(),
-            Some(&(restarted, "back again".to_string()))
-        );
     }
+    sim.assert_last_received(&others, restarted, "back again");
     let got: Vec<_> = sim
         .received(restarted)
         .into_iter()
@@ -306,12 +298,7 @@ fn welcomes_and_catch_up_answers_too_large_for_a_frame_go_in_paced_pieces() {
     sim.assert_one_group(&[a, b, c, d, e]);
     sim.send(e, "everyone got in");
     sim.run(100);
-    for x in [a, b, c, d] {
-        assert_eq!(
-            sim.received(x).last(),
-            Some(&(e, "everyone got in".to_string()))
-        );
-    }
+    sim.assert_last_received(&[a, b, c, d], e, "everyone got in");
     let pieces_of = |what: &str| {
         let start = r#""i":0,"#;
         let kind = format!(r#"{{\"t\":\"{what}\""#);
@@ -349,12 +336,7 @@ fn newcomers_arriving_together_are_added_in_commits_that_each_fit_a_frame() {
     assert!(sim.refused_frames.is_empty(), "{:?}", sim.refused_frames);
     sim.send(newcomers[3], "all in");
     sim.run(40);
-    for x in all.iter().take(4) {
-        assert_eq!(
-            sim.received(*x).last(),
-            Some(&(newcomers[3], "all in".to_string()))
-        );
-    }
+    sim.assert_last_received(&all[..4], newcomers[3], "all in");
 }
 
 #[test]
@@ -603,10 +585,7 @@ fn a_forged_or_replayed_welcome_is_refused_and_the_device_still_joins_the_real_g
     sim.assert_one_group(&[a, x, d, e]);
     sim.send(d, "still one circle");
     sim.run(10);
-    assert_eq!(
-        sim.received(e).last(),
-        Some(&(d, "still one circle".to_string()))
-    );
+    sim.assert_last_received(&[e], d, "still one circle");
 }
 
 #[test]
@@ -638,10 +617,7 @@ fn commits_nobody_asked_for_are_ignored() {
     );
     sim.send(c, "after the push");
     sim.run(10);
-    assert_eq!(
-        sim.received(b).last(),
-        Some(&(c, "after the push".to_string()))
-    );
+    sim.assert_last_received(&[b], c, "after the push");
 }
 
 /// `msg` (a TLS-encoded MLS PrivateMessage) claiming epoch `epoch`: its header altered in place.
@@ -707,8 +683,5 @@ fn a_flood_of_messages_from_future_epochs_is_kept_within_a_bound() {
     assert_eq!(sim.engine(b).epoch(), Some(epoch));
     sim.send(c, "Bea still reads Cy");
     sim.run(10);
-    assert_eq!(
-        sim.received(b).last(),
-        Some(&(c, "Bea still reads Cy".to_string()))
-    );
+    sim.assert_last_received(&[b], c, "Bea still reads Cy");
 }

@@ -566,6 +566,17 @@ impl Sim {
         self.devices[&device].received.clone()
     }
 
+    /// Asserts that the last message each of `devices` received is `text` from `from`.
+    pub fn assert_last_received(&self, devices: &[Uuid], from: Uuid, text: &str) {
+        for device in devices {
+            assert_eq!(
+                self.devices[device].received.last(),
+                Some(&(from, text.to_owned())),
+                "{device}'s last message"
+            );
+        }
+    }
+
     pub fn refused(&self, device: Uuid) -> Vec<String> {
         self.devices[&device].refused.clone()
     }
