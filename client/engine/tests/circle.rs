@@ -267,6 +267,35 @@ fn a_restarted_device_whose_peers_still_hold_its_dead_links_gets_new_ones_by_ask
 }
 
 #[test]
+fn a_link_request_a_relay_redirects_to_another_device_is_refused_there() {
+    let (mut sim, devices) = circle_of_three(9);
+    let restarted = *devices.iter().max().expect("three");
+    let mut others: Vec<Uuid> = devices
+        .iter()
+        .copied()
+        .filter(|d| *d != restarted)
+        .collect();
+    others.sort();
+    // What the restarted device sends the lower of the others (only requests for a link: it
+    // never offers to a lower id) reaches the other one instead.
+    sim.redirect = Some((others[0], others[1]));
+    sim.restart(restarted);
+    sim.run(100);
+    let refused = sim.refused(others[1]);
+    assert!(
+        refused
+            .iter()
+            .any(|r| r == "MLS signal: the message is addressed to another device"),
+        "{refused:?}"
+    );
+    assert!(!sim.engine(restarted).link_is_up(others[0]));
+    assert!(
+        sim.engine(restarted).link_is_up(others[1]),
+        "the request meant for it still works"
+    );
+}
+
+#[test]
 fn welcomes_and_catch_up_answers_too_large_for_a_frame_go_in_paced_pieces() {
     let mut sim = Sim::new(12);
     // A relay with a small frame limit and a slow rate: a Welcome into a group of two or more

@@ -94,6 +94,8 @@ pub struct Sim {
     pub refused_frames: Vec<String>,
     /// The largest frame relayed, in bytes.
     pub largest_frame: usize,
+    /// A relay in the middle delivering what is addressed to the first device to the second.
+    pub redirect: Option<(Uuid, Uuid)>,
 }
 
 pub fn pair(a: Uuid, b: Uuid) -> (Uuid, Uuid) {
@@ -117,6 +119,7 @@ impl Sim {
             limits: Limits::default(),
             refused_frames: Vec::new(),
             largest_frame: 0,
+            redirect: None,
         }
     }
 
@@ -293,6 +296,10 @@ impl Sim {
         }
         match frame {
             ClientFrame::Signal { to, payload } => {
+                let to = match self.redirect {
+                    Some((from, instead)) if from == to => instead,
+                    _ => to,
+                };
                 if !self.devices.get(&to).is_some_and(|d| d.connected) {
                     return;
                 }
