@@ -7,6 +7,8 @@ fn main() {
         "../web/pkg/tessera_web.js",
         "../web/pkg/tessera_web_bg.wasm",
         "../web/app.js",
+        "../web/circle.js",
+        "../web/device.js",
         "../web/style.css",
         "../web/templates",
     ] {

@@ -1,10 +1,11 @@
 // Tessera pages: WebAuthn through the browser's JSON helpers, and the account and admin views.
-// All state lives on the server behind /api/v1; this script only draws and asks.
+// Their state lives on the server behind /api/v1; this script only draws and asks. The circle
+// view (circle.js) runs this browser as a member device.
 
 const API = '/api/v1';
 const statusLine = () => document.getElementById('status');
 
-function say(text, kind = 'info') {
+export function say(text, kind = 'info') {
   const line = statusLine();
   line.textContent = text;
   line.className = kind;
@@ -18,7 +19,7 @@ class ApiError extends Error {
   }
 }
 
-async function api(method, path, body) {
+export async function api(method, path, body) {
   const init = { method, credentials: 'same-origin', headers: {} };
   if (body !== undefined) {
     init.headers['Content-Type'] = 'application/json';
@@ -35,7 +36,7 @@ async function api(method, path, body) {
 }
 
 // Explains a failed ceremony in words a member can act on.
-function explain(error) {
+export function explain(error) {
   if (error instanceof ApiError) return error.message;
   switch (error?.name) {
     case 'NotAllowedError':
@@ -65,13 +66,13 @@ async function logIn() {
   return api('POST', '/login/finish', { ceremony: start.ceremony, credential: credential.toJSON() });
 }
 
-function busy(button, running) {
+export function busy(button, running) {
   button.disabled = running;
   button.setAttribute('aria-busy', String(running));
 }
 
 const when = (seconds) => (seconds ? new Date(seconds * 1000).toLocaleString() : 'never');
-const short = (id) => id.slice(0, 8);
+export const short = (id) => id.slice(0, 8);
 
 function cell(row, text) {
   const td = document.createElement('td');
@@ -123,7 +124,7 @@ const pages = {
       say('Touch your key…');
       try {
         await logIn();
-        window.location.assign('/account');
+        window.location.assign('/circle');
       } catch (error) {
         say(explain(error), 'error');
       } finally {
@@ -158,43 +159,11 @@ const pages = {
   async circle() {
     const me = await whoAmI();
     if (!me) return;
-    const state = document.getElementById('engine-state');
     try {
-      // The engine (Rust compiled to WebAssembly) does the protocol; this page only shows it.
-      const engine = await import('/static/engine/tessera_web.js');
-      await engine.default();
-      const info = JSON.parse(engine.engineInfo());
-      const key = engine.WebDeviceKey.generate();
-      const hex = Array.from(key.publicKey(), (b) => b.toString(16).padStart(2, '0')).join('');
-      document.getElementById('device-key').textContent = hex.match(/.{1,4}/g).slice(0, 8).join(' ');
-      // Milliseconds from the start of the page's navigation to the engine being ready.
-      document.body.dataset.engineReadyMs = String(Math.round(performance.now()));
-      state.textContent = `Engine ${info.version} ready (${info.ciphersuite}).`;
-      const device = crypto.randomUUID();
-      const button = document.getElementById('certify');
-      button.disabled = false;
-      button.addEventListener('click', async () => {
-        busy(button, true);
-        try {
-          const options = JSON.parse(key.certificateRequest(window.location.hostname, me.member, device));
-          const credential = await navigator.credentials.get({
-            publicKey: PublicKeyCredential.parseRequestOptionsFromJSON(options),
-          });
-          const certificate = key.certify(me.member, device, JSON.stringify(credential.toJSON()));
-          const directory = await api('GET', '/members');
-          const fingerprint = engine.verifyCertificate(
-            certificate, JSON.stringify(directory), window.location.origin, window.location.hostname);
-          document.getElementById('certified').textContent =
-            `This browser's key is certified by your hardware key ${fingerprint}.`;
-          say('Certified.');
-        } catch (error) {
-          say(explain(error), 'error');
-        } finally {
-          busy(button, false);
-        }
-      });
+      const circle = await import('/static/circle.js');
+      await circle.show(me);
     } catch (error) {
-      state.textContent = 'The engine did not load in this browser.';
+      document.getElementById('device-state').textContent = 'The engine did not load in this browser.';
       throw error;
     }
   },

@@ -11,226 +11,26 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
-import net from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { Harness, REPO, WAIT, UUID, addAuthenticator, openAdmin, shot, status } from './support.mjs';
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const REPO = path.resolve(HERE, '../..');
-const SCREENSHOTS = path.join(HERE, 'screenshots');
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
-const WAIT = 20_000; // every single wait is bounded
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
-const TOKEN_IN_LINK = /\/join\/([A-Za-z0-9_-]{43})(?![A-Za-z0-9_-])/;
+// The run's server, browser and secrets, and the people of the story (set by the steps below).
+const run = new Harness();
+run.admin = null; // { context, page, cdp, authenticatorId, member }
+run.member = null;
+run.invitationLink = '';
 
-// State shared by the sequential steps below.
-const run = {
-  server: null, // the spawned ChildProcess
-  stdout: '',
-  stderr: '',
-  port: 0,
-  base: '', // http://localhost:PORT
-  dataDir: '',
-  browser: null,
-  bootstrapLink: '',
-  tokens: [], // every invitation token seen in clear
-  labels: [], // every label typed
-  admin: null, // { context, page, cdp, authenticatorId, member }
-  member: null,
-  invitationLink: '',
-};
-
-function label(who) {
-  const value = `${who}-label-${randomBytes(6).toString('hex')}`;
-  run.labels.push(value);
-  return value;
+// CDP gives credential ids in standard base64; the server's ids are base64url without padding.
+function base64url(standard) {
+  return standard.replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
 }
 
-function tokenOf(link) {
-  const match = TOKEN_IN_LINK.exec(link);
-  assert.ok(match, `not an invitation link: ${link}`);
-  run.tokens.push(match[1]);
-  return match[1];
-}
-
-function serverBinary() {
-  if (process.env.TESSERA_SERVER_BIN) return process.env.TESSERA_SERVER_BIN;
-  const target = process.env.CARGO_TARGET_DIR ?? path.join(os.homedir(), '.cache/tessera/target');
-  const built = spawnSync('cargo', ['build', '--bin', 'tessera-server'], {
-    cwd: REPO,
-    env: { ...process.env, CARGO_TARGET_DIR: target },
-    stdio: ['ignore', 'inherit', 'inherit'],
-  });
-  assert.equal(built.status, 0, 'cargo build --bin tessera-server failed');
-  return path.join(target, 'debug', 'tessera-server');
-}
-
-async function freePort() {
-  const probe = net.createServer();
-  await new Promise((resolve, reject) => {
-    probe.once('error', reject);
-    probe.listen(0, '127.0.0.1', resolve);
-  });
-  const { port } = probe.address();
-  await new Promise((resolve) => probe.close(resolve));
-  return port;
-}
-
-// Starts the server and resolves with the bootstrap link it prints on stdout.
-function startServer(binary) {
-  const server = spawn(
-    binary,
-    [
-      '--listen', `127.0.0.1:${run.port}`,
-      '--origin', run.base,
-      '--data-dir', run.dataDir,
-      '--ceremony-ttl-secs', '60',
-    ],
-    { cwd: run.dataDir, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NO_COLOR: '1' } },
-  );
-  run.server = server;
-  server.stdout.setEncoding('utf8');
-  server.stderr.setEncoding('utf8');
-  server.stderr.on('data', (chunk) => { run.stderr += chunk; });
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(
-      () => reject(new Error(`no /join/ link within ${WAIT} ms\nstdout:\n${run.stdout}\nstderr:\n${run.stderr}`)),
-      WAIT,
-    );
-    server.stdout.on('data', (chunk) => {
-      run.stdout += chunk;
-      const line = run.stdout.split('\n').find((l) => l.includes('/join/'));
-      if (line) {
-        clearTimeout(timer);
-        resolve(line.trim());
-      }
-    });
-    server.once('error', (error) => { clearTimeout(timer); reject(error); });
-    server.once('exit', (code, signal) => {
-      clearTimeout(timer);
-      reject(new Error(`server exited (${code ?? signal})\nstdout:\n${run.stdout}\nstderr:\n${run.stderr}`));
-    });
-  });
-}
-
-// A browser context with its own page and its own virtual hardware key (CTAP2, USB, resident keys,
-// user verification), added before any ceremony.
-async function person(name) {
-  const context = await run.browser.newContext({ baseURL: run.base });
-  context.setDefaultTimeout(WAIT);
-  context.setDefaultNavigationTimeout(WAIT);
-  const page = await context.newPage();
-  page.on('dialog', (dialog) => dialog.accept());
-  page.on('pageerror', (error) => console.error(`[${name}] page error: ${error.message}`));
-  const cdp = await context.newCDPSession(page);
-  await cdp.send('WebAuthn.enable', { enableUI: false });
-  const authenticatorId = await addAuthenticator(cdp);
-  return { name, context, page, cdp, authenticatorId, member: null };
-}
-
-async function addAuthenticator(cdp) {
-  const { authenticatorId } = await cdp.send('WebAuthn.addVirtualAuthenticator', {
-    options: {
-      protocol: 'ctap2',
-      transport: 'usb',
-      hasResidentKey: true,
-      hasUserVerification: true,
-      isUserVerified: true,
-      automaticPresenceSimulation: true,
-    },
-  });
-  return authenticatorId;
-}
-
-async function shot(page, name) {
-  await page.screenshot({ path: path.join(SCREENSHOTS, `${name}.png`), fullPage: true });
-}
-
-async function status(page) {
-  return (await page.locator('#status').textContent())?.trim() ?? '';
-}
-
-// Waits for the account page to show its member and keys.
-async function accountShown(page) {
-  await page.waitForURL(`${run.base}/account`);
-  await page.locator('#member-id').filter({ hasText: UUID }).waitFor();
-  await page.locator('#keys tbody tr').first().waitFor();
-  return {
-    member: (await page.locator('#member-id').textContent()).trim(),
-    role: (await page.locator('#member-role').textContent()).trim(),
-    keys: await page.locator('#keys tbody tr').count(),
-  };
-}
-
-async function enroll(who, link, typed) {
-  const response = await who.page.goto(link);
-  assert.equal(response.status(), 200, 'an unused invitation link answers 200');
-  await who.page.locator('#label').fill(typed);
-  await shot(who.page, `join-${who.name}`);
-  await who.page.locator('#enroll-button').click();
-  try {
-    return await accountShown(who.page);
-  } catch (error) {
-    throw new Error(`${who.name} did not reach /account (status line: "${await status(who.page)}")`, { cause: error });
-  }
-}
-
-// Opens /admin and waits until both tables are drawn (the member table is never empty for an admin).
-async function openAdmin(page) {
-  await page.goto('/admin');
-  await page.locator('#members tbody tr').first().waitFor();
-}
-
-before(async () => {
-  const binary = serverBinary();
-  run.port = await freePort();
-  run.base = `http://localhost:${run.port}`;
-  run.dataDir = await fs.mkdtemp(path.join(os.tmpdir(), 'tessera-browser-data-'));
-  await fs.mkdir(SCREENSHOTS, { recursive: true });
-  const line = await startServer(binary);
-  run.bootstrapLink = line.slice(line.indexOf('http'));
-  assert.ok(run.bootstrapLink.startsWith(`${run.base}/join/`), `bootstrap link on ${run.base}: ${line}`);
-  tokenOf(run.bootstrapLink);
-  // launch() gives the browser a fresh temporary profile of its own (and deletes it on close):
-  // Playwright refuses an explicit --user-data-dir here.
-  run.browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    timeout: WAIT,
-    args: [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-  });
-});
-
-after(async () => {
-  await run.browser?.close().catch(() => {});
-  if (run.server && run.server.exitCode === null && run.server.signalCode === null) {
-    const exited = new Promise((resolve) => run.server.once('exit', resolve));
-    process.kill(run.server.pid, 'SIGTERM');
-    const timer = setTimeout(() => {
-      if (run.server.exitCode === null && run.server.signalCode === null) process.kill(run.server.pid, 'SIGKILL');
-    }, 5_000);
-    await exited;
-    clearTimeout(timer);
-  }
-  if (run.dataDir) await fs.rm(run.dataDir, { recursive: true, force: true });
-});
+before(() => run.start());
+after(() => run.stop());
 
 test('the login page renders', async () => {
-  const visitor = await person('visitor');
+  const visitor = await run.person('visitor');
   const response = await visitor.page.goto('/');
   assert.equal(response.status(), 200);
   await visitor.page.locator('#login').waitFor();
@@ -240,8 +40,8 @@ test('the login page renders', async () => {
 });
 
 test('a. the first admin enrolls with the bootstrap link', async () => {
-  run.admin = await person('admin');
-  const shown = await enroll(run.admin, run.bootstrapLink, label('Ada-Lovelace'));
+  run.admin = await run.person('admin');
+  const shown = await run.enroll(run.admin, run.bootstrapLink, run.label('Ada-Lovelace'));
   assert.match(shown.member, UUID);
   assert.equal(shown.role, 'admin');
   assert.equal(shown.keys, 1);
@@ -267,7 +67,7 @@ test('b. the admin issues a member invitation on the admin page', async () => {
   await page.locator('#new-invitation').waitFor({ state: 'visible' });
   run.invitationLink = await page.locator('#invitation-url').inputValue();
   assert.ok(run.invitationLink.startsWith(`${run.base}/join/`), run.invitationLink);
-  tokenOf(run.invitationLink);
+  run.tokenOf(run.invitationLink);
   const qr = await page.locator('#invitation-qr').getAttribute('src');
   assert.ok(qr?.startsWith('data:image/svg+xml'), `QR code source: ${qr?.slice(0, 40)}`);
   assert.ok(await page.locator('#invitation-qr').evaluate((img) => img.complete && img.naturalWidth > 0), 'the QR code image loads');
@@ -279,8 +79,8 @@ test('b. the admin issues a member invitation on the admin page', async () => {
 });
 
 test('c. a newcomer enrolls with the invitation in another context', async () => {
-  run.member = await person('member');
-  const shown = await enroll(run.member, run.invitationLink, label('Grace-Hopper'));
+  run.member = await run.person('member');
+  const shown = await run.enroll(run.member, run.invitationLink, run.label('Grace-Hopper'));
   assert.match(shown.member, UUID);
   assert.notEqual(shown.member, run.admin.member);
   assert.equal(shown.role, 'member');
@@ -304,13 +104,13 @@ test('d. both log in again with one button, no name typed', async () => {
     assert.equal(me.status(), 401, `${who.name} is logged out once the cookie is gone`);
     await who.page.goto('/');
     await who.page.locator('#login').click();
-    let shown;
+    let member;
     try {
-      shown = await accountShown(who.page);
+      member = await run.circleShown(who.page);
     } catch (error) {
       throw new Error(`${who.name} did not log in (status line: "${await status(who.page)}")`, { cause: error });
     }
-    assert.equal(shown.member, who.member, `${who.name} logs in as the same member`);
+    assert.equal(member, who.member, `${who.name} logs in as the same member, on the circle page`);
   }
 });
 
@@ -325,25 +125,31 @@ test('d2. the circle page runs the engine (WebAssembly) in the page', async (t) 
   await page.goto('/circle');
   await page.locator('#engine-state').filter({ hasText: /ready/ }).waitFor({ timeout: WAIT });
   assert.match(await page.locator('#engine-state').textContent(), /Engine \d+\.\d+\.\d+ ready/);
-  const key = (await page.locator('#device-key').textContent()).trim();
-  assert.match(key, /^[0-9a-f]{4}( [0-9a-f]{4}){7}$/, 'a device key made in the page');
   const readyMs = Number(await page.locator('body').getAttribute('data-engine-ready-ms'));
   assert.ok(readyMs > 0);
   t.diagnostic(`engine ready ${readyMs} ms after navigation; wasm ${served.length} bytes`);
-  // The hardware key (the context's virtual one) certifies the page's device key, and the
-  // engine verifies the certificate against the circle directory as every peer will.
+  // A browser that is not a device yet offers to become one.
+  await page.locator('body[data-device="new"]').waitFor();
+  assert.ok(await page.locator('#certify').isEnabled());
+  // The hardware key (the context's virtual one) certifies a fresh device key made in the page,
+  // the engine verifies the certificate against the circle directory as every peer will, and
+  // the circle's first device creates the circle's group.
   await page.locator('#certify').click();
-  await page.locator('#certified').filter({ hasText: /certified/ }).waitFor({ timeout: WAIT });
+  await page.locator('body[data-device="joined"]').waitFor({ timeout: WAIT });
   assert.match(
     await page.locator('#certified').textContent(),
     /certified by your hardware key [0-9a-f]{4}( [0-9a-f]{4}){7}\./,
     `status line: "${await status(page)}"`,
   );
+  const key = (await page.locator('#device-key').textContent()).trim();
+  assert.match(key, /^[0-9a-f]{4}( [0-9a-f]{4}){15}$/, 'the 32-byte device key made in the page');
+  assert.match(await page.locator('#device-state').textContent(), /In the circle's encrypted group \(epoch \d+\)/);
+  assert.equal(await page.locator(`#members li[data-member="${run.admin.member}"]`).count(), 1, 'the admin is listed');
   await shot(page, 'circle-engine');
 });
 
 test('e. a used invitation link is refused in a third context', async () => {
-  const stranger = await person('stranger');
+  const stranger = await run.person('stranger');
   const response = await stranger.page.goto(run.invitationLink);
   assert.equal(response.status(), 410);
   assert.match(await stranger.page.locator('main').textContent(), /already used/);
@@ -379,7 +185,7 @@ test('f. the admin revokes the member, whose next request fails', async () => {
 test('g. the admin adds a spare key, then revokes it', async () => {
   const { page, cdp } = run.admin;
   await page.goto('/account');
-  await accountShown(page);
+  await run.accountShown(page);
   // The first virtual key already holds this member's credential, which the server excludes, so the
   // new credential goes to a second virtual key: unplug the first (remembering its credential),
   // plug in the spare, enroll it, then plug the first back in.
@@ -387,7 +193,7 @@ test('g. the admin adds a spare key, then revokes it', async () => {
   const { credentials } = await cdp.send('WebAuthn.getCredentials', { authenticatorId: first });
   await cdp.send('WebAuthn.removeVirtualAuthenticator', { authenticatorId: first });
   const spare = await addAuthenticator(cdp);
-  await page.locator('#key-label').fill(label('Ada-spare'));
+  await page.locator('#key-label').fill(run.label('Ada-spare'));
   await page.locator('#add-key-button').click();
   await page.locator('#status', { hasText: 'Key added.' }).waitFor();
   assert.equal(await page.locator('#keys tbody tr').count(), 2);
@@ -401,7 +207,9 @@ test('g. the admin adds a spare key, then revokes it', async () => {
   await run.admin.context.clearCookies();
   await page.goto('/');
   await page.locator('#login').click();
-  assert.equal((await accountShown(page)).member, run.admin.member);
+  assert.equal(await run.circleShown(page), run.admin.member);
+  await page.goto('/account');
+  await run.accountShown(page);
 
   // Plug the first key back in, unplug the spare, and revoke the spare on the page.
   await cdp.send('WebAuthn.removeVirtualAuthenticator', { authenticatorId: spare });
@@ -426,37 +234,13 @@ test('g. the admin adds a spare key, then revokes it', async () => {
   await run.admin.context.clearCookies();
   await page.goto('/');
   await page.locator('#login').click();
-  assert.equal((await accountShown(page)).member, run.admin.member);
+  assert.equal(await run.circleShown(page), run.admin.member);
 });
 
-// CDP gives credential ids in standard base64; the server's ids are base64url without padding.
-function base64url(standard) {
-  return standard.replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
-}
 
 test('h. no label, token or IP address in the database files or the logs', async () => {
   // The files are read as they are, while the server runs (database, WAL and shared memory).
-  const files = [];
-  const walk = async (dir) => {
-    for (const entry of await fs.readdir(dir, { withFileTypes: true })) {
-      const full = path.join(dir, entry.name);
-      if (entry.isDirectory()) await walk(full);
-      else files.push(full);
-    }
-  };
-  await walk(run.dataDir);
-  assert.ok(files.some((f) => f.endsWith('.db')), `a database file in ${files}`);
-  const secrets = [...run.labels, ...run.tokens, '127.0.0.1'];
   assert.equal(run.labels.length, 3);
   assert.equal(run.tokens.length, 2);
-  for (const file of files) {
-    const bytes = await fs.readFile(file);
-    for (const secret of secrets) {
-      assert.equal(bytes.includes(Buffer.from(secret, 'utf8')), false, `${path.basename(file)} contains "${secret}"`);
-    }
-  }
-  assert.ok(run.stderr.length > 0, 'the server logged something');
-  for (const secret of secrets) {
-    assert.equal(run.stderr.includes(secret), false, `the server log contains "${secret}"`);
-  }
+  await run.assertNowhere([...run.labels, ...run.tokens, '127.0.0.1']);
 });

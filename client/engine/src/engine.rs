@@ -194,8 +194,10 @@ pub struct ChatMessage {
     pub sent_at: i64,
 }
 
-/// What happened, for the user interface and the history.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What happened, for the user interface and the history. Serialized as the CLI's `--json` lines
+/// and the page's events show it: `{"event":"delivered","id":…,"device":…}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Event {
     /// This device created the circle's group (the circle's first device).
@@ -209,6 +211,7 @@ pub enum Event {
     /// A message sent by this device (now in the outbox) or received from a peer.
     Message {
         /// The message.
+        #[serde(flatten)]
         message: ChatMessage,
         /// Whether this device sent it.
         outgoing: bool,
@@ -225,6 +228,7 @@ pub enum Event {
         /// What it was.
         what: &'static str,
         /// Why.
+        #[serde(serialize_with = "as_sentence")]
         reason: Refusal,
     },
     /// The server refused a frame.
@@ -234,6 +238,11 @@ pub enum Event {
     },
     /// The server says the membership or the session was revoked.
     Revoked,
+}
+
+/// Serializes a refusal as the sentence that explains it.
+fn as_sentence<S: serde::Serializer>(reason: &Refusal, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(reason)
 }
 
 /// What the engine wants done.
@@ -2112,5 +2121,42 @@ mod tests {
         );
         let back: Held = ciborium::from_reader(&new[..]).expect("reads");
         assert_eq!(back.commit, held.commit);
+    }
+
+    #[test]
+    fn events_serialize_as_the_cli_and_the_page_show_them() {
+        let id = Uuid::new_v4();
+        let json = |event: &Event| serde_json::to_value(event).expect("json");
+        let message = ChatMessage {
+            id,
+            member: id,
+            device: id,
+            text: "hi".into(),
+            sent_at: 5,
+        };
+        assert_eq!(
+            json(&Event::Message {
+                message,
+                outgoing: true
+            }),
+            serde_json::json!({"event": "message", "id": id, "member": id, "device": id,
+                "text": "hi", "sent_at": 5, "outgoing": true})
+        );
+        assert_eq!(
+            json(&Event::Delivered { id, device: id }),
+            serde_json::json!({"event": "delivered", "id": id, "device": id})
+        );
+        assert_eq!(
+            json(&Event::Refused {
+                what: "commit",
+                reason: Refusal::UnknownMember
+            }),
+            serde_json::json!({"event": "refused", "what": "commit",
+                "reason": "the member is not in the circle directory"})
+        );
+        assert_eq!(
+            json(&Event::Revoked),
+            serde_json::json!({"event": "revoked"})
+        );
     }
 }

@@ -18,7 +18,18 @@ pub(super) fn router() -> Router<AppState> {
         .route("/account", get(account_page))
         .route("/admin", get(admin_page))
         .route("/circle", get(circle_page))
-        .route("/static/app.js", get(script))
+        .route(
+            "/static/app.js",
+            get(|| script(include_str!("../../../web/app.js"))),
+        )
+        .route(
+            "/static/circle.js",
+            get(|| script(include_str!("../../../web/circle.js"))),
+        )
+        .route(
+            "/static/device.js",
+            get(|| script(include_str!("../../../web/device.js"))),
+        )
         .route("/static/style.css", get(style))
         .route("/static/engine/tessera_web.js", get(engine_script))
         .route("/static/engine/tessera_web_bg.wasm", get(engine_wasm))
@@ -96,10 +107,7 @@ async fn circle_page() -> Response {
 
 /// The engine's JavaScript glue (wasm-bindgen output, built by `web/build` into `web/pkg`).
 async fn engine_script() -> impl IntoResponse {
-    (
-        [(CONTENT_TYPE, "text/javascript; charset=utf-8")],
-        include_str!("../../../web/pkg/tessera_web.js"),
-    )
+    script(include_str!("../../../web/pkg/tessera_web.js")).await
 }
 
 /// The engine compiled to WebAssembly.
@@ -110,11 +118,9 @@ async fn engine_wasm() -> impl IntoResponse {
     )
 }
 
-async fn script() -> impl IntoResponse {
-    (
-        [(CONTENT_TYPE, "text/javascript; charset=utf-8")],
-        include_str!("../../../web/app.js"),
-    )
+/// One of the page's scripts, embedded.
+async fn script(source: &'static str) -> impl IntoResponse {
+    ([(CONTENT_TYPE, "text/javascript; charset=utf-8")], source)
 }
 
 async fn style() -> impl IntoResponse {

@@ -1,13 +1,16 @@
 //! The engine in the page: what the browser's JavaScript may call, a thin shell over
-//! `tessera-engine` (no protocol logic lives here). Values cross as JSON text in the shapes the
-//! server's API and the browser's WebAuthn JSON helpers use; failures as a sentence.
+//! `tessera-engine` (no protocol logic lives here): the device key and its certificate here, the
+//! running device in [`device`]. Values cross as JSON text in the shapes the server's API and the
+//! browser's WebAuthn JSON helpers use, or as plain JavaScript values; failures as a sentence.
+
+pub mod device;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tessera_engine::DeviceKey;
 use tessera_engine::engine::CIPHERSUITE;
 use tessera_engine::identity::{DeviceCertificate, certificate_request, key_fingerprint};
-use tessera_wire::MemberInfo;
+use tessera_wire::{MemberInfo, PublicKeyInfo, Role};
 use uuid::Uuid;
 use wasm_bindgen::prelude::wasm_bindgen;
 use webauthn_rs_proto::PublicKeyCredential;
@@ -23,13 +26,13 @@ pub fn engine_info() -> String {
     .to_string()
 }
 
-fn uuid(text: &str, what: &str) -> Result<Uuid, String> {
+pub(crate) fn uuid(text: &str, what: &str) -> Result<Uuid, String> {
     Uuid::parse_str(text).map_err(|_| format!("not a {what} id: {text:?}"))
 }
 
 /// A device's MLS signature key, made in the page with the browser's randomness.
 #[wasm_bindgen]
-pub struct WebDeviceKey(DeviceKey);
+pub struct WebDeviceKey(pub(crate) DeviceKey);
 
 #[wasm_bindgen]
 impl WebDeviceKey {
@@ -119,23 +122,61 @@ pub fn verify_certificate(
         .iter()
         .find(|k| k.credential_id == certificate.credential_id)
         .ok_or("the certifying key is not the member's")?;
+    fingerprint(key)
+}
+
+/// The fingerprint members compare of a passkey in the directory.
+fn fingerprint(key: &PublicKeyInfo) -> Result<String, String> {
     let public = URL_SAFE_NO_PAD
         .decode(&key.public_key)
         .map_err(|_| "a malformed passkey in the directory".to_owned())?;
     Ok(key_fingerprint(&public))
 }
 
+/// A member of the directory with the fingerprints of their hardware keys.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MemberKeys {
+    /// The member.
+    pub member: Uuid,
+    /// Their role.
+    pub role: Role,
+    /// One fingerprint per enrolled hardware key.
+    pub keys: Vec<String>,
+}
+
+/// Each member of `directory` (`GET /api/v1/members`, as text) with their keys' fingerprints.
+///
+/// # Errors
+/// When the text is not a directory or holds a malformed key.
+pub fn member_keys(directory: &str) -> Result<Vec<MemberKeys>, String> {
+    let directory: Vec<MemberInfo> =
+        serde_json::from_str(directory).map_err(|_| "not a circle directory".to_owned())?;
+    directory
+        .iter()
+        .map(|m| {
+            Ok(MemberKeys {
+                member: m.id,
+                role: m.role,
+                keys: m
+                    .passkeys
+                    .iter()
+                    .map(fingerprint)
+                    .collect::<Result<_, _>>()?,
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tessera_engine::authenticator::SoftKey;
-    use tessera_wire::Role;
 
-    const ORIGIN: &str = "http://localhost:8080";
+    pub(crate) const ORIGIN: &str = "http://localhost:8080";
 
     /// A member with a software key registered through real webauthn-rs, as the directory
     /// lists them.
-    fn member() -> (SoftKey, MemberInfo) {
+    pub(crate) fn member() -> (SoftKey, MemberInfo) {
         let origin = url::Url::parse(ORIGIN).expect("origin");
         let webauthn = webauthn_rs::prelude::WebauthnBuilder::new("localhost", &origin)
             .and_then(webauthn_rs::prelude::WebauthnBuilder::build)
@@ -155,7 +196,7 @@ mod tests {
     }
 
     /// What the page does: ask the key with the options, make the certificate of its answer.
-    fn certify_in_page(
+    pub(crate) fn certify_in_page(
         key: &mut SoftKey,
         info: &MemberInfo,
         device: Uuid,

@@ -164,20 +164,7 @@ fn update_json(update: &Update, names: &BTreeMap<Uuid, String>) -> Option<String
         Update::Engine(Event::Message { message, outgoing }) => {
             return Some(message_json(message, *outgoing, names));
         }
-        Update::Engine(Event::GroupCreated) => json!({"event": "group_created"}),
-        Update::Engine(Event::Joined) => json!({"event": "joined"}),
-        Update::Engine(Event::MembersChanged) => json!({"event": "members_changed"}),
-        Update::Engine(Event::Removed) => json!({"event": "removed"}),
-        Update::Engine(Event::Delivered { id, device }) => {
-            json!({"event": "delivered", "id": id, "device": device})
-        }
-        Update::Engine(Event::Refused { what, reason }) => {
-            json!({"event": "refused", "what": what, "reason": reason.to_string()})
-        }
-        Update::Engine(Event::ServerError { code }) => {
-            json!({"event": "server_error", "code": code})
-        }
-        Update::Engine(Event::Revoked) => json!({"event": "revoked"}),
+        Update::Engine(event) => serde_json::to_value(event).ok()?,
         Update::Connected => json!({"event": "connected"}),
         Update::Disconnected { reason, retry_in } => json!({
             "event": "disconnected", "reason": reason, "retry_in_ms": retry_in.as_millis()

@@ -1,0 +1,292 @@
+// Browsers as member devices, peer to peer, in Debian's Chromium inside a network namespace the
+// test makes: an admin and a member in two browser contexts and a native `tessera` CLI device
+// join the circle's MLS group and exchange messages over WebRTC data channels in every direction;
+// a reload keeps the device and its history; a message sent while a browser was closed arrives
+// when it reopens; a revoked member's page says so and receives nothing sent afterwards; and the
+// server's files and logs hold no name, message, token or address.
+//
+// Run with `node --test tests/browser/` (or `tests/run`). Environment: TESSERA_SERVER_BIN and
+// TESSERA_CLI_BIN name the binaries (else they are built), CHROMIUM the browser.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { Harness, NAMESPACE_ADDRESS, binary, insideNamespace, openAdmin, shot, status, watch } from './support.mjs';
+
+const FILE = fileURLToPath(import.meta.url);
+const LINK_WAIT = 30_000; // joining and linking take a few engine rounds
+
+// The native device: `tessera chat --json` in a directory of its own, a software key.
+class NativeDevice {
+  constructor(root) {
+    this.dir = path.join(root, 'native');
+    this.key = path.join(root, 'native.key');
+    this.bin = binary('tessera', 'TESSERA_CLI_BIN');
+    this.lines = [];
+    this.waiters = [];
+    this.child = null;
+    this.stderr = '';
+  }
+
+  #args(args) {
+    return ['--data-dir', this.dir, '--key-file', this.key, '--bind', NAMESPACE_ADDRESS, ...args];
+  }
+
+  ok(args) {
+    const done = spawnSync(this.bin, this.#args(args), { encoding: 'utf8', timeout: LINK_WAIT, env: { PATH: process.env.PATH, HOME: this.dir } });
+    assert.equal(done.status, 0, `tessera ${args.join(' ')}: ${done.stdout}\n${done.stderr}`);
+    return done.stdout;
+  }
+
+  chat() {
+    this.child = spawn(this.bin, this.#args(['chat', '--json']), {
+      stdio: ['pipe', 'pipe', 'pipe'],
+      env: { PATH: process.env.PATH, HOME: this.dir },
+    });
+    this.child.stderr.setEncoding('utf8');
+    this.child.stderr.on('data', (chunk) => { this.stderr += chunk; });
+    readline.createInterface({ input: this.child.stdout }).on('line', (line) => {
+      let event;
+      try {
+        event = JSON.parse(line);
+      } catch {
+        return;
+      }
+      this.lines.push(event);
+      this.waiters = this.waiters.filter((w) => !(w.match(event) && (w.resolve(event), true)));
+    });
+  }
+
+  // The first line (seen or to come) that matches; bounded.
+  waitFor(what, match, timeout = LINK_WAIT) {
+    const seen = this.lines.find(match);
+    if (seen) return Promise.resolve(seen);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`the native device saw no ${what} within ${timeout} ms\n${this.stderr}`)), timeout);
+      this.waiters.push({ match, resolve: (event) => { clearTimeout(timer); resolve(event); } });
+    });
+  }
+
+  say(text) {
+    this.child.stdin.write(`${text}\n`);
+  }
+
+  async stop() {
+    if (!this.child || this.child.exitCode !== null) return;
+    const exited = new Promise((resolve) => this.child.once('exit', resolve));
+    this.child.stdin.end();
+    const timer = setTimeout(() => this.child.kill('SIGKILL'), 5_000);
+    await exited;
+    clearTimeout(timer);
+  }
+}
+
+const run = new Harness();
+const secrets = []; // names and messages that must not reach the server's files or logs
+let root = '';
+let admin; // { context, page, cdp, member, adminPage }
+let bob;
+let native;
+
+function secret(prefix) {
+  const value = `${prefix}-${randomBytes(4).toString('hex')}`;
+  secrets.push(value);
+  return value;
+}
+
+// Opens the circle page and waits until this browser's device is in the group.
+async function joined(who) {
+  await who.page.locator('body[data-device="joined"]').waitFor({ timeout: LINK_WAIT });
+}
+
+async function becomeDevice(who) {
+  await who.page.goto('/circle');
+  await who.page.locator('body[data-device="new"]').waitFor();
+  await who.page.locator('#certify').click();
+  await who.page.locator('body[data-device="waiting"], body[data-device="joined"]').waitFor();
+}
+
+async function setName(who, name) {
+  await who.page.locator('#display-name').fill(name);
+  await who.page.locator('#name-button').click();
+}
+
+async function send(who, text) {
+  await who.page.locator('#message').fill(text);
+  await who.page.locator('#message').press('Enter');
+  await who.page.locator(`#messages li.outgoing:has-text("${text}")`).waitFor();
+}
+
+// Waits until `who`'s page shows an incoming message with `text`.
+async function received(who, text, timeout = LINK_WAIT) {
+  await who.page.locator(`#messages li.incoming:has-text("${text}")`).waitFor({ timeout });
+}
+
+async function linkedTo(who, device) {
+  await who.page.locator(`#members li[data-device="${device}"][data-linked="true"]`).waitFor({ timeout: LINK_WAIT });
+}
+
+async function issueInvitation(adminPage) {
+  await openAdmin(adminPage);
+  await adminPage.locator('#invite-button').click();
+  await adminPage.locator('#new-invitation').waitFor();
+  const link = await adminPage.locator('#invitation-url').inputValue();
+  run.tokenOf(link);
+  return link;
+}
+
+async function deviceId(who) {
+  return who.page.locator('body').getAttribute('data-device-id');
+}
+
+if (insideNamespace(FILE)) {
+  before(async () => {
+    root = await fs.mkdtemp(path.join(os.tmpdir(), 'tessera-circle-'));
+    await run.start({ webrtc: true });
+  });
+
+  after(async () => {
+    await native?.stop();
+    await run.stop();
+    if (root) await fs.rm(root, { recursive: true, force: true });
+  });
+
+  test('a. the admin enrolls, makes this browser a device and starts the group', async (t) => {
+    admin = await run.person('admin');
+    admin.member = (await run.enroll(admin, run.bootstrapLink, run.label('admin'))).member;
+    await becomeDevice(admin);
+    await joined(admin);
+    const readyMs = Number(await admin.page.locator('body').getAttribute('data-engine-ready-ms'));
+    t.diagnostic(`engine ready ${readyMs} ms after navigation`);
+    await setName(admin, secret('Ada'));
+    // The admin panel in a second tab: the circle tab keeps running the device.
+    admin.adminPage = await admin.context.newPage();
+    watch(admin.adminPage, 'admin-panel');
+  });
+
+  test('b. a member enrolls with an invitation and an online device adds their browser', async () => {
+    const link = await issueInvitation(admin.adminPage);
+    bob = await run.person('bob');
+    bob.member = (await run.enroll(bob, link, run.label('bob'))).member;
+    await becomeDevice(bob);
+    await joined(bob);
+    await setName(bob, secret('Bob'));
+    bob.device = await deviceId(bob);
+    admin.device = await deviceId(admin);
+    await linkedTo(admin, bob.device);
+    await linkedTo(bob, admin.device);
+  });
+
+  test('c. a native CLI device joins with a third invitation', async () => {
+    const link = await issueInvitation(admin.adminPage);
+    native = new NativeDevice(root);
+    native.ok(['key', 'new', '--file', native.key]);
+    native.name = secret('Cleo');
+    native.ok(['join', link, '--name', native.name]);
+    native.chat();
+    await native.waitFor('join', (e) => e.event === 'joined');
+    native.say('/status');
+    native.device = (await native.waitFor('its status', (e) => e.event === 'status')).device;
+    await linkedTo(admin, native.device);
+    await linkedTo(bob, native.device);
+  });
+
+  test('d. all three exchange messages peer to peer, in every direction', async (t) => {
+    const fromAdmin = secret('from-admin');
+    const started = Date.now();
+    await send(admin, fromAdmin);
+    await received(bob, fromAdmin);
+    await native.waitFor('the admin\'s message', (e) => e.event === 'message' && e.text === fromAdmin);
+    t.diagnostic(`browser → browser and native: ${Date.now() - started} ms`);
+    await admin.page.locator(`#messages li.outgoing[data-state="delivered"]:has-text("${fromAdmin}")`).waitFor({ timeout: LINK_WAIT });
+
+    const fromBob = secret('from-bob');
+    await send(bob, fromBob);
+    await received(admin, fromBob);
+    await native.waitFor('bob\'s message', (e) => e.event === 'message' && e.text === fromBob);
+
+    const fromNative = secret('from-native');
+    native.say(fromNative);
+    await received(admin, fromNative);
+    await received(bob, fromNative);
+
+    // Names come from the group, not from the server.
+    const names = await admin.page.locator('#members').textContent();
+    for (const name of secrets.filter((s) => /^(Bob|Cleo)-/.test(s))) {
+      assert.ok(names.includes(name), `the admin's page names ${name}: ${names}`);
+    }
+    await shot(admin.page, 'circle-admin');
+    await shot(bob.page, 'circle-member');
+  });
+
+  test('e. a reload keeps the device, its group membership and its history', async () => {
+    const before = await deviceId(bob);
+    await bob.page.reload();
+    await joined(bob);
+    assert.equal(await deviceId(bob), before, 'the same device after the reload');
+    assert.equal(await bob.page.locator('body[data-device="new"]').count(), 0, 'no new device made');
+    for (const text of secrets.filter((s) => s.startsWith('from-'))) {
+      assert.equal(await bob.page.locator(`#messages li:has-text("${text}")`).count(), 1, `${text} in the history once`);
+    }
+    await linkedTo(bob, admin.device);
+    const after = secret('after-reload');
+    await send(admin, after);
+    await received(bob, after);
+  });
+
+  test('f. a message sent while a browser is closed arrives when it reopens', async () => {
+    const key = await run.unplugKey(bob);
+    await bob.page.close();
+    await admin.page.locator(`#members li[data-device="${bob.device}"][data-linked="false"]`).waitFor({ timeout: LINK_WAIT });
+    const away = secret('while-away');
+    await send(admin, away);
+    await admin.page.locator(`#messages li.outgoing[data-state="partly"]:has-text("${away}")`).waitFor({ timeout: LINK_WAIT });
+    bob.page = await bob.context.newPage();
+    await run.plugKey(bob, key);
+    await bob.page.goto('/circle');
+    await joined(bob);
+    await received(bob, away);
+    await admin.page.locator(`#messages li.outgoing[data-state="delivered"]:has-text("${away}")`).waitFor({ timeout: LINK_WAIT });
+  });
+
+  test('g. login tap to the first peer-to-peer message', async (t) => {
+    await bob.context.clearCookies();
+    await bob.page.goto('/');
+    const tapped = Date.now();
+    await bob.page.locator('#login').click();
+    await run.circleShown(bob.page);
+    await joined(bob);
+    await bob.page.locator('#send-button:enabled').waitFor();
+    const first = secret('first-after-login');
+    await send(bob, first);
+    await received(admin, first);
+    t.diagnostic(`login tap → first peer-to-peer message at another browser: ${Date.now() - tapped} ms`);
+  });
+
+  test('h. the admin revokes the member: their page says so, and nothing sent afterwards reaches them', async () => {
+    await openAdmin(admin.adminPage);
+    await admin.adminPage.locator(`#members tbody tr[data-member="${bob.member}"]`).getByRole('button', { name: 'Revoke' }).click();
+    await admin.adminPage.locator('#status', { hasText: 'Member revoked.' }).waitFor();
+    await bob.page.locator('body[data-device="stopped"]').waitFor({ timeout: LINK_WAIT });
+    assert.match(await status(bob.page), /revoked|session ended/);
+    await shot(bob.page, 'circle-revoked');
+    // The admin's device removes the revoked member's device from the group.
+    await admin.page.locator(`#members li[data-member="${bob.member}"]`).waitFor({ state: 'detached', timeout: LINK_WAIT });
+    const after = secret('after-revocation');
+    await send(admin, after);
+    await native.waitFor('the message after the revocation', (e) => e.event === 'message' && e.text === after);
+    assert.equal(await bob.page.locator(`#messages li:has-text("${after}")`).count(), 0, 'the revoked member receives nothing');
+    await shot(admin.adminPage, 'admin-after-revocation');
+  });
+
+  test('i. no name, message, token or address in the server\'s files or logs', async () => {
+    assert.ok(secrets.length >= 8);
+    await run.assertNowhere([...secrets, ...run.labels, ...run.tokens, '127.0.0.1', NAMESPACE_ADDRESS]);
+  });
+}

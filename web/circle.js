@@ -1,0 +1,341 @@
+// The circle view: this browser as one of the member's devices. It makes the device once (one
+// tap on the hardware key), then shows what the device does: members with their names, keys and
+// presence, and the chat with each message's delivery state. The device itself is web/device.js.
+
+import { api, busy, explain, say, short } from '/static/app.js';
+import { Device, DeviceStore, loadEngine } from '/static/device.js';
+
+const $ = (id) => document.getElementById(id);
+
+function hex(bytes) {
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+function grouped(text) {
+  return text.match(/.{1,4}/g).join(' ');
+}
+
+// The member's browser becomes a device: a fresh MLS device key, certified by their hardware key
+// (the engine makes the WebAuthn request and checks the answer as every peer will).
+async function makeDevice(engine, me, store) {
+  const key = engine.WebDeviceKey.generate();
+  const device = crypto.randomUUID();
+  const options = JSON.parse(key.certificateRequest(window.location.hostname, me.member, device));
+  const credential = await navigator.credentials.get({
+    publicKey: PublicKeyCredential.parseRequestOptionsFromJSON(options),
+  });
+  const certificate = key.certify(me.member, device, JSON.stringify(credential.toJSON()));
+  const directory = await api('GET', '/members');
+  const fingerprint = engine.verifyCertificate(
+    certificate, JSON.stringify(directory), window.location.origin, window.location.hostname);
+  const publicKey = key.publicKey();
+  const created = engine.WebDevice.create(window.location.origin, window.location.hostname, key, certificate);
+  await store.saveIdentity({ publicKey, fingerprint });
+  return created;
+}
+
+class CircleView {
+  constructor(engine, me, store, device) {
+    this.engine = engine;
+    this.me = me;
+    this.store = store;
+    this.device = device;
+    this.keys = new Map(); // member -> { role, keys }
+    this.drawPending = false;
+  }
+
+  async start() {
+    const { device } = this;
+    device.addEventListener('event', ({ detail }) => this.#take(detail));
+    device.addEventListener('status', ({ detail }) => this.#status(detail));
+    device.addEventListener('view', () => this.#redraw());
+    device.addEventListener('stopped', ({ detail }) => this.#stopped(detail));
+    $('setup').hidden = true;
+    $('chat').hidden = false;
+    $('people').hidden = false;
+    for (const entry of await this.store.history()) this.#message(entry);
+    this.#wireSend();
+    this.#wireName();
+    this.#redraw();
+  }
+
+  #wireSend() {
+    const form = $('send');
+    const input = $('message');
+    input.addEventListener('keydown', (event) => {
+      if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        form.requestSubmit();
+      }
+    });
+    form.addEventListener('submit', (event) => {
+      event.preventDefault();
+      const text = input.value.trim();
+      if (!text || this.device.stopped) return;
+      try {
+        this.device.sendText(text);
+        input.value = '';
+        input.focus();
+      } catch (error) {
+        say(`Not sent: ${error?.message ?? error}`, 'error');
+      }
+    });
+  }
+
+  #wireName() {
+    const view = this.device.view();
+    const own = new Map(view.names).get(this.me.member);
+    if (own) $('display-name').value = own;
+    $('name-form').addEventListener('submit', (event) => {
+      event.preventDefault();
+      const name = $('display-name').value.trim();
+      if (!name) return;
+      try {
+        this.device.setDisplayName(name);
+        say('Name saved; the circle\'s devices learn it end-to-end encrypted.');
+      } catch (error) {
+        say(`Name not saved: ${error?.message ?? error}`, 'error');
+      }
+    });
+  }
+
+  #take(event) {
+    switch (event.event) {
+      case 'message':
+        this.#message({ ...event, delivered: [] });
+        break;
+      case 'delivered':
+        this.#delivered(event.id, event.device);
+        break;
+      case 'group_created':
+        say('You started the circle\'s encrypted group.');
+        break;
+      case 'joined':
+        say('This browser joined the circle\'s encrypted group.');
+        break;
+      case 'members_changed':
+        this.#refreshKeys();
+        break;
+      case 'refused':
+        console.warn(`refused a ${event.what}: ${event.reason}`);
+        break;
+      default:
+    }
+  }
+
+  #name(member) {
+    const names = new Map(this.device.view().names);
+    return names.get(member) ?? `Member ${short(member)}`;
+  }
+
+  #message(entry) {
+    $('no-messages').hidden = true;
+    const list = $('messages');
+    if (list.querySelector(`li[data-id="${entry.id}"]`)) return;
+    const item = document.createElement('li');
+    item.dataset.id = entry.id;
+    item.dataset.member = entry.member;
+    item.dataset.delivered = JSON.stringify(entry.delivered ?? []);
+    item.className = entry.outgoing ? 'outgoing' : 'incoming';
+    const who = document.createElement('span');
+    who.className = 'who';
+    who.textContent = entry.outgoing ? 'You' : this.#name(entry.member);
+    const at = document.createElement('time');
+    at.dateTime = new Date(entry.sent_at).toISOString();
+    at.textContent = new Date(entry.sent_at).toLocaleTimeString();
+    const text = document.createElement('p');
+    text.className = 'text';
+    text.textContent = entry.text;
+    item.append(who, ' ', at, text);
+    if (entry.outgoing) {
+      const state = document.createElement('span');
+      state.className = 'delivery';
+      item.append(state);
+    }
+    list.append(item);
+    this.#deliveryState(item);
+    item.scrollIntoView?.({ block: 'nearest' });
+  }
+
+  #delivered(id, device) {
+    const item = $('messages').querySelector(`li[data-id="${id}"]`);
+    if (!item) return;
+    const delivered = JSON.parse(item.dataset.delivered);
+    if (!delivered.includes(device)) delivered.push(device);
+    item.dataset.delivered = JSON.stringify(delivered);
+    this.#deliveryState(item);
+  }
+
+  // Queued until a peer device holds it; delivered once every other device of the group does.
+  #deliveryState(item) {
+    const state = item.querySelector('.delivery');
+    if (!state) return;
+    const delivered = JSON.parse(item.dataset.delivered).length;
+    const others = this.device.view().devices.filter((d) => !d.own).length;
+    if (delivered === 0) {
+      item.dataset.state = 'queued';
+      state.textContent = 'Queued: waiting for the circle\'s devices';
+    } else if (delivered >= others) {
+      item.dataset.state = 'delivered';
+      state.textContent = 'Delivered';
+    } else {
+      item.dataset.state = 'partly';
+      state.textContent = `Delivered to ${delivered} of ${others} devices`;
+    }
+  }
+
+  #status({ connected, retryInMs }) {
+    if (connected) {
+      say('');
+    } else {
+      say(`The server cannot be reached; retrying in ${Math.max(1, Math.round(retryInMs / 1000))} s. Links to other devices keep working.`, 'error');
+    }
+    this.#redraw();
+  }
+
+  #stopped(stopped) {
+    say(stopped.message, 'error');
+    document.body.dataset.device = 'stopped';
+    document.body.dataset.stopped = stopped.reason;
+    $('device-state').textContent = stopped.message;
+    $('send-button').disabled = true;
+    $('message').disabled = true;
+    $('name-button').disabled = true;
+  }
+
+  async #refreshKeys() {
+    try {
+      for (const m of this.engine.memberKeys(JSON.stringify(await api('GET', '/members')))) {
+        this.keys.set(m.member, m);
+      }
+      this.#redraw();
+    } catch {
+      // Shown again at the next change.
+    }
+  }
+
+  #redraw() {
+    if (this.drawPending) return;
+    this.drawPending = true;
+    requestAnimationFrame(() => {
+      this.drawPending = false;
+      this.#draw();
+    });
+  }
+
+  #draw() {
+    const { device } = this;
+    const view = device.view();
+    document.body.dataset.inGroup = String(view.in_group);
+    if (!device.stopped) {
+      document.body.dataset.device = view.in_group ? 'joined' : 'waiting';
+      const online = device.connected ? 'online' : 'offline';
+      $('device-state').textContent = view.in_group
+        ? `In the circle's encrypted group (epoch ${view.epoch}), ${online}.`
+        : `Waiting for one of the circle's online devices to add this browser to the group (${online})…`;
+      $('send-button').disabled = !view.in_group;
+    }
+    const members = new Map();
+    for (const d of view.devices) {
+      if (!members.has(d.member)) members.set(d.member, []);
+      members.get(d.member).push(d);
+    }
+    const list = $('members');
+    list.replaceChildren();
+    for (const [member, devices] of members) {
+      const item = document.createElement('li');
+      item.dataset.member = member;
+      item.dataset.online = String(devices.some((d) => d.online));
+      const name = document.createElement('strong');
+      name.textContent = member === this.me.member ? `${this.#name(member)} (you)` : this.#name(member);
+      item.append(name);
+      const info = this.keys.get(member);
+      if (info) item.append(` · ${info.role}`);
+      for (const key of info?.keys ?? []) {
+        const fp = document.createElement('code');
+        fp.className = 'fingerprint';
+        fp.title = 'Fingerprint of a hardware key of this member';
+        fp.textContent = key;
+        item.append(document.createElement('br'), 'Key ', fp);
+      }
+      const states = document.createElement('ul');
+      for (const d of devices) {
+        const row = document.createElement('li');
+        row.dataset.device = d.device;
+        row.dataset.linked = String(d.linked);
+        const where = d.own ? 'this browser' : `device ${short(d.device)}`;
+        const presence = d.own ? 'online' : d.linked ? 'online, linked peer to peer' : d.online ? 'online' : 'offline';
+        row.textContent = `${where}: ${presence}${d.waiting ? `, ${d.waiting} waiting for it` : ''}`;
+        states.append(row);
+      }
+      item.append(states);
+      list.append(item);
+    }
+    for (const item of $('messages').querySelectorAll('li.outgoing')) this.#deliveryState(item);
+    for (const item of $('messages').querySelectorAll('li.incoming .who')) {
+      item.textContent = this.#name(item.closest('li').dataset.member);
+    }
+  }
+}
+
+// Runs the circle page for the logged-in member `me`.
+export async function show(me) {
+  const engine = await loadEngine();
+  // Milliseconds from the start of the page's navigation to the engine being ready.
+  document.body.dataset.engineReadyMs = String(Math.round(performance.now()));
+  const info = JSON.parse(engine.engineInfo());
+  $('engine-state').textContent = `Engine ${info.version} ready (${info.ciphersuite}).`;
+  // One tab at a time runs this member's device in this browser.
+  if (navigator.locks) {
+    await navigator.locks.request(`tessera-device-${me.member}`, { ifAvailable: true }, async (lock) => {
+      if (!lock) {
+        $('device-state').textContent = 'This browser already runs your device in another tab or window. Use that one.';
+        document.body.dataset.device = 'elsewhere';
+        return;
+      }
+      await run(engine, me);
+      await new Promise(() => {}); // held for as long as the page lives
+    });
+  } else {
+    await run(engine, me);
+  }
+}
+
+async function run(engine, me) {
+  const store = await DeviceStore.open(me.member);
+  const stored = await store.load();
+  let webDevice;
+  if (stored) {
+    webDevice = engine.WebDevice.restore(window.location.origin, window.location.hostname, stored);
+  } else {
+    webDevice = await new Promise((resolve) => {
+      $('device-state').textContent = 'This browser is not one of your devices yet.';
+      document.body.dataset.device = 'new';
+      $('setup').hidden = false;
+      const button = $('certify');
+      button.disabled = false;
+      button.focus();
+      button.addEventListener('click', async () => {
+        busy(button, true);
+        say('Touch your key…');
+        try {
+          resolve(await makeDevice(engine, me, store));
+          say('This browser is now one of your devices.');
+        } catch (error) {
+          say(explain(error), 'error');
+        } finally {
+          busy(button, false);
+        }
+      });
+    });
+  }
+  const identity = await store.identity();
+  if (identity) {
+    $('device-key').textContent = grouped(hex(identity.publicKey));
+    $('certified').textContent = `This browser's key is certified by your hardware key ${identity.fingerprint}.`;
+  }
+  const device = await Device.start(engine, store, webDevice);
+  document.body.dataset.deviceId = device.id;
+  const view = new CircleView(engine, me, store, device);
+  await view.start();
+}

@@ -1,0 +1,508 @@
+// The page's driver of the engine: the browser as a member device. It feeds the engine (Rust,
+// compiled to WebAssembly) the signalling WebSocket, the circle directory, WebRTC data channels
+// and time, and writes each snapshot to IndexedDB before it acts on the outputs that followed it,
+// so that nothing acknowledged is lost. It holds no protocol logic: that is the engine's.
+
+const API = '/api/v1';
+const LABEL = 'tessera'; // the data channel's label, as the native client names it
+const CHANNEL_BUFFER_LIMIT = 8 * 1024 * 1024; // past this a packet waits for the outbox to resend it
+const DIRECTORY_RETRY_MS = 5_000;
+const BACKOFF_FIRST_MS = 500;
+const BACKOFF_MAX_MS = 30_000;
+
+// ---------------------------------------------------------------- IndexedDB
+
+function request(req) {
+  return new Promise((resolve, reject) => {
+    req.onsuccess = () => resolve(req.result);
+    req.onerror = () => reject(req.error);
+  });
+}
+
+function finished(tx) {
+  return new Promise((resolve, reject) => {
+    tx.oncomplete = () => resolve();
+    tx.onerror = () => reject(tx.error);
+    tx.onabort = () => reject(tx.error ?? new Error('the local store refused the write'));
+  });
+}
+
+// One database per member on this browser: the engine's state, MLS's key-value pairs, the outbox
+// (one record per message and peer) and the history.
+export class DeviceStore {
+  static async open(member) {
+    const req = indexedDB.open(`tessera-device-${member}`, 1);
+    req.onupgradeneeded = () => {
+      const db = req.result;
+      db.createObjectStore('engine');
+      db.createObjectStore('mls', { keyPath: 'key' });
+      db.createObjectStore('outbox', { keyPath: ['peer', 'seq'] });
+      db.createObjectStore('history', { keyPath: 'id' }).createIndex('sent_at', 'sent_at');
+    };
+    return new DeviceStore(await request(req));
+  }
+
+  constructor(db) {
+    this.db = db;
+  }
+
+  // Every record the engine needs to come back as it was; null for a browser with no device yet.
+  async load() {
+    const tx = this.db.transaction(['engine', 'mls', 'outbox'], 'readonly');
+    const [state, mls, outbox] = await Promise.all([
+      request(tx.objectStore('engine').get('state')),
+      request(tx.objectStore('mls').getAll()),
+      request(tx.objectStore('outbox').getAll()),
+    ]);
+    return state ? { state, mls, outbox } : null;
+  }
+
+  // A snapshot and the history its events carry, in one transaction.
+  async save(snapshot, events) {
+    const tx = this.db.transaction(['engine', 'mls', 'outbox', 'history'], 'readwrite');
+    const done = finished(tx);
+    if (snapshot) {
+      tx.objectStore('engine').put(snapshot.state, 'state');
+      const mls = tx.objectStore('mls');
+      for (const record of snapshot.mls_put) mls.put(record);
+      for (const key of snapshot.mls_delete) mls.delete(key);
+      const outbox = tx.objectStore('outbox');
+      for (const record of snapshot.outbox_put) outbox.put(record);
+      for (const { peer, seq } of snapshot.outbox_delete) outbox.delete([peer, seq]);
+    }
+    const history = tx.objectStore('history');
+    for (const event of events) {
+      if (event.event === 'message') {
+        history.add({
+          id: event.id, member: event.member, device: event.device, text: event.text,
+          sent_at: event.sent_at, outgoing: event.outgoing, delivered: [],
+        }).onerror = (e) => { e.preventDefault(); e.stopPropagation(); }; // a duplicate: kept once
+      } else if (event.event === 'delivered') {
+        const get = history.get(event.id);
+        get.onsuccess = () => {
+          const entry = get.result;
+          if (entry && !entry.delivered.includes(event.device)) {
+            entry.delivered.push(event.device);
+            history.put(entry);
+          }
+        };
+      }
+    }
+    await done;
+  }
+
+  // What the circle view shows of this browser's device key: its public half and the fingerprint of
+  // the hardware key that certified it.
+  async saveIdentity(identity) {
+    const tx = this.db.transaction('engine', 'readwrite');
+    const done = finished(tx);
+    tx.objectStore('engine').put(identity, 'identity');
+    await done;
+  }
+
+  async identity() {
+    const tx = this.db.transaction('engine', 'readonly');
+    return (await request(tx.objectStore('engine').get('identity'))) ?? null;
+  }
+
+  // The last `limit` messages, oldest first.
+  async history(limit = 200) {
+    const tx = this.db.transaction('history', 'readonly');
+    const entries = [];
+    await new Promise((resolve, reject) => {
+      const cursor = tx.objectStore('history').index('sent_at').openCursor(null, 'prev');
+      cursor.onerror = () => reject(cursor.error);
+      cursor.onsuccess = () => {
+        const at = cursor.result;
+        if (!at || entries.length >= limit) return resolve();
+        entries.push(at.value);
+        at.continue();
+      };
+    });
+    return entries.reverse();
+  }
+
+  close() {
+    this.db.close();
+  }
+}
+
+// ---------------------------------------------------------------- peer links
+
+// One RTCPeerConnection with one data channel per peer device. Negotiation steps go to the engine
+// (which sends them MLS-protected); the peer's steps come from it. Each peer's steps are applied in
+// order, one after the other.
+class Links {
+  constructor(device) {
+    this.device = device;
+    this.peers = new Map(); // device id -> { pc, channel, chain, up }
+    this.iceServers = [];
+  }
+
+  #current(id, peer) {
+    return this.peers.get(id) === peer;
+  }
+
+  #make(id) {
+    this.close(id);
+    const pc = new RTCPeerConnection({ iceServers: this.iceServers });
+    const peer = { pc, channel: null, chain: Promise.resolve(), up: false };
+    this.peers.set(id, peer);
+    pc.onicecandidate = ({ candidate }) => {
+      if (!candidate?.candidate || !this.#current(id, peer)) return;
+      this.device.input((engine) => engine.sendRtc(id, {
+        type: 'candidate', candidate: candidate.candidate, sdpMid: candidate.sdpMid ?? null,
+      }));
+    };
+    pc.onconnectionstatechange = () => {
+      if (['failed', 'closed'].includes(pc.connectionState)) this.#down(id, peer);
+    };
+    pc.ondatachannel = ({ channel }) => this.#wire(id, peer, channel);
+    return peer;
+  }
+
+  #wire(id, peer, channel) {
+    peer.channel = channel;
+    channel.binaryType = 'arraybuffer';
+    channel.onopen = () => {
+      if (!this.#current(id, peer)) return;
+      peer.up = true;
+      this.device.input((engine) => engine.handleLinkUp(id));
+    };
+    channel.onclose = () => this.#down(id, peer);
+    channel.onmessage = ({ data }) => {
+      if (!this.#current(id, peer) || !(data instanceof ArrayBuffer)) return;
+      this.device.input((engine) => engine.handleLinkData(id, new Uint8Array(data)));
+    };
+  }
+
+  #down(id, peer) {
+    if (!this.#current(id, peer)) return;
+    this.peers.delete(id);
+    peer.pc.close();
+    this.device.input((engine) => engine.handleLinkDown(id));
+  }
+
+  // Runs `step` after the peer's earlier steps; a failed step takes the link down.
+  #then(id, peer, step) {
+    peer.chain = peer.chain.then(step).catch((error) => {
+      console.warn(`link to ${id}: ${error?.message ?? error}`);
+      this.#down(id, peer);
+    });
+  }
+
+  open(id) {
+    const peer = this.#make(id);
+    this.#wire(id, peer, peer.pc.createDataChannel(LABEL, { ordered: true }));
+    this.#then(id, peer, async () => {
+      await peer.pc.setLocalDescription(await peer.pc.createOffer());
+      const { sdp } = peer.pc.localDescription;
+      this.device.input((engine) => engine.sendRtc(id, { type: 'offer', sdp }));
+    });
+  }
+
+  apply(id, signal) {
+    if (signal.type === 'offer') {
+      const peer = this.#make(id);
+      this.#then(id, peer, async () => {
+        await peer.pc.setRemoteDescription({ type: 'offer', sdp: signal.sdp });
+        await peer.pc.setLocalDescription(await peer.pc.createAnswer());
+        const { sdp } = peer.pc.localDescription;
+        this.device.input((engine) => engine.sendRtc(id, { type: 'answer', sdp }));
+      });
+      return;
+    }
+    const peer = this.peers.get(id);
+    if (!peer) return; // an answer or candidate for a link this page no longer has
+    if (signal.type === 'answer') {
+      this.#then(id, peer, () => peer.pc.setRemoteDescription({ type: 'answer', sdp: signal.sdp }));
+    } else if (signal.type === 'candidate') {
+      this.#then(id, peer, () => peer.pc.addIceCandidate({
+        candidate: signal.candidate,
+        ...(signal.sdpMid == null ? { sdpMLineIndex: 0 } : { sdpMid: signal.sdpMid }),
+      }));
+    }
+  }
+
+  // Puts a packet on the channel; one the channel cannot take now is resent by the outbox.
+  send(id, bytes) {
+    const channel = this.peers.get(id)?.channel;
+    if (channel?.readyState === 'open' && channel.bufferedAmount < CHANNEL_BUFFER_LIMIT) {
+      channel.send(bytes);
+    }
+  }
+
+  close(id) {
+    const peer = this.peers.get(id);
+    if (!peer) return;
+    this.peers.delete(id);
+    peer.pc.close();
+  }
+
+  closeAll() {
+    for (const id of [...this.peers.keys()]) this.close(id);
+  }
+}
+
+// ---------------------------------------------------------------- the device
+
+// The engine's module (`/static/engine/tessera_web.js`), loaded once.
+let enginePromise = null;
+export function loadEngine() {
+  enginePromise ??= import('/static/engine/tessera_web.js').then(async (engine) => {
+    await engine.default();
+    return engine;
+  });
+  return enginePromise;
+}
+
+// Why the device stopped: 'revoked', 'removed', 'replaced', 'session' (logged out or expired).
+export class DeviceStopped extends Error {
+  constructor(reason, message) {
+    super(message);
+    this.reason = reason;
+  }
+}
+
+// This browser as a member device. Dispatches `event` (an engine event: detail is the event),
+// `status` (detail: {connected, retryInMs?}), `view` (something in the circle view changed) and
+// `stopped` (detail: DeviceStopped).
+export class Device extends EventTarget {
+  static async start(engineModule, store, engine) {
+    const device = new Device(engineModule, store, engine);
+    // Closing the links as the page goes lets peers see them end at once, not after ICE gives up.
+    window.addEventListener('pagehide', () => {
+      device.links.closeAll();
+      device.socket?.close();
+    });
+    await device.#loadIceServers();
+    device.#connect();
+    await device.#settle();
+    return device;
+  }
+
+  constructor(engineModule, store, engine) {
+    super();
+    this.module = engineModule;
+    this.store = store;
+    this.engine = engine;
+    this.links = new Links(this);
+    this.socket = null;
+    this.connected = false;
+    this.stopped = null;
+    this.timer = null;
+    this.reconnectTimer = null;
+    this.failures = 0;
+    this.directory = null; // the last circle directory, as text
+    this.fetching = false;
+    this.settling = false;
+    this.again = false;
+  }
+
+  get id() {
+    return this.engine.device();
+  }
+
+  get member() {
+    return this.engine.member();
+  }
+
+  view() {
+    return this.engine.view();
+  }
+
+  // Feeds the engine one input, then acts on what it wants.
+  input(feed) {
+    if (this.stopped) return;
+    try {
+      feed(this.engine);
+    } catch (error) {
+      console.warn(`engine input refused: ${error?.message ?? error}`);
+    }
+    this.#settle();
+  }
+
+  sendText(text) {
+    const id = this.engine.sendText(text);
+    this.#settle();
+    return id;
+  }
+
+  setDisplayName(name) {
+    this.engine.setDisplayName(name);
+    this.#settle();
+  }
+
+  stop(stopped) {
+    if (this.stopped) return;
+    this.stopped = stopped;
+    clearTimeout(this.timer);
+    clearTimeout(this.reconnectTimer);
+    this.links.closeAll();
+    this.socket?.close();
+    this.dispatchEvent(new CustomEvent('stopped', { detail: stopped }));
+  }
+
+  // Drains the engine until it has nothing left: every output is acted on once the snapshot that
+  // led to it is in IndexedDB. One run at a time; input that arrives meanwhile runs again.
+  async #settle() {
+    if (this.settling) {
+      this.again = true;
+      return;
+    }
+    this.settling = true;
+    try {
+      do {
+        this.again = false;
+        const outputs = [];
+        for (let output = this.engine.pollOutput(); output !== undefined; output = this.engine.pollOutput()) {
+          outputs.push(output);
+        }
+        const events = outputs.filter((o) => o.kind === 'event');
+        const snapshot = this.engine.takeSnapshot();
+        if (snapshot !== undefined || events.length) await this.store.save(snapshot ?? null, events);
+        for (const output of outputs) this.#act(output);
+        if (outputs.length) this.again = true;
+      } while (this.again && !this.stopped);
+    } catch (error) {
+      // The store failed: stop rather than act on what could not be saved.
+      this.stop(new DeviceStopped('store', `This browser could not save the circle's state: ${error?.message ?? error}`));
+    } finally {
+      this.settling = false;
+    }
+    this.#schedule();
+    this.dispatchEvent(new Event('view'));
+  }
+
+  #schedule() {
+    clearTimeout(this.timer);
+    if (this.stopped) return;
+    const wait = this.engine.pollTimeoutMs();
+    if (wait === undefined) return;
+    this.timer = setTimeout(() => this.input((engine) => engine.handleTimeout()), Math.max(0, wait));
+  }
+
+  #act(output) {
+    switch (output.kind) {
+      case 'send':
+        // While the server is away the engine repeats what still matters.
+        if (this.socket?.readyState === WebSocket.OPEN) this.socket.send(output.frame);
+        break;
+      case 'open':
+        this.links.open(output.device);
+        break;
+      case 'rtc':
+        this.links.apply(output.device, output.signal);
+        break;
+      case 'data':
+        this.links.send(output.device, output.bytes);
+        break;
+      case 'close':
+        this.links.close(output.device);
+        break;
+      case 'fetch_directory':
+        this.#fetchDirectory();
+        break;
+      case 'event':
+        this.#take(output);
+        break;
+      default:
+        console.warn(`unknown engine output ${output.kind}`);
+    }
+  }
+
+  #take(event) {
+    this.dispatchEvent(new CustomEvent('event', { detail: event }));
+    if (event.event === 'revoked') {
+      this.stop(new DeviceStopped('revoked', 'Your membership of this circle was revoked. This browser receives nothing more.'));
+    } else if (event.event === 'removed') {
+      this.stop(new DeviceStopped('removed', "This browser was removed from the circle's group. It receives nothing more."));
+    } else if (event.event === 'server_error' && event.code === 'replaced') {
+      this.stop(new DeviceStopped('replaced', 'This device is open in another tab or window. Close this one, or reload it to use it here.'));
+    }
+  }
+
+  async #fetchDirectory() {
+    if (this.fetching || this.stopped) return;
+    this.fetching = true;
+    try {
+      const response = await fetch(`${API}/members`, { credentials: 'same-origin' });
+      if (response.status === 401) {
+        this.#sessionGone();
+        return;
+      }
+      if (!response.ok) throw new Error(`the server answered ${response.status}`);
+      const text = await response.text();
+      this.directory = text;
+      this.input((engine) => engine.handleDirectory(text));
+    } catch (error) {
+      console.warn(`circle directory: ${error?.message ?? error}`);
+      setTimeout(() => this.#fetchDirectory(), DIRECTORY_RETRY_MS);
+    } finally {
+      this.fetching = false;
+    }
+  }
+
+  // Short-lived TURN credentials when the server has a TURN server; none otherwise.
+  async #loadIceServers() {
+    try {
+      const response = await fetch(`${API}/turn`, { credentials: 'same-origin' });
+      if (!response.ok) return;
+      const { urls, username, credential } = await response.json();
+      this.links.iceServers = [{ urls, username, credential }];
+    } catch {
+      // Links then offer this browser's own addresses only.
+    }
+  }
+
+  #connect() {
+    if (this.stopped) return;
+    const url = new URL(`${API}/ws`, window.location.href);
+    url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+    url.searchParams.set('device', this.id);
+    const socket = new WebSocket(url);
+    this.socket = socket;
+    let opened = false;
+    socket.onopen = () => {
+      opened = true;
+      this.failures = 0;
+      this.connected = true;
+      this.dispatchEvent(new CustomEvent('status', { detail: { connected: true } }));
+    };
+    socket.onmessage = ({ data }) => {
+      if (typeof data === 'string') this.input((engine) => engine.handleFrame(data));
+    };
+    socket.onclose = async () => {
+      if (this.socket !== socket) return;
+      this.socket = null;
+      this.connected = false;
+      this.input((engine) => engine.handleDisconnected());
+      if (this.stopped) return;
+      if (!opened && (await this.#sessionEnded())) return;
+      // Exponential backoff with full jitter.
+      const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** this.failures);
+      this.failures += 1;
+      const retryInMs = Math.round(ceiling / 2 + Math.random() * ceiling / 2);
+      this.dispatchEvent(new CustomEvent('status', { detail: { connected: false, retryInMs } }));
+      this.reconnectTimer = setTimeout(() => this.#connect(), retryInMs);
+    };
+  }
+
+  // A refused upgrade does not say why: asks the API whether the session is still good.
+  async #sessionEnded() {
+    try {
+      const response = await fetch(`${API}/me`, { credentials: 'same-origin' });
+      if (response.status === 401) {
+        this.#sessionGone();
+        return true;
+      }
+    } catch {
+      // The network is down: keep trying.
+    }
+    return false;
+  }
+
+  #sessionGone() {
+    this.stop(new DeviceStopped('session', 'Your session ended (you logged out, it expired, or your membership was revoked). Log in again with your key.'));
+  }
+}

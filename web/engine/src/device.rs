@@ -1,0 +1,652 @@
+//! This browser as a member device: the engine behind the page's driver (`web/device.js`), its
+//! inputs, outputs and snapshots turned into plain JavaScript values and back. The mapping lives
+//! in plain Rust (tested natively); the `#[wasm_bindgen]` methods only convert.
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use tessera_engine::Engine;
+use tessera_engine::delivery::{OutboxChange, Queued, Seq};
+use tessera_engine::engine::{EngineConfig, Event, LinkCommand, Output, Snapshot, Stored};
+use tessera_engine::identity::DeviceCertificate;
+use tessera_engine::payload::RtcSignal;
+use tessera_wire::MemberInfo;
+use tessera_wire::signal::ServerFrame;
+use uuid::Uuid;
+use wasm_bindgen::prelude::{JsValue, wasm_bindgen};
+use web_time::Instant;
+
+use crate::{WebDeviceKey, uuid};
+
+/// One MLS key-value pair, as the page's `mls` object store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MlsRecord {
+    /// The key.
+    pub key: ByteBuf,
+    /// The value.
+    pub value: ByteBuf,
+}
+
+/// One outbox message, as the page's `outbox` object store keeps it (key `[peer, seq]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxRecord {
+    /// The device it is for.
+    pub peer: Uuid,
+    /// Its sequence number towards that device.
+    pub seq: Seq,
+    /// The id of the chat message it carries, if any.
+    pub tag: Option<Uuid>,
+    /// The message.
+    pub message: ByteBuf,
+}
+
+/// The key of an outbox record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OutboxKey {
+    /// The device it was for.
+    pub peer: Uuid,
+    /// Its sequence number.
+    pub seq: Seq,
+}
+
+/// What the page writes to IndexedDB in one transaction before it acts on the outputs that
+/// followed.
+#[derive(Debug, Serialize)]
+pub struct PageSnapshot {
+    /// The engine's own state, kept under the key `"state"`.
+    pub state: ByteBuf,
+    /// MLS pairs to put.
+    pub mls_put: Vec<MlsRecord>,
+    /// MLS keys to delete.
+    pub mls_delete: Vec<ByteBuf>,
+    /// Outbox records to put.
+    pub outbox_put: Vec<OutboxRecord>,
+    /// Outbox records to delete.
+    pub outbox_delete: Vec<OutboxKey>,
+}
+
+impl From<Snapshot> for PageSnapshot {
+    fn from(snapshot: Snapshot) -> PageSnapshot {
+        let mut page = PageSnapshot {
+            state: ByteBuf::from(snapshot.state),
+            mls_put: Vec::new(),
+            mls_delete: Vec::new(),
+            outbox_put: Vec::new(),
+            outbox_delete: Vec::new(),
+        };
+        for (key, value) in snapshot.mls {
+            let key = ByteBuf::from(key);
+            match value {
+                Some(value) => page.mls_put.push(MlsRecord {
+                    key,
+                    value: ByteBuf::from(value),
+                }),
+                None => page.mls_delete.push(key),
+            }
+        }
+        for change in snapshot.outbox {
+            match change {
+                OutboxChange::Put(row) => page.outbox_put.push(OutboxRecord {
+                    peer: row.peer,
+                    seq: row.seq,
+                    tag: row.tag,
+                    message: ByteBuf::from(row.message),
+                }),
+                OutboxChange::Delete { peer, seq } => {
+                    page.outbox_delete.push(OutboxKey { peer, seq });
+                }
+            }
+        }
+        page
+    }
+}
+
+/// What the page read back from IndexedDB: every record of the three stores.
+#[derive(Debug, Deserialize)]
+pub struct PageStored {
+    /// The engine's own state.
+    pub state: ByteBuf,
+    /// Every MLS pair.
+    pub mls: Vec<MlsRecord>,
+    /// Every outbox record.
+    pub outbox: Vec<OutboxRecord>,
+}
+
+impl From<PageStored> for Stored {
+    fn from(page: PageStored) -> Stored {
+        Stored {
+            state: page.state.into_vec(),
+            mls: page
+                .mls
+                .into_iter()
+                .map(|r| (r.key.into_vec(), r.value.into_vec()))
+                .collect(),
+            outbox: page
+                .outbox
+                .into_iter()
+                .map(|r| {
+                    let row = Queued {
+                        peer: r.peer,
+                        seq: r.seq,
+                        tag: r.tag,
+                        message: r.message.into_vec(),
+                    };
+                    ((r.peer, r.seq), row)
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One thing the engine wants the page to do.
+#[derive(Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PageOutput {
+    /// Send this text frame on the signalling socket.
+    Send {
+        /// The frame.
+        frame: String,
+    },
+    /// Open a link (make an RTCPeerConnection, a data channel and an offer).
+    Open {
+        /// The peer.
+        device: Uuid,
+    },
+    /// Apply the peer's negotiation step (the shapes `setRemoteDescription` and
+    /// `addIceCandidate` take).
+    Rtc {
+        /// The peer.
+        device: Uuid,
+        /// The step.
+        signal: RtcSignal,
+    },
+    /// Put these bytes on the link's data channel.
+    Data {
+        /// The peer.
+        device: Uuid,
+        /// One packet.
+        bytes: ByteBuf,
+    },
+    /// Close the link.
+    Close {
+        /// The peer.
+        device: Uuid,
+    },
+    /// Fetch `GET /api/v1/members` and hand it to `handleDirectory`.
+    FetchDirectory,
+    /// Show this (`{kind:"event", event:"message", …}`, the CLI's `--json` shapes); messages and
+    /// deliveries also go into the history.
+    Event(Event),
+}
+
+impl From<Output> for PageOutput {
+    fn from(output: Output) -> PageOutput {
+        match output {
+            Output::Send(frame) => PageOutput::Send {
+                frame: serde_json::to_string(&frame).unwrap_or_default(),
+            },
+            Output::Link(LinkCommand::Open { device }) => PageOutput::Open { device },
+            Output::Link(LinkCommand::Rtc { device, signal }) => PageOutput::Rtc { device, signal },
+            Output::Link(LinkCommand::Data { device, bytes }) => PageOutput::Data {
+                device,
+                bytes: ByteBuf::from(bytes),
+            },
+            Output::Link(LinkCommand::Close { device }) => PageOutput::Close { device },
+            Output::FetchDirectory => PageOutput::FetchDirectory,
+            Output::Event(event) => PageOutput::Event(event),
+        }
+    }
+}
+
+/// One device of the group, as the circle view lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceView {
+    /// The device.
+    pub device: Uuid,
+    /// Its member.
+    pub member: Uuid,
+    /// Whether it is this browser.
+    pub own: bool,
+    /// Whether it is connected to the server.
+    pub online: bool,
+    /// Whether a peer-to-peer link to it is up.
+    pub linked: bool,
+    /// Messages waiting for it in the outbox.
+    pub waiting: usize,
+}
+
+/// The device as the circle view shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PageView {
+    /// This member.
+    pub member: Uuid,
+    /// This device.
+    pub device: Uuid,
+    /// Whether this device is in the circle's group.
+    pub in_group: bool,
+    /// The group's epoch.
+    pub epoch: Option<u64>,
+    /// Display names learnt in the group, by member.
+    pub names: Vec<(Uuid, String)>,
+    /// The group's devices.
+    pub devices: Vec<DeviceView>,
+}
+
+/// What the view shows of `engine`.
+#[must_use]
+pub fn view_of(engine: &Engine) -> PageView {
+    let online = engine.online_devices();
+    let devices = engine
+        .group_devices()
+        .into_iter()
+        .map(|(device, member)| DeviceView {
+            device,
+            member,
+            own: device == engine.device(),
+            online: device == engine.device() || online.contains_key(&device),
+            linked: engine.link_is_up(device),
+            waiting: engine.unacknowledged(device),
+        })
+        .collect();
+    PageView {
+        member: engine.member(),
+        device: engine.device(),
+        in_group: engine.in_group(),
+        epoch: engine.epoch(),
+        names: engine.display_names().into_iter().collect(),
+        devices,
+    }
+}
+
+fn config(origin: &str, rp_id: &str) -> EngineConfig {
+    EngineConfig::new(origin, rp_id)
+}
+
+/// Turns a Rust value into the plain JavaScript value the page uses: objects, not `Map`s (what a
+/// flattened struct makes), `null` for nothing, byte strings as `Uint8Array`.
+fn to_js(value: &impl Serialize) -> Result<JsValue, String> {
+    let serializer = serde_wasm_bindgen::Serializer::new()
+        .serialize_maps_as_objects(true)
+        .serialize_missing_as_null(true);
+    value.serialize(&serializer).map_err(|e| e.to_string())
+}
+
+/// This browser as a member device.
+#[wasm_bindgen]
+pub struct WebDevice(Engine);
+
+#[wasm_bindgen]
+impl WebDevice {
+    /// A new device of `member` with `key`, certified by the member's hardware key
+    /// (`certificate`, from [`WebDeviceKey::certify`]), for the server at `origin` / `rp_id`.
+    ///
+    /// # Errors
+    /// When an id is not a UUID or the certificate is not for this key and device.
+    pub fn create(
+        origin: &str,
+        rp_id: &str,
+        key: WebDeviceKey,
+        certificate: &str,
+    ) -> Result<WebDevice, String> {
+        let certificate: DeviceCertificate =
+            serde_json::from_str(certificate).map_err(|_| "not a device certificate".to_owned())?;
+        let (member, device) = (certificate.member, certificate.device);
+        Engine::new(config(origin, rp_id), member, device, key.0, certificate)
+            .map(WebDevice)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The device as IndexedDB kept it: `{state, mls, outbox}` with every record.
+    ///
+    /// # Errors
+    /// When the records are not a device's.
+    pub fn restore(origin: &str, rp_id: &str, stored: JsValue) -> Result<WebDevice, String> {
+        let stored: PageStored = serde_wasm_bindgen::from_value(stored)
+            .map_err(|e| format!("the saved device cannot be read: {e}"))?;
+        Engine::restore(config(origin, rp_id), stored.into())
+            .map(WebDevice)
+            .map_err(|e| e.to_string())
+    }
+
+    /// This member's id.
+    #[must_use]
+    pub fn member(&self) -> String {
+        self.0.member().to_string()
+    }
+
+    /// This device's id.
+    #[must_use]
+    pub fn device(&self) -> String {
+        self.0.device().to_string()
+    }
+
+    /// A text frame from the signalling socket.
+    ///
+    /// # Errors
+    /// When the frame is not one the server sends (it is dropped).
+    #[wasm_bindgen(js_name = handleFrame)]
+    pub fn handle_frame(&mut self, text: &str) -> Result<(), String> {
+        let frame: ServerFrame =
+            serde_json::from_str(text).map_err(|e| format!("not a frame of the server's: {e}"))?;
+        self.0.handle_frame(Instant::now(), frame);
+        Ok(())
+    }
+
+    /// The circle directory (`GET /api/v1/members`, as text).
+    ///
+    /// # Errors
+    /// When it is not a directory.
+    #[wasm_bindgen(js_name = handleDirectory)]
+    pub fn handle_directory(&mut self, text: &str) -> Result<(), String> {
+        let members: Vec<MemberInfo> =
+            serde_json::from_str(text).map_err(|_| "not a circle directory".to_owned())?;
+        self.0.handle_directory(Instant::now(), members);
+        Ok(())
+    }
+
+    /// The signalling socket closed.
+    #[wasm_bindgen(js_name = handleDisconnected)]
+    pub fn handle_disconnected(&mut self) {
+        self.0.handle_disconnected(Instant::now());
+    }
+
+    /// The data channel to `device` opened.
+    ///
+    /// # Errors
+    /// When `device` is not a UUID.
+    #[wasm_bindgen(js_name = handleLinkUp)]
+    pub fn handle_link_up(&mut self, device: &str) -> Result<(), String> {
+        self.0
+            .handle_link_up(Instant::now(), uuid(device, "device")?);
+        Ok(())
+    }
+
+    /// The link to `device` closed or failed.
+    ///
+    /// # Errors
+    /// When `device` is not a UUID.
+    #[wasm_bindgen(js_name = handleLinkDown)]
+    pub fn handle_link_down(&mut self, device: &str) -> Result<(), String> {
+        self.0
+            .handle_link_down(Instant::now(), uuid(device, "device")?);
+        Ok(())
+    }
+
+    /// A message from the data channel to `device`.
+    ///
+    /// # Errors
+    /// When `device` is not a UUID.
+    #[wasm_bindgen(js_name = handleLinkData)]
+    pub fn handle_link_data(&mut self, device: &str, bytes: &[u8]) -> Result<(), String> {
+        self.0
+            .handle_link_data(Instant::now(), uuid(device, "device")?, bytes);
+        Ok(())
+    }
+
+    /// A negotiation step of this side of the link to `device` (`{type:"offer"|"answer", sdp}`
+    /// or `{type:"candidate", candidate, sdpMid}`), sent MLS-protected.
+    ///
+    /// # Errors
+    /// When the step is malformed or this device is not in the group.
+    #[wasm_bindgen(js_name = sendRtc)]
+    pub fn send_rtc(&mut self, device: &str, signal: JsValue) -> Result<(), String> {
+        let signal: RtcSignal = serde_wasm_bindgen::from_value(signal)
+            .map_err(|e| format!("not a negotiation step: {e}"))?;
+        self.0
+            .send_rtc(Instant::now(), uuid(device, "device")?, signal)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Sends `text` to the circle; returns the message's id.
+    ///
+    /// # Errors
+    /// When this device is not in the group yet or the text is too large.
+    #[wasm_bindgen(js_name = sendText)]
+    pub fn send_text(&mut self, text: &str) -> Result<String, String> {
+        self.0
+            .send_text(Instant::now(), text)
+            .map(|id| id.to_string())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Sets this member's display name and tells the group.
+    ///
+    /// # Errors
+    /// When MLS fails.
+    #[wasm_bindgen(js_name = setDisplayName)]
+    pub fn set_display_name(&mut self, name: &str) -> Result<(), String> {
+        self.0
+            .set_display_name(Instant::now(), name)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Time passed.
+    #[wasm_bindgen(js_name = handleTimeout)]
+    pub fn handle_timeout(&mut self) {
+        self.0.handle_timeout(Instant::now());
+    }
+
+    /// Milliseconds until `handleTimeout` next has work; `undefined` for none.
+    #[wasm_bindgen(js_name = pollTimeoutMs)]
+    #[must_use]
+    pub fn poll_timeout_ms(&self) -> Option<f64> {
+        self.0.poll_timeout().map(|at| {
+            let wait = at.saturating_duration_since(Instant::now());
+            f64::from(u32::try_from(wait.as_millis()).unwrap_or(u32::MAX))
+        })
+    }
+
+    /// The next thing to do (`{kind, …}`, see [`PageOutput`]); `undefined` when there is none.
+    ///
+    /// # Errors
+    /// When the output cannot be converted.
+    #[wasm_bindgen(js_name = pollOutput)]
+    pub fn poll_output(&mut self) -> Result<JsValue, String> {
+        match self.0.poll_output() {
+            Some(output) => to_js(&PageOutput::from(output)),
+            None => Ok(JsValue::UNDEFINED),
+        }
+    }
+
+    /// What to write to IndexedDB before acting on the outputs polled since the last snapshot
+    /// (see [`PageSnapshot`]); `undefined` when nothing changed.
+    ///
+    /// # Errors
+    /// When the state cannot be encoded.
+    #[wasm_bindgen(js_name = takeSnapshot)]
+    pub fn take_snapshot(&mut self) -> Result<JsValue, String> {
+        match self.0.take_snapshot().map_err(|e| e.to_string())? {
+            Some(snapshot) => to_js(&PageSnapshot::from(snapshot)),
+            None => Ok(JsValue::UNDEFINED),
+        }
+    }
+
+    /// The device as the circle view shows it (see [`PageView`]).
+    ///
+    /// # Errors
+    /// When the view cannot be converted.
+    pub fn view(&self) -> Result<JsValue, String> {
+        to_js(&view_of(&self.0))
+    }
+}
+
+/// Each member of the circle directory (as text) with the fingerprints of their hardware keys,
+/// the way members compare them: `[{member, role, keys: ["ab12 …"]}]`.
+///
+/// # Errors
+/// When the text is not a directory.
+#[wasm_bindgen(js_name = memberKeys)]
+pub fn member_keys(directory: &str) -> Result<JsValue, String> {
+    to_js(&crate::member_keys(directory)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use serde_json::{Value, json};
+    use tessera_engine::authenticator::SoftKey;
+
+    use super::*;
+    use crate::tests::{ORIGIN, certify_in_page, member};
+
+    /// IndexedDB as the page's driver keeps it: the three object stores.
+    #[derive(Default)]
+    struct Idb {
+        state: Vec<u8>,
+        mls: BTreeMap<Vec<u8>, Vec<u8>>,
+        outbox: BTreeMap<(Uuid, Seq), OutboxRecord>,
+    }
+
+    impl Idb {
+        /// What `save` in web/device.js does with a snapshot, in one transaction.
+        fn save(&mut self, snapshot: PageSnapshot) {
+            self.state = snapshot.state.into_vec();
+            for r in snapshot.mls_put {
+                self.mls.insert(r.key.into_vec(), r.value.into_vec());
+            }
+            for key in snapshot.mls_delete {
+                self.mls.remove(key.as_slice());
+            }
+            for r in snapshot.outbox_put {
+                self.outbox.insert((r.peer, r.seq), r);
+            }
+            for k in snapshot.outbox_delete {
+                self.outbox.remove(&(k.peer, k.seq));
+            }
+        }
+
+        /// What `load` reads back.
+        fn load(&self) -> PageStored {
+            PageStored {
+                state: ByteBuf::from(self.state.clone()),
+                mls: self
+                    .mls
+                    .iter()
+                    .map(|(k, v)| MlsRecord {
+                        key: ByteBuf::from(k.clone()),
+                        value: ByteBuf::from(v.clone()),
+                    })
+                    .collect(),
+                outbox: self.outbox.values().cloned().collect(),
+            }
+        }
+    }
+
+    fn engine(key: &mut SoftKey, info: &MemberInfo) -> Engine {
+        let (device_key, certificate) = certify_in_page(key, info, Uuid::new_v4());
+        WebDevice::create(ORIGIN, "localhost", device_key, &certificate)
+            .expect("a device")
+            .0
+    }
+
+    fn outputs(engine: &mut Engine) -> Vec<Value> {
+        std::iter::from_fn(|| engine.poll_output())
+            .map(|o| serde_json::to_value(PageOutput::from(o)).expect("json"))
+            .collect()
+    }
+
+    #[test]
+    fn a_device_saved_as_the_page_saves_it_comes_back_the_same() {
+        let (mut key, info) = member();
+        let mut engine = engine(&mut key, &info);
+        let mut idb = Idb::default();
+        let now = Instant::now();
+        // The circle's first admin's first device: it creates the group once it has the
+        // directory and the server's hello.
+        let mut admin = info.clone();
+        admin.role = tessera_wire::Role::Admin;
+        engine.handle_directory(now, vec![admin]);
+        engine.handle_frame(
+            now,
+            serde_json::from_value(json!({
+                "type": "hello", "member": info.id, "device": engine.device(), "peers": [],
+                "epoch": 0,
+            }))
+            .expect("hello"),
+        );
+        engine.set_display_name(now, "Ada").expect("name");
+        let seen = outputs(&mut engine);
+        assert!(
+            engine.in_group(),
+            "the first device makes the group: {seen:?}"
+        );
+        idb.save(
+            engine
+                .take_snapshot()
+                .expect("encodes")
+                .expect("changed")
+                .into(),
+        );
+        assert!(!idb.mls.is_empty(), "the MLS store is saved");
+        // Outputs are plain values in the shapes the driver matches on.
+        assert!(seen.iter().all(|o| o["kind"].is_string()), "{seen:?}");
+        let back = Engine::restore(config(ORIGIN, "localhost"), idb.load().into()).expect("back");
+        assert_eq!(back.member(), info.id);
+        assert_eq!(back.device(), engine.device());
+        assert_eq!(back.in_group(), engine.in_group());
+        assert_eq!(back.display_names(), engine.display_names());
+        assert_eq!(view_of(&back), view_of(&engine));
+    }
+
+    #[test]
+    fn outputs_and_snapshots_have_the_shapes_the_driver_reads() {
+        let device = Uuid::new_v4();
+        let open = serde_json::to_value(PageOutput::Open { device }).expect("json");
+        assert_eq!(open, json!({"kind": "open", "device": device}));
+        let event =
+            serde_json::to_value(PageOutput::Event(Event::Delivered { id: device, device }))
+                .expect("json");
+        assert_eq!(
+            event,
+            json!({"kind": "event", "event": "delivered", "id": device, "device": device})
+        );
+        let rtc = serde_json::to_value(PageOutput::Rtc {
+            device,
+            signal: RtcSignal::Candidate {
+                candidate: "candidate:1 1 udp 1 10.0.0.1 5 typ host".into(),
+                sdp_mid: Some("0".into()),
+            },
+        })
+        .expect("json");
+        assert_eq!(rtc["signal"]["type"], "candidate");
+        assert_eq!(rtc["signal"]["sdpMid"], "0");
+        let snapshot = PageSnapshot::from(Snapshot {
+            state: vec![1],
+            mls: [(vec![2], Some(vec![3])), (vec![4], None)]
+                .into_iter()
+                .collect(),
+            outbox: vec![
+                OutboxChange::Put(Queued {
+                    peer: device,
+                    seq: 7,
+                    tag: None,
+                    message: vec![5],
+                }),
+                OutboxChange::Delete {
+                    peer: device,
+                    seq: 6,
+                },
+            ],
+        });
+        assert_eq!(snapshot.mls_put.len(), 1);
+        assert_eq!(snapshot.mls_delete, vec![ByteBuf::from(vec![4])]);
+        assert_eq!(snapshot.outbox_put[0].seq, 7);
+        assert_eq!(
+            snapshot.outbox_delete,
+            vec![OutboxKey {
+                peer: device,
+                seq: 6
+            }]
+        );
+    }
+
+    #[test]
+    fn a_device_is_made_only_with_its_own_certificate() {
+        let (mut key, info) = member();
+        let (_, certificate) = certify_in_page(&mut key, &info, Uuid::new_v4());
+        let other = WebDeviceKey::generate().expect("key");
+        assert!(WebDevice::create(ORIGIN, "localhost", other, &certificate).is_err());
+        let again = WebDeviceKey::generate().expect("key");
+        assert!(WebDevice::create(ORIGIN, "localhost", again, "{}").is_err());
+    }
+}
