@@ -27,11 +27,13 @@ function finished(tx) {
   });
 }
 
+const databaseName = (member) => `tessera-device-${member}`;
+
 // One database per member on this browser: the engine's state, MLS's key-value pairs, the outbox
 // (one record per message and peer) and the history.
 export class DeviceStore {
   static async open(member) {
-    const req = indexedDB.open(`tessera-device-${member}`, 1);
+    const req = indexedDB.open(databaseName(member), 1);
     req.onupgradeneeded = () => {
       const db = req.result;
       db.createObjectStore('engine');
@@ -124,6 +126,11 @@ export class DeviceStore {
 
   close() {
     this.db.close();
+  }
+
+  // Deletes the member's device from this browser: state, keys, outbox and history.
+  static async destroy(member) {
+    await request(indexedDB.deleteDatabase(databaseName(member)));
   }
 }
 

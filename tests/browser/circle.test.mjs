@@ -259,14 +259,23 @@ if (insideNamespace(FILE)) {
     await bob.context.clearCookies();
     await bob.page.goto('/');
     const tapped = Date.now();
+    const since = () => `${Date.now() - tapped} ms`;
     await bob.page.locator('#login').click();
-    await run.circleShown(bob.page);
+    await bob.page.waitForURL(`${run.base}/circle`);
+    const landed = since();
     await joined(bob);
     await bob.page.locator('#send-button:enabled').waitFor();
+    const ready = since();
     const first = secret('first-after-login');
     await send(bob, first);
+    await linkedTo(bob, admin.device);
+    const linked = since();
     await received(admin, first);
-    t.diagnostic(`login tap → first peer-to-peer message at another browser: ${Date.now() - tapped} ms`);
+    const marks = await bob.page.locator('body').evaluate((body) => ({ ...body.dataset }));
+    t.diagnostic(`login tap → first peer-to-peer message at another browser: ${since()} (circle page loaded ${landed}, `
+      + `then engine ${marks.engineReadyMs} ms, device restored ${marks.deviceReadyMs} ms, started ${marks.deviceStartedMs} ms; `
+      + `joined and able to send ${ready}, link up ${linked})`);
+    assert.equal(await run.circleShown(bob.page), bob.member);
   });
 
   test('h. the admin revokes the member: their page says so, and nothing sent afterwards reaches them', async () => {

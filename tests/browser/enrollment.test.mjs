@@ -146,6 +146,30 @@ test('d2. the circle page runs the engine (WebAssembly) in the page', async (t) 
   assert.match(await page.locator('#device-state').textContent(), /In the circle's encrypted group \(epoch \d+\)/);
   assert.equal(await page.locator(`#members li[data-member="${run.admin.member}"]`).count(), 1, 'the admin is listed');
   await shot(page, 'circle-engine');
+
+  // A damaged saved device (here: its engine state overwritten) is not used: the page says so and
+  // offers to start over, which deletes it and makes this browser a new device.
+  await page.evaluate(async (member) => {
+    const db = await new Promise((resolve, reject) => {
+      const open = indexedDB.open(`tessera-device-${member}`);
+      open.onsuccess = () => resolve(open.result);
+      open.onerror = () => reject(open.error);
+    });
+    await new Promise((resolve, reject) => {
+      const tx = db.transaction('engine', 'readwrite');
+      tx.objectStore('engine').put(new Uint8Array([1, 2, 3]), 'state');
+      tx.oncomplete = resolve;
+      tx.onerror = () => reject(tx.error);
+    });
+    db.close();
+  }, run.admin.member);
+  await page.reload();
+  await page.locator('body[data-device="broken"]').waitFor();
+  assert.match(await page.locator('#broken-reason').textContent(), /saved state cannot be read/);
+  assert.ok(await page.locator('#chat').isHidden(), 'no chat on a device that cannot be read');
+  await shot(page, 'circle-broken');
+  await page.locator('#start-over').click();
+  await page.locator('body[data-device="new"]').waitFor();
 });
 
 test('e. a used invitation link is refused in a third context', async () => {

@@ -649,4 +649,44 @@ mod tests {
         let again = WebDeviceKey::generate().expect("key");
         assert!(WebDevice::create(ORIGIN, "localhost", again, "{}").is_err());
     }
+
+    #[test]
+    fn inputs_that_are_not_what_they_claim_are_refused_and_change_nothing() {
+        let (mut key, info) = member();
+        let (device_key, certificate) = certify_in_page(&mut key, &info, Uuid::new_v4());
+        let mut device =
+            WebDevice::create(ORIGIN, "localhost", device_key, &certificate).expect("a device");
+        let _ = device.0.take_snapshot().expect("encodes");
+        let before = view_of(&device.0);
+        for frame in [
+            "",
+            "not json",
+            "{}",
+            r#"{"type":"nonsense"}"#,
+            r#"{"type":"hello","member":"x"}"#,
+            r#"{"type":"signal","from":"00000000-0000-0000-0000-000000000000"}"#,
+            "[1,2,3]",
+        ] {
+            assert!(device.handle_frame(frame).is_err(), "{frame:?} is refused");
+        }
+        for directory in ["", "{}", r#"[{"id":"x"}]"#, "null"] {
+            assert!(
+                device.handle_directory(directory).is_err(),
+                "{directory:?} is refused"
+            );
+        }
+        for id in ["", "nobody", "00000000-0000-0000-0000-00000000000"] {
+            assert!(device.handle_link_up(id).is_err());
+            assert!(device.handle_link_down(id).is_err());
+            assert!(device.handle_link_data(id, b"x").is_err());
+        }
+        assert!(device.0.poll_output().is_none(), "nothing to do");
+        assert!(
+            device.0.take_snapshot().expect("encodes").is_none(),
+            "nothing changed"
+        );
+        assert_eq!(view_of(&device.0), before);
+        // Not in the group yet: nothing is sent.
+        assert!(device.send_text("hello").is_err());
+    }
 }
