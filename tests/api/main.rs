@@ -1,6 +1,7 @@
 //! Integration tests of the rendezvous server's HTTP API: the real server on port 0, driven by the
 //! real client and software authenticators, through every flow and every abuse case.
 
+mod assets;
 mod authorization;
 mod bodies;
 mod enrollment;

@@ -1,5 +1,6 @@
 //! The HTTP routes: one module per resource, each exposing its `router()`.
 
+mod assets;
 mod enroll;
 mod health;
 mod invitations;
@@ -29,4 +30,5 @@ pub fn router() -> Router<AppState> {
         .merge(health::router())
         .merge(signal::metrics_router())
         .merge(pages::router())
+        .merge(assets::router())
 }

@@ -1,10 +1,10 @@
-//! The pages (askama templates) and their static script and style, embedded in the binary.
+//! The pages (askama templates), embedded in the binary; their scripts and style are in `assets`.
 
 use askama::Template;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::header::CACHE_CONTROL;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 
@@ -18,21 +18,6 @@ pub(super) fn router() -> Router<AppState> {
         .route("/account", get(account_page))
         .route("/admin", get(admin_page))
         .route("/circle", get(circle_page))
-        .route(
-            "/static/app.js",
-            get(|| script(include_str!("../../../web/app.js"))),
-        )
-        .route(
-            "/static/circle.js",
-            get(|| script(include_str!("../../../web/circle.js"))),
-        )
-        .route(
-            "/static/device.js",
-            get(|| script(include_str!("../../../web/device.js"))),
-        )
-        .route("/static/style.css", get(style))
-        .route("/static/engine/tessera_web.js", get(engine_script))
-        .route("/static/engine/tessera_web_bg.wasm", get(engine_wasm))
 }
 
 /// The landing page: log in with a key.
@@ -103,29 +88,4 @@ struct CirclePage;
 
 async fn circle_page() -> Response {
     render(&CirclePage)
-}
-
-/// The engine's JavaScript glue (wasm-bindgen output, built by `web/build` into `web/pkg`).
-async fn engine_script() -> impl IntoResponse {
-    script(include_str!("../../../web/pkg/tessera_web.js")).await
-}
-
-/// The engine compiled to WebAssembly.
-async fn engine_wasm() -> impl IntoResponse {
-    (
-        [(CONTENT_TYPE, "application/wasm")],
-        include_bytes!("../../../web/pkg/tessera_web_bg.wasm").as_slice(),
-    )
-}
-
-/// One of the page's scripts, embedded.
-async fn script(source: &'static str) -> impl IntoResponse {
-    ([(CONTENT_TYPE, "text/javascript; charset=utf-8")], source)
-}
-
-async fn style() -> impl IntoResponse {
-    (
-        [(CONTENT_TYPE, "text/css; charset=utf-8")],
-        include_str!("../../../web/style.css"),
-    )
 }
