@@ -7,6 +7,7 @@ const API = '/api/v1';
 const LABEL = 'tessera'; // the data channel's label, as the native client names it
 const CHANNEL_BUFFER_LIMIT = 8 * 1024 * 1024; // past this a packet waits for the outbox to resend it
 const DIRECTORY_RETRY_MS = 5_000;
+const ICE_RETRY_MS = 60_000; // TURN credentials that could not be fetched are asked for again
 const BACKOFF_FIRST_MS = 500;
 const BACKOFF_MAX_MS = 30_000;
 
@@ -299,6 +300,7 @@ export class Device extends EventTarget {
     this.stopped = null;
     this.timer = null;
     this.reconnectTimer = null;
+    this.iceTimer = null;
     this.failures = 0;
     this.directory = null; // the last circle directory, as text
     this.fetching = false;
@@ -345,6 +347,7 @@ export class Device extends EventTarget {
     this.stopped = stopped;
     clearTimeout(this.timer);
     clearTimeout(this.reconnectTimer);
+    clearTimeout(this.iceTimer);
     this.links.closeAll();
     this.socket?.close();
     this.dispatchEvent(new CustomEvent('stopped', { detail: stopped }));
@@ -450,16 +453,23 @@ export class Device extends EventTarget {
     }
   }
 
-  // Short-lived TURN credentials when the server has a TURN server; none otherwise.
+  // Short-lived TURN credentials when the server has a TURN server; none otherwise. Fetched again
+  // at half their lifetime, so that links opened later never use expired ones.
   async #loadIceServers() {
+    if (this.stopped) return;
+    let again = ICE_RETRY_MS;
     try {
       const response = await fetch(`${API}/turn`, { credentials: 'same-origin' });
-      if (!response.ok) return;
-      const { urls, username, credential } = await response.json();
-      this.links.iceServers = [{ urls, username, credential }];
+      if (response.status === 404) return; // the server has no TURN server
+      if (response.ok) {
+        const { urls, username, credential, ttl_secs: ttl } = await response.json();
+        this.links.iceServers = [{ urls, username, credential }];
+        again = Math.max(ICE_RETRY_MS, (ttl * 1000) / 2);
+      }
     } catch {
-      // Links then offer this browser's own addresses only.
+      // Until then, links offer this browser's own addresses only.
     }
+    this.iceTimer = setTimeout(() => this.#loadIceServers(), again);
   }
 
   #connect() {
