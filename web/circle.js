@@ -251,7 +251,7 @@ class CircleView {
     for (const [member, devices] of members) {
       const item = document.createElement('li');
       item.dataset.member = member;
-      item.dataset.online = String(devices.some((d) => d.online));
+      item.dataset.online = String(devices.some((d) => d.online || d.linked));
       const name = document.createElement('strong');
       name.textContent = member === this.me.member ? `${this.#name(member)} (you)` : this.#name(member);
       item.append(name);
@@ -270,7 +270,12 @@ class CircleView {
         row.dataset.device = d.device;
         row.dataset.linked = String(d.linked);
         const where = d.own ? 'this browser' : `device ${short(d.device)}`;
-        const presence = d.own ? 'online' : d.linked ? 'online, linked peer to peer' : d.online ? 'online' : 'offline';
+        // Presence comes from the server: unknown while it cannot be reached; links are known.
+        let presence;
+        if (d.own) presence = device.connected ? 'online' : 'offline (server unreachable)';
+        else if (d.linked) presence = 'online, linked peer to peer';
+        else if (!device.connected) presence = 'unknown while the server is unreachable';
+        else presence = d.online ? 'online' : 'offline';
         row.textContent = `${where}: ${presence}${d.waiting ? `, ${d.waiting} waiting for it` : ''}`;
         states.append(row);
       }

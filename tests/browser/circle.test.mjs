@@ -223,6 +223,33 @@ if (insideNamespace(FILE)) {
     }
     await shot(admin.page, 'circle-admin');
     await shot(bob.page, 'circle-member');
+    // Readable on a phone-sized screen: nothing wider than the viewport.
+    const viewport = bob.page.viewportSize();
+    await bob.page.setViewportSize({ width: 360, height: 740 });
+    const overflow = await bob.page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(overflow <= 0, `the page is ${overflow} px wider than a phone's screen`);
+    await shot(bob.page, 'circle-phone');
+    await bob.page.setViewportSize(viewport);
+  });
+
+  test('d2. while the server is down, the pages say so and links keep carrying messages', async () => {
+    await run.stopServer();
+    for (const who of [admin, bob]) {
+      await who.page.locator('#status.error', { hasText: 'cannot be reached' }).waitFor({ timeout: LINK_WAIT });
+      await who.page.locator('#device-state', { hasText: 'offline' }).waitFor();
+    }
+    await shot(bob.page, 'circle-server-down');
+    const during = secret('server-down');
+    await send(admin, during);
+    await received(bob, during);
+    await native.waitFor('the message sent while the server was down', (e) => e.event === 'message' && e.text === during);
+    await admin.page.locator(`#messages li.outgoing[data-state="delivered"]:has-text("${during}")`).waitFor({ timeout: LINK_WAIT });
+    await run.restartServer();
+    for (const who of [admin, bob]) {
+      // Reconnected within the backoff (at most 30 s, far less after one failure).
+      await who.page.locator('#device-state', { hasText: ', online' }).waitFor({ timeout: 2 * LINK_WAIT });
+      assert.equal(await status(who.page), '', 'the warning is gone');
+    }
   });
 
   test('e. a reload keeps the device, its group membership and its history', async () => {

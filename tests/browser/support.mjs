@@ -145,21 +145,15 @@ export class Harness {
 
   async stop() {
     await this.browser?.close().catch(() => {});
-    if (this.server && this.server.exitCode === null && this.server.signalCode === null) {
-      const exited = new Promise((resolve) => this.server.once('exit', resolve));
-      process.kill(this.server.pid, 'SIGTERM');
-      const timer = setTimeout(() => {
-        if (this.server.exitCode === null && this.server.signalCode === null) process.kill(this.server.pid, 'SIGKILL');
-      }, 5_000);
-      await exited;
-      clearTimeout(timer);
-    }
+    await this.stopServer();
     if (this.dataDir) await fs.rm(this.dataDir, { recursive: true, force: true });
     if (this.profile) await fs.rm(this.profile, { recursive: true, force: true });
   }
 
-  // Starts the server and resolves with the bootstrap link it prints on stdout.
-  #startServer(serverBinary) {
+  // Starts the server and resolves with the first line of its standard output that `ready`
+  // matches (the bootstrap link on a first start).
+  #startServer(serverBinary, ready = /\/join\//) {
+    this.serverBinary = serverBinary;
     const server = spawn(
       serverBinary,
       [
@@ -171,17 +165,19 @@ export class Harness {
       { cwd: this.dataDir, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NO_COLOR: '1' } },
     );
     this.server = server;
+    let output = '';
     server.stdout.setEncoding('utf8');
     server.stderr.setEncoding('utf8');
     server.stderr.on('data', (chunk) => { this.stderr += chunk; });
     return new Promise((resolve, reject) => {
       const timer = setTimeout(
-        () => reject(new Error(`no /join/ link within ${WAIT} ms\nstdout:\n${this.stdout}\nstderr:\n${this.stderr}`)),
+        () => reject(new Error(`the server printed no ${ready} within ${WAIT} ms\nstdout:\n${output}\nstderr:\n${this.stderr}`)),
         WAIT,
       );
       server.stdout.on('data', (chunk) => {
+        output += chunk;
         this.stdout += chunk;
-        const line = this.stdout.split('\n').find((l) => l.includes('/join/'));
+        const line = output.split('\n').find((l) => ready.test(l));
         if (line) {
           clearTimeout(timer);
           resolve(line.trim());
@@ -190,9 +186,27 @@ export class Harness {
       server.once('error', (error) => { clearTimeout(timer); reject(error); });
       server.once('exit', (code, signal) => {
         clearTimeout(timer);
-        reject(new Error(`server exited (${code ?? signal})\nstdout:\n${this.stdout}\nstderr:\n${this.stderr}`));
+        reject(new Error(`server exited (${code ?? signal})\nstdout:\n${output}\nstderr:\n${this.stderr}`));
       });
     });
+  }
+
+  // Stops the server (SIGTERM, then SIGKILL after 5 s); the browsers and their data stay.
+  async stopServer() {
+    const server = this.server;
+    if (!server || server.exitCode !== null || server.signalCode !== null) return;
+    const exited = new Promise((resolve) => server.once('exit', resolve));
+    process.kill(server.pid, 'SIGTERM');
+    const timer = setTimeout(() => {
+      if (server.exitCode === null && server.signalCode === null) process.kill(server.pid, 'SIGKILL');
+    }, 5_000);
+    await exited;
+    clearTimeout(timer);
+  }
+
+  // Starts the server again on the same port and data.
+  async restartServer() {
+    await this.#startServer(this.serverBinary, /Tessera is serving/);
   }
 
   label(who) {
