@@ -149,8 +149,10 @@ impl DeviceKey {
     }
 }
 
-/// What the engine asks its driver to do with peer links (WebRTC data channels).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the engine asks its driver to do with peer links (WebRTC data channels). Serialized for
+/// the page's driver as `{"kind":"open","device":…}` (the bytes of `data` as a byte string).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum LinkCommand {
     /// Open a link to `device`; the initiator makes the offer, the other waits for it.
     Open {
@@ -170,6 +172,7 @@ pub enum LinkCommand {
         /// The peer.
         device: Uuid,
         /// One packet.
+        #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
     /// Close the link: the peer left the group.

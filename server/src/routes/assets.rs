@@ -21,38 +21,33 @@ struct Asset {
 
 const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
 
+/// An embedded file of `web/`.
+macro_rules! asset {
+    ($path:literal, $content_type:expr, $file:literal) => {
+        Asset {
+            path: $path,
+            content_type: $content_type,
+            bytes: include_bytes!(concat!("../../../web/", $file)),
+        }
+    };
+}
+
 const ASSETS: &[Asset] = &[
-    Asset {
-        path: "/static/app.js",
-        content_type: JAVASCRIPT,
-        bytes: include_bytes!("../../../web/app.js"),
-    },
-    Asset {
-        path: "/static/circle.js",
-        content_type: JAVASCRIPT,
-        bytes: include_bytes!("../../../web/circle.js"),
-    },
-    Asset {
-        path: "/static/device.js",
-        content_type: JAVASCRIPT,
-        bytes: include_bytes!("../../../web/device.js"),
-    },
-    Asset {
-        path: "/static/style.css",
-        content_type: "text/css; charset=utf-8",
-        bytes: include_bytes!("../../../web/style.css"),
-    },
+    asset!("/static/app.js", JAVASCRIPT, "app.js"),
+    asset!("/static/circle.js", JAVASCRIPT, "circle.js"),
+    asset!("/static/device.js", JAVASCRIPT, "device.js"),
+    asset!("/static/style.css", "text/css; charset=utf-8", "style.css"),
     // The engine: wasm-bindgen's glue and the module, built by `web/build` into `web/pkg`.
-    Asset {
-        path: "/static/engine/tessera_web.js",
-        content_type: JAVASCRIPT,
-        bytes: include_bytes!("../../../web/pkg/tessera_web.js"),
-    },
-    Asset {
-        path: "/static/engine/tessera_web_bg.wasm",
-        content_type: "application/wasm",
-        bytes: include_bytes!("../../../web/pkg/tessera_web_bg.wasm"),
-    },
+    asset!(
+        "/static/engine/tessera_web.js",
+        JAVASCRIPT,
+        "pkg/tessera_web.js"
+    ),
+    asset!(
+        "/static/engine/tessera_web_bg.wasm",
+        "application/wasm",
+        "pkg/tessera_web_bg.wasm"
+    ),
 ];
 
 /// Browsers may keep a copy but ask again each time (a new server version may change the files).

@@ -137,7 +137,7 @@ impl From<PageStored> for Stored {
     }
 }
 
-/// One thing the engine wants the page to do.
+/// One thing the engine wants the page to do: `{kind, …}`.
 #[derive(Debug, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum PageOutput {
@@ -146,36 +146,16 @@ pub enum PageOutput {
         /// The frame.
         frame: String,
     },
-    /// Open a link (make an RTCPeerConnection, a data channel and an offer).
-    Open {
-        /// The peer.
-        device: Uuid,
-    },
-    /// Apply the peer's negotiation step (the shapes `setRemoteDescription` and
-    /// `addIceCandidate` take).
-    Rtc {
-        /// The peer.
-        device: Uuid,
-        /// The step.
-        signal: RtcSignal,
-    },
-    /// Put these bytes on the link's data channel.
-    Data {
-        /// The peer.
-        device: Uuid,
-        /// One packet.
-        bytes: ByteBuf,
-    },
-    /// Close the link.
-    Close {
-        /// The peer.
-        device: Uuid,
-    },
     /// Fetch `GET /api/v1/members` and hand it to `handleDirectory`.
     FetchDirectory,
     /// Show this (`{kind:"event", event:"message", …}`, the CLI's `--json` shapes); messages and
     /// deliveries also go into the history.
     Event(Event),
+    /// A link command as the engine words it: `open` (make an RTCPeerConnection, a data channel
+    /// and an offer), `rtc` (apply the peer's step: the shapes `setRemoteDescription` and
+    /// `addIceCandidate` take), `data` (put the bytes on the data channel), `close`.
+    #[serde(untagged)]
+    Link(LinkCommand),
 }
 
 impl From<Output> for PageOutput {
@@ -184,13 +164,7 @@ impl From<Output> for PageOutput {
             Output::Send(frame) => PageOutput::Send {
                 frame: serde_json::to_string(&frame).unwrap_or_default(),
             },
-            Output::Link(LinkCommand::Open { device }) => PageOutput::Open { device },
-            Output::Link(LinkCommand::Rtc { device, signal }) => PageOutput::Rtc { device, signal },
-            Output::Link(LinkCommand::Data { device, bytes }) => PageOutput::Data {
-                device,
-                bytes: ByteBuf::from(bytes),
-            },
-            Output::Link(LinkCommand::Close { device }) => PageOutput::Close { device },
+            Output::Link(command) => PageOutput::Link(command),
             Output::FetchDirectory => PageOutput::FetchDirectory,
             Output::Event(event) => PageOutput::Event(event),
         }
@@ -591,8 +565,20 @@ mod tests {
     #[test]
     fn outputs_and_snapshots_have_the_shapes_the_driver_reads() {
         let device = Uuid::new_v4();
-        let open = serde_json::to_value(PageOutput::Open { device }).expect("json");
+        let open =
+            serde_json::to_value(PageOutput::Link(LinkCommand::Open { device })).expect("json");
         assert_eq!(open, json!({"kind": "open", "device": device}));
+        let data = serde_json::to_value(PageOutput::Link(LinkCommand::Data {
+            device,
+            bytes: vec![1, 2],
+        }))
+        .expect("json");
+        assert_eq!(
+            data,
+            json!({"kind": "data", "device": device, "bytes": [1, 2]})
+        );
+        let fetch = serde_json::to_value(PageOutput::FetchDirectory).expect("json");
+        assert_eq!(fetch, json!({"kind": "fetch_directory"}));
         let event =
             serde_json::to_value(PageOutput::Event(Event::Delivered { id: device, device }))
                 .expect("json");
@@ -600,13 +586,13 @@ mod tests {
             event,
             json!({"kind": "event", "event": "delivered", "id": device, "device": device})
         );
-        let rtc = serde_json::to_value(PageOutput::Rtc {
+        let rtc = serde_json::to_value(PageOutput::Link(LinkCommand::Rtc {
             device,
             signal: RtcSignal::Candidate {
                 candidate: "candidate:1 1 udp 1 10.0.0.1 5 typ host".into(),
                 sdp_mid: Some("0".into()),
             },
-        })
+        }))
         .expect("json");
         assert_eq!(rtc["signal"]["type"], "candidate");
         assert_eq!(rtc["signal"]["sdpMid"], "0");
