@@ -59,9 +59,18 @@ class CircleView {
     $('setup').hidden = true;
     $('chat').hidden = false;
     $('people').hidden = false;
-    for (const entry of await this.store.history()) this.#message(entry);
     this.#wireSend();
     this.#wireName();
+    for (const entry of await this.store.history()) {
+      try {
+        this.#message(entry);
+      } catch (error) {
+        console.warn(`a stored message could not be shown: ${error?.message ?? error}`);
+      }
+    }
+    // The roles and key fingerprints (the restored device's first "members changed" came before
+    // this view listened).
+    await this.#refreshKeys();
     this.#redraw();
   }
 
@@ -134,11 +143,14 @@ class CircleView {
     return names.get(member) ?? `Member ${short(member)}`;
   }
 
+  // A message is known by its sending device and its id (the id alone is the sender's to choose).
   #message(entry) {
-    $('no-messages').hidden = true;
+    const key = `${entry.device}/${entry.id}`;
     const list = $('messages');
-    if (list.querySelector(`li[data-id="${entry.id}"]`)) return;
+    if ([...list.children].some((li) => li.dataset.key === key)) return;
+    $('no-messages').hidden = true;
     const item = document.createElement('li');
+    item.dataset.key = key;
     item.dataset.id = entry.id;
     item.dataset.member = entry.member;
     item.dataset.delivered = JSON.stringify(entry.delivered ?? []);
@@ -147,8 +159,11 @@ class CircleView {
     who.className = 'who';
     who.textContent = entry.outgoing ? 'You' : this.#name(entry.member);
     const at = document.createElement('time');
-    at.dateTime = new Date(entry.sent_at).toISOString();
-    at.textContent = new Date(entry.sent_at).toLocaleTimeString();
+    const written = new Date(entry.sent_at);
+    if (!Number.isNaN(written.getTime())) {
+      at.dateTime = written.toISOString();
+      at.textContent = written.toLocaleTimeString();
+    }
     const text = document.createElement('p');
     text.className = 'text';
     text.textContent = entry.text;
@@ -164,7 +179,8 @@ class CircleView {
   }
 
   #delivered(id, device) {
-    const item = $('messages').querySelector(`li[data-id="${id}"]`);
+    const key = `${this.device.id}/${id}`;
+    const item = [...$('messages').children].find((li) => li.dataset.key === key);
     if (!item) return;
     const delivered = JSON.parse(item.dataset.delivered);
     if (!delivered.includes(device)) delivered.push(device);
@@ -361,11 +377,11 @@ async function run(engine, me) {
         try {
           resolve(await makeDevice(engine, me, store));
           say('This browser is now one of your devices.');
+          return; // the button stays disabled: this browser is a device now
         } catch (error) {
           say(explain(error), 'error');
-        } finally {
-          busy(button, false);
         }
+        busy(button, false);
       });
     });
   }

@@ -10,6 +10,7 @@ const DIRECTORY_RETRY_MS = 5_000;
 const ICE_RETRY_MS = 60_000; // TURN credentials that could not be fetched are asked for again
 const BACKOFF_FIRST_MS = 500;
 const BACKOFF_MAX_MS = 30_000;
+const BACKOFF_RESET_MS = 60_000; // a connection up this long starts the backoff afresh
 
 // ---------------------------------------------------------------- IndexedDB
 
@@ -34,19 +35,38 @@ const databaseName = (member) => `tessera-device-${member}`;
 // (one record per message and peer) and the history.
 export class DeviceStore {
   static async open(member) {
-    const req = indexedDB.open(databaseName(member), 1);
-    req.onupgradeneeded = () => {
+    const req = indexedDB.open(databaseName(member), 2);
+    req.onupgradeneeded = ({ oldVersion }) => {
       const db = req.result;
-      db.createObjectStore('engine');
-      db.createObjectStore('mls', { keyPath: 'key' });
-      db.createObjectStore('outbox', { keyPath: ['peer', 'seq'] });
-      db.createObjectStore('history', { keyPath: 'id' }).createIndex('sent_at', 'sent_at');
+      if (oldVersion < 1) {
+        db.createObjectStore('engine');
+        db.createObjectStore('mls', { keyPath: 'key' });
+        db.createObjectStore('outbox', { keyPath: ['peer', 'seq'] });
+      }
+      // Version 2: history keyed by [device, id], since a message id is its sender's to choose
+      // (version 1 keyed it by id alone: another member could shadow a message by reusing its id).
+      const create = () => {
+        const history = db.createObjectStore('history', { keyPath: ['device', 'id'] });
+        history.createIndex('sent_at', 'sent_at');
+        return history;
+      };
+      if (oldVersion === 1) {
+        const old = req.transaction.objectStore('history').getAll();
+        old.onsuccess = () => {
+          db.deleteObjectStore('history');
+          const history = create();
+          for (const entry of old.result) history.put(entry);
+        };
+      } else {
+        create();
+      }
     };
     return new DeviceStore(await request(req));
   }
 
   constructor(db) {
     this.db = db;
+    this.device = null; // this browser's device id, once known: its own messages are keyed by it
   }
 
   // Every record the engine needs to come back as it was; null for a browser with no device yet.
@@ -62,7 +82,8 @@ export class DeviceStore {
 
   // A snapshot and the history its events carry, in one transaction.
   async save(snapshot, events) {
-    const tx = this.db.transaction(['engine', 'mls', 'outbox', 'history'], 'readwrite');
+    // Strict: the write is on disk when it completes, before anything it led to is acted on.
+    const tx = this.db.transaction(['engine', 'mls', 'outbox', 'history'], 'readwrite', { durability: 'strict' });
     const done = finished(tx);
     if (snapshot) {
       tx.objectStore('engine').put(snapshot.state, 'state');
@@ -80,8 +101,8 @@ export class DeviceStore {
           id: event.id, member: event.member, device: event.device, text: event.text,
           sent_at: event.sent_at, outgoing: event.outgoing, delivered: [],
         }).onerror = (e) => { e.preventDefault(); e.stopPropagation(); }; // a duplicate: kept once
-      } else if (event.event === 'delivered') {
-        const get = history.get(event.id);
+      } else if (event.event === 'delivered' && this.device) {
+        const get = history.get([this.device, event.id]);
         get.onsuccess = () => {
           const entry = get.result;
           if (entry && !entry.delivered.includes(event.device)) {
@@ -294,6 +315,7 @@ export class Device extends EventTarget {
     this.module = engineModule;
     this.store = store;
     this.engine = engine;
+    store.device = engine.device();
     this.links = new Links(this);
     this.socket = null;
     this.connected = false;
@@ -304,6 +326,7 @@ export class Device extends EventTarget {
     this.failures = 0;
     this.directory = null; // the last circle directory, as text
     this.fetching = false;
+    this.fetchAgain = false;
     this.settling = false;
     this.again = false;
   }
@@ -364,6 +387,7 @@ export class Device extends EventTarget {
     try {
       do {
         this.again = false;
+        if (this.stopped) break;
         const outputs = [];
         for (let output = this.engine.pollOutput(); output !== undefined; output = this.engine.pollOutput()) {
           outputs.push(output);
@@ -371,7 +395,10 @@ export class Device extends EventTarget {
         const events = outputs.filter((o) => o.kind === 'event');
         const snapshot = this.engine.takeSnapshot();
         if (snapshot !== undefined || events.length) await this.store.save(snapshot ?? null, events);
-        for (const output of outputs) this.#act(output);
+        for (const output of outputs) {
+          if (this.stopped) break;
+          this.#act(output);
+        }
         if (outputs.length) this.again = true;
       } while (this.again && !this.stopped);
     } catch (error) {
@@ -432,9 +459,16 @@ export class Device extends EventTarget {
     }
   }
 
+  // One fetch at a time; one asked for meanwhile runs when it ends (the answer in flight may be
+  // from before the change that made the engine ask).
   async #fetchDirectory() {
-    if (this.fetching || this.stopped) return;
+    if (this.stopped) return;
+    if (this.fetching) {
+      this.fetchAgain = true;
+      return;
+    }
     this.fetching = true;
+    this.fetchAgain = false;
     try {
       const response = await fetch(`${API}/members`, { credentials: 'same-origin' });
       if (response.status === 401) {
@@ -451,6 +485,7 @@ export class Device extends EventTarget {
     } finally {
       this.fetching = false;
     }
+    if (this.fetchAgain) this.#fetchDirectory();
   }
 
   // Short-lived TURN credentials when the server has a TURN server; none otherwise. Fetched again
@@ -480,9 +515,10 @@ export class Device extends EventTarget {
     const socket = new WebSocket(url);
     this.socket = socket;
     let opened = false;
+    let openedAt = 0;
     socket.onopen = () => {
       opened = true;
-      this.failures = 0;
+      openedAt = Date.now();
       this.connected = true;
       this.dispatchEvent(new CustomEvent('status', { detail: { connected: true } }));
     };
@@ -496,10 +532,13 @@ export class Device extends EventTarget {
       this.input((engine) => engine.handleDisconnected());
       if (this.stopped) return;
       if (!opened && (await this.#sessionEnded())) return;
+      // A server that accepts and then closes at once (refusing the device, or failing) must not
+      // be asked again at once: the backoff starts afresh only after a long enough connection.
+      if (opened && Date.now() - openedAt >= BACKOFF_RESET_MS) this.failures = 0;
       // Exponential backoff with full jitter.
       const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** this.failures);
       this.failures += 1;
-      const retryInMs = Math.round(ceiling / 2 + Math.random() * ceiling / 2);
+      const retryInMs = Math.round(Math.random() * ceiling);
       this.dispatchEvent(new CustomEvent('status', { detail: { connected: false, retryInMs } }));
       this.reconnectTimer = setTimeout(() => this.#connect(), retryInMs);
     };

@@ -153,6 +153,7 @@ impl Application {
     /// # Errors
     /// When the listener fails.
     pub async fn run(self) -> std::io::Result<()> {
+        tokio::task::spawn_blocking(crate::routes::assets::warm_up);
         let state = self.state.clone();
         let janitor = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));

@@ -1,13 +1,29 @@
 //! The pages' static files: the engine the browser loads is the one `web/build` made, sent
-//! compressed to browsers that accept it, and revalidated by ETag instead of sent again.
+//! compressed (brotli or gzip) to browsers that accept it, and revalidated by ETag instead of sent
+//! again.
+
+use std::io::Read as _;
 
 use reqwest::StatusCode;
 use reqwest::header::{
-    ACCEPT_ENCODING, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_TYPE, ETAG, IF_NONE_MATCH,
+    ACCEPT_ENCODING, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_TYPE, ETAG, IF_NONE_MATCH, VARY,
 };
 use tessera_tests::TestApp;
 
 const WASM: &[u8] = include_bytes!("../../web/pkg/tessera_web_bg.wasm");
+
+fn decode(coding: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    match coding {
+        "br" => brotli::Decompressor::new(body, 4096)
+            .read_to_end(&mut out)
+            .expect("brotli"),
+        _ => flate2::read::GzDecoder::new(body)
+            .read_to_end(&mut out)
+            .expect("gzip"),
+    };
+    out
+}
 
 #[tokio::test]
 async fn the_engine_is_served_compressed_and_revalidated() {
@@ -25,24 +41,40 @@ async fn the_engine_is_served_compressed_and_revalidated() {
     assert!(tag.to_str().is_ok_and(|t| t.starts_with("W/\"")), "{tag:?}");
     assert_eq!(plain.bytes().await.expect("body").as_ref(), WASM);
 
-    // A browser that takes gzip or brotli gets far fewer bytes.
-    for encoding in ["gzip", "br"] {
+    // A browser that takes brotli or gzip gets far fewer bytes, which decode to the same file;
+    // brotli when it takes both, gzip when it refuses brotli (q=0).
+    for (accept, coding) in [
+        ("gzip, deflate, br", "br"),
+        ("br", "br"),
+        ("gzip", "gzip"),
+        ("br;q=0, gzip", "gzip"),
+    ] {
         let packed = client
             .get(&url)
-            .header(ACCEPT_ENCODING, encoding)
+            .header(ACCEPT_ENCODING, accept)
             .send()
             .await
             .expect("wasm");
         assert_eq!(packed.status(), StatusCode::OK);
-        assert_eq!(packed.headers()[CONTENT_ENCODING], encoding);
+        assert_eq!(packed.headers()[CONTENT_ENCODING], coding, "{accept}");
+        assert_eq!(packed.headers()[VARY], "accept-encoding");
         assert_eq!(packed.headers()[ETAG], tag, "one tag for every coding");
         let body = packed.bytes().await.expect("body");
         assert!(
             body.len() < WASM.len() / 2,
-            "{encoding}: {} bytes",
+            "{coding}: {} bytes",
             body.len()
         );
+        assert_eq!(decode(coding, &body), WASM, "{coding} decodes to the file");
     }
+    let refused = client
+        .get(&url)
+        .header(ACCEPT_ENCODING, "br;q=0, gzip;q=0")
+        .send()
+        .await
+        .expect("wasm");
+    assert!(refused.headers().get(CONTENT_ENCODING).is_none());
+    assert_eq!(refused.bytes().await.expect("body").as_ref(), WASM);
 
     // Its tag answers 304 with nothing to download; another tag, or none, the file.
     let again = client

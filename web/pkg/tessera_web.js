@@ -185,17 +185,13 @@ export class WebDevice {
     }
     /**
      * The next thing to do (`{kind, …}`, see [`PageOutput`]); `undefined` when there is none.
-     *
-     * # Errors
-     * When the output cannot be converted.
+     * An output that cannot become a JavaScript value is skipped (and logged), so that no peer's
+     * message can stop the device.
      * @returns {any}
      */
     pollOutput() {
         const ret = wasm.webdevice_pollOutput(this.__wbg_ptr);
-        if (ret[2]) {
-            throw takeFromExternrefTable0(ret[1]);
-        }
-        return takeFromExternrefTable0(ret[0]);
+        return ret;
     }
     /**
      * Milliseconds until `handleTimeout` next has work; `undefined` for none.
@@ -827,6 +823,9 @@ function __wbg_get_imports() {
         __wbg_versions_6e128a981b0df859: function(arg0) {
             const ret = arg0.versions;
             return ret;
+        },
+        __wbg_warn_a11bc7e398a34ec9: function(arg0, arg1) {
+            console.warn(getStringFromWasm0(arg0, arg1));
         },
         __wbindgen_generic_0000000000000001: function(arg0) {
             // Cast intrinsic for `F64 -> Externref`.

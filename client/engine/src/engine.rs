@@ -41,6 +41,11 @@ pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_
 /// (or waiting in an outbox across one) can still be read.
 const PAST_EPOCHS: usize = 16;
 
+/// The latest time a received message may claim to be written at (ms since the Unix epoch): the
+/// end of what JavaScript's `Date` can show. A peer's clock is its own; a time outside
+/// `0..=LATEST_SENT_AT` is shown as the nearest bound rather than breaking the interfaces.
+pub const LATEST_SENT_AT: i64 = 8_640_000_000_000_000;
+
 /// How many items a device keeps of each kind it cannot process yet (KeyPackages before it is in
 /// the group, MLS signals before its Welcome, link messages from an epoch ahead of its own).
 const MAX_WAITING: usize = 256;
@@ -1389,7 +1394,7 @@ impl Engine {
                     member: sender.member,
                     device: sender.device,
                     text,
-                    sent_at,
+                    sent_at: sent_at.clamp(0, LATEST_SENT_AT),
                 },
                 outgoing: false,
             }),

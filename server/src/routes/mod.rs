@@ -1,6 +1,6 @@
 //! The HTTP routes: one module per resource, each exposing its `router()`.
 
-mod assets;
+pub mod assets;
 mod enroll;
 mod health;
 mod invitations;

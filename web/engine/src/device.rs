@@ -244,6 +244,13 @@ fn to_js(value: &impl Serialize) -> Result<JsValue, String> {
     value.serialize(&serializer).map_err(|e| e.to_string())
 }
 
+#[wasm_bindgen]
+extern "C" {
+    /// `console.warn`.
+    #[wasm_bindgen(js_namespace = console, js_name = warn)]
+    fn console_warn(message: &str);
+}
+
 /// This browser as a member device.
 #[wasm_bindgen]
 pub struct WebDevice(Engine);
@@ -410,15 +417,19 @@ impl WebDevice {
     }
 
     /// The next thing to do (`{kind, …}`, see [`PageOutput`]); `undefined` when there is none.
-    ///
-    /// # Errors
-    /// When the output cannot be converted.
+    /// An output that cannot become a JavaScript value is skipped (and logged), so that no peer's
+    /// message can stop the device.
     #[wasm_bindgen(js_name = pollOutput)]
-    pub fn poll_output(&mut self) -> Result<JsValue, String> {
-        match self.0.poll_output() {
-            Some(output) => to_js(&PageOutput::from(output)),
-            None => Ok(JsValue::UNDEFINED),
+    pub fn poll_output(&mut self) -> JsValue {
+        while let Some(output) = self.0.poll_output() {
+            match to_js(&PageOutput::from(output)) {
+                Ok(value) => return value,
+                Err(error) => {
+                    console_warn(&format!("an engine output was skipped: {error}"));
+                }
+            }
         }
+        JsValue::UNDEFINED
     }
 
     /// What to write to IndexedDB before acting on the outputs polled since the last snapshot
