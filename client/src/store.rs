@@ -189,7 +189,7 @@ impl DeviceStore {
                 Event::Message { message, outgoing } => {
                     sqlx::query(
                         "INSERT INTO history (id, member, device, text, sent_at, outgoing) \
-                         VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                         VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device, id) DO NOTHING",
                     )
                     .bind(message.id.to_string())
                     .bind(message.member.to_string())
@@ -201,7 +201,10 @@ impl DeviceStore {
                     .await?;
                 }
                 Event::Delivered { id, .. } => {
-                    sqlx::query("UPDATE history SET delivered = delivered + 1 WHERE id = ?")
+                    // Acknowledgements are for this device's own messages, the outgoing ones.
+                    sqlx::query(
+                        "UPDATE history SET delivered = delivered + 1 WHERE id = ? AND outgoing = 1",
+                    )
                         .bind(id.to_string())
                         .execute(&mut *tx)
                         .await?;

@@ -83,6 +83,100 @@ async fn an_engine_and_its_history_survive_closing_the_store() {
 }
 
 #[tokio::test]
+async fn a_message_id_reused_by_another_device_shadows_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = DeviceStore::open(&dir.path().join("device.sqlite"))
+        .await
+        .expect("open");
+    let snapshot = engine().take_snapshot().expect("encode").expect("changed");
+    let own = message("mine", 1);
+    // Another member's device sends a message under the same id first, then the genuine one
+    // arrives, and acknowledgements of that id count for this device's own message only.
+    let mut shadow = message("shadow", 2);
+    shadow.id = own.id;
+    let mut genuine = message("genuine", 3);
+    genuine.id = own.id;
+    let events = [
+        Event::Message {
+            message: own.clone(),
+            outgoing: true,
+        },
+        Event::Message {
+            message: shadow.clone(),
+            outgoing: false,
+        },
+        Event::Message {
+            message: genuine.clone(),
+            outgoing: false,
+        },
+        Event::Delivered {
+            id: own.id,
+            device: Uuid::new_v4(),
+        },
+    ];
+    store.save(&snapshot, &events).await.expect("save");
+    let history = store.history(10).await.expect("history");
+    let texts: Vec<&str> = history.iter().map(|h| h.message.text.as_str()).collect();
+    assert_eq!(texts, ["mine", "shadow", "genuine"]);
+    let delivered: Vec<u32> = history.iter().map(|h| h.delivered).collect();
+    assert_eq!(delivered, [1, 0, 0]);
+}
+
+#[tokio::test]
+async fn a_history_stored_before_it_was_keyed_by_device_is_kept() {
+    // A store as the schema before 0004 left it, with two messages in it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("device.sqlite");
+    let earlier = dir.path().join("migrations");
+    std::fs::create_dir(&earlier).expect("dir");
+    let all = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations/client");
+    for name in ["0001_device.sql", "0002_profile.sql", "0003_outbox.sql"] {
+        std::fs::copy(all.join(name), earlier.join(name)).expect("copy");
+    }
+    let (first, second) = (message("first", 5), message("second", 5));
+    {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.expect("pool");
+        sqlx::migrate::Migrator::new(earlier.as_path())
+            .await
+            .expect("migrations")
+            .run(&pool)
+            .await
+            .expect("migrate");
+        for (m, outgoing, delivered) in [(&first, 1, 2), (&second, 0, 0)] {
+            sqlx::query(
+                "INSERT INTO history (id, member, device, text, sent_at, outgoing, delivered) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(m.id.to_string())
+            .bind(m.member.to_string())
+            .bind(m.device.to_string())
+            .bind(&m.text)
+            .bind(m.sent_at)
+            .bind(outgoing)
+            .bind(delivered)
+            .execute(&pool)
+            .await
+            .expect("insert");
+        }
+        pool.close().await;
+    }
+    let store = DeviceStore::open(&path).await.expect("migrated");
+    let history = store.history(10).await.expect("history");
+    let kept: Vec<(&ChatMessage, bool, u32)> = history
+        .iter()
+        .map(|h| (&h.message, h.outgoing, h.delivered))
+        .collect();
+    assert_eq!(
+        kept,
+        [(&first, true, 2), (&second, false, 0)],
+        "same rows, same order"
+    );
+}
+
+#[tokio::test]
 async fn a_corrupt_saved_state_is_refused_not_half_restored() {
     let result = Engine::restore(
         EngineConfig::new("http://localhost:8080", "localhost"),
