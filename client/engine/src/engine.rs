@@ -12,9 +12,7 @@ use openmls::prelude::{
     PURE_CIPHERTEXT_WIRE_FORMAT_POLICY, ProcessedMessageContent, ProtocolMessage, ProtocolVersion,
     SenderRatchetConfiguration, StagedCommit, StagedWelcome,
 };
-use openmls_basic_credential::SignatureKeyPair;
 use openmls_traits::OpenMlsProvider as _;
-use openmls_traits::types::SignatureScheme;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use serde_json::value::{RawValue, to_raw_value};
@@ -23,6 +21,7 @@ use tessera_wire::signal::{ClientFrame, Limits, ServerFrame};
 use uuid::Uuid;
 use web_time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::crypto::DeviceSigner;
 use crate::delivery::{Delivery, DeliveryConfig, OutboxChange, Queued, Seq};
 use crate::identity::DeviceCertificate;
 use crate::pacer::Pacer;
@@ -134,7 +133,7 @@ fn refused(e: impl std::fmt::Debug) -> Refusal {
 
 /// A device's MLS signature key, before it is certified by the member's hardware key.
 #[derive(Debug)]
-pub struct DeviceKey(SignatureKeyPair);
+pub struct DeviceKey(DeviceSigner);
 
 impl DeviceKey {
     /// A fresh Ed25519 key.
@@ -142,9 +141,7 @@ impl DeviceKey {
     /// # Errors
     /// When the system has no randomness.
     pub fn generate() -> Result<DeviceKey, EngineError> {
-        SignatureKeyPair::new(SignatureScheme::ED25519)
-            .map(DeviceKey)
-            .map_err(mls_error)
+        DeviceSigner::generate().map(DeviceKey).map_err(mls_error)
     }
 
     /// The public key, which the hardware key certifies.
@@ -383,7 +380,7 @@ struct Saved {
 pub struct Engine {
     config: EngineConfig,
     provider: Provider,
-    signer: SignatureKeyPair,
+    signer: DeviceSigner,
     saved: Saved,
     saved_mls: HashMap<Vec<u8>, Vec<u8>>,
     group: Option<MlsGroup>,
@@ -515,12 +512,8 @@ impl Engine {
         saved.delivery.restore_outbox(outbox.into_values());
         let saved_mls = mls.clone();
         let provider = Provider::with_values(mls);
-        let signer = SignatureKeyPair::read(
-            provider.storage(),
-            &saved.signature_public,
-            SignatureScheme::ED25519,
-        )
-        .ok_or_else(|| EngineError::Corrupt("the device key is missing".into()))?;
+        let signer = DeviceSigner::read(provider.storage(), &saved.signature_public)
+            .ok_or_else(|| EngineError::Corrupt("the device key is missing".into()))?;
         let group = match &saved.group_id {
             Some(id) => Some(
                 MlsGroup::load(provider.storage(), &GroupId::from_slice(id))
@@ -538,7 +531,7 @@ impl Engine {
     fn assemble(
         config: EngineConfig,
         provider: Provider,
-        signer: SignatureKeyPair,
+        signer: DeviceSigner,
         saved: Saved,
         group: Option<MlsGroup>,
     ) -> Engine {

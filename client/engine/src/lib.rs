@@ -3,6 +3,7 @@
 //! sequencer, peer-link negotiation protected by MLS, and reliable delivery with an outbox.
 
 pub mod authenticator;
+pub mod crypto;
 pub mod delivery;
 pub mod engine;
 pub mod identity;

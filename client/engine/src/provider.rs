@@ -1,15 +1,18 @@
-//! The MLS provider of a device: RustCrypto for the cryptography and a key-value store whose
-//! contents the engine hands to the local store (SQLite natively, IndexedDB in the browser).
+//! The MLS provider of a device: the circle's ciphersuite's cryptography ([`SuiteCrypto`]) and a
+//! key-value store whose contents the engine hands to the local store (SQLite natively, IndexedDB
+//! in the browser).
 
 use std::collections::HashMap;
 
-use openmls_rust_crypto::{MemoryStorage, RustCrypto};
+use openmls_rust_crypto::MemoryStorage;
 use openmls_traits::OpenMlsProvider;
+
+use crate::crypto::SuiteCrypto;
 
 /// One device's MLS provider.
 #[derive(Debug, Default)]
 pub struct Provider {
-    crypto: RustCrypto,
+    crypto: SuiteCrypto,
     storage: MemoryStorage,
 }
 
@@ -27,7 +30,7 @@ impl Provider {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = values;
         Provider {
-            crypto: RustCrypto::default(),
+            crypto: SuiteCrypto::default(),
             storage,
         }
     }
@@ -84,8 +87,8 @@ impl Provider {
 }
 
 impl OpenMlsProvider for Provider {
-    type CryptoProvider = RustCrypto;
-    type RandProvider = RustCrypto;
+    type CryptoProvider = SuiteCrypto;
+    type RandProvider = SuiteCrypto;
     type StorageProvider = MemoryStorage;
 
     fn storage(&self) -> &Self::StorageProvider {
