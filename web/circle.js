@@ -47,6 +47,8 @@ class CircleView {
     this.store = store;
     this.device = device;
     this.keys = new Map(); // member -> { role, keys }
+    this.names = new Map(); // member -> display name, as of the last view
+    this.others = 0; // the group's devices besides this one, as of the last view
     this.drawPending = false;
   }
 
@@ -59,6 +61,7 @@ class CircleView {
     $('setup').hidden = true;
     $('chat').hidden = false;
     $('people').hidden = false;
+    this.#view();
     this.#wireSend();
     this.#wireName();
     for (const entry of await this.store.history()) {
@@ -98,8 +101,7 @@ class CircleView {
   }
 
   #wireName() {
-    const view = this.device.view();
-    const own = new Map(view.names).get(this.me.member);
+    const own = this.names.get(this.me.member);
     if (own) $('display-name').value = own;
     $('name-form').addEventListener('submit', (event) => {
       event.preventDefault();
@@ -138,9 +140,16 @@ class CircleView {
     }
   }
 
+  // The device's view (converted from the engine once per redraw), and what the rows read of it.
+  #view() {
+    const view = this.device.view();
+    this.names = new Map(view.names);
+    this.others = view.devices.filter((d) => !d.own).length;
+    return view;
+  }
+
   #name(member) {
-    const names = new Map(this.device.view().names);
-    return names.get(member) ?? `Member ${short(member)}`;
+    return this.names.get(member) ?? `Member ${short(member)}`;
   }
 
   // A message is known by its sending device and its id (the id alone is the sender's to choose).
@@ -193,7 +202,7 @@ class CircleView {
     const state = item.querySelector('.delivery');
     if (!state) return;
     const delivered = JSON.parse(item.dataset.delivered).length;
-    const others = this.device.view().devices.filter((d) => !d.own).length;
+    const { others } = this;
     if (delivered === 0) {
       item.dataset.state = 'queued';
       state.textContent = 'Queued: waiting for the circle\'s devices';
@@ -247,7 +256,7 @@ class CircleView {
 
   #draw() {
     const { device } = this;
-    const view = device.view();
+    const view = this.#view();
     document.body.dataset.inGroup = String(view.in_group);
     if (!device.stopped) {
       document.body.dataset.device = view.in_group ? 'joined' : 'waiting';
@@ -391,7 +400,7 @@ async function run(engine, me) {
     $('device-key').textContent = grouped(hex(identity.publicKey));
     $('certified').textContent = `This browser's key is certified by your hardware key ${identity.fingerprint}.`;
   }
-  const device = await Device.start(engine, store, webDevice);
+  const device = await Device.start(store, webDevice);
   mark('deviceStarted');
   document.body.dataset.deviceId = device.id;
   const view = new CircleView(engine, me, store, device);

@@ -297,8 +297,8 @@ export class DeviceStopped extends Error {
 // `status` (detail: {connected, retryInMs?}), `view` (something in the circle view changed) and
 // `stopped` (detail: DeviceStopped).
 export class Device extends EventTarget {
-  static async start(engineModule, store, engine) {
-    const device = new Device(engineModule, store, engine);
+  static async start(store, engine) {
+    const device = new Device(store, engine);
     // Closing the links as the page goes lets peers see them end at once, not after ICE gives up.
     window.addEventListener('pagehide', () => {
       device.links.closeAll();
@@ -310,9 +310,8 @@ export class Device extends EventTarget {
     return device;
   }
 
-  constructor(engineModule, store, engine) {
+  constructor(store, engine) {
     super();
-    this.module = engineModule;
     this.store = store;
     this.engine = engine;
     store.device = engine.device();

@@ -58,6 +58,12 @@ fn ed25519(alg: SignatureScheme) -> Result<(), CryptoError> {
     }
 }
 
+/// Signs `data` with the Ed25519 secret key `key` (32 bytes).
+fn sign_ed25519(key: &[u8], data: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    let key = SigningKey::try_from(key).map_err(|_| CryptoError::CryptoLibraryError)?;
+    Ok(key.sign(data).to_bytes().to_vec())
+}
+
 impl OpenMlsCrypto for SuiteCrypto {
     fn supports(&self, ciphersuite: Ciphersuite) -> Result<(), CryptoError> {
         if ciphersuite == CIPHERSUITE {
@@ -155,8 +161,7 @@ impl OpenMlsCrypto for SuiteCrypto {
 
     fn sign(&self, alg: SignatureScheme, data: &[u8], key: &[u8]) -> Result<Vec<u8>, CryptoError> {
         ed25519(alg)?;
-        let key = SigningKey::try_from(key).map_err(|_| CryptoError::CryptoLibraryError)?;
-        Ok(key.sign(data).to_bytes().to_vec())
+        sign_ed25519(key, data)
     }
 
     fn hpke_seal(
@@ -356,8 +361,8 @@ impl DeviceSigner {
 
 impl Signer for DeviceSigner {
     fn sign(&self, payload: &[u8]) -> Result<Vec<u8>, SignerError> {
-        SuiteCrypto::default()
-            .sign(self.signature_scheme, payload, &self.private)
+        ed25519(self.signature_scheme)
+            .and_then(|()| sign_ed25519(&self.private, payload))
             .map_err(|_| SignerError::SigningError)
     }
 

@@ -74,8 +74,9 @@ pub enum SendError {
     TooLarge(usize),
 }
 
-/// A message in the outbox, as the local store keeps it (one row each).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A message in the outbox, as the local store keeps it (one row each; the browser's IndexedDB
+/// keeps it as this serializes: `{peer, seq, tag, message}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Queued {
     /// The device it is for.
     pub peer: Uuid,
@@ -84,6 +85,7 @@ pub struct Queued {
     /// The caller's name for it, handed back when it is acknowledged.
     pub tag: Option<Uuid>,
     /// The message.
+    #[serde(with = "serde_bytes")]
     pub message: Vec<u8>,
 }
 

@@ -3,7 +3,7 @@
 //! by ETag rather than downloaded again on every visit.
 
 use std::io::Write as _;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -176,9 +176,9 @@ impl Served {
 }
 
 /// Every file with its tag and codings, for the whole process (compressed at most once each).
-fn served() -> &'static [Arc<Served>] {
-    static SERVED: OnceLock<Vec<Arc<Served>>> = OnceLock::new();
-    SERVED.get_or_init(|| ASSETS.iter().map(|a| Arc::new(Served::new(a))).collect())
+fn served() -> &'static [Served] {
+    static SERVED: OnceLock<Vec<Served>> = OnceLock::new();
+    SERVED.get_or_init(|| ASSETS.iter().map(Served::new).collect())
 }
 
 /// Compresses every file in both codings, so that the first visitors do not wait for it. Blocking:
@@ -194,16 +194,15 @@ pub fn warm_up() {
 pub(super) fn router() -> Router<AppState> {
     let mut router = Router::new();
     for served in served() {
-        let served = served.clone();
         router = router.route(
             served.asset.path,
-            get(move |headers: HeaderMap| serve(served.clone(), headers)),
+            get(move |headers: HeaderMap| serve(served, headers)),
         );
     }
     router
 }
 
-async fn serve(served: Arc<Served>, headers: HeaderMap) -> Response {
+async fn serve(served: &'static Served, headers: HeaderMap) -> Response {
     let common = [
         (ETAG, served.tag.clone()),
         (CACHE_CONTROL, REVALIDATE),
@@ -218,13 +217,10 @@ async fn serve(served: Arc<Served>, headers: HeaderMap) -> Response {
     )];
     if let Some(coding) = chosen(&headers) {
         // Compressing the engine takes a while the first time: off the async workers.
-        let encoded = tokio::task::spawn_blocking({
-            let served = served.clone();
-            move || served.encoded(coding)
-        })
-        .await
-        .ok()
-        .flatten();
+        let encoded = tokio::task::spawn_blocking(move || served.encoded(coding))
+            .await
+            .ok()
+            .flatten();
         if let Some(body) = encoded {
             let coding = [(CONTENT_ENCODING, HeaderValue::from_static(coding.name()))];
             return (common, content_type, coding, body).into_response();

@@ -26,19 +26,6 @@ pub struct MlsRecord {
     pub value: ByteBuf,
 }
 
-/// One outbox message, as the page's `outbox` object store keeps it (key `[peer, seq]`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OutboxRecord {
-    /// The device it is for.
-    pub peer: Uuid,
-    /// Its sequence number towards that device.
-    pub seq: Seq,
-    /// The id of the chat message it carries, if any.
-    pub tag: Option<Uuid>,
-    /// The message.
-    pub message: ByteBuf,
-}
-
 /// The key of an outbox record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OutboxKey {
@@ -58,8 +45,8 @@ pub struct PageSnapshot {
     pub mls_put: Vec<MlsRecord>,
     /// MLS keys to delete.
     pub mls_delete: Vec<ByteBuf>,
-    /// Outbox records to put.
-    pub outbox_put: Vec<OutboxRecord>,
+    /// Outbox records to put (key `[peer, seq]`).
+    pub outbox_put: Vec<Queued>,
     /// Outbox records to delete.
     pub outbox_delete: Vec<OutboxKey>,
 }
@@ -85,12 +72,7 @@ impl From<Snapshot> for PageSnapshot {
         }
         for change in snapshot.outbox {
             match change {
-                OutboxChange::Put(row) => page.outbox_put.push(OutboxRecord {
-                    peer: row.peer,
-                    seq: row.seq,
-                    tag: row.tag,
-                    message: ByteBuf::from(row.message),
-                }),
+                OutboxChange::Put(row) => page.outbox_put.push(row),
                 OutboxChange::Delete { peer, seq } => {
                     page.outbox_delete.push(OutboxKey { peer, seq });
                 }
@@ -108,7 +90,7 @@ pub struct PageStored {
     /// Every MLS pair.
     pub mls: Vec<MlsRecord>,
     /// Every outbox record.
-    pub outbox: Vec<OutboxRecord>,
+    pub outbox: Vec<Queued>,
 }
 
 impl From<PageStored> for Stored {
@@ -123,15 +105,7 @@ impl From<PageStored> for Stored {
             outbox: page
                 .outbox
                 .into_iter()
-                .map(|r| {
-                    let row = Queued {
-                        peer: r.peer,
-                        seq: r.seq,
-                        tag: r.tag,
-                        message: r.message.into_vec(),
-                    };
-                    ((r.peer, r.seq), row)
-                })
+                .map(|row| ((row.peer, row.seq), row))
                 .collect(),
         }
     }
@@ -231,10 +205,6 @@ pub fn view_of(engine: &Engine) -> PageView {
     }
 }
 
-fn config(origin: &str, rp_id: &str) -> EngineConfig {
-    EngineConfig::new(origin, rp_id)
-}
-
 /// Turns a Rust value into the plain JavaScript value the page uses: objects, not `Map`s (what a
 /// flattened struct makes), `null` for nothing, byte strings as `Uint8Array`.
 fn to_js(value: &impl Serialize) -> Result<JsValue, String> {
@@ -271,9 +241,15 @@ impl WebDevice {
         let certificate: DeviceCertificate =
             serde_json::from_str(certificate).map_err(|_| "not a device certificate".to_owned())?;
         let (member, device) = (certificate.member, certificate.device);
-        Engine::new(config(origin, rp_id), member, device, key.0, certificate)
-            .map(WebDevice)
-            .map_err(|e| e.to_string())
+        Engine::new(
+            EngineConfig::new(origin, rp_id),
+            member,
+            device,
+            key.0,
+            certificate,
+        )
+        .map(WebDevice)
+        .map_err(|e| e.to_string())
     }
 
     /// The device as IndexedDB kept it: `{state, mls, outbox}` with every record.
@@ -283,7 +259,7 @@ impl WebDevice {
     pub fn restore(origin: &str, rp_id: &str, stored: JsValue) -> Result<WebDevice, String> {
         let stored: PageStored = serde_wasm_bindgen::from_value(stored)
             .map_err(|e| format!("the saved device cannot be read: {e}"))?;
-        Engine::restore(config(origin, rp_id), stored.into())
+        Engine::restore(EngineConfig::new(origin, rp_id), stored.into())
             .map(WebDevice)
             .map_err(|e| e.to_string())
     }
@@ -479,7 +455,7 @@ mod tests {
     struct Idb {
         state: Vec<u8>,
         mls: BTreeMap<Vec<u8>, Vec<u8>>,
-        outbox: BTreeMap<(Uuid, Seq), OutboxRecord>,
+        outbox: BTreeMap<(Uuid, Seq), Queued>,
     }
 
     impl Idb {
@@ -565,7 +541,8 @@ mod tests {
         assert!(!idb.mls.is_empty(), "the MLS store is saved");
         // Outputs are plain values in the shapes the driver matches on.
         assert!(seen.iter().all(|o| o["kind"].is_string()), "{seen:?}");
-        let back = Engine::restore(config(ORIGIN, "localhost"), idb.load().into()).expect("back");
+        let back = Engine::restore(EngineConfig::new(ORIGIN, "localhost"), idb.load().into())
+            .expect("back");
         assert_eq!(back.member(), info.id);
         assert_eq!(back.device(), engine.device());
         assert_eq!(back.in_group(), engine.in_group());
