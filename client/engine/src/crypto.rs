@@ -1,18 +1,22 @@
 //! The cryptography of the circle's one ciphersuite (X25519, AES-128-GCM, SHA-256, Ed25519) for
-//! openmls. Hashing, HKDF, HMAC, AEAD and randomness come from openmls' RustCrypto provider;
-//! signatures from ed25519-dalek and HPKE from the `hpke` crate, typed to this suite. RustCrypto's
-//! own signature and HPKE code dispatches on the suite at run time, so it would link P-256,
-//! P-384, secp256k1 and ML-KEM, which no circle uses (about 200 KB of the browser's engine); so
+//! openmls, from RustCrypto's crates typed to this suite: SHA-256, HKDF and HMAC over it,
+//! AES-128-GCM, randomness from the system (the page's `crypto.getRandomValues` in the browser),
+//! signatures from ed25519-dalek and HPKE from the `hpke` crate. openmls' RustCrypto provider
+//! dispatches on the suite at run time, so it would link P-256, P-384, secp256k1, ML-KEM, SHA-384,
+//! SHA-512 and ChaCha20-Poly1305, which no circle uses (a quarter of the browser's engine); so
 //! would openmls_basic_credential's key pair, hence the device's own [`DeviceSigner`]. Any other
-//! suite, KEM, KDF, AEAD or signature scheme is refused.
+//! suite, hash, KEM, KDF, AEAD or signature scheme is refused.
 
+use aes_gcm::Aes128Gcm;
+use aes_gcm::aead::{Aead as _, KeyInit as _, Nonce, Payload};
 use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
+use hkdf::Hkdf;
+use hmac::{Hmac, Mac as _};
 use hpke::aead::AesGcm128;
 use hpke::kdf::HkdfSha256;
 use hpke::kem::X25519HkdfSha256;
 use hpke::{Deserializable, Kem as _, OpModeR, OpModeS, Serializable as _};
 use openmls::prelude::tls_codec::SecretVLBytes;
-use openmls_rust_crypto::RustCrypto;
 use openmls_traits::crypto::OpenMlsCrypto;
 use openmls_traits::random::OpenMlsRand;
 use openmls_traits::signatures::{Signer, SignerError};
@@ -23,6 +27,7 @@ use openmls_traits::types::{
 };
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 use zeroize::Zeroize as _;
 
 use crate::engine::CIPHERSUITE;
@@ -32,8 +37,33 @@ type Kem = X25519HkdfSha256;
 
 /// The circle's ciphersuite's cryptography, and nothing else.
 #[derive(Debug, Default)]
-pub struct SuiteCrypto {
-    rust: RustCrypto,
+pub struct SuiteCrypto;
+
+/// The system had no randomness to give.
+#[derive(Debug, thiserror::Error)]
+#[error("the system has no randomness to give: {0}")]
+pub struct NoRandomness(getrandom::Error);
+
+/// Refuses any hash but the suite's.
+fn sha256(hash_type: HashType) -> Result<(), CryptoError> {
+    match hash_type {
+        HashType::Sha2_256 => Ok(()),
+        _ => Err(CryptoError::UnsupportedHashAlgorithm),
+    }
+}
+
+/// The suite's AEAD keyed with `key`, and `nonce` as its nonce; any other AEAD is refused.
+fn aes128gcm(
+    alg: AeadType,
+    key: &[u8],
+    nonce: &[u8],
+) -> Result<(Aes128Gcm, Nonce<Aes128Gcm>), CryptoError> {
+    if alg != AeadType::Aes128Gcm {
+        return Err(CryptoError::UnsupportedAeadAlgorithm);
+    }
+    let cipher = Aes128Gcm::new_from_slice(key).map_err(|_| CryptoError::CryptoLibraryError)?;
+    let nonce = Nonce::<Aes128Gcm>::try_from(nonce).map_err(|_| CryptoError::InvalidLength)?;
+    Ok((cipher, nonce))
 }
 
 /// Refuses any HPKE configuration but the suite's.
@@ -83,7 +113,8 @@ impl OpenMlsCrypto for SuiteCrypto {
         salt: &[u8],
         ikm: &[u8],
     ) -> Result<SecretVLBytes, CryptoError> {
-        self.rust.hkdf_extract(hash_type, salt, ikm)
+        sha256(hash_type)?;
+        Ok(Hkdf::<Sha256>::extract(Some(salt), ikm).0.as_slice().into())
     }
 
     fn hmac(
@@ -92,7 +123,11 @@ impl OpenMlsCrypto for SuiteCrypto {
         key: &[u8],
         message: &[u8],
     ) -> Result<SecretVLBytes, CryptoError> {
-        self.rust.hmac(hash_type, key, message)
+        sha256(hash_type)?;
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(key).map_err(|_| CryptoError::CryptoLibraryError)?;
+        mac.update(message);
+        Ok(mac.finalize().into_bytes().as_slice().into())
     }
 
     fn hkdf_expand(
@@ -102,11 +137,18 @@ impl OpenMlsCrypto for SuiteCrypto {
         info: &[u8],
         okm_len: usize,
     ) -> Result<SecretVLBytes, CryptoError> {
-        self.rust.hkdf_expand(hash_type, prk, info, okm_len)
+        sha256(hash_type)?;
+        let hkdf =
+            Hkdf::<Sha256>::from_prk(prk).map_err(|_| CryptoError::HkdfOutputLengthInvalid)?;
+        let mut okm = vec![0; okm_len];
+        hkdf.expand(info, &mut okm)
+            .map_err(|_| CryptoError::HkdfOutputLengthInvalid)?;
+        Ok(okm.into())
     }
 
     fn hash(&self, hash_type: HashType, data: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        self.rust.hash(hash_type, data)
+        sha256(hash_type)?;
+        Ok(Sha256::digest(data).to_vec())
     }
 
     fn aead_encrypt(
@@ -117,7 +159,10 @@ impl OpenMlsCrypto for SuiteCrypto {
         nonce: &[u8],
         aad: &[u8],
     ) -> Result<Vec<u8>, CryptoError> {
-        self.rust.aead_encrypt(alg, key, data, nonce, aad)
+        let (cipher, nonce) = aes128gcm(alg, key, nonce)?;
+        cipher
+            .encrypt(&nonce, Payload { msg: data, aad })
+            .map_err(|_| CryptoError::CryptoLibraryError)
     }
 
     fn aead_decrypt(
@@ -128,13 +173,15 @@ impl OpenMlsCrypto for SuiteCrypto {
         nonce: &[u8],
         aad: &[u8],
     ) -> Result<Vec<u8>, CryptoError> {
-        self.rust.aead_decrypt(alg, key, ct_tag, nonce, aad)
+        let (cipher, nonce) = aes128gcm(alg, key, nonce)?;
+        cipher
+            .decrypt(&nonce, Payload { msg: ct_tag, aad })
+            .map_err(|_| CryptoError::AeadDecryptionError)
     }
 
     fn signature_key_gen(&self, alg: SignatureScheme) -> Result<(Vec<u8>, Vec<u8>), CryptoError> {
         ed25519(alg)?;
         let seed: [u8; 32] = self
-            .rust
             .random_array()
             .map_err(|_| CryptoError::InsufficientRandomness)?;
         let key = SigningKey::from_bytes(&seed);
@@ -324,8 +371,7 @@ impl DeviceSigner {
     /// # Errors
     /// When there is no randomness.
     pub fn generate() -> Result<DeviceSigner, CryptoError> {
-        let (private, public) =
-            SuiteCrypto::default().signature_key_gen(SignatureScheme::ED25519)?;
+        let (private, public) = SuiteCrypto.signature_key_gen(SignatureScheme::ED25519)?;
         Ok(DeviceSigner {
             private,
             public,
@@ -372,14 +418,18 @@ impl Signer for DeviceSigner {
 }
 
 impl OpenMlsRand for SuiteCrypto {
-    type Error = <RustCrypto as OpenMlsRand>::Error;
+    type Error = NoRandomness;
 
     fn random_array<const N: usize>(&self) -> Result<[u8; N], Self::Error> {
-        self.rust.random_array()
+        let mut out = [0; N];
+        getrandom::fill(&mut out).map_err(NoRandomness)?;
+        Ok(out)
     }
 
     fn random_vec(&self, len: usize) -> Result<Vec<u8>, Self::Error> {
-        self.rust.random_vec(len)
+        let mut out = vec![0; len];
+        getrandom::fill(&mut out).map_err(NoRandomness)?;
+        Ok(out)
     }
 }
 
@@ -389,6 +439,7 @@ mod tests {
     //! primitives for every suite: what one side makes, the other reads, byte for byte.
 
     use super::*;
+    use openmls_rust_crypto::RustCrypto;
 
     /// The suite's HPKE configuration (`HpkeConfig` is not `Clone`).
     #[allow(non_snake_case)]
@@ -401,7 +452,7 @@ mod tests {
     }
 
     fn ours() -> SuiteCrypto {
-        SuiteCrypto::default()
+        SuiteCrypto
     }
 
     fn theirs() -> RustCrypto {
@@ -566,6 +617,96 @@ mod tests {
     }
 
     #[test]
+    fn hashes_hkdf_and_hmac_are_rustcryptos() {
+        let (crypto, theirs) = (ours(), theirs());
+        let sha = HashType::Sha2_256;
+        for (salt, ikm) in [(&b""[..], &b""[..]), (b"salt", b"input key material")] {
+            let data = [salt, ikm].concat();
+            assert_eq!(crypto.hash(sha, &data), theirs.hash(sha, &data));
+            assert_eq!(
+                crypto.hkdf_extract(sha, salt, ikm),
+                theirs.hkdf_extract(sha, salt, ikm)
+            );
+            assert_eq!(crypto.hmac(sha, salt, ikm), theirs.hmac(sha, salt, ikm));
+            let prk = crypto.hkdf_extract(sha, salt, ikm).expect("extracts");
+            for len in [0, 16, 32, 100, 255 * 32] {
+                assert_eq!(
+                    crypto.hkdf_expand(sha, prk.as_slice(), b"info", len),
+                    theirs.hkdf_expand(sha, prk.as_slice(), b"info", len),
+                    "{len} bytes"
+                );
+            }
+        }
+        let prk = [7; 32];
+        assert_eq!(
+            crypto.hkdf_expand(sha, &prk, b"", 255 * 32 + 1).err(),
+            Some(CryptoError::HkdfOutputLengthInvalid)
+        );
+        assert_eq!(
+            crypto.hkdf_expand(sha, &prk[..16], b"", 16).err(),
+            Some(CryptoError::HkdfOutputLengthInvalid),
+            "a pseudorandom key shorter than the hash"
+        );
+    }
+
+    #[test]
+    fn aead_seals_open_across_the_two_providers_and_not_when_altered() {
+        let (crypto, theirs) = (ours(), theirs());
+        let gcm = AeadType::Aes128Gcm;
+        let (key, nonce) = ([3; 16], [5; 12]);
+        let sealed = crypto
+            .aead_encrypt(gcm, &key, b"message", &nonce, b"aad")
+            .expect("seals");
+        assert_eq!(
+            theirs.aead_encrypt(gcm, &key, b"message", &nonce, b"aad"),
+            Ok(sealed.clone())
+        );
+        assert_eq!(
+            theirs.aead_decrypt(gcm, &key, &sealed, &nonce, b"aad"),
+            Ok(b"message".to_vec())
+        );
+        assert_eq!(
+            crypto.aead_decrypt(gcm, &key, &sealed, &nonce, b"aad"),
+            Ok(b"message".to_vec())
+        );
+        let mut altered = sealed.clone();
+        altered[0] ^= 1;
+        for (ct, aad, key) in [
+            (&altered[..], &b"aad"[..], key),
+            (&sealed[..], b"other aad", key),
+            (&sealed[..], b"aad", [4; 16]),
+            (&sealed[..3], b"aad", key),
+        ] {
+            assert_eq!(
+                crypto.aead_decrypt(gcm, &key, ct, &nonce, aad),
+                Err(CryptoError::AeadDecryptionError)
+            );
+        }
+        assert_eq!(
+            crypto.aead_encrypt(gcm, &key, b"m", &[5; 11], b"").err(),
+            Some(CryptoError::InvalidLength),
+            "a nonce of the wrong size is refused, not a panic"
+        );
+        assert_eq!(
+            crypto.aead_encrypt(gcm, &[3; 32], b"m", &nonce, b"").err(),
+            Some(CryptoError::CryptoLibraryError),
+            "an AES-256 key for AES-128-GCM"
+        );
+    }
+
+    #[test]
+    fn randomness_comes_in_the_asked_sizes_and_differs() {
+        let crypto = ours();
+        let a: [u8; 32] = crypto.random_array().expect("random");
+        let b: [u8; 32] = crypto.random_array().expect("random");
+        assert_ne!(a, b);
+        assert_eq!(crypto.random_vec(0).expect("random").len(), 0);
+        let long = crypto.random_vec(1000).expect("random");
+        assert_eq!(long.len(), 1000);
+        assert!(long.iter().any(|&byte| byte != 0));
+    }
+
+    #[test]
     fn other_suites_and_algorithms_are_refused() {
         let crypto = ours();
         assert_eq!(crypto.supported_ciphersuites(), vec![CIPHERSUITE]);
@@ -604,6 +745,30 @@ mod tests {
         assert_eq!(
             crypto.verify_signature(SignatureScheme::ECDSA_SECP384R1_SHA384, b"", b"", b""),
             Err(CryptoError::UnsupportedSignatureScheme)
+        );
+        assert_eq!(
+            crypto.hash(HashType::Sha2_512, b"").err(),
+            Some(CryptoError::UnsupportedHashAlgorithm)
+        );
+        assert_eq!(
+            crypto.hkdf_extract(HashType::Sha2_384, b"", b"").err(),
+            Some(CryptoError::UnsupportedHashAlgorithm)
+        );
+        assert_eq!(
+            crypto.hmac(HashType::Sha2_512, b"", b"").err(),
+            Some(CryptoError::UnsupportedHashAlgorithm)
+        );
+        assert_eq!(
+            crypto
+                .aead_encrypt(AeadType::ChaCha20Poly1305, &[0; 32], b"", &[0; 12], b"")
+                .err(),
+            Some(CryptoError::UnsupportedAeadAlgorithm)
+        );
+        assert_eq!(
+            crypto
+                .aead_decrypt(AeadType::Aes256Gcm, &[0; 32], &[0; 16], &[0; 12], b"")
+                .err(),
+            Some(CryptoError::UnsupportedAeadAlgorithm)
         );
         // Keys that are not 32 bytes are refused, not truncated.
         assert!(

@@ -720,13 +720,13 @@ mod tests {
         );
         assert!(link.a.1.take_outbox_changes().is_empty(), "taken once");
         // The saved state holds no outbox; restored with its rows, the device sends them on.
-        let mut state = Vec::new();
-        ciborium::into_writer(&link.a.1, &mut state).expect("cbor");
+        let state = crate::codec::encode(&link.a.1).expect("encodes");
         assert!(
             !state.windows(5).any(|w| w == b"first"),
             "the outbox is not in the state"
         );
-        let mut restored: Delivery = ciborium::from_reader(&state[..]).expect("cbor");
+        let mut restored: Delivery =
+            crate::codec::decode(&state, crate::codec::Earlier::Cbor).expect("decodes");
         restored.set_config(link.b.1.config.clone());
         restored.restore_outbox(changes.into_iter().filter_map(|c| match c {
             OutboxChange::Put(row) => Some(row),

@@ -21,6 +21,7 @@ use tessera_wire::signal::{ClientFrame, Limits, ServerFrame};
 use uuid::Uuid;
 use web_time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::codec::{self, Earlier};
 use crate::crypto::DeviceSigner;
 use crate::delivery::{Delivery, DeliveryConfig, OutboxChange, Queued, Seq};
 use crate::identity::DeviceCertificate;
@@ -506,8 +507,8 @@ impl Engine {
     /// [`EngineError::Corrupt`] when the parts do not fit together.
     pub fn restore(config: EngineConfig, stored: Stored) -> Result<Engine, EngineError> {
         let Stored { state, mls, outbox } = stored;
-        let mut saved: Saved =
-            ciborium::from_reader(&state[..]).map_err(|e| EngineError::Corrupt(e.to_string()))?;
+        let mut saved: Saved = codec::decode(&state, Earlier::Cbor)
+            .map_err(|e| EngineError::Corrupt(e.to_string()))?;
         saved.delivery.set_config(config.delivery.clone());
         saved.delivery.restore_outbox(outbox.into_values());
         let saved_mls = mls.clone();
@@ -708,7 +709,7 @@ impl Engine {
                 from,
                 member,
                 payload,
-            } => match serde_json::from_str::<SignalPayload>(payload.get()) {
+            } => match codec::from_json::<SignalPayload>(payload.get()) {
                 Ok(payload) => self.take_signal(now, from, member, payload),
                 Err(_) => self.event(Event::Refused {
                     what: "signal",
@@ -717,7 +718,7 @@ impl Engine {
             },
             ServerFrame::Commit { epoch, payload, .. } => {
                 self.server_slot = Some(self.server_slot.unwrap_or(0).max(epoch + 1));
-                match serde_json::from_str::<CommitPayload>(payload.get())
+                match codec::from_json::<CommitPayload>(payload.get())
                     .ok()
                     .and_then(|p| unb64(&p.mls, "commit").ok())
                 {
@@ -924,9 +925,7 @@ impl Engine {
             .group
             .as_ref()
             .map(|g| g.group_id().as_slice().to_vec());
-        let mut state = Vec::new();
-        ciborium::into_writer(&self.saved, &mut state)
-            .map_err(|e| EngineError::Corrupt(e.to_string()))?;
+        let state = codec::encode(&self.saved).map_err(|e| EngineError::Corrupt(e.to_string()))?;
         let mls = self.provider.changes_since(&mut self.saved_mls);
         let outbox = self.saved.delivery.take_outbox_changes();
         Ok(Some(Snapshot { state, mls, outbox }))
@@ -1305,7 +1304,7 @@ impl Engine {
             return Err(Refusal::WrongSender);
         }
         let sealed: Sealed =
-            serde_json::from_slice(&content).map_err(|_| Refusal::Malformed("sealed payload"))?;
+            codec::from_json(&content).map_err(|_| Refusal::Malformed("sealed payload"))?;
         match sealed {
             Sealed::Rtc { to, rtc } => {
                 if to != self.saved.device {
@@ -1377,7 +1376,7 @@ impl Engine {
                 return Err(Refusal::WrongSender);
             }
             let content: Content =
-                serde_json::from_slice(&bytes).map_err(|_| Refusal::Malformed("content"))?;
+                codec::from_json(&bytes).map_err(|_| Refusal::Malformed("content"))?;
             Ok((sender, content))
         });
         match opened {
@@ -2094,8 +2093,8 @@ mod tests {
     }
 
     #[test]
-    fn saved_bytes_are_cbor_byte_strings_and_states_saved_as_arrays_still_read() {
-        // How states were saved before: every byte an array element.
+    fn states_saved_in_cbor_by_earlier_versions_still_read_and_new_ones_are_postcard() {
+        // How states were saved first: CBOR, every byte an array element.
         #[derive(Serialize)]
         struct ArrayHeld {
             commit: Vec<u8>,
@@ -2105,23 +2104,23 @@ mod tests {
             commit: vec![200; 100],
             tried_with_directory: Some(4),
         });
-        let held: Held = ciborium::from_reader(&old[..]).expect("an array-encoded commit reads");
+        let held: Held = codec::decode(&old, Earlier::Cbor).expect("an array-encoded commit reads");
         assert_eq!(held.commit, vec![200; 100]);
         assert_eq!(held.tried_with_directory, Some(4));
         let old_recent: BTreeMap<u64, Vec<u8>> = [(7, vec![9; 50])].into();
         let recent: BTreeMap<u64, ByteBuf> =
-            ciborium::from_reader(&cbor(&old_recent)[..]).expect("array-encoded recent commits");
+            codec::decode(&cbor(&old_recent), Earlier::Cbor).expect("array-encoded recent commits");
         assert_eq!(recent[&7].as_slice(), &[9; 50][..]);
-        // Now: one byte string, about the bytes' own size (an array took two bytes per byte).
-        let new = cbor(&held);
-        assert!(
-            new.len() < old.len() * 2 / 3,
-            "{} vs {}",
-            new.len(),
-            old.len()
-        );
-        let back: Held = ciborium::from_reader(&new[..]).expect("reads");
+        // Then CBOR byte strings.
+        let byte_strings = cbor(&held);
+        let back: Held = codec::decode(&byte_strings, Earlier::Cbor).expect("reads");
         assert_eq!(back.commit, held.commit);
+        // Now postcard: about the bytes' own size.
+        let new = codec::encode(&held).expect("encodes");
+        assert!(new.len() <= held.commit.len() + 8, "{} bytes", new.len());
+        let back: Held = codec::decode(&new, Earlier::Cbor).expect("reads");
+        assert_eq!(back.commit, held.commit);
+        assert_eq!(back.tried_with_directory, Some(4));
     }
 
     #[test]

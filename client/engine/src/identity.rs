@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tessera_wire::{PublicKeyCredential, PublicKeyInfo, RequestChallengeResponse};
 use uuid::Uuid;
+use webauthn_rs_proto::{PublicKeyCredentialRequestOptions, UserVerificationPolicy};
 
 use crate::authenticator::{AuthenticatorError, SoftKey};
 
@@ -93,9 +94,6 @@ pub fn certificate_challenge(member: Uuid, device: Uuid, device_key: &[u8]) -> [
 
 /// The request options a client hands its authenticator (the browser's `navigator.credentials.get`
 /// or a [`SoftKey`]) to certify a device key.
-///
-/// # Panics
-/// Never: the options are built from well-formed JSON.
 #[must_use]
 pub fn certificate_request(
     rp_id: &str,
@@ -104,16 +102,18 @@ pub fn certificate_request(
     device_key: &[u8],
 ) -> RequestChallengeResponse {
     let challenge = certificate_challenge(member, device, device_key);
-    serde_json::from_value(serde_json::json!({
-        "publicKey": {
-            "challenge": URL_SAFE_NO_PAD.encode(challenge),
-            "rpId": rp_id,
-            "allowCredentials": [],
-            "userVerification": "required",
-            "timeout": 120_000
-        }
-    }))
-    .unwrap_or_else(|_| unreachable!("the request options are well-formed"))
+    RequestChallengeResponse {
+        public_key: PublicKeyCredentialRequestOptions {
+            challenge: challenge.to_vec().into(),
+            timeout: Some(120_000),
+            rp_id: rp_id.to_owned(),
+            allow_credentials: Vec::new(),
+            user_verification: UserVerificationPolicy::Required,
+            hints: None,
+            extensions: None,
+        },
+        mediation: None,
+    }
 }
 
 /// Certifies a device key with a software hardware key (headless clients and tests).
@@ -193,7 +193,7 @@ impl DeviceCertificate {
         let client_data_json = decode(&self.client_data_json, "client_data_json")?;
         let signature = decode(&self.signature, "signature")?;
 
-        let client_data: ClientData = serde_json::from_slice(&client_data_json)
+        let client_data: ClientData = crate::codec::from_json(&client_data_json)
             .map_err(|_| CertificateError::Malformed("client_data_json"))?;
         if client_data.kind != "webauthn.get" {
             return Err(CertificateError::WrongType);

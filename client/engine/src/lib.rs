@@ -3,10 +3,12 @@
 //! sequencer, peer-link negotiation protected by MLS, and reliable delivery with an outbox.
 
 pub mod authenticator;
+pub mod codec;
 pub mod crypto;
 pub mod delivery;
 pub mod engine;
 pub mod identity;
+pub mod mls_store;
 pub mod pacer;
 pub mod payload;
 pub mod pieces;

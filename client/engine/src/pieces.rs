@@ -135,7 +135,7 @@ impl Assembler {
             return Ok(None);
         }
         let done = self.unfinished.remove(at);
-        match serde_json::from_str::<SignalPayload>(&done.text) {
+        match crate::codec::from_json::<SignalPayload>(&done.text) {
             Ok(SignalPayload::Piece { .. }) | Err(_) => Err(Malformed("payload in pieces")),
             Ok(payload) => Ok(Some(payload)),
         }

@@ -1,19 +1,19 @@
-//! The MLS provider of a device: the circle's ciphersuite's cryptography ([`SuiteCrypto`]) and a
-//! key-value store whose contents the engine hands to the local store (SQLite natively, IndexedDB
-//! in the browser).
+//! The MLS provider of a device: the circle's ciphersuite's cryptography ([`SuiteCrypto`]) and
+//! the device's MLS key-value store ([`MlsStore`]), whose changes the engine hands to the local
+//! store.
 
 use std::collections::HashMap;
 
-use openmls_rust_crypto::MemoryStorage;
 use openmls_traits::OpenMlsProvider;
 
 use crate::crypto::SuiteCrypto;
+use crate::mls_store::MlsStore;
 
 /// One device's MLS provider.
 #[derive(Debug, Default)]
 pub struct Provider {
     crypto: SuiteCrypto,
-    storage: MemoryStorage,
+    storage: MlsStore,
 }
 
 /// Changes to the MLS key-value store since the last [`Provider::take_changes`]: values to write,
@@ -24,36 +24,23 @@ impl Provider {
     /// A provider holding `values`, as saved from an earlier run.
     #[must_use]
     pub fn with_values(values: HashMap<Vec<u8>, Vec<u8>>) -> Provider {
-        let storage = MemoryStorage::default();
-        *storage
-            .values
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = values;
         Provider {
-            crypto: SuiteCrypto::default(),
-            storage,
+            crypto: SuiteCrypto,
+            storage: MlsStore::with_values(values),
         }
     }
 
     /// A copy of the key-value store, for [`Provider::roll_back`].
     #[must_use]
     pub fn checkpoint(&self) -> HashMap<Vec<u8>, Vec<u8>> {
-        self.storage
-            .values
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.storage.values().clone()
     }
 
     /// Puts the key-value store back as it was at `checkpoint`: for an operation openmls performs
     /// in steps that the engine refuses midway (a Welcome whose KeyPackage openmls already
     /// deleted before the engine found its certificates wrong).
     pub fn roll_back(&self, checkpoint: HashMap<Vec<u8>, Vec<u8>>) {
-        *self
-            .storage
-            .values
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = checkpoint;
+        self.storage.replace(checkpoint);
     }
 
     /// What changed since `saved` (the values last written to the local store); `saved` is
@@ -61,11 +48,7 @@ impl Provider {
     /// group holds megabytes).
     #[must_use]
     pub fn changes_since(&self, saved: &mut HashMap<Vec<u8>, Vec<u8>>) -> StorageChanges {
-        let values = self
-            .storage
-            .values
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let values = self.storage.values();
         let mut changes = Vec::new();
         for (key, value) in values.iter() {
             if saved.get(key) != Some(value) {
@@ -89,7 +72,7 @@ impl Provider {
 impl OpenMlsProvider for Provider {
     type CryptoProvider = SuiteCrypto;
     type RandProvider = SuiteCrypto;
-    type StorageProvider = MemoryStorage;
+    type StorageProvider = MlsStore;
 
     fn storage(&self) -> &Self::StorageProvider {
         &self.storage

@@ -83,7 +83,7 @@ pub enum Refusal {
 pub fn certificate_of(credential: &Credential) -> Result<DeviceCertificate, Refusal> {
     let basic =
         BasicCredential::try_from(credential.clone()).map_err(|_| Refusal::NoCertificate)?;
-    serde_json::from_slice(basic.identity()).map_err(|_| Refusal::NoCertificate)
+    crate::codec::from_json(basic.identity()).map_err(|_| Refusal::NoCertificate)
 }
 
 /// Checks a leaf: its credential holds a certificate for its own signature key, made by a

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use tessera_engine::Engine;
+use tessera_engine::codec::from_json;
 use tessera_engine::delivery::{OutboxChange, Queued, Seq};
 use tessera_engine::engine::{EngineConfig, Event, LinkCommand, Output, Snapshot, Stored};
 use tessera_engine::identity::DeviceCertificate;
@@ -239,7 +240,7 @@ impl WebDevice {
         certificate: &str,
     ) -> Result<WebDevice, String> {
         let certificate: DeviceCertificate =
-            serde_json::from_str(certificate).map_err(|_| "not a device certificate".to_owned())?;
+            from_json(certificate).map_err(|_| "not a device certificate".to_owned())?;
         let (member, device) = (certificate.member, certificate.device);
         Engine::new(
             EngineConfig::new(origin, rp_id),
@@ -283,7 +284,7 @@ impl WebDevice {
     #[wasm_bindgen(js_name = handleFrame)]
     pub fn handle_frame(&mut self, text: &str) -> Result<(), String> {
         let frame: ServerFrame =
-            serde_json::from_str(text).map_err(|e| format!("not a frame of the server's: {e}"))?;
+            from_json(text).map_err(|e| format!("not a frame of the server's: {e}"))?;
         self.0.handle_frame(Instant::now(), frame);
         Ok(())
     }
@@ -295,7 +296,7 @@ impl WebDevice {
     #[wasm_bindgen(js_name = handleDirectory)]
     pub fn handle_directory(&mut self, text: &str) -> Result<(), String> {
         let members: Vec<MemberInfo> =
-            serde_json::from_str(text).map_err(|_| "not a circle directory".to_owned())?;
+            from_json(text).map_err(|_| "not a circle directory".to_owned())?;
         self.0.handle_directory(Instant::now(), members);
         Ok(())
     }

@@ -8,6 +8,7 @@ pub mod device;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tessera_engine::DeviceKey;
+use tessera_engine::codec::from_json;
 use tessera_engine::engine::CIPHERSUITE;
 use tessera_engine::identity::{DeviceCertificate, certificate_request, key_fingerprint};
 use tessera_wire::{MemberInfo, PublicKeyInfo, Role};
@@ -81,7 +82,7 @@ impl WebDeviceKey {
     /// # Errors
     /// When an id is not a UUID or the answer is not an assertion.
     pub fn certify(&self, member: &str, device: &str, assertion: &str) -> Result<String, String> {
-        let assertion: PublicKeyCredential = serde_json::from_str(assertion)
+        let assertion: PublicKeyCredential = from_json(assertion)
             .map_err(|e| format!("the hardware key's answer is not an assertion: {e}"))?;
         let certificate = DeviceCertificate::from_assertion(
             uuid(member, "member")?,
@@ -107,9 +108,9 @@ pub fn verify_certificate(
     rp_id: &str,
 ) -> Result<String, String> {
     let certificate: DeviceCertificate =
-        serde_json::from_str(certificate).map_err(|_| "not a device certificate".to_owned())?;
+        from_json(certificate).map_err(|_| "not a device certificate".to_owned())?;
     let directory: Vec<MemberInfo> =
-        serde_json::from_str(directory).map_err(|_| "not a circle directory".to_owned())?;
+        from_json(directory).map_err(|_| "not a circle directory".to_owned())?;
     let member = directory
         .iter()
         .find(|m| m.id == certificate.member)
@@ -150,7 +151,7 @@ pub struct MemberKeys {
 /// When the text is not a directory or holds a malformed key.
 pub fn member_keys(directory: &str) -> Result<Vec<MemberKeys>, String> {
     let directory: Vec<MemberInfo> =
-        serde_json::from_str(directory).map_err(|_| "not a circle directory".to_owned())?;
+        from_json(directory).map_err(|_| "not a circle directory".to_owned())?;
     directory
         .iter()
         .map(|m| {

@@ -1,0 +1,172 @@
+//! How a device's saved state is encoded: postcard behind one tag byte, for the engine's state and
+//! for each MLS value alike.
+//!
+//! Postcard's decoder is small for each type it reads, where JSON and CBOR decoders for the many
+//! types a device keeps made up a third of the browser's engine. Earlier versions saved the
+//! engine's state in CBOR and MLS values in JSON; neither starts with the tag byte. Native devices
+//! still read them (and save postcard from then on); the browser's engine carries neither decoder
+//! and reports such state as [`CodecError::Earlier`].
+
+use serde::{Serialize, de::DeserializeOwned};
+
+/// The first byte of everything this version saves. No JSON text and no CBOR map or array starts
+/// with it.
+const POSTCARD: u8 = 0;
+
+/// Saved state that could not be encoded or read.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// A value could not be encoded.
+    #[error("a value could not be encoded: {0}")]
+    Encode(String),
+    /// Saved bytes are not the value they should hold.
+    #[error("saved state is unreadable: {0}")]
+    Decode(String),
+    /// State saved by an earlier version, in a format this build does not read.
+    #[error(
+        "this device was saved by an earlier version of Tessera, in a format the browser's engine \
+         no longer reads"
+    )]
+    Earlier,
+}
+
+/// How an earlier version encoded what is now postcard.
+#[derive(Debug, Clone, Copy)]
+pub enum Earlier {
+    /// MLS values.
+    Json,
+    /// The engine's state.
+    Cbor,
+}
+
+/// `value` as this version saves it.
+///
+/// # Errors
+/// When `value` does not encode (a map with non-string keys never does here).
+pub fn encode<V: Serialize + ?Sized>(value: &V) -> Result<Vec<u8>, CodecError> {
+    postcard::to_extend(value, vec![POSTCARD]).map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+/// The value saved as `bytes`, by this version or (natively) as `earlier` encoded it.
+///
+/// # Errors
+/// When `bytes` are not a `V`, or were saved in an earlier format this build does not read.
+pub fn decode<V: DeserializeOwned>(bytes: &[u8], earlier: Earlier) -> Result<V, CodecError> {
+    match bytes.split_first() {
+        Some((&POSTCARD, body)) => match postcard::take_from_bytes(body) {
+            Ok((value, [])) => Ok(value),
+            Ok(_) => Err(CodecError::Decode("bytes left over".into())),
+            Err(e) => Err(CodecError::Decode(e.to_string())),
+        },
+        _ => decode_earlier(bytes, earlier),
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn decode_earlier<V: DeserializeOwned>(bytes: &[u8], earlier: Earlier) -> Result<V, CodecError> {
+    let decoded = match earlier {
+        Earlier::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+        Earlier::Cbor => ciborium::from_reader(bytes).map_err(|e| e.to_string()),
+    };
+    decoded.map_err(CodecError::Decode)
+}
+
+#[cfg(target_arch = "wasm32")]
+fn decode_earlier<V>(_bytes: &[u8], _earlier: Earlier) -> Result<V, CodecError> {
+    Err(CodecError::Earlier)
+}
+
+/// `value` as an earlier version encoded it, where this build reads that format.
+#[cfg(not(target_arch = "wasm32"))]
+#[must_use]
+pub fn earlier_encoding<V: Serialize + ?Sized>(value: &V, earlier: Earlier) -> Option<Vec<u8>> {
+    match earlier {
+        Earlier::Json => serde_json::to_vec(value).ok(),
+        Earlier::Cbor => {
+            let mut out = Vec::new();
+            ciborium::into_writer(value, &mut out).ok().map(|()| out)
+        }
+    }
+}
+
+/// `value` as an earlier version encoded it, where this build reads that format.
+#[cfg(target_arch = "wasm32")]
+#[must_use]
+pub fn earlier_encoding<V: Serialize + ?Sized>(_value: &V, _earlier: Earlier) -> Option<Vec<u8>> {
+    None
+}
+
+/// A JSON value read from text or bytes. Every JSON the engine and the page read goes through
+/// here: serde_json's text and byte readers are two copies of its parser in the browser's engine.
+///
+/// # Errors
+/// When `json` is not a `V`.
+pub fn from_json<V: DeserializeOwned>(json: impl AsRef<[u8]>) -> serde_json::Result<V> {
+    serde_json::from_slice(json.as_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[derive(Debug, PartialEq, Serialize, serde::Deserialize)]
+    struct Sample {
+        id: u64,
+        name: Option<String>,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+        map: BTreeMap<u32, Vec<u8>>,
+    }
+
+    fn sample() -> Sample {
+        Sample {
+            id: 300,
+            name: Some("a".into()),
+            bytes: vec![7; 40],
+            map: [(1, vec![1, 2])].into(),
+        }
+    }
+
+    #[test]
+    fn values_round_trip_behind_the_tag() {
+        let bytes = encode(&sample()).expect("encodes");
+        assert_eq!(bytes[0], POSTCARD);
+        let back: Sample = decode(&bytes, Earlier::Json).expect("decodes");
+        assert_eq!(back, sample());
+    }
+
+    #[test]
+    fn earlier_formats_read_natively() {
+        for earlier in [Earlier::Json, Earlier::Cbor] {
+            let bytes = earlier_encoding(&sample(), earlier).expect("encodes");
+            assert_ne!(bytes[0], POSTCARD, "{earlier:?} never starts with the tag");
+            let back: Sample = decode(&bytes, earlier).expect("reads");
+            assert_eq!(back, sample());
+        }
+    }
+
+    #[test]
+    fn damaged_values_are_refused_not_misread() {
+        let bytes = encode(&sample()).expect("encodes");
+        let cut = &bytes[..bytes.len() - 1];
+        assert!(matches!(
+            decode::<Sample>(cut, Earlier::Cbor),
+            Err(CodecError::Decode(_))
+        ));
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(matches!(
+            decode::<Sample>(&longer, Earlier::Cbor),
+            Err(CodecError::Decode(_))
+        ));
+        assert!(matches!(
+            decode::<Sample>(&[], Earlier::Json),
+            Err(CodecError::Decode(_))
+        ));
+        assert!(matches!(
+            decode::<Sample>(b"not json", Earlier::Json),
+            Err(CodecError::Decode(_))
+        ));
+    }
+}
