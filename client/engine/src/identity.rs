@@ -104,7 +104,7 @@ pub fn certificate_request(
     let challenge = certificate_challenge(member, device, device_key);
     RequestChallengeResponse {
         public_key: PublicKeyCredentialRequestOptions {
-            challenge: challenge.to_vec().into(),
+            challenge: challenge.to_vec(),
             timeout: Some(120_000),
             rp_id: rp_id.to_owned(),
             allow_credentials: Vec::new(),
