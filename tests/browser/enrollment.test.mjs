@@ -147,9 +147,10 @@ test('d2. the circle page runs the engine (WebAssembly) in the page', async (t) 
   assert.equal(await page.locator(`#members li[data-member="${run.admin.member}"]`).count(), 1, 'the admin is listed');
   await shot(page, 'circle-engine');
 
-  // A damaged saved device (here: its engine state overwritten) is not used: the page says so and
-  // offers to start over, which deletes it and makes this browser a new device.
-  await page.evaluate(async (member) => {
+  // A saved device that cannot be read is not used: the page says why and offers to start over,
+  // which deletes it and makes this browser a new device. First a damaged state, then one in the
+  // format an earlier version saved (CBOR, which the browser's engine no longer reads).
+  const overwriteState = (bytes) => page.evaluate(async ({ member, bytes }) => {
     const db = await new Promise((resolve, reject) => {
       const open = indexedDB.open(`tessera-device-${member}`);
       open.onsuccess = () => resolve(open.result);
@@ -157,16 +158,21 @@ test('d2. the circle page runs the engine (WebAssembly) in the page', async (t) 
     });
     await new Promise((resolve, reject) => {
       const tx = db.transaction('engine', 'readwrite');
-      tx.objectStore('engine').put(new Uint8Array([1, 2, 3]), 'state');
+      tx.objectStore('engine').put(new Uint8Array(bytes), 'state');
       tx.oncomplete = resolve;
       tx.onerror = () => reject(tx.error);
     });
     db.close();
-  }, run.admin.member);
+  }, { member: run.admin.member, bytes });
+  await overwriteState([0, 1, 2, 3]);
   await page.reload();
   await page.locator('body[data-device="broken"]').waitFor();
-  assert.match(await page.locator('#broken-reason').textContent(), /saved state cannot be read/);
+  assert.match(await page.locator('#broken-reason').textContent(), /saved state cannot be read: saved state is unreadable/);
   assert.ok(await page.locator('#chat').isHidden(), 'no chat on a device that cannot be read');
+  await overwriteState([0xa1, 0x61, 0x61, 0x01]);
+  await page.reload();
+  await page.locator('body[data-device="broken"]').waitFor();
+  assert.match(await page.locator('#broken-reason').textContent(), /saved by an earlier version of Tessera/);
   await shot(page, 'circle-broken');
   await page.locator('#start-over').click();
   await page.locator('body[data-device="new"]').waitFor();
