@@ -355,7 +355,10 @@ enum Link {
     Up,
 }
 
-/// What the local store keeps of the engine between runs (besides the MLS key-value store).
+/// What the local store keeps of the engine between runs (besides the MLS key-value store),
+/// encoded by [`codec`] (postcard: fields by position, not by name). Adding, removing or reordering
+/// a field here, in [`Delivery`] or in the types they hold makes saved devices unreadable: such a
+/// change needs a new format tag in [`codec`] and a way to read the previous one.
 #[derive(Debug, Serialize, Deserialize)]
 struct Saved {
     member: Uuid,

@@ -16,7 +16,7 @@ pub struct Provider {
     storage: MlsStore,
 }
 
-/// Changes to the MLS key-value store since the last [`Provider::take_changes`]: values to write,
+/// Changes to the MLS key-value store since the last [`Provider::changes_since`]: values to write,
 /// and keys to delete (`None`).
 pub type StorageChanges = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
