@@ -158,6 +158,29 @@ async fn signals_are_relayed_unchanged_within_the_circle() {
 }
 
 #[tokio::test]
+async fn a_signal_longer_than_a_fragment_arrives_whole() {
+    let app = TestApp::spawn().await;
+    let (admin, grace, _) = circle_of_three(&app).await;
+    let (mut a, a_hello) = WsClient::connect(&app, &admin).await;
+    let (mut g, g_hello) = WsClient::connect(&app, &grace).await;
+    let _presence = a.next().await;
+    // Characters of two and three bytes, so that fragments end inside them.
+    let text = "é€-".repeat(20 * tessera_server::signal::connection::FRAGMENT_BYTES / 6);
+    let payload = json!({"sdp": text});
+    a.send_text(&signal(device_of(&g_hello), &payload)).await;
+    match g.next().await {
+        Some(ServerFrame::Signal {
+            from, payload: got, ..
+        }) => {
+            assert_eq!(from, device_of(&a_hello));
+            let got: serde_json::Value = serde_json::from_str(got.get()).expect("json");
+            assert_eq!(got, payload);
+        }
+        other => panic!("expected a signal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn signals_never_cross_circles_or_reach_unknown_devices() {
     let app = TestApp::spawn().await;
     let (admin, grace, _) = circle_of_three(&app).await;

@@ -3,13 +3,19 @@
 use std::collections::HashMap;
 
 use axum::Router;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{Query, State};
-use axum::http::HeaderMap;
-use axum::http::header::{CONTENT_TYPE, ORIGIN};
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::http::header::{
+    CONNECTION, CONTENT_TYPE, ORIGIN, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
+    SEC_WEBSOCKET_VERSION, UPGRADE,
+};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use uuid::Uuid;
 
 use crate::auth::Caller;
@@ -39,13 +45,38 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
+/// Whether `name` lists `token` (comma-separated, any case), as `Connection: keep-alive, Upgrade` does.
+fn lists(headers: &HeaderMap, name: impl axum::http::header::AsHeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|item| item.trim().eq_ignore_ascii_case(token))
+}
+
+/// The `Sec-WebSocket-Accept` answer to a well-formed WebSocket upgrade request (RFC 6455 4.2.1),
+/// or `None`.
+fn accept_key(headers: &HeaderMap) -> Option<String> {
+    let key = headers.get(SEC_WEBSOCKET_KEY)?;
+    (lists(headers, CONNECTION, "upgrade")
+        && lists(headers, UPGRADE, "websocket")
+        && headers
+            .get(SEC_WEBSOCKET_VERSION)
+            .map(HeaderValue::as_bytes)
+            == Some(b"13"))
+    .then(|| derive_accept_key(key.as_bytes()))
+}
+
+/// Upgrades the request itself rather than through axum's `WebSocketUpgrade`: the connection needs
+/// tungstenite's own messages to send long frames in fragments (see `connection`).
 #[tracing::instrument(skip_all)]
 async fn upgrade(
     State(state): State<AppState>,
     headers: HeaderMap,
     caller: Caller,
     Query(query): Query<HashMap<String, String>>,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    mut request: Request,
 ) -> ApiResult<Response> {
     // A browser page of another site must not open a socket with a member's cookie.
     if let Some(origin) = headers.get(ORIGIN)
@@ -60,8 +91,8 @@ async fn upgrade(
             Uuid::parse_str(text).map_err(|_| ApiError::Invalid("device must be a UUID".into()))?
         }
     };
-    let upgrade =
-        upgrade.map_err(|_| ApiError::Invalid("this endpoint needs a WebSocket upgrade".into()))?;
+    let accept = accept_key(&headers)
+        .ok_or_else(|| ApiError::Invalid("this endpoint needs a WebSocket upgrade".into()))?;
     let limits = &state.config;
     state
         .signals
@@ -77,10 +108,31 @@ async fn upgrade(
             }
         })?;
     let hard_limit = limits.ws_max_frame_bytes.saturating_mul(4);
-    Ok(upgrade
+    let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(0)
-        .max_message_size(hard_limit)
-        .max_frame_size(hard_limit)
-        .on_upgrade(move |socket| connection::serve(socket, state, caller, device)))
+        .max_message_size(Some(hard_limit))
+        .max_frame_size(Some(hard_limit));
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let socket = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                connection::serve(socket, state, caller, device).await;
+            }
+            Err(error) => tracing::debug!(%error, "the WebSocket upgrade did not complete"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(CONNECTION, "upgrade")
+        .header(UPGRADE, "websocket")
+        .header(SEC_WEBSOCKET_ACCEPT, accept)
+        .body(Body::empty())
+        .map_err(|error| ApiError::Internal(error.to_string()))
 }

@@ -4,12 +4,16 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt as _, StreamExt as _};
 use governor::{DefaultDirectRateLimiter, Quota};
+use hyper_util::rt::TokioIo;
 use tessera_wire::signal::{ClientFrame, Envelope, Limits, ServerFrame};
 use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -23,6 +27,14 @@ pub const OUTBOUND_QUEUE: usize = 256;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often the session is checked again (revocations arrive at once; this catches expiry).
 const SESSION_RECHECK: Duration = Duration::from_secs(30);
+/// Longer frames go out in fragments of this size. tungstenite's write buffer keeps the capacity
+/// of the longest frame it wrote for the life of the connection: a hello listing a hundred peers
+/// (~9 KB) or a relayed Welcome piece (up to the frame limit) would otherwise stay allocated for
+/// every idle device.
+pub const FRAGMENT_BYTES: usize = 1024;
+
+/// A device's WebSocket, upgraded from its HTTP request.
+pub type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// Serialises a server frame once.
 fn text(frame: &ServerFrame) -> Utf8Bytes {
@@ -58,12 +70,12 @@ impl Session {
         self.strikes += 1;
         if self.strikes > self.state.config.ws_max_refusals {
             self.state.metrics.refused("abuse");
-            self.send(Outbound::Close(error_frame(
+            self.send(Outbound::close(error_frame(
                 "abuse",
                 "too many refused frames; the connection is closed",
             )));
         } else {
-            self.send(Outbound::Text(error_frame(code, message)));
+            self.send(Outbound::text(error_frame(code, message)));
         }
     }
 
@@ -114,7 +126,7 @@ impl Session {
             }
             Err(DeliveryError::PeerUnavailable) => {
                 self.state.metrics.refused("peer_unavailable");
-                self.send(Outbound::Text(error_frame(
+                self.send(Outbound::text(error_frame(
                     "peer_unavailable",
                     "that device does not keep up and was disconnected",
                 )));
@@ -132,7 +144,7 @@ impl Session {
             Ok(accepted) => accepted,
             Err(error) => {
                 tracing::error!(%error, "sequencer: the store failed");
-                self.send(Outbound::Text(error_frame(
+                self.send(Outbound::text(error_frame(
                     "internal",
                     "the commit could not be sequenced; retry",
                 )));
@@ -153,7 +165,7 @@ impl Session {
                     .broadcast(self.endpoint.circle, self.endpoint.device, relay);
             self.state.metrics.frames_relayed.inc_by(reached as u64);
         }
-        self.send(Outbound::Text(text(&ServerFrame::CommitResult {
+        self.send(Outbound::text(text(&ServerFrame::CommitResult {
             epoch,
             accepted,
         })));
@@ -163,7 +175,7 @@ impl Session {
 /// Writes queued frames and keepalive pings to the device until cancelled; ends the connection on
 /// a failed or slow write. A revocation overtakes everything queued.
 async fn write(
-    mut sink: SplitSink<WebSocket, Message>,
+    mut sink: SplitSink<Socket, Message>,
     mut queue: mpsc::Receiver<Outbound>,
     endpoint: Endpoint,
     ping_every: Duration,
@@ -181,10 +193,10 @@ async fn write(
             () = &mut cancelled => break None,
             next = queue.recv() => match next {
                 None => break None,
-                Some(Outbound::Text(frame)) => Message::Text(frame),
-                Some(Outbound::Close(frame)) => break Some(frame),
+                Some(Outbound::Text(frame)) => Message::Text(Utf8Bytes::clone(&frame)),
+                Some(Outbound::Close(frame)) => break Some(Utf8Bytes::clone(&frame)),
             },
-            _ = ping.tick() => Message::Ping(Default::default()),
+            _ = ping.tick() => Message::Ping(Bytes::new()),
         };
         // No timer per write: a device that stops reading fills its queue and is cancelled, and
         // one that stops answering pings is closed by the reader's idle timeout.
@@ -192,7 +204,7 @@ async fn write(
             biased;
             () = &mut revoked => break Some(text(&ServerFrame::Revoked)),
             () = &mut cancelled => break None,
-            written = sink.send(message) => written,
+            written = send(&mut sink, message) => written,
         };
         if written.is_err() {
             break None;
@@ -200,14 +212,43 @@ async fn write(
     };
     // The last word and a polite close, if the device still reads; one that does not is not waited for.
     if let Some(frame) = farewell {
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Text(frame))).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, send(&mut sink, Message::Text(frame))).await;
     }
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(None))).await;
     endpoint.cancel.cancel();
 }
 
+/// Sends one message; a text longer than [`FRAGMENT_BYTES`] goes as a first frame and
+/// continuation frames (RFC 6455 5.4), which browsers and WebSocket libraries put back together.
+async fn send<S>(sink: &mut S, message: Message) -> Result<(), S::Error>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let text = match message {
+        Message::Text(text) if text.len() > FRAGMENT_BYTES => Bytes::from(text),
+        other => return sink.send(other).await,
+    };
+    let mut start = 0;
+    while start < text.len() {
+        let end = (start + FRAGMENT_BYTES).min(text.len());
+        let opcode = if start == 0 {
+            Data::Text
+        } else {
+            Data::Continue
+        };
+        let fragment = Frame::message(
+            text.slice(start..end),
+            OpCode::Data(opcode),
+            end == text.len(),
+        );
+        sink.feed(Message::Frame(fragment)).await?;
+        start = end;
+    }
+    sink.flush().await
+}
+
 /// Reads the device's frames until it leaves, goes silent, is cancelled or loses its session.
-async fn read(session: &mut Session, mut stream: SplitStream<WebSocket>) {
+async fn read(session: &mut Session, mut stream: SplitStream<Socket>) {
     let idle = Duration::from_secs(session.state.config.ws_idle_timeout_secs.max(1));
     let (cancel, revoked) = (
         session.endpoint.cancel.clone(),
@@ -249,7 +290,7 @@ async fn read(session: &mut Session, mut stream: SplitStream<WebSocket>) {
                     Some(Ok(Message::Binary(_))) => {
                         session.refuse("binary_frame", "frames are JSON text");
                     }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                 }
             }
         }
@@ -257,7 +298,7 @@ async fn read(session: &mut Session, mut stream: SplitStream<WebSocket>) {
 }
 
 /// Serves one device's connection from hello to goodbye.
-pub async fn serve(socket: WebSocket, state: AppState, caller: Caller, device: Uuid) {
+pub async fn serve(socket: Socket, state: AppState, caller: Caller, device: Uuid) {
     let (outbound, queue) = mpsc::channel(OUTBOUND_QUEUE);
     let member = caller.member;
     let endpoint = Endpoint {
@@ -276,7 +317,7 @@ pub async fn serve(socket: WebSocket, state: AppState, caller: Caller, device: U
     let writer = write(sink, queue, endpoint.clone(), ping_every);
     let refuse_and_close = |code: &'static str, message: &str| {
         state.metrics.refused(code);
-        let _ = endpoint.push(Outbound::Close(error_frame(code, message)));
+        let _ = endpoint.push(Outbound::close(error_frame(code, message)));
     };
 
     let epoch = match state.store.circle_epoch(member.circle).await {
@@ -350,4 +391,67 @@ pub async fn serve(socket: WebSocket, state: AppState, caller: Caller, device: U
     }
     state.metrics.connections.dec();
     tracing::debug!("device disconnected");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt as _;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    /// The frames a server-side socket wrote, as (FIN, opcode, payload) (server frames are
+    /// unmasked, RFC 6455 5.2).
+    fn frames(mut wire: &[u8]) -> Vec<(bool, u8, Vec<u8>)> {
+        let mut frames = Vec::new();
+        while let [first, second, rest @ ..] = wire {
+            let (len, rest) = match second & 0x7f {
+                126 => (
+                    usize::from(u16::from_be_bytes([rest[0], rest[1]])),
+                    &rest[2..],
+                ),
+                127 => panic!("no frame here is that long"),
+                short => (usize::from(short), rest),
+            };
+            frames.push((first & 0x80 != 0, first & 0x0f, rest[..len].to_vec()));
+            wire = &rest[len..];
+        }
+        frames
+    }
+
+    #[tokio::test]
+    async fn long_texts_go_in_fragments_short_ones_in_one_frame() {
+        let (server_side, mut client_side) = tokio::io::duplex(1 << 20);
+        let mut socket = WebSocketStream::from_raw_socket(server_side, Role::Server, None).await;
+        let long: String = "é€x".repeat(FRAGMENT_BYTES);
+        send(&mut socket, Message::text("short"))
+            .await
+            .expect("sends");
+        send(&mut socket, Message::text(long.clone()))
+            .await
+            .expect("sends");
+        drop(socket);
+        let mut wire = Vec::new();
+        client_side.read_to_end(&mut wire).await.expect("reads");
+
+        let frames = frames(&wire);
+        assert_eq!(frames[0], (true, 0x1, b"short".to_vec()), "one text frame");
+        let long_frames = &frames[1..];
+        assert!(long_frames.len() > 1, "{} frames", long_frames.len());
+        assert_eq!(
+            (long_frames[0].0, long_frames[0].1),
+            (false, 0x1),
+            "text, more to come"
+        );
+        for (i, (fin, opcode, payload)) in long_frames.iter().enumerate().skip(1) {
+            assert_eq!(*opcode, 0x0, "continuation");
+            assert_eq!(*fin, i == long_frames.len() - 1, "only the last is final");
+            assert!(payload.len() <= FRAGMENT_BYTES);
+        }
+        let whole: Vec<u8> = long_frames.iter().flat_map(|f| f.2.clone()).collect();
+        assert_eq!(
+            whole,
+            long.as_bytes(),
+            "put together, the text is unchanged"
+        );
+    }
 }

@@ -3,23 +3,38 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use axum::extract::ws::Utf8Bytes;
 use tessera_wire::signal::PeerDevice;
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::secret::Digest;
 
-/// What a connection's writer sends to its device.
+/// What a connection's writer sends to its device. One pointer wide: the queue allocates its slots
+/// 32 at a time for every connection, so the slot size is memory per idle connection.
 #[derive(Debug, Clone)]
 pub enum Outbound {
     /// A text frame, serialised once (shared among the recipients of a broadcast).
-    Text(Utf8Bytes),
+    Text(Arc<Utf8Bytes>),
     /// Send this last frame, then close.
-    Close(Utf8Bytes),
+    Close(Arc<Utf8Bytes>),
+}
+
+impl Outbound {
+    /// A text frame.
+    #[must_use]
+    pub fn text(frame: Utf8Bytes) -> Outbound {
+        Outbound::Text(Arc::new(frame))
+    }
+
+    /// A last frame before closing.
+    #[must_use]
+    pub fn close(frame: Utf8Bytes) -> Outbound {
+        Outbound::Close(Arc::new(frame))
+    }
 }
 
 /// A connected device as the router knows it.
@@ -185,7 +200,7 @@ impl SignalRouter for LocalHub {
         check_join(&directory, endpoint.member, endpoint.device, max_per_member)?;
         if let Some(previous) = directory.devices.remove(&endpoint.device) {
             let _ = previous.push(
-                Outbound::Close(Utf8Bytes::from_static(
+                Outbound::close(Utf8Bytes::from_static(
                     r#"{"type":"error","code":"replaced","message":"this device connected again elsewhere"}"#,
                 )),
             );
@@ -203,7 +218,7 @@ impl SignalRouter for LocalHub {
             })
             .collect();
         // Queued under the lock: no presence or relay can overtake it.
-        let _ = endpoint.push(Outbound::Text(hello(peers)));
+        let _ = endpoint.push(Outbound::text(hello(peers)));
         directory
             .circles
             .entry(endpoint.circle)
@@ -250,10 +265,11 @@ impl SignalRouter for LocalHub {
             .get(&to)
             .filter(|e| e.circle == circle)
             .ok_or(DeliveryError::UnknownDevice)?;
-        endpoint.push(Outbound::Text(frame))
+        endpoint.push(Outbound::text(frame))
     }
 
     fn broadcast(&self, circle: Uuid, except: Uuid, frame: Utf8Bytes) -> usize {
+        let frame = Arc::new(frame);
         let directory = self.directory();
         directory
             .circles
