@@ -23,8 +23,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::signal::{JoinError, connection};
 use crate::state::AppState;
 
-/// The socket read buffer: small, so that an idle connection costs little memory.
-const READ_BUFFER_BYTES: usize = 1024;
+/// The socket read buffer: small, so that an idle connection costs little memory (a longer frame
+/// takes several reads).
+const READ_BUFFER_BYTES: usize = 512;
 
 pub(super) fn router() -> Router<AppState> {
     Router::new().route("/ws", get(upgrade))

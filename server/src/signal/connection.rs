@@ -2,6 +2,7 @@
 //! Bad frames get an error frame; abuse, a slow reader, silence or revocation end the connection.
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
@@ -193,8 +194,8 @@ async fn write(
             () = &mut cancelled => break None,
             next = queue.recv() => match next {
                 None => break None,
-                Some(Outbound::Text(frame)) => Message::Text(Utf8Bytes::clone(&frame)),
-                Some(Outbound::Close(frame)) => break Some(Utf8Bytes::clone(&frame)),
+                Some(Outbound::Text(frame)) => Message::Text(unshare(frame)),
+                Some(Outbound::Close(frame)) => break Some(unshare(frame)),
             },
             _ = ping.tick() => Message::Ping(Bytes::new()),
         };
@@ -216,6 +217,12 @@ async fn write(
     }
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(None))).await;
     endpoint.cancel.cancel();
+}
+
+/// The frame itself when this device was its only recipient, else a copy of the handle (the
+/// text is not copied either way).
+fn unshare(frame: Arc<Utf8Bytes>) -> Utf8Bytes {
+    Arc::try_unwrap(frame).unwrap_or_else(|shared| Utf8Bytes::clone(&shared))
 }
 
 /// Sends one message; a text longer than [`FRAGMENT_BYTES`] goes as a first frame and
