@@ -128,15 +128,14 @@ async fn hello_and_presence_follow_devices_coming_and_going() {
     }
 }
 
-#[tokio::test]
-async fn signals_are_relayed_unchanged_within_the_circle() {
-    let app = TestApp::spawn().await;
-    let (admin, grace, _) = circle_of_three(&app).await;
-    let (mut a, a_hello) = WsClient::connect(&app, &admin).await;
-    let (mut g, g_hello) = WsClient::connect(&app, &grace).await;
+/// The admin's device sends `payload` to another member's device; asserts that it arrives as it
+/// was sent, from the admin's device and member.
+async fn assert_relayed_unchanged(app: &TestApp, payload: &serde_json::Value) {
+    let (admin, grace, _) = circle_of_three(app).await;
+    let (mut a, a_hello) = WsClient::connect(app, &admin).await;
+    let (mut g, g_hello) = WsClient::connect(app, &grace).await;
     let _presence = a.next().await;
-    let payload = json!({"sdp": "v=0\r\no=- 1 2 IN IP4 0.0.0.0", "nested": [1, {"x": null}]});
-    a.send_text(&signal(device_of(&g_hello), &payload)).await;
+    a.send_text(&signal(device_of(&g_hello), payload)).await;
     match g.next().await {
         Some(ServerFrame::Signal {
             from,
@@ -146,10 +145,17 @@ async fn signals_are_relayed_unchanged_within_the_circle() {
             assert_eq!(from, device_of(&a_hello));
             assert_eq!(member, admin.granted.member);
             let got: serde_json::Value = serde_json::from_str(got.get()).expect("json");
-            assert_eq!(got, payload);
+            assert_eq!(&got, payload);
         }
         other => panic!("expected a signal, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn signals_are_relayed_unchanged_within_the_circle() {
+    let app = TestApp::spawn().await;
+    let payload = json!({"sdp": "v=0\r\no=- 1 2 IN IP4 0.0.0.0", "nested": [1, {"x": null}]});
+    assert_relayed_unchanged(&app, &payload).await;
     let logs = tessera_tests::captured_logs();
     assert!(
         !logs.contains("o=- 1 2 IN IP4"),
@@ -160,24 +166,9 @@ async fn signals_are_relayed_unchanged_within_the_circle() {
 #[tokio::test]
 async fn a_signal_longer_than_a_fragment_arrives_whole() {
     let app = TestApp::spawn().await;
-    let (admin, grace, _) = circle_of_three(&app).await;
-    let (mut a, a_hello) = WsClient::connect(&app, &admin).await;
-    let (mut g, g_hello) = WsClient::connect(&app, &grace).await;
-    let _presence = a.next().await;
     // Characters of two and three bytes, so that fragments end inside them.
     let text = "é€-".repeat(20 * tessera_server::signal::connection::FRAGMENT_BYTES / 6);
-    let payload = json!({"sdp": text});
-    a.send_text(&signal(device_of(&g_hello), &payload)).await;
-    match g.next().await {
-        Some(ServerFrame::Signal {
-            from, payload: got, ..
-        }) => {
-            assert_eq!(from, device_of(&a_hello));
-            let got: serde_json::Value = serde_json::from_str(got.get()).expect("json");
-            assert_eq!(got, payload);
-        }
-        other => panic!("expected a signal, got {other:?}"),
-    }
+    assert_relayed_unchanged(&app, &json!({"sdp": text})).await;
 }
 
 #[tokio::test]
