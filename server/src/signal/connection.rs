@@ -55,6 +55,45 @@ struct Session {
     endpoint: Endpoint,
     limiter: DefaultDirectRateLimiter,
     strikes: u32,
+    /// Made at the first relay (an idle connection does not pay for it).
+    signal_frame: Option<SignalFrame>,
+}
+
+/// The frame of a signal this device relays, serialised once around a mark where each payload
+/// goes: the sender's ids are the same in every one, and serialising them (UUIDs, escaped keys)
+/// was most of the cost of a relay.
+struct SignalFrame {
+    json: String,
+    mark_at: usize,
+}
+
+impl SignalFrame {
+    /// A JSON string no payload is compared with: it is only found, once, in the template.
+    const MARK: &'static str = r#""\u0000payload\u0000""#;
+
+    fn new(from: Uuid, member: Uuid) -> SignalFrame {
+        let mark = serde_json::value::RawValue::from_string(Self::MARK.to_owned())
+            .unwrap_or_else(|_| unreachable!("the mark is a JSON string"));
+        let json = serde_json::to_string(&ServerFrame::Signal {
+            from,
+            member,
+            payload: mark,
+        })
+        .unwrap_or_default();
+        let mark_at = json.find(Self::MARK).unwrap_or(json.len());
+        SignalFrame { json, mark_at }
+    }
+
+    /// The frame carrying `payload` (the same text `ServerFrame::Signal` serialises to).
+    fn around(&self, payload: &serde_json::value::RawValue) -> Utf8Bytes {
+        let (before, after) = self.json.split_at(self.mark_at);
+        let after = after.get(Self::MARK.len()..).unwrap_or_default();
+        let mut frame = String::with_capacity(before.len() + payload.get().len() + after.len());
+        frame.push_str(before);
+        frame.push_str(payload.get());
+        frame.push_str(after);
+        Utf8Bytes::from(frame)
+    }
 }
 
 impl Session {
@@ -113,11 +152,11 @@ impl Session {
     }
 
     fn relay(&mut self, to: Uuid, payload: tessera_wire::signal::Payload) {
-        let frame = text(&ServerFrame::Signal {
-            from: self.endpoint.device,
-            member: self.endpoint.member,
-            payload,
-        });
+        let (from, member) = (self.endpoint.device, self.endpoint.member);
+        let frame = self
+            .signal_frame
+            .get_or_insert_with(|| SignalFrame::new(from, member))
+            .around(&payload);
         match self.state.signals.deliver(self.endpoint.circle, to, frame) {
             Ok(()) => {
                 self.state.metrics.frames_relayed.inc();
@@ -371,6 +410,7 @@ pub async fn serve(socket: Socket, state: AppState, caller: Caller, device: Uuid
         endpoint: endpoint.clone(),
         limiter: DefaultDirectRateLimiter::direct(Quota::per_second(per_second).allow_burst(burst)),
         strikes: 0,
+        signal_frame: None,
     };
     let presence = |online| {
         text(&ServerFrame::Presence {
@@ -423,6 +463,27 @@ mod tests {
             wire = &rest[len..];
         }
         frames
+    }
+
+    #[test]
+    fn a_relayed_signal_is_the_frame_serde_makes() {
+        let (from, member) = (Uuid::new_v4(), Uuid::new_v4());
+        let frame = SignalFrame::new(from, member);
+        for payload in [
+            r#"{"sdp":"v=0\r\n","nested":[1,{"x":null}]}"#,
+            r#""\u0000payload\u0000""#,
+            "[]",
+            r#""é€""#,
+        ] {
+            let payload =
+                serde_json::value::RawValue::from_string(payload.to_owned()).expect("json");
+            let expected = text(&ServerFrame::Signal {
+                from,
+                member,
+                payload: payload.clone(),
+            });
+            assert_eq!(frame.around(&payload).as_str(), expected.as_str());
+        }
     }
 
     #[tokio::test]
