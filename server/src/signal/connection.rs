@@ -240,11 +240,13 @@ async fn write(
         };
         // No timer per write: a device that stops reading fills its queue and is cancelled, and
         // one that stops answering pings is closed by the reader's idle timeout.
+        // The write first: most are done at once, and the tokens are only polled (their waiter
+        // lists locked) for a write that waits on the device.
         let written = tokio::select! {
             biased;
+            written = send(&mut sink, message) => written,
             () = &mut revoked => break Some(text(&ServerFrame::Revoked)),
             () = &mut cancelled => break None,
-            written = send(&mut sink, message) => written,
         };
         if written.is_err() {
             break None;
@@ -309,7 +311,24 @@ async fn read(session: &mut Session, mut stream: SplitStream<Socket>) {
     let silence = tokio::time::sleep(idle);
     tokio::pin!(silence);
     loop {
+        // The device's frames first: while they keep coming, the tokens are checked after each
+        // (an atomic load) rather than polled as futures, and the timers wait for a pause.
         tokio::select! {
+            biased;
+            next = stream.next() => {
+                last_heard = tokio::time::Instant::now();
+                match next {
+                    None | Some(Err(_) | Ok(Message::Close(_))) => break,
+                    Some(Ok(Message::Text(frame))) => session.on_text(frame.as_str()).await,
+                    Some(Ok(Message::Binary(_))) => {
+                        session.refuse("binary_frame", "frames are JSON text");
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                }
+                if cancel.is_cancelled() || revoked.is_cancelled() {
+                    break;
+                }
+            }
             () = &mut cancelled => break,
             () = &mut revoked_wait => break,
             () = &mut silence => {
@@ -326,17 +345,6 @@ async fn read(session: &mut Session, mut stream: SplitStream<Socket>) {
                     Ok(Some(_)) => {}
                     Ok(None) => revoked.cancel(),
                     Err(error) => tracing::warn!(%error, "session re-check failed; will retry"),
-                }
-            }
-            next = stream.next() => {
-                last_heard = tokio::time::Instant::now();
-                match next {
-                    None | Some(Err(_) | Ok(Message::Close(_))) => break,
-                    Some(Ok(Message::Text(frame))) => session.on_text(frame.as_str()).await,
-                    Some(Ok(Message::Binary(_))) => {
-                        session.refuse("binary_frame", "frames are JSON text");
-                    }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                 }
             }
         }
