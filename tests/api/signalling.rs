@@ -58,6 +58,75 @@ async fn the_socket_needs_a_valid_session() {
 }
 
 #[tokio::test]
+async fn a_request_that_is_not_a_websocket_upgrade_is_refused_and_joins_nothing() {
+    let app = TestApp::spawn().await;
+    let (admin, grace, _) = circle_of_three(&app).await;
+    let session = grace.client.session().expect("logged in").to_owned();
+    let url = app.origin.join("api/v1/ws").expect("url");
+    let http = reqwest::Client::new();
+    let upgrade = |headers: &[(&str, &str)]| {
+        let mut request = http.get(url.clone()).bearer_auth(&session);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send()
+    };
+    // RFC 6455 4.2.1: all four headers, with these values.
+    let key = ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+    let version = ("sec-websocket-version", "13");
+    for headers in [
+        vec![],
+        vec![("connection", "upgrade"), ("upgrade", "websocket"), version],
+        vec![
+            ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-version", "8"),
+            key,
+        ],
+        vec![
+            ("connection", "keep-alive"),
+            ("upgrade", "websocket"),
+            version,
+            key,
+        ],
+        vec![("connection", "upgrade"), ("upgrade", "h2c"), version, key],
+    ] {
+        let response = upgrade(&headers).await.expect("answers");
+        assert_eq!(
+            response.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{headers:?}"
+        );
+        let body = response.text().await.expect("body");
+        assert!(
+            body.contains("this endpoint needs a WebSocket upgrade"),
+            "{headers:?}: {body}"
+        );
+    }
+    // None of them joined: the admin's device finds no other device online.
+    let (_a, hello) = WsClient::connect(&app, &admin).await;
+    assert!(
+        matches!(&hello, ServerFrame::Hello { peers, .. } if peers.is_empty()),
+        "{hello:?}"
+    );
+
+    // The header lists are read as lists, in any case; the answer is RFC 6455's own example.
+    let response = upgrade(&[
+        ("connection", "keep-alive, Upgrade"),
+        ("upgrade", "WebSocket"),
+        version,
+        key,
+    ])
+    .await
+    .expect("answers");
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    assert_eq!(
+        response.headers()["sec-websocket-accept"],
+        "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    );
+}
+
+#[tokio::test]
 async fn a_page_of_another_origin_cannot_open_the_socket() {
     let app = TestApp::spawn().await;
     let admin = app.admin().await;
