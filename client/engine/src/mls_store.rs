@@ -67,10 +67,11 @@ impl MlsStore {
 
     /// The items of the list at `label`/`id`, each encoded on its own.
     fn read_list<V: DeserializeOwned>(&self, label: &[u8], id: &[u8]) -> Result<Vec<V>> {
-        let Some(list) = self.values().get(&slot(label, id)).cloned() else {
+        let values = self.values();
+        let Some(list) = values.get(&slot(label, id)) else {
             return Ok(Vec::new());
         };
-        decode::<Vec<Vec<u8>>>(&list, Earlier::Json)?
+        decode::<Vec<Vec<u8>>>(list, Earlier::Json)?
             .iter()
             .map(|item| decode(item, Earlier::Json))
             .collect()

@@ -238,10 +238,10 @@ async fn write(
             },
             _ = ping.tick() => Message::Ping(Bytes::new()),
         };
-        // No timer per write: a device that stops reading fills its queue and is cancelled, and
-        // one that stops answering pings is closed by the reader's idle timeout.
         // The write first: most are done at once, and the tokens are only polled (their waiter
-        // lists locked) for a write that waits on the device.
+        // lists locked) for a write that waits on the device. No timer per write: a device that
+        // stops reading fills its queue and is cancelled, and one that stops answering pings is
+        // closed by the reader's idle timeout.
         let written = tokio::select! {
             biased;
             written = send(&mut sink, message) => written,
