@@ -241,6 +241,44 @@ async fn a_signal_longer_than_a_fragment_arrives_whole() {
 }
 
 #[tokio::test]
+async fn a_burst_of_signals_arrives_complete_and_in_order() {
+    let app = TestApp::spawn().await;
+    let (admin, grace, _) = circle_of_three(&app).await;
+    let (mut a, _) = WsClient::connect(&app, &admin).await;
+    let (mut g, g_hello) = WsClient::connect(&app, &grace).await;
+    let _presence = a.next().await;
+    // More frames than one read of the server's WebSocket buffer and than one gathered write,
+    // within the rate limit's burst; every seventh longer than a fragment.
+    let count = 90;
+    let burst: Vec<String> = (0..count)
+        .map(|n| {
+            let pad = if n % 7 == 0 {
+                "é€".repeat(1000)
+            } else {
+                String::new()
+            };
+            signal(device_of(&g_hello), &json!({"n": n, "pad": pad}))
+        })
+        .collect();
+    a.send_texts(&burst).await;
+    for n in 0..count {
+        match g.next().await {
+            Some(ServerFrame::Signal { payload, .. }) => {
+                let payload: serde_json::Value = serde_json::from_str(payload.get()).expect("json");
+                assert_eq!(payload["n"], n, "signal {n} arrives next");
+            }
+            other => panic!("expected signal {n}, got {other:?}"),
+        }
+    }
+    assert!(
+        a.frame_within(std::time::Duration::from_millis(300))
+            .await
+            .is_none(),
+        "the sender was refused nothing"
+    );
+}
+
+#[tokio::test]
 async fn signals_never_cross_circles_or_reach_unknown_devices() {
     let app = TestApp::spawn().await;
     let (admin, grace, _) = circle_of_three(&app).await;

@@ -293,6 +293,21 @@ impl WsClient {
             .expect("send");
     }
 
+    /// Sends text frames in one write: they reach the server together, as a burst.
+    ///
+    /// # Panics
+    /// When the socket is closed.
+    pub async fn send_texts(&mut self, texts: &[String]) {
+        use futures_util::SinkExt as _;
+        for text in texts {
+            self.stream
+                .feed(tokio_tungstenite::tungstenite::Message::text(text.as_str()))
+                .await
+                .expect("send");
+        }
+        self.stream.flush().await.expect("send");
+    }
+
     /// Sends a raw WebSocket message; returns whether the socket took it.
     pub async fn send_message(&mut self, message: tokio_tungstenite::tungstenite::Message) -> bool {
         use futures_util::SinkExt as _;

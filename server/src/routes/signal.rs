@@ -20,12 +20,13 @@ use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
+use crate::signal::burst::BurstIo;
 use crate::signal::{JoinError, connection};
 use crate::state::AppState;
 
 /// The socket read buffer: small, so that an idle connection costs little memory (a longer frame
 /// takes several reads).
-const READ_BUFFER_BYTES: usize = 512;
+const READ_BUFFER_BYTES: usize = 256;
 
 pub(super) fn router() -> Router<AppState> {
     Router::new().route("/ws", get(upgrade))
@@ -119,7 +120,7 @@ async fn upgrade(
         match on_upgrade.await {
             Ok(upgraded) => {
                 let socket = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
+                    BurstIo::new(TokioIo::new(upgraded)),
                     Role::Server,
                     Some(config),
                 )

@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::burst::BurstIo;
 use super::hub::{DeliveryError, Endpoint, Outbound};
 use crate::auth::Caller;
 use crate::state::AppState;
@@ -33,9 +34,11 @@ const SESSION_RECHECK: Duration = Duration::from_secs(30);
 /// (~9 KB) or a relayed Welcome piece (up to the frame limit) would otherwise stay allocated for
 /// every idle device.
 pub const FRAGMENT_BYTES: usize = 1024;
+/// The most frames written in one flush.
+const WRITE_BATCH: usize = 64;
 
 /// A device's WebSocket, upgraded from its HTTP request.
-pub type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+pub type Socket = WebSocketStream<BurstIo<TokioIo<hyper::upgrade::Upgraded>>>;
 
 /// Serialises a server frame once.
 fn text(frame: &ServerFrame) -> Utf8Bytes {
@@ -227,7 +230,7 @@ async fn write(
     let mut ping = tokio::time::interval(ping_every);
     ping.tick().await;
     let farewell = loop {
-        let message = tokio::select! {
+        let first = tokio::select! {
             biased;
             () = &mut revoked => break Some(text(&ServerFrame::Revoked)),
             () = &mut cancelled => break None,
@@ -244,12 +247,14 @@ async fn write(
         // closed by the reader's idle timeout.
         let written = tokio::select! {
             biased;
-            written = send(&mut sink, message) => written,
+            written = write_ready(&mut sink, first, &mut queue) => written,
             () = &mut revoked => break Some(text(&ServerFrame::Revoked)),
             () = &mut cancelled => break None,
         };
-        if written.is_err() {
-            break None;
+        match written {
+            Ok(None) => {}
+            Ok(Some(last)) => break Some(last),
+            Err(_) => break None,
         }
     };
     // The last word and a polite close, if the device still reads; one that does not is not waited for.
@@ -266,15 +271,52 @@ fn unshare(frame: Arc<Utf8Bytes>) -> Utf8Bytes {
     Arc::try_unwrap(frame).unwrap_or_else(|shared| Utf8Bytes::clone(&shared))
 }
 
-/// Sends one message; a text longer than [`FRAGMENT_BYTES`] goes as a first frame and
-/// continuation frames (RFC 6455 5.4), which browsers and WebSocket libraries put back together.
+/// Writes `first` and the frames already queued behind it (up to [`WRITE_BATCH`]) in one flush,
+/// which [`BurstIo`] makes one system call. A closing frame in the queue ends the batch and is
+/// returned, for the caller to send last.
+async fn write_ready<S>(
+    sink: &mut S,
+    first: Message,
+    queue: &mut mpsc::Receiver<Outbound>,
+) -> Result<Option<Utf8Bytes>, S::Error>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    feed(sink, first).await?;
+    let mut last = None;
+    for _ in 1..WRITE_BATCH {
+        match queue.try_recv() {
+            Ok(Outbound::Text(frame)) => feed(sink, Message::Text(unshare(frame))).await?,
+            Ok(Outbound::Close(frame)) => {
+                last = Some(unshare(frame));
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    sink.flush().await?;
+    Ok(last)
+}
+
+/// Sends one message.
 async fn send<S>(sink: &mut S, message: Message) -> Result<(), S::Error>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    feed(sink, message).await?;
+    sink.flush().await
+}
+
+/// Queues one message without flushing; a text longer than [`FRAGMENT_BYTES`] goes as a first
+/// frame and continuation frames (RFC 6455 5.4), which browsers and WebSocket libraries put back
+/// together.
+async fn feed<S>(sink: &mut S, message: Message) -> Result<(), S::Error>
 where
     S: futures_util::Sink<Message> + Unpin,
 {
     let text = match message {
         Message::Text(text) if text.len() > FRAGMENT_BYTES => Bytes::from(text),
-        other => return sink.send(other).await,
+        other => return sink.feed(other).await,
     };
     let mut start = 0;
     while start < text.len() {
@@ -292,7 +334,7 @@ where
         sink.feed(Message::Frame(fragment)).await?;
         start = end;
     }
-    sink.flush().await
+    Ok(())
 }
 
 /// Reads the device's frames until it leaves, goes silent, is cancelled or loses its session.

@@ -1,5 +1,6 @@
 //! Signalling: one WebSocket per logged-in device; presence, opaque relays within a circle, and the commit sequencer.
 
+pub mod burst;
 pub mod connection;
 pub mod hub;
 
