@@ -2,7 +2,8 @@
 //! relay and the PeerJS server (npm `peer`), driven the same way, each as a separate process on loopback.
 //!
 //! For each server and each connection count (1,000 and 10,000 by default) it measures:
-//! - RSS per idle connection (the server's VmRSS before and after opening them),
+//! - RSS per idle connection (the server's VmRSS before and after opening them; "before" is taken
+//!   after 16 connections came and went, and also shown from before those),
 //! - relayed messages per server CPU-second (pairs of connections sending as fast as they can),
 //! - p50/p99 latency at a fixed offered load.
 //!
@@ -478,13 +479,30 @@ async fn latency(
     (at(0.50), at(0.99))
 }
 
+/// Connections opened and closed before the base memory is taken.
+const WARM_UP: usize = 16;
+
+/// Opens [`WARM_UP`] connections at once, closes them and lets the server clean up.
+async fn warm_up(target: &Target, observed: &Arc<Observed>, epoch: Instant) {
+    let mut sinks = Vec::new();
+    open(target, 0..WARM_UP, observed, epoch, &mut sinks).await;
+    for sink in sinks {
+        let _ = sink.lock().await.close().await;
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+}
+
 #[allow(clippy::cast_precision_loss)]
 async fn measure(target: &Target, counts: &[usize], pairs: usize, messages: usize, rate: usize) {
     let observed = Arc::new(Observed::new(counts.iter().copied().max().unwrap_or(0)));
     let epoch = Instant::now();
     let mut sinks = Vec::new();
-    // Let the server settle, then take its memory before any connection.
+    // Let the server settle, then take its memory before any connection, and again after a few
+    // came and went: the first connections also grow what every server has once (Tessera's SQLite
+    // pool opens its connections, each with a thread), which is not a cost per connection.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let cold_rss = target.server.rss();
+    warm_up(target, &observed, epoch).await;
     let base_rss = target.server.rss();
     for &count in counts {
         let opened = sinks.len();
@@ -492,14 +510,16 @@ async fn measure(target: &Target, counts: &[usize], pairs: usize, messages: usiz
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let rss = target.server.rss();
         let per_connection = rss.saturating_sub(base_rss) as f64 / count as f64;
+        let per_connection_cold = rss.saturating_sub(cold_rss) as f64 / count as f64;
         let (relayed, cpu, wall) = throughput(target, &sinks, &observed, pairs, messages).await;
         let per_cpu = relayed as f64 / cpu.as_secs_f64().max(0.001);
         let (p50, p99) = latency(target, &sinks, &observed, pairs, rate, epoch).await;
         println!(
-            "{:<8} {:>6} conns | idle RSS {:>6.1} KB/conn (base {:>5.1} MB) | {:>7} msgs in {:>5.2} s wall, {:>5.2} s server CPU -> {:>7.0} msgs per server CPU-s | at {rate}/s: p50 {:>6.2} ms, p99 {:>6.2} ms",
+            "{:<8} {:>6} conns | idle RSS {:>6.1} KB/conn ({:>5.1} without the warm-up; base {:>5.1} MB) | {:>7} msgs in {:>5.2} s wall, {:>5.2} s server CPU -> {:>7.0} msgs per server CPU-s | at {rate}/s: p50 {:>6.2} ms, p99 {:>6.2} ms",
             target.name,
             count,
             per_connection / 1024.0,
+            per_connection_cold / 1024.0,
             base_rss as f64 / 1_048_576.0,
             relayed,
             wall.as_secs_f64(),
