@@ -39,6 +39,31 @@ async fn circle_of_three(app: &TestApp) -> (TestMember, TestMember, TestMember) 
     (admin, grace, hedy)
 }
 
+/// The admin's and Grace's devices online in a circle of three, the admin's having seen Grace's
+/// arrive.
+struct Online {
+    admin: TestMember,
+    a: WsClient,
+    a_device: Uuid,
+    g: WsClient,
+    g_device: Uuid,
+}
+
+async fn admin_and_grace_online(app: &TestApp) -> Online {
+    let (admin, grace, _) = circle_of_three(app).await;
+    let (a, a_hello) = WsClient::connect(app, &admin).await;
+    let (g, g_hello) = WsClient::connect(app, &grace).await;
+    let mut online = Online {
+        admin,
+        a,
+        a_device: device_of(&a_hello),
+        g,
+        g_device: device_of(&g_hello),
+    };
+    let _presence = online.a.next().await;
+    online
+}
+
 #[tokio::test]
 async fn the_socket_needs_a_valid_session() {
     let app = TestApp::spawn().await;
@@ -200,18 +225,21 @@ async fn hello_and_presence_follow_devices_coming_and_going() {
 /// The admin's device sends `payload` to another member's device; asserts that it arrives as it
 /// was sent, from the admin's device and member.
 async fn assert_relayed_unchanged(app: &TestApp, payload: &serde_json::Value) {
-    let (admin, grace, _) = circle_of_three(app).await;
-    let (mut a, a_hello) = WsClient::connect(app, &admin).await;
-    let (mut g, g_hello) = WsClient::connect(app, &grace).await;
-    let _presence = a.next().await;
-    a.send_text(&signal(device_of(&g_hello), payload)).await;
+    let Online {
+        admin,
+        mut a,
+        a_device,
+        mut g,
+        g_device,
+    } = admin_and_grace_online(app).await;
+    a.send_text(&signal(g_device, payload)).await;
     match g.next().await {
         Some(ServerFrame::Signal {
             from,
             member,
             payload: got,
         }) => {
-            assert_eq!(from, device_of(&a_hello));
+            assert_eq!(from, a_device);
             assert_eq!(member, admin.granted.member);
             let got: serde_json::Value = serde_json::from_str(got.get()).expect("json");
             assert_eq!(&got, payload);
@@ -243,10 +271,12 @@ async fn a_signal_longer_than_a_fragment_arrives_whole() {
 #[tokio::test]
 async fn a_burst_of_signals_arrives_complete_and_in_order() {
     let app = TestApp::spawn().await;
-    let (admin, grace, _) = circle_of_three(&app).await;
-    let (mut a, _) = WsClient::connect(&app, &admin).await;
-    let (mut g, g_hello) = WsClient::connect(&app, &grace).await;
-    let _presence = a.next().await;
+    let Online {
+        mut a,
+        mut g,
+        g_device,
+        ..
+    } = admin_and_grace_online(&app).await;
     // More frames than one read of the server's WebSocket buffer and than one gathered write,
     // within the rate limit's burst; every seventh longer than a fragment.
     let count = 90;
@@ -257,7 +287,7 @@ async fn a_burst_of_signals_arrives_complete_and_in_order() {
             } else {
                 String::new()
             };
-            signal(device_of(&g_hello), &json!({"n": n, "pad": pad}))
+            signal(g_device, &json!({"n": n, "pad": pad}))
         })
         .collect();
     a.send_texts(&burst).await;
@@ -410,10 +440,12 @@ async fn revoking_a_member_or_logging_out_closes_their_sockets() {
 #[tokio::test]
 async fn bad_frames_get_an_error_and_the_connection_stays_up() {
     let app = TestApp::spawn().await;
-    let (admin, grace, _) = circle_of_three(&app).await;
-    let (mut a, _) = WsClient::connect(&app, &admin).await;
-    let (mut g, g_hello) = WsClient::connect(&app, &grace).await;
-    let _presence = a.next().await;
+    let Online {
+        mut a,
+        mut g,
+        g_device,
+        ..
+    } = admin_and_grace_online(&app).await;
     for (frame, code) in [
         ("not json", "invalid_json"),
         ("[1,2]", "invalid_json"),
@@ -428,11 +460,10 @@ async fn bad_frames_get_an_error_and_the_connection_stays_up() {
     a.send_message(Message::binary(vec![1, 2, 3])).await;
     assert_error(a.next().await, "binary_frame");
     let big = "x".repeat(70 * 1024);
-    a.send_text(&signal(device_of(&g_hello), &json!(big))).await;
+    a.send_text(&signal(g_device, &json!(big))).await;
     assert_error(a.next().await, "frame_too_large");
     // Still up: a good frame goes through.
-    a.send_text(&signal(device_of(&g_hello), &json!("ok")))
-        .await;
+    a.send_text(&signal(g_device, &json!("ok"))).await;
     assert!(matches!(g.next().await, Some(ServerFrame::Signal { .. })));
 }
 
@@ -491,13 +522,16 @@ async fn flooding_is_refused_then_closed() {
         config.ws_max_refusals = 3;
     })
     .await;
-    let (admin, grace, _) = circle_of_three(&app).await;
-    let (mut a, _) = WsClient::connect(&app, &admin).await;
-    let (mut g, g_hello) = WsClient::connect(&app, &grace).await;
-    let _presence = a.next().await;
+    let Online {
+        admin,
+        mut a,
+        mut g,
+        g_device,
+        ..
+    } = admin_and_grace_online(&app).await;
     for _ in 0..40 {
         if !a
-            .send_message(Message::text(signal(device_of(&g_hello), &json!(0))))
+            .send_message(Message::text(signal(g_device, &json!(0))))
             .await
         {
             break;
@@ -514,9 +548,7 @@ async fn flooding_is_refused_then_closed() {
     // Others are unaffected: the frames within the limit arrived, and grace can still be reached.
     assert!(matches!(g.next().await, Some(ServerFrame::Signal { .. })));
     let (mut again, _) = WsClient::connect(&app, &admin).await;
-    again
-        .send_text(&signal(device_of(&g_hello), &json!("after")))
-        .await;
+    again.send_text(&signal(g_device, &json!("after"))).await;
 }
 
 #[tokio::test]
