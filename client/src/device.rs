@@ -120,63 +120,86 @@ pub struct Connection {
 
 /// How long a starting device waits for the server's ICE servers.
 const ICE_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// The shortest time between two renewals of the TURN credentials.
+const ICE_RENEW_AT_LEAST: Duration = Duration::from_secs(5);
+/// How long a failed renewal of the TURN credentials waits before the next try.
+const ICE_RETRY: Duration = Duration::from_secs(30);
 
 /// The ICE servers the server offers (`GET /api/v1/turn`), addresses resolved: none when it
-/// offers none or cannot be reached (links then offer the host address only).
+/// offers none or cannot be reached (links then offer the host address only); and when to renew
+/// the TURN credentials (see [`offered_ice`]).
 ///
 /// # Errors
 /// [`DeviceError::NoRelay`] when `relay_only` and no TURN server can be used.
-pub async fn ice_policy(api: &ApiClient, relay_only: bool) -> Result<IcePolicy, DeviceError> {
-    // A server that does not answer must not hold the device (and its links) back.
-    let offered = match tokio::time::timeout(ICE_FETCH_TIMEOUT, api.turn()).await {
-        Ok(Ok(offered)) => Some(offered),
-        Ok(Err(error)) => {
-            tracing::info!(%error, "no ICE servers from the server");
-            None
-        }
-        Err(_) => {
-            tracing::info!("no ICE servers: the server did not answer in time");
-            None
+pub async fn ice_policy(
+    api: &ApiClient,
+    relay_only: bool,
+) -> Result<(IcePolicy, Option<Duration>), DeviceError> {
+    let (servers, renew_in) = match offered_ice(api).await {
+        Ok(offered) => offered,
+        Err(reason) => {
+            tracing::info!(%reason, "no ICE servers");
+            (Vec::new(), None)
         }
     };
-    let mut servers = Vec::new();
-    if let Some(offered) = &offered {
-        for url in &offered.urls {
-            let Some(parsed) = parse_ice_url(url) else {
-                tracing::info!(
-                    url,
-                    "an ICE server this client cannot use (TLS or TCP), skipped"
-                );
-                continue;
-            };
-            let (IceUrl::Stun { host, port } | IceUrl::Turn { host, port }) = &parsed;
-            let Some(address) = tokio::net::lookup_host((host.as_str(), *port))
-                .await
-                .ok()
-                .and_then(|mut found| found.next())
-            else {
-                tracing::warn!(url, "an ICE server's host does not resolve, skipped");
-                continue;
-            };
-            servers.push(match parsed {
-                IceUrl::Turn { .. } => IceServer::Turn {
-                    server: address,
-                    username: offered.username.clone(),
-                    credential: offered.credential.clone(),
-                },
-                IceUrl::Stun { .. } => IceServer::Stun(address),
-            });
-        }
-    }
     if relay_only && !servers.iter().any(|s| matches!(s, IceServer::Turn { .. })) {
         return Err(DeviceError::NoRelay(
             "the server offers none this client can use (a turn: URL over UDP)".into(),
         ));
     }
-    Ok(IcePolicy {
-        servers,
-        relay_only,
-    })
+    Ok((
+        IcePolicy {
+            servers,
+            relay_only,
+        },
+        renew_in,
+    ))
+}
+
+/// The ICE servers the server offers, addresses resolved, and when to ask for fresh TURN
+/// credentials: after a third of their lifetime, so that one failed renewal leaves time for
+/// another (`None` when no TURN server is among them).
+///
+/// # Errors
+/// Why the server gave none: it has none, refused, or did not answer in time.
+pub async fn offered_ice(api: &ApiClient) -> Result<(Vec<IceServer>, Option<Duration>), String> {
+    // A server that does not answer must not hold the device (and its links) back.
+    let offered = tokio::time::timeout(ICE_FETCH_TIMEOUT, api.turn())
+        .await
+        .map_err(|_| "the server did not answer in time".to_owned())?
+        .map_err(|error| error.to_string())?;
+    let mut servers = Vec::new();
+    for url in &offered.urls {
+        let Some(parsed) = parse_ice_url(url) else {
+            tracing::info!(
+                url,
+                "an ICE server this client cannot use (TLS or TCP), skipped"
+            );
+            continue;
+        };
+        let (IceUrl::Stun { host, port } | IceUrl::Turn { host, port }) = &parsed;
+        let Some(address) = tokio::net::lookup_host((host.as_str(), *port))
+            .await
+            .ok()
+            .and_then(|mut found| found.next())
+        else {
+            tracing::warn!(url, "an ICE server's host does not resolve, skipped");
+            continue;
+        };
+        servers.push(match parsed {
+            IceUrl::Turn { .. } => IceServer::Turn {
+                server: address,
+                username: offered.username.clone(),
+                credential: offered.credential.clone(),
+            },
+            IceUrl::Stun { .. } => IceServer::Stun(address),
+        });
+    }
+    let renew_in = servers
+        .iter()
+        .any(|s| matches!(s, IceServer::Turn { .. }))
+        .then(|| Duration::from_secs(offered.ttl_secs / 3).max(ICE_RENEW_AT_LEAST));
+    Ok((servers, renew_in))
 }
 
 /// A running device: send it commands, read its updates; dropping it stops the device.
@@ -209,7 +232,7 @@ impl DeviceHandle {
     ) -> Result<DeviceHandle, DeviceError> {
         let socket = UdpSocket::bind(SocketAddr::new(connection.bind, 0)).await?;
         let local = socket.local_addr()?;
-        let ice = ice_policy(&connection.api, connection.relay_only).await?;
+        let (ice, ice_renew_in) = ice_policy(&connection.api, connection.relay_only).await?;
         let session = connection.api.session().unwrap_or_default().to_owned();
         let signal = SignalClient::start(
             connection.api.origin().clone(),
@@ -220,6 +243,7 @@ impl DeviceHandle {
         let (commands, commands_rx) = mpsc::channel(COMMAND_QUEUE);
         let (updates_tx, updates) = mpsc::unbounded_channel();
         let (directory_tx, directory_rx) = mpsc::channel(4);
+        let (ice_tx, ice_rx) = mpsc::channel(1);
         let driver = Driver {
             engine,
             store,
@@ -232,8 +256,10 @@ impl DeviceHandle {
             directory_tx,
             directory_fetching: false,
             directory_retry: None,
+            ice_tx,
+            ice_renew_at: ice_renew_in.map(|wait| Instant::now() + wait),
         };
-        let task = tokio::spawn(driver.run(commands_rx, directory_rx));
+        let task = tokio::spawn(driver.run(commands_rx, directory_rx, ice_rx));
         Ok(DeviceHandle {
             commands,
             updates,
@@ -331,13 +357,20 @@ struct Driver {
     directory_tx: mpsc::Sender<Result<Vec<MemberInfo>, String>>,
     directory_fetching: bool,
     directory_retry: Option<Instant>,
+    ice_tx: mpsc::Sender<IceRenewal>,
+    /// When to fetch fresh TURN credentials (none while a fetch is under way, or without TURN).
+    ice_renew_at: Option<Instant>,
 }
+
+/// Fresh ICE servers and when to renew them again, or why there are none.
+type IceRenewal = Result<(Vec<IceServer>, Option<Duration>), String>;
 
 impl Driver {
     async fn run(
         mut self,
         mut commands: mpsc::Receiver<Command>,
         mut directory: mpsc::Receiver<Result<Vec<MemberInfo>, String>>,
+        mut ice: mpsc::Receiver<IceRenewal>,
     ) -> Result<Stopped, DeviceError> {
         let mut buffer = vec![0u8; DATAGRAM];
         loop {
@@ -346,6 +379,7 @@ impl Driver {
                 self.engine.poll_timeout(),
                 self.links.poll_timeout(),
                 self.directory_retry,
+                self.ice_renew_at,
             ]
             .into_iter()
             .flatten()
@@ -383,6 +417,20 @@ impl Driver {
                         None => {}
                     }
                 }
+                renewed = ice.recv() => {
+                    let now = Instant::now();
+                    match renewed {
+                        Some(Ok((servers, renew_in))) => {
+                            self.links.renew_relay(now, &servers);
+                            self.ice_renew_at = renew_in.map(|wait| now + wait);
+                        }
+                        Some(Err(reason)) => {
+                            tracing::info!(%reason, "TURN credentials not renewed; will retry");
+                            self.ice_renew_at = Some(now + ICE_RETRY);
+                        }
+                        None => {}
+                    }
+                }
                 command = commands.recv() => {
                     // This command and what else is queued, up to a batch, before settling.
                     let mut next = command;
@@ -409,6 +457,13 @@ impl Driver {
                     if self.directory_retry.is_some_and(|at| at <= now) {
                         self.directory_retry = None;
                         self.fetch_directory();
+                    }
+                    if self.ice_renew_at.is_some_and(|at| at <= now) {
+                        self.ice_renew_at = None;
+                        let (api, answer) = (self.api.clone(), self.ice_tx.clone());
+                        tokio::spawn(async move {
+                            let _ = answer.send(offered_ice(&api).await).await;
+                        });
                     }
                 }
             }

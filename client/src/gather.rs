@@ -108,6 +108,8 @@ pub enum Found {
     Reflexive(SocketAddr),
     /// The address a TURN server relays for this device.
     Relayed(SocketAddr),
+    /// A relayed address given up (its allocation was released or lost): links stop using it.
+    Withdrawn(SocketAddr),
 }
 
 /// What a datagram was.
@@ -126,6 +128,22 @@ pub enum Datagram {
     NotMine,
 }
 
+/// The first TURN server of `servers` this socket's address family can reach, and the
+/// configuration to allocate there with its credentials.
+fn turn_config(local: SocketAddr, servers: &[IceServer]) -> Option<(SocketAddr, TurnConfig)> {
+    servers.iter().find_map(|server| match server {
+        IceServer::Turn {
+            server,
+            username,
+            credential,
+        } if server.is_ipv4() == local.is_ipv4() => Some((
+            *server,
+            TurnConfig::new(TurnCredentials::new(username, credential)),
+        )),
+        _ => None,
+    })
+}
+
 /// Tries of a Binding request before a STUN server is given up.
 const STUN_TRIES: u32 = 6;
 
@@ -139,6 +157,23 @@ struct Probe {
     next: Instant,
 }
 
+/// Allocations asked for with fresh credentials before one is given up.
+const RENEW_TRIES: u32 = 5;
+/// The pause before the first of them; it doubles after each refusal. A TURN server may hold a
+/// released allocation for a moment (coturn: about a second) and refuse a new one on the socket.
+const RENEW_PAUSE: Duration = Duration::from_secs(1);
+
+/// A new allocation with fresh credentials, waiting for the old one's release or a pause.
+#[derive(Debug)]
+struct Renewal {
+    server: SocketAddr,
+    config: TurnConfig,
+    /// Allocations asked for so far.
+    tries: u32,
+    /// When to ask (none while the old allocation is being released or a new one asked for).
+    at: Option<Instant>,
+}
+
 /// Asks STUN servers for the reflexive address and keeps one TURN allocation.
 pub struct Gatherer {
     local: SocketAddr,
@@ -146,6 +181,8 @@ pub struct Gatherer {
     base: Instant,
     probes: Vec<Probe>,
     turn: Option<(SocketAddr, TurnClientUdp)>,
+    /// The allocation to make with fresh credentials, once the current one is released.
+    renewal: Option<Renewal>,
     /// Peer addresses the TURN server should let through to the relayed address.
     permitted: BTreeSet<IpAddr>,
     /// When the TURN client next has work.
@@ -176,6 +213,7 @@ impl Gatherer {
             base: now,
             probes: Vec::new(),
             turn: None,
+            renewal: None,
             permitted: BTreeSet::new(),
             turn_due: None,
             relayed: None,
@@ -198,20 +236,42 @@ impl Gatherer {
                         next: now,
                     });
                 }
-                IceServer::Turn {
-                    server,
-                    username,
-                    credential,
-                } if gatherer.turn.is_none() && server.is_ipv4() == local.is_ipv4() => {
-                    let config = TurnConfig::new(TurnCredentials::new(username, credential));
-                    let client = TurnClientUdp::allocate(local, *server, config);
-                    gatherer.turn = Some((*server, client));
-                }
                 IceServer::Turn { .. } => {}
             }
         }
+        gatherer.turn = turn_config(local, servers)
+            .map(|(server, config)| (server, TurnClientUdp::allocate(local, server, config)));
         gatherer.handle_timeout(now);
         gatherer
+    }
+
+    /// Makes a new allocation with the fresh credentials in `servers`: the server's credentials
+    /// expire, and a TURN server holds an allocation to the username it was made with. A TURN
+    /// server allows one allocation per socket, so the current one is released first and its
+    /// relayed address withdrawn; the new one is asked for once the release is answered.
+    pub fn renew(&mut self, now: Instant, servers: &[IceServer]) {
+        let Some((server, config)) = turn_config(self.local, servers) else {
+            return;
+        };
+        let clock = self.clock(now);
+        if let Some(old) = self.relayed.take() {
+            self.found.push_back(Found::Withdrawn(old));
+        }
+        let releasing = self
+            .turn
+            .as_mut()
+            .is_some_and(|(_, client)| client.delete(clock).is_ok());
+        if !releasing {
+            // None yet, or nothing to release (still asking): start over with the new one.
+            self.turn = None;
+        }
+        self.renewal = Some(Renewal {
+            server,
+            config,
+            tries: 0,
+            at: (!releasing).then_some(now),
+        });
+        self.pump(now);
     }
 
     fn clock(&self, now: Instant) -> turn_client_proto::stun::Instant {
@@ -321,13 +381,25 @@ impl Gatherer {
     fn pump(&mut self, now: Instant) {
         let clock = self.clock(now);
         self.turn_due = None;
+        if self.turn.is_none()
+            && let Some(renewal) = self.renewal.as_mut()
+            && renewal.at.is_some_and(|at| at <= now)
+        {
+            renewal.tries += 1;
+            renewal.at = None;
+            let client =
+                TurnClientUdp::allocate(self.local, renewal.server, renewal.config.clone());
+            self.turn = Some((renewal.server, client));
+        }
         let Some((_, client)) = self.turn.as_mut() else {
+            self.turn_due = self.renewal.as_ref().and_then(|r| r.at);
             return;
         };
         while let Some(event) = client.poll_event() {
             if let TurnEvent::AllocationCreated(_, relayed) = event {
                 self.relayed = Some(relayed);
                 self.found.push_back(Found::Relayed(relayed));
+                self.renewal = None;
             }
         }
         if self.relayed.is_some() {
@@ -347,7 +419,18 @@ impl Gatherer {
             }
             TurnPollRet::Closed => {
                 self.turn = None;
-                self.relayed = None;
+                if let Some(old) = self.relayed.take() {
+                    self.found.push_back(Found::Withdrawn(old));
+                }
+                // Released, or the new allocation refused: (again) after a pause, a few times.
+                if let Some(renewal) = self.renewal.as_mut() {
+                    if renewal.tries < RENEW_TRIES {
+                        renewal.at = Some(now + RENEW_PAUSE * 2u32.pow(renewal.tries));
+                    } else {
+                        self.renewal = None;
+                    }
+                }
+                self.turn_due = self.renewal.as_ref().and_then(|r| r.at);
             }
             _ => {}
         }

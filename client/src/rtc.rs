@@ -158,7 +158,9 @@ impl Links {
         match found {
             Found::Reflexive(_) if self.relay_only => None,
             Found::Reflexive(addr) => Candidate::server_reflexive(addr, self.local, "udp").ok(),
-            Found::Relayed(addr) => Candidate::relayed(addr, self.local, "udp").ok(),
+            Found::Relayed(addr) | Found::Withdrawn(addr) => {
+                Candidate::relayed(addr, self.local, "udp").ok()
+            }
         }
     }
 
@@ -180,6 +182,14 @@ impl Links {
             let Some(candidate) = self.candidate(found) else {
                 continue;
             };
+            if let Found::Withdrawn(_) = found {
+                // Pairs from it are dropped; a link that used one goes on over another pair or
+                // drops and is negotiated again with the candidates there are now.
+                for peer in self.peers.values_mut() {
+                    peer.rtc.direct_api().invalidate_candidate(&candidate);
+                }
+                continue;
+            }
             let devices: Vec<Uuid> = self.peers.keys().copied().collect();
             for device in devices {
                 let Some(peer) = self.peers.get_mut(&device) else {
@@ -378,6 +388,14 @@ impl Links {
         self.drain(device);
     }
 
+    /// Fresh TURN credentials: the relay is allocated again with them (see [`Gatherer::renew`]);
+    /// links move to the new relayed address as it is found.
+    pub fn renew_relay(&mut self, now: Instant, servers: &[crate::gather::IceServer]) {
+        self.now = now;
+        self.gatherer.renew(now, servers);
+        self.take_found();
+    }
+
     /// Time passed.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
@@ -443,10 +461,12 @@ impl Links {
                     if Some(t.source) == self.gatherer.relayed() {
                         self.gatherer
                             .send_relayed(self.now, t.destination, &t.contents);
-                    } else {
+                    } else if t.source == self.local {
                         self.transmit
                             .push_back((t.destination, t.contents.to_vec()));
                     }
+                    // Else from a relayed address since withdrawn: it is not sent at all (never
+                    // from the socket itself, which a relay-only device must not reveal).
                 }
                 Ok(Output::Event(event)) => match event {
                     Event::ChannelOpen(id, _) => {

@@ -203,6 +203,88 @@ fn relay_only_links_talk_through_coturn_and_never_send_to_each_other_directly() 
     assert_eq!(b.sent_to, [server].into());
 }
 
+/// A relay-only policy for coturn at `server` with the credentials the server hands out now.
+fn relay_only_policy(server: std::net::SocketAddr, url: &str) -> IcePolicy {
+    let given = credentials_for(url);
+    IcePolicy {
+        servers: vec![IceServer::Turn {
+            server,
+            username: given.username,
+            credential: given.credential,
+        }],
+        relay_only: true,
+    }
+}
+
+/// Sends `count` messages each way, marked with `round`, and waits until they all arrive.
+fn exchange(a: &mut Side, b: &mut Side, round: u8, count: usize) {
+    let (a_had, b_had) = (a.received.len(), b.received.len());
+    for n in 0..count {
+        assert!(a.links.send(b.id, &[round, n as u8, 1]), "a sends");
+        assert!(b.links.send(a.id, &[round, n as u8, 2]), "b sends");
+    }
+    run(a, b, |a, b| {
+        a.received.len() == a_had + count && b.received.len() == b_had + count
+    });
+    let expected = |from: u8| {
+        (0..count)
+            .map(|n| vec![round, n as u8, from])
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(b.received[b_had..], expected(1), "round {round} at b");
+    assert_eq!(a.received[a_had..], expected(2), "round {round} at a");
+}
+
+#[test]
+fn fresh_turn_credentials_give_a_new_relay_and_a_new_link_goes_through_it() {
+    if !inside_namespace(
+        "turn::fresh_turn_credentials_give_a_new_relay_and_a_new_link_goes_through_it",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let coturn = Coturn::start(dir.path());
+    let server: std::net::SocketAddr = ([127, 0, 0, 1], coturn.port).into();
+    let (mut a, mut b) = (
+        Side::with_ice(&relay_only_policy(server, &coturn.url())),
+        Side::with_ice(&relay_only_policy(server, &coturn.url())),
+    );
+    run(&mut a, &mut b, |a, b| {
+        a.links.relayed().is_some() && b.links.relayed().is_some()
+    });
+    a.links
+        .open(std::time::Instant::now(), b.id)
+        .expect("offer");
+    run(&mut a, &mut b, |a, b| a.up && b.up);
+    assert!(a.up && b.up, "no link through the relay");
+    exchange(&mut a, &mut b, 0, 10);
+
+    // Fresh credentials (other ones: another member's), as a device fetches them a third of
+    // the way through their lifetime: the allocation is made again with them.
+    let first = a.links.relayed().expect("a relay");
+    let fresh = relay_only_policy(server, &coturn.url());
+    a.links
+        .renew_relay(std::time::Instant::now(), &fresh.servers);
+    assert_eq!(a.links.relayed(), None, "the old relay is released first");
+    // The link over the released relay ends at once at this end (its only pair is gone); a new
+    // one is negotiated with the new relayed address, as the device's engine does on `Down`.
+    run(&mut a, &mut b, |a, _| !a.up && a.links.relayed().is_some());
+    assert!(!a.up, "the link over the released relay ended");
+    let second = a.links.relayed().expect("a new relay");
+    assert_ne!(second, first, "a new allocation, a new relayed address");
+    a.links
+        .open(std::time::Instant::now(), b.id)
+        .expect("offer");
+    // b's old link is replaced by the new offer; its `Up` is the one waited for.
+    b.up = false;
+    run(&mut a, &mut b, |a, b| a.up && b.up);
+    assert!(a.up && b.up, "no new link through the new relay");
+    exchange(&mut a, &mut b, 1, 10);
+    // Through all of it, neither end sent a datagram anywhere but to coturn.
+    assert_eq!(a.sent_to, [server].into());
+    assert_eq!(b.sent_to, [server].into());
+}
+
 #[test]
 fn relay_only_cli_devices_get_a_relay_from_the_servers_credentials_and_talk_through_it() {
     if !inside_namespace(
@@ -260,6 +342,74 @@ fn relay_only_cli_devices_get_a_relay_from_the_servers_credentials_and_talk_thro
     a.wait_for("the answer through the relay", |v| {
         v["event"] == "message" && v["text"] == "and back"
     });
+}
+
+#[test]
+fn relay_only_cli_devices_renew_their_relay_before_the_credentials_expire_and_keep_talking() {
+    if !inside_namespace(
+        "turn::relay_only_cli_devices_renew_their_relay_before_the_credentials_expire_and_keep_talking",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let coturn = Coturn::start(dir.path());
+    let port = free_port();
+    let origin = format!("http://localhost:{port}");
+    // Credentials valid for 6 s: a device renews them (and its relay) every 5 s, the shortest.
+    let (_server, link) = Server::start_with(
+        &dir.path().join("server"),
+        port,
+        &origin,
+        &["--ice-url", &coturn.url()],
+        &[
+            ("TESSERA_TURN_SECRET", SECRET),
+            ("TESSERA_TURN_TTL_SECS", "6"),
+        ],
+    );
+    let mut admin = Device::new(dir.path(), "admin");
+    admin.flags.push("--relay-only".into());
+    admin.join(
+        &link.expect("the admin link"),
+        &format!("Admin{}", unique()),
+    );
+    let invitation = admin.ok(&["admin", "invite"]).trim().to_owned();
+    let mut member = Device::new(dir.path(), "member");
+    member.flags.push("--relay-only".into());
+    member.join(&invitation, &format!("Member{}", unique()));
+
+    let (mut a, mut b) = (admin.chat(), member.chat());
+    wait_converged(&mut [&mut a, &mut b], 2);
+    let relayed = |chat: &mut crate::support::Chat| {
+        chat.status()["relayed"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let first = relayed(&mut a);
+    // Past the first credentials' lifetime, with a new relay since.
+    let started = std::time::Instant::now();
+    let mut renewed = first.clone();
+    while started.elapsed() < Duration::from_secs(20) && (renewed == first || renewed.is_empty()) {
+        std::thread::sleep(Duration::from_millis(500));
+        renewed = relayed(&mut a);
+    }
+    assert!(
+        !renewed.is_empty() && renewed != first,
+        "relayed {first} then {renewed}"
+    );
+    std::thread::sleep(Duration::from_secs(7).saturating_sub(started.elapsed()));
+    for round in 0..2 {
+        let text = format!("round {round} after renewals {}", unique());
+        a.say(&text);
+        b.wait_for("the message through the new relay", |v| {
+            v["event"] == "message" && v["text"] == text.as_str()
+        });
+        let answer = format!("answer {round} {}", unique());
+        b.say(&answer);
+        a.wait_for("the answer through the new relay", |v| {
+            v["event"] == "message" && v["text"] == answer.as_str()
+        });
+    }
 }
 
 #[test]
