@@ -309,6 +309,25 @@ async fn a_burst_of_signals_arrives_complete_and_in_order() {
 }
 
 #[tokio::test]
+async fn a_device_that_closes_hears_the_close_back_and_goes_offline() {
+    let app = TestApp::spawn().await;
+    let Online {
+        mut a,
+        mut g,
+        g_device,
+        ..
+    } = admin_and_grace_online(&app).await;
+    assert!(g.close_and_hear_back().await, "the server answers a close");
+    match a.next().await {
+        Some(ServerFrame::Presence { device, online, .. }) => {
+            assert_eq!(device, g_device);
+            assert!(!online, "Grace went offline");
+        }
+        other => panic!("expected presence, got {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn signals_never_cross_circles_or_reach_unknown_devices() {
     let app = TestApp::spawn().await;
     let (admin, grace, _) = circle_of_three(&app).await;

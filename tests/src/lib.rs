@@ -314,6 +314,29 @@ impl WsClient {
         self.stream.send(message).await.is_ok()
     }
 
+    /// Closes the socket; whether the server answered with its own close frame (RFC 6455 5.5.1)
+    /// before the connection ended.
+    ///
+    /// # Panics
+    /// When nothing happens in time.
+    pub async fn close_and_hear_back(&mut self) -> bool {
+        use futures_util::{SinkExt as _, StreamExt as _};
+        use tokio_tungstenite::tungstenite::Message;
+        if self.stream.send(Message::Close(None)).await.is_err() {
+            return false;
+        }
+        loop {
+            let message = tokio::time::timeout(FRAME_WAIT, self.stream.next())
+                .await
+                .expect("the connection ends in time");
+            match message {
+                Some(Ok(Message::Close(_))) => return true,
+                None | Some(Err(_)) => return false,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
     /// A frame if one arrives within `wait`; `None` otherwise (or when closed).
     pub async fn frame_within(
         &mut self,

@@ -42,6 +42,13 @@ impl Held {
             *self = Held::default();
         }
     }
+
+    /// Adds bytes after the pending ones, dropping those already handed on first.
+    fn append(&mut self, data: &[u8]) {
+        self.bytes.drain(..self.done);
+        self.done = 0;
+        self.bytes.extend_from_slice(data);
+    }
 }
 
 /// An I/O stream with burst reads and gathered writes (see the module's documentation).
@@ -122,7 +129,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for BurstIo<S> {
                 return Pin::new(&mut this.inner).poll_write(cx, data);
             }
         }
-        this.unwritten.bytes.extend_from_slice(data);
+        this.unwritten.append(data);
         Poll::Ready(Ok(data.len()))
     }
 
@@ -237,6 +244,23 @@ mod tests {
             0,
             "nothing held once written"
         );
+    }
+
+    #[tokio::test]
+    async fn what_was_written_is_not_kept_while_more_is_gathered() {
+        let mut io = BurstIo::new(Recorder::default());
+        let piece = numbered(1000);
+        io.write_all(&piece).await.expect("writes");
+        // Part written, the rest pending (as when the socket takes only some), then more.
+        io.unwritten.consume(600);
+        io.write_all(&piece).await.expect("writes");
+        assert_eq!(
+            io.unwritten.bytes.len(),
+            400 + 1000,
+            "only what is pending is held"
+        );
+        io.flush().await.expect("flushes");
+        assert_eq!(io.inner.writes, vec![[&piece[600..], &piece[..]].concat()]);
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use governor::{DefaultDirectRateLimiter, Quota};
 use hyper_util::rt::TokioIo;
 use tessera_wire::signal::{ClientFrame, Envelope, Limits, ServerFrame};
+use tokio::io::AsyncWriteExt as _;
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
@@ -222,7 +223,7 @@ async fn write(
     mut queue: mpsc::Receiver<Outbound>,
     endpoint: Endpoint,
     ping_every: Duration,
-) {
+) -> SplitSink<Socket, Message> {
     // Waiting on the tokens is set up once, not per frame.
     let cancelled = endpoint.cancel.cancelled();
     let revoked = endpoint.revoked.cancelled();
@@ -261,8 +262,23 @@ async fn write(
     if let Some(frame) = farewell {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, send(&mut sink, Message::Text(frame))).await;
     }
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(None))).await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        // Ours; or, when the device closed first, tungstenite refuses it and flushing writes the
+        // answer it queued instead.
+        let _ = sink.send(Message::Close(None)).await;
+        sink.flush().await
+    })
+    .await;
     endpoint.cancel.cancel();
+    sink
+}
+
+/// Sends what the socket still holds and closes it, within the closing time: tungstenite writes
+/// its reply to a device's close without flushing it, and [`BurstIo`] keeps unflushed writes.
+async fn shut(stream: SplitStream<Socket>, sink: SplitSink<Socket, Message>) {
+    if let Ok(mut socket) = stream.reunite(sink) {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.get_mut().shutdown()).await;
+    }
 }
 
 /// The frame itself when this device was its only recipient, else a copy of the handle (the
@@ -338,7 +354,7 @@ where
 }
 
 /// Reads the device's frames until it leaves, goes silent, is cancelled or loses its session.
-async fn read(session: &mut Session, mut stream: SplitStream<Socket>) {
+async fn read(session: &mut Session, mut stream: SplitStream<Socket>) -> SplitStream<Socket> {
     let idle = Duration::from_secs(session.state.config.ws_idle_timeout_secs.max(1));
     let (cancel, revoked) = (
         session.endpoint.cancel.clone(),
@@ -391,6 +407,7 @@ async fn read(session: &mut Session, mut stream: SplitStream<Socket>) {
             }
         }
     }
+    stream
 }
 
 /// Serves one device's connection from hello to goodbye.
@@ -424,7 +441,7 @@ pub async fn serve(socket: Socket, state: AppState, caller: Caller, device: Uuid
                 "internal",
                 "the server cannot serve this connection now; retry",
             );
-            writer.await;
+            shut(stream, writer.await).await;
             return;
         }
     };
@@ -451,7 +468,7 @@ pub async fn serve(socket: Socket, state: AppState, caller: Caller, device: Uuid
         &hello,
     ) {
         refuse_and_close("join_refused", &error.to_string());
-        writer.await;
+        shut(stream, writer.await).await;
         return;
     }
     state.metrics.connections.inc();
@@ -475,12 +492,14 @@ pub async fn serve(socket: Socket, state: AppState, caller: Caller, device: Uuid
     tracing::debug!("device connected");
 
     let reader = async {
-        read(&mut session, stream).await;
+        let stream = read(&mut session, stream).await;
         if !endpoint.revoked.is_cancelled() {
             endpoint.cancel.cancel();
         }
+        stream
     };
-    tokio::join!(reader, writer);
+    let (stream, sink) = tokio::join!(reader, writer);
+    shut(stream, sink).await;
     if state.signals.leave(device, endpoint.serial) {
         state
             .signals
