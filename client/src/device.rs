@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::api::ApiClient;
+use crate::api::{ApiClient, ApiClientError};
 use crate::gather::{IcePolicy, IceServer, IceUrl, parse_ice_url};
 use crate::rtc::{LinkEvent, Links};
 use crate::signal::{Backoff, SignalClient, SignalEvent};
@@ -122,12 +122,13 @@ pub struct Connection {
 const ICE_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// The shortest time between two renewals of the TURN credentials.
 const ICE_RENEW_AT_LEAST: Duration = Duration::from_secs(5);
+/// The longest time between two renewals of the TURN credentials.
+const ICE_RENEW_AT_MOST: Duration = Duration::from_secs(24 * 3600);
 /// How long a failed renewal of the TURN credentials waits before the next try.
 const ICE_RETRY: Duration = Duration::from_secs(30);
 
-/// The ICE servers the server offers (`GET /api/v1/turn`), addresses resolved: none when it
-/// offers none or cannot be reached (links then offer the host address only); and when to renew
-/// the TURN credentials (see [`offered_ice`]).
+/// The ICE servers the server offers (`GET /api/v1/turn`), addresses resolved, and when to ask
+/// again (see [`offered_ice`]).
 ///
 /// # Errors
 /// [`DeviceError::NoRelay`] when `relay_only` and no TURN server can be used.
@@ -135,13 +136,7 @@ pub async fn ice_policy(
     api: &ApiClient,
     relay_only: bool,
 ) -> Result<(IcePolicy, Option<Duration>), DeviceError> {
-    let (servers, renew_in) = match offered_ice(api).await {
-        Ok(offered) => offered,
-        Err(reason) => {
-            tracing::info!(%reason, "no ICE servers");
-            (Vec::new(), None)
-        }
-    };
+    let (servers, ask_again_in) = offered_ice(api).await;
     if relay_only && !servers.iter().any(|s| matches!(s, IceServer::Turn { .. })) {
         return Err(DeviceError::NoRelay(
             "the server offers none this client can use (a turn: URL over UDP)".into(),
@@ -152,23 +147,34 @@ pub async fn ice_policy(
             servers,
             relay_only,
         },
-        renew_in,
+        ask_again_in,
     ))
 }
 
-/// The ICE servers the server offers, addresses resolved, and when to ask for fresh TURN
-/// credentials: after a third of their lifetime, so that one failed renewal leaves time for
-/// another (`None` when no TURN server is among them).
-///
-/// # Errors
-/// Why the server gave none: it has none, refused, or did not answer in time.
-pub async fn offered_ice(api: &ApiClient) -> Result<(Vec<IceServer>, Option<Duration>), String> {
+/// The ICE servers the server offers, addresses resolved (none when it offers none or cannot be
+/// reached: links then offer the host address only), and when to ask again:
+/// - with a TURN server, a third of the way through its credentials' lifetime (at least 5 s,
+///   at most a day), so that one failed renewal leaves time for another;
+/// - 30 s on, when the server did not answer or a `turn:` host did not resolve;
+/// - never, when the server has no ICE servers or none with credentials to renew.
+pub async fn offered_ice(api: &ApiClient) -> (Vec<IceServer>, Option<Duration>) {
     // A server that does not answer must not hold the device (and its links) back.
-    let offered = tokio::time::timeout(ICE_FETCH_TIMEOUT, api.turn())
-        .await
-        .map_err(|_| "the server did not answer in time".to_owned())?
-        .map_err(|error| error.to_string())?;
+    let offered = match tokio::time::timeout(ICE_FETCH_TIMEOUT, api.turn()).await {
+        Ok(Ok(offered)) => offered,
+        Ok(Err(ApiClientError::Refused { body, .. })) if body.error == "turn_not_configured" => {
+            return (Vec::new(), None);
+        }
+        Ok(Err(error)) => {
+            tracing::info!(%error, "no ICE servers for now");
+            return (Vec::new(), Some(ICE_RETRY));
+        }
+        Err(_) => {
+            tracing::info!("no ICE servers for now: the server did not answer in time");
+            return (Vec::new(), Some(ICE_RETRY));
+        }
+    };
     let mut servers = Vec::new();
+    let mut unresolved_turn = false;
     for url in &offered.urls {
         let Some(parsed) = parse_ice_url(url) else {
             tracing::info!(
@@ -184,6 +190,7 @@ pub async fn offered_ice(api: &ApiClient) -> Result<(Vec<IceServer>, Option<Dura
             .and_then(|mut found| found.next())
         else {
             tracing::warn!(url, "an ICE server's host does not resolve, skipped");
+            unresolved_turn |= matches!(parsed, IceUrl::Turn { .. });
             continue;
         };
         servers.push(match parsed {
@@ -195,11 +202,12 @@ pub async fn offered_ice(api: &ApiClient) -> Result<(Vec<IceServer>, Option<Dura
             IceUrl::Stun { .. } => IceServer::Stun(address),
         });
     }
-    let renew_in = servers
-        .iter()
-        .any(|s| matches!(s, IceServer::Turn { .. }))
-        .then(|| Duration::from_secs(offered.ttl_secs / 3).max(ICE_RENEW_AT_LEAST));
-    Ok((servers, renew_in))
+    let ask_again_in = if servers.iter().any(|s| matches!(s, IceServer::Turn { .. })) {
+        Some(Duration::from_secs(offered.ttl_secs / 3).clamp(ICE_RENEW_AT_LEAST, ICE_RENEW_AT_MOST))
+    } else {
+        unresolved_turn.then_some(ICE_RETRY)
+    };
+    (servers, ask_again_in)
 }
 
 /// A running device: send it commands, read its updates; dropping it stops the device.
@@ -358,12 +366,12 @@ struct Driver {
     directory_fetching: bool,
     directory_retry: Option<Instant>,
     ice_tx: mpsc::Sender<IceRenewal>,
-    /// When to fetch fresh TURN credentials (none while a fetch is under way, or without TURN).
+    /// When to ask for the ICE servers again (none while a fetch is under way, or never).
     ice_renew_at: Option<Instant>,
 }
 
-/// Fresh ICE servers and when to renew them again, or why there are none.
-type IceRenewal = Result<(Vec<IceServer>, Option<Duration>), String>;
+/// Fresh ICE servers, and when to ask again.
+type IceRenewal = (Vec<IceServer>, Option<Duration>);
 
 impl Driver {
     async fn run(
@@ -418,17 +426,10 @@ impl Driver {
                     }
                 }
                 renewed = ice.recv() => {
-                    let now = Instant::now();
-                    match renewed {
-                        Some(Ok((servers, renew_in))) => {
-                            self.links.renew_relay(now, &servers);
-                            self.ice_renew_at = renew_in.map(|wait| now + wait);
-                        }
-                        Some(Err(reason)) => {
-                            tracing::info!(%reason, "TURN credentials not renewed; will retry");
-                            self.ice_renew_at = Some(now + ICE_RETRY);
-                        }
-                        None => {}
+                    if let Some((servers, ask_again_in)) = renewed {
+                        let now = Instant::now();
+                        self.links.renew_relay(now, &servers);
+                        self.ice_renew_at = ask_again_in.map(|wait| now + wait);
                     }
                 }
                 command = commands.recv() => {

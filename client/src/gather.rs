@@ -157,22 +157,12 @@ struct Probe {
     next: Instant,
 }
 
-/// Allocations asked for with fresh credentials before one is given up.
-const RENEW_TRIES: u32 = 5;
-/// The pause before the first of them; it doubles after each refusal. A TURN server may hold a
-/// released allocation for a moment (coturn: about a second) and refuse a new one on the socket.
-const RENEW_PAUSE: Duration = Duration::from_secs(1);
-
-/// A new allocation with fresh credentials, waiting for the old one's release or a pause.
-#[derive(Debug)]
-struct Renewal {
-    server: SocketAddr,
-    config: TurnConfig,
-    /// Allocations asked for so far.
-    tries: u32,
-    /// When to ask (none while the old allocation is being released or a new one asked for).
-    at: Option<Instant>,
-}
+/// The pause before a relay is allocated again, after a release or a loss; it doubles after each
+/// refusal, up to 64 s. A TURN server may hold a released allocation for a moment (coturn: about
+/// a second) and refuse a new one on the socket meanwhile.
+const REALLOCATE_PAUSE: Duration = Duration::from_secs(1);
+/// The most the pause doubles.
+const REALLOCATE_DOUBLINGS: u32 = 6;
 
 /// Asks STUN servers for the reflexive address and keeps one TURN allocation.
 pub struct Gatherer {
@@ -181,8 +171,12 @@ pub struct Gatherer {
     base: Instant,
     probes: Vec<Probe>,
     turn: Option<(SocketAddr, TurnClientUdp)>,
-    /// The allocation to make with fresh credentials, once the current one is released.
-    renewal: Option<Renewal>,
+    /// The TURN server and the latest credentials for it, to allocate (again) with.
+    relay_config: Option<(SocketAddr, TurnConfig)>,
+    /// When to allocate again (while there is no allocation).
+    reallocate_at: Option<Instant>,
+    /// Allocations lost or refused since the last one made.
+    refusals: u32,
     /// Peer addresses the TURN server should let through to the relayed address.
     permitted: BTreeSet<IpAddr>,
     /// When the TURN client next has work.
@@ -213,7 +207,9 @@ impl Gatherer {
             base: now,
             probes: Vec::new(),
             turn: None,
-            renewal: None,
+            relay_config: turn_config(local, servers),
+            reallocate_at: None,
+            refusals: 0,
             permitted: BTreeSet::new(),
             turn_due: None,
             relayed: None,
@@ -239,8 +235,7 @@ impl Gatherer {
                 IceServer::Turn { .. } => {}
             }
         }
-        gatherer.turn = turn_config(local, servers)
-            .map(|(server, config)| (server, TurnClientUdp::allocate(local, server, config)));
+        gatherer.reallocate_at = gatherer.relay_config.is_some().then_some(now);
         gatherer.handle_timeout(now);
         gatherer
     }
@@ -250,9 +245,10 @@ impl Gatherer {
     /// server allows one allocation per socket, so the current one is released first and its
     /// relayed address withdrawn; the new one is asked for once the release is answered.
     pub fn renew(&mut self, now: Instant, servers: &[IceServer]) {
-        let Some((server, config)) = turn_config(self.local, servers) else {
+        let Some(fresh) = turn_config(self.local, servers) else {
             return;
         };
+        self.relay_config = Some(fresh);
         let clock = self.clock(now);
         if let Some(old) = self.relayed.take() {
             self.found.push_back(Found::Withdrawn(old));
@@ -262,15 +258,11 @@ impl Gatherer {
             .as_mut()
             .is_some_and(|(_, client)| client.delete(clock).is_ok());
         if !releasing {
-            // None yet, or nothing to release (still asking): start over with the new one.
+            // None, or nothing to release yet (still asking): start over with the fresh ones.
             self.turn = None;
+            self.refusals = 0;
+            self.reallocate_at = Some(now);
         }
-        self.renewal = Some(Renewal {
-            server,
-            config,
-            tries: 0,
-            at: (!releasing).then_some(now),
-        });
         self.pump(now);
     }
 
@@ -357,7 +349,8 @@ impl Gatherer {
     /// Lets the TURN server relay between `peer` (a remote candidate's address) and this device,
     /// now or once the allocation exists: without a permission it drops the peer's datagrams.
     pub fn permit(&mut self, now: Instant, peer: IpAddr) {
-        if self.turn.is_some() && self.permitted.insert(peer) {
+        // Kept without an allocation too: one made later (again) asks for it.
+        if self.relay_config.is_some() && self.permitted.insert(peer) && self.turn.is_some() {
             self.pump(now);
         }
     }
@@ -382,24 +375,22 @@ impl Gatherer {
         let clock = self.clock(now);
         self.turn_due = None;
         if self.turn.is_none()
-            && let Some(renewal) = self.renewal.as_mut()
-            && renewal.at.is_some_and(|at| at <= now)
+            && self.reallocate_at.is_some_and(|at| at <= now)
+            && let Some((server, config)) = &self.relay_config
         {
-            renewal.tries += 1;
-            renewal.at = None;
-            let client =
-                TurnClientUdp::allocate(self.local, renewal.server, renewal.config.clone());
-            self.turn = Some((renewal.server, client));
+            self.reallocate_at = None;
+            let client = TurnClientUdp::allocate(self.local, *server, config.clone());
+            self.turn = Some((*server, client));
         }
         let Some((_, client)) = self.turn.as_mut() else {
-            self.turn_due = self.renewal.as_ref().and_then(|r| r.at);
+            self.turn_due = self.reallocate_at;
             return;
         };
         while let Some(event) = client.poll_event() {
             if let TurnEvent::AllocationCreated(_, relayed) = event {
                 self.relayed = Some(relayed);
                 self.found.push_back(Found::Relayed(relayed));
-                self.renewal = None;
+                self.refusals = 0;
             }
         }
         if self.relayed.is_some() {
@@ -418,19 +409,16 @@ impl Gatherer {
                 self.turn_due = Some(at.to_std(self.base).max(now + Duration::from_millis(1)));
             }
             TurnPollRet::Closed => {
+                // Released, lost or refused: allocated again after a pause, with the latest
+                // credentials (expired ones are refused until the device fetches fresh ones).
                 self.turn = None;
                 if let Some(old) = self.relayed.take() {
                     self.found.push_back(Found::Withdrawn(old));
                 }
-                // Released, or the new allocation refused: (again) after a pause, a few times.
-                if let Some(renewal) = self.renewal.as_mut() {
-                    if renewal.tries < RENEW_TRIES {
-                        renewal.at = Some(now + RENEW_PAUSE * 2u32.pow(renewal.tries));
-                    } else {
-                        self.renewal = None;
-                    }
-                }
-                self.turn_due = self.renewal.as_ref().and_then(|r| r.at);
+                let pause = REALLOCATE_PAUSE * 2u32.pow(self.refusals.min(REALLOCATE_DOUBLINGS));
+                self.refusals = self.refusals.saturating_add(1);
+                self.reallocate_at = Some(now + pause);
+                self.turn_due = self.reallocate_at;
             }
             _ => {}
         }
@@ -516,6 +504,55 @@ mod tests {
         assert!(
             !shown.contains("c2VjcmV0") && !shown.contains("tag"),
             "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_turn_server_that_never_answers_is_asked_again_without_end_but_at_a_bounded_rate() {
+        let local: SocketAddr = "127.0.0.1:5000".parse().expect("addr");
+        let server: SocketAddr = "127.0.0.1:3478".parse().expect("addr");
+        let turn = IceServer::Turn {
+            server,
+            username: "1700000000:tag".into(),
+            credential: "c2VjcmV0".into(),
+        };
+        let start = Instant::now();
+        let mut gatherer = Gatherer::new(local, &[turn], start);
+        let mut sent_at = Vec::new();
+        let mut now = start;
+        while now.duration_since(start) < Duration::from_secs(3600) {
+            while let Some((to, _)) = gatherer.poll_transmit() {
+                assert_eq!(to, server, "only to the TURN server");
+                sent_at.push(now.duration_since(start));
+            }
+            let at = gatherer
+                .poll_timeout()
+                .expect("always something to wait for");
+            assert!(at > now, "no busy loop at {:?}", now.duration_since(start));
+            now = at;
+            gatherer.handle_timeout(now);
+        }
+        assert_eq!(gatherer.relayed(), None);
+        // Still asking in the last ten minutes of the hour, and never more often than once a
+        // second on average, nor with a silence longer than a retransmission series and the
+        // longest pause.
+        assert!(
+            sent_at.iter().any(|t| *t > Duration::from_secs(3000)),
+            "gave up"
+        );
+        assert!(
+            sent_at.len() < 3600,
+            "{} requests in an hour",
+            sent_at.len()
+        );
+        let longest = sent_at
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .expect("several");
+        assert!(
+            longest <= Duration::from_secs(64 + 60),
+            "a silence of {longest:?}"
         );
     }
 

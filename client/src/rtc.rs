@@ -182,20 +182,16 @@ impl Links {
             let Some(candidate) = self.candidate(found) else {
                 continue;
             };
-            if let Found::Withdrawn(_) = found {
-                // Pairs from it are dropped; a link that used one goes on over another pair or
-                // drops and is negotiated again with the candidates there are now.
-                for peer in self.peers.values_mut() {
-                    peer.rtc.direct_api().invalidate_candidate(&candidate);
-                }
-                continue;
-            }
             let devices: Vec<Uuid> = self.peers.keys().copied().collect();
             for device in devices {
                 let Some(peer) = self.peers.get_mut(&device) else {
                     continue;
                 };
-                if let Some(added) = peer.rtc.add_local_candidate(candidate.clone()) {
+                if let Found::Withdrawn(_) = found {
+                    // Pairs from it are dropped; a link that used one goes on over another pair
+                    // or drops and is negotiated again with the candidates there are now.
+                    peer.rtc.direct_api().invalidate_candidate(&candidate);
+                } else if let Some(added) = peer.rtc.add_local_candidate(candidate.clone()) {
                     self.events.push_back(LinkEvent::Negotiate {
                         device,
                         signal: RtcSignal::Candidate {
