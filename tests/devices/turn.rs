@@ -163,6 +163,39 @@ fn credentials_for(url: &str) -> TurnCredentials {
     })
 }
 
+/// A relay-only policy for coturn at `server` with the credentials the server hands out now.
+fn relay_only_policy(server: std::net::SocketAddr, url: &str) -> IcePolicy {
+    let given = credentials_for(url);
+    IcePolicy {
+        servers: vec![IceServer::Turn {
+            server,
+            username: given.username,
+            credential: given.credential,
+        }],
+        relay_only: true,
+    }
+}
+
+/// Two in-process ends with `policy`, each with a relay from coturn, and a link between them
+/// through the relays.
+fn relayed_link(policy: &IcePolicy) -> (Side, Side) {
+    let (mut a, mut b) = (Side::with_ice(policy), Side::with_ice(policy));
+    // Both allocate a relay first (bounded: `run` gives up after ten seconds).
+    run(&mut a, &mut b, |a, b| {
+        a.links.relayed().is_some() && b.links.relayed().is_some()
+    });
+    assert!(
+        a.links.relayed().is_some() && b.links.relayed().is_some(),
+        "coturn allocated no relay"
+    );
+    a.links
+        .open(std::time::Instant::now(), b.id)
+        .expect("offer");
+    run(&mut a, &mut b, |a, b| a.up && b.up);
+    assert!(a.up && b.up, "no link through the relay");
+    (a, b)
+}
+
 #[test]
 fn relay_only_links_talk_through_coturn_and_never_send_to_each_other_directly() {
     if !inside_namespace(
@@ -173,32 +206,8 @@ fn relay_only_links_talk_through_coturn_and_never_send_to_each_other_directly() 
     let dir = tempfile::tempdir().expect("tempdir");
     let coturn = Coturn::start(dir.path());
     let server: std::net::SocketAddr = ([127, 0, 0, 1], coturn.port).into();
-    let given = credentials_for(&coturn.url());
-    let policy = IcePolicy {
-        servers: vec![IceServer::Turn {
-            server,
-            username: given.username,
-            credential: given.credential,
-        }],
-        relay_only: true,
-    };
-    let (mut a, mut b) = (Side::with_ice(&policy), Side::with_ice(&policy));
-    // Both allocate a relay first (bounded: `run` gives up after ten seconds).
-    run(&mut a, &mut b, |a, b| {
-        a.links.relayed().is_some() && b.links.relayed().is_some()
-    });
-    let (a_relay, b_relay) = (a.links.relayed(), b.links.relayed());
-    assert!(
-        a_relay.is_some() && b_relay.is_some(),
-        "coturn allocated no relay"
-    );
-    assert_ne!(a_relay.map(|r| r.port()), Some(coturn.port));
-
-    a.links
-        .open(std::time::Instant::now(), b.id)
-        .expect("offer");
-    run(&mut a, &mut b, |a, b| a.up && b.up);
-    assert!(a.up && b.up, "no link through the relay");
+    let (mut a, mut b) = relayed_link(&relay_only_policy(server, &coturn.url()));
+    assert_ne!(a.links.relayed().map(|r| r.port()), Some(coturn.port));
     for n in 0..20u8 {
         assert!(a.links.send(b.id, &[n; 3000]));
         assert!(b.links.send(a.id, &[n; 10]));
@@ -217,19 +226,6 @@ fn relay_only_links_talk_through_coturn_and_never_send_to_each_other_directly() 
     // Neither end ever sent a datagram anywhere but to coturn.
     assert_eq!(a.sent_to, [server].into());
     assert_eq!(b.sent_to, [server].into());
-}
-
-/// A relay-only policy for coturn at `server` with the credentials the server hands out now.
-fn relay_only_policy(server: std::net::SocketAddr, url: &str) -> IcePolicy {
-    let given = credentials_for(url);
-    IcePolicy {
-        servers: vec![IceServer::Turn {
-            server,
-            username: given.username,
-            credential: given.credential,
-        }],
-        relay_only: true,
-    }
 }
 
 /// Sends `count` messages each way, marked with `round`, and waits until they all arrive.
@@ -261,23 +257,11 @@ fn fresh_turn_credentials_give_a_new_relay_and_a_new_link_goes_through_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let coturn = Coturn::start(dir.path());
     let server: std::net::SocketAddr = ([127, 0, 0, 1], coturn.port).into();
-    let (mut a, mut b) = (
-        Side::with_ice(&relay_only_policy(server, &coturn.url())),
-        Side::with_ice(&relay_only_policy(server, &coturn.url())),
-    );
-    run(&mut a, &mut b, |a, b| {
-        a.links.relayed().is_some() && b.links.relayed().is_some()
-    });
-    a.links
-        .open(std::time::Instant::now(), b.id)
-        .expect("offer");
-    run(&mut a, &mut b, |a, b| a.up && b.up);
-    assert!(a.up && b.up, "no link through the relay");
+    let (mut a, mut b) = relayed_link(&relay_only_policy(server, &coturn.url()));
     exchange(&mut a, &mut b, 0, 10);
 
     // Fresh credentials (other ones: another member's), as a device fetches them a third of
     // the way through their lifetime: the allocation is made again with them.
-    assert!(a.links.relayed().is_some(), "a relay");
     let allocated = coturn.allocated_for().len();
     let fresh = relay_only_policy(server, &coturn.url());
     a.links
