@@ -5,8 +5,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tessera_wire::{
     API_PREFIX, AddPasskeyStartRequest, AuthenticationOptions, CreateInvitationRequest,
-    CreateRecoveryRequest, CreatedInvitation, EnrollStartRequest, ErrorBody, InvitationInfo,
-    LoginFinishRequest, Me, MemberInfo, PasskeyInfo, PublicKeyCredential,
+    CreateRecoveryRequest, CreatedInvitation, EnrollStartRequest, ErrorBody, ErrorCode,
+    InvitationInfo, LoginFinishRequest, Me, MemberInfo, PasskeyInfo, PublicKeyCredential,
     RegisterPublicKeyCredential, RegistrationFinishRequest, RegistrationOptions, Role,
     SessionGranted, TurnCredentials,
 };
@@ -49,9 +49,9 @@ pub enum ApiClientError {
 impl ApiClientError {
     /// The server's error code, when it refused.
     #[must_use]
-    pub fn code(&self) -> Option<&str> {
+    pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            ApiClientError::Refused { body, .. } => Some(&body.error),
+            ApiClientError::Refused { body, .. } => Some(body.error),
             _ => None,
         }
     }

@@ -8,14 +8,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use tessera_engine::{Engine, EngineError, Event, LinkCommand, Output};
-use tessera_wire::MemberInfo;
 use tessera_wire::signal::ServerFrame;
+use tessera_wire::{ErrorCode, MemberInfo};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::api::{ApiClient, ApiClientError};
+use crate::api::ApiClient;
 use crate::gather::{IcePolicy, IceServer, IceUrl, parse_ice_url};
 use crate::rtc::{LinkEvent, Links};
 use crate::signal::{Backoff, SignalClient, SignalEvent};
@@ -161,7 +161,7 @@ pub async fn offered_ice(api: &ApiClient) -> (Vec<IceServer>, Option<Duration>) 
     // A server that does not answer must not hold the device (and its links) back.
     let offered = match tokio::time::timeout(ICE_FETCH_TIMEOUT, api.turn()).await {
         Ok(Ok(offered)) => offered,
-        Ok(Err(ApiClientError::Refused { body, .. })) if body.error == "turn_not_configured" => {
+        Ok(Err(error)) if error.code() == Some(ErrorCode::TurnNotConfigured) => {
             return (Vec::new(), None);
         }
         Ok(Err(error)) => {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use rand::Rng as _;
-use tessera_wire::signal::{ServerFrame, WS_PATH};
+use tessera_wire::signal::{FrameErrorCode, ServerFrame, WS_PATH};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
@@ -267,7 +267,7 @@ async fn pump(
                     };
                     let event = match frame {
                         ServerFrame::Revoked => return Ended::Revoked,
-                        ServerFrame::Error { code, .. } if code == "replaced" => {
+                        ServerFrame::Error { code: FrameErrorCode::Replaced, .. } => {
                             return Ended::Replaced;
                         }
                         hello @ ServerFrame::Hello { .. } if !greeted => {

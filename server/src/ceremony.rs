@@ -1,7 +1,5 @@
 //! WebAuthn ceremonies: their server-side state (single use, expiring in minutes), and turning a verified key into what the store keeps.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use tessera_wire::{PasskeyInfo, PublicKeyInfo, RegisterPublicKeyCredential, Role};
 use uuid::Uuid;
@@ -231,9 +229,9 @@ pub fn public_key_info(record: &PasskeyRecord) -> ApiResult<PublicKeyInfo> {
         }
     };
     Ok(PublicKeyInfo {
-        credential_id: URL_SAFE_NO_PAD.encode(&record.credential_id),
+        credential_id: record.credential_id.clone().into(),
         alg: alg.to_owned(),
-        public_key: URL_SAFE_NO_PAD.encode(bytes),
+        public_key: bytes.into(),
     })
 }
 
@@ -243,7 +241,7 @@ pub fn public_key_info(record: &PasskeyRecord) -> ApiResult<PublicKeyInfo> {
 /// [`ApiError::Internal`] when the row does not parse.
 pub fn passkey_info(record: &PasskeyRecord) -> ApiResult<PasskeyInfo> {
     Ok(PasskeyInfo {
-        id: URL_SAFE_NO_PAD.encode(&record.credential_id),
+        id: record.credential_id.clone().into(),
         aaguid: record.aaguid,
         created_at: record.created_at,
         last_used_at: record.last_used_at,

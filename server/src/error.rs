@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use tessera_wire::ErrorBody;
+use tessera_wire::{ErrorBody, ErrorCode};
 
 use crate::store::StoreError;
 
@@ -93,36 +93,41 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    fn status_and_code(&self) -> (StatusCode, &'static str) {
+    fn status_and_code(&self) -> (StatusCode, ErrorCode) {
         match self {
-            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            ApiError::AdminRequired => (StatusCode::FORBIDDEN, "admin_required"),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::InvitationUnusable => (StatusCode::GONE, "invitation_unusable"),
-            ApiError::CeremonyUnknown => (StatusCode::BAD_REQUEST, "ceremony_unknown"),
-            ApiError::CeremonyMismatch => (StatusCode::BAD_REQUEST, "ceremony_mismatch"),
-            ApiError::WebauthnRejected(_) => (StatusCode::BAD_REQUEST, "webauthn_rejected"),
-            ApiError::UnknownCredential => (StatusCode::UNAUTHORIZED, "unknown_credential"),
-            ApiError::UserHandleMismatch => (StatusCode::UNAUTHORIZED, "user_handle_mismatch"),
-            ApiError::MemberRevoked => (StatusCode::FORBIDDEN, "member_revoked"),
-            ApiError::CounterRegression => (StatusCode::UNAUTHORIZED, "counter_regression"),
-            ApiError::CredentialExists => (StatusCode::CONFLICT, "credential_exists"),
-            ApiError::AttestationRefused => (StatusCode::FORBIDDEN, "attestation_refused"),
-            ApiError::LastPasskey => (StatusCode::CONFLICT, "last_passkey"),
-            ApiError::CannotRevokeSelf => (StatusCode::CONFLICT, "cannot_revoke_self"),
-            ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
-            ApiError::MalformedBody(_) => (StatusCode::BAD_REQUEST, "malformed_body"),
-            ApiError::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
-            ApiError::UnsupportedMediaType => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
+            ApiError::AdminRequired => (StatusCode::FORBIDDEN, ErrorCode::AdminRequired),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            ApiError::InvitationUnusable => (StatusCode::GONE, ErrorCode::InvitationUnusable),
+            ApiError::CeremonyUnknown => (StatusCode::BAD_REQUEST, ErrorCode::CeremonyUnknown),
+            ApiError::CeremonyMismatch => (StatusCode::BAD_REQUEST, ErrorCode::CeremonyMismatch),
+            ApiError::WebauthnRejected(_) => (StatusCode::BAD_REQUEST, ErrorCode::WebauthnRejected),
+            ApiError::UnknownCredential => (StatusCode::UNAUTHORIZED, ErrorCode::UnknownCredential),
+            ApiError::UserHandleMismatch => {
+                (StatusCode::UNAUTHORIZED, ErrorCode::UserHandleMismatch)
             }
-            ApiError::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
-            ApiError::OriginRefused => (StatusCode::FORBIDDEN, "origin_refused"),
-            ApiError::TooManyConnections => (StatusCode::TOO_MANY_REQUESTS, "too_many_connections"),
-            ApiError::DeviceTaken => (StatusCode::CONFLICT, "device_taken"),
-            ApiError::TurnNotConfigured => (StatusCode::NOT_FOUND, "turn_not_configured"),
-            ApiError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
-            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::MemberRevoked => (StatusCode::FORBIDDEN, ErrorCode::MemberRevoked),
+            ApiError::CounterRegression => (StatusCode::UNAUTHORIZED, ErrorCode::CounterRegression),
+            ApiError::CredentialExists => (StatusCode::CONFLICT, ErrorCode::CredentialExists),
+            ApiError::AttestationRefused => (StatusCode::FORBIDDEN, ErrorCode::AttestationRefused),
+            ApiError::LastPasskey => (StatusCode::CONFLICT, ErrorCode::LastPasskey),
+            ApiError::CannotRevokeSelf => (StatusCode::CONFLICT, ErrorCode::CannotRevokeSelf),
+            ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidRequest),
+            ApiError::MalformedBody(_) => (StatusCode::BAD_REQUEST, ErrorCode::MalformedBody),
+            ApiError::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::BodyTooLarge),
+            ApiError::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                ErrorCode::UnsupportedMediaType,
+            ),
+            ApiError::RateLimited => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited),
+            ApiError::OriginRefused => (StatusCode::FORBIDDEN, ErrorCode::OriginRefused),
+            ApiError::TooManyConnections => {
+                (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyConnections)
+            }
+            ApiError::DeviceTaken => (StatusCode::CONFLICT, ErrorCode::DeviceTaken),
+            ApiError::TurnNotConfigured => (StatusCode::NOT_FOUND, ErrorCode::TurnNotConfigured),
+            ApiError::Busy => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Busy),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
         }
     }
 }
@@ -134,10 +139,10 @@ impl IntoResponse for ApiError {
             ApiError::Internal(cause) => tracing::error!(%cause, "request failed"),
             ApiError::WebauthnRejected(cause) => tracing::info!(%cause, "webauthn refused"),
             // Only the code: a message may echo what the client sent.
-            _ => tracing::info!(code, "request refused"),
+            _ => tracing::info!(code = code.as_str(), "request refused"),
         }
         let body = ErrorBody {
-            error: code.to_owned(),
+            error: code,
             message: self.to_string(),
         };
         (status, Json(body)).into_response()

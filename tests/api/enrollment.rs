@@ -72,7 +72,7 @@ async fn enroll_tampered(app: &TestApp, tamper: Tamper) -> (StatusCode, String) 
     match client.enroll_finish(&options.ceremony, credential).await {
         Err(error) => (
             error.status().expect("an HTTP refusal"),
-            error.code().expect("an error code").to_owned(),
+            error.code().expect("an error code").as_str().to_owned(),
         ),
         Ok(granted) => panic!("a tampered registration was accepted: {granted:?}"),
     }

@@ -1,14 +1,13 @@
 //! A member's own keys (add a spare, list, revoke any but the last) and recovery after a lost key.
 
-use base64::Engine as _;
 use reqwest::StatusCode;
 use tessera_tests::TestApp;
-use tessera_wire::{InvitationKind, Role};
+use tessera_wire::{Base64Url, ErrorCode, InvitationKind, Role};
 
 use crate::support::assert_refused;
 
 fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    Base64Url::encode(bytes)
 }
 
 #[tokio::test]
@@ -16,7 +15,7 @@ async fn a_member_adds_a_spare_key_logs_in_with_it_and_revokes_the_first() {
     let app = TestApp::spawn().await;
     let admin = app.admin().await;
     let (mut spare, info) = admin.client.add_passkey(Some("spare")).await.expect("add");
-    assert_eq!(info.id, b64(spare.credential_id()));
+    assert_eq!(info.id.text(), b64(spare.credential_id()));
     assert_eq!(admin.client.passkeys().await.expect("keys").len(), 2);
 
     let mut client = app.client();
@@ -105,7 +104,7 @@ async fn the_same_key_cannot_be_added_twice() {
     assert!(
         matches!(
             error.code(),
-            Some("webauthn_rejected" | "credential_exists")
+            Some(ErrorCode::WebauthnRejected | ErrorCode::CredentialExists)
         ),
         "{error}"
     );
@@ -201,11 +200,11 @@ async fn the_directory_carries_each_members_public_keys() {
     assert_eq!(entry.passkeys.len(), 1);
     assert_eq!(entry.passkeys[0].alg, "ES256");
     assert_eq!(
-        entry.passkeys[0].public_key,
+        entry.passkeys[0].public_key.text(),
         b64(&admin.key.public_key_sec1())
     );
     assert_eq!(
-        entry.passkeys[0].credential_id,
+        entry.passkeys[0].credential_id.text(),
         b64(admin.key.credential_id())
     );
 }

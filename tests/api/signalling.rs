@@ -6,7 +6,7 @@ use serde_json::json;
 use tessera_server::circle;
 use tessera_tests::{TestApp, TestMember, WsClient};
 use tessera_wire::Role;
-use tessera_wire::signal::{Limits, ServerFrame};
+use tessera_wire::signal::{FrameErrorCode, Limits, ServerFrame};
 use tokio_tungstenite::tungstenite::{self, Message};
 use uuid::Uuid;
 
@@ -25,7 +25,7 @@ fn signal(to: Uuid, payload: &serde_json::Value) -> String {
 fn assert_error(frame: Option<ServerFrame>, expected: &str) {
     match frame {
         Some(ServerFrame::Error { code, message }) => {
-            assert_eq!(code, expected, "{message}");
+            assert_eq!(code.as_str(), expected, "{message}");
             assert!(!message.is_empty());
         }
         other => panic!("expected an error {expected}, got {other:?}"),
@@ -524,7 +524,7 @@ async fn the_hello_tells_the_limits_the_server_then_holds_the_connection_to() {
         a.send_text(&signal(device_of(&g_hello), &json!(n))).await;
     }
     assert!(
-        matches!(a.next().await, Some(ServerFrame::Error { code, .. }) if code == "rate_limited")
+        matches!(a.next().await, Some(ServerFrame::Error { code, .. }) if code == FrameErrorCode::RateLimited)
     );
     for n in 0..2 {
         match g.next().await {
@@ -562,8 +562,8 @@ async fn flooding_is_refused_then_closed() {
             codes.push(code);
         }
     }
-    assert!(codes.iter().any(|c| c == "rate_limited"), "{codes:?}");
-    assert_eq!(codes.last().map(String::as_str), Some("abuse"), "{codes:?}");
+    assert!(codes.contains(&FrameErrorCode::RateLimited), "{codes:?}");
+    assert_eq!(codes.last(), Some(&FrameErrorCode::Abuse), "{codes:?}");
     // Others are unaffected: the frames within the limit arrived, and grace can still be reached.
     assert!(matches!(g.next().await, Some(ServerFrame::Signal { .. })));
     let (mut again, _) = WsClient::connect(&app, &admin).await;
@@ -622,7 +622,10 @@ async fn a_device_that_never_reads_is_dropped_and_others_carry_on() {
             a.frame_within(std::time::Duration::from_millis(1)).await
         {
             assert!(
-                matches!(code.as_str(), "peer_unavailable" | "unknown_device"),
+                matches!(
+                    code,
+                    FrameErrorCode::PeerUnavailable | FrameErrorCode::UnknownDevice
+                ),
                 "{code}"
             );
             dropped = true;

@@ -23,8 +23,6 @@ use std::fmt;
 use std::io::Write as _;
 use std::path::Path;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ciborium::Value;
 use p256::ecdsa::signature::Signer as _;
 use p256::ecdsa::{DerSignature, SigningKey};
@@ -32,6 +30,7 @@ use p256::elliptic_curve::Generate as _;
 use p256::elliptic_curve::zeroize::Zeroize as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
+use tessera_wire::Base64Url;
 use url::{Host, Url};
 use webauthn_rs_proto::{
     AuthenticationExtensionsClientOutputs, AuthenticatorAssertionResponseRaw,
@@ -174,11 +173,11 @@ impl fmt::Debug for SoftKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SoftKey")
             .field("rp_id", &self.rp_id)
-            .field("credential_id", &b64(&self.credential_id))
-            .field("user_handle", &b64(&self.user_handle))
+            .field("credential_id", &Base64Url::encode(&self.credential_id))
+            .field("user_handle", &Base64Url::encode(&self.user_handle))
             .field("counter", &self.counter)
-            .field("aaguid", &b64(&self.aaguid))
-            .field("public_key", &b64(&self.public_key_sec1()))
+            .field("aaguid", &Base64Url::encode(&self.aaguid))
+            .field("public_key", &Base64Url::encode(&self.public_key_sec1()))
             .field("signing_key", &"<redacted>")
             .finish()
     }
@@ -290,14 +289,8 @@ fn is_loopback(host: &Host<&str>) -> bool {
     }
 }
 
-fn b64(bytes: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
 fn unb64(field: &str, text: &str) -> Result<Vec<u8>, AuthenticatorError> {
-    URL_SAFE_NO_PAD
-        .decode(text)
-        .map_err(|e| AuthenticatorError::KeyFile(format!("{field}: not base64url: {e}")))
+    Base64Url::decode(text).map_err(|e| AuthenticatorError::KeyFile(format!("{field}: {e}")))
 }
 
 fn crypto(e: impl fmt::Display) -> AuthenticatorError {
@@ -317,7 +310,7 @@ fn client_data_json(
 ) -> Result<Vec<u8>, AuthenticatorError> {
     let data = ClientData {
         type_: tamper.client_data_type.as_deref().unwrap_or(type_),
-        challenge: b64(tamper.challenge.as_deref().unwrap_or(challenge)),
+        challenge: Base64Url::encode(tamper.challenge.as_deref().unwrap_or(challenge)),
         origin: tamper.origin.as_deref().unwrap_or(origin),
         cross_origin: false,
     };
@@ -493,7 +486,7 @@ impl SoftKey {
         ]))?;
 
         let credential = RegisterPublicKeyCredential {
-            id: b64(&key.credential_id),
+            id: Base64Url::encode(&key.credential_id),
             raw_id: key.credential_id.clone(),
             response: AuthenticatorAttestationResponseRaw {
                 attestation_object,
@@ -581,7 +574,7 @@ impl SoftKey {
         self.counter = counter;
 
         Ok(PublicKeyCredential {
-            id: b64(&presented_id),
+            id: Base64Url::encode(&presented_id),
             raw_id: presented_id,
             response: AuthenticatorAssertionResponseRaw {
                 authenticator_data: auth_data,
@@ -609,9 +602,9 @@ impl SoftKey {
     #[must_use]
     pub fn public_key_info(&self) -> tessera_wire::PublicKeyInfo {
         tessera_wire::PublicKeyInfo {
-            credential_id: b64(&self.credential_id),
+            credential_id: self.credential_id.clone().into(),
             alg: "ES256".into(),
-            public_key: b64(&self.public_key_sec1()),
+            public_key: self.public_key_sec1().into(),
         }
     }
 
@@ -677,11 +670,11 @@ impl SoftKey {
         let mut file = KeyFile {
             version: KEY_FILE_VERSION,
             rp_id: self.rp_id.clone(),
-            credential_id: b64(&self.credential_id),
-            user_handle: b64(&self.user_handle),
+            credential_id: Base64Url::encode(&self.credential_id),
+            user_handle: Base64Url::encode(&self.user_handle),
             counter: self.counter,
-            aaguid: b64(&self.aaguid),
-            private_key: b64(&secret),
+            aaguid: Base64Url::encode(&self.aaguid),
+            private_key: Base64Url::encode(&secret),
         };
         secret.zeroize();
         let json = serde_json::to_vec_pretty(&file).map_err(encoding);
@@ -903,7 +896,7 @@ mod tests {
         let rp = relying_party();
         let (_, ccr, _) = registration_options(&rp);
         let (key, reg) = SoftKey::register(&ccr, ORIGIN).expect("registers");
-        assert_eq!(reg.id, b64(key.credential_id()));
+        assert_eq!(reg.id, Base64Url::encode(key.credential_id()));
         assert_eq!(reg.raw_id, key.credential_id());
         assert_eq!(reg.type_, "public-key");
         assert_eq!(
@@ -916,7 +909,10 @@ mod tests {
         assert_eq!(client["type"], "webauthn.create");
         assert_eq!(client["origin"], ORIGIN);
         assert_eq!(client["crossOrigin"], false);
-        assert_eq!(client["challenge"], b64(&ccr.public_key.challenge).as_str());
+        assert_eq!(
+            client["challenge"],
+            Base64Url::encode(&ccr.public_key.challenge).as_str()
+        );
 
         let object: Value = ciborium::from_reader(reg.response.attestation_object.as_slice())
             .expect("attestation object is CBOR");
@@ -1575,9 +1571,12 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&text).expect("JSON");
         assert_eq!(json["version"], 1);
         assert_eq!(json["rp_id"], "localhost");
-        assert_eq!(json["credential_id"], b64(key.credential_id()).as_str());
+        assert_eq!(
+            json["credential_id"],
+            Base64Url::encode(key.credential_id()).as_str()
+        );
         let secret = json["private_key"].as_str().expect("string").to_owned();
-        assert_eq!(URL_SAFE_NO_PAD.decode(&secret).expect("b64url").len(), 32);
+        assert_eq!(Base64Url::decode(&secret).expect("b64url").len(), 32);
 
         let debug = format!("{key:?}");
         assert!(!debug.contains(&secret), "Debug leaks the secret: {debug}");
@@ -1595,9 +1594,12 @@ mod tests {
         let variants = [
             ("version", serde_json::json!(2)),
             ("private_key", serde_json::json!("AAAA")),
-            ("private_key", serde_json::json!(b64(&[0; 32]))),
+            (
+                "private_key",
+                serde_json::json!(Base64Url::encode(&[0; 32])),
+            ),
             ("private_key", serde_json::json!("not base64!")),
-            ("aaguid", serde_json::json!(b64(&[0; 15]))),
+            ("aaguid", serde_json::json!(Base64Url::encode(&[0; 15]))),
             ("credential_id", serde_json::json!("")),
             ("rp_id", serde_json::json!("")),
             ("unexpected", serde_json::json!(true)),

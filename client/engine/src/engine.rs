@@ -16,8 +16,8 @@ use openmls_traits::OpenMlsProvider as _;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use serde_json::value::{RawValue, to_raw_value};
-use tessera_wire::MemberInfo;
-use tessera_wire::signal::{ClientFrame, Limits, ServerFrame};
+use tessera_wire::signal::{ClientFrame, FrameErrorCode, Limits, ServerFrame};
+use tessera_wire::{Base64Url, MemberInfo};
 use uuid::Uuid;
 use web_time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -27,8 +27,7 @@ use crate::delivery::{Delivery, DeliveryConfig, OutboxChange, Queued, Seq};
 use crate::identity::DeviceCertificate;
 use crate::pacer::Pacer;
 use crate::payload::{
-    CommitPayload, Content, RtcSignal, Sealed, SignalPayload, b64, decode_packet, encode_packet,
-    unb64,
+    CommitPayload, Content, RtcSignal, Sealed, SignalPayload, decode_packet, encode_packet,
 };
 use crate::pieces::{self, Assembler};
 use crate::provider::{Provider, StorageChanges};
@@ -240,7 +239,7 @@ pub enum Event {
     /// The server refused a frame.
     ServerError {
         /// Its code.
-        code: String,
+        code: FrameErrorCode,
     },
     /// The server says the membership or the session was revoked.
     Revoked,
@@ -410,7 +409,7 @@ pub struct Engine {
     /// A staged commit waiting for a fresher directory.
     staged: Option<(u64, Staged)>,
     /// MLS signals that came before this device's Welcome.
-    early: Vec<(Uuid, Uuid, String)>,
+    early: Vec<(Uuid, Uuid, Base64Url)>,
     links: BTreeMap<Uuid, Link>,
     /// The server's limits, from its latest `hello`.
     limits: Limits,
@@ -477,9 +476,7 @@ impl Engine {
         key: DeviceKey,
         certificate: DeviceCertificate,
     ) -> Result<Engine, EngineError> {
-        let bound = certificate
-            .device_key_bytes()
-            .is_ok_and(|k| k == key.public());
+        let bound = certificate.device_key_bytes() == key.public();
         if !bound || certificate.member != member || certificate.device != device {
             return Err(EngineError::CertificateMismatch);
         }
@@ -723,7 +720,7 @@ impl Engine {
                 self.server_slot = Some(self.server_slot.unwrap_or(0).max(epoch + 1));
                 match codec::from_json::<CommitPayload>(payload.get())
                     .ok()
-                    .and_then(|p| unb64(&p.mls, "commit").ok())
+                    .map(|p| p.mls.into_vec())
                 {
                     Some(commit) => self.hold(epoch, commit),
                     None => self.event(Event::Refused {
@@ -816,7 +813,7 @@ impl Engine {
     fn send_sealed(&mut self, device: Uuid, sealed: &Sealed) -> Result<(), EngineError> {
         let bytes = serde_json::to_vec(sealed).map_err(|e| EngineError::Mls(e.to_string()))?;
         let msg = self.encrypt(&bytes)?;
-        self.send_signal(device, &SignalPayload::Mls { msg: b64(&msg) });
+        self.send_signal(device, &SignalPayload::Mls { msg: msg.into() });
         Ok(())
     }
 
@@ -1094,30 +1091,19 @@ impl Engine {
 
     fn take_signal(&mut self, now: Instant, from: Uuid, member: Uuid, payload: SignalPayload) {
         match payload {
-            SignalPayload::KeyPackage { kp } => match unb64(&kp, "KeyPackage") {
-                Ok(kp) => self.take_key_package(now, from, member, &kp, None),
-                Err(reason) => self.event(Event::Refused {
-                    what: "KeyPackage",
-                    reason: Refusal::Malformed(reason.0),
-                }),
-            },
-            SignalPayload::Welcome { welcome, next } => match unb64(&welcome, "Welcome") {
-                Ok(welcome) => self.take_welcome(now, from, &welcome, next, None),
-                Err(reason) => self.event(Event::Refused {
-                    what: "Welcome",
-                    reason: Refusal::Malformed(reason.0),
-                }),
-            },
+            SignalPayload::KeyPackage { kp } => {
+                self.take_key_package(now, from, member, kp.as_slice(), None);
+            }
+            SignalPayload::Welcome { welcome, next } => {
+                self.take_welcome(now, from, welcome.as_slice(), next, None);
+            }
             SignalPayload::Mls { msg } => {
                 if self.group.is_none() {
                     // Sent by a member that processed this device's add before its Welcome came.
                     push_bounded(&mut self.early, (from, member, msg));
                     return;
                 }
-                let result = unb64(&msg, "MLS message")
-                    .map_err(|e| Refusal::Malformed(e.0))
-                    .and_then(|msg| self.open_sealed(now, from, member, &msg));
-                if let Err(reason) = result {
+                if let Err(reason) = self.open_sealed(now, from, member, msg.as_slice()) {
                     self.event(Event::Refused {
                         what: "MLS signal",
                         reason,
@@ -1138,7 +1124,7 @@ impl Engine {
             SignalPayload::Commits {
                 from: first,
                 commits,
-            } => self.take_commits(now, from, first, &commits),
+            } => self.take_commits(now, from, first, commits),
         }
     }
 
@@ -1408,8 +1394,13 @@ impl Engine {
         let Some(next) = self.saved.next_slot else {
             return;
         };
-        let commits: Option<Vec<String>> = (first..next)
-            .map(|slot| self.saved.recent.get(&slot).map(|c| b64(c)))
+        let commits: Option<Vec<Base64Url>> = (first..next)
+            .map(|slot| {
+                self.saved
+                    .recent
+                    .get(&slot)
+                    .map(|c| Base64Url::from(c.as_slice()))
+            })
             .collect();
         let commits = commits.unwrap_or_default();
         self.send_signal(
@@ -1421,7 +1412,7 @@ impl Engine {
         );
     }
 
-    fn take_commits(&mut self, now: Instant, from: Uuid, first: u64, commits: &[String]) {
+    fn take_commits(&mut self, now: Instant, from: Uuid, first: u64, commits: Vec<Base64Url>) {
         let Some((asked, _, _)) = &self.catch_up else {
             return;
         };
@@ -1436,9 +1427,7 @@ impl Engine {
             return;
         }
         for (slot, commit) in (first..).zip(commits) {
-            if let Ok(commit) = unb64(commit, "commit") {
-                self.hold(slot, commit);
-            }
+            self.hold(slot, commit.into_vec());
         }
         self.catch_up = None;
     }
@@ -1484,7 +1473,7 @@ impl Engine {
                 self.send_signal(
                     *device,
                     &SignalPayload::Welcome {
-                        welcome: b64(welcome),
+                        welcome: welcome.as_slice().into(),
                         next: pending.slot + 1,
                     },
                 );
@@ -1822,7 +1811,12 @@ impl Engine {
             .collect();
         for device in targets {
             self.announced.insert(device);
-            self.send_signal(device, &SignalPayload::KeyPackage { kp: b64(&kp) });
+            self.send_signal(
+                device,
+                &SignalPayload::KeyPackage {
+                    kp: kp.clone().into(),
+                },
+            );
         }
         if again || self.announce_at.is_none() {
             self.announce_at = Some(now + self.config.announce_every);
@@ -2077,7 +2071,7 @@ impl Engine {
 }
 
 fn commit_frame(slot: u64, commit: &[u8]) -> ClientFrame {
-    let payload = to_raw_value(&CommitPayload { mls: b64(commit) })
+    let payload = to_raw_value(&CommitPayload { mls: commit.into() })
         .unwrap_or_else(|_| unreachable!("a commit payload is JSON"));
     ClientFrame::Commit {
         epoch: slot,

@@ -2,13 +2,11 @@
 //! assertion whose challenge commits to that key and to the member and device ids; checked by every
 //! peer against the passkey public keys of the circle directory.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use p256::ecdsa::signature::Verifier as _;
 use p256::ecdsa::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use tessera_wire::{PublicKeyCredential, PublicKeyInfo, RequestChallengeResponse};
+use tessera_wire::{Base64Url, PublicKeyCredential, PublicKeyInfo, RequestChallengeResponse};
 use uuid::Uuid;
 use webauthn_rs_proto::{PublicKeyCredentialRequestOptions, UserVerificationPolicy};
 
@@ -24,16 +22,16 @@ pub struct DeviceCertificate {
     pub member: Uuid,
     /// The device.
     pub device: Uuid,
-    /// The device's MLS signature public key, base64url.
-    pub device_key: String,
-    /// The hardware key's credential id, base64url.
-    pub credential_id: String,
-    /// The assertion's authenticator data, base64url.
-    pub authenticator_data: String,
-    /// The assertion's client data JSON, base64url.
-    pub client_data_json: String,
-    /// The hardware key's signature over authenticator data ‖ SHA-256(client data), base64url.
-    pub signature: String,
+    /// The device's MLS signature public key.
+    pub device_key: Base64Url,
+    /// The hardware key's credential id.
+    pub credential_id: Base64Url,
+    /// The assertion's authenticator data.
+    pub authenticator_data: Base64Url,
+    /// The assertion's client data JSON.
+    pub client_data_json: Base64Url,
+    /// The hardware key's signature over authenticator data ‖ SHA-256(client data).
+    pub signature: Base64Url,
 }
 
 /// Why a certificate is refused.
@@ -134,17 +132,11 @@ pub fn certify_with_soft_key(
     ))
 }
 
-fn decode(field: &str, name: &'static str) -> Result<Vec<u8>, CertificateError> {
-    URL_SAFE_NO_PAD
-        .decode(field)
-        .map_err(|_| CertificateError::Malformed(name))
-}
-
 #[derive(Deserialize)]
 struct ClientData {
     #[serde(rename = "type")]
     kind: String,
-    challenge: String,
+    challenge: Base64Url,
     origin: String,
 }
 
@@ -161,20 +153,18 @@ impl DeviceCertificate {
         DeviceCertificate {
             member,
             device,
-            device_key: URL_SAFE_NO_PAD.encode(device_key),
-            credential_id: URL_SAFE_NO_PAD.encode(&assertion.raw_id[..]),
-            authenticator_data: URL_SAFE_NO_PAD.encode(&assertion.response.authenticator_data[..]),
-            client_data_json: URL_SAFE_NO_PAD.encode(&assertion.response.client_data_json[..]),
-            signature: URL_SAFE_NO_PAD.encode(&assertion.response.signature[..]),
+            device_key: device_key.into(),
+            credential_id: assertion.raw_id[..].into(),
+            authenticator_data: assertion.response.authenticator_data[..].into(),
+            client_data_json: assertion.response.client_data_json[..].into(),
+            signature: assertion.response.signature[..].into(),
         }
     }
 
     /// The certified device key.
-    ///
-    /// # Errors
-    /// When the field is not base64url.
-    pub fn device_key_bytes(&self) -> Result<Vec<u8>, CertificateError> {
-        decode(&self.device_key, "device_key")
+    #[must_use]
+    pub fn device_key_bytes(&self) -> &[u8] {
+        self.device_key.as_slice()
     }
 
     /// Checks the certificate against the member's passkeys from the circle directory, for the
@@ -188,18 +178,15 @@ impl DeviceCertificate {
         origin: &str,
         rp_id: &str,
     ) -> Result<(), CertificateError> {
-        let device_key = self.device_key_bytes()?;
-        let auth_data = decode(&self.authenticator_data, "authenticator_data")?;
-        let client_data_json = decode(&self.client_data_json, "client_data_json")?;
-        let signature = decode(&self.signature, "signature")?;
-
-        let client_data: ClientData = crate::codec::from_json(&client_data_json)
+        let auth_data = self.authenticator_data.as_slice();
+        let client_data_json = self.client_data_json.as_slice();
+        let client_data: ClientData = crate::codec::from_json(client_data_json)
             .map_err(|_| CertificateError::Malformed("client_data_json"))?;
         if client_data.kind != "webauthn.get" {
             return Err(CertificateError::WrongType);
         }
-        let expected = certificate_challenge(self.member, self.device, &device_key);
-        if decode(&client_data.challenge, "challenge")? != expected {
+        let expected = certificate_challenge(self.member, self.device, self.device_key_bytes());
+        if client_data.challenge.as_slice() != expected {
             return Err(CertificateError::WrongChallenge);
         }
         if client_data.origin.trim_end_matches('/') != origin.trim_end_matches('/') {
@@ -224,13 +211,12 @@ impl DeviceCertificate {
         if passkey.alg != "ES256" {
             return Err(CertificateError::UnsupportedAlgorithm(passkey.alg.clone()));
         }
-        let public_key = decode(&passkey.public_key, "public_key")?;
-        let verifying = VerifyingKey::from_sec1_bytes(&public_key)
+        let verifying = VerifyingKey::from_sec1_bytes(passkey.public_key.as_slice())
             .map_err(|_| CertificateError::Malformed("public_key"))?;
-        let signature =
-            Signature::from_der(&signature).map_err(|_| CertificateError::BadSignature)?;
-        let mut signed = auth_data;
-        signed.extend_from_slice(&Sha256::digest(&client_data_json));
+        let signature = Signature::from_der(self.signature.as_slice())
+            .map_err(|_| CertificateError::BadSignature)?;
+        let mut signed = auth_data.to_vec();
+        signed.extend_from_slice(&Sha256::digest(client_data_json));
         verifying
             .verify(&signed, &signature)
             .map_err(|_| CertificateError::BadSignature)
@@ -275,7 +261,7 @@ mod tests {
         let cert = certify_with_soft_key(&mut key, ORIGIN, member, device, b"device mls key")
             .expect("certify");
         assert_eq!(cert.verify(&directory, ORIGIN, "localhost"), Ok(()));
-        assert_eq!(cert.device_key_bytes().expect("bytes"), b"device mls key");
+        assert_eq!(cert.device_key_bytes(), b"device mls key");
         let json = serde_json::to_string(&cert).expect("serialize");
         let back: DeviceCertificate = serde_json::from_str(&json).expect("parse");
         assert_eq!(back.verify(&directory, ORIGIN, "localhost"), Ok(()));
@@ -289,7 +275,7 @@ mod tests {
             .expect("certify");
 
         let other_key = DeviceCertificate {
-            device_key: URL_SAFE_NO_PAD.encode(b"attacker key"),
+            device_key: b"attacker key"[..].into(),
             ..cert.clone()
         };
         let other_device = DeviceCertificate {
@@ -329,10 +315,10 @@ mod tests {
             Err(CertificateError::WrongRelyingParty)
         );
         let mut bad_signature = cert.clone();
-        let mut bytes = URL_SAFE_NO_PAD.decode(&cert.signature).expect("b64");
+        let mut bytes = cert.signature.0.clone();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
-        bad_signature.signature = URL_SAFE_NO_PAD.encode(bytes);
+        bad_signature.signature = Base64Url(bytes);
         assert_eq!(
             bad_signature.verify(&directory, ORIGIN, "localhost"),
             Err(CertificateError::BadSignature)
@@ -362,7 +348,7 @@ mod tests {
             Err(CertificateError::UnsupportedAlgorithm("EdDSA".into()))
         );
         let garbage = DeviceCertificate {
-            client_data_json: "!!".into(),
+            client_data_json: b"!!"[..].into(),
             ..good
         };
         assert_eq!(

@@ -2,9 +2,8 @@
 //! sealed content of MLS application messages, and the framing of packets on a peer link. Defined
 //! once here for the native and the browser engine alike.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
+use tessera_wire::Base64Url;
 use uuid::Uuid;
 
 use crate::delivery::Packet;
@@ -15,36 +14,36 @@ use crate::delivery::Packet;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 pub enum SignalPayload {
-    /// A device outside the group asks to be added: its MLS KeyPackage (TLS-encoded MLSMessage,
-    /// base64url), whose credential carries the device certificate.
+    /// A device outside the group asks to be added: its MLS KeyPackage (TLS-encoded MLSMessage),
+    /// whose credential carries the device certificate.
     KeyPackage {
         /// The KeyPackage.
-        kp: String,
+        kp: Base64Url,
     },
-    /// A Welcome into the group (TLS-encoded MLSMessage, base64url) and the sequencer slot that
-    /// follows the commit that added the device.
+    /// A Welcome into the group (TLS-encoded MLSMessage) and the sequencer slot that follows the
+    /// commit that added the device.
     Welcome {
         /// The Welcome.
-        welcome: String,
+        welcome: Base64Url,
         /// The next sequencer slot after the adding commit.
         next: u64,
     },
-    /// An MLS application message (a PrivateMessage, base64url) holding a [`Sealed`].
+    /// An MLS application message (a PrivateMessage) holding a [`Sealed`].
     Mls {
         /// The message.
-        msg: String,
+        msg: Base64Url,
     },
     /// Ask a peer for the accepted commits from slot `from` on.
     NeedCommits {
         /// The first slot wanted.
         from: u64,
     },
-    /// Accepted commits by slot, from `from` on, as the sequencer relayed them (base64url).
+    /// Accepted commits by slot, from `from` on, as the sequencer relayed them.
     Commits {
         /// The slot of the first commit.
         from: u64,
         /// The commits, one per slot.
-        commits: Vec<String>,
+        commits: Vec<Base64Url>,
     },
     /// Piece `i` of `n` of another payload too large for one server frame: the pieces' `part`s,
     /// joined in order, are that payload's JSON text (see [`crate::pieces`]).
@@ -60,11 +59,11 @@ pub enum SignalPayload {
     },
 }
 
-/// The payload of a `commit` frame: the MLS commit (TLS-encoded MLSMessage, base64url).
+/// The payload of a `commit` frame: the MLS commit (TLS-encoded MLSMessage).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitPayload {
     /// The commit.
-    pub mls: String,
+    pub mls: Base64Url,
 }
 
 /// What an MLS application message sent through the server holds.
@@ -134,20 +133,6 @@ pub enum Content {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("malformed {0}")]
 pub struct Malformed(pub &'static str);
-
-/// Base64url without padding, the encoding of every binary field above.
-#[must_use]
-pub fn b64(bytes: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// Decodes a base64url field.
-///
-/// # Errors
-/// When it is not base64url.
-pub fn unb64(text: &str, what: &'static str) -> Result<Vec<u8>, Malformed> {
-    URL_SAFE_NO_PAD.decode(text).map_err(|_| Malformed(what))
-}
 
 const CHUNK: u8 = 1;
 const ACK: u8 = 2;
@@ -248,7 +233,8 @@ mod tests {
 
     #[test]
     fn payloads_have_their_documented_shape() {
-        let kp = serde_json::to_value(SignalPayload::KeyPackage { kp: "AA".into() }).expect("json");
+        let kp =
+            serde_json::to_value(SignalPayload::KeyPackage { kp: vec![0].into() }).expect("json");
         assert_eq!(kp, serde_json::json!({"t": "key_package", "kp": "AA"}));
         let rtc: RtcSignal =
             serde_json::from_str(r#"{"type":"candidate","candidate":"candidate:1 1 udp 1 10.0.0.1 5 typ host","sdpMid":"0"}"#)

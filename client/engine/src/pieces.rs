@@ -178,7 +178,7 @@ mod tests {
 
     fn welcome(size: usize) -> SignalPayload {
         SignalPayload::Welcome {
-            welcome: "W".repeat(size),
+            welcome: vec![0x5a; size * 3 / 4].into(),
             next: 7,
         }
     }
@@ -212,7 +212,13 @@ mod tests {
     #[test]
     fn parts_count_escapes_and_never_cut_a_character() {
         let text = "\"quoted\"\\ and \u{1} and ünïcödé 🗝 ".repeat(400);
-        let json = serde_json::to_string(&SignalPayload::Mls { msg: text }).expect("json");
+        let json = serde_json::to_string(&SignalPayload::Piece {
+            id: 0,
+            i: 0,
+            n: 1,
+            part: text,
+        })
+        .expect("json");
         let pieces = split(&json, 1, 1_024);
         let parts = parts(&pieces);
         for (.., part) in &parts {

@@ -99,7 +99,7 @@ pub fn verify_leaf(
     rp_id: &str,
 ) -> Result<DeviceCertificate, Refusal> {
     let certificate = certificate_of(credential)?;
-    if certificate.device_key_bytes()? != signature_key {
+    if certificate.device_key_bytes() != signature_key {
         return Err(Refusal::NotBound);
     }
     let (_, passkeys) = directory

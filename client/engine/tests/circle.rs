@@ -6,8 +6,6 @@ mod sim;
 
 use std::collections::BTreeSet;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::{
     BasicCredential, CredentialWithKey, KeyPackage, KeyPackageIn, MlsGroup, MlsGroupCreateConfig,
@@ -22,7 +20,7 @@ use tessera_engine::delivery::Packet;
 use tessera_engine::identity::certify_with_soft_key;
 use tessera_engine::payload::{RtcSignal, SignalPayload, decode_packet, encode_packet};
 use tessera_engine::{Engine, roster};
-use tessera_wire::Role;
+use tessera_wire::{Base64Url, Role};
 use uuid::Uuid;
 use web_time::Duration;
 
@@ -377,10 +375,10 @@ fn a_relay_that_alters_payloads_is_detected_and_nothing_is_accepted() {
         let mut value: serde_json::Value = serde_json::from_str(text).ok()?;
         let msg = value.get_mut("msg")?;
         let s = msg.as_str()?.to_owned();
-        let mut bytes = URL_SAFE_NO_PAD.decode(&s).ok()?;
+        let mut bytes = Base64Url::decode(&s).ok()?;
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
-        *msg = serde_json::Value::String(URL_SAFE_NO_PAD.encode(bytes));
+        *msg = serde_json::Value::String(Base64Url::encode(&bytes));
         Some(value.to_string())
     }));
     let now = sim.now;
@@ -437,10 +435,10 @@ fn substituted_key_packages_and_certificates_are_refused() {
     // A KeyPackage whose bytes were altered (signature broken).
     let mut value: serde_json::Value = serde_json::from_str(&kp_payload).expect("json");
     let kp = value["kp"].as_str().expect("kp").to_owned();
-    let mut bytes = URL_SAFE_NO_PAD.decode(kp).expect("b64");
+    let mut bytes = Base64Url::decode(&kp).expect("b64");
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x40;
-    value["kp"] = serde_json::Value::String(URL_SAFE_NO_PAD.encode(bytes));
+    value["kp"] = serde_json::Value::String(Base64Url::encode(&bytes));
     let payload = serde_json::value::RawValue::from_string(value.to_string()).expect("json");
     let dee = sim.devices[&d].member;
     sim.inject_signal(a, d, dee, payload);
@@ -474,10 +472,7 @@ fn substituted_key_packages_and_certificates_are_refused() {
     let kp = MlsMessageOut::from(forged.key_package().clone())
         .to_bytes()
         .expect("bytes");
-    let payload = to_raw_value(&SignalPayload::KeyPackage {
-        kp: URL_SAFE_NO_PAD.encode(kp),
-    })
-    .expect("json");
+    let payload = to_raw_value(&SignalPayload::KeyPackage { kp: kp.into() }).expect("json");
     sim.inject_signal(a, d, dee, payload);
     assert!(
         sim.refused(a).iter().any(|r| r.contains("for another key")),
@@ -497,7 +492,7 @@ fn announced_key_package(sim: &Sim, device: Uuid) -> KeyPackage {
         .filter_map(|p| serde_json::from_str::<SignalPayload>(p).ok())
         .find_map(|p| match p {
             SignalPayload::KeyPackage { kp } => {
-                let bytes = URL_SAFE_NO_PAD.decode(kp).ok()?;
+                let bytes = kp.into_vec();
                 let MlsMessageBodyIn::KeyPackage(kp) =
                     MlsMessageIn::tls_deserialize_exact(bytes).ok()?.extract()
                 else {
@@ -563,7 +558,7 @@ fn a_forged_or_replayed_welcome_is_refused_and_the_device_still_joins_the_real_g
         .add_members(&provider, &device_key, &[dee_package])
         .expect("add Dee");
     let forged = to_raw_value(&SignalPayload::Welcome {
-        welcome: URL_SAFE_NO_PAD.encode(welcome.to_bytes().expect("bytes")),
+        welcome: welcome.to_bytes().expect("bytes").into(),
         next: 1,
     })
     .expect("json");
@@ -626,8 +621,8 @@ fn commits_nobody_asked_for_are_ignored() {
     // A member device (or a relay forging its id) pushes "commits" for the next slots to Bea,
     // who never asked for them.
     for commits in [
-        vec![URL_SAFE_NO_PAD.encode(b"not a commit")],
-        vec![URL_SAFE_NO_PAD.encode([0u8; 64]); 10],
+        vec![Base64Url::from(&b"not a commit"[..])],
+        vec![Base64Url::from(vec![0u8; 64]); 10],
     ] {
         let payload = to_raw_value(&SignalPayload::Commits {
             from: slot,

@@ -1,7 +1,6 @@
 //! What the client's tests share: an engine with a certificate for its own key.
 
 use tessera_engine::identity::DeviceCertificate;
-use tessera_engine::payload::b64;
 use tessera_engine::{DeviceKey, Engine, EngineConfig};
 use uuid::Uuid;
 
@@ -12,11 +11,11 @@ pub fn engine() -> Engine {
     let certificate = DeviceCertificate {
         member,
         device,
-        device_key: b64(key.public()),
-        credential_id: b64(b"credential"),
-        authenticator_data: b64(&[0; 37]),
-        client_data_json: b64(b"{}"),
-        signature: b64(b"signature"),
+        device_key: key.public().into(),
+        credential_id: b"credential"[..].into(),
+        authenticator_data: vec![0; 37].into(),
+        client_data_json: b"{}"[..].into(),
+        signature: b"signature"[..].into(),
     };
     Engine::new(
         EngineConfig::new("http://localhost:8080", "localhost"),

@@ -6,10 +6,9 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tessera_wire::{
-    AddPasskeyStartRequest, Me, PasskeyInfo, RegistrationFinishRequest, RegistrationOptions,
+    AddPasskeyStartRequest, Base64Url, Me, PasskeyInfo, RegistrationFinishRequest,
+    RegistrationOptions,
 };
 
 use crate::auth::Caller;
@@ -103,9 +102,7 @@ async fn remove(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let credential_id = URL_SAFE_NO_PAD
-        .decode(id.as_bytes())
-        .map_err(|_| ApiError::NotFound("key"))?;
+    let credential_id = Base64Url::decode(&id).map_err(|_| ApiError::NotFound("key"))?;
     if !state
         .store
         .delete_passkey(caller.member.id, &credential_id)

@@ -9,7 +9,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt as _, StreamExt as _};
 use governor::{DefaultDirectRateLimiter, Quota};
 use hyper_util::rt::TokioIo;
-use tessera_wire::signal::{ClientFrame, Envelope, Limits, ServerFrame};
+use tessera_wire::signal::{ClientFrame, Envelope, FrameErrorCode, Limits, ServerFrame};
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
@@ -46,9 +46,9 @@ fn text(frame: &ServerFrame) -> Utf8Bytes {
     Utf8Bytes::from(serde_json::to_string(frame).unwrap_or_default())
 }
 
-fn error_frame(code: &str, message: &str) -> Utf8Bytes {
+pub(crate) fn error_frame(code: FrameErrorCode, message: &str) -> Utf8Bytes {
     text(&ServerFrame::Error {
-        code: code.to_owned(),
+        code,
         message: message.to_owned(),
     })
 }
@@ -109,13 +109,13 @@ impl Session {
     }
 
     /// Refuses a frame; past the allowed number of refusals the connection is closed for abuse.
-    fn refuse(&mut self, code: &'static str, message: &str) {
-        self.state.metrics.refused(code);
+    fn refuse(&mut self, code: FrameErrorCode, message: &str) {
+        self.state.metrics.refused(code.as_str());
         self.strikes += 1;
         if self.strikes > self.state.config.ws_max_refusals {
-            self.state.metrics.refused("abuse");
+            self.state.metrics.refused(FrameErrorCode::Abuse.as_str());
             self.send(Outbound::close(error_frame(
-                "abuse",
+                FrameErrorCode::Abuse,
                 "too many refused frames; the connection is closed",
             )));
         } else {
@@ -125,11 +125,17 @@ impl Session {
 
     async fn on_text(&mut self, frame: &str) {
         if self.limiter.check().is_err() {
-            self.refuse("rate_limited", "too many frames per second; slow down");
+            self.refuse(
+                FrameErrorCode::RateLimited,
+                "too many frames per second; slow down",
+            );
             return;
         }
         if frame.len() > self.state.config.ws_max_frame_bytes {
-            self.refuse("frame_too_large", "the frame is larger than the limit");
+            self.refuse(
+                FrameErrorCode::FrameTooLarge,
+                "the frame is larger than the limit",
+            );
             return;
         }
         // Only objects: serde would also read a struct from an array of its fields.
@@ -139,7 +145,10 @@ impl Session {
             .then(|| serde_json::from_str::<Envelope>(frame).ok())
             .flatten();
         let Some(envelope) = envelope else {
-            self.refuse("invalid_json", "the frame is not a JSON object with a type");
+            self.refuse(
+                FrameErrorCode::InvalidJson,
+                "the frame is not a JSON object with a type",
+            );
             return;
         };
         match ClientFrame::try_from(envelope) {
@@ -147,8 +156,8 @@ impl Session {
             Ok(ClientFrame::Commit { epoch, payload }) => self.commit(epoch, payload).await,
             Err(error) => {
                 let code = match error {
-                    tessera_wire::signal::FrameError::UnknownType(_) => "unknown_type",
-                    _ => "malformed_frame",
+                    tessera_wire::signal::FrameError::UnknownType(_) => FrameErrorCode::UnknownType,
+                    _ => FrameErrorCode::MalformedFrame,
                 };
                 self.refuse(code, &error.to_string());
             }
@@ -166,12 +175,17 @@ impl Session {
                 self.state.metrics.frames_relayed.inc();
             }
             Err(DeliveryError::UnknownDevice) => {
-                self.refuse("unknown_device", "no such device is online in your circle");
+                self.refuse(
+                    FrameErrorCode::UnknownDevice,
+                    "no such device is online in your circle",
+                );
             }
             Err(DeliveryError::PeerUnavailable) => {
-                self.state.metrics.refused("peer_unavailable");
+                self.state
+                    .metrics
+                    .refused(FrameErrorCode::PeerUnavailable.as_str());
                 self.send(Outbound::text(error_frame(
-                    "peer_unavailable",
+                    FrameErrorCode::PeerUnavailable,
                     "that device does not keep up and was disconnected",
                 )));
             }
@@ -189,7 +203,7 @@ impl Session {
             Err(error) => {
                 tracing::error!(%error, "sequencer: the store failed");
                 self.send(Outbound::text(error_frame(
-                    "internal",
+                    FrameErrorCode::Internal,
                     "the commit could not be sequenced; retry",
                 )));
                 return;
@@ -379,7 +393,7 @@ async fn read(session: &mut Session, mut stream: SplitStream<Socket>) -> SplitSt
                     None | Some(Err(_) | Ok(Message::Close(_))) => break,
                     Some(Ok(Message::Text(frame))) => session.on_text(frame.as_str()).await,
                     Some(Ok(Message::Binary(_))) => {
-                        session.refuse("binary_frame", "frames are JSON text");
+                        session.refuse(FrameErrorCode::BinaryFrame, "frames are JSON text");
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                 }
@@ -428,8 +442,8 @@ pub async fn serve(socket: Socket, state: AppState, caller: Caller, device: Uuid
     let ping_every = Duration::from_secs((state.config.ws_idle_timeout_secs / 3).max(1));
     // One task for both halves: the writer future runs beside the reader (join), not spawned.
     let writer = write(sink, queue, endpoint.clone(), ping_every);
-    let refuse_and_close = |code: &'static str, message: &str| {
-        state.metrics.refused(code);
+    let refuse_and_close = |code: FrameErrorCode, message: &str| {
+        state.metrics.refused(code.as_str());
         let _ = endpoint.push(Outbound::close(error_frame(code, message)));
     };
 
@@ -438,7 +452,7 @@ pub async fn serve(socket: Socket, state: AppState, caller: Caller, device: Uuid
         Err(error) => {
             tracing::error!(%error, "signalling: the store failed");
             refuse_and_close(
-                "internal",
+                FrameErrorCode::Internal,
                 "the server cannot serve this connection now; retry",
             );
             shut(stream, writer.await).await;
@@ -467,7 +481,7 @@ pub async fn serve(socket: Socket, state: AppState, caller: Caller, device: Uuid
         state.config.ws_connections_per_member,
         &hello,
     ) {
-        refuse_and_close("join_refused", &error.to_string());
+        refuse_and_close(FrameErrorCode::JoinRefused, &error.to_string());
         shut(stream, writer.await).await;
         return;
     }

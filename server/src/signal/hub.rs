@@ -5,12 +5,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use tessera_wire::signal::PeerDevice;
+use tessera_wire::signal::{FrameErrorCode, PeerDevice};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::connection::error_frame;
 use crate::secret::Digest;
 
 /// What a connection's writer sends to its device. One pointer wide: the queue allocates its slots
@@ -199,11 +200,10 @@ impl SignalRouter for LocalHub {
         let mut directory = self.directory_mut();
         check_join(&directory, endpoint.member, endpoint.device, max_per_member)?;
         if let Some(previous) = directory.devices.remove(&endpoint.device) {
-            let _ = previous.push(
-                Outbound::close(Utf8Bytes::from_static(
-                    r#"{"type":"error","code":"replaced","message":"this device connected again elsewhere"}"#,
-                )),
-            );
+            let _ = previous.push(Outbound::close(error_frame(
+                FrameErrorCode::Replaced,
+                "this device connected again elsewhere",
+            )));
         }
         let peers = directory
             .circles

@@ -5,12 +5,12 @@
 
 pub mod device;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tessera_engine::DeviceKey;
 use tessera_engine::codec::from_json;
 use tessera_engine::engine::CIPHERSUITE;
 use tessera_engine::identity::{DeviceCertificate, certificate_request, key_fingerprint};
+#[cfg(test)]
+use tessera_wire::Base64Url;
 use tessera_wire::{MemberInfo, PublicKeyInfo, Role};
 use uuid::Uuid;
 use wasm_bindgen::prelude::wasm_bindgen;
@@ -128,10 +128,7 @@ pub fn verify_certificate(
 
 /// The fingerprint members compare of a passkey in the directory.
 fn fingerprint(key: &PublicKeyInfo) -> Result<String, String> {
-    let public = URL_SAFE_NO_PAD
-        .decode(&key.public_key)
-        .map_err(|_| "a malformed passkey in the directory".to_owned())?;
-    Ok(key_fingerprint(&public))
+    Ok(key_fingerprint(key.public_key.as_slice()))
 }
 
 /// A member of the directory with the fingerprints of their hardware keys.
@@ -256,7 +253,7 @@ pub(crate) mod tests {
         let swapped = serde_json::to_string(&vec![swapped]).expect("json");
         assert!(verify_certificate(&certificate, &swapped, ORIGIN, "localhost").is_err());
         let mut altered: DeviceCertificate = serde_json::from_str(&certificate).expect("json");
-        altered.device_key = URL_SAFE_NO_PAD.encode([7u8; 32]);
+        altered.device_key = Base64Url::from(vec![7u8; 32]);
         let altered = serde_json::to_string(&altered).expect("json");
         assert!(verify_certificate(&altered, &directory, ORIGIN, "localhost").is_err());
         assert!(verify_certificate("{}", &directory, ORIGIN, "localhost").is_err());

@@ -11,7 +11,7 @@ use tessera_engine::authenticator::SoftKey;
 use tessera_engine::identity::certify_with_soft_key;
 use tessera_engine::payload::RtcSignal;
 use tessera_engine::{DeviceKey, Engine, EngineConfig, Event, LinkCommand, Output, Stored};
-use tessera_wire::signal::{ClientFrame, Limits, PeerDevice, ServerFrame};
+use tessera_wire::signal::{ClientFrame, FrameErrorCode, Limits, PeerDevice, ServerFrame};
 use tessera_wire::{MemberInfo, Role};
 use uuid::Uuid;
 use web_time::{Duration, Instant};
@@ -91,7 +91,7 @@ pub struct Sim {
     /// The limits the relay holds every connection to, as the server does, and tells in `hello`.
     pub limits: Limits,
     /// Frames the relay refused: too large, or beyond the rate.
-    pub refused_frames: Vec<String>,
+    pub refused_frames: Vec<(FrameErrorCode, usize)>,
     /// The largest frame relayed, in bytes.
     pub largest_frame: usize,
     /// A relay in the middle delivering what is addressed to the first device to the second.
@@ -254,9 +254,9 @@ impl Sim {
         let (tokens, last) = sender.allowance;
         let tokens = (tokens + now.duration_since(last).as_secs_f64() * rate).min(burst);
         let refusal = if bytes > self.limits.frame_bytes {
-            Some(format!("frame_too_large: {bytes} bytes"))
+            Some(FrameErrorCode::FrameTooLarge)
         } else if tokens < 1.0 {
-            Some("rate_limited".to_owned())
+            Some(FrameErrorCode::RateLimited)
         } else {
             None
         };
@@ -269,7 +269,7 @@ impl Sim {
             now,
         );
         if let Some(code) = refusal {
-            self.refused_frames.push(code.clone());
+            self.refused_frames.push((code, bytes));
             self.frames.push_back((
                 from,
                 ServerFrame::Error {

@@ -10,7 +10,7 @@ use tessera_client::authenticator::{AuthenticatorError, SoftKey};
 use tessera_client::identity::{certify_with_soft_key, key_fingerprint};
 use tessera_client::store::{DeviceStore, Profile};
 use tessera_engine::{DeviceKey, Engine, EngineConfig};
-use tessera_wire::Role;
+use tessera_wire::{Base64Url, ErrorCode, Role};
 use url::Url;
 use uuid::Uuid;
 
@@ -34,7 +34,7 @@ pub fn explain(error: ApiClientError, origin: &str) -> anyhow::Error {
             "cannot reach the server at {origin}: is it running, and is the address right? \
              ({error})"
         ),
-        _ if error.code() == Some("member_revoked") => {
+        _ if error.code() == Some(ErrorCode::MemberRevoked) => {
             anyhow!("your membership of this circle was revoked")
         }
         _ if error.status().is_some_and(|s| s == 401) => anyhow!(
@@ -204,7 +204,7 @@ pub async fn join(
         save_key(&key, key_file)?;
     }
     let granted = enrolled.map_err(|e| match e.code() {
-        Some("invitation_unusable" | "invitation_not_found") => anyhow!(
+        Some(ErrorCode::InvitationUnusable) => anyhow!(
             "the invitation cannot be used (expired, used or revoked): ask an admin for a new one"
         ),
         _ => explain(e, &origin),
@@ -338,12 +338,9 @@ pub async fn list_keys(settings: &Settings) -> Result<()> {
     Ok(())
 }
 
-/// The fingerprint of a base64url public key, or a note that it does not decode.
-pub fn fingerprint(public_key: &str) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(public_key)
-        .map_or_else(|_| "(malformed key)".to_owned(), |k| key_fingerprint(&k))
+/// The fingerprint of a directory's public key.
+pub fn fingerprint(public_key: &Base64Url) -> String {
+    key_fingerprint(public_key.as_slice())
 }
 
 /// A Unix time in seconds as a local date.

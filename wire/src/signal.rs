@@ -8,6 +8,37 @@ use uuid::Uuid;
 /// The WebSocket path (under the origin).
 pub const WS_PATH: &str = "/api/v1/ws";
 
+crate::code::codes! {
+    /// Why the server refused a frame or closed the connection: the `code` of an `error` frame
+    /// (`docs/protocol.md` §3).
+    pub enum FrameErrorCode {
+        /// Not JSON, not an object, no `type`, or a field of the wrong type.
+        InvalidJson = "invalid_json",
+        /// A `type` other than `signal` or `commit`.
+        UnknownType = "unknown_type",
+        /// A field the type needs is missing.
+        MalformedFrame = "malformed_frame",
+        /// The frame is longer than the limit.
+        FrameTooLarge = "frame_too_large",
+        /// A binary WebSocket message.
+        BinaryFrame = "binary_frame",
+        /// More frames than the rate limit allows.
+        RateLimited = "rate_limited",
+        /// The signal's recipient is not online in the sender's circle.
+        UnknownDevice = "unknown_device",
+        /// The recipient's queue was full; the signal was dropped.
+        PeerUnavailable = "peer_unavailable",
+        /// The store failed while sequencing a commit.
+        Internal = "internal",
+        /// Too many refused frames: the connection is closed.
+        Abuse = "abuse",
+        /// The same device connected again elsewhere: this connection is closed.
+        Replaced = "replaced",
+        /// The connection could not register after the upgrade: it is closed.
+        JoinRefused = "join_refused",
+    }
+}
+
 /// An opaque payload: any JSON value, relayed as it came.
 pub type Payload = Box<RawValue>;
 
@@ -60,7 +91,7 @@ pub struct Envelope {
     accepted: Option<bool>,
     online: Option<bool>,
     payload: Option<Payload>,
-    code: Option<String>,
+    code: Option<FrameErrorCode>,
     message: Option<String>,
 }
 
@@ -179,8 +210,8 @@ pub enum ServerFrame {
     },
     /// A frame was refused; the connection stays up unless the code says otherwise.
     Error {
-        /// A stable machine-readable code (see `docs/protocol.md`).
-        code: String,
+        /// Why.
+        code: FrameErrorCode,
         /// A sentence for people.
         message: String,
     },

@@ -4,10 +4,14 @@
 //! WebAuthn options and credentials are the `webauthn-rs-proto` types, which are the JSON that the
 //! browser's `parseCreationOptionsFromJSON` / `toJSON()` helpers read and write.
 
+mod bytes;
+mod code;
 pub mod signal;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+pub use bytes::{Base64Url, NotBase64Url};
 
 pub use webauthn_rs_proto::{
     CreationChallengeResponse, PublicKeyCredential, RegisterPublicKeyCredential,
@@ -51,11 +55,69 @@ impl Role {
     }
 }
 
+code::codes! {
+    /// Why the HTTP API refused a request: the `error` of its [`ErrorBody`] (`docs/api.md`).
+    pub enum ErrorCode {
+        /// No valid session (missing, unknown, expired, or its member was revoked).
+        Unauthorized = "unauthorized",
+        /// The session's member is not an admin.
+        AdminRequired = "admin_required",
+        /// The thing named does not exist in the caller's circle.
+        NotFound = "not_found",
+        /// The invitation is unknown, used, revoked or expired.
+        InvitationUnusable = "invitation_unusable",
+        /// The ceremony is unknown, already finished or expired.
+        CeremonyUnknown = "ceremony_unknown",
+        /// The ceremony was started for another operation.
+        CeremonyMismatch = "ceremony_mismatch",
+        /// WebAuthn verification refused the authenticator's response.
+        WebauthnRejected = "webauthn_rejected",
+        /// The key is not registered here.
+        UnknownCredential = "unknown_credential",
+        /// The assertion's user handle does not match the key's member.
+        UserHandleMismatch = "user_handle_mismatch",
+        /// The key's member was revoked.
+        MemberRevoked = "member_revoked",
+        /// The key's signature counter went backwards.
+        CounterRegression = "counter_regression",
+        /// The credential is already registered.
+        CredentialExists = "credential_exists",
+        /// The key's model is not admitted by the attestation policy.
+        AttestationRefused = "attestation_refused",
+        /// The member would be left without a key.
+        LastPasskey = "last_passkey",
+        /// An admin tried to revoke themselves.
+        CannotRevokeSelf = "cannot_revoke_self",
+        /// Well-formed JSON whose values are not acceptable.
+        InvalidRequest = "invalid_request",
+        /// The body is not acceptable JSON.
+        MalformedBody = "malformed_body",
+        /// The body is larger than the limit.
+        BodyTooLarge = "body_too_large",
+        /// The body is not declared as JSON.
+        UnsupportedMediaType = "unsupported_media_type",
+        /// Too many requests from this client.
+        RateLimited = "rate_limited",
+        /// A page of another origin tried to open the signalling socket.
+        OriginRefused = "origin_refused",
+        /// The member has too many signalling connections.
+        TooManyConnections = "too_many_connections",
+        /// The device id is in use by another member.
+        DeviceTaken = "device_taken",
+        /// The server hands out no TURN credentials.
+        TurnNotConfigured = "turn_not_configured",
+        /// The server is at a limit; try again later.
+        Busy = "busy",
+        /// Something failed inside the server.
+        Internal = "internal",
+    }
+}
+
 /// Every refused request answers with this body and a 4xx (or, without detail, 5xx) status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
-    /// A stable machine-readable code, e.g. `invitation_unusable`.
-    pub error: String,
+    /// A stable machine-readable code.
+    pub error: ErrorCode,
     /// A sentence for people.
     pub message: String,
 }
@@ -147,19 +209,19 @@ pub struct Me {
 /// A passkey's public half, as peers need it to verify a member's device certificates.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublicKeyInfo {
-    /// The credential id, base64url without padding.
-    pub credential_id: String,
+    /// The credential id.
+    pub credential_id: Base64Url,
     /// The COSE algorithm name: `ES256` or `EdDSA`.
     pub alg: String,
-    /// ES256: the SEC1 uncompressed point; EdDSA: the 32-byte key; base64url without padding.
-    pub public_key: String,
+    /// ES256: the SEC1 uncompressed point; EdDSA: the 32-byte key.
+    pub public_key: Base64Url,
 }
 
 /// One of the member's own keys: `GET /api/v1/me/passkeys`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PasskeyInfo {
-    /// The credential id (base64url), also the id for `DELETE /api/v1/me/passkeys/{id}`.
-    pub id: String,
+    /// The credential id, also the id (as text) for `DELETE /api/v1/me/passkeys/{id}`.
+    pub id: Base64Url,
     /// The authenticator model's AAGUID, when the authenticator reported one.
     pub aaguid: Option<Uuid>,
     /// When the key was enrolled.
