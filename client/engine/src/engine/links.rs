@@ -1,0 +1,168 @@
+//! Peer links as the engine sees them: which device opens, when to retry, and the WebRTC
+//! negotiation carried MLS-protected through the server.
+
+use uuid::Uuid;
+use web_time::Instant;
+
+use crate::codec::{self};
+use crate::payload::{RtcSignal, Sealed, SignalPayload};
+use crate::roster::Refusal;
+
+use super::{Engine, EngineError, LinkCommand};
+
+/// The state of a link as the engine sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Link {
+    Down { retry_at: Option<Instant> },
+    Connecting { since: Instant },
+    Up,
+}
+
+impl Engine {
+    /// The link to `device` opened.
+    pub fn handle_link_up(&mut self, now: Instant, device: Uuid) {
+        if !self.roster.contains_key(&device) {
+            self.link(LinkCommand::Close { device });
+            return;
+        }
+        self.links.insert(device, Link::Up);
+        self.saved.delivery.link_up(now, device);
+        self.step(now);
+    }
+
+    /// The link to `device` closed or failed.
+    pub fn handle_link_down(&mut self, now: Instant, device: Uuid) {
+        self.saved.delivery.link_down(device);
+        if self.links.contains_key(&device) {
+            self.links.insert(
+                device,
+                Link::Down {
+                    retry_at: Some(now + self.config.relink_after),
+                },
+            );
+        }
+        self.step(now);
+    }
+
+    /// A negotiation step of this device's side of the link to `device` (from the WebRTC stack),
+    /// sent to it MLS-protected through the server.
+    ///
+    /// # Errors
+    /// [`EngineError::NotInGroup`], or MLS failing.
+    pub fn send_rtc(
+        &mut self,
+        now: Instant,
+        device: Uuid,
+        signal: RtcSignal,
+    ) -> Result<(), EngineError> {
+        let sent = self.send_sealed(
+            device,
+            &Sealed::Rtc {
+                to: device,
+                rtc: signal,
+            },
+        );
+        self.step(now);
+        sent
+    }
+
+    /// Sends `sealed` to `device` through the server, MLS-protected.
+    pub(super) fn send_sealed(&mut self, device: Uuid, sealed: &Sealed) -> Result<(), EngineError> {
+        let bytes = serde_json::to_vec(sealed).map_err(|e| EngineError::Mls(e.to_string()))?;
+        let msg = self.encrypt(&bytes)?;
+        self.send_signal(device, &SignalPayload::Mls { msg: msg.into() });
+        Ok(())
+    }
+
+    pub(super) fn open_sealed(
+        &mut self,
+        now: Instant,
+        from: Uuid,
+        member: Uuid,
+        msg: &[u8],
+    ) -> Result<(), Refusal> {
+        let (sender, content) = self.decrypt(msg)?;
+        if sender.device != from || sender.member != member {
+            return Err(Refusal::WrongSender);
+        }
+        let sealed: Sealed =
+            codec::from_json(&content).map_err(|_| Refusal::Malformed("sealed payload"))?;
+        match sealed {
+            Sealed::Rtc { to, rtc } => {
+                if to != self.saved.device {
+                    return Err(Refusal::WrongRecipient);
+                }
+                if matches!(rtc, RtcSignal::Offer { .. }) {
+                    self.links.insert(from, Link::Connecting { since: now });
+                }
+                self.link(LinkCommand::Rtc {
+                    device: from,
+                    signal: rtc,
+                });
+            }
+            Sealed::LinkWanted { to } => {
+                if to != self.saved.device {
+                    return Err(Refusal::WrongRecipient);
+                }
+                match self.links.get(&from) {
+                    // The peer lost this link (it restarted, or the link died on its side first):
+                    // open a new one now rather than when this side notices.
+                    Some(Link::Up) => {
+                        self.saved.delivery.link_down(from);
+                        self.links.insert(from, Link::Down { retry_at: None });
+                    }
+                    Some(Link::Down { .. }) => {
+                        self.links.insert(from, Link::Down { retry_at: None });
+                    }
+                    Some(Link::Connecting { .. }) | None => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn drive_links(&mut self, now: Instant) {
+        let me = self.saved.device;
+        let mut opens = Vec::new();
+        for link in self.links.values_mut() {
+            if let Link::Connecting { since } = *link
+                && since + self.config.link_timeout <= now
+            {
+                *link = Link::Down { retry_at: None };
+            }
+        }
+        let mut asks = Vec::new();
+        for (device, link) in &mut self.links {
+            let Link::Down { retry_at } = link else {
+                continue;
+            };
+            if !self.online.contains_key(device) {
+                continue;
+            }
+            if me < *device {
+                // This side opens.
+                if retry_at.is_none_or(|at| at <= now) {
+                    *link = Link::Connecting { since: now };
+                    opens.push(*device);
+                }
+            } else {
+                // The other side opens: give it time to, then ask (it may hold a link this
+                // device lost, and would not notice for many seconds).
+                match retry_at {
+                    None => *retry_at = Some(now + self.config.relink_after),
+                    Some(at) if *at <= now => {
+                        *link = Link::Connecting { since: now };
+                        asks.push(*device);
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        for device in opens {
+            self.link(LinkCommand::Open { device });
+        }
+        for device in asks {
+            let _ = self.send_sealed(device, &Sealed::LinkWanted { to: device });
+        }
+    }
+}

@@ -1,0 +1,510 @@
+//! Who is in the circle's group: the directory's word on members, KeyPackages and Welcomes checked
+//! against it, the group created or joined, and this device's commits adding and removing devices.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use openmls::prelude::BasicCredential;
+use openmls::prelude::{
+    CredentialWithKey, KeyPackage, KeyPackageIn, LeafNode, LeafNodeIndex, MlsGroup,
+    MlsGroupCreateConfig, MlsMessageBodyIn, MlsMessageOut, PURE_CIPHERTEXT_WIRE_FORMAT_POLICY,
+    ProtocolVersion, SenderRatchetConfiguration, StagedWelcome,
+};
+use openmls_traits::OpenMlsProvider as _;
+use uuid::Uuid;
+use web_time::Instant;
+
+use crate::payload::{Content, SignalPayload};
+use crate::roster::{Directory, Refusal, certificate_of, verify_leaf, verify_leaf_node};
+
+use super::{
+    CIPHERSUITE, Engine, EngineError, Event, Link, LinkCommand, Output, Staged, commit_frame,
+    mls_error, push_bounded, read_mls, refused,
+};
+
+/// How many past epochs' secrets a device keeps, so that messages sent just before a commit
+/// (or waiting in an outbox across one) can still be read.
+pub(super) const PAST_EPOCHS: usize = 16;
+
+/// A verified KeyPackage waiting to be added.
+#[derive(Debug, Clone)]
+pub(super) struct Waiting {
+    pub(super) key_package: KeyPackage,
+    pub(super) since: Instant,
+}
+
+/// The group's settings; a device that joins by Welcome uses the same ones.
+pub(super) fn create_config() -> MlsGroupCreateConfig {
+    MlsGroupCreateConfig::builder()
+        .ciphersuite(CIPHERSUITE)
+        .use_ratchet_tree_extension(true)
+        .max_past_epochs(PAST_EPOCHS)
+        .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
+        .sender_ratchet_configuration(SenderRatchetConfiguration::new(1_000, 100_000))
+        .build()
+}
+
+impl Engine {
+    pub(super) fn fetch_directory(&mut self) {
+        if !self.directory_requested {
+            self.directory_requested = true;
+            self.outputs.push_back(Output::FetchDirectory);
+        }
+    }
+
+    pub(super) fn credential_with_key(&self) -> CredentialWithKey {
+        let identity =
+            serde_json::to_vec(&self.saved.certificate).unwrap_or_else(|_| unreachable!());
+        CredentialWithKey {
+            credential: BasicCredential::new(identity).into(),
+            signature_key: self.saved.signature_public.clone().into(),
+        }
+    }
+
+    pub(super) fn refresh_roster(&mut self) {
+        let before: BTreeSet<Uuid> = self.roster.keys().copied().collect();
+        self.roster = self
+            .group
+            .iter()
+            .flat_map(MlsGroup::members)
+            .filter_map(|m| {
+                certificate_of(&m.credential)
+                    .ok()
+                    .map(|c| (c.device, (c.member, m.index)))
+            })
+            .collect();
+        let after: BTreeSet<Uuid> = self.roster.keys().copied().collect();
+        if before != after {
+            for gone in before.difference(&after) {
+                self.saved.delivery.forget(*gone);
+                if self.links.remove(gone).is_some() {
+                    self.link(LinkCommand::Close { device: *gone });
+                }
+            }
+            let me = self.saved.device;
+            for new in after.difference(&before).filter(|d| **d != me) {
+                self.links
+                    .entry(*new)
+                    .or_insert(Link::Down { retry_at: None });
+            }
+            self.event(Event::MembersChanged);
+        }
+    }
+
+    /// Whether something refused for an unknown member, first tried with directory `tried`,
+    /// waits for a fresh directory: it has not been tried with one fetched after that yet. Once
+    /// it has, the refusal stands (a newer directory does not make it try again, so a member
+    /// nobody knows cannot make this device fetch the directory without end).
+    pub(super) fn awaits_directory(&self, tried: Option<u64>) -> bool {
+        tried.is_none_or(|version| version == self.directory_version)
+    }
+
+    pub(super) fn take_key_package(
+        &mut self,
+        now: Instant,
+        from: Uuid,
+        member: Uuid,
+        bytes: &[u8],
+        tried: Option<u64>,
+    ) {
+        let Some(directory) = self.directory.as_ref().filter(|_| self.group.is_some()) else {
+            // Kept until this device is in the group and knows the directory: it may be the one
+            // designated to add them.
+            self.unverified.retain(|(d, ..)| *d != from);
+            push_bounded(&mut self.unverified, (from, member, bytes.to_vec(), tried));
+            return;
+        };
+        let checked = (|| {
+            let MlsMessageBodyIn::KeyPackage(kp) = read_mls(bytes)? else {
+                return Err(Refusal::Malformed("KeyPackage"));
+            };
+            let kp: KeyPackage =
+                KeyPackageIn::validate(kp, self.provider.crypto(), ProtocolVersion::Mls10)
+                    .map_err(refused)?;
+            let certificate = verify_leaf_node(
+                directory,
+                kp.leaf_node(),
+                &self.config.origin,
+                &self.config.rp_id,
+            )?;
+            if certificate.device != from || certificate.member != member {
+                return Err(Refusal::WrongSender);
+            }
+            Ok(kp)
+        })();
+        match checked {
+            Ok(kp) => {
+                let already = self.group.as_ref().is_some_and(|g| {
+                    g.members()
+                        .any(|m| m.signature_key == kp.leaf_node().signature_key().as_slice())
+                });
+                if !already {
+                    self.waiting.entry(from).or_insert(Waiting {
+                        key_package: kp,
+                        since: now,
+                    });
+                }
+            }
+            Err(Refusal::UnknownMember) if self.awaits_directory(tried) => {
+                // Perhaps a member who enrolled after the directory was fetched.
+                let version = Some(tried.unwrap_or(self.directory_version));
+                self.unverified
+                    .push((from, member, bytes.to_vec(), version));
+                self.fetch_directory();
+            }
+            Err(reason) => self.event(Event::Refused {
+                what: "KeyPackage",
+                reason,
+            }),
+        }
+    }
+
+    pub(super) fn retry_key_packages(&mut self, now: Instant) {
+        let unverified = std::mem::take(&mut self.unverified);
+        for (from, member, kp, tried) in unverified {
+            self.take_key_package(now, from, member, &kp, tried);
+        }
+    }
+
+    pub(super) fn take_welcome(
+        &mut self,
+        now: Instant,
+        from: Uuid,
+        bytes: &[u8],
+        next: u64,
+        tried: Option<u64>,
+    ) {
+        if self.group.is_some() || self.saved.key_package.is_none() {
+            return;
+        }
+        let Some(directory) = &self.directory else {
+            self.welcomes.push((from, bytes.to_vec(), next, tried));
+            return;
+        };
+        // openmls deletes the KeyPackage a Welcome is for before the engine checks who sent it:
+        // a refused (forged, or not yet verifiable) Welcome must leave it, or the genuine one
+        // could never be read.
+        let checkpoint = self.provider.checkpoint();
+        let joined = (|| {
+            let MlsMessageBodyIn::Welcome(welcome) = read_mls(bytes)? else {
+                return Err(Refusal::Malformed("Welcome"));
+            };
+            let staged = StagedWelcome::new_from_welcome(
+                &self.provider,
+                create_config().join_config(),
+                welcome,
+                None,
+            )
+            .map_err(refused)?;
+            for member in staged.members() {
+                verify_leaf(
+                    directory,
+                    &member.credential,
+                    &member.signature_key,
+                    &self.config.origin,
+                    &self.config.rp_id,
+                )?;
+            }
+            let sender = staged.welcome_sender().map_err(refused)?;
+            if certificate_of(sender.credential())?.device != from {
+                return Err(Refusal::WrongSender);
+            }
+            staged.into_group(&self.provider).map_err(refused)
+        })();
+        let group = match joined {
+            Ok(group) => group,
+            Err(reason) => {
+                self.provider.roll_back(checkpoint);
+                if matches!(reason, Refusal::UnknownMember) && self.awaits_directory(tried) {
+                    let version = Some(tried.unwrap_or(self.directory_version));
+                    self.welcomes.push((from, bytes.to_vec(), next, version));
+                    self.fetch_directory();
+                } else {
+                    self.event(Event::Refused {
+                        what: "Welcome",
+                        reason,
+                    });
+                }
+                return;
+            }
+        };
+        self.group = Some(group);
+        self.saved.next_slot = Some(next);
+        self.saved.key_package = None;
+        self.saved.held.retain(|slot, _| *slot >= next);
+        self.waiting.clear();
+        self.refresh_roster();
+        self.event(Event::Joined);
+        self.retry_key_packages(now);
+        for (from, member, msg) in std::mem::take(&mut self.early) {
+            self.take_signal(now, from, member, SignalPayload::Mls { msg });
+        }
+        if let Some(name) = self.saved.display_name.clone() {
+            let _ = self.broadcast(now, &Content::Profile { name }, None);
+        }
+    }
+
+    /// Checks that every leaf a staged commit brings is bound to a hardware key of a current
+    /// member and that its sender may make its changes.
+    pub(super) fn authorize(&self, staged: &Staged) -> Result<(), Refusal> {
+        let no_directory = Directory::default();
+        let directory = self.directory.as_ref().unwrap_or(&no_directory);
+        let group = self
+            .group
+            .as_ref()
+            .ok_or(Refusal::Mls("not in the group".into()))?;
+        let (sender, sender_leaf) = (&staged.sender, staged.sender_leaf);
+        let staged = &staged.commit;
+        let check = |leaf: &LeafNode| {
+            verify_leaf_node(directory, leaf, &self.config.origin, &self.config.rp_id)
+        };
+        let mut added_devices = BTreeMap::new();
+        for add in staged.add_proposals() {
+            let c = check(add.add_proposal().key_package().leaf_node())?;
+            added_devices.insert(c.device, c.member);
+        }
+        if let Some(leaf) = staged.update_path_leaf_node() {
+            let c = check(leaf)?;
+            if c.device != sender.device {
+                return Err(Refusal::NotBound);
+            }
+        }
+        for remove in staged.remove_proposals() {
+            let removed = remove.remove_proposal().removed();
+            let Some(target) = group.member(removed).and_then(|c| certificate_of(c).ok()) else {
+                return Err(Refusal::Malformed("removal of an unknown leaf"));
+            };
+            let revoked = !directory.contains(target.member);
+            let rejoined = added_devices.get(&target.device) == Some(&target.member);
+            let itself = removed == sender_leaf;
+            if !(rejoined || itself || (revoked && directory.is_admin(sender.member))) {
+                if !revoked {
+                    // Perhaps revoked since the directory was fetched.
+                    return Err(Refusal::UnknownMember);
+                }
+                return Err(Refusal::NotAllowed(
+                    "only an admin device removes a revoked member",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn join_or_create(&mut self, now: Instant) {
+        let admin = self
+            .directory
+            .as_ref()
+            .is_some_and(|d| d.is_admin(self.saved.member));
+        if self.server_slot == Some(0) && admin && self.saved.pending.is_none() {
+            if let Err(e) = self.create_group() {
+                self.event(Event::Refused {
+                    what: "group creation",
+                    reason: refused(e),
+                });
+            }
+            return;
+        }
+        if self.saved.pending.is_some() {
+            return;
+        }
+        let kp = match &self.saved.key_package {
+            Some(kp) => kp.clone(),
+            None => match self.new_key_package() {
+                Ok(kp) => kp,
+                Err(e) => {
+                    self.event(Event::Refused {
+                        what: "KeyPackage",
+                        reason: refused(e),
+                    });
+                    return;
+                }
+            },
+        };
+        let again = self.announce_at.is_some_and(|at| at <= now);
+        if again {
+            self.announced.clear();
+        }
+        let targets: Vec<Uuid> = self
+            .online
+            .keys()
+            .copied()
+            .filter(|d| !self.announced.contains(d))
+            .collect();
+        for device in targets {
+            self.announced.insert(device);
+            self.send_signal(
+                device,
+                &SignalPayload::KeyPackage {
+                    kp: kp.clone().into(),
+                },
+            );
+        }
+        if again || self.announce_at.is_none() {
+            self.announce_at = Some(now + self.config.announce_every);
+        }
+    }
+
+    pub(super) fn new_key_package(&mut self) -> Result<Vec<u8>, EngineError> {
+        let bundle = KeyPackage::builder()
+            .build(
+                CIPHERSUITE,
+                &self.provider,
+                &self.signer,
+                self.credential_with_key(),
+            )
+            .map_err(mls_error)?;
+        let bytes = MlsMessageOut::from(bundle.key_package().clone())
+            .to_bytes()
+            .map_err(mls_error)?;
+        self.saved.key_package = Some(bytes.clone());
+        Ok(bytes)
+    }
+
+    pub(super) fn create_group(&mut self) -> Result<(), EngineError> {
+        let mut group = MlsGroup::new(
+            &self.provider,
+            &self.signer,
+            &create_config(),
+            self.credential_with_key(),
+        )
+        .map_err(mls_error)?;
+        let bundle = group
+            .commit_builder()
+            .force_self_update(true)
+            .load_psks(self.provider.storage())
+            .map_err(mls_error)?
+            .build(
+                self.provider.rand(),
+                self.provider.crypto(),
+                &self.signer,
+                |_| true,
+            )
+            .map_err(mls_error)?
+            .stage_commit(&self.provider)
+            .map_err(mls_error)?;
+        let commit = bundle.into_commit().to_bytes().map_err(mls_error)?;
+        self.group = Some(group);
+        self.saved.next_slot = Some(0);
+        self.propose(0, commit, None, Vec::new(), true);
+        self.refresh_roster();
+        Ok(())
+    }
+
+    /// Adds waiting KeyPackages (this device if it is the designated one, any device after a
+    /// while) and, on an admin device, removes the leaves of revoked members.
+    pub(super) fn commit_changes(&mut self, now: Instant) {
+        if self.saved.pending.is_some() || !self.caught_up() {
+            return;
+        }
+        let Some(next) = self.saved.next_slot else {
+            return;
+        };
+        let me = self.saved.device;
+        let designated = self
+            .online
+            .keys()
+            .copied()
+            .chain([me])
+            .filter(|d| self.roster.contains_key(d))
+            .min()
+            == Some(me);
+        let fallback = self.config.add_fallback_after;
+        let adds: Vec<(Uuid, KeyPackage)> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| designated || w.since + fallback <= now)
+            .map(|(d, w)| (*d, w.key_package.clone()))
+            .collect();
+        let no_directory = Directory::default();
+        let directory = self.directory.as_ref().unwrap_or(&no_directory);
+        let admin = directory.is_admin(self.saved.member);
+        let revoked: Vec<LeafNodeIndex> = self
+            .roster
+            .values()
+            .filter(|(member, _)| admin && !directory.contains(*member))
+            .map(|(_, leaf)| *leaf)
+            .collect();
+        // As many adds as one commit frame holds: a commit carries every KeyPackage it adds.
+        let mut take = adds.len();
+        loop {
+            let chosen = &adds[..take];
+            let mut removals: Vec<LeafNodeIndex> = self
+                .roster
+                .iter()
+                // A rejoining device's old leaf goes with its new KeyPackage's add.
+                .filter(|(device, _)| chosen.iter().any(|(d, _)| d == *device))
+                .map(|(_, (_, leaf))| *leaf)
+                .chain(revoked.iter().copied())
+                .collect();
+            removals.sort_unstable();
+            removals.dedup();
+            if chosen.is_empty() && removals.is_empty() {
+                return;
+            }
+            let Some((commit, welcome)) = self.build_own_commit(chosen, removals) else {
+                return;
+            };
+            let frame_bytes =
+                serde_json::to_string(&commit_frame(next, &commit)).map_or(usize::MAX, |f| f.len());
+            if take > 1 && frame_bytes > self.limits.frame_bytes {
+                // Too large for one frame: half the adds now, the rest next.
+                if let Some(group) = self.group.as_mut() {
+                    let _ = group.clear_pending_commit(self.provider.storage());
+                }
+                take /= 2;
+                continue;
+            }
+            let joining = chosen.iter().map(|(d, _)| *d).collect();
+            self.propose(next, commit, welcome, joining, false);
+            return;
+        }
+    }
+
+    /// Builds and stages a commit of these adds and removals: the commit and its Welcome. A
+    /// failure is told as a refusal of this device's own commit.
+    pub(super) fn build_own_commit(
+        &mut self,
+        adds: &[(Uuid, KeyPackage)],
+        removals: Vec<LeafNodeIndex>,
+    ) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
+        let group = self.group.as_mut()?;
+        let built = group
+            .commit_builder()
+            .propose_adds(adds.iter().map(|(_, kp)| kp.clone()))
+            .propose_removals(removals)
+            .load_psks(self.provider.storage())
+            .map_err(mls_error)
+            .and_then(|b| {
+                b.build(
+                    self.provider.rand(),
+                    self.provider.crypto(),
+                    &self.signer,
+                    |_| true,
+                )
+                .map_err(mls_error)
+            })
+            .and_then(|b| b.stage_commit(&self.provider).map_err(mls_error));
+        let bundle = match built {
+            Ok(bundle) => bundle,
+            Err(e) => {
+                // A KeyPackage openmls will not add (e.g. already used): forget them all.
+                self.waiting.clear();
+                self.event(Event::Refused {
+                    what: "own commit",
+                    reason: Refusal::Mls(e.to_string()),
+                });
+                return None;
+            }
+        };
+        let welcome = bundle.to_welcome_msg().and_then(|w| w.to_bytes().ok());
+        match bundle.into_commit().to_bytes() {
+            Ok(commit) => Some((commit, welcome)),
+            Err(e) => {
+                self.event(Event::Refused {
+                    what: "own commit",
+                    reason: refused(e),
+                });
+                None
+            }
+        }
+    }
+}

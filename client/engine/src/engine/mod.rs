@@ -1,0 +1,594 @@
+//! The member device's protocol core, sans-IO: fed server frames, the circle directory, peer-link
+//! events and time; drained for frames to send, link commands and events to show. One MLS group
+//! per circle, ordered by the server's sequencer (docs/protocol.md §7 and §14).
+
+mod links;
+mod membership;
+mod messages;
+mod sequencer;
+mod signalling;
+mod state;
+mod types;
+
+use links::Link;
+use membership::Waiting;
+use sequencer::{Staged, commit_frame};
+use state::{Held, Pending, Saved};
+pub use state::{Snapshot, Stored};
+pub use types::{
+    CIPHERSUITE, ChatMessage, DeviceKey, EngineConfig, EngineError, Event, LATEST_SENT_AT,
+    LinkCommand, Output,
+};
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use openmls::prelude::tls_codec::Deserialize as _;
+use openmls::prelude::{
+    GroupId, LeafNodeIndex, MlsGroup, MlsMessageBodyIn, MlsMessageIn, ProtocolMessage,
+};
+use openmls_traits::OpenMlsProvider as _;
+use tessera_wire::signal::{Limits, ServerFrame};
+use tessera_wire::{Base64Url, MemberInfo};
+use uuid::Uuid;
+use web_time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crate::codec::{self, Earlier};
+use crate::crypto::DeviceSigner;
+use crate::delivery::Delivery;
+use crate::identity::DeviceCertificate;
+use crate::pacer::Pacer;
+use crate::payload::{CommitPayload, SignalPayload};
+use crate::pieces::Assembler;
+use crate::provider::Provider;
+use crate::roster::{Directory, Refusal};
+
+/// How many items a device keeps of each kind it cannot process yet (KeyPackages before it is in
+/// the group, MLS signals before its Welcome, link messages from an epoch ahead of its own).
+const MAX_WAITING: usize = 256;
+
+/// Keeps `item` until it can be processed, dropping the oldest beyond [`MAX_WAITING`].
+fn push_bounded<T>(queue: &mut Vec<T>, item: T) {
+    queue.push(item);
+    if queue.len() > MAX_WAITING {
+        queue.remove(0);
+    }
+}
+
+fn mls_error(e: impl std::fmt::Debug) -> EngineError {
+    EngineError::Mls(format!("{e:?}"))
+}
+
+fn refused(e: impl std::fmt::Debug) -> Refusal {
+    Refusal::Mls(format!("{e:?}"))
+}
+
+/// The engine of one member device.
+pub struct Engine {
+    config: EngineConfig,
+    provider: Provider,
+    signer: DeviceSigner,
+    saved: Saved,
+    saved_mls: HashMap<Vec<u8>, Vec<u8>>,
+    group: Option<MlsGroup>,
+    /// Devices in the group: device → (member, leaf).
+    roster: BTreeMap<Uuid, (Uuid, LeafNodeIndex)>,
+    directory: Option<Directory>,
+    directory_version: u64,
+    directory_requested: bool,
+    /// When the directory is next fetched again.
+    directory_due: Option<Instant>,
+    connected: bool,
+    server_slot: Option<u64>,
+    online: BTreeMap<Uuid, Uuid>,
+    announced: BTreeSet<Uuid>,
+    announce_at: Option<Instant>,
+    waiting: BTreeMap<Uuid, Waiting>,
+    /// KeyPackages not checked yet: sender device, member, bytes, and the directory version an
+    /// unknown member was last looked up in.
+    unverified: Vec<(Uuid, Uuid, Vec<u8>, Option<u64>)>,
+    /// Welcomes not checked yet: sender, bytes, next slot, directory version last tried.
+    welcomes: Vec<(Uuid, Vec<u8>, u64, Option<u64>)>,
+    catch_up: Option<(Uuid, Instant, BTreeSet<Uuid>)>,
+    /// A staged commit waiting for a fresher directory.
+    staged: Option<(u64, Staged)>,
+    /// MLS signals that came before this device's Welcome.
+    early: Vec<(Uuid, Uuid, Base64Url)>,
+    links: BTreeMap<Uuid, Link>,
+    /// The server's limits, from its latest `hello`.
+    limits: Limits,
+    /// Frames to the server, within its rate.
+    pacer: Pacer,
+    /// Signal payloads coming in pieces.
+    assembler: Assembler,
+    /// The id of the next payload sent in pieces.
+    next_pieces: u64,
+    outputs: VecDeque<Output>,
+    dirty: bool,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("member", &self.saved.member)
+            .field("device", &self.saved.device)
+            .field("in_group", &self.group.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn read_mls(bytes: &[u8]) -> Result<MlsMessageBodyIn, Refusal> {
+    MlsMessageIn::tls_deserialize_exact(bytes)
+        .map(MlsMessageIn::extract)
+        .map_err(|_| Refusal::Malformed("MLS message"))
+}
+
+fn protocol_message(bytes: &[u8]) -> Result<ProtocolMessage, Refusal> {
+    match read_mls(bytes)? {
+        MlsMessageBodyIn::PrivateMessage(m) => Ok(m.into()),
+        MlsMessageBodyIn::PublicMessage(m) => Ok(m.into()),
+        _ => Err(Refusal::Malformed("MLS protocol message")),
+    }
+}
+
+impl Engine {
+    /// A new device of `member`, with its key certified by the member's hardware key.
+    ///
+    /// # Errors
+    /// [`EngineError::CertificateMismatch`] when the certificate is for another key or device.
+    pub fn new(
+        config: EngineConfig,
+        member: Uuid,
+        device: Uuid,
+        key: DeviceKey,
+        certificate: DeviceCertificate,
+    ) -> Result<Engine, EngineError> {
+        let bound = certificate.device_key_bytes() == key.public();
+        if !bound || certificate.member != member || certificate.device != device {
+            return Err(EngineError::CertificateMismatch);
+        }
+        let provider = Provider::default();
+        key.0.store(provider.storage()).map_err(mls_error)?;
+        let saved = Saved {
+            member,
+            device,
+            signature_public: key.public().to_vec(),
+            certificate,
+            group_id: None,
+            next_slot: None,
+            recent: BTreeMap::new(),
+            held: BTreeMap::new(),
+            pending: None,
+            key_package: None,
+            delivery: Delivery::new(config.delivery.clone()),
+            display_name: None,
+            names: BTreeMap::new(),
+            future: Vec::new(),
+        };
+        Ok(Engine::assemble(config, provider, key.0, saved, None))
+    }
+
+    /// The engine as the local store kept it, snapshot after snapshot.
+    ///
+    /// # Errors
+    /// [`EngineError::Corrupt`] when the parts do not fit together.
+    pub fn restore(config: EngineConfig, stored: Stored) -> Result<Engine, EngineError> {
+        let Stored { state, mls, outbox } = stored;
+        let mut saved: Saved = codec::decode(&state, Earlier::Cbor)
+            .map_err(|e| EngineError::Corrupt(e.to_string()))?;
+        saved.delivery.set_config(config.delivery.clone());
+        saved.delivery.restore_outbox(outbox.into_values());
+        let saved_mls = mls.clone();
+        let provider = Provider::with_values(mls);
+        let signer = DeviceSigner::read(provider.storage(), &saved.signature_public)
+            .ok_or_else(|| EngineError::Corrupt("the device key is missing".into()))?;
+        let group = match &saved.group_id {
+            Some(id) => Some(
+                MlsGroup::load(provider.storage(), &GroupId::from_slice(id))
+                    .map_err(mls_error)?
+                    .ok_or_else(|| EngineError::Corrupt("the group is missing".into()))?,
+            ),
+            None => None,
+        };
+        let mut engine = Engine::assemble(config, provider, signer, saved, group);
+        engine.saved_mls = saved_mls;
+        engine.refresh_roster();
+        Ok(engine)
+    }
+
+    fn assemble(
+        config: EngineConfig,
+        provider: Provider,
+        signer: DeviceSigner,
+        saved: Saved,
+        group: Option<MlsGroup>,
+    ) -> Engine {
+        Engine {
+            config,
+            provider,
+            signer,
+            saved,
+            saved_mls: HashMap::new(),
+            group,
+            roster: BTreeMap::new(),
+            directory: None,
+            directory_version: 0,
+            directory_requested: false,
+            directory_due: None,
+            connected: false,
+            server_slot: None,
+            online: BTreeMap::new(),
+            announced: BTreeSet::new(),
+            announce_at: None,
+            waiting: BTreeMap::new(),
+            unverified: Vec::new(),
+            welcomes: Vec::new(),
+            catch_up: None,
+            early: Vec::new(),
+            staged: None,
+            links: BTreeMap::new(),
+            limits: Limits::default(),
+            pacer: Pacer::new(Limits::default()),
+            assembler: Assembler::default(),
+            next_pieces: 0,
+            outputs: VecDeque::new(),
+            dirty: true,
+        }
+    }
+
+    /// This device's member.
+    #[must_use]
+    pub fn member(&self) -> Uuid {
+        self.saved.member
+    }
+
+    /// This device.
+    #[must_use]
+    pub fn device(&self) -> Uuid {
+        self.saved.device
+    }
+
+    /// Whether this device is in the circle's group.
+    #[must_use]
+    pub fn in_group(&self) -> bool {
+        self.group.is_some()
+    }
+
+    /// The group's MLS epoch, when in the group.
+    #[must_use]
+    pub fn epoch(&self) -> Option<u64> {
+        self.group.as_ref().map(|g| g.epoch().as_u64())
+    }
+
+    /// The devices of the group (this one included): device → member.
+    #[must_use]
+    pub fn group_devices(&self) -> BTreeMap<Uuid, Uuid> {
+        self.roster.iter().map(|(d, (m, _))| (*d, *m)).collect()
+    }
+
+    /// The devices online at the server (as of the last hello and presence).
+    #[must_use]
+    pub fn online_devices(&self) -> BTreeMap<Uuid, Uuid> {
+        self.online.clone()
+    }
+
+    /// Display names learnt inside the group: member → name.
+    #[must_use]
+    pub fn display_names(&self) -> BTreeMap<Uuid, String> {
+        let mut names = self.saved.names.clone();
+        if let Some(name) = &self.saved.display_name {
+            names.insert(self.saved.member, name.clone());
+        }
+        names
+    }
+
+    /// Whether the link to `device` is up.
+    #[must_use]
+    pub fn link_is_up(&self, device: Uuid) -> bool {
+        self.links.get(&device) == Some(&Link::Up)
+    }
+
+    /// Frames waiting to go to the server within its rate.
+    #[must_use]
+    pub fn frames_waiting(&self) -> usize {
+        self.pacer.waiting()
+    }
+
+    /// Messages waiting in the outbox for `device`.
+    #[must_use]
+    pub fn unacknowledged(&self, device: Uuid) -> usize {
+        self.saved.delivery.unacknowledged(device)
+    }
+
+    // ---------------------------------------------------------------- inputs
+
+    /// The circle directory, fetched from `GET /api/v1/members`.
+    pub fn handle_directory(&mut self, now: Instant, members: Vec<MemberInfo>) {
+        self.directory = Some(Directory::new(members));
+        self.directory_version += 1;
+        self.directory_requested = false;
+        self.directory_due = Some(now + self.config.directory_refresh);
+        self.retry_key_packages(now);
+        let welcomes = std::mem::take(&mut self.welcomes);
+        for (from, welcome, next, tried) in welcomes {
+            self.take_welcome(now, from, &welcome, next, tried);
+        }
+        self.step(now);
+    }
+
+    /// A frame from the server.
+    pub fn handle_frame(&mut self, now: Instant, frame: ServerFrame) {
+        match frame {
+            ServerFrame::Hello {
+                member,
+                device,
+                peers,
+                epoch,
+                limits,
+            } => {
+                if member != self.saved.member || device != self.saved.device {
+                    self.event(Event::Refused {
+                        what: "hello",
+                        reason: Refusal::WrongRecipient,
+                    });
+                    return;
+                }
+                self.connected = true;
+                self.limits = limits;
+                self.pacer.set_limits(limits);
+                self.server_slot = Some(epoch);
+                self.online = peers.into_iter().map(|p| (p.device, p.member)).collect();
+                self.announced.clear();
+                self.catch_up = None;
+                if let Some(pending) = &self.saved.pending
+                    && pending.slot == epoch
+                {
+                    // The answer was lost with the old connection and the slot is still free.
+                    let frame = commit_frame(pending.slot, &pending.commit);
+                    self.send(frame);
+                }
+                for (device, link) in &mut self.links {
+                    if matches!(link, Link::Down { .. }) && self.online.contains_key(device) {
+                        *link = Link::Down { retry_at: None };
+                    }
+                }
+            }
+            ServerFrame::Presence {
+                member,
+                device,
+                online,
+            } => {
+                if online {
+                    self.online.insert(device, member);
+                    if let Some(Link::Down { retry_at }) = self.links.get_mut(&device) {
+                        *retry_at = None;
+                    }
+                } else {
+                    self.online.remove(&device);
+                    self.announced.remove(&device);
+                    // A group device going away may be a revoked member's: look again.
+                    if self.roster.contains_key(&device) {
+                        self.fetch_directory();
+                    }
+                }
+            }
+            ServerFrame::Signal {
+                from,
+                member,
+                payload,
+            } => match codec::from_json::<SignalPayload>(payload.get()) {
+                Ok(payload) => self.take_signal(now, from, member, payload),
+                Err(_) => self.event(Event::Refused {
+                    what: "signal",
+                    reason: Refusal::Malformed("signal payload"),
+                }),
+            },
+            ServerFrame::Commit { epoch, payload, .. } => {
+                self.server_slot = Some(self.server_slot.unwrap_or(0).max(epoch + 1));
+                match codec::from_json::<CommitPayload>(payload.get())
+                    .ok()
+                    .map(|p| p.mls.into_vec())
+                {
+                    Some(commit) => self.hold(epoch, commit),
+                    None => self.event(Event::Refused {
+                        what: "commit",
+                        reason: Refusal::Malformed("commit payload"),
+                    }),
+                }
+            }
+            ServerFrame::CommitResult { epoch, accepted } => {
+                self.take_commit_result(now, epoch, accepted);
+            }
+            ServerFrame::Error { code, .. } => self.event(Event::ServerError { code }),
+            ServerFrame::Revoked => self.event(Event::Revoked),
+        }
+        self.step(now);
+    }
+
+    /// The signalling connection dropped; peer links go on.
+    pub fn handle_disconnected(&mut self, now: Instant) {
+        self.connected = false;
+        self.catch_up = None;
+        self.step(now);
+    }
+
+    /// Time passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.saved.delivery.handle_timeout(now);
+        if self.connected && self.directory_due.is_some_and(|due| due <= now) {
+            self.directory_due = None;
+            self.fetch_directory();
+        }
+        self.step(now);
+    }
+
+    /// When [`Engine::handle_timeout`] next has work.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let relinks = self.links.values().filter_map(|l| match l {
+            Link::Down { retry_at } => *retry_at,
+            Link::Connecting { since } => Some(*since + self.config.link_timeout),
+            Link::Up => None,
+        });
+        let fallbacks = self
+            .waiting
+            .values()
+            .map(|w| w.since + self.config.add_fallback_after);
+        [
+            self.saved.delivery.poll_timeout(),
+            self.announce_at,
+            self.catch_up.as_ref().map(|c| c.1),
+            self.directory_due.filter(|_| self.connected),
+            self.pacer.next_at(),
+            self.assembler.next_expiry(),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(relinks)
+        .chain(fallbacks)
+        .min()
+    }
+
+    /// The next thing to do.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// What to write to the local store, if anything changed since the last snapshot. Write it
+    /// before acting on the outputs drained since, so that nothing acknowledged is lost.
+    ///
+    /// # Errors
+    /// When the state cannot be encoded.
+    pub fn take_snapshot(&mut self) -> Result<Option<Snapshot>, EngineError> {
+        if !self.dirty {
+            return Ok(None);
+        }
+        self.dirty = false;
+        self.saved.group_id = self
+            .group
+            .as_ref()
+            .map(|g| g.group_id().as_slice().to_vec());
+        let state = codec::encode(&self.saved).map_err(|e| EngineError::Corrupt(e.to_string()))?;
+        let mls = self.provider.changes_since(&mut self.saved_mls);
+        let outbox = self.saved.delivery.take_outbox_changes();
+        Ok(Some(Snapshot { state, mls, outbox }))
+    }
+
+    // ---------------------------------------------------------------- the machine
+
+    fn event(&mut self, event: Event) {
+        self.outputs.push_back(Output::Event(event));
+    }
+
+    fn link(&mut self, command: LinkCommand) {
+        self.outputs.push_back(Output::Link(command));
+    }
+
+    /// Runs after every input, which may have changed what is saved.
+    fn step(&mut self, now: Instant) {
+        self.dirty = true;
+        if self.directory.is_none() {
+            self.fetch_directory();
+        }
+        self.process_held(now);
+        if self.connected && self.directory.is_some() {
+            if self.group.is_none() {
+                self.join_or_create(now);
+            } else {
+                self.catch_up_if_behind(now);
+                self.commit_changes(now);
+            }
+        }
+        self.drive_links(now);
+        self.drain_delivery();
+        self.assembler.expire(now);
+        self.release_frames(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Serialize;
+    use serde_bytes::ByteBuf;
+
+    use super::*;
+
+    fn cbor<T: Serialize>(value: &T) -> Vec<u8> {
+        let mut out = Vec::new();
+        ciborium::into_writer(value, &mut out).expect("encode");
+        out
+    }
+
+    #[test]
+    fn states_saved_in_cbor_by_earlier_versions_still_read_and_new_ones_are_postcard() {
+        // How states were saved first: CBOR, every byte an array element.
+        #[derive(Serialize)]
+        struct ArrayHeld {
+            commit: Vec<u8>,
+            tried_with_directory: Option<u64>,
+        }
+        let old = cbor(&ArrayHeld {
+            commit: vec![200; 100],
+            tried_with_directory: Some(4),
+        });
+        let held: Held = codec::decode(&old, Earlier::Cbor).expect("an array-encoded commit reads");
+        assert_eq!(held.commit, vec![200; 100]);
+        assert_eq!(held.tried_with_directory, Some(4));
+        let old_recent: BTreeMap<u64, Vec<u8>> = [(7, vec![9; 50])].into();
+        let recent: BTreeMap<u64, ByteBuf> =
+            codec::decode(&cbor(&old_recent), Earlier::Cbor).expect("array-encoded recent commits");
+        assert_eq!(recent[&7].as_slice(), &[9; 50][..]);
+        // Then CBOR byte strings.
+        let byte_strings = cbor(&held);
+        let back: Held = codec::decode(&byte_strings, Earlier::Cbor).expect("reads");
+        assert_eq!(back.commit, held.commit);
+        // Now postcard: about the bytes' own size.
+        let new = codec::encode(&held).expect("encodes");
+        assert!(new.len() <= held.commit.len() + 8, "{} bytes", new.len());
+        let back: Held = codec::decode(&new, Earlier::Cbor).expect("reads");
+        assert_eq!(back.commit, held.commit);
+        assert_eq!(back.tried_with_directory, Some(4));
+    }
+
+    #[test]
+    fn events_serialize_as_the_cli_and_the_page_show_them() {
+        let id = Uuid::new_v4();
+        let json = |event: &Event| serde_json::to_value(event).expect("json");
+        let message = ChatMessage {
+            id,
+            member: id,
+            device: id,
+            text: "hi".into(),
+            sent_at: 5,
+        };
+        assert_eq!(
+            json(&Event::Message {
+                message,
+                outgoing: true
+            }),
+            serde_json::json!({"event": "message", "id": id, "member": id, "device": id,
+                "text": "hi", "sent_at": 5, "outgoing": true})
+        );
+        assert_eq!(
+            json(&Event::Delivered { id, device: id }),
+            serde_json::json!({"event": "delivered", "id": id, "device": id})
+        );
+        assert_eq!(
+            json(&Event::Refused {
+                what: "commit",
+                reason: Refusal::UnknownMember
+            }),
+            serde_json::json!({"event": "refused", "what": "commit",
+                "reason": "the member is not in the circle directory"})
+        );
+        assert_eq!(
+            json(&Event::Revoked),
+            serde_json::json!({"event": "revoked"})
+        );
+    }
+}

@@ -1,0 +1,221 @@
+//! The engine's vocabulary: its configuration and errors, the device key, and what it tells its
+//! driver to do (outputs, link commands) and to show (events).
+
+use openmls::prelude::Ciphersuite;
+use serde::{Deserialize, Serialize};
+use tessera_wire::signal::{ClientFrame, FrameErrorCode};
+use uuid::Uuid;
+use web_time::Duration;
+
+use crate::crypto::DeviceSigner;
+use crate::delivery::DeliveryConfig;
+use crate::payload::RtcSignal;
+use crate::roster::Refusal;
+
+use super::mls_error;
+
+/// The circle's ciphersuite: X25519, AES-128-GCM, SHA-256, Ed25519 device keys.
+pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+
+/// The latest time a received message may claim to be written at (ms since the Unix epoch): the
+/// end of what JavaScript's `Date` can show. A peer's clock is its own; a time outside
+/// `0..=LATEST_SENT_AT` is shown as the nearest bound rather than breaking the interfaces.
+pub const LATEST_SENT_AT: i64 = 8_640_000_000_000_000;
+
+/// Timings and limits of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The server's origin, as the hardware key saw it (`https://tessera.example`).
+    pub origin: String,
+    /// The WebAuthn relying party id (the origin's host).
+    pub rp_id: String,
+    /// How many accepted commits a device keeps for peers that catch up.
+    pub recent_commits: usize,
+    /// How often a device outside the group announces its KeyPackage again.
+    pub announce_every: Duration,
+    /// How long a catch-up request waits for its answer before the next peer is asked.
+    pub catch_up_timeout: Duration,
+    /// How long a KeyPackage waits for the designated device before any member adds it.
+    pub add_fallback_after: Duration,
+    /// How long after a link failed its initiator tries again.
+    pub relink_after: Duration,
+    /// How long a link may take to open before it is tried again.
+    pub link_timeout: Duration,
+    /// How often a connected device fetches the circle directory again, to learn of revoked
+    /// members whose devices were offline when it happened.
+    pub directory_refresh: Duration,
+    /// Delivery limits and timings.
+    pub delivery: DeliveryConfig,
+}
+
+impl EngineConfig {
+    /// Defaults for a server at `origin` with RP id `rp_id`.
+    #[must_use]
+    pub fn new(origin: impl Into<String>, rp_id: impl Into<String>) -> EngineConfig {
+        EngineConfig {
+            origin: origin.into(),
+            rp_id: rp_id.into(),
+            recent_commits: 256,
+            announce_every: Duration::from_secs(5),
+            catch_up_timeout: Duration::from_secs(5),
+            add_fallback_after: Duration::from_secs(10),
+            relink_after: Duration::from_secs(2),
+            link_timeout: Duration::from_secs(10),
+            directory_refresh: Duration::from_secs(60),
+            delivery: DeliveryConfig::default(),
+        }
+    }
+}
+
+/// Why the engine cannot do what it was asked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The device is not in the circle's group yet.
+    #[error("this device is not in the circle's group yet")]
+    NotInGroup,
+    /// The certificate is not for this device's key.
+    #[error("the device certificate is not for this device's key")]
+    CertificateMismatch,
+    /// The message is too large.
+    #[error("the message is too large")]
+    TooLarge,
+    /// The saved state cannot be read.
+    #[error("the saved state cannot be read: {0}")]
+    Corrupt(String),
+    /// MLS failed.
+    #[error("MLS failed: {0}")]
+    Mls(String),
+}
+
+/// A device's MLS signature key, before it is certified by the member's hardware key.
+#[derive(Debug)]
+pub struct DeviceKey(pub(super) DeviceSigner);
+
+impl DeviceKey {
+    /// A fresh Ed25519 key.
+    ///
+    /// # Errors
+    /// When the system has no randomness.
+    pub fn generate() -> Result<DeviceKey, EngineError> {
+        DeviceSigner::generate().map(DeviceKey).map_err(mls_error)
+    }
+
+    /// The public key, which the hardware key certifies.
+    #[must_use]
+    pub fn public(&self) -> &[u8] {
+        self.0.public()
+    }
+}
+
+/// What the engine asks its driver to do with peer links (WebRTC data channels). Serialized for
+/// the page's driver as `{"kind":"open","device":…}` (the bytes of `data` as a byte string).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LinkCommand {
+    /// Open a link to `device`; the initiator makes the offer, the other waits for it.
+    Open {
+        /// The peer.
+        device: Uuid,
+    },
+    /// A negotiation step from `device`, authenticated by MLS: apply it to that link (an offer
+    /// creates the link on the answering side).
+    Rtc {
+        /// The peer.
+        device: Uuid,
+        /// The step.
+        signal: RtcSignal,
+    },
+    /// Put these bytes on the link's data channel.
+    Data {
+        /// The peer.
+        device: Uuid,
+        /// One packet.
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    /// Close the link: the peer left the group.
+    Close {
+        /// The peer.
+        device: Uuid,
+    },
+}
+
+/// A chat message, sent or received.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// The message's id.
+    pub id: Uuid,
+    /// The sending member.
+    pub member: Uuid,
+    /// The sending device.
+    pub device: Uuid,
+    /// The text.
+    pub text: String,
+    /// When it was written (ms since the Unix epoch, by the sender's clock).
+    pub sent_at: i64,
+}
+
+/// What happened, for the user interface and the history. Serialized as the CLI's `--json` lines
+/// and the page's events show it: `{"event":"delivered","id":…,"device":…}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Event {
+    /// This device created the circle's group (the circle's first device).
+    GroupCreated,
+    /// This device joined the group through a Welcome.
+    Joined,
+    /// The group's devices or display names changed.
+    MembersChanged,
+    /// This device was removed from the group.
+    Removed,
+    /// A message sent by this device (now in the outbox) or received from a peer.
+    Message {
+        /// The message.
+        #[serde(flatten)]
+        message: ChatMessage,
+        /// Whether this device sent it.
+        outgoing: bool,
+    },
+    /// A peer device acknowledged one of this device's messages.
+    Delivered {
+        /// The message.
+        id: Uuid,
+        /// The device that holds it now.
+        device: Uuid,
+    },
+    /// Something from a peer or the server was refused (tampering, a stale directory, a bug).
+    Refused {
+        /// What it was.
+        what: &'static str,
+        /// Why.
+        #[serde(serialize_with = "as_sentence")]
+        reason: Refusal,
+    },
+    /// The server refused a frame.
+    ServerError {
+        /// Its code.
+        code: FrameErrorCode,
+    },
+    /// The server says the membership or the session was revoked.
+    Revoked,
+}
+
+/// Serializes a refusal as the sentence that explains it.
+fn as_sentence<S: serde::Serializer>(reason: &Refusal, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(reason)
+}
+
+/// What the engine wants done.
+#[derive(Debug)]
+pub enum Output {
+    /// Send this frame to the server.
+    Send(ClientFrame),
+    /// A link command.
+    Link(LinkCommand),
+    /// Show or record this.
+    Event(Event),
+    /// Fetch the circle directory and hand it to [`Engine::handle_directory`].
+    FetchDirectory,
+}
