@@ -143,7 +143,7 @@ class CircleView {
   // The device's view (converted from the engine once per redraw), and what the rows read of it.
   #view() {
     const view = this.device.view();
-    this.names = new Map(view.names);
+    this.names = new Map(Object.entries(view.names));
     this.others = view.devices.filter((d) => !d.own).length;
     return view;
   }

@@ -1,13 +1,12 @@
-// The page's driver of the engine: the browser as a member device. It feeds the engine (Rust,
-// compiled to WebAssembly) the signalling WebSocket, the circle directory, WebRTC data channels
-// and time, and writes each snapshot to IndexedDB before it acts on the outputs that followed it,
-// so that nothing acknowledged is lost. It holds no protocol logic: that is the engine's.
+// The page's driver of the engine: the browser as a member device. It moves bytes and does the IO
+// the engine (Rust, compiled to WebAssembly) asks for: the signalling WebSocket, the circle
+// directory and ICE server fetches, WebRTC data channels and time. Each of the engine's turns is
+// written to IndexedDB before its outputs are acted on, so that nothing acknowledged is lost. It
+// holds no device policy (what to retry and when, what to keep, why to stop): that is the engine's.
 
 const API = '/api/v1';
 const LABEL = 'tessera'; // the data channel's label, as the native client names it
 const CHANNEL_BUFFER_LIMIT = 8 * 1024 * 1024; // past this a packet waits for the outbox to resend it
-const DIRECTORY_RETRY_MS = 5_000;
-const ICE_RETRY_MS = 60_000; // TURN credentials that could not be fetched are asked for again
 const BACKOFF_FIRST_MS = 500;
 const BACKOFF_MAX_MS = 30_000;
 const BACKOFF_RESET_MS = 60_000; // a connection up this long starts the backoff afresh
@@ -66,7 +65,6 @@ export class DeviceStore {
 
   constructor(db) {
     this.db = db;
-    this.device = null; // this browser's device id, once known: its own messages are keyed by it
   }
 
   // Every record the engine needs to come back as it was; null for a browser with no device yet.
@@ -80,33 +78,32 @@ export class DeviceStore {
     return state ? { state, mls, outbox } : null;
   }
 
-  // A snapshot and the history its events carry, in one transaction.
-  async save(snapshot, events) {
+  // One write of the engine, in one transaction: its state, MLS's pairs, the outbox and the
+  // history rows, applied as they come.
+  async save(write) {
     // Strict: the write is on disk when it completes, before anything it led to is acted on.
     const tx = this.db.transaction(['engine', 'mls', 'outbox', 'history'], 'readwrite', { durability: 'strict' });
     const done = finished(tx);
-    if (snapshot) {
-      tx.objectStore('engine').put(snapshot.state, 'state');
-      const mls = tx.objectStore('mls');
-      for (const record of snapshot.mls_put) mls.put(record);
-      for (const key of snapshot.mls_delete) mls.delete(key);
-      const outbox = tx.objectStore('outbox');
-      for (const record of snapshot.outbox_put) outbox.put(record);
-      for (const { peer, seq } of snapshot.outbox_delete) outbox.delete([peer, seq]);
-    }
+    tx.objectStore('engine').put(write.state, 'state');
+    const mls = tx.objectStore('mls');
+    for (const record of write.mls_put) mls.put(record);
+    for (const key of write.mls_delete) mls.delete(key);
+    const outbox = tx.objectStore('outbox');
+    for (const record of write.outbox_put) outbox.put(record);
+    for (const { peer, seq } of write.outbox_delete) outbox.delete([peer, seq]);
     const history = tx.objectStore('history');
-    for (const event of events) {
-      if (event.event === 'message') {
+    for (const row of write.history) {
+      if (row.kind === 'add') {
         history.add({
-          id: event.id, member: event.member, device: event.device, text: event.text,
-          sent_at: event.sent_at, outgoing: event.outgoing, delivered: [],
+          id: row.id, member: row.member, device: row.device, text: row.text,
+          sent_at: row.sent_at, outgoing: row.outgoing, delivered: [],
         }).onerror = (e) => { e.preventDefault(); e.stopPropagation(); }; // a duplicate: kept once
-      } else if (event.event === 'delivered' && this.device) {
-        const get = history.get([this.device, event.id]);
+      } else if (row.kind === 'delivered') {
+        const get = history.get([row.device, row.id]);
         get.onsuccess = () => {
           const entry = get.result;
-          if (entry && !entry.delivered.includes(event.device)) {
-            entry.delivered.push(event.device);
+          if (entry && !entry.delivered.includes(row.peer)) {
+            entry.delivered.push(row.peer);
             history.put(entry);
           }
         };
@@ -275,6 +272,14 @@ class Links {
 
 // ---------------------------------------------------------------- the device
 
+// What the page says when the engine stops the device, by its reason.
+const STOPPED = {
+  revoked: 'Your membership of this circle was revoked. This browser receives nothing more.',
+  removed: "This browser was removed from the circle's group. It receives nothing more.",
+  replaced: 'This device is open in another tab or window. Close this one, or reload it to use it here.',
+  session_ended: 'Your session ended (you logged out, it expired, or your membership was revoked). Log in again with your key.',
+};
+
 // The engine's module (`/static/engine/tessera_web.js`), loaded once.
 let enginePromise = null;
 export function loadEngine() {
@@ -285,7 +290,8 @@ export function loadEngine() {
   return enginePromise;
 }
 
-// Why the device stopped: 'revoked', 'removed', 'replaced', 'session' (logged out or expired).
+// Why the device stopped: the engine's reason ('revoked', 'session_ended', 'removed', 'replaced'),
+// or 'store' when this browser could not save.
 export class DeviceStopped extends Error {
   constructor(reason, message) {
     super(message);
@@ -304,7 +310,7 @@ export class Device extends EventTarget {
       device.links.closeAll();
       device.socket?.close();
     });
-    await device.#loadIceServers();
+    await device.#fetchIceServers();
     device.#connect();
     await device.#settle();
     return device;
@@ -314,18 +320,14 @@ export class Device extends EventTarget {
     super();
     this.store = store;
     this.engine = engine;
-    store.device = engine.device();
     this.links = new Links(this);
     this.socket = null;
     this.connected = false;
     this.stopped = null;
     this.timer = null;
     this.reconnectTimer = null;
-    this.iceTimer = null;
     this.failures = 0;
     this.directory = null; // the last circle directory, as text
-    this.fetching = false;
-    this.fetchAgain = false;
     this.settling = false;
     this.again = false;
   }
@@ -369,14 +371,13 @@ export class Device extends EventTarget {
     this.stopped = stopped;
     clearTimeout(this.timer);
     clearTimeout(this.reconnectTimer);
-    clearTimeout(this.iceTimer);
     this.links.closeAll();
     this.socket?.close();
     this.dispatchEvent(new CustomEvent('stopped', { detail: stopped }));
   }
 
-  // Drains the engine until it has nothing left: every output is acted on once the snapshot that
-  // led to it is in IndexedDB. One run at a time; input that arrives meanwhile runs again.
+  // Takes the engine's turns until it has none: each turn's write is in IndexedDB before its
+  // outputs are acted on. One run at a time; input that arrives meanwhile runs again.
   async #settle() {
     if (this.settling) {
       this.again = true;
@@ -386,19 +387,13 @@ export class Device extends EventTarget {
     try {
       do {
         this.again = false;
-        if (this.stopped) break;
-        const outputs = [];
-        for (let output = this.engine.pollOutput(); output !== undefined; output = this.engine.pollOutput()) {
-          outputs.push(output);
+        for (let turn = this.engine.nextTurn(); turn !== undefined && !this.stopped; turn = this.engine.nextTurn()) {
+          if (turn.write) await this.store.save(turn.write);
+          for (const output of turn.outputs) {
+            if (this.stopped) break;
+            this.#act(output);
+          }
         }
-        const events = outputs.filter((o) => o.kind === 'event');
-        const snapshot = this.engine.takeSnapshot();
-        if (snapshot !== undefined || events.length) await this.store.save(snapshot ?? null, events);
-        for (const output of outputs) {
-          if (this.stopped) break;
-          this.#act(output);
-        }
-        if (outputs.length) this.again = true;
       } while (this.again && !this.stopped);
     } catch (error) {
       // The store failed: stop rather than act on what could not be saved.
@@ -439,6 +434,9 @@ export class Device extends EventTarget {
       case 'fetch_directory':
         this.#fetchDirectory();
         break;
+      case 'fetch_ice_servers':
+        this.#fetchIceServers();
+        break;
       case 'event':
         this.#take(output);
         break;
@@ -449,29 +447,18 @@ export class Device extends EventTarget {
 
   #take(event) {
     this.dispatchEvent(new CustomEvent('event', { detail: event }));
-    if (event.event === 'revoked') {
-      this.stop(new DeviceStopped('revoked', 'Your membership of this circle was revoked. This browser receives nothing more.'));
-    } else if (event.event === 'removed') {
-      this.stop(new DeviceStopped('removed', "This browser was removed from the circle's group. It receives nothing more."));
-    } else if (event.event === 'server_error' && event.code === 'replaced') {
-      this.stop(new DeviceStopped('replaced', 'This device is open in another tab or window. Close this one, or reload it to use it here.'));
+    if (event.event === 'stopped') {
+      this.stop(new DeviceStopped(event.reason, STOPPED[event.reason] ?? `This browser stopped (${event.reason}).`));
     }
   }
 
-  // One fetch at a time; one asked for meanwhile runs when it ends (the answer in flight may be
-  // from before the change that made the engine ask).
+  // The engine asks for one fetch at a time, and again after a failure.
   async #fetchDirectory() {
     if (this.stopped) return;
-    if (this.fetching) {
-      this.fetchAgain = true;
-      return;
-    }
-    this.fetching = true;
-    this.fetchAgain = false;
     try {
       const response = await fetch(`${API}/members`, { credentials: 'same-origin' });
       if (response.status === 401) {
-        this.#sessionGone();
+        this.input((engine) => engine.handleSessionEnded());
         return;
       }
       if (!response.ok) throw new Error(`the server answered ${response.status}`);
@@ -479,31 +466,30 @@ export class Device extends EventTarget {
       this.directory = text;
       this.input((engine) => engine.handleDirectory(text));
     } catch (error) {
-      console.warn(`circle directory: ${error?.message ?? error}`);
-      setTimeout(() => this.#fetchDirectory(), DIRECTORY_RETRY_MS);
-    } finally {
-      this.fetching = false;
+      const reason = error?.message ?? String(error);
+      console.warn(`circle directory: ${reason}`);
+      this.input((engine) => engine.handleDirectoryUnavailable(reason));
     }
-    if (this.fetchAgain) this.#fetchDirectory();
   }
 
-  // Short-lived TURN credentials when the server has a TURN server; none otherwise. Fetched again
-  // at half their lifetime, so that links opened later never use expired ones.
-  async #loadIceServers() {
+  // Short-lived TURN credentials when the server has a TURN server; none otherwise. Until they
+  // come, links offer this browser's own addresses only. The engine says when to ask again.
+  async #fetchIceServers() {
     if (this.stopped) return;
-    let again = ICE_RETRY_MS;
+    let outcome = ['unavailable'];
     try {
       const response = await fetch(`${API}/turn`, { credentials: 'same-origin' });
-      if (response.status === 404) return; // the server has no TURN server
-      if (response.ok) {
+      if (response.status === 404) {
+        outcome = ['not_configured'];
+      } else if (response.ok) {
         const { urls, username, credential, ttl_secs: ttl } = await response.json();
         this.links.iceServers = [{ urls, username, credential }];
-        again = Math.max(ICE_RETRY_MS, (ttl * 1000) / 2);
+        outcome = ['offered', ttl];
       }
     } catch {
-      // Until then, links offer this browser's own addresses only.
+      // No answer: asked again later.
     }
-    this.iceTimer = setTimeout(() => this.#loadIceServers(), again);
+    this.input((engine) => engine.handleIceServers(...outcome));
   }
 
   #connect() {
@@ -548,16 +534,12 @@ export class Device extends EventTarget {
     try {
       const response = await fetch(`${API}/me`, { credentials: 'same-origin' });
       if (response.status === 401) {
-        this.#sessionGone();
+        this.input((engine) => engine.handleSessionEnded());
         return true;
       }
     } catch {
       // The network is down: keep trying.
     }
     return false;
-  }
-
-  #sessionGone() {
-    this.stop(new DeviceStopped('session', 'Your session ended (you logged out, it expired, or your membership was revoked). Log in again with your key.'));
   }
 }

@@ -1,25 +1,27 @@
-//! The native device: a thin tokio driver around the sans-IO engine. It feeds the engine the
-//! signalling connection, the circle directory, one UDP socket carrying every WebRTC link, user
-//! commands and time, and writes each snapshot to the local store before acting on the outputs
-//! that followed it.
+//! The native device: a thin tokio driver around the sans-IO engine. It moves bytes and does the
+//! IO the engine asks for: the signalling connection, the circle directory and ICE server fetches,
+//! one UDP socket carrying every WebRTC link, user commands and time. Each of the engine's turns
+//! is written to the local store before its outputs are acted on. The device's policy (what to
+//! retry and when, what to keep, why it stops) is the engine's.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tessera_engine::{Engine, EngineError, Event, LinkCommand, Output};
-use tessera_wire::signal::ServerFrame;
+use tessera_engine::{
+    DeviceView, Engine, EngineError, Event, IceOutcome, LinkCommand, Output, StopReason,
+};
 use tessera_wire::{ErrorCode, MemberInfo};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::api::ApiClient;
+use crate::api::{ApiClient, ApiClientError};
 use crate::gather::{IcePolicy, IceServer, IceUrl, parse_ice_url};
 use crate::rtc::{LinkEvent, Links};
 use crate::signal::{Backoff, SignalClient, SignalEvent};
-use crate::store::{DeviceStore, StoreError};
+use crate::store::{DeviceStore, StoreError, TurnError};
 
 /// Why the device stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -39,15 +41,22 @@ pub enum DeviceError {
     NoRelay(String),
 }
 
+impl From<TurnError> for DeviceError {
+    fn from(error: TurnError) -> DeviceError {
+        match error {
+            TurnError::Engine(e) => DeviceError::Engine(e),
+            TurnError::Store(e) => DeviceError::Store(e),
+        }
+    }
+}
+
 /// Why the device stopped without an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stopped {
     /// Asked to stop.
     Requested,
-    /// The server says the session or the membership is no longer valid.
-    Revoked,
-    /// Another process took over this device's signalling connection.
-    Replaced,
+    /// The engine stopped it ([`Event::Stopped`]): revoked, session ended, removed or replaced.
+    By(StopReason),
 }
 
 /// What the device reports to its user interface.
@@ -69,33 +78,56 @@ pub enum Update {
     LinkUp(Uuid),
     /// A link to a peer device closed.
     LinkDown(Uuid),
-    /// The circle directory could not be fetched; the device tries again.
-    DirectoryUnavailable(String),
 }
 
-/// The device as its user interface sees it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The device as its user interface sees it: the engine's view, and the address a TURN server
+/// relays for this device, once allocated.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
-    /// This member.
-    pub member: Uuid,
-    /// This device.
-    pub device: Uuid,
-    /// The group's MLS epoch, once in the group.
-    pub epoch: Option<u64>,
-    /// The group's devices (this one included): device → member.
-    pub group: BTreeMap<Uuid, Uuid>,
-    /// The devices online at the server: device → member.
-    pub online: BTreeMap<Uuid, Uuid>,
-    /// Display names learnt inside the group: member → name.
-    pub names: BTreeMap<Uuid, String>,
-    /// Peer devices with a link up.
-    pub links: Vec<Uuid>,
-    /// Messages waiting for an acknowledgement, per peer device of the group.
-    pub waiting: BTreeMap<Uuid, usize>,
-    /// Whether the signalling connection is up.
-    pub connected: bool,
-    /// The address a TURN server relays for this device, once allocated.
+    /// The engine's view of the device and its group.
+    pub view: DeviceView,
+    /// The relayed address, once allocated.
     pub relayed: Option<SocketAddr>,
+}
+
+impl Status {
+    /// The group's devices, this one included: device → member.
+    #[must_use]
+    pub fn group(&self) -> BTreeMap<Uuid, Uuid> {
+        self.view
+            .devices
+            .iter()
+            .map(|d| (d.device, d.member))
+            .collect()
+    }
+
+    /// The group's other devices online at the server: device → member.
+    #[must_use]
+    pub fn online(&self) -> BTreeMap<Uuid, Uuid> {
+        self.others()
+            .filter(|d| d.online)
+            .map(|d| (d.device, d.member))
+            .collect()
+    }
+
+    /// The peer devices with a link up.
+    #[must_use]
+    pub fn links(&self) -> Vec<Uuid> {
+        self.others()
+            .filter(|d| d.linked)
+            .map(|d| d.device)
+            .collect()
+    }
+
+    /// Messages waiting for an acknowledgement, per other device of the group.
+    #[must_use]
+    pub fn waiting(&self) -> BTreeMap<Uuid, usize> {
+        self.others().map(|d| (d.device, d.waiting)).collect()
+    }
+
+    fn others(&self) -> impl Iterator<Item = &tessera_engine::GroupDeviceView> {
+        self.view.devices.iter().filter(|d| !d.own)
+    }
 }
 
 enum Command {
@@ -118,25 +150,19 @@ pub struct Connection {
     pub relay_only: bool,
 }
 
-/// How long a starting device waits for the server's ICE servers.
+/// How long a device waits for the server's ICE servers.
 const ICE_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
-/// The shortest time between two renewals of the TURN credentials.
-const ICE_RENEW_AT_LEAST: Duration = Duration::from_secs(5);
-/// The longest time between two renewals of the TURN credentials.
-const ICE_RENEW_AT_MOST: Duration = Duration::from_secs(24 * 3600);
-/// How long a failed renewal of the TURN credentials waits before the next try.
-const ICE_RETRY: Duration = Duration::from_secs(30);
 
-/// The ICE servers the server offers (`GET /api/v1/turn`), addresses resolved, and when to ask
-/// again (see [`offered_ice`]).
+/// The ICE servers the server offers (`GET /api/v1/turn`), addresses resolved, and what came of
+/// asking (see [`offered_ice`]).
 ///
 /// # Errors
 /// [`DeviceError::NoRelay`] when `relay_only` and no TURN server can be used.
 pub async fn ice_policy(
     api: &ApiClient,
     relay_only: bool,
-) -> Result<(IcePolicy, Option<Duration>), DeviceError> {
-    let (servers, ask_again_in) = offered_ice(api).await;
+) -> Result<(IcePolicy, IceOutcome), DeviceError> {
+    let (servers, outcome) = offered_ice(api).await;
     if relay_only && !servers.iter().any(|s| matches!(s, IceServer::Turn { .. })) {
         return Err(DeviceError::NoRelay(
             "the server offers none this client can use (a turn: URL over UDP)".into(),
@@ -147,30 +173,27 @@ pub async fn ice_policy(
             servers,
             relay_only,
         },
-        ask_again_in,
+        outcome,
     ))
 }
 
 /// The ICE servers the server offers, addresses resolved (none when it offers none or cannot be
-/// reached: links then offer the host address only), and when to ask again:
-/// - with a TURN server, a third of the way through its credentials' lifetime (at least 5 s,
-///   at most a day), so that one failed renewal leaves time for another;
-/// - 30 s on, when the server did not answer or a `turn:` host did not resolve;
-/// - never, when the server has no ICE servers or none with credentials to renew.
-pub async fn offered_ice(api: &ApiClient) -> (Vec<IceServer>, Option<Duration>) {
+/// reached: links then offer the host address only), and the outcome the engine decides the
+/// next fetch by: unavailable when the server did not answer or a `turn:` host did not resolve.
+pub async fn offered_ice(api: &ApiClient) -> (Vec<IceServer>, IceOutcome) {
     // A server that does not answer must not hold the device (and its links) back.
     let offered = match tokio::time::timeout(ICE_FETCH_TIMEOUT, api.turn()).await {
         Ok(Ok(offered)) => offered,
         Ok(Err(error)) if error.code() == Some(ErrorCode::TurnNotConfigured) => {
-            return (Vec::new(), None);
+            return (Vec::new(), IceOutcome::NotConfigured);
         }
         Ok(Err(error)) => {
             tracing::info!(%error, "no ICE servers for now");
-            return (Vec::new(), Some(ICE_RETRY));
+            return (Vec::new(), IceOutcome::Unavailable);
         }
         Err(_) => {
             tracing::info!("no ICE servers for now: the server did not answer in time");
-            return (Vec::new(), Some(ICE_RETRY));
+            return (Vec::new(), IceOutcome::Unavailable);
         }
     };
     let mut servers = Vec::new();
@@ -202,12 +225,16 @@ pub async fn offered_ice(api: &ApiClient) -> (Vec<IceServer>, Option<Duration>) 
             IceUrl::Stun { .. } => IceServer::Stun(address),
         });
     }
-    let ask_again_in = if servers.iter().any(|s| matches!(s, IceServer::Turn { .. })) {
-        Some(Duration::from_secs(offered.ttl_secs / 3).clamp(ICE_RENEW_AT_LEAST, ICE_RENEW_AT_MOST))
+    let outcome = if servers.iter().any(|s| matches!(s, IceServer::Turn { .. })) {
+        IceOutcome::Offered {
+            relay_ttl: Some(Duration::from_secs(offered.ttl_secs)),
+        }
+    } else if unresolved_turn {
+        IceOutcome::Unavailable
     } else {
-        unresolved_turn.then_some(ICE_RETRY)
+        IceOutcome::Offered { relay_ttl: None }
     };
-    (servers, ask_again_in)
+    (servers, outcome)
 }
 
 /// A running device: send it commands, read its updates; dropping it stops the device.
@@ -234,13 +261,14 @@ impl DeviceHandle {
     /// # Errors
     /// When the peer-link socket cannot be bound.
     pub async fn start(
-        engine: Engine,
+        mut engine: Engine,
         store: DeviceStore,
         connection: Connection,
     ) -> Result<DeviceHandle, DeviceError> {
         let socket = UdpSocket::bind(SocketAddr::new(connection.bind, 0)).await?;
         let local = socket.local_addr()?;
-        let (ice, ice_renew_in) = ice_policy(&connection.api, connection.relay_only).await?;
+        let (ice, outcome) = ice_policy(&connection.api, connection.relay_only).await?;
+        engine.handle_ice_servers(Instant::now(), outcome);
         let session = connection.api.session().unwrap_or_default().to_owned();
         let signal = SignalClient::start(
             connection.api.origin().clone(),
@@ -259,13 +287,9 @@ impl DeviceHandle {
             links: Links::with_ice(local, &ice, Instant::now()),
             socket,
             signal,
-            connected: false,
             updates: updates_tx,
             directory_tx,
-            directory_fetching: false,
-            directory_retry: None,
             ice_tx,
-            ice_renew_at: ice_renew_in.map(|wait| Instant::now() + wait),
         };
         let task = tokio::spawn(driver.run(commands_rx, directory_rx, ice_rx));
         Ok(DeviceHandle {
@@ -339,9 +363,6 @@ impl DeviceHandle {
     }
 }
 
-/// How long a failed directory fetch waits before the next try.
-const DIRECTORY_RETRY: Duration = Duration::from_secs(2);
-
 /// How many datagrams (or commands) that are ready at once are taken before the engine's state is
 /// written: under load, one transaction covers a batch instead of each packet. Smaller than
 /// [`COMMAND_QUEUE`], so a full queue is served in more than one batch.
@@ -353,6 +374,12 @@ const COMMAND_QUEUE: usize = 64;
 /// The largest datagram read from the socket (WebRTC keeps under the path MTU).
 const DATAGRAM: usize = 2048;
 
+/// The circle directory, or why it could not be fetched.
+type Fetched = Result<Vec<MemberInfo>, ApiClientError>;
+
+/// Fresh ICE servers, and what came of asking.
+type IceRenewal = (Vec<IceServer>, IceOutcome);
+
 struct Driver {
     engine: Engine,
     store: DeviceStore,
@@ -360,44 +387,41 @@ struct Driver {
     links: Links,
     socket: UdpSocket,
     signal: SignalClient,
-    connected: bool,
     updates: mpsc::UnboundedSender<Update>,
-    directory_tx: mpsc::Sender<Result<Vec<MemberInfo>, String>>,
-    directory_fetching: bool,
-    directory_retry: Option<Instant>,
+    directory_tx: mpsc::Sender<Fetched>,
     ice_tx: mpsc::Sender<IceRenewal>,
-    /// When to ask for the ICE servers again (none while a fetch is under way, or never).
-    ice_renew_at: Option<Instant>,
 }
 
-/// Fresh ICE servers, and when to ask again.
-type IceRenewal = (Vec<IceServer>, Option<Duration>);
+/// Now, in milliseconds since the Unix epoch (a message's time as its sender writes it).
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
 
 impl Driver {
     async fn run(
         mut self,
         mut commands: mpsc::Receiver<Command>,
-        mut directory: mpsc::Receiver<Result<Vec<MemberInfo>, String>>,
+        mut directory: mpsc::Receiver<Fetched>,
         mut ice: mpsc::Receiver<IceRenewal>,
     ) -> Result<Stopped, DeviceError> {
         let mut buffer = vec![0u8; DATAGRAM];
         loop {
             self.settle().await?;
-            let wake = [
-                self.engine.poll_timeout(),
-                self.links.poll_timeout(),
-                self.directory_retry,
-                self.ice_renew_at,
-            ]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
+            if let Some(reason) = self.engine.stopped() {
+                return Ok(Stopped::By(reason));
+            }
+            let wake = [self.engine.poll_timeout(), self.links.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
             tokio::select! {
                 received = self.socket.recv_from(&mut buffer) => {
                     let (length, source) = received?;
                     self.links.handle_datagram(Instant::now(), source, &buffer[..length]);
-                    // Take what else has arrived before settling: one snapshot for the batch.
+                    // Take what else has arrived before settling: one write for the batch.
                     for _ in 1..BATCH {
                         let Ok((length, source)) = self.socket.try_recv_from(&mut buffer) else {
                             break;
@@ -405,31 +429,25 @@ impl Driver {
                         self.links.handle_datagram(Instant::now(), source, &buffer[..length]);
                     }
                 }
-                event = self.signal.next_event() => {
-                    if let Some(stopped) = self.take_signal_event(event) {
-                        self.settle().await?;
-                        return Ok(stopped);
-                    }
-                }
+                event = self.signal.next_event() => self.handle_signal_event(event),
                 fetched = directory.recv() => {
-                    self.directory_fetching = false;
+                    let now = Instant::now();
                     match fetched {
-                        Some(Ok(members)) => {
-                            self.directory_retry = None;
-                            self.engine.handle_directory(Instant::now(), members);
+                        Some(Ok(members)) => self.engine.handle_directory(now, members),
+                        Some(Err(error)) if error.code() == Some(ErrorCode::Unauthorized) => {
+                            self.engine.handle_session_ended(now);
                         }
-                        Some(Err(reason)) => {
-                            self.directory_retry = Some(Instant::now() + DIRECTORY_RETRY);
-                            self.report(Update::DirectoryUnavailable(reason));
+                        Some(Err(error)) => {
+                            self.engine.handle_directory_unavailable(now, error.to_string());
                         }
                         None => {}
                     }
                 }
                 renewed = ice.recv() => {
-                    if let Some((servers, ask_again_in)) = renewed {
+                    if let Some((servers, outcome)) = renewed {
                         let now = Instant::now();
                         self.links.renew_relay(now, &servers);
-                        self.ice_renew_at = ask_again_in.map(|wait| now + wait);
+                        self.engine.handle_ice_servers(now, outcome);
                     }
                 }
                 command = commands.recv() => {
@@ -440,7 +458,7 @@ impl Driver {
                             self.settle().await?;
                             return Ok(Stopped::Requested);
                         };
-                        self.take_command(command);
+                        self.handle_command(command);
                         // Nothing is taken from the queue past the batch: what is taken is answered.
                         if taken == BATCH {
                             break;
@@ -455,78 +473,40 @@ impl Driver {
                     let now = Instant::now();
                     self.links.handle_timeout(now);
                     self.engine.handle_timeout(now);
-                    if self.directory_retry.is_some_and(|at| at <= now) {
-                        self.directory_retry = None;
-                        self.fetch_directory();
-                    }
-                    if self.ice_renew_at.is_some_and(|at| at <= now) {
-                        self.ice_renew_at = None;
-                        let (api, answer) = (self.api.clone(), self.ice_tx.clone());
-                        tokio::spawn(async move {
-                            let _ = answer.send(offered_ice(&api).await).await;
-                        });
-                    }
                 }
             }
         }
     }
 
-    fn take_signal_event(&mut self, event: Option<SignalEvent>) -> Option<Stopped> {
+    fn handle_signal_event(&mut self, event: Option<SignalEvent>) {
         let now = Instant::now();
         match event {
             Some(SignalEvent::Connected(hello)) => {
-                self.connected = true;
                 self.report(Update::Connected);
                 self.engine.handle_frame(now, hello);
             }
             Some(SignalEvent::Frame(frame)) => self.engine.handle_frame(now, frame),
             Some(SignalEvent::Disconnected { reason, retry_in }) => {
-                self.connected = false;
                 self.engine.handle_disconnected(now);
                 self.report(Update::Disconnected { reason, retry_in });
             }
-            Some(SignalEvent::Revoked) => {
-                self.engine.handle_frame(now, ServerFrame::Revoked);
-                return Some(Stopped::Revoked);
-            }
-            Some(SignalEvent::Replaced) => return Some(Stopped::Replaced),
             // The signalling client ended on its own: nothing more will come.
-            None => return Some(Stopped::Revoked),
+            Some(SignalEvent::SessionRefused) | None => self.engine.handle_session_ended(now),
         }
-        None
     }
 
-    fn take_command(&mut self, command: Command) {
+    fn handle_command(&mut self, command: Command) {
         let now = Instant::now();
         match command {
             Command::Send(text, reply) => {
-                let _ = reply.send(self.engine.send_text(now, &text));
+                let _ = reply.send(self.engine.send_text(now, unix_ms(), &text));
             }
             Command::SetName(name, reply) => {
                 let _ = reply.send(self.engine.set_display_name(now, &name));
             }
             Command::Status(reply) => {
-                let group = self.engine.group_devices();
-                let links: Vec<Uuid> = group
-                    .keys()
-                    .copied()
-                    .filter(|d| self.engine.link_is_up(*d))
-                    .collect();
-                let waiting = group
-                    .keys()
-                    .filter(|d| **d != self.engine.device())
-                    .map(|d| (*d, self.engine.unacknowledged(*d)))
-                    .collect();
                 let _ = reply.send(Status {
-                    member: self.engine.member(),
-                    device: self.engine.device(),
-                    epoch: self.engine.epoch(),
-                    online: self.engine.online_devices(),
-                    names: self.engine.display_names(),
-                    group,
-                    links,
-                    waiting,
-                    connected: self.connected,
+                    view: self.engine.view(),
                     relayed: self.links.relayed(),
                 });
             }
@@ -534,45 +514,33 @@ impl Driver {
         }
     }
 
-    /// Runs the engine and the links until neither has anything left to do: every engine output
-    /// is acted on once the snapshot that led to it is stored; link events go back to the engine;
+    /// Runs the engine and the links until neither has anything left to do: every turn of the
+    /// engine is written before its outputs are acted on; link events go back to the engine;
     /// datagrams go out.
     async fn settle(&mut self) -> Result<(), DeviceError> {
         loop {
-            let mut outputs = Vec::new();
-            while let Some(output) = self.engine.poll_output() {
-                outputs.push(output);
+            let mut busy = false;
+            while let Some(outputs) = self.store.next_turn(&mut self.engine).await? {
+                busy = true;
+                for output in outputs {
+                    self.act(output);
+                }
             }
-            let events: Vec<Event> = outputs
-                .iter()
-                .filter_map(|o| match o {
-                    Output::Event(event) => Some(event.clone()),
-                    _ => None,
-                })
-                .collect();
-            if let Some(snapshot) = self.engine.take_snapshot()? {
-                self.store.save(&snapshot, &events).await?;
-            }
-            let acted = !outputs.is_empty();
-            for output in outputs {
-                self.act(output).await;
-            }
-            let mut fed = false;
             while let Some(event) = self.links.poll_event() {
-                fed = true;
-                self.take_link_event(event);
+                busy = true;
+                self.handle_link_event(event);
             }
             while let Some((destination, datagram)) = self.links.poll_transmit() {
                 // A datagram that cannot go out is lost like any other; WebRTC retransmits.
                 let _ = self.socket.send_to(&datagram, destination).await;
             }
-            if !acted && !fed {
+            if !busy {
                 return Ok(());
             }
         }
     }
 
-    async fn act(&mut self, output: Output) {
+    fn act(&mut self, output: Output) {
         let now = Instant::now();
         match output {
             Output::Send(frame) => {
@@ -598,11 +566,22 @@ impl Driver {
             }
             Output::Link(LinkCommand::Close { device }) => self.links.close(device),
             Output::Event(event) => self.report(Update::Engine(event)),
-            Output::FetchDirectory => self.fetch_directory(),
+            Output::FetchDirectory => {
+                let (api, answer) = (self.api.clone(), self.directory_tx.clone());
+                tokio::spawn(async move {
+                    let _ = answer.send(api.members().await).await;
+                });
+            }
+            Output::FetchIceServers => {
+                let (api, answer) = (self.api.clone(), self.ice_tx.clone());
+                tokio::spawn(async move {
+                    let _ = answer.send(offered_ice(&api).await).await;
+                });
+            }
         }
     }
 
-    fn take_link_event(&mut self, event: LinkEvent) {
+    fn handle_link_event(&mut self, event: LinkEvent) {
         let now = Instant::now();
         match event {
             LinkEvent::Negotiate { device, signal } => {
@@ -620,21 +599,6 @@ impl Driver {
             }
             LinkEvent::Data(device, bytes) => self.engine.handle_link_data(now, device, &bytes),
         }
-    }
-
-    /// Fetches the directory in the background (asked by the engine, or again after a failure);
-    /// the answer comes back through the run loop.
-    fn fetch_directory(&mut self) {
-        if self.directory_fetching {
-            return;
-        }
-        self.directory_fetching = true;
-        let api = self.api.clone();
-        let answer = self.directory_tx.clone();
-        tokio::spawn(async move {
-            let fetched = api.members().await.map_err(|e| e.to_string());
-            let _ = answer.send(fetched).await;
-        });
     }
 
     fn report(&self, update: Update) {

@@ -65,7 +65,9 @@ impl Backoff {
 pub enum SignalEvent {
     /// A connection opened; its first frame, the `hello`, is given.
     Connected(ServerFrame),
-    /// A frame from the server.
+    /// A frame from the server. After `revoked`, or an `error` that replaced this connection (the
+    /// same device connected again elsewhere), the client stops, so that two processes do not evict
+    /// each other in turn.
     Frame(ServerFrame),
     /// The connection dropped; the client reconnects after `retry_in`.
     Disconnected {
@@ -74,11 +76,9 @@ pub enum SignalEvent {
         /// The wait before the next attempt.
         retry_in: Duration,
     },
-    /// The session or member was revoked (or the session is no longer valid): the client stopped.
-    Revoked,
-    /// Another connection of the same device took over: the client stopped, so that the two do not
-    /// evict each other in turn.
-    Replaced,
+    /// The server refused the session (logged out, expired, or the member revoked): the client
+    /// stopped.
+    SessionRefused,
 }
 
 /// The `ws://` or `wss://` URL of the signalling endpoint of an origin.
@@ -118,8 +118,10 @@ impl Drop for SignalClient {
 const OUTGOING_QUEUE: usize = 128;
 
 enum Ended {
-    Revoked,
-    Replaced,
+    /// The server refused the session.
+    SessionRefused,
+    /// The server revoked the member or replaced this connection: its last frame says so.
+    Final,
     Dropped(String),
     Closed,
 }
@@ -194,15 +196,11 @@ async fn run(
             Err(ended) => ended,
         };
         let reason = match ended {
-            Ended::Revoked => {
-                let _ = events.send(SignalEvent::Revoked).await;
+            Ended::SessionRefused => {
+                let _ = events.send(SignalEvent::SessionRefused).await;
                 return;
             }
-            Ended::Replaced => {
-                let _ = events.send(SignalEvent::Replaced).await;
-                return;
-            }
-            Ended::Closed => return,
+            Ended::Final | Ended::Closed => return,
             Ended::Dropped(reason) => reason,
         };
         let retry_in = backoff.next_wait();
@@ -234,7 +232,7 @@ async fn connect(origin: &Url, session: &str, device: Uuid) -> Result<Stream, En
         Ok((stream, _)) => Ok(stream),
         // No valid session: reconnecting cannot help.
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) if response.status() == 401 => {
-            Err(Ended::Revoked)
+            Err(Ended::SessionRefused)
         }
         Err(error) => Err(Ended::Dropped(error.to_string())),
     }
@@ -265,11 +263,12 @@ async fn pump(
                     let Ok(frame) = serde_json::from_str::<ServerFrame>(text.as_str()) else {
                         continue;
                     };
+                    let last = matches!(
+                        frame,
+                        ServerFrame::Revoked
+                            | ServerFrame::Error { code: FrameErrorCode::Replaced, .. }
+                    );
                     let event = match frame {
-                        ServerFrame::Revoked => return Ended::Revoked,
-                        ServerFrame::Error { code: FrameErrorCode::Replaced, .. } => {
-                            return Ended::Replaced;
-                        }
                         hello @ ServerFrame::Hello { .. } if !greeted => {
                             greeted = true;
                             SignalEvent::Connected(hello)
@@ -278,6 +277,9 @@ async fn pump(
                     };
                     if events.send(event).await.is_err() {
                         return Ended::Closed;
+                    }
+                    if last {
+                        return Ended::Final;
                     }
                 }
                 Some(Ok(Message::Close(_))) => {

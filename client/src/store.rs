@@ -1,7 +1,7 @@
-//! The device's local store in SQLite (sqlx): the engine's snapshots (its state, MLS's key-value
-//! pairs and the outbox, one row per message) and the message history, each snapshot written in
-//! one transaction before the outputs that followed it are acted on, so a crash loses nothing
-//! acknowledged.
+//! The device's local store in SQLite (sqlx): the engine's writes (its state, MLS's key-value
+//! pairs, the outbox, one row per message and peer, and the message history), each written in one
+//! transaction before the outputs of its turn are acted on, so a crash loses nothing acknowledged.
+//! The store applies rows; what they are is the engine's to decide.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,7 +9,9 @@ use std::path::Path;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row as _, SqlitePool};
 use tessera_engine::delivery::{OutboxChange, Queued};
-use tessera_engine::{ChatMessage, Event, Snapshot, Stored};
+use tessera_engine::{
+    ChatMessage, Engine, EngineError, HistoryChange, Output, StoreWrite, StoredDevice,
+};
 use tessera_wire::Role;
 use uuid::Uuid;
 
@@ -37,7 +39,7 @@ pub struct HistoryEntry {
     pub message: ChatMessage,
     /// Whether this device sent it.
     pub outgoing: bool,
-    /// How many devices acknowledged it (outgoing messages).
+    /// How many peer devices acknowledged it (outgoing messages).
     pub delivered: u32,
 }
 
@@ -69,7 +71,7 @@ pub struct DeviceStore {
 }
 
 impl DeviceStore {
-    /// Opens (creating if needed) the store at `path`. Synchronous commits (`FULL`): a snapshot
+    /// Opens (creating if needed) the store at `path`. Synchronous commits (`FULL`): a write
     /// is on disk before anything it allows goes out.
     ///
     /// # Errors
@@ -93,7 +95,7 @@ impl DeviceStore {
     ///
     /// # Errors
     /// When SQLite fails.
-    pub async fn load(&self) -> Result<Option<Stored>, StoreError> {
+    pub async fn load(&self) -> Result<Option<StoredDevice>, StoreError> {
         let Some(state): Option<Vec<u8>> =
             sqlx::query_scalar("SELECT state FROM engine WHERE id = 1")
                 .fetch_optional(&self.pool)
@@ -128,23 +130,49 @@ impl DeviceStore {
                 },
             );
         }
-        Ok(Some(Stored { state, mls, outbox }))
+        Ok(Some(StoredDevice { state, mls, outbox }))
     }
 
-    /// Writes a snapshot and the history the events carry, in one transaction.
+    /// The engine's next turn, its write stored: the outputs to act on now, or `None` when the
+    /// engine has nothing to do. Every native driver (the device, the one-shot commands) takes
+    /// turns through this.
+    ///
+    /// # Errors
+    /// When the engine cannot encode its state, or SQLite fails (nothing is written).
+    pub async fn next_turn(&self, engine: &mut Engine) -> Result<Option<Vec<Output>>, TurnError> {
+        let Some(turn) = engine.next_turn()? else {
+            return Ok(None);
+        };
+        if let Some(write) = &turn.write {
+            self.write(write).await?;
+        }
+        Ok(Some(turn.outputs))
+    }
+
+    /// Stores what the engine has to store, for a command that runs it without a connection: the
+    /// outputs are dropped (the engine repeats what still matters when the device next runs).
+    ///
+    /// # Errors
+    /// When the engine cannot encode its state, or SQLite fails.
+    pub async fn save_offline(&self, engine: &mut Engine) -> Result<(), TurnError> {
+        while self.next_turn(engine).await?.is_some() {}
+        Ok(())
+    }
+
+    /// Applies one write of the engine, in one transaction.
     ///
     /// # Errors
     /// When SQLite fails (nothing is written).
-    pub async fn save(&self, snapshot: &Snapshot, events: &[Event]) -> Result<(), StoreError> {
+    pub async fn write(&self, write: &StoreWrite) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO engine (id, state) VALUES (1, ?) \
              ON CONFLICT (id) DO UPDATE SET state = excluded.state",
         )
-        .bind(&snapshot.state)
+        .bind(&write.state)
         .execute(&mut *tx)
         .await?;
-        for (key, value) in &snapshot.mls {
+        for (key, value) in &write.mls {
             match value {
                 Some(value) => {
                     sqlx::query(
@@ -164,7 +192,7 @@ impl DeviceStore {
                 }
             }
         }
-        for change in &snapshot.outbox {
+        for change in &write.outbox {
             match change {
                 OutboxChange::Put(row) => {
                     sqlx::query("INSERT INTO outbox (peer, seq, tag, message) VALUES (?, ?, ?, ?)")
@@ -184,9 +212,9 @@ impl DeviceStore {
                 }
             }
         }
-        for event in events {
-            match event {
-                Event::Message { message, outgoing } => {
+        for change in &write.history {
+            match change {
+                HistoryChange::Add { message, outgoing } => {
                     sqlx::query(
                         "INSERT INTO history (id, member, device, text, sent_at, outgoing) \
                          VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device, id) DO NOTHING",
@@ -200,16 +228,17 @@ impl DeviceStore {
                     .execute(&mut *tx)
                     .await?;
                 }
-                Event::Delivered { id, .. } => {
-                    // Acknowledgements are for this device's own messages, the outgoing ones.
+                HistoryChange::Delivered { device, id, peer } => {
                     sqlx::query(
-                        "UPDATE history SET delivered = delivered + 1 WHERE id = ? AND outgoing = 1",
+                        "INSERT INTO delivered_to (device, id, peer) VALUES (?, ?, ?) \
+                         ON CONFLICT (device, id, peer) DO NOTHING",
                     )
-                        .bind(id.to_string())
-                        .execute(&mut *tx)
-                        .await?;
+                    .bind(device.to_string())
+                    .bind(id.to_string())
+                    .bind(peer.to_string())
+                    .execute(&mut *tx)
+                    .await?;
                 }
-                _ => {}
             }
         }
         tx.commit().await?;
@@ -274,8 +303,9 @@ impl DeviceStore {
     /// When SQLite fails or a row is malformed.
     pub async fn history(&self, limit: u32) -> Result<Vec<HistoryEntry>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, member, device, text, sent_at, outgoing, delivered FROM \
-             (SELECT rowid AS seq, * FROM history ORDER BY sent_at DESC, seq DESC LIMIT ?) \
+            "SELECT id, member, device, text, sent_at, outgoing, delivered + \
+             (SELECT COUNT(*) FROM delivered_to d WHERE d.device = h.device AND d.id = h.id) FROM \
+             (SELECT rowid AS seq, * FROM history ORDER BY sent_at DESC, seq DESC LIMIT ?) AS h \
              ORDER BY sent_at, seq",
         )
         .bind(i64::from(limit))
@@ -298,6 +328,18 @@ impl DeviceStore {
             })
             .collect()
     }
+}
+
+/// Why a turn could not be taken.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TurnError {
+    /// The engine's state could not be encoded.
+    #[error("the engine failed: {0}")]
+    Engine(#[from] EngineError),
+    /// The local store failed: nothing the turn led to is acted on.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// A sequence number as SQLite's integer.

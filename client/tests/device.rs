@@ -38,8 +38,8 @@ async fn every_command_of_a_burst_is_answered() {
     assert_eq!(statuses.len(), 300);
     for status in statuses {
         let status = status.expect("answered");
-        assert_eq!((status.member, status.device), (member, device));
-        assert!(!status.connected && status.epoch.is_none());
+        assert_eq!((status.view.member, status.view.device), (member, device));
+        assert!(!status.view.connected && status.view.epoch.is_none());
     }
     let sends =
         join_all((0..300).map(|i| handle.send_text(if i % 2 == 0 { "a" } else { "b" }))).await;

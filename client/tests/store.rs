@@ -6,9 +6,26 @@ mod common;
 use common::engine;
 use tessera_client::store::{DeviceStore, StoreError};
 use tessera_engine::delivery::{OutboxChange, Queued};
-use tessera_engine::{ChatMessage, Engine, EngineConfig, Event, Snapshot, Stored};
+use tessera_engine::{ChatMessage, Engine, EngineConfig, HistoryChange, StoreWrite, StoredDevice};
 use uuid::Uuid;
 use web_time::Instant;
+
+/// The engine's first write (its key, its state).
+fn first_write(engine: &mut Engine) -> StoreWrite {
+    engine
+        .next_turn()
+        .expect("encode")
+        .and_then(|turn| turn.write)
+        .expect("changed")
+}
+
+/// `write` with these history rows.
+fn with_history(write: &StoreWrite, history: &[HistoryChange]) -> StoreWrite {
+    StoreWrite {
+        history: history.to_vec(),
+        ..write.clone()
+    }
+}
 
 fn message(text: &str, sent_at: i64) -> ChatMessage {
     ChatMessage {
@@ -29,20 +46,21 @@ async fn an_engine_and_its_history_survive_closing_the_store() {
     engine
         .set_display_name(Instant::now(), "Ada L.")
         .expect("name");
-    let snapshot = engine.take_snapshot().expect("encode").expect("changed");
+    let snapshot = first_write(&mut engine);
     assert!(!snapshot.mls.is_empty(), "the device key is in MLS's store");
     let first = message("first", 1);
     let second = message("second", 2);
-    let events = [
-        Event::Message {
+    let history = [
+        HistoryChange::Add {
             message: first.clone(),
             outgoing: true,
         },
-        Event::Delivered {
+        HistoryChange::Delivered {
+            device: first.device,
             id: first.id,
-            device: Uuid::new_v4(),
+            peer: Uuid::new_v4(),
         },
-        Event::Message {
+        HistoryChange::Add {
             message: second.clone(),
             outgoing: false,
         },
@@ -53,10 +71,13 @@ async fn an_engine_and_its_history_survive_closing_the_store() {
             store.load().await.expect("load").is_none(),
             "a new store is empty"
         );
-        store.save(&snapshot, &events).await.expect("save");
+        store
+            .write(&with_history(&snapshot, &history))
+            .await
+            .expect("save");
         // The same message again (a repeated event) is kept once.
         store
-            .save(&snapshot, &events[2..])
+            .write(&with_history(&snapshot, &history[2..]))
             .await
             .expect("save again");
     }
@@ -88,7 +109,7 @@ async fn a_message_id_reused_by_another_device_shadows_nothing() {
     let store = DeviceStore::open(&dir.path().join("device.sqlite"))
         .await
         .expect("open");
-    let snapshot = engine().take_snapshot().expect("encode").expect("changed");
+    let snapshot = first_write(&mut engine());
     let own = message("mine", 1);
     // Another member's device sends a message under the same id first, then the genuine one
     // arrives, and acknowledgements of that id count for this device's own message only.
@@ -96,25 +117,29 @@ async fn a_message_id_reused_by_another_device_shadows_nothing() {
     shadow.id = own.id;
     let mut genuine = message("genuine", 3);
     genuine.id = own.id;
-    let events = [
-        Event::Message {
+    let history = [
+        HistoryChange::Add {
             message: own.clone(),
             outgoing: true,
         },
-        Event::Message {
+        HistoryChange::Add {
             message: shadow.clone(),
             outgoing: false,
         },
-        Event::Message {
+        HistoryChange::Add {
             message: genuine.clone(),
             outgoing: false,
         },
-        Event::Delivered {
+        HistoryChange::Delivered {
+            device: own.device,
             id: own.id,
-            device: Uuid::new_v4(),
+            peer: Uuid::new_v4(),
         },
     ];
-    store.save(&snapshot, &events).await.expect("save");
+    store
+        .write(&with_history(&snapshot, &history))
+        .await
+        .expect("save");
     let history = store.history(10).await.expect("history");
     let texts: Vec<&str> = history.iter().map(|h| h.message.text.as_str()).collect();
     assert_eq!(texts, ["mine", "shadow", "genuine"]);
@@ -180,9 +205,9 @@ async fn a_history_stored_before_it_was_keyed_by_device_is_kept() {
 async fn a_corrupt_saved_state_is_refused_not_half_restored() {
     let result = Engine::restore(
         EngineConfig::new("http://localhost:8080", "localhost"),
-        Stored {
+        StoredDevice {
             state: b"not cbor".to_vec(),
-            ..Stored::default()
+            ..StoredDevice::default()
         },
     );
     assert!(result.is_err());
@@ -195,7 +220,7 @@ async fn the_outbox_is_kept_row_by_row_across_snapshots() {
         .await
         .expect("open");
     let mut engine = engine();
-    let state = engine.take_snapshot().expect("encode").expect("changed");
+    let state = first_write(&mut engine);
     let (peer, tag) = (Uuid::new_v4(), Uuid::new_v4());
     let row = |seq: u64, tag: Option<Uuid>| Queued {
         peer,
@@ -203,24 +228,20 @@ async fn the_outbox_is_kept_row_by_row_across_snapshots() {
         tag,
         message: format!("ciphertext {seq}").into_bytes(),
     };
-    let snapshot = |outbox: Vec<OutboxChange>| Snapshot {
-        state: state.state.clone(),
-        mls: state.mls.clone(),
+    let snapshot = |outbox: Vec<OutboxChange>| StoreWrite {
         outbox,
+        ..state.clone()
     };
     store
-        .save(
-            &snapshot(vec![
-                OutboxChange::Put(row(0, Some(tag))),
-                OutboxChange::Put(row(1, None)),
-                OutboxChange::Put(row(2, None)),
-            ]),
-            &[],
-        )
+        .write(&snapshot(vec![
+            OutboxChange::Put(row(0, Some(tag))),
+            OutboxChange::Put(row(1, None)),
+            OutboxChange::Put(row(2, None)),
+        ]))
         .await
         .expect("save");
     store
-        .save(&snapshot(vec![OutboxChange::Delete { peer, seq: 1 }]), &[])
+        .write(&snapshot(vec![OutboxChange::Delete { peer, seq: 1 }]))
         .await
         .expect("save");
     let stored = store.load().await.expect("load").expect("saved");
@@ -234,7 +255,7 @@ async fn the_outbox_is_kept_row_by_row_across_snapshots() {
         OutboxChange::Delete { peer, seq: 0 },
         OutboxChange::Put(row(2, None)),
     ]);
-    assert!(store.save(&twice, &[]).await.is_err());
+    assert!(store.write(&twice).await.is_err());
     let stored = store.load().await.expect("load").expect("saved");
     assert_eq!(stored.outbox.len(), 2, "the delete was rolled back too");
 }
@@ -245,7 +266,7 @@ async fn an_outbox_row_altered_on_disk_is_refused_as_malformed_not_half_read() {
     let path = dir.path().join("device.sqlite");
     let store = DeviceStore::open(&path).await.expect("open");
     let mut engine = engine();
-    let mut snapshot = engine.take_snapshot().expect("encode").expect("changed");
+    let mut snapshot = first_write(&mut engine);
     let peer = Uuid::new_v4();
     snapshot.outbox = vec![OutboxChange::Put(Queued {
         peer,
@@ -253,7 +274,7 @@ async fn an_outbox_row_altered_on_disk_is_refused_as_malformed_not_half_read() {
         tag: None,
         message: b"ciphertext".to_vec(),
     })];
-    store.save(&snapshot, &[]).await.expect("save");
+    store.write(&snapshot).await.expect("save");
     let disk = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
         .await
         .expect("the same file");

@@ -212,7 +212,7 @@ async fn signalling_clients_reconnect_by_themselves_after_a_restart() {
     admin.logout().await.expect("logout");
     assert!(matches!(
         next(&mut client).await,
-        Some(SignalEvent::Revoked)
+        Some(SignalEvent::Frame(ServerFrame::Revoked))
     ));
     assert!(next(&mut client).await.is_none(), "the client stopped");
 }

@@ -730,7 +730,10 @@ async fn a_signalling_client_replaced_by_its_own_device_stops_instead_of_fightin
     ));
     assert!(matches!(
         event(&mut first).await,
-        Some(SignalEvent::Replaced)
+        Some(SignalEvent::Frame(ServerFrame::Error {
+            code: FrameErrorCode::Replaced,
+            ..
+        }))
     ));
     assert!(
         event(&mut first).await.is_none(),

@@ -202,7 +202,7 @@ async fn wait_count(counted: &mut watch::Receiver<usize>, at_least: usize) {
 
 async fn wait_in_group(device: &DeviceHandle) {
     let deadline = Instant::now() + TIME_LIMIT;
-    while device.status().await.expect("status").epoch.is_none() {
+    while device.status().await.expect("status").view.epoch.is_none() {
         assert!(Instant::now() < deadline, "the device never joined");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -227,7 +227,7 @@ async fn devices() {
     let first_new = started.elapsed();
 
     // A device already in the group, restarted from its store.
-    let device = b.status().await.expect("status").device;
+    let device = b.status().await.expect("status").view.device;
     b.stop().await.expect("stop");
     let store = DeviceStore::open(&dir.path().join(format!("{device}.db")))
         .await

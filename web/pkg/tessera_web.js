@@ -71,6 +71,15 @@ export class WebDevice {
         }
     }
     /**
+     * The circle directory could not be fetched (`reason`, in words): the engine asks again.
+     * @param {string} reason
+     */
+    handleDirectoryUnavailable(reason) {
+        const ptr0 = passStringToWasm0(reason, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+        const len0 = WASM_VECTOR_LEN;
+        wasm.webdevice_handleDirectoryUnavailable(this.__wbg_ptr, ptr0, len0);
+    }
+    /**
      * The circle directory (`GET /api/v1/members`, as text).
      *
      * # Errors
@@ -102,6 +111,24 @@ export class WebDevice {
         const ptr0 = passStringToWasm0(text, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
         const len0 = WASM_VECTOR_LEN;
         const ret = wasm.webdevice_handleFrame(this.__wbg_ptr, ptr0, len0);
+        if (ret[1]) {
+            throw takeFromExternrefTable0(ret[0]);
+        }
+    }
+    /**
+     * What came of fetching the ICE servers (`"not_configured"`, `"unavailable"`, or
+     * `"offered"` with the TURN credentials' lifetime in seconds): decides the next fetch.
+     *
+     * # Errors
+     * When `outcome` is none of these.
+     * @param {string} outcome
+     * @param {number | null} [relay_ttl_secs]
+     */
+    handleIceServers(outcome, relay_ttl_secs) {
+        const val2 = +(isLikeNone(relay_ttl_secs) ? 0 : relay_ttl_secs);
+        const ptr0 = passStringToWasm0(outcome, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+        const len0 = WASM_VECTOR_LEN;
+        const ret = wasm.webdevice_handleIceServers(this.__wbg_ptr, ptr0, len0, !isLikeNone(relay_ttl_secs), val2);
         if (ret[1]) {
             throw takeFromExternrefTable0(ret[0]);
         }
@@ -162,6 +189,12 @@ export class WebDevice {
         }
     }
     /**
+     * The server refused the session (401): the device stops.
+     */
+    handleSessionEnded() {
+        wasm.webdevice_handleSessionEnded(this.__wbg_ptr);
+    }
+    /**
      * Time passed.
      */
     handleTimeout() {
@@ -184,14 +217,20 @@ export class WebDevice {
         }
     }
     /**
-     * The next thing to do (`{kind, …}`, see [`PageOutput`]); `undefined` when there is none.
-     * An output that cannot become a JavaScript value is skipped (and logged), so that no peer's
-     * message can stop the device.
+     * The engine's next turn (`{write, outputs}`, see [`PageTurn`]); `undefined` when it has
+     * nothing to write or do. An output that cannot become a JavaScript value is skipped (and
+     * logged), so that no peer's message can stop the device.
+     *
+     * # Errors
+     * When the state cannot be encoded.
      * @returns {any}
      */
-    pollOutput() {
-        const ret = wasm.webdevice_pollOutput(this.__wbg_ptr);
-        return ret;
+    nextTurn() {
+        const ret = wasm.webdevice_nextTurn(this.__wbg_ptr);
+        if (ret[2]) {
+            throw takeFromExternrefTable0(ret[1]);
+        }
+        return takeFromExternrefTable0(ret[0]);
     }
     /**
      * Milliseconds until `handleTimeout` next has work; `undefined` for none.
@@ -290,22 +329,21 @@ export class WebDevice {
         }
     }
     /**
-     * What to write to IndexedDB before acting on the outputs polled since the last snapshot
-     * (see [`PageSnapshot`]); `undefined` when nothing changed.
-     *
-     * # Errors
-     * When the state cannot be encoded.
-     * @returns {any}
+     * Why the device stopped (`"revoked"`, `"session_ended"`, `"removed"`, `"replaced"`);
+     * `undefined` while it runs.
+     * @returns {string | undefined}
      */
-    takeSnapshot() {
-        const ret = wasm.webdevice_takeSnapshot(this.__wbg_ptr);
-        if (ret[2]) {
-            throw takeFromExternrefTable0(ret[1]);
+    stopped() {
+        const ret = wasm.webdevice_stopped(this.__wbg_ptr);
+        let v1;
+        if (ret[0] !== 0) {
+            v1 = getStringFromWasm0(ret[0], ret[1]);
+            wasm.__wbindgen_free(ret[0], ret[1] * 1, 1);
         }
-        return takeFromExternrefTable0(ret[0]);
+        return v1;
     }
     /**
-     * The device as the circle view shows it (see [`PageView`]).
+     * The device as the circle view shows it (the engine's `DeviceView`).
      *
      * # Errors
      * When the view cannot be converted.
@@ -752,6 +790,14 @@ function __wbg_get_imports() {
         __wbg_prototypesetcall_13162965d1fe7aa3: function(arg0, arg1, arg2) {
             Uint8Array.prototype.set.call(getArrayU8FromWasm0(arg0, arg1), arg2);
         },
+        __wbg_push_c9f4893fc209f768: function(arg0, arg1) {
+            const ret = arg0.push(arg1);
+            return ret;
+        },
+        __wbg_set_2793479888329cb6: function() { return handleError(function (arg0, arg1, arg2) {
+            const ret = Reflect.set(arg0, arg1, arg2);
+            return ret;
+        }, arguments); },
         __wbg_set_8282f7e0d2d01336: function(arg0, arg1, arg2) {
             const ret = arg0.set(arg1, arg2);
             return ret;

@@ -6,7 +6,7 @@ pub mod authenticator;
 pub mod codec;
 pub mod crypto;
 pub mod delivery;
-pub mod engine;
+mod engine;
 pub mod identity;
 pub mod mls_store;
 pub mod pacer;
@@ -16,6 +16,7 @@ pub mod provider;
 pub mod roster;
 
 pub use engine::{
-    ChatMessage, DeviceKey, Engine, EngineConfig, EngineError, Event, LinkCommand, Output,
-    Snapshot, Stored,
+    CIPHERSUITE, ChatMessage, DeviceKey, DeviceView, Engine, EngineConfig, EngineError, Event,
+    GroupDeviceView, HistoryChange, IceOutcome, LATEST_SENT_AT, LinkCommand, Output, StopReason,
+    StoreWrite, StoredDevice, Turn,
 };

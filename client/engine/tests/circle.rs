@@ -19,7 +19,7 @@ use sim::{ORIGIN, Sim, config, new_member};
 use tessera_engine::delivery::Packet;
 use tessera_engine::identity::certify_with_soft_key;
 use tessera_engine::payload::{RtcSignal, SignalPayload, decode_packet, encode_packet};
-use tessera_engine::{Engine, roster};
+use tessera_engine::{Engine, Event, HistoryChange, IceOutcome, roster};
 use tessera_wire::{Base64Url, Role};
 use uuid::Uuid;
 use web_time::Duration;
@@ -460,7 +460,7 @@ fn substituted_key_packages_and_certificates_are_refused() {
         .expect("cert");
     let forged = KeyPackage::builder()
         .build(
-            tessera_engine::engine::CIPHERSUITE,
+            tessera_engine::CIPHERSUITE,
             &provider,
             &attacker,
             CredentialWithKey {
@@ -544,7 +544,7 @@ fn a_forged_or_replayed_welcome_is_refused_and_the_device_still_joins_the_real_g
         &provider,
         &device_key,
         &MlsGroupCreateConfig::builder()
-            .ciphersuite(tessera_engine::engine::CIPHERSUITE)
+            .ciphersuite(tessera_engine::CIPHERSUITE)
             .use_ratchet_tree_extension(true)
             .build(),
         CredentialWithKey {
@@ -708,4 +708,192 @@ fn a_flood_of_messages_from_future_epochs_is_kept_within_a_bound() {
     sim.send(c, "Bea still reads Cy");
     sim.run(10);
     sim.assert_last_received(&[b], c, "Bea still reads Cy");
+}
+
+// ---------------------------------------------------------------- the device policy the engine owns
+
+#[test]
+fn a_directory_that_cannot_be_fetched_is_asked_for_again_after_the_pause_and_the_device_joins() {
+    let mut sim = Sim::new(30);
+    let a = sim.member(Role::Admin, "Ada L.");
+    sim.run(5);
+    sim.directory_down = true;
+    let b = sim.member(Role::Member, "Bea K.");
+    sim.run(200); // 10 s
+    let dev = &sim.devices[&b];
+    let pauses: Vec<Duration> = dev.fetched_at.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        (4..=6).contains(&dev.fetched_at.len()),
+        "one fetch every 2 s: {pauses:?}"
+    );
+    let retry = config().directory_retry;
+    assert!(pauses.iter().all(|p| *p >= retry), "{pauses:?}");
+    let unavailable = dev
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::DirectoryUnavailable { .. }))
+        .count();
+    assert_eq!(unavailable, dev.fetched_at.len(), "each failure is told");
+    assert!(!sim.engine(b).in_group());
+    sim.directory_down = false;
+    sim.run(80);
+    sim.assert_one_group(&[a, b]);
+}
+
+#[test]
+fn ice_servers_are_asked_for_again_a_third_through_their_lifetime_or_after_a_failure() {
+    let mut sim = Sim::new(31);
+    let a = sim.member(Role::Admin, "Ada L.");
+    sim.run(2);
+    let start = sim.now;
+    let fetches_after = |sim: &Sim| -> Vec<Duration> {
+        sim.devices[&a]
+            .ice_fetches
+            .iter()
+            .map(|at| *at - start)
+            .collect()
+    };
+    // TURN credentials for 60 s: asked again at 20 s, and every 20 s while they keep coming.
+    sim.ice = IceOutcome::Offered {
+        relay_ttl: Some(Duration::from_secs(60)),
+    };
+    sim.devices
+        .get_mut(&a)
+        .expect("device")
+        .engine
+        .handle_ice_servers(start, sim.ice);
+    sim.run(20 * 20 + 10); // 20.5 s
+    assert_eq!(fetches_after(&sim).len(), 1, "{:?}", fetches_after(&sim));
+    assert!(fetches_after(&sim)[0] >= Duration::from_secs(20));
+    // The server does not answer: asked again 30 s later, not sooner.
+    sim.ice = IceOutcome::Unavailable;
+    sim.run(20 * 20); // to 40.5 s: the second fetch (at ~40 s) fails
+    assert_eq!(fetches_after(&sim).len(), 2, "{:?}", fetches_after(&sim));
+    sim.run(20 * 29); // to 69.5 s: no fetch yet
+    assert_eq!(fetches_after(&sim).len(), 2, "{:?}", fetches_after(&sim));
+    // A server without TURN: never asked again.
+    sim.ice = IceOutcome::NotConfigured;
+    sim.run(20 * 2); // the third fetch, at ~70 s
+    assert_eq!(fetches_after(&sim).len(), 3, "{:?}", fetches_after(&sim));
+    sim.run(20 * 120);
+    assert_eq!(fetches_after(&sim).len(), 3, "{:?}", fetches_after(&sim));
+    // A short lifetime is renewed 5 s apart at the least.
+    let now = sim.now;
+    sim.ice = IceOutcome::Offered {
+        relay_ttl: Some(Duration::from_secs(3)),
+    };
+    sim.devices
+        .get_mut(&a)
+        .expect("device")
+        .engine
+        .handle_ice_servers(now, sim.ice);
+    sim.run(20 * 11); // 11 s: two renewals
+    let last: Vec<Duration> = fetches_after(&sim)[3..].to_vec();
+    assert_eq!(last.len(), 2, "{last:?}");
+    assert!(last[1] - last[0] >= Duration::from_secs(5), "{last:?}");
+}
+
+#[test]
+fn a_device_stops_once_and_says_why_when_revoked_replaced_or_its_session_ends() {
+    use tessera_engine::StopReason;
+    use tessera_wire::signal::{FrameErrorCode, ServerFrame};
+    for (case, reason) in [
+        ("revoked", StopReason::Revoked),
+        ("replaced", StopReason::Replaced),
+        ("session", StopReason::SessionEnded),
+    ] {
+        let (mut sim, [a, b, _]) = circle_of_three(32);
+        let now = sim.now;
+        match case {
+            "revoked" => sim.frames.push_back((b, ServerFrame::Revoked)),
+            "replaced" => sim.frames.push_back((
+                b,
+                ServerFrame::Error {
+                    code: FrameErrorCode::Replaced,
+                    message: "this device connected again elsewhere".into(),
+                },
+            )),
+            _ => sim
+                .devices
+                .get_mut(&b)
+                .expect("device")
+                .engine
+                .handle_session_ended(now),
+        }
+        sim.run(2);
+        let stops: Vec<&Event> = sim.devices[&b]
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::Stopped { .. }))
+            .collect();
+        assert_eq!(stops, [&Event::Stopped { reason }], "{case}");
+        assert_eq!(sim.engine(b).stopped(), Some(reason), "{case}");
+        // A stopped device acts on nothing more: a message to it stays unacknowledged.
+        let events_before = sim.devices[&b].events.len();
+        sim.send(a, "after the stop");
+        sim.run(40);
+        assert!(
+            !sim.received(b).iter().any(|(_, t)| t == "after the stop"),
+            "{case}"
+        );
+        assert_eq!(sim.devices[&b].events.len(), events_before, "{case}");
+    }
+}
+
+#[test]
+fn history_rows_keep_each_message_once_and_each_acknowledgement() {
+    let (mut sim, [a, b, c]) = circle_of_three(33);
+    let id = sim.send(a, "for the record");
+    sim.run(20);
+    let adds = |device: Uuid| -> Vec<(String, bool)> {
+        sim.devices[&device]
+            .history
+            .iter()
+            .filter_map(|h| match h {
+                HistoryChange::Add { message, outgoing } => Some((message.text.clone(), *outgoing)),
+                HistoryChange::Delivered { .. } => None,
+            })
+            .collect()
+    };
+    assert_eq!(adds(a), [("for the record".to_owned(), true)]);
+    assert_eq!(adds(b), [("for the record".to_owned(), false)]);
+    assert_eq!(adds(c), [("for the record".to_owned(), false)]);
+    let delivered: BTreeSet<Uuid> = sim.devices[&a]
+        .history
+        .iter()
+        .filter_map(|h| match h {
+            HistoryChange::Delivered {
+                device,
+                id: d,
+                peer,
+            } if *device == a && *d == id => Some(*peer),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(delivered, BTreeSet::from([b, c]));
+}
+
+#[test]
+fn the_view_shows_the_group_with_names_links_and_what_waits() {
+    let (mut sim, [a, b, c]) = circle_of_three(34);
+    sim.go_offline(c);
+    sim.send(a, "while Cy is away");
+    sim.run(20);
+    let view = sim.engine(a).view();
+    assert_eq!((view.member, view.device), (sim.devices[&a].member, a));
+    assert!(view.in_group && view.connected);
+    assert_eq!(view.epoch, sim.engine(a).epoch());
+    let names: BTreeSet<&str> = view.names.values().map(String::as_str).collect();
+    assert_eq!(names, BTreeSet::from(["Ada L.", "Bea K.", "Cy D."]));
+    let row = |d: Uuid| {
+        view.devices
+            .iter()
+            .find(|r| r.device == d)
+            .expect("listed")
+            .clone()
+    };
+    assert!(row(a).own && row(a).online && !row(a).linked);
+    assert!(row(b).linked && row(b).online && row(b).waiting == 0);
+    assert!(!row(c).linked && !row(c).online && row(c).waiting == 1);
+    assert_eq!(view.devices.len(), 3);
 }

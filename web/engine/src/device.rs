@@ -1,20 +1,22 @@
 //! This browser as a member device: the engine behind the page's driver (`web/device.js`), its
-//! inputs, outputs and snapshots turned into plain JavaScript values and back. The mapping lives
-//! in plain Rust (tested natively); the `#[wasm_bindgen]` methods only convert.
+//! inputs, turns and view turned into plain JavaScript values and back. The mapping lives in plain
+//! Rust (tested natively); the `#[wasm_bindgen]` methods only convert.
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
-use tessera_engine::Engine;
 use tessera_engine::codec::from_json;
 use tessera_engine::delivery::{OutboxChange, Queued, Seq};
-use tessera_engine::engine::{EngineConfig, Event, LinkCommand, Output, Snapshot, Stored};
 use tessera_engine::identity::DeviceCertificate;
 use tessera_engine::payload::RtcSignal;
+use tessera_engine::{
+    Engine, EngineConfig, Event, HistoryChange, IceOutcome, LinkCommand, Output, StoreWrite,
+    StoredDevice, Turn,
+};
 use tessera_wire::MemberInfo;
 use tessera_wire::signal::ServerFrame;
 use uuid::Uuid;
 use wasm_bindgen::prelude::{JsValue, wasm_bindgen};
-use web_time::Instant;
+use web_time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::{WebDeviceKey, uuid};
 
@@ -36,10 +38,10 @@ pub struct OutboxKey {
     pub seq: Seq,
 }
 
-/// What the page writes to IndexedDB in one transaction before it acts on the outputs that
-/// followed.
+/// One engine write as the page applies it to IndexedDB, in one transaction, before it acts on
+/// the turn's outputs: records to put and keys to delete per object store, and the history rows.
 #[derive(Debug, Serialize)]
-pub struct PageSnapshot {
+pub struct PageWrite {
     /// The engine's own state, kept under the key `"state"`.
     pub state: ByteBuf,
     /// MLS pairs to put.
@@ -50,18 +52,22 @@ pub struct PageSnapshot {
     pub outbox_put: Vec<Queued>,
     /// Outbox records to delete.
     pub outbox_delete: Vec<OutboxKey>,
+    /// History rows (`{kind: "add", …message, outgoing}` or `{kind: "delivered", device, id,
+    /// peer}`), applied as they come.
+    pub history: Vec<HistoryChange>,
 }
 
-impl From<Snapshot> for PageSnapshot {
-    fn from(snapshot: Snapshot) -> PageSnapshot {
-        let mut page = PageSnapshot {
-            state: ByteBuf::from(snapshot.state),
+impl From<StoreWrite> for PageWrite {
+    fn from(write: StoreWrite) -> PageWrite {
+        let mut page = PageWrite {
+            state: ByteBuf::from(write.state),
             mls_put: Vec::new(),
             mls_delete: Vec::new(),
             outbox_put: Vec::new(),
             outbox_delete: Vec::new(),
+            history: write.history,
         };
-        for (key, value) in snapshot.mls {
+        for (key, value) in write.mls {
             let key = ByteBuf::from(key);
             match value {
                 Some(value) => page.mls_put.push(MlsRecord {
@@ -71,7 +77,7 @@ impl From<Snapshot> for PageSnapshot {
                 None => page.mls_delete.push(key),
             }
         }
-        for change in snapshot.outbox {
+        for change in write.outbox {
             match change {
                 OutboxChange::Put(row) => page.outbox_put.push(row),
                 OutboxChange::Delete { peer, seq } => {
@@ -83,9 +89,9 @@ impl From<Snapshot> for PageSnapshot {
     }
 }
 
-/// What the page read back from IndexedDB: every record of the three stores.
+/// What the page read back from IndexedDB: every record of the three stores the engine needs.
 #[derive(Debug, Deserialize)]
-pub struct PageStored {
+pub struct PageRecords {
     /// The engine's own state.
     pub state: ByteBuf,
     /// Every MLS pair.
@@ -94,9 +100,9 @@ pub struct PageStored {
     pub outbox: Vec<Queued>,
 }
 
-impl From<PageStored> for Stored {
-    fn from(page: PageStored) -> Stored {
-        Stored {
+impl From<PageRecords> for StoredDevice {
+    fn from(page: PageRecords) -> StoredDevice {
+        StoredDevice {
             state: page.state.into_vec(),
             mls: page
                 .mls
@@ -121,8 +127,12 @@ pub enum PageOutput {
         /// The frame.
         frame: String,
     },
-    /// Fetch `GET /api/v1/members` and hand it to `handleDirectory`.
+    /// Fetch `GET /api/v1/members` and hand it to `handleDirectory` (a failure to
+    /// `handleDirectoryUnavailable`, a refused session to `handleSessionEnded`).
     FetchDirectory,
+    /// Fetch `GET /api/v1/turn`, use the servers for links opened from now on, and hand what came
+    /// of it to `handleIceServers`.
+    FetchIceServers,
     /// Show this (`{kind:"event", event:"message", …}`, the CLI's `--json` shapes); messages and
     /// deliveries also go into the history.
     Event(Event),
@@ -141,69 +151,51 @@ impl From<Output> for PageOutput {
             },
             Output::Link(command) => PageOutput::Link(command),
             Output::FetchDirectory => PageOutput::FetchDirectory,
+            Output::FetchIceServers => PageOutput::FetchIceServers,
             Output::Event(event) => PageOutput::Event(event),
         }
     }
 }
 
-/// One device of the group, as the circle view lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DeviceView {
-    /// The device.
-    pub device: Uuid,
-    /// Its member.
-    pub member: Uuid,
-    /// Whether it is this browser.
-    pub own: bool,
-    /// Whether it is connected to the server.
-    pub online: bool,
-    /// Whether a peer-to-peer link to it is up.
-    pub linked: bool,
-    /// Messages waiting for it in the outbox.
-    pub waiting: usize,
+/// One turn of the engine as the page takes it: `{write, outputs}`, the write (or `null`) to put
+/// in IndexedDB before acting on the outputs.
+#[derive(Debug, Serialize)]
+pub struct PageTurn {
+    /// What to write first.
+    pub write: Option<PageWrite>,
+    /// What to do then.
+    pub outputs: Vec<PageOutput>,
 }
 
-/// The device as the circle view shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PageView {
-    /// This member.
-    pub member: Uuid,
-    /// This device.
-    pub device: Uuid,
-    /// Whether this device is in the circle's group.
-    pub in_group: bool,
-    /// The group's epoch.
-    pub epoch: Option<u64>,
-    /// Display names learnt in the group, by member.
-    pub names: Vec<(Uuid, String)>,
-    /// The group's devices.
-    pub devices: Vec<DeviceView>,
-}
-
-/// What the view shows of `engine`.
-#[must_use]
-pub fn view_of(engine: &Engine) -> PageView {
-    let online = engine.online_devices();
-    let devices = engine
-        .group_devices()
-        .into_iter()
-        .map(|(device, member)| DeviceView {
-            device,
-            member,
-            own: device == engine.device(),
-            online: device == engine.device() || online.contains_key(&device),
-            linked: engine.link_is_up(device),
-            waiting: engine.unacknowledged(device),
-        })
-        .collect();
-    PageView {
-        member: engine.member(),
-        device: engine.device(),
-        in_group: engine.in_group(),
-        epoch: engine.epoch(),
-        names: engine.display_names().into_iter().collect(),
-        devices,
+impl From<Turn> for PageTurn {
+    fn from(turn: Turn) -> PageTurn {
+        PageTurn {
+            write: turn.write.map(PageWrite::from),
+            outputs: turn.outputs.into_iter().map(PageOutput::from).collect(),
+        }
     }
+}
+
+/// What came of fetching the ICE servers, as the page words it: `"not_configured"` (404),
+/// `"unavailable"` (no answer), `"offered"` (with the TURN credentials' `ttl_secs`, if any).
+fn ice_outcome(outcome: &str, relay_ttl_secs: Option<f64>) -> Result<IceOutcome, String> {
+    match outcome {
+        "not_configured" => Ok(IceOutcome::NotConfigured),
+        "unavailable" => Ok(IceOutcome::Unavailable),
+        "offered" => Ok(IceOutcome::Offered {
+            relay_ttl: relay_ttl_secs
+                .filter(|t| t.is_finite() && *t >= 0.0)
+                .map(|t| Duration::from_secs_f64(t.min(1e9))),
+        }),
+        other => Err(format!("not an ICE outcome: {other:?}")),
+    }
+}
+
+/// Now, in milliseconds since the Unix epoch (`Date.now()` in the page).
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Turns a Rust value into the plain JavaScript value the page uses: objects, not `Map`s (what a
@@ -258,7 +250,7 @@ impl WebDevice {
     /// # Errors
     /// When the records are not a device's.
     pub fn restore(origin: &str, rp_id: &str, stored: JsValue) -> Result<WebDevice, String> {
-        let stored: PageStored = serde_wasm_bindgen::from_value(stored)
+        let stored: PageRecords = serde_wasm_bindgen::from_value(stored)
             .map_err(|e| format!("the saved device cannot be read: {e}"))?;
         Engine::restore(EngineConfig::new(origin, rp_id), stored.into())
             .map(WebDevice)
@@ -299,6 +291,35 @@ impl WebDevice {
             from_json(text).map_err(|_| "not a circle directory".to_owned())?;
         self.0.handle_directory(Instant::now(), members);
         Ok(())
+    }
+
+    /// The circle directory could not be fetched (`reason`, in words): the engine asks again.
+    #[wasm_bindgen(js_name = handleDirectoryUnavailable)]
+    pub fn handle_directory_unavailable(&mut self, reason: &str) {
+        self.0
+            .handle_directory_unavailable(Instant::now(), reason.to_owned());
+    }
+
+    /// What came of fetching the ICE servers (`"not_configured"`, `"unavailable"`, or
+    /// `"offered"` with the TURN credentials' lifetime in seconds): decides the next fetch.
+    ///
+    /// # Errors
+    /// When `outcome` is none of these.
+    #[wasm_bindgen(js_name = handleIceServers)]
+    pub fn handle_ice_servers(
+        &mut self,
+        outcome: &str,
+        relay_ttl_secs: Option<f64>,
+    ) -> Result<(), String> {
+        let outcome = ice_outcome(outcome, relay_ttl_secs)?;
+        self.0.handle_ice_servers(Instant::now(), outcome);
+        Ok(())
+    }
+
+    /// The server refused the session (401): the device stops.
+    #[wasm_bindgen(js_name = handleSessionEnded)]
+    pub fn handle_session_ended(&mut self) {
+        self.0.handle_session_ended(Instant::now());
     }
 
     /// The signalling socket closed.
@@ -361,7 +382,7 @@ impl WebDevice {
     #[wasm_bindgen(js_name = sendText)]
     pub fn send_text(&mut self, text: &str) -> Result<String, String> {
         self.0
-            .send_text(Instant::now(), text)
+            .send_text(Instant::now(), unix_ms(), text)
             .map(|id| id.to_string())
             .map_err(|e| e.to_string())
     }
@@ -393,41 +414,54 @@ impl WebDevice {
         })
     }
 
-    /// The next thing to do (`{kind, …}`, see [`PageOutput`]); `undefined` when there is none.
-    /// An output that cannot become a JavaScript value is skipped (and logged), so that no peer's
-    /// message can stop the device.
-    #[wasm_bindgen(js_name = pollOutput)]
-    pub fn poll_output(&mut self) -> JsValue {
-        while let Some(output) = self.0.poll_output() {
-            match to_js(&PageOutput::from(output)) {
-                Ok(value) => return value,
-                Err(error) => {
-                    console_warn(&format!("an engine output was skipped: {error}"));
-                }
-            }
-        }
-        JsValue::UNDEFINED
-    }
-
-    /// What to write to IndexedDB before acting on the outputs polled since the last snapshot
-    /// (see [`PageSnapshot`]); `undefined` when nothing changed.
+    /// The engine's next turn (`{write, outputs}`, see [`PageTurn`]); `undefined` when it has
+    /// nothing to write or do. An output that cannot become a JavaScript value is skipped (and
+    /// logged), so that no peer's message can stop the device.
     ///
     /// # Errors
     /// When the state cannot be encoded.
-    #[wasm_bindgen(js_name = takeSnapshot)]
-    pub fn take_snapshot(&mut self) -> Result<JsValue, String> {
-        match self.0.take_snapshot().map_err(|e| e.to_string())? {
-            Some(snapshot) => to_js(&PageSnapshot::from(snapshot)),
-            None => Ok(JsValue::UNDEFINED),
+    #[wasm_bindgen(js_name = nextTurn)]
+    pub fn next_turn(&mut self) -> Result<JsValue, String> {
+        let Some(turn) = self.0.next_turn().map_err(|e| e.to_string())? else {
+            return Ok(JsValue::UNDEFINED);
+        };
+        let turn = PageTurn::from(turn);
+        let write = match &turn.write {
+            Some(write) => to_js(write)?,
+            None => JsValue::NULL,
+        };
+        let outputs = js_sys::Array::new();
+        for output in &turn.outputs {
+            match to_js(output) {
+                Ok(value) => {
+                    outputs.push(&value);
+                }
+                Err(error) => console_warn(&format!("an engine output was skipped: {error}")),
+            }
         }
+        let value = js_sys::Object::new();
+        js_sys::Reflect::set(&value, &"write".into(), &write).map_err(|_| "no turn object")?;
+        js_sys::Reflect::set(&value, &"outputs".into(), &outputs).map_err(|_| "no turn object")?;
+        Ok(value.into())
     }
 
-    /// The device as the circle view shows it (see [`PageView`]).
+    /// Why the device stopped (`"revoked"`, `"session_ended"`, `"removed"`, `"replaced"`);
+    /// `undefined` while it runs.
+    #[must_use]
+    pub fn stopped(&self) -> Option<String> {
+        self.0.stopped().and_then(|reason| {
+            serde_json::to_value(reason)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+        })
+    }
+
+    /// The device as the circle view shows it (the engine's `DeviceView`).
     ///
     /// # Errors
     /// When the view cannot be converted.
     pub fn view(&self) -> Result<JsValue, String> {
-        to_js(&view_of(&self.0))
+        to_js(&self.0.view())
     }
 }
 
@@ -451,7 +485,7 @@ mod tests {
     use super::*;
     use crate::tests::{ORIGIN, certify_in_page, member};
 
-    /// IndexedDB as the page's driver keeps it: the three object stores.
+    /// IndexedDB as the page's driver keeps it: the engine's three object stores.
     #[derive(Default)]
     struct Idb {
         state: Vec<u8>,
@@ -460,26 +494,26 @@ mod tests {
     }
 
     impl Idb {
-        /// What `save` in web/device.js does with a snapshot, in one transaction.
-        fn save(&mut self, snapshot: PageSnapshot) {
-            self.state = snapshot.state.into_vec();
-            for r in snapshot.mls_put {
+        /// What `save` in web/device.js does with a write, in one transaction.
+        fn save(&mut self, write: PageWrite) {
+            self.state = write.state.into_vec();
+            for r in write.mls_put {
                 self.mls.insert(r.key.into_vec(), r.value.into_vec());
             }
-            for key in snapshot.mls_delete {
+            for key in write.mls_delete {
                 self.mls.remove(key.as_slice());
             }
-            for r in snapshot.outbox_put {
+            for r in write.outbox_put {
                 self.outbox.insert((r.peer, r.seq), r);
             }
-            for k in snapshot.outbox_delete {
+            for k in write.outbox_delete {
                 self.outbox.remove(&(k.peer, k.seq));
             }
         }
 
         /// What `load` reads back.
-        fn load(&self) -> PageStored {
-            PageStored {
+        fn load(&self) -> PageRecords {
+            PageRecords {
                 state: ByteBuf::from(self.state.clone()),
                 mls: self
                     .mls
@@ -501,10 +535,15 @@ mod tests {
             .0
     }
 
-    fn outputs(engine: &mut Engine) -> Vec<Value> {
-        std::iter::from_fn(|| engine.poll_output())
-            .map(|o| serde_json::to_value(PageOutput::from(o)).expect("json"))
-            .collect()
+    /// The engine's next turn as the page takes it: the write, and the outputs as JSON.
+    fn turn(engine: &mut Engine) -> (Option<PageWrite>, Vec<Value>) {
+        let turn = PageTurn::from(engine.next_turn().expect("encodes").expect("a turn"));
+        let outputs = turn
+            .outputs
+            .iter()
+            .map(|o| serde_json::to_value(o).expect("json"))
+            .collect();
+        (turn.write, outputs)
     }
 
     #[test]
@@ -527,18 +566,12 @@ mod tests {
             .expect("hello"),
         );
         engine.set_display_name(now, "Ada").expect("name");
-        let seen = outputs(&mut engine);
+        let (write, seen) = turn(&mut engine);
         assert!(
             engine.in_group(),
             "the first device makes the group: {seen:?}"
         );
-        idb.save(
-            engine
-                .take_snapshot()
-                .expect("encodes")
-                .expect("changed")
-                .into(),
-        );
+        idb.save(write.expect("changed"));
         assert!(!idb.mls.is_empty(), "the MLS store is saved");
         // Outputs are plain values in the shapes the driver matches on.
         assert!(seen.iter().all(|o| o["kind"].is_string()), "{seen:?}");
@@ -548,7 +581,12 @@ mod tests {
         assert_eq!(back.device(), engine.device());
         assert_eq!(back.in_group(), engine.in_group());
         assert_eq!(back.display_names(), engine.display_names());
-        assert_eq!(view_of(&back), view_of(&engine));
+        // The same view, but for the connection: a restored device is connected once it hears the
+        // server's hello.
+        let mut view = engine.view();
+        assert!(view.connected);
+        view.connected = false;
+        assert_eq!(back.view(), view);
     }
 
     #[test]
@@ -568,6 +606,8 @@ mod tests {
         );
         let fetch = serde_json::to_value(PageOutput::FetchDirectory).expect("json");
         assert_eq!(fetch, json!({"kind": "fetch_directory"}));
+        let ice = serde_json::to_value(PageOutput::FetchIceServers).expect("json");
+        assert_eq!(ice, json!({"kind": "fetch_ice_servers"}));
         let event =
             serde_json::to_value(PageOutput::Event(Event::Delivered { id: device, device }))
                 .expect("json");
@@ -585,7 +625,14 @@ mod tests {
         .expect("json");
         assert_eq!(rtc["signal"]["type"], "candidate");
         assert_eq!(rtc["signal"]["sdpMid"], "0");
-        let snapshot = PageSnapshot::from(Snapshot {
+        let message = tessera_engine::ChatMessage {
+            id: device,
+            member: device,
+            device,
+            text: "hi".into(),
+            sent_at: 5,
+        };
+        let snapshot = PageWrite::from(StoreWrite {
             state: vec![1],
             mls: [(vec![2], Some(vec![3])), (vec![4], None)]
                 .into_iter()
@@ -602,6 +649,17 @@ mod tests {
                     seq: 6,
                 },
             ],
+            history: vec![
+                HistoryChange::Add {
+                    message,
+                    outgoing: true,
+                },
+                HistoryChange::Delivered {
+                    device,
+                    id: device,
+                    peer: device,
+                },
+            ],
         });
         assert_eq!(snapshot.mls_put.len(), 1);
         assert_eq!(snapshot.mls_delete, vec![ByteBuf::from(vec![4])]);
@@ -613,6 +671,30 @@ mod tests {
                 seq: 6
             }]
         );
+        // History rows in the shapes device.js applies.
+        assert_eq!(
+            serde_json::to_value(&snapshot.history).expect("json"),
+            json!([
+                {"kind": "add", "id": device, "member": device, "device": device, "text": "hi",
+                    "sent_at": 5, "outgoing": true},
+                {"kind": "delivered", "device": device, "id": device, "peer": device},
+            ])
+        );
+        assert_eq!(
+            ice_outcome("offered", Some(600.0)),
+            Ok(IceOutcome::Offered {
+                relay_ttl: Some(Duration::from_secs(600))
+            })
+        );
+        assert_eq!(
+            ice_outcome("offered", None),
+            Ok(IceOutcome::Offered { relay_ttl: None })
+        );
+        assert_eq!(
+            ice_outcome("not_configured", None),
+            Ok(IceOutcome::NotConfigured)
+        );
+        assert!(ice_outcome("sometimes", None).is_err());
     }
 
     #[test]
@@ -631,8 +713,8 @@ mod tests {
         let (device_key, certificate) = certify_in_page(&mut key, &info, Uuid::new_v4());
         let mut device =
             WebDevice::create(ORIGIN, "localhost", device_key, &certificate).expect("a device");
-        let _ = device.0.take_snapshot().expect("encodes");
-        let before = view_of(&device.0);
+        while device.0.next_turn().expect("encodes").is_some() {}
+        let before = device.0.view();
         for frame in [
             "",
             "not json",
@@ -655,12 +737,12 @@ mod tests {
             assert!(device.handle_link_down(id).is_err());
             assert!(device.handle_link_data(id, b"x").is_err());
         }
-        assert!(device.0.poll_output().is_none(), "nothing to do");
         assert!(
-            device.0.take_snapshot().expect("encodes").is_none(),
-            "nothing changed"
+            device.0.next_turn().expect("encodes").is_none(),
+            "nothing to do, nothing changed"
         );
-        assert_eq!(view_of(&device.0), before);
+        assert_eq!(device.0.view(), before);
+        assert!(device.handle_ice_servers("later", Some(1.0)).is_err());
         // Not in the group yet: nothing is sent.
         assert!(device.send_text("hello").is_err());
     }

@@ -5,9 +5,9 @@
 
 pub mod device;
 
+use tessera_engine::CIPHERSUITE;
 use tessera_engine::DeviceKey;
 use tessera_engine::codec::from_json;
-use tessera_engine::engine::CIPHERSUITE;
 use tessera_engine::identity::{DeviceCertificate, certificate_request, key_fingerprint};
 #[cfg(test)]
 use tessera_wire::Base64Url;

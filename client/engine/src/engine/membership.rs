@@ -17,13 +17,45 @@ use crate::payload::{Content, SignalPayload};
 use crate::roster::{Directory, Refusal, certificate_of, verify_leaf, verify_leaf_node};
 
 use super::{
-    CIPHERSUITE, Engine, EngineError, Event, Link, LinkCommand, Output, Staged, commit_frame,
-    mls_error, push_bounded, read_mls, refused,
+    CIPHERSUITE, EarlySignal, Engine, EngineError, Event, Link, LinkCommand, Output, Staged,
+    commit_frame, mls_error, push_bounded, read_mls, refused,
 };
 
 /// How many past epochs' secrets a device keeps, so that messages sent just before a commit
 /// (or waiting in an outbox across one) can still be read.
 pub(super) const PAST_EPOCHS: usize = 16;
+
+/// A device of the group: its member and its leaf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct GroupDevice {
+    pub(super) member: Uuid,
+    pub(super) leaf: LeafNodeIndex,
+}
+
+/// A KeyPackage not checked yet: kept until this device is in the group and knows the directory,
+/// or until a fresher directory may know its unknown member.
+#[derive(Debug, Clone)]
+pub(super) struct UncheckedKeyPackage {
+    /// The device that announced it.
+    pub(super) from: Uuid,
+    /// Its member, as the server relayed it.
+    pub(super) member: Uuid,
+    pub(super) bytes: Vec<u8>,
+    /// The directory version an unknown member was last looked up in.
+    pub(super) tried: Option<u64>,
+}
+
+/// A Welcome not checked yet, kept until the directory comes (or a fresher one may know a member).
+#[derive(Debug, Clone)]
+pub(super) struct UncheckedWelcome {
+    /// The device that sent it.
+    pub(super) from: Uuid,
+    pub(super) bytes: Vec<u8>,
+    /// The sequencer slot after the commit that added this device.
+    pub(super) next_slot: u64,
+    /// The directory version an unknown member was last looked up in.
+    pub(super) tried: Option<u64>,
+}
 
 /// A verified KeyPackage waiting to be added.
 #[derive(Debug, Clone)]
@@ -44,8 +76,13 @@ pub(super) fn create_config() -> MlsGroupCreateConfig {
 }
 
 impl Engine {
+    /// Asks the driver for the circle directory: one fetch at a time, and one more when a need
+    /// arises while it runs (its answer may be from before the change); after a failed fetch, the
+    /// retry [`Engine::handle_timeout`] makes.
     pub(super) fn fetch_directory(&mut self) {
-        if !self.directory_requested {
+        if self.directory_requested {
+            self.directory_again = true;
+        } else if self.directory_retry_at.is_none() {
             self.directory_requested = true;
             self.outputs.push_back(Output::FetchDirectory);
         }
@@ -67,9 +104,13 @@ impl Engine {
             .iter()
             .flat_map(MlsGroup::members)
             .filter_map(|m| {
-                certificate_of(&m.credential)
-                    .ok()
-                    .map(|c| (c.device, (c.member, m.index)))
+                certificate_of(&m.credential).ok().map(|c| {
+                    let device = GroupDevice {
+                        member: c.member,
+                        leaf: m.index,
+                    };
+                    (c.device, device)
+                })
             })
             .collect();
         let after: BTreeSet<Uuid> = self.roster.keys().copied().collect();
@@ -109,8 +150,14 @@ impl Engine {
         let Some(directory) = self.directory.as_ref().filter(|_| self.group.is_some()) else {
             // Kept until this device is in the group and knows the directory: it may be the one
             // designated to add them.
-            self.unverified.retain(|(d, ..)| *d != from);
-            push_bounded(&mut self.unverified, (from, member, bytes.to_vec(), tried));
+            self.unverified.retain(|u| u.from != from);
+            let unchecked = UncheckedKeyPackage {
+                from,
+                member,
+                bytes: bytes.to_vec(),
+                tried,
+            };
+            push_bounded(&mut self.unverified, unchecked);
             return;
         };
         let checked = (|| {
@@ -147,8 +194,12 @@ impl Engine {
             Err(Refusal::UnknownMember) if self.awaits_directory(tried) => {
                 // Perhaps a member who enrolled after the directory was fetched.
                 let version = Some(tried.unwrap_or(self.directory_version));
-                self.unverified
-                    .push((from, member, bytes.to_vec(), version));
+                self.unverified.push(UncheckedKeyPackage {
+                    from,
+                    member,
+                    bytes: bytes.to_vec(),
+                    tried: version,
+                });
                 self.fetch_directory();
             }
             Err(reason) => self.event(Event::Refused {
@@ -160,8 +211,8 @@ impl Engine {
 
     pub(super) fn retry_key_packages(&mut self, now: Instant) {
         let unverified = std::mem::take(&mut self.unverified);
-        for (from, member, kp, tried) in unverified {
-            self.take_key_package(now, from, member, &kp, tried);
+        for u in unverified {
+            self.take_key_package(now, u.from, u.member, &u.bytes, u.tried);
         }
     }
 
@@ -177,7 +228,12 @@ impl Engine {
             return;
         }
         let Some(directory) = &self.directory else {
-            self.welcomes.push((from, bytes.to_vec(), next, tried));
+            self.welcomes.push(UncheckedWelcome {
+                from,
+                bytes: bytes.to_vec(),
+                next_slot: next,
+                tried,
+            });
             return;
         };
         // openmls deletes the KeyPackage a Welcome is for before the engine checks who sent it:
@@ -216,7 +272,12 @@ impl Engine {
                 self.provider.roll_back(checkpoint);
                 if matches!(reason, Refusal::UnknownMember) && self.awaits_directory(tried) {
                     let version = Some(tried.unwrap_or(self.directory_version));
-                    self.welcomes.push((from, bytes.to_vec(), next, version));
+                    self.welcomes.push(UncheckedWelcome {
+                        from,
+                        bytes: bytes.to_vec(),
+                        next_slot: next,
+                        tried: version,
+                    });
                     self.fetch_directory();
                 } else {
                     self.event(Event::Refused {
@@ -235,7 +296,7 @@ impl Engine {
         self.refresh_roster();
         self.event(Event::Joined);
         self.retry_key_packages(now);
-        for (from, member, msg) in std::mem::take(&mut self.early) {
+        for EarlySignal { from, member, msg } in std::mem::take(&mut self.early) {
             self.take_signal(now, from, member, SignalPayload::Mls { msg });
         }
         if let Some(name) = self.saved.display_name.clone() {
@@ -420,8 +481,8 @@ impl Engine {
         let revoked: Vec<LeafNodeIndex> = self
             .roster
             .values()
-            .filter(|(member, _)| admin && !directory.contains(*member))
-            .map(|(_, leaf)| *leaf)
+            .filter(|d| admin && !directory.contains(d.member))
+            .map(|d| d.leaf)
             .collect();
         // As many adds as one commit frame holds: a commit carries every KeyPackage it adds.
         let mut take = adds.len();
@@ -432,7 +493,7 @@ impl Engine {
                 .iter()
                 // A rejoining device's old leaf goes with its new KeyPackage's add.
                 .filter(|(device, _)| chosen.iter().any(|(d, _)| d == *device))
-                .map(|(_, (_, leaf))| *leaf)
+                .map(|(_, d)| d.leaf)
                 .chain(revoked.iter().copied())
                 .collect();
             removals.sort_unstable();

@@ -12,11 +12,20 @@ use crate::payload::{Content, decode_packet, encode_packet};
 use crate::roster::{Refusal, certificate_of};
 
 use super::{
-    ChatMessage, Engine, EngineError, Event, LATEST_SENT_AT, LinkCommand, Output, mls_error,
-    now_ms, protocol_message, push_bounded, refused,
+    ChatMessage, Engine, EngineError, Event, HistoryChange, LATEST_SENT_AT, LinkCommand, Output,
+    mls_error, protocol_message, push_bounded, refused,
 };
 
 impl Engine {
+    /// A message sent or received: kept in the history and shown.
+    fn record_message(&mut self, message: ChatMessage, outgoing: bool) {
+        self.history.push(HistoryChange::Add {
+            message: message.clone(),
+            outgoing,
+        });
+        self.event(Event::Message { message, outgoing });
+    }
+
     /// Bytes from the link to `device`.
     pub fn handle_link_data(&mut self, now: Instant, device: Uuid, bytes: &[u8]) {
         if !self.roster.contains_key(&device) {
@@ -39,14 +48,19 @@ impl Engine {
     ///
     /// # Errors
     /// [`EngineError::NotInGroup`], [`EngineError::TooLarge`].
-    pub fn send_text(&mut self, now: Instant, text: &str) -> Result<Uuid, EngineError> {
+    pub fn send_text(
+        &mut self,
+        now: Instant,
+        unix_ms: i64,
+        text: &str,
+    ) -> Result<Uuid, EngineError> {
         let id = Uuid::new_v4();
         let message = ChatMessage {
             id,
             member: self.saved.member,
             device: self.saved.device,
             text: text.to_owned(),
-            sent_at: now_ms(),
+            sent_at: unix_ms.clamp(0, LATEST_SENT_AT),
         };
         self.broadcast(
             now,
@@ -57,10 +71,7 @@ impl Engine {
             },
             Some(id),
         )?;
-        self.event(Event::Message {
-            message,
-            outgoing: true,
-        });
+        self.record_message(message, true);
         self.step(now);
         Ok(id)
     }
@@ -170,16 +181,16 @@ impl Engine {
             Ok((sender, content))
         });
         match opened {
-            Ok((sender, Content::Text { id, text, sent_at })) => self.event(Event::Message {
-                message: ChatMessage {
+            Ok((sender, Content::Text { id, text, sent_at })) => self.record_message(
+                ChatMessage {
                     id,
                     member: sender.member,
                     device: sender.device,
                     text,
                     sent_at: sent_at.clamp(0, LATEST_SENT_AT),
                 },
-                outgoing: false,
-            }),
+                false,
+            ),
             Ok((sender, Content::Profile { name })) => {
                 self.saved.names.insert(sender.member, name);
                 self.event(Event::MembersChanged);
@@ -200,6 +211,11 @@ impl Engine {
         }
         while let Some((device, _, tag)) = self.saved.delivery.poll_acknowledged() {
             if let Some(id) = tag {
+                self.history.push(HistoryChange::Delivered {
+                    device: self.saved.device,
+                    id,
+                    peer: device,
+                });
                 self.event(Event::Delivered { id, device });
             }
         }

@@ -11,26 +11,26 @@ mod state;
 mod types;
 
 use links::Link;
-use membership::Waiting;
-use sequencer::{Staged, commit_frame};
-use state::{Held, Pending, Saved};
-pub use state::{Snapshot, Stored};
+use membership::{GroupDevice, UncheckedKeyPackage, UncheckedWelcome, Waiting};
+use sequencer::{CatchUp, Staged, commit_frame};
+use signalling::EarlySignal;
+use state::{Held, Pending, SavedState};
+pub use state::{HistoryChange, StoreWrite, StoredDevice, Turn};
 pub use types::{
-    CIPHERSUITE, ChatMessage, DeviceKey, EngineConfig, EngineError, Event, LATEST_SENT_AT,
-    LinkCommand, Output,
+    CIPHERSUITE, ChatMessage, DeviceKey, DeviceView, EngineConfig, EngineError, Event,
+    GroupDeviceView, IceOutcome, LATEST_SENT_AT, LinkCommand, Output, StopReason,
 };
+use types::{ICE_RENEW_AT_LEAST, ICE_RENEW_AT_MOST};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use openmls::prelude::tls_codec::Deserialize as _;
-use openmls::prelude::{
-    GroupId, LeafNodeIndex, MlsGroup, MlsMessageBodyIn, MlsMessageIn, ProtocolMessage,
-};
+use openmls::prelude::{GroupId, MlsGroup, MlsMessageBodyIn, MlsMessageIn, ProtocolMessage};
 use openmls_traits::OpenMlsProvider as _;
-use tessera_wire::signal::{Limits, ServerFrame};
-use tessera_wire::{Base64Url, MemberInfo};
+use tessera_wire::MemberInfo;
+use tessera_wire::signal::{FrameErrorCode, Limits, ServerFrame};
 use uuid::Uuid;
-use web_time::{Instant, SystemTime, UNIX_EPOCH};
+use web_time::Instant;
 
 use crate::codec::{self, Earlier};
 use crate::crypto::DeviceSigner;
@@ -67,32 +67,43 @@ pub struct Engine {
     config: EngineConfig,
     provider: Provider,
     signer: DeviceSigner,
-    saved: Saved,
+    saved: SavedState,
     saved_mls: HashMap<Vec<u8>, Vec<u8>>,
     group: Option<MlsGroup>,
-    /// Devices in the group: device → (member, leaf).
-    roster: BTreeMap<Uuid, (Uuid, LeafNodeIndex)>,
+    /// Devices in the group, by device.
+    roster: BTreeMap<Uuid, GroupDevice>,
     directory: Option<Directory>,
     directory_version: u64,
+    /// A directory fetch is under way.
     directory_requested: bool,
+    /// Another fetch is wanted once the one under way ends.
+    directory_again: bool,
     /// When the directory is next fetched again.
     directory_due: Option<Instant>,
+    /// When a failed directory fetch is tried again.
+    directory_retry_at: Option<Instant>,
+    /// When the ICE servers are asked for again.
+    ice_due: Option<Instant>,
+    /// Why the device stopped, once it has.
+    stopped: Option<StopReason>,
+    /// History changes since the last write.
+    history: Vec<HistoryChange>,
     connected: bool,
     server_slot: Option<u64>,
     online: BTreeMap<Uuid, Uuid>,
     announced: BTreeSet<Uuid>,
     announce_at: Option<Instant>,
     waiting: BTreeMap<Uuid, Waiting>,
-    /// KeyPackages not checked yet: sender device, member, bytes, and the directory version an
-    /// unknown member was last looked up in.
-    unverified: Vec<(Uuid, Uuid, Vec<u8>, Option<u64>)>,
-    /// Welcomes not checked yet: sender, bytes, next slot, directory version last tried.
-    welcomes: Vec<(Uuid, Vec<u8>, u64, Option<u64>)>,
-    catch_up: Option<(Uuid, Instant, BTreeSet<Uuid>)>,
+    /// KeyPackages not checked yet.
+    unverified: Vec<UncheckedKeyPackage>,
+    /// Welcomes not checked yet.
+    welcomes: Vec<UncheckedWelcome>,
+    /// The catch-up request waiting for its answer.
+    catch_up: Option<CatchUp>,
     /// A staged commit waiting for a fresher directory.
-    staged: Option<(u64, Staged)>,
+    staged: Option<Staged>,
     /// MLS signals that came before this device's Welcome.
-    early: Vec<(Uuid, Uuid, Base64Url)>,
+    early: Vec<EarlySignal>,
     links: BTreeMap<Uuid, Link>,
     /// The server's limits, from its latest `hello`.
     limits: Limits,
@@ -114,12 +125,6 @@ impl std::fmt::Debug for Engine {
             .field("in_group", &self.group.is_some())
             .finish_non_exhaustive()
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn read_mls(bytes: &[u8]) -> Result<MlsMessageBodyIn, Refusal> {
@@ -154,7 +159,7 @@ impl Engine {
         }
         let provider = Provider::default();
         key.0.store(provider.storage()).map_err(mls_error)?;
-        let saved = Saved {
+        let saved = SavedState {
             member,
             device,
             signature_public: key.public().to_vec(),
@@ -177,9 +182,9 @@ impl Engine {
     ///
     /// # Errors
     /// [`EngineError::Corrupt`] when the parts do not fit together.
-    pub fn restore(config: EngineConfig, stored: Stored) -> Result<Engine, EngineError> {
-        let Stored { state, mls, outbox } = stored;
-        let mut saved: Saved = codec::decode(&state, Earlier::Cbor)
+    pub fn restore(config: EngineConfig, stored: StoredDevice) -> Result<Engine, EngineError> {
+        let StoredDevice { state, mls, outbox } = stored;
+        let mut saved: SavedState = codec::decode(&state, Earlier::Cbor)
             .map_err(|e| EngineError::Corrupt(e.to_string()))?;
         saved.delivery.set_config(config.delivery.clone());
         saved.delivery.restore_outbox(outbox.into_values());
@@ -205,7 +210,7 @@ impl Engine {
         config: EngineConfig,
         provider: Provider,
         signer: DeviceSigner,
-        saved: Saved,
+        saved: SavedState,
         group: Option<MlsGroup>,
     ) -> Engine {
         Engine {
@@ -219,7 +224,12 @@ impl Engine {
             directory: None,
             directory_version: 0,
             directory_requested: false,
+            directory_again: false,
             directory_due: None,
+            directory_retry_at: None,
+            ice_due: None,
+            stopped: None,
+            history: Vec::new(),
             connected: false,
             server_slot: None,
             online: BTreeMap::new(),
@@ -268,7 +278,7 @@ impl Engine {
     /// The devices of the group (this one included): device → member.
     #[must_use]
     pub fn group_devices(&self) -> BTreeMap<Uuid, Uuid> {
-        self.roster.iter().map(|(d, (m, _))| (*d, *m)).collect()
+        self.roster.iter().map(|(d, g)| (*d, g.member)).collect()
     }
 
     /// The devices online at the server (as of the last hello and presence).
@@ -312,11 +322,15 @@ impl Engine {
         self.directory = Some(Directory::new(members));
         self.directory_version += 1;
         self.directory_requested = false;
+        self.directory_retry_at = None;
         self.directory_due = Some(now + self.config.directory_refresh);
+        if std::mem::take(&mut self.directory_again) {
+            self.fetch_directory();
+        }
         self.retry_key_packages(now);
         let welcomes = std::mem::take(&mut self.welcomes);
-        for (from, welcome, next, tried) in welcomes {
-            self.take_welcome(now, from, &welcome, next, tried);
+        for w in welcomes {
+            self.take_welcome(now, w.from, &w.bytes, w.next_slot, w.tried);
         }
         self.step(now);
     }
@@ -404,8 +418,13 @@ impl Engine {
             ServerFrame::CommitResult { epoch, accepted } => {
                 self.take_commit_result(now, epoch, accepted);
             }
-            ServerFrame::Error { code, .. } => self.event(Event::ServerError { code }),
-            ServerFrame::Revoked => self.event(Event::Revoked),
+            ServerFrame::Error { code, .. } => {
+                self.event(Event::ServerError { code });
+                if code == FrameErrorCode::Replaced {
+                    self.stop(StopReason::Replaced);
+                }
+            }
+            ServerFrame::Revoked => self.stop(StopReason::Revoked),
         }
         self.step(now);
     }
@@ -417,12 +436,48 @@ impl Engine {
         self.step(now);
     }
 
+    /// The circle directory could not be fetched (`reason`, in words): asked for again after
+    /// [`EngineConfig::directory_retry`].
+    pub fn handle_directory_unavailable(&mut self, now: Instant, reason: String) {
+        self.directory_requested = false;
+        self.directory_again = false;
+        self.directory_retry_at = Some(now + self.config.directory_retry);
+        self.event(Event::DirectoryUnavailable { reason });
+    }
+
+    /// What came of fetching the ICE servers (at start, or for [`Output::FetchIceServers`]):
+    /// decides when they are asked for again.
+    pub fn handle_ice_servers(&mut self, now: Instant, outcome: IceOutcome) {
+        self.ice_due = match outcome {
+            IceOutcome::NotConfigured | IceOutcome::Offered { relay_ttl: None } => None,
+            IceOutcome::Unavailable => Some(now + self.config.ice_retry),
+            IceOutcome::Offered {
+                relay_ttl: Some(ttl),
+            } => Some(now + (ttl / 3).clamp(ICE_RENEW_AT_LEAST, ICE_RENEW_AT_MOST)),
+        };
+    }
+
+    /// The server refused this device's session (logged out, expired, or the member revoked while
+    /// the device was away): the device stops.
+    pub fn handle_session_ended(&mut self, now: Instant) {
+        self.stop(StopReason::SessionEnded);
+        self.step(now);
+    }
+
     /// Time passed.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.saved.delivery.handle_timeout(now);
         if self.connected && self.directory_due.is_some_and(|due| due <= now) {
             self.directory_due = None;
             self.fetch_directory();
+        }
+        if self.directory_retry_at.is_some_and(|at| at <= now) {
+            self.directory_retry_at = None;
+            self.fetch_directory();
+        }
+        if self.ice_due.is_some_and(|at| at <= now) {
+            self.ice_due = None;
+            self.outputs.push_back(Output::FetchIceServers);
         }
         self.step(now);
     }
@@ -442,8 +497,10 @@ impl Engine {
         [
             self.saved.delivery.poll_timeout(),
             self.announce_at,
-            self.catch_up.as_ref().map(|c| c.1),
+            self.catch_up.as_ref().map(|c| c.answer_by),
             self.directory_due.filter(|_| self.connected),
+            self.directory_retry_at,
+            self.ice_due,
             self.pacer.next_at(),
             self.assembler.next_expiry(),
         ]
@@ -454,17 +511,56 @@ impl Engine {
         .min()
     }
 
-    /// The next thing to do.
-    pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
-    }
-
-    /// What to write to the local store, if anything changed since the last snapshot. Write it
-    /// before acting on the outputs drained since, so that nothing acknowledged is lost.
+    /// The engine's next turn: what to write to the local store, then what to do; `None` when
+    /// there is nothing of either. A driver writes the turn's write (one transaction) before it
+    /// acts on the turn's outputs, and takes turns until there are none (acting feeds the engine).
     ///
     /// # Errors
     /// When the state cannot be encoded.
-    pub fn take_snapshot(&mut self) -> Result<Option<Snapshot>, EngineError> {
+    pub fn next_turn(&mut self) -> Result<Option<Turn>, EngineError> {
+        let outputs: Vec<Output> = self.outputs.drain(..).collect();
+        let write = self.take_write()?;
+        if outputs.is_empty() && write.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Turn { write, outputs }))
+    }
+
+    /// Why the device stopped, once it has ([`Event::Stopped`]).
+    #[must_use]
+    pub fn stopped(&self) -> Option<StopReason> {
+        self.stopped
+    }
+
+    /// The device as its user interface shows it.
+    #[must_use]
+    pub fn view(&self) -> DeviceView {
+        let me = self.saved.device;
+        let devices = self
+            .roster
+            .iter()
+            .map(|(device, g)| GroupDeviceView {
+                device: *device,
+                member: g.member,
+                own: *device == me,
+                online: *device == me || self.online.contains_key(device),
+                linked: self.link_is_up(*device),
+                waiting: self.unacknowledged(*device),
+            })
+            .collect();
+        DeviceView {
+            member: self.saved.member,
+            device: me,
+            in_group: self.in_group(),
+            epoch: self.epoch(),
+            connected: self.connected,
+            names: self.display_names(),
+            devices,
+        }
+    }
+
+    /// What to write to the local store, if anything changed since the last write.
+    fn take_write(&mut self) -> Result<Option<StoreWrite>, EngineError> {
         if !self.dirty {
             return Ok(None);
         }
@@ -476,7 +572,13 @@ impl Engine {
         let state = codec::encode(&self.saved).map_err(|e| EngineError::Corrupt(e.to_string()))?;
         let mls = self.provider.changes_since(&mut self.saved_mls);
         let outbox = self.saved.delivery.take_outbox_changes();
-        Ok(Some(Snapshot { state, mls, outbox }))
+        let history = std::mem::take(&mut self.history);
+        Ok(Some(StoreWrite {
+            state,
+            mls,
+            outbox,
+            history,
+        }))
     }
 
     // ---------------------------------------------------------------- the machine
@@ -489,10 +591,21 @@ impl Engine {
         self.outputs.push_back(Output::Link(command));
     }
 
+    /// Stops the device, once: its last event says why.
+    fn stop(&mut self, reason: StopReason) {
+        if self.stopped.is_none() {
+            self.stopped = Some(reason);
+            self.event(Event::Stopped { reason });
+        }
+    }
+
     /// Runs after every input, which may have changed what is saved.
     fn step(&mut self, now: Instant) {
         self.dirty = true;
-        if self.directory.is_none() {
+        if self.stopped.is_some() {
+            return;
+        }
+        if self.directory.is_none() && !self.directory_requested {
             self.fetch_directory();
         }
         self.process_held(now);
@@ -587,8 +700,10 @@ mod tests {
                 "reason": "the member is not in the circle directory"})
         );
         assert_eq!(
-            json(&Event::Revoked),
-            serde_json::json!({"event": "revoked"})
+            json(&Event::Stopped {
+                reason: StopReason::SessionEnded
+            }),
+            serde_json::json!({"event": "stopped", "reason": "session_ended"})
         );
     }
 }

@@ -6,8 +6,10 @@ use openmls::prelude::{LeafNodeIndex, ProcessedMessageContent, StagedCommit};
 use openmls_traits::OpenMlsProvider as _;
 use serde_bytes::ByteBuf;
 use serde_json::value::to_raw_value;
+use std::collections::BTreeSet;
 use tessera_wire::Base64Url;
 use tessera_wire::signal::ClientFrame;
+
 use uuid::Uuid;
 use web_time::Instant;
 
@@ -15,14 +17,25 @@ use crate::identity::DeviceCertificate;
 use crate::payload::{CommitPayload, Content, SignalPayload};
 use crate::roster::{Refusal, certificate_of};
 
-use super::{Engine, Event, Held, LinkCommand, Pending, protocol_message, refused};
+use super::{Engine, Event, Held, LinkCommand, Pending, StopReason, protocol_message, refused};
 
 /// A relayed commit, decrypted and staged, with its sender.
 #[derive(Debug)]
 pub(super) struct Staged {
+    /// The sequencer slot the commit was relayed for.
+    pub(super) slot: u64,
     pub(super) commit: Box<StagedCommit>,
     pub(super) sender: DeviceCertificate,
     pub(super) sender_leaf: LeafNodeIndex,
+}
+
+/// A catch-up request: the peer asked for the missing commits, until when it may answer, and the
+/// peers asked so far.
+#[derive(Debug)]
+pub(super) struct CatchUp {
+    pub(super) asked: Uuid,
+    pub(super) answer_by: Instant,
+    pub(super) tried: BTreeSet<Uuid>,
 }
 
 pub(super) fn commit_frame(slot: u64, commit: &[u8]) -> ClientFrame {
@@ -77,17 +90,15 @@ impl Engine {
         first: u64,
         commits: Vec<Base64Url>,
     ) {
-        let Some((asked, _, _)) = &self.catch_up else {
+        let Some(catch_up) = self.catch_up.as_mut() else {
             return;
         };
-        if *asked != from {
+        if catch_up.asked != from {
             return;
         }
         if commits.is_empty() {
             // That peer cannot help: ask the next one at once.
-            if let Some(c) = self.catch_up.as_mut() {
-                c.1 = now;
-            }
+            catch_up.answer_by = now;
             return;
         }
         for (slot, commit) in (first..).zip(commits) {
@@ -201,14 +212,14 @@ impl Engine {
             self.saved.pending = None;
         }
         let staged = match self.staged.take() {
-            Some((s, staged)) if s == slot => Ok(staged),
-            _ => self.stage_commit(&held.commit),
+            Some(staged) if staged.slot == slot => Ok(staged),
+            _ => self.stage_commit(slot, &held.commit),
         };
         let retry = self.awaits_directory(held.tried_with_directory);
         let outcome = staged.and_then(|staged| match self.authorize(&staged) {
             Ok(()) => Ok(staged.commit),
             Err(Refusal::UnknownMember) if retry => {
-                self.staged = Some((slot, staged));
+                self.staged = Some(staged);
                 Err(Refusal::UnknownMember)
             }
             Err(reason) => Err(reason),
@@ -235,7 +246,7 @@ impl Engine {
                     for link in std::mem::take(&mut self.links).into_keys() {
                         self.link(LinkCommand::Close { device: link });
                     }
-                    self.event(Event::Removed);
+                    self.stop(StopReason::Removed);
                     return true;
                 }
                 match merged {
@@ -279,7 +290,7 @@ impl Engine {
     }
 
     /// Decrypts and stages a relayed commit (once: MLS consumes the secrets it is read with).
-    pub(super) fn stage_commit(&mut self, commit: &[u8]) -> Result<Staged, Refusal> {
+    pub(super) fn stage_commit(&mut self, slot: u64, commit: &[u8]) -> Result<Staged, Refusal> {
         let group = self
             .group
             .as_mut()
@@ -303,6 +314,7 @@ impl Engine {
             return Err(Refusal::Malformed("commit"));
         };
         Ok(Staged {
+            slot,
             commit,
             sender,
             sender_leaf,
@@ -341,23 +353,27 @@ impl Engine {
         if next >= server || self.saved.held.contains_key(&next) {
             return;
         }
-        let timed_out = self.catch_up.as_ref().is_some_and(|c| c.1 <= now);
+        let timed_out = self.catch_up.as_ref().is_some_and(|c| c.answer_by <= now);
         if self.catch_up.is_some() && !timed_out {
             return;
         }
-        let mut asked = self.catch_up.take().map(|c| c.2).unwrap_or_default();
+        let mut tried = self.catch_up.take().map(|c| c.tried).unwrap_or_default();
         let candidate = self
             .online
             .keys()
             .copied()
-            .find(|d| self.roster.contains_key(d) && !asked.contains(d));
+            .find(|d| self.roster.contains_key(d) && !tried.contains(d));
         match candidate {
             Some(peer) => {
-                asked.insert(peer);
+                tried.insert(peer);
                 self.send_signal(peer, &SignalPayload::NeedCommits { from: next });
-                self.catch_up = Some((peer, now + self.config.catch_up_timeout, asked));
+                self.catch_up = Some(CatchUp {
+                    asked: peer,
+                    answer_by: now + self.config.catch_up_timeout,
+                    tried,
+                });
             }
-            None if !asked.is_empty() => {
+            None if !tried.is_empty() => {
                 // Nobody online holds the missing commits: leave the stale group and be
                 // welcomed again.
                 self.drop_group();

@@ -2,6 +2,7 @@
 //! in pieces, and relayed signals dispatched to what handles them.
 
 use serde_json::value::{RawValue, to_raw_value};
+use tessera_wire::Base64Url;
 use tessera_wire::signal::ClientFrame;
 use uuid::Uuid;
 use web_time::Instant;
@@ -11,6 +12,14 @@ use crate::pieces::{self};
 use crate::roster::Refusal;
 
 use super::{Engine, Event, Output, push_bounded};
+
+/// An MLS signal that came before this device's Welcome, kept until it can be read.
+#[derive(Debug)]
+pub(super) struct EarlySignal {
+    pub(super) from: Uuid,
+    pub(super) member: Uuid,
+    pub(super) msg: Base64Url,
+}
 
 impl Engine {
     pub(super) fn send(&mut self, frame: ClientFrame) {
@@ -76,7 +85,7 @@ impl Engine {
             SignalPayload::Mls { msg } => {
                 if self.group.is_none() {
                     // Sent by a member that processed this device's add before its Welcome came.
-                    push_bounded(&mut self.early, (from, member, msg));
+                    push_bounded(&mut self.early, EarlySignal { from, member, msg });
                     return;
                 }
                 if let Err(reason) = self.open_sealed(now, from, member, msg.as_slice()) {

@@ -1,5 +1,6 @@
 //! What the engine keeps between runs and what its driver writes to the local store: the saved
-//! state, the snapshot of changes written before outputs are acted on, and the stored engine.
+//! state, each turn's writes (made before its outputs are acted on), and the stored device it is
+//! restored from.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -11,21 +12,62 @@ use crate::delivery::{Delivery, OutboxChange, Queued, Seq};
 use crate::identity::DeviceCertificate;
 use crate::provider::StorageChanges;
 
-/// What must be written to the local store before the outputs that followed it are acted on.
+use super::{ChatMessage, Output};
+
+/// One turn of the engine for its driver: write `write` to the local store (in one transaction),
+/// then act on `outputs` in order. Nothing acknowledged is lost, since nothing is acted on before
+/// the state that led to it is stored.
 #[derive(Debug)]
-pub struct Snapshot {
-    /// The engine's own state (CBOR).
+pub struct Turn {
+    /// What to write first, if anything changed.
+    pub write: Option<StoreWrite>,
+    /// What to do then.
+    pub outputs: Vec<Output>,
+}
+
+/// What the local store writes in one transaction: the engine's state and the changes to its
+/// rows. Stores apply the rows as they come and decide nothing.
+#[derive(Debug, Clone)]
+pub struct StoreWrite {
+    /// The engine's own state (encoded).
     pub state: Vec<u8>,
     /// Changes to the MLS key-value store.
     pub mls: StorageChanges,
     /// Changes to the outbox, one row per message and peer.
     pub outbox: Vec<OutboxChange>,
+    /// Changes to the message history.
+    pub history: Vec<HistoryChange>,
 }
 
-/// An engine as its local store keeps it: the last snapshot's state, and the MLS key-value pairs
-/// and outbox rows as the snapshots' changes left them. What [`Engine::restore`] takes.
+/// A change to the message history, which the device keeps for its user (the engine forgets
+/// messages once shown).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum HistoryChange {
+    /// Keep this message, once: one already kept under its device and id stays as it is.
+    Add {
+        /// The message.
+        #[serde(flatten)]
+        message: ChatMessage,
+        /// Whether this device sent it.
+        outgoing: bool,
+    },
+    /// The peer device `peer` holds the message `id` this device (`device`) sent: add it to the
+    /// message's delivered set.
+    Delivered {
+        /// This device, the message's sender.
+        device: Uuid,
+        /// The message.
+        id: Uuid,
+        /// The device that acknowledged it.
+        peer: Uuid,
+    },
+}
+
+/// A device as its local store keeps it: the last write's state, and the MLS key-value pairs and
+/// outbox rows as the writes left them. What [`crate::Engine::restore`] takes.
 #[derive(Debug, Clone, Default)]
-pub struct Stored {
+pub struct StoredDevice {
     /// The engine's own state (CBOR).
     pub state: Vec<u8>,
     /// MLS's key-value store.
@@ -34,17 +76,18 @@ pub struct Stored {
     pub outbox: BTreeMap<(Uuid, Seq), Queued>,
 }
 
-impl Stored {
-    /// Applies a snapshot, as a store on disk does in one transaction.
-    pub fn apply(&mut self, snapshot: Snapshot) {
-        self.state = snapshot.state;
-        for (key, value) in snapshot.mls {
+impl StoredDevice {
+    /// Applies a write, as a store on disk does in one transaction (the history aside: restoring
+    /// needs none).
+    pub fn apply(&mut self, write: StoreWrite) {
+        self.state = write.state;
+        for (key, value) in write.mls {
             match value {
                 Some(value) => self.mls.insert(key, value),
                 None => self.mls.remove(&key),
             };
         }
-        for change in snapshot.outbox {
+        for change in write.outbox {
             match change {
                 OutboxChange::Put(row) => {
                     self.outbox.insert((row.peer, row.seq), row);
@@ -84,7 +127,7 @@ pub(super) struct Held {
 /// a field here, in [`Delivery`] or in the types they hold makes saved devices unreadable: such a
 /// change needs a new format tag in [`codec`] and a way to read the previous one.
 #[derive(Debug, Serialize, Deserialize)]
-pub(super) struct Saved {
+pub(super) struct SavedState {
     pub(super) member: Uuid,
     pub(super) device: Uuid,
     #[serde(with = "serde_bytes")]

@@ -1,6 +1,8 @@
 //! The engine's vocabulary: its configuration and errors, the device key, and what it tells its
 //! driver to do (outputs, link commands) and to show (events).
 
+use std::collections::BTreeMap;
+
 use openmls::prelude::Ciphersuite;
 use serde::{Deserialize, Serialize};
 use tessera_wire::signal::{ClientFrame, FrameErrorCode};
@@ -21,6 +23,11 @@ pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_
 /// end of what JavaScript's `Date` can show. A peer's clock is its own; a time outside
 /// `0..=LATEST_SENT_AT` is shown as the nearest bound rather than breaking the interfaces.
 pub const LATEST_SENT_AT: i64 = 8_640_000_000_000_000;
+
+/// The shortest time between two fetches of TURN credentials.
+pub(super) const ICE_RENEW_AT_LEAST: Duration = Duration::from_secs(5);
+/// The longest time between two fetches of TURN credentials.
+pub(super) const ICE_RENEW_AT_MOST: Duration = Duration::from_secs(24 * 3600);
 
 /// Timings and limits of the engine.
 #[derive(Debug, Clone)]
@@ -44,6 +51,11 @@ pub struct EngineConfig {
     /// How often a connected device fetches the circle directory again, to learn of revoked
     /// members whose devices were offline when it happened.
     pub directory_refresh: Duration,
+    /// How long after a failed directory fetch the next one is asked for.
+    pub directory_retry: Duration,
+    /// How long after a failed fetch of the ICE servers (or a TURN host that did not resolve) the
+    /// next one is asked for.
+    pub ice_retry: Duration,
     /// Delivery limits and timings.
     pub delivery: DeliveryConfig,
 }
@@ -62,6 +74,8 @@ impl EngineConfig {
             relink_after: Duration::from_secs(2),
             link_timeout: Duration::from_secs(10),
             directory_refresh: Duration::from_secs(60),
+            directory_retry: Duration::from_secs(2),
+            ice_retry: Duration::from_secs(30),
             delivery: DeliveryConfig::default(),
         }
     }
@@ -168,8 +182,6 @@ pub enum Event {
     Joined,
     /// The group's devices or display names changed.
     MembersChanged,
-    /// This device was removed from the group.
-    Removed,
     /// A message sent by this device (now in the outbox) or received from a peer.
     Message {
         /// The message.
@@ -198,8 +210,84 @@ pub enum Event {
         /// Its code.
         code: FrameErrorCode,
     },
-    /// The server says the membership or the session was revoked.
+    /// The circle directory could not be fetched; the engine asks for it again shortly.
+    DirectoryUnavailable {
+        /// Why, in words.
+        reason: String,
+    },
+    /// The device stopped for good: its driver ends it (once, the engine's last event).
+    Stopped {
+        /// Why.
+        reason: StopReason,
+    },
+}
+
+/// The device as its user interface shows it (the CLI's status, the page's circle view).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceView {
+    /// This member.
+    pub member: Uuid,
+    /// This device.
+    pub device: Uuid,
+    /// Whether this device is in the circle's group.
+    pub in_group: bool,
+    /// The group's MLS epoch, once in the group.
+    pub epoch: Option<u64>,
+    /// Whether the signalling connection is up (as of its `hello`).
+    pub connected: bool,
+    /// Display names learnt inside the group: member → name.
+    pub names: BTreeMap<Uuid, String>,
+    /// The group's devices, this one included.
+    pub devices: Vec<GroupDeviceView>,
+}
+
+/// One device of the group, as the view lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupDeviceView {
+    /// The device.
+    pub device: Uuid,
+    /// Its member.
+    pub member: Uuid,
+    /// Whether it is this device.
+    pub own: bool,
+    /// Whether it is connected to the server (this device always is, to itself).
+    pub online: bool,
+    /// Whether a peer-to-peer link to it is up.
+    pub linked: bool,
+    /// Messages waiting for it in the outbox.
+    pub waiting: usize,
+}
+
+/// Why a device stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The server says the membership (or this session) was revoked.
     Revoked,
+    /// The session is no longer valid: logged out, expired, or the member revoked while this
+    /// device was away.
+    SessionEnded,
+    /// This device was removed from the circle's group.
+    Removed,
+    /// The same device connected again elsewhere (another process, tab or window).
+    Replaced,
+}
+
+/// What came of fetching the ICE servers (`GET /api/v1/turn`), which decides when the engine
+/// asks for them again ([`Output::FetchIceServers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IceOutcome {
+    /// The server hands out none: never asked again.
+    NotConfigured,
+    /// The server could not be asked, or a TURN host did not resolve: asked again after
+    /// [`EngineConfig::ice_retry`].
+    Unavailable,
+    /// ICE servers to use; with TURN credentials valid for `relay_ttl`, asked again a third of
+    /// the way through that lifetime (so one failed renewal leaves time for another).
+    Offered {
+        /// The TURN credentials' lifetime, when a TURN server is among them.
+        relay_ttl: Option<Duration>,
+    },
 }
 
 /// Serializes a refusal as the sentence that explains it.
@@ -216,6 +304,10 @@ pub enum Output {
     Link(LinkCommand),
     /// Show or record this.
     Event(Event),
-    /// Fetch the circle directory and hand it to [`Engine::handle_directory`].
+    /// Fetch the circle directory and hand it to [`crate::Engine::handle_directory`] (or the failure to
+    /// [`crate::Engine::handle_directory_unavailable`]).
     FetchDirectory,
+    /// Fetch the ICE servers, use them for links opened from now on, and hand the outcome to
+    /// [`crate::Engine::handle_ice_servers`].
+    FetchIceServers,
 }

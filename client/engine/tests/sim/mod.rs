@@ -10,7 +10,10 @@ use serde_json::value::to_raw_value;
 use tessera_engine::authenticator::SoftKey;
 use tessera_engine::identity::certify_with_soft_key;
 use tessera_engine::payload::RtcSignal;
-use tessera_engine::{DeviceKey, Engine, EngineConfig, Event, LinkCommand, Output, Stored};
+use tessera_engine::{
+    DeviceKey, Engine, EngineConfig, Event, HistoryChange, IceOutcome, LinkCommand, Output,
+    StopReason, StoredDevice,
+};
 use tessera_wire::signal::{ClientFrame, FrameErrorCode, Limits, PeerDevice, ServerFrame};
 use tessera_wire::{MemberInfo, Role};
 use uuid::Uuid;
@@ -53,11 +56,18 @@ pub struct Device {
     pub delivered: BTreeSet<(Uuid, Uuid)>,
     pub refused: Vec<String>,
     pub removed: bool,
-    pub store: Stored,
+    pub store: StoredDevice,
     /// Time spent in its engine (and applying its snapshots), on this machine's clock.
     pub busy: std::time::Duration,
-    /// Directory fetches it asked for.
+    /// Directory fetches it asked for, and when.
     pub fetches: usize,
+    pub fetched_at: Vec<Instant>,
+    /// When it asked for the ICE servers.
+    pub ice_fetches: Vec<Instant>,
+    /// The history rows of its writes, in order.
+    pub history: Vec<HistoryChange>,
+    /// Its events, in order.
+    pub events: Vec<Event>,
     /// Its frame allowance at the relay: tokens, and when last counted.
     pub allowance: (f64, Instant),
 }
@@ -96,6 +106,10 @@ pub struct Sim {
     pub largest_frame: usize,
     /// A relay in the middle delivering what is addressed to the first device to the second.
     pub redirect: Option<(Uuid, Uuid)>,
+    /// The directory cannot be fetched.
+    pub directory_down: bool,
+    /// What fetching the ICE servers brings.
+    pub ice: IceOutcome,
 }
 
 pub fn pair(a: Uuid, b: Uuid) -> (Uuid, Uuid) {
@@ -120,6 +134,8 @@ impl Sim {
             refused_frames: Vec::new(),
             largest_frame: 0,
             redirect: None,
+            directory_down: false,
+            ice: IceOutcome::NotConfigured,
         }
     }
 
@@ -152,9 +168,13 @@ impl Sim {
                 delivered: BTreeSet::new(),
                 refused: Vec::new(),
                 removed: false,
-                store: Stored::default(),
+                store: StoredDevice::default(),
                 busy: std::time::Duration::ZERO,
                 fetches: 0,
+                fetched_at: Vec::new(),
+                ice_fetches: Vec::new(),
+                history: Vec::new(),
+                events: Vec::new(),
                 allowance: (f64::from(self.limits.burst), self.now),
             },
         );
@@ -362,96 +382,121 @@ impl Sim {
         }
     }
 
-    /// Acts on one device's outputs, as its driver would.
+    /// Acts on one device's turns, as its driver would: each write stored, then its outputs.
     pub fn drain(&mut self, device: Uuid) {
         loop {
-            let now = self.now;
             let Some(dev) = self.devices.get_mut(&device) else {
                 return;
             };
-            dev.timed(|d| {
-                if let Ok(Some(snapshot)) = d.engine.take_snapshot() {
-                    d.store.apply(snapshot);
-                }
-            });
-            let Some(output) = dev.timed(|d| d.engine.poll_output()) else {
+            let Some(turn) = dev.timed(|d| d.engine.next_turn().ok().flatten()) else {
                 return;
             };
-            match output {
-                Output::Send(frame) => self.relay(device, frame),
-                Output::FetchDirectory => {
-                    dev.fetches += 1;
-                    // Far more than any test needs: an engine fetching without end fails here.
-                    assert!(
-                        dev.fetches < 1_000,
-                        "{device} fetches the directory without end"
-                    );
-                    let directory = self.directory.clone();
-                    dev.timed(|d| d.engine.handle_directory(now, directory));
+            if let Some(write) = turn.write {
+                dev.history.extend(write.history.iter().cloned());
+                dev.timed(|d| d.store.apply(write));
+            }
+            for output in turn.outputs {
+                self.act(device, output);
+            }
+        }
+    }
+
+    /// Acts on one output of a device, as its driver would.
+    fn act(&mut self, device: Uuid, output: Output) {
+        let now = self.now;
+        let Some(dev) = self.devices.get_mut(&device) else {
+            return;
+        };
+        if let Output::Event(event) = &output {
+            dev.events.push(event.clone());
+        }
+        match output {
+            Output::Send(frame) => self.relay(device, frame),
+            // Simulated links need no ICE servers; what the fetch brings is the test's to say.
+            Output::FetchIceServers => {
+                dev.ice_fetches.push(now);
+                let outcome = self.ice;
+                dev.engine.handle_ice_servers(now, outcome);
+            }
+            Output::FetchDirectory if self.directory_down => {
+                dev.fetches += 1;
+                dev.fetched_at.push(now);
+                dev.engine
+                    .handle_directory_unavailable(now, "the server is down".into());
+            }
+            Output::FetchDirectory => {
+                dev.fetches += 1;
+                dev.fetched_at.push(now);
+                // Far more than any test needs: an engine fetching without end fails here.
+                assert!(
+                    dev.fetches < 1_000,
+                    "{device} fetches the directory without end"
+                );
+                let directory = self.directory.clone();
+                dev.timed(|d| d.engine.handle_directory(now, directory));
+            }
+            Output::Event(event) => match event {
+                Event::Message {
+                    message,
+                    outgoing: false,
+                } => dev.received.push((message.device, message.text)),
+                Event::Delivered { id, device } => {
+                    dev.delivered.insert((id, device));
                 }
-                Output::Event(event) => match event {
-                    Event::Message {
-                        message,
-                        outgoing: false,
-                    } => dev.received.push((message.device, message.text)),
-                    Event::Delivered { id, device } => {
-                        dev.delivered.insert((id, device));
-                    }
-                    Event::Refused { what, reason } => {
-                        dev.refused.push(format!("{what}: {reason}"))
-                    }
-                    Event::Removed => dev.removed = true,
-                    _ => {}
-                },
-                Output::Link(LinkCommand::Open { device: peer }) => {
+                Event::Refused { what, reason } => dev.refused.push(format!("{what}: {reason}")),
+                Event::Stopped {
+                    reason: StopReason::Removed,
+                } => dev.removed = true,
+                _ => {}
+            },
+            Output::Link(LinkCommand::Open { device: peer }) => {
+                dev.engine
+                    .send_rtc(
+                        now,
+                        peer,
+                        RtcSignal::Offer {
+                            sdp: format!("offer {device}"),
+                        },
+                    )
+                    .expect("offer");
+            }
+            Output::Link(LinkCommand::Rtc {
+                device: peer,
+                signal,
+            }) => match signal {
+                RtcSignal::Offer { .. } => {
                     dev.engine
                         .send_rtc(
                             now,
                             peer,
-                            RtcSignal::Offer {
-                                sdp: format!("offer {device}"),
+                            RtcSignal::Answer {
+                                sdp: format!("answer {device}"),
                             },
                         )
-                        .expect("offer");
+                        .expect("answer");
                 }
-                Output::Link(LinkCommand::Rtc {
-                    device: peer,
-                    signal,
-                }) => match signal {
-                    RtcSignal::Offer { .. } => {
-                        dev.engine
-                            .send_rtc(
-                                now,
-                                peer,
-                                RtcSignal::Answer {
-                                    sdp: format!("answer {device}"),
-                                },
-                            )
-                            .expect("answer");
-                    }
-                    RtcSignal::Answer { .. } => {
-                        self.links.insert(pair(device, peer));
-                        dev.engine.handle_link_up(now, peer);
-                        if let Some(other) = self.devices.get_mut(&peer) {
-                            other.engine.handle_link_up(now, device);
-                        }
-                    }
-                    RtcSignal::Candidate { .. } => {}
-                },
-                Output::Link(LinkCommand::Data {
-                    device: peer,
-                    bytes,
-                }) => {
-                    if self.links.contains(&pair(device, peer)) {
-                        self.in_flight.push((device, peer, bytes));
+                RtcSignal::Answer { .. } => {
+                    self.links.insert(pair(device, peer));
+                    dev.engine.handle_link_up(now, peer);
+                    if let Some(other) = self.devices.get_mut(&peer) {
+                        other.engine.handle_link_up(now, device);
                     }
                 }
-                Output::Link(LinkCommand::Close { device: peer }) => {
-                    if self.links.remove(&pair(device, peer))
-                        && let Some(other) = self.devices.get_mut(&peer)
-                    {
-                        other.engine.handle_link_down(now, device);
-                    }
+                RtcSignal::Candidate { .. } => {}
+            },
+            Output::Link(LinkCommand::Data {
+                device: peer,
+                bytes,
+            }) => {
+                if self.links.contains(&pair(device, peer)) {
+                    self.in_flight.push((device, peer, bytes));
+                }
+            }
+            Output::Link(LinkCommand::Close { device: peer }) => {
+                if self.links.remove(&pair(device, peer))
+                    && let Some(other) = self.devices.get_mut(&peer)
+                {
+                    other.engine.handle_link_down(now, device);
                 }
             }
         }
@@ -563,7 +608,7 @@ impl Sim {
             .get_mut(&device)
             .expect("device")
             .engine
-            .send_text(now, text)
+            .send_text(now, 1_700_000_000_000, text)
             .expect("send");
         self.drain(device);
         id

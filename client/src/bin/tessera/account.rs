@@ -226,9 +226,7 @@ pub async fn join(
     if let Some(name) = name {
         engine.set_display_name(Instant::now(), name)?;
     }
-    if let Some(snapshot) = engine.take_snapshot()? {
-        store.save(&snapshot, &[]).await?;
-    }
+    store.save_offline(&mut engine).await?;
     let key_file = std::path::absolute(key_file).unwrap_or_else(|_| key_file.to_path_buf());
     store
         .save_profile(&Profile {

@@ -10,7 +10,7 @@ use serde_json::json;
 use tessera_client::device::{Connection, DeviceHandle, Status, Stopped, Update};
 use tessera_client::signal::{Backoff, SignalClient, SignalEvent};
 use tessera_client::store::{DeviceStore, HistoryEntry};
-use tessera_engine::{ChatMessage, Engine, EngineConfig, Event};
+use tessera_engine::{ChatMessage, Engine, EngineConfig, Event, StopReason};
 use tessera_wire::signal::ServerFrame;
 use tokio::io::AsyncBufReadExt as _;
 use url::Url;
@@ -85,11 +85,14 @@ async fn stopped(device: DeviceHandle) -> Result<()> {
 fn why_stopped(stopped: Stopped) -> Result<()> {
     match stopped {
         Stopped::Requested => Ok(()),
-        Stopped::Revoked => bail!(
+        Stopped::By(StopReason::Revoked | StopReason::SessionEnded) => bail!(
             "the server ended this device's session: the membership was revoked, or the session \
              expired or was logged out (`tessera login` signs in again if you are still a member)"
         ),
-        Stopped::Replaced => {
+        Stopped::By(StopReason::Removed) => {
+            bail!("this device was removed from the circle's group: it receives nothing more")
+        }
+        Stopped::By(StopReason::Replaced) => {
             bail!("another process connected as this device; this one stopped")
         }
     }
@@ -144,15 +147,15 @@ fn message_json(message: &ChatMessage, outgoing: bool, names: &BTreeMap<Uuid, St
 fn status_json(status: &Status) -> String {
     json!({
         "event": "status",
-        "member": status.member,
-        "device": status.device,
-        "epoch": status.epoch,
-        "connected": status.connected,
-        "group": status.group,
-        "online": status.online,
-        "names": status.names,
-        "links": status.links,
-        "waiting": status.waiting,
+        "member": status.view.member,
+        "device": status.view.device,
+        "epoch": status.view.epoch,
+        "connected": status.view.connected,
+        "group": status.group(),
+        "online": status.online(),
+        "names": status.view.names,
+        "links": status.links(),
+        "waiting": status.waiting(),
         "relayed": status.relayed,
     })
     .to_string()
@@ -171,9 +174,6 @@ fn update_json(update: &Update, names: &BTreeMap<Uuid, String>) -> Option<String
         }),
         Update::LinkUp(device) => json!({"event": "link_up", "device": device}),
         Update::LinkDown(device) => json!({"event": "link_down", "device": device}),
-        Update::DirectoryUnavailable(reason) => {
-            json!({"event": "directory_unavailable", "reason": reason})
-        }
         _ => return None,
     };
     Some(line.to_string())
@@ -200,9 +200,12 @@ fn update_text(
         Update::Engine(Event::Joined) => {
             "* This device joined the circle's encrypted group.".to_owned()
         }
-        Update::Engine(Event::Removed) => {
-            "* This device was removed from the circle's group: it receives nothing more."
-                .to_owned()
+        Update::Engine(Event::Stopped {
+            reason: StopReason::Removed,
+        }) => "* This device was removed from the circle's group: it receives nothing more."
+            .to_owned(),
+        Update::Engine(Event::DirectoryUnavailable { reason }) => {
+            format!("! The circle directory cannot be fetched ({reason}); trying again.")
         }
         Update::Engine(Event::Refused { what, reason }) => {
             format!("! Refused a {what}: {reason}")
@@ -231,14 +234,14 @@ pub async fn chat(settings: &Settings, json_lines: bool) -> Result<()> {
     let mut status = device.status().await.map_err(anyhow::Error::msg)?;
     if !json_lines {
         for entry in opened.store.history(20).await? {
-            println!("{}", message_line(&entry.message, &status.names));
+            println!("{}", message_line(&entry.message, &status.view.names));
         }
         println!(
             "* Chatting as {} on {}. /help lists the commands.",
-            name_of(&status.names, status.member),
+            name_of(&status.view.names, status.view.member),
             opened.profile.origin
         );
-        if status.epoch.is_none() {
+        if status.view.epoch.is_none() {
             println!(
                 "* This device is not in the circle's group yet: a member's device online adds it."
             );
@@ -288,9 +291,9 @@ pub async fn chat(settings: &Settings, json_lines: bool) -> Result<()> {
                     status = device.status().await.unwrap_or(status);
                 }
                 let line = if json_lines {
-                    update_json(&update, &status.names)
+                    update_json(&update, &status.view.names)
                 } else {
-                    update_text(&update, &status.names, &status.group)
+                    update_text(&update, &status.view.names, &status.group())
                 };
                 if let Some(line) = line {
                     println!("{line}");
@@ -304,17 +307,17 @@ pub async fn chat(settings: &Settings, json_lines: bool) -> Result<()> {
 }
 
 fn print_group(status: &Status) {
-    for (device, member) in &status.group {
-        let this = if *device == status.device {
+    for (device, member) in &status.group() {
+        let this = if *device == status.view.device {
             " (this device)"
-        } else if status.links.contains(device) {
+        } else if status.links().contains(device) {
             " linked"
-        } else if status.online.contains_key(device) {
+        } else if status.online().contains_key(device) {
             " online, not linked yet"
         } else {
             " offline"
         };
-        println!("  {}{this}", name_of(&status.names, *member));
+        println!("  {}{this}", name_of(&status.view.names, *member));
     }
 }
 
@@ -326,9 +329,9 @@ pub async fn send(settings: &Settings, text: &str, wait: Duration) -> Result<()>
     } = start(settings).await?;
     let deadline = Instant::now() + wait;
     let mut status = device.status().await.map_err(anyhow::Error::msg)?;
-    while !(status.connected && status.epoch.is_some()) {
+    while !(status.view.connected && status.view.epoch.is_some()) {
         if Instant::now() >= deadline {
-            let why = if status.connected {
+            let why = if status.view.connected {
                 "this device is not in the circle's encrypted group yet: a member's device \
                  online adds it (keep `tessera chat` running until it says so)"
             } else {
@@ -341,16 +344,16 @@ pub async fn send(settings: &Settings, text: &str, wait: Duration) -> Result<()>
     }
     let id = device.send_text(text).await.map_err(anyhow::Error::msg)?;
     let online_waiting = |s: &Status| {
-        s.waiting
+        s.waiting()
             .iter()
-            .filter(|(d, n)| **n > 0 && s.online.contains_key(d))
+            .filter(|(d, n)| **n > 0 && s.online().contains_key(d))
             .count()
     };
     while online_waiting(&status) > 0 && Instant::now() < deadline {
         status = next_status(&mut device).await?;
     }
-    let peers = status.waiting.len();
-    let missing = status.waiting.values().filter(|n| **n > 0).count();
+    let peers = status.waiting().len();
+    let missing = status.waiting().values().filter(|n| **n > 0).count();
     println!(
         "Message {id}: delivered to {} of {peers} other devices of the circle.",
         peers - missing
@@ -382,15 +385,7 @@ pub async fn set_name(settings: &Settings, name: &str) -> Result<()> {
     let profile = &opened.profile;
     let mut engine = restore(&opened.store, &profile.origin, &profile.rp_id).await?;
     engine.set_display_name(Instant::now(), name)?;
-    let mut events = Vec::new();
-    while let Some(output) = engine.poll_output() {
-        if let tessera_engine::Output::Event(event) = output {
-            events.push(event);
-        }
-    }
-    if let Some(snapshot) = engine.take_snapshot()? {
-        opened.store.save(&snapshot, &events).await?;
-    }
+    opened.store.save_offline(&mut engine).await?;
     println!(
         "Your display name is now {name:?} on this device; the circle's devices learn it, \
          inside the encrypted group, the next time this device is online with them."
@@ -484,8 +479,10 @@ async fn online_devices(
                     online.insert(device, member);
                     return Ok(online);
                 }
-                Some(SignalEvent::Revoked) | None => {
-                    return why_stopped(Stopped::Revoked).map(|()| BTreeMap::new());
+                Some(SignalEvent::SessionRefused | SignalEvent::Frame(ServerFrame::Revoked))
+                | None => {
+                    return why_stopped(Stopped::By(StopReason::SessionEnded))
+                        .map(|()| BTreeMap::new());
                 }
                 Some(_) => {}
             }
