@@ -1,6 +1,6 @@
 //! The member device's protocol core, sans-IO: fed server frames, the circle directory, peer-link
 //! events and time; drained for frames to send, link commands and events to show. One MLS group
-//! per circle, ordered by the server's sequencer (docs/protocol.md §7 and §14).
+//! per circle, ordered by the server's sequencer (docs/protocol.md §7, docs/engine.md).
 
 mod links;
 mod membership;

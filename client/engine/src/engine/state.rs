@@ -68,7 +68,7 @@ pub enum HistoryChange {
 /// outbox rows as the writes left them. What [`crate::Engine::restore`] takes.
 #[derive(Debug, Clone, Default)]
 pub struct StoredDevice {
-    /// The engine's own state (CBOR).
+    /// The engine's own state (encoded, see [`crate::codec`]).
     pub state: Vec<u8>,
     /// MLS's key-value store.
     pub mls: HashMap<Vec<u8>, Vec<u8>>,
