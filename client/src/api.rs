@@ -231,7 +231,7 @@ impl ApiClient {
         Ok((key, granted))
     }
 
-    /// Enrolls a blank software key (`tessera key new`) with an invitation token, creating its
+    /// Enrolls a blank software key (`tessera soft-key new`) with an invitation token, creating its
     /// credential; keeps the session. Save the key afterwards.
     ///
     /// # Errors
@@ -369,7 +369,7 @@ impl ApiClient {
         Ok((key, info))
     }
 
-    /// Registers a blank software key (`tessera key new`) for the logged-in member. Save the key
+    /// Registers a blank software key (`tessera soft-key new`) for the logged-in member. Save the key
     /// afterwards.
     ///
     /// # Errors

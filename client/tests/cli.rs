@@ -28,7 +28,7 @@ fn every_command_explains_itself() {
     let dir = tempfile::tempdir().expect("temp dir");
     let commands: &[&[&str]] = &[
         &[],
-        &["key", "new"],
+        &["soft-key", "new"],
         &["join"],
         &["login"],
         &["logout"],
@@ -69,7 +69,7 @@ fn a_software_key_file_is_private_and_never_overwritten_by_accident() {
     let dir = tempfile::tempdir().expect("temp dir");
     let key = dir.path().join("k.key");
     let key_arg = key.display().to_string();
-    let out = tessera(dir.path(), &["key", "new", "--file", &key_arg]);
+    let out = tessera(dir.path(), &["soft-key", "new", "--file", &key_arg]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("weaker than a hardware key"),
@@ -82,7 +82,7 @@ fn a_software_key_file_is_private_and_never_overwritten_by_accident() {
         assert_eq!(mode & 0o777, 0o600);
     }
     let before = std::fs::read(&key).expect("key");
-    let out = tessera(dir.path(), &["key", "new", "--file", &key_arg]);
+    let out = tessera(dir.path(), &["soft-key", "new", "--file", &key_arg]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
     assert_eq!(
@@ -90,7 +90,10 @@ fn a_software_key_file_is_private_and_never_overwritten_by_accident() {
         before,
         "the key is unchanged"
     );
-    let out = tessera(dir.path(), &["key", "new", "--file", &key_arg, "--force"]);
+    let out = tessera(
+        dir.path(),
+        &["soft-key", "new", "--file", &key_arg, "--force"],
+    );
     assert!(out.status.success());
     assert_ne!(
         std::fs::read(&key).expect("key"),
@@ -114,13 +117,13 @@ fn joining_without_a_key_or_a_reachable_server_fails_clearly_and_leaves_no_devic
     assert!(!out.status.success());
     let message = stderr(&out);
     assert!(
-        message.contains("no key") && message.contains("tessera key new"),
+        message.contains("no key") && message.contains("tessera soft-key new"),
         "{message}"
     );
 
     let key = dir.path().join("k.key").display().to_string();
     assert!(
-        tessera(dir.path(), &["key", "new", "--file", &key])
+        tessera(dir.path(), &["soft-key", "new", "--file", &key])
             .status
             .success()
     );

@@ -179,7 +179,7 @@ async fn hello_and_presence_follow_devices_coming_and_going() {
     let ServerFrame::Hello {
         member,
         peers,
-        epoch,
+        slot: epoch,
         ..
     } = &hello
     else {
@@ -385,7 +385,7 @@ async fn concurrent_commits_for_one_epoch_are_accepted_once() {
         loop {
             match socket.next().await {
                 Some(ServerFrame::CommitResult {
-                    epoch,
+                    slot: epoch,
                     accepted: ok,
                 }) => {
                     assert_eq!(epoch, 0);
@@ -394,7 +394,11 @@ async fn concurrent_commits_for_one_epoch_are_accepted_once() {
                     }
                     break;
                 }
-                Some(ServerFrame::Commit { epoch, payload, .. }) => {
+                Some(ServerFrame::Commit {
+                    slot: epoch,
+                    payload,
+                    ..
+                }) => {
                     assert_eq!(epoch, 0);
                     relayed.push((name, payload.get().to_owned()));
                 }
@@ -405,7 +409,11 @@ async fn concurrent_commits_for_one_epoch_are_accepted_once() {
     assert_eq!(accepted.len(), 1, "exactly one commit wins epoch 0");
     let winner = accepted[0];
     match h.next().await {
-        Some(ServerFrame::Commit { epoch, payload, .. }) => {
+        Some(ServerFrame::Commit {
+            slot: epoch,
+            payload,
+            ..
+        }) => {
             assert_eq!(epoch, 0);
             assert_eq!(payload.get(), format!("{{\"by\":\"{winner}\"}}"));
         }
@@ -417,7 +425,7 @@ async fn concurrent_commits_for_one_epoch_are_accepted_once() {
     assert!(matches!(
         h.next().await,
         Some(ServerFrame::CommitResult {
-            epoch: 0,
+            slot: 0,
             accepted: false
         })
     ));
@@ -426,13 +434,13 @@ async fn concurrent_commits_for_one_epoch_are_accepted_once() {
     assert!(matches!(
         h.next().await,
         Some(ServerFrame::CommitResult {
-            epoch: 1,
+            slot: 1,
             accepted: true
         })
     ));
     let (_late, hello) = WsClient::connect(&app, &admin).await;
     assert!(
-        matches!(hello, ServerFrame::Hello { epoch: 2, .. }),
+        matches!(hello, ServerFrame::Hello { slot: 2, .. }),
         "{hello:?}"
     );
 }

@@ -186,7 +186,7 @@ if (insideNamespace(FILE)) {
   test('c. a native CLI device joins with a third invitation', async () => {
     const link = await issueInvitation(admin.adminPage);
     native = new NativeDevice(root);
-    native.ok(['key', 'new', '--file', native.key]);
+    native.ok(['soft-key', 'new', '--file', native.key]);
     native.name = secret('Cleo');
     native.ok(['join', link, '--name', native.name]);
     native.chat();

@@ -146,14 +146,19 @@ pub struct Device {
 }
 
 impl Device {
-    /// A new device directory under `root` with a fresh blank key (`tessera key new`).
+    /// A new device directory under `root` with a fresh blank key (`tessera soft-key new`).
     pub fn new(root: &Path, name: &str) -> Device {
         let device = Device {
             dir: root.join(name),
             key: root.join(format!("{name}.key")),
             flags: Vec::new(),
         };
-        let out = device.run(&["key", "new", "--file", &device.key.display().to_string()]);
+        let out = device.run(&[
+            "soft-key",
+            "new",
+            "--file",
+            &device.key.display().to_string(),
+        ]);
         assert!(out.status.success(), "key new: {}", text(&out));
         device
     }

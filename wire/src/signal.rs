@@ -127,10 +127,12 @@ pub enum ClientFrame {
         /// Anything; the server does not look inside.
         payload: Payload,
     },
-    /// Propose an MLS commit made in `epoch`; the first one for an epoch is accepted.
+    /// Propose an MLS commit for sequencer slot `slot`; the first one for a slot is accepted.
     Commit {
-        /// The MLS epoch the commit was made in.
-        epoch: u64,
+        /// The sequencer slot (sent as `epoch`): the circle's count of accepted commits, which
+        /// the MLS epoch follows except where a refused commit left a slot skipped.
+        #[serde(rename = "epoch")]
+        slot: u64,
         /// The commit; the server does not look inside.
         payload: Payload,
     },
@@ -146,7 +148,7 @@ impl TryFrom<Envelope> for ClientFrame {
                 payload: need(e.payload, "signal", "payload")?,
             }),
             "commit" => Ok(ClientFrame::Commit {
-                epoch: need(e.epoch, "commit", "epoch")?,
+                slot: need(e.epoch, "commit", "epoch")?,
                 payload: need(e.payload, "commit", "payload")?,
             }),
             _ => Err(FrameError::UnknownType(e.kind)),
@@ -166,8 +168,9 @@ pub enum ServerFrame {
         device: Uuid,
         /// The circle's other online devices.
         peers: Vec<PeerDevice>,
-        /// The circle's current MLS epoch at the sequencer.
-        epoch: u64,
+        /// The sequencer's next slot (sent as `epoch`).
+        #[serde(rename = "epoch")]
+        slot: u64,
         /// The limits this connection is held to (a server that does not say holds the
         /// defaults).
         limits: Limits,
@@ -196,16 +199,18 @@ pub enum ServerFrame {
         from: Uuid,
         /// The committing member.
         member: Uuid,
-        /// The epoch the commit was made in (the circle is now at `epoch + 1`).
-        epoch: u64,
+        /// The slot the commit took (sent as `epoch`; the sequencer is now at `slot + 1`).
+        #[serde(rename = "epoch")]
+        slot: u64,
         /// As sent.
         payload: Payload,
     },
     /// The sequencer's answer to the committer.
     CommitResult {
-        /// The epoch of the proposed commit.
-        epoch: u64,
-        /// Whether it was the first for that epoch (merge it) or not (discard it, catch up, retry).
+        /// The slot of the proposed commit (sent as `epoch`).
+        #[serde(rename = "epoch")]
+        slot: u64,
+        /// Whether it was the first for that slot (merge it) or not (discard it, catch up, retry).
         accepted: bool,
     },
     /// A frame was refused; the connection stays up unless the code says otherwise.
@@ -228,7 +233,7 @@ impl TryFrom<Envelope> for ServerFrame {
                 member: need(e.member, "hello", "member")?,
                 device: need(e.device, "hello", "device")?,
                 peers: need(e.peers, "hello", "peers")?,
-                epoch: need(e.epoch, "hello", "epoch")?,
+                slot: need(e.epoch, "hello", "epoch")?,
                 limits: e.limits.unwrap_or_default(),
             },
             "presence" => ServerFrame::Presence {
@@ -244,11 +249,11 @@ impl TryFrom<Envelope> for ServerFrame {
             "commit" => ServerFrame::Commit {
                 from: need(e.from, "commit", "from")?,
                 member: need(e.member, "commit", "member")?,
-                epoch: need(e.epoch, "commit", "epoch")?,
+                slot: need(e.epoch, "commit", "epoch")?,
                 payload: need(e.payload, "commit", "payload")?,
             },
             "commit_result" => ServerFrame::CommitResult {
-                epoch: need(e.epoch, "commit_result", "epoch")?,
+                slot: need(e.epoch, "commit_result", "epoch")?,
                 accepted: need(e.accepted, "commit_result", "accepted")?,
             },
             "error" => ServerFrame::Error {
@@ -311,7 +316,7 @@ mod tests {
     #[test]
     fn frame_types_are_snake_case() {
         let json = serde_json::to_string(&ServerFrame::CommitResult {
-            epoch: 3,
+            slot: 3,
             accepted: true,
         })
         .expect("serialize");

@@ -90,7 +90,7 @@ fn largest_welcome(relayed: &[String]) -> usize {
         .filter_map(
             |text| match serde_json::from_str::<SignalPayload>(text).ok()? {
                 SignalPayload::Piece { id, i, n, part } => assembler
-                    .take(now, Uuid::from_u128(u128::from(id)), (id, i, n), &part)
+                    .receive(now, Uuid::from_u128(u128::from(id)), (id, i, n), &part)
                     .ok()
                     .flatten(),
                 whole => Some(whole),

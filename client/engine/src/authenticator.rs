@@ -91,7 +91,7 @@ pub enum AuthenticatorError {
     CounterExhausted,
     /// The key file holds a credential already (one per software key file).
     #[error(
-        "this key file already holds a credential (for {0}); create another with `tessera key new`"
+        "this key file already holds a credential (for {0}); create another with `tessera soft-key new`"
     )]
     AlreadyRegistered(String),
     /// Reading or writing the key file failed.
@@ -388,7 +388,7 @@ impl SoftKey {
         Self::create(signing_key, options, origin, tamper)
     }
 
-    /// A key holding no credential yet, as `tessera key new` writes it: the first registration
+    /// A key holding no credential yet, as `tessera soft-key new` writes it: the first registration
     /// ([`SoftKey::register_blank`]) creates its one credential with the key made here.
     ///
     /// # Errors
@@ -718,7 +718,7 @@ impl SoftKey {
             )));
         }
         let credential_id = unb64("credential_id", &file.credential_id)?;
-        // A blank key (`tessera key new`) has neither; a registered one has both.
+        // A blank key (`tessera soft-key new`) has neither; a registered one has both.
         let blank = file.rp_id.is_empty() && credential_id.is_empty();
         if file.rp_id.is_empty() && !blank {
             return Err(invalid("rp_id is empty"));

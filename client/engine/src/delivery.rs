@@ -350,11 +350,11 @@ impl Delivery {
                 index,
                 count,
                 bytes,
-            } => self.take_chunk(peer, seq, index, count, bytes),
+            } => self.receive_chunk(peer, seq, index, count, bytes),
         }
     }
 
-    fn take_chunk(&mut self, peer: Uuid, seq: Seq, index: u32, count: u32, bytes: Vec<u8>) {
+    fn receive_chunk(&mut self, peer: Uuid, seq: Seq, index: u32, count: u32, bytes: Vec<u8>) {
         let max_chunks = self
             .config
             .max_message_bytes

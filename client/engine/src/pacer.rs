@@ -94,14 +94,14 @@ mod tests {
 
     fn frame(n: u64) -> ClientFrame {
         ClientFrame::Commit {
-            epoch: n,
+            slot: n,
             payload: serde_json::value::RawValue::from_string("1".into()).expect("json"),
         }
     }
 
     fn epoch(frame: &ClientFrame) -> u64 {
         match frame {
-            ClientFrame::Commit { epoch, .. } => *epoch,
+            ClientFrame::Commit { slot, .. } => *slot,
             ClientFrame::Signal { .. } => unreachable!(),
         }
     }

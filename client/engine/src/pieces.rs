@@ -84,13 +84,13 @@ pub struct Assembler {
 }
 
 impl Assembler {
-    /// Takes piece `i` of `n` of payload `id` from `from`: the whole payload once its last piece
+    /// Receives piece `i` of `n` of payload `id` from `from`: the whole payload once its last piece
     /// is in.
     ///
     /// # Errors
     /// A piece out of order, of an unknown payload, or past the size bound: that sender's
     /// unfinished payload is dropped.
-    pub fn take(
+    pub fn receive(
         &mut self,
         now: Instant,
         from: Uuid,
@@ -203,7 +203,9 @@ mod tests {
             let escaped = serde_json::to_string(&part).expect("json").len() - 2;
             assert!(escaped <= 8_000, "part {i} takes {escaped} bytes escaped");
             assert!(out.is_none(), "finished before its last piece");
-            out = assembler.take(now, from, (id, i, n), &part).expect("piece");
+            out = assembler
+                .receive(now, from, (id, i, n), &part)
+                .expect("piece");
         }
         assert_eq!(out, Some(payload));
         assert_eq!(assembler.held_bytes(), 0);
@@ -245,7 +247,7 @@ mod tests {
         let now = Instant::now();
         let mut last = Ok(None);
         for (id, i, n, part) in pieces {
-            last = assembler.take(now, from, (*id, *i, *n), part);
+            last = assembler.receive(now, from, (*id, *i, *n), part);
         }
         last
     }
@@ -314,7 +316,7 @@ mod tests {
         let from = Uuid::new_v4();
         let mut refused = false;
         for i in 0..20 {
-            if assembler.take(now, from, (1, i, 100), &big).is_err() {
+            if assembler.receive(now, from, (1, i, 100), &big).is_err() {
                 refused = true;
                 break;
             }
@@ -324,7 +326,7 @@ mod tests {
         for _ in 0..(MAX_UNFINISHED + 5) {
             let part = "y".repeat(1_000);
             assert_eq!(
-                assembler.take(now, Uuid::new_v4(), (1, 0, 2), &part),
+                assembler.receive(now, Uuid::new_v4(), (1, 0, 2), &part),
                 Ok(None)
             );
         }

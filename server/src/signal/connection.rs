@@ -53,8 +53,9 @@ pub(crate) fn error_frame(code: FrameErrorCode, message: &str) -> Utf8Bytes {
     })
 }
 
-/// The reader's view of its connection.
-struct Session {
+/// The reading half of a connection: what it needs to take the device's frames (the router, its
+/// limits, its strikes).
+struct Reader {
     state: AppState,
     endpoint: Endpoint,
     limiter: DefaultDirectRateLimiter,
@@ -100,7 +101,7 @@ impl SignalFrame {
     }
 }
 
-impl Session {
+impl Reader {
     /// Queues a frame for this device; a full queue ends the connection.
     fn send(&self, frame: Outbound) {
         if self.endpoint.push(frame).is_err() {
@@ -153,7 +154,7 @@ impl Session {
         };
         match ClientFrame::try_from(envelope) {
             Ok(ClientFrame::Signal { to, payload }) => self.relay(to, payload),
-            Ok(ClientFrame::Commit { epoch, payload }) => self.commit(epoch, payload).await,
+            Ok(ClientFrame::Commit { slot, payload }) => self.commit(slot, payload).await,
             Err(error) => {
                 let code = match error {
                     tessera_wire::signal::FrameError::UnknownType(_) => FrameErrorCode::UnknownType,
@@ -192,11 +193,11 @@ impl Session {
         }
     }
 
-    async fn commit(&mut self, epoch: u64, payload: tessera_wire::signal::Payload) {
+    async fn commit(&mut self, slot: u64, payload: tessera_wire::signal::Payload) {
         let accepted = match self
             .state
             .store
-            .advance_epoch(self.endpoint.circle, epoch)
+            .claim_slot(self.endpoint.circle, slot)
             .await
         {
             Ok(accepted) => accepted,
@@ -214,7 +215,7 @@ impl Session {
             let relay = text(&ServerFrame::Commit {
                 from: self.endpoint.device,
                 member: self.endpoint.member,
-                epoch,
+                slot,
                 payload,
             });
             let reached =
@@ -224,7 +225,7 @@ impl Session {
             self.state.metrics.frames_relayed.inc_by(reached as u64);
         }
         self.send(Outbound::text(text(&ServerFrame::CommitResult {
-            epoch,
+            slot,
             accepted,
         })));
     }
@@ -367,12 +368,12 @@ where
     Ok(())
 }
 
-/// Reads the device's frames until it leaves, goes silent, is cancelled or loses its session.
-async fn read(session: &mut Session, mut stream: SplitStream<Socket>) -> SplitStream<Socket> {
-    let idle = Duration::from_secs(session.state.config.ws_idle_timeout_secs.max(1));
+/// Reads the device's frames until it leaves, goes silent, is cancelled or loses its reader.
+async fn read(reader: &mut Reader, mut stream: SplitStream<Socket>) -> SplitStream<Socket> {
+    let idle = Duration::from_secs(reader.state.config.ws_idle_timeout_secs.max(1));
     let (cancel, revoked) = (
-        session.endpoint.cancel.clone(),
-        session.endpoint.revoked.clone(),
+        reader.endpoint.cancel.clone(),
+        reader.endpoint.revoked.clone(),
     );
     let cancelled = cancel.cancelled();
     let revoked_wait = revoked.cancelled();
@@ -391,9 +392,9 @@ async fn read(session: &mut Session, mut stream: SplitStream<Socket>) -> SplitSt
                 last_heard = tokio::time::Instant::now();
                 match next {
                     None | Some(Err(_) | Ok(Message::Close(_))) => break,
-                    Some(Ok(Message::Text(frame))) => session.on_text(frame.as_str()).await,
+                    Some(Ok(Message::Text(frame))) => reader.on_text(frame.as_str()).await,
                     Some(Ok(Message::Binary(_))) => {
-                        session.refuse(FrameErrorCode::BinaryFrame, "frames are JSON text");
+                        reader.refuse(FrameErrorCode::BinaryFrame, "frames are JSON text");
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                 }
@@ -406,14 +407,14 @@ async fn read(session: &mut Session, mut stream: SplitStream<Socket>) -> SplitSt
             () = &mut silence => {
                 // The timer is re-armed lazily: hearing from the device only notes the time.
                 if last_heard.elapsed() >= idle {
-                    session.state.metrics.refused("idle_timeout");
+                    reader.state.metrics.refused("idle_timeout");
                     break;
                 }
                 silence.as_mut().reset(last_heard + idle);
             }
             _ = recheck.tick() => {
-                let now = session.state.clock.now();
-                match session.state.store.session_member(&session.endpoint.session, now).await {
+                let now = reader.state.clock.now();
+                match reader.state.store.session_member(&reader.endpoint.session, now).await {
                     Ok(Some(_)) => {}
                     Ok(None) => revoked.cancel(),
                     Err(error) => tracing::warn!(%error, "session re-check failed; will retry"),
@@ -447,8 +448,8 @@ pub async fn serve(socket: Socket, state: AppState, caller: Caller, device: Uuid
         let _ = endpoint.push(Outbound::close(error_frame(code, message)));
     };
 
-    let epoch = match state.store.circle_epoch(member.circle).await {
-        Ok(epoch) => epoch,
+    let slot = match state.store.next_slot(member.circle).await {
+        Ok(slot) => slot,
         Err(error) => {
             tracing::error!(%error, "signalling: the store failed");
             refuse_and_close(
@@ -472,7 +473,7 @@ pub async fn serve(socket: Socket, state: AppState, caller: Caller, device: Uuid
             member: member.id,
             device,
             peers,
-            epoch,
+            slot,
             limits,
         })
     };
@@ -486,7 +487,7 @@ pub async fn serve(socket: Socket, state: AppState, caller: Caller, device: Uuid
         return;
     }
     state.metrics.connections.inc();
-    let mut session = Session {
+    let mut reader = Reader {
         state: state.clone(),
         endpoint: endpoint.clone(),
         limiter: DefaultDirectRateLimiter::direct(Quota::per_second(per_second).allow_burst(burst)),
@@ -506,7 +507,7 @@ pub async fn serve(socket: Socket, state: AppState, caller: Caller, device: Uuid
     tracing::debug!("device connected");
 
     let reader = async {
-        let stream = read(&mut session, stream).await;
+        let stream = read(&mut reader, stream).await;
         if !endpoint.revoked.is_cancelled() {
             endpoint.cancel.cancel();
         }

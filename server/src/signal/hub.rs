@@ -133,8 +133,9 @@ pub trait SignalRouter: Send + Sync + 'static {
     fn online(&self) -> usize;
 }
 
+/// The devices connected to this process: by device, and the device ids by circle and by member.
 #[derive(Debug, Default)]
-struct Directory {
+struct Connected {
     devices: HashMap<Uuid, Endpoint>,
     circles: HashMap<Uuid, HashSet<Uuid>>,
     members: HashMap<Uuid, HashSet<Uuid>>,
@@ -143,39 +144,39 @@ struct Directory {
 /// The router of one server process.
 #[derive(Debug, Default)]
 pub struct LocalHub {
-    directory: RwLock<Directory>,
+    connected: RwLock<Connected>,
     serials: AtomicU64,
 }
 
 impl LocalHub {
     /// For routing: many at once.
-    fn directory(&self) -> RwLockReadGuard<'_, Directory> {
-        self.directory
+    fn connected(&self) -> RwLockReadGuard<'_, Connected> {
+        self.connected
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// For joining and leaving.
-    fn directory_mut(&self) -> RwLockWriteGuard<'_, Directory> {
-        self.directory
+    fn connected_mut(&self) -> RwLockWriteGuard<'_, Connected> {
+        self.connected
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
-/// Whether a member's device may join the directory now.
+/// Whether a member's device may connect now.
 fn check_join(
-    directory: &Directory,
+    connected: &Connected,
     member: Uuid,
     device: Uuid,
     max_per_member: usize,
 ) -> Result<(), JoinError> {
-    let replacing = match directory.devices.get(&device) {
+    let replacing = match connected.devices.get(&device) {
         Some(existing) if existing.member != member => return Err(JoinError::DeviceTaken),
         Some(_) => 1,
         None => 0,
     };
-    let open = directory.members.get(&member).map_or(0, HashSet::len);
+    let open = connected.members.get(&member).map_or(0, HashSet::len);
     if open - replacing >= max_per_member {
         return Err(JoinError::TooManyConnections);
     }
@@ -188,7 +189,7 @@ impl SignalRouter for LocalHub {
     }
 
     fn may_join(&self, member: Uuid, device: Uuid, max_per_member: usize) -> Result<(), JoinError> {
-        check_join(&self.directory(), member, device, max_per_member)
+        check_join(&self.connected(), member, device, max_per_member)
     }
 
     fn join(
@@ -197,21 +198,21 @@ impl SignalRouter for LocalHub {
         max_per_member: usize,
         hello: &dyn Fn(Vec<PeerDevice>) -> Utf8Bytes,
     ) -> Result<(), JoinError> {
-        let mut directory = self.directory_mut();
-        check_join(&directory, endpoint.member, endpoint.device, max_per_member)?;
-        if let Some(previous) = directory.devices.remove(&endpoint.device) {
+        let mut connected = self.connected_mut();
+        check_join(&connected, endpoint.member, endpoint.device, max_per_member)?;
+        if let Some(previous) = connected.devices.remove(&endpoint.device) {
             let _ = previous.push(Outbound::close(error_frame(
                 FrameErrorCode::Replaced,
                 "this device connected again elsewhere",
             )));
         }
-        let peers = directory
+        let peers = connected
             .circles
             .get(&endpoint.circle)
             .into_iter()
             .flatten()
             .filter(|device| **device != endpoint.device)
-            .filter_map(|device| directory.devices.get(device))
+            .filter_map(|device| connected.devices.get(device))
             .map(|e| PeerDevice {
                 member: e.member,
                 device: e.device,
@@ -219,48 +220,48 @@ impl SignalRouter for LocalHub {
             .collect();
         // Queued under the lock: no presence or relay can overtake it.
         let _ = endpoint.push(Outbound::text(hello(peers)));
-        directory
+        connected
             .circles
             .entry(endpoint.circle)
             .or_default()
             .insert(endpoint.device);
-        directory
+        connected
             .members
             .entry(endpoint.member)
             .or_default()
             .insert(endpoint.device);
-        directory.devices.insert(endpoint.device, endpoint);
+        connected.devices.insert(endpoint.device, endpoint);
         Ok(())
     }
 
     fn leave(&self, device: Uuid, serial: u64) -> bool {
-        let mut directory = self.directory_mut();
-        let Some(endpoint) = directory.devices.get(&device) else {
+        let mut connected = self.connected_mut();
+        let Some(endpoint) = connected.devices.get(&device) else {
             return false;
         };
         if endpoint.serial != serial {
             return false;
         }
         let (circle, member) = (endpoint.circle, endpoint.member);
-        directory.devices.remove(&device);
-        if let Some(devices) = directory.circles.get_mut(&circle) {
+        connected.devices.remove(&device);
+        if let Some(devices) = connected.circles.get_mut(&circle) {
             devices.remove(&device);
             if devices.is_empty() {
-                directory.circles.remove(&circle);
+                connected.circles.remove(&circle);
             }
         }
-        if let Some(devices) = directory.members.get_mut(&member) {
+        if let Some(devices) = connected.members.get_mut(&member) {
             devices.remove(&device);
             if devices.is_empty() {
-                directory.members.remove(&member);
+                connected.members.remove(&member);
             }
         }
         true
     }
 
     fn deliver(&self, circle: Uuid, to: Uuid, frame: Utf8Bytes) -> Result<(), DeliveryError> {
-        let directory = self.directory();
-        let endpoint = directory
+        let connected = self.connected();
+        let endpoint = connected
             .devices
             .get(&to)
             .filter(|e| e.circle == circle)
@@ -270,36 +271,36 @@ impl SignalRouter for LocalHub {
 
     fn broadcast(&self, circle: Uuid, except: Uuid, frame: Utf8Bytes) -> usize {
         let frame = Arc::new(frame);
-        let directory = self.directory();
-        directory
+        let connected = self.connected();
+        connected
             .circles
             .get(&circle)
             .into_iter()
             .flatten()
             .filter(|device| **device != except)
-            .filter_map(|device| directory.devices.get(device))
+            .filter_map(|device| connected.devices.get(device))
             .filter(|endpoint| endpoint.push(Outbound::Text(frame.clone())).is_ok())
             .count()
     }
 
     fn revoke_member(&self, member: Uuid) {
-        let directory = self.directory();
-        for device in directory.members.get(&member).into_iter().flatten() {
-            if let Some(endpoint) = directory.devices.get(device) {
+        let connected = self.connected();
+        for device in connected.members.get(&member).into_iter().flatten() {
+            if let Some(endpoint) = connected.devices.get(device) {
                 endpoint.revoked.cancel();
             }
         }
     }
 
     fn revoke_session(&self, session: &Digest) {
-        let directory = self.directory();
-        for endpoint in directory.devices.values().filter(|e| &e.session == session) {
+        let connected = self.connected();
+        for endpoint in connected.devices.values().filter(|e| &e.session == session) {
             endpoint.revoked.cancel();
         }
     }
 
     fn online(&self) -> usize {
-        self.directory().devices.len()
+        self.connected().devices.len()
     }
 }
 

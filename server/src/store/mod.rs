@@ -131,11 +131,12 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
         first_invitation: (&InvitationRecord, &Digest),
     ) -> StoreResult<()>;
-    /// The circle's current MLS epoch at the sequencer (0 before the first commit).
-    async fn circle_epoch(&self, circle: Uuid) -> StoreResult<u64>;
-    /// Accepts the first commit made in `epoch`: moves the circle from `epoch` to `epoch + 1` and
-    /// returns true; returns false (and changes nothing) when the circle is not at `epoch`.
-    async fn advance_epoch(&self, circle: Uuid, epoch: u64) -> StoreResult<bool>;
+    /// The circle's next sequencer slot: how many commits it accepted (0 before the first; the
+    /// column is `mls_epoch`, after what it was first taken for).
+    async fn next_slot(&self, circle: Uuid) -> StoreResult<u64>;
+    /// Accepts the first commit for `slot`: moves the circle from `slot` to `slot + 1` and returns
+    /// true; returns false (and changes nothing) when the circle's next slot is not `slot`.
+    async fn claim_slot(&self, circle: Uuid, slot: u64) -> StoreResult<bool>;
 
     /// Stores a new invitation under the hash of its token.
     async fn insert_invitation(

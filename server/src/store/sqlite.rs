@@ -230,23 +230,23 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn circle_epoch(&self, circle: Uuid) -> StoreResult<u64> {
-        let epoch: Option<i64> = sqlx::query_scalar("SELECT mls_epoch FROM circles WHERE id = ?")
+    async fn next_slot(&self, circle: Uuid) -> StoreResult<u64> {
+        let slot: Option<i64> = sqlx::query_scalar("SELECT mls_epoch FROM circles WHERE id = ?")
             .bind(circle.to_string())
             .fetch_optional(&self.pool)
             .await?;
-        u64::try_from(epoch.unwrap_or(0)).map_err(|_| StoreError::Corrupt("negative epoch".into()))
+        u64::try_from(slot.unwrap_or(0)).map_err(|_| StoreError::Corrupt("negative slot".into()))
     }
 
-    async fn advance_epoch(&self, circle: Uuid, epoch: u64) -> StoreResult<bool> {
-        let Ok(epoch) = i64::try_from(epoch) else {
+    async fn claim_slot(&self, circle: Uuid, slot: u64) -> StoreResult<bool> {
+        let Ok(slot) = i64::try_from(slot) else {
             return Ok(false);
         };
         let advanced = sqlx::query(
             "UPDATE circles SET mls_epoch = mls_epoch + 1 WHERE id = ? AND mls_epoch = ?",
         )
         .bind(circle.to_string())
-        .bind(epoch)
+        .bind(slot)
         .execute(&self.pool)
         .await?;
         Ok(advanced.rows_affected() == 1)

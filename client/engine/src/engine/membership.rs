@@ -139,7 +139,7 @@ impl Engine {
         tried.is_none_or(|version| version == self.directory_version)
     }
 
-    pub(super) fn take_key_package(
+    pub(super) fn receive_key_package(
         &mut self,
         now: Instant,
         from: Uuid,
@@ -212,11 +212,11 @@ impl Engine {
     pub(super) fn retry_key_packages(&mut self, now: Instant) {
         let unverified = std::mem::take(&mut self.unverified);
         for u in unverified {
-            self.take_key_package(now, u.from, u.member, &u.bytes, u.tried);
+            self.receive_key_package(now, u.from, u.member, &u.bytes, u.tried);
         }
     }
 
-    pub(super) fn take_welcome(
+    pub(super) fn receive_welcome(
         &mut self,
         now: Instant,
         from: Uuid,
@@ -297,7 +297,7 @@ impl Engine {
         self.event(Event::Joined);
         self.retry_key_packages(now);
         for EarlySignal { from, member, msg } in std::mem::take(&mut self.early) {
-            self.take_signal(now, from, member, SignalPayload::Mls { msg });
+            self.receive_signal(now, from, member, SignalPayload::Mls { msg });
         }
         if let Some(name) = self.saved.display_name.clone() {
             let _ = self.broadcast(now, &Content::Profile { name }, None);

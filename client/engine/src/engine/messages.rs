@@ -162,7 +162,7 @@ impl Engine {
         }
     }
 
-    pub(super) fn take_link_message(&mut self, device: Uuid, msg: Vec<u8>) {
+    pub(super) fn receive_link_message(&mut self, device: Uuid, msg: Vec<u8>) {
         let ahead = self
             .group
             .as_ref()
@@ -220,7 +220,7 @@ impl Engine {
             }
         }
         while let Some((device, _, msg)) = self.saved.delivery.poll_delivered() {
-            self.take_link_message(device, msg);
+            self.receive_link_message(device, msg);
         }
     }
 }

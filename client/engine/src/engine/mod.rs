@@ -330,7 +330,7 @@ impl Engine {
         self.retry_key_packages(now);
         let welcomes = std::mem::take(&mut self.welcomes);
         for w in welcomes {
-            self.take_welcome(now, w.from, &w.bytes, w.next_slot, w.tried);
+            self.receive_welcome(now, w.from, &w.bytes, w.next_slot, w.tried);
         }
         self.step(now);
     }
@@ -342,7 +342,7 @@ impl Engine {
                 member,
                 device,
                 peers,
-                epoch,
+                slot,
                 limits,
             } => {
                 if member != self.saved.member || device != self.saved.device {
@@ -355,12 +355,12 @@ impl Engine {
                 self.connected = true;
                 self.limits = limits;
                 self.pacer.set_limits(limits);
-                self.server_slot = Some(epoch);
+                self.server_slot = Some(slot);
                 self.online = peers.into_iter().map(|p| (p.device, p.member)).collect();
                 self.announced.clear();
                 self.catch_up = None;
                 if let Some(pending) = &self.saved.pending
-                    && pending.slot == epoch
+                    && pending.slot == slot
                 {
                     // The answer was lost with the old connection and the slot is still free.
                     let frame = commit_frame(pending.slot, &pending.commit);
@@ -396,27 +396,27 @@ impl Engine {
                 member,
                 payload,
             } => match codec::from_json::<SignalPayload>(payload.get()) {
-                Ok(payload) => self.take_signal(now, from, member, payload),
+                Ok(payload) => self.receive_signal(now, from, member, payload),
                 Err(_) => self.event(Event::Refused {
                     what: "signal",
                     reason: Refusal::Malformed("signal payload"),
                 }),
             },
-            ServerFrame::Commit { epoch, payload, .. } => {
-                self.server_slot = Some(self.server_slot.unwrap_or(0).max(epoch + 1));
+            ServerFrame::Commit { slot, payload, .. } => {
+                self.server_slot = Some(self.server_slot.unwrap_or(0).max(slot + 1));
                 match codec::from_json::<CommitPayload>(payload.get())
                     .ok()
                     .map(|p| p.mls.into_vec())
                 {
-                    Some(commit) => self.hold(epoch, commit),
+                    Some(commit) => self.hold(slot, commit),
                     None => self.event(Event::Refused {
                         what: "commit",
                         reason: Refusal::Malformed("commit payload"),
                     }),
                 }
             }
-            ServerFrame::CommitResult { epoch, accepted } => {
-                self.take_commit_result(now, epoch, accepted);
+            ServerFrame::CommitResult { slot, accepted } => {
+                self.receive_commit_result(now, slot, accepted);
             }
             ServerFrame::Error { code, .. } => {
                 self.event(Event::ServerError { code });

@@ -41,10 +41,7 @@ pub(super) struct CatchUp {
 pub(super) fn commit_frame(slot: u64, commit: &[u8]) -> ClientFrame {
     let payload = to_raw_value(&CommitPayload { mls: commit.into() })
         .unwrap_or_else(|_| unreachable!("a commit payload is JSON"));
-    ClientFrame::Commit {
-        epoch: slot,
-        payload,
-    }
+    ClientFrame::Commit { slot, payload }
 }
 
 impl Engine {
@@ -83,7 +80,7 @@ impl Engine {
         );
     }
 
-    pub(super) fn take_commits(
+    pub(super) fn receive_commits(
         &mut self,
         now: Instant,
         from: Uuid,
@@ -107,7 +104,7 @@ impl Engine {
         self.catch_up = None;
     }
 
-    pub(super) fn take_commit_result(&mut self, now: Instant, slot: u64, accepted: bool) {
+    pub(super) fn receive_commit_result(&mut self, now: Instant, slot: u64, accepted: bool) {
         let Some(pending) = self.saved.pending.clone() else {
             return;
         };
@@ -183,7 +180,7 @@ impl Engine {
         // Messages that were ahead of this device may be readable now.
         let future = std::mem::take(&mut self.saved.future);
         for (device, msg) in future {
-            self.take_link_message(device, msg);
+            self.receive_link_message(device, msg);
         }
     }
 

@@ -68,7 +68,7 @@ impl Engine {
         }
     }
 
-    pub(super) fn take_signal(
+    pub(super) fn receive_signal(
         &mut self,
         now: Instant,
         from: Uuid,
@@ -77,10 +77,10 @@ impl Engine {
     ) {
         match payload {
             SignalPayload::KeyPackage { kp } => {
-                self.take_key_package(now, from, member, kp.as_slice(), None);
+                self.receive_key_package(now, from, member, kp.as_slice(), None);
             }
             SignalPayload::Welcome { welcome, next } => {
-                self.take_welcome(now, from, welcome.as_slice(), next, None);
+                self.receive_welcome(now, from, welcome.as_slice(), next, None);
             }
             SignalPayload::Mls { msg } => {
                 if self.group.is_none() {
@@ -97,8 +97,8 @@ impl Engine {
             }
             SignalPayload::NeedCommits { from: first } => self.answer_catch_up(from, first),
             SignalPayload::Piece { id, i, n, part } => {
-                match self.assembler.take(now, from, (id, i, n), &part) {
-                    Ok(Some(payload)) => self.take_signal(now, from, member, payload),
+                match self.assembler.receive(now, from, (id, i, n), &part) {
+                    Ok(Some(payload)) => self.receive_signal(now, from, member, payload),
                     Ok(None) => {}
                     Err(reason) => self.event(Event::Refused {
                         what: "signal",
@@ -109,7 +109,7 @@ impl Engine {
             SignalPayload::Commits {
                 from: first,
                 commits,
-            } => self.take_commits(now, from, first, commits),
+            } => self.receive_commits(now, from, first, commits),
         }
     }
 }

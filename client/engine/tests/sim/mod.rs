@@ -210,7 +210,7 @@ impl Sim {
                 member,
                 device,
                 peers,
-                epoch: self.slot,
+                slot: self.slot,
                 limits: self.limits,
             },
         ));
@@ -340,13 +340,13 @@ impl Sim {
                     },
                 ));
             }
-            ClientFrame::Commit { epoch, payload } => {
+            ClientFrame::Commit { slot, payload } => {
                 self.relayed.push(payload.get().to_owned());
-                if epoch != self.slot {
+                if slot != self.slot {
                     self.frames.push_back((
                         from,
                         ServerFrame::CommitResult {
-                            epoch,
+                            slot,
                             accepted: false,
                         },
                     ));
@@ -366,7 +366,7 @@ impl Sim {
                         ServerFrame::Commit {
                             from,
                             member,
-                            epoch,
+                            slot,
                             payload,
                         },
                     ));
@@ -374,7 +374,7 @@ impl Sim {
                 self.frames.push_back((
                     from,
                     ServerFrame::CommitResult {
-                        epoch,
+                        slot,
                         accepted: true,
                     },
                 ));

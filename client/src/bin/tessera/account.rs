@@ -53,7 +53,7 @@ pub fn load_key(path: &Path) -> Result<SoftKey> {
     match SoftKey::load(path) {
         Ok(key) => Ok(key),
         Err(AuthenticatorError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => bail!(
-            "no key: {} does not exist; create a software key with `tessera key new --file {}` \
+            "no key: {} does not exist; create a software key with `tessera soft-key new --file {}` \
              (a hardware key is stronger: anyone who copies a key file can act as you)",
             path.display(),
             path.display()
@@ -71,11 +71,11 @@ fn save_key(key: &SoftKey, path: &Path) -> Result<()> {
 fn key_path(settings: &Settings) -> Result<&Path> {
     settings.key_file.as_deref().context(
         "no key given: pass --key-file (or TESSERA_KEY_FILE) naming a software key made with \
-         `tessera key new`",
+         `tessera soft-key new`",
     )
 }
 
-/// `tessera key new`.
+/// `tessera soft-key new`.
 pub fn new_key(path: &Path, force: bool) -> Result<()> {
     if path.exists() && !force {
         bail!(
@@ -181,7 +181,7 @@ pub async fn join(
     if !key.is_blank() {
         bail!(
             "{} already holds a credential (for {}): a software key file enrolls once; create \
-             another with `tessera key new`",
+             another with `tessera soft-key new`",
             key_file.display(),
             key.rp_id()
         );
@@ -359,7 +359,7 @@ pub async fn add_key(settings: &Settings, file: &Path, label: Option<&str>) -> R
     let mut key = load_key(file)?;
     if !key.is_blank() {
         bail!(
-            "{} already holds a credential: create a new key with `tessera key new`",
+            "{} already holds a credential: create a new key with `tessera soft-key new`",
             file.display()
         );
     }

@@ -30,7 +30,7 @@ struct Cli {
     /// The config file [default: $XDG_CONFIG_HOME/tessera/config.toml].
     #[arg(long, env = "TESSERA_CONFIG", global = true)]
     config: Option<PathBuf>,
-    /// The software key file to use (see `tessera key new`).
+    /// The software key file to use (see `tessera soft-key new`).
     #[arg(long, env = "TESSERA_KEY_FILE", global = true)]
     key_file: Option<PathBuf>,
     /// The local address peer links use [default: the one that routes to the server].
@@ -46,8 +46,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Software key files (for bots and tests; weaker than a hardware key).
-    Key {
+    /// Software key files (for bots and tests; weaker than a hardware key). Not to be confused
+    /// with `keys`, the keys enrolled on the server.
+    #[command(name = "soft-key", alias = "key")]
+    SoftKey {
         #[command(subcommand)]
         action: KeyAction,
     },
@@ -150,7 +152,7 @@ enum KeysAction {
     List,
     /// Register another key for your membership.
     Add {
-        /// The new key's file (made with `tessera key new`).
+        /// The new key's file (made with `tessera soft-key new`).
         #[arg(long)]
         file: PathBuf,
         /// A label for it.
@@ -199,7 +201,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         relay_only: cli.relay_only,
     })?;
     match cli.command {
-        Command::Key {
+        Command::SoftKey {
             action: KeyAction::New { file, force },
         } => account::new_key(&file, force),
         Command::Join {
