@@ -13,7 +13,9 @@ use tessera_wire::{
 use url::Url;
 use uuid::Uuid;
 
-use crate::authenticator::{AuthenticatorError, SoftKey, Tamper};
+#[cfg(feature = "danger-tamper")]
+use crate::authenticator::Tamper;
+use crate::authenticator::{AuthenticatorError, SoftKey};
 
 /// Why an API call failed.
 #[derive(Debug, thiserror::Error)]
@@ -281,13 +283,17 @@ impl ApiClient {
     /// # Errors
     /// When the server or the authenticator refuses.
     pub async fn login(&mut self, key: &mut SoftKey) -> ApiClientResult<SessionGranted> {
-        self.login_with(key, &Tamper::default()).await
+        let options = self.login_start().await?;
+        let credential = key.sign_in(&options.options, self.origin.as_str())?;
+        self.login_finish(&options.ceremony, credential).await
     }
 
-    /// Logs in with a key whose answer is tampered with (tests of refusals).
+    /// Logs in with a key whose answer is tampered with (tests of refusals; feature
+    /// `danger-tamper`).
     ///
     /// # Errors
     /// When the server or the authenticator refuses.
+    #[cfg(feature = "danger-tamper")]
     pub async fn login_with(
         &mut self,
         key: &mut SoftKey,

@@ -2,7 +2,8 @@
 //! signalling client, WebRTC data channels (str0m), and (re-exported) the sans-IO engine shared
 //! with the browser.
 
-pub use tessera_engine::{authenticator, delivery, identity};
+pub use tessera_engine::{delivery, identity};
+pub use tessera_softkey as authenticator;
 
 pub mod api;
 pub mod device;

@@ -18,7 +18,7 @@ use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use openmls_traits::OpenMlsProvider as _;
 use tessera_client::device::{Connection, DeviceHandle, Update};
-use tessera_client::identity::certify_with_soft_key;
+use tessera_client::identity::certify;
 use tessera_client::signal::Backoff;
 use tessera_client::store::DeviceStore;
 use tessera_engine::{DeviceKey, Engine, EngineConfig, Event};
@@ -138,12 +138,12 @@ async fn new_device(app: &TestApp, member: &mut TestMember, dir: &std::path::Pat
     let origin = app.origin.origin().ascii_serialization();
     let device = Uuid::new_v4();
     let key = DeviceKey::generate().expect("device key");
-    let certificate = certify_with_soft_key(
-        &mut member.key,
-        &origin,
+    let certificate = certify(
+        "localhost",
         member.granted.member,
         device,
         key.public(),
+        |r| member.key.sign_in(r, &origin),
     )
     .expect("certify");
     let engine = Engine::new(

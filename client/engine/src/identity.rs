@@ -10,8 +10,6 @@ use tessera_wire::{Base64Url, PublicKeyCredential, PublicKeyInfo, RequestChallen
 use uuid::Uuid;
 use webauthn_rs_proto::{PublicKeyCredentialRequestOptions, UserVerificationPolicy};
 
-use crate::authenticator::{AuthenticatorError, SoftKey};
-
 /// Separates this use of a hardware key's signature from every other.
 const DOMAIN: &[u8] = b"tessera device certificate v1";
 
@@ -91,7 +89,7 @@ pub fn certificate_challenge(member: Uuid, device: Uuid, device_key: &[u8]) -> [
 }
 
 /// The request options a client hands its authenticator (the browser's `navigator.credentials.get`
-/// or a [`SoftKey`]) to certify a device key.
+/// or a software key) to certify a device key.
 #[must_use]
 pub fn certificate_request(
     rp_id: &str,
@@ -114,19 +112,20 @@ pub fn certificate_request(
     }
 }
 
-/// Certifies a device key with a software hardware key (headless clients and tests).
+/// Certifies `device_key` as `member`'s device `device` with whatever answers the WebAuthn
+/// request for `rp_id` (a software key, a hardware key through a platform client): the request of
+/// [`certificate_request`], the certificate of its answer.
 ///
 /// # Errors
-/// When the authenticator refuses.
-pub fn certify_with_soft_key(
-    key: &mut SoftKey,
-    origin: &str,
+/// The answerer's, when it refuses.
+pub fn certify<E>(
+    rp_id: &str,
     member: Uuid,
     device: Uuid,
     device_key: &[u8],
-) -> Result<DeviceCertificate, AuthenticatorError> {
-    let request = certificate_request(key.rp_id(), member, device, device_key);
-    let assertion = key.sign_in(&request, origin)?;
+    answer: impl FnOnce(&RequestChallengeResponse) -> Result<PublicKeyCredential, E>,
+) -> Result<DeviceCertificate, E> {
+    let assertion = answer(&certificate_request(rp_id, member, device, device_key))?;
     Ok(DeviceCertificate::from_assertion(
         member, device, device_key, &assertion,
     ))
@@ -142,7 +141,7 @@ struct ClientData {
 
 impl DeviceCertificate {
     /// The certificate made of an authenticator's answer to [`certificate_request`] (from a
-    /// browser's `navigator.credentials.get` or a [`SoftKey`]).
+    /// browser's `navigator.credentials.get` or a software key).
     #[must_use]
     pub fn from_assertion(
         member: Uuid,
@@ -225,6 +224,10 @@ impl DeviceCertificate {
 
 #[cfg(test)]
 mod tests {
+    use tessera_softkey::testing::{ORIGIN, member};
+    use tessera_softkey::{SoftKey, Tamper};
+    use tessera_wire::Role;
+
     use super::*;
 
     #[test]
@@ -237,29 +240,20 @@ mod tests {
         assert_ne!(key_fingerprint(&[4; 65]), key_fingerprint(&[5; 65]));
     }
 
-    const ORIGIN: &str = "http://localhost:8080";
-
     /// A member's soft key registered through real webauthn-rs, and its directory entry.
     fn member_key() -> (SoftKey, Vec<PublicKeyInfo>, Uuid) {
-        let rp_origin = url::Url::parse(ORIGIN).expect("origin");
-        let webauthn = webauthn_rs::prelude::WebauthnBuilder::new("localhost", &rp_origin)
-            .and_then(webauthn_rs::prelude::WebauthnBuilder::build)
-            .expect("relying party");
-        let member = Uuid::new_v4();
-        let (options, _state) = webauthn
-            .start_passkey_registration(member, "ada", "Ada", None)
-            .expect("start");
-        let (key, _credential) = SoftKey::register(&options, ORIGIN).expect("register");
-        let info = key.public_key_info();
-        (key, vec![info], member)
+        let (key, info) = member(Role::Member);
+        (key, info.passkeys, info.id)
     }
 
     #[test]
     fn a_certificate_from_the_members_key_verifies() {
         let (mut key, directory, member) = member_key();
         let device = Uuid::new_v4();
-        let cert = certify_with_soft_key(&mut key, ORIGIN, member, device, b"device mls key")
-            .expect("certify");
+        let cert = certify("localhost", member, device, b"device mls key", |r| {
+            key.sign_in(r, ORIGIN)
+        })
+        .expect("certify");
         assert_eq!(cert.verify(&directory, ORIGIN, "localhost"), Ok(()));
         assert_eq!(cert.device_key_bytes(), b"device mls key");
         let json = serde_json::to_string(&cert).expect("serialize");
@@ -271,8 +265,10 @@ mod tests {
     fn substituted_keys_ids_and_signers_are_refused() {
         let (mut key, directory, member) = member_key();
         let device = Uuid::new_v4();
-        let cert = certify_with_soft_key(&mut key, ORIGIN, member, device, b"device mls key")
-            .expect("certify");
+        let cert = certify("localhost", member, device, b"device mls key", |r| {
+            key.sign_in(r, ORIGIN)
+        })
+        .expect("certify");
 
         let other_key = DeviceCertificate {
             device_key: b"attacker key"[..].into(),
@@ -330,7 +326,7 @@ mod tests {
         let (mut key, directory, member) = member_key();
         let device = Uuid::new_v4();
         let request = certificate_request("localhost", member, device, b"k");
-        let tamper = crate::authenticator::Tamper {
+        let tamper = Tamper {
             clear_user_verified: true,
             ..Default::default()
         };
@@ -342,7 +338,10 @@ mod tests {
         );
         let mut eddsa = directory[0].clone();
         eddsa.alg = "EdDSA".into();
-        let good = certify_with_soft_key(&mut key, ORIGIN, member, device, b"k").expect("certify");
+        let good = certify("localhost", member, device, b"k", |r| {
+            key.sign_in(r, ORIGIN)
+        })
+        .expect("certify");
         assert_eq!(
             good.verify(&[eddsa], ORIGIN, "localhost"),
             Err(CertificateError::UnsupportedAlgorithm("EdDSA".into()))

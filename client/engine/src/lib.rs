@@ -2,7 +2,6 @@
 //! certified by the member's hardware key, the circle's MLS group ordered by the server's
 //! sequencer, peer-link negotiation protected by MLS, and reliable delivery with an outbox.
 
-pub mod authenticator;
 pub mod codec;
 pub mod crypto;
 pub mod delivery;

@@ -17,7 +17,7 @@ use openmls_traits::types::SignatureScheme;
 use serde_json::value::to_raw_value;
 use sim::{ORIGIN, Sim, config, new_member};
 use tessera_engine::delivery::Packet;
-use tessera_engine::identity::certify_with_soft_key;
+use tessera_engine::identity::certify;
 use tessera_engine::payload::{RtcSignal, SignalPayload, decode_packet, encode_packet};
 use tessera_engine::{Engine, Event, HistoryChange, IceOutcome, roster};
 use tessera_wire::{Base64Url, Role};
@@ -456,8 +456,10 @@ fn substituted_key_packages_and_certificates_are_refused() {
     let provider = tessera_engine::provider::Provider::default();
     let attacker = SignatureKeyPair::new(SignatureScheme::ED25519).expect("key");
     attacker.store(provider.storage()).expect("store");
-    let stolen = certify_with_soft_key(&mut key, ORIGIN, member, d, b"a key the attacker lacks")
-        .expect("cert");
+    let stolen = certify("localhost", member, d, b"a key the attacker lacks", |r| {
+        key.sign_in(r, ORIGIN)
+    })
+    .expect("cert");
     let forged = KeyPackage::builder()
         .build(
             tessera_engine::CIPHERSUITE,
@@ -532,12 +534,12 @@ fn a_forged_or_replayed_welcome_is_refused_and_the_device_still_joins_the_real_g
     let device_key = SignatureKeyPair::new(SignatureScheme::ED25519).expect("key");
     device_key.store(provider.storage()).expect("store");
     let rogue_device = Uuid::new_v4();
-    let certificate = certify_with_soft_key(
-        &mut outsider_key,
-        ORIGIN,
+    let certificate = certify(
+        "localhost",
         outsider.id,
         rogue_device,
         &device_key.to_public_vec(),
+        |r| outsider_key.sign_in(r, ORIGIN),
     )
     .expect("certificate");
     let mut rogue = MlsGroup::new(

@@ -480,7 +480,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use serde_json::{Value, json};
-    use tessera_engine::authenticator::SoftKey;
+    use tessera_softkey::SoftKey;
 
     use super::*;
     use crate::tests::{ORIGIN, certify_in_page, member};

@@ -168,29 +168,14 @@ pub fn member_keys(directory: &str) -> Result<Vec<MemberKeys>, String> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use tessera_engine::authenticator::SoftKey;
+    use tessera_softkey::SoftKey;
 
-    pub(crate) const ORIGIN: &str = "http://localhost:8080";
+    pub(crate) use tessera_softkey::testing::ORIGIN;
 
     /// A member with a software key registered through real webauthn-rs, as the directory
     /// lists them.
     pub(crate) fn member() -> (SoftKey, MemberInfo) {
-        let origin = url::Url::parse(ORIGIN).expect("origin");
-        let webauthn = webauthn_rs::prelude::WebauthnBuilder::new("localhost", &origin)
-            .and_then(webauthn_rs::prelude::WebauthnBuilder::build)
-            .expect("relying party");
-        let id = Uuid::new_v4();
-        let (options, _) = webauthn
-            .start_passkey_registration(id, "member", "member", None)
-            .expect("options");
-        let (key, _) = SoftKey::register(&options, ORIGIN).expect("register");
-        let info = MemberInfo {
-            id,
-            role: Role::Member,
-            created_at: 0,
-            passkeys: vec![key.public_key_info()],
-        };
-        (key, info)
+        tessera_softkey::testing::member(Role::Member)
     }
 
     /// What the page does: ask the key with the options, make the certificate of its answer.

@@ -7,19 +7,19 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::value::to_raw_value;
-use tessera_engine::authenticator::SoftKey;
-use tessera_engine::identity::certify_with_soft_key;
+use tessera_engine::identity::certify;
 use tessera_engine::payload::RtcSignal;
 use tessera_engine::{
     DeviceKey, Engine, EngineConfig, Event, HistoryChange, IceOutcome, LinkCommand, Output,
     StopReason, StoredDevice,
 };
+use tessera_softkey::SoftKey;
 use tessera_wire::signal::{ClientFrame, FrameErrorCode, Limits, PeerDevice, ServerFrame};
 use tessera_wire::{MemberInfo, Role};
 use uuid::Uuid;
 use web_time::{Duration, Instant};
 
-pub const ORIGIN: &str = "http://localhost:8080";
+pub use tessera_softkey::testing::ORIGIN;
 
 pub fn config() -> EngineConfig {
     let mut config = EngineConfig::new(ORIGIN, "localhost");
@@ -30,22 +30,7 @@ pub fn config() -> EngineConfig {
 
 /// A member registered through real webauthn-rs with a software key.
 pub fn new_member(role: Role) -> (SoftKey, MemberInfo) {
-    let rp_origin = url::Url::parse(ORIGIN).expect("origin");
-    let webauthn = webauthn_rs::prelude::WebauthnBuilder::new("localhost", &rp_origin)
-        .and_then(webauthn_rs::prelude::WebauthnBuilder::build)
-        .expect("relying party");
-    let id = Uuid::new_v4();
-    let (options, _state) = webauthn
-        .start_passkey_registration(id, "tessera", "tessera", None)
-        .expect("start");
-    let (key, _credential) = SoftKey::register(&options, ORIGIN).expect("register");
-    let info = MemberInfo {
-        id,
-        role,
-        created_at: 0,
-        passkeys: vec![key.public_key_info()],
-    };
-    (key, info)
+    tessera_softkey::testing::member(role)
 }
 
 pub struct Device {
@@ -151,8 +136,10 @@ impl Sim {
     pub fn device(&mut self, key: &mut SoftKey, member: Uuid, name: &str) -> Uuid {
         let device = Uuid::new_v4();
         let device_key = DeviceKey::generate().expect("device key");
-        let certificate =
-            certify_with_soft_key(key, ORIGIN, member, device, device_key.public()).expect("cert");
+        let certificate = certify("localhost", member, device, device_key.public(), |r| {
+            key.sign_in(r, ORIGIN)
+        })
+        .expect("cert");
         let mut engine =
             Engine::new(config(), member, device, device_key, certificate).expect("engine");
         engine

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context as _, Result, anyhow, bail};
 use tessera_client::api::{ApiClient, ApiClientError, invitation_token};
 use tessera_client::authenticator::{AuthenticatorError, SoftKey};
-use tessera_client::identity::{certify_with_soft_key, key_fingerprint};
+use tessera_client::identity::{certify, key_fingerprint};
 use tessera_client::store::{DeviceStore, Profile};
 use tessera_engine::{DeviceKey, Engine, EngineConfig};
 use tessera_wire::{Base64Url, ErrorCode, Role};
@@ -212,13 +212,10 @@ pub async fn join(
 
     let device = Uuid::new_v4();
     let device_key = DeviceKey::generate()?;
-    let certificate = certify_with_soft_key(
-        &mut key,
-        &origin,
-        granted.member,
-        device,
-        device_key.public(),
-    )
+    let rp_id = key.rp_id().to_owned();
+    let certificate = certify(&rp_id, granted.member, device, device_key.public(), |r| {
+        key.sign_in(r, &origin)
+    })
     .context("the key refused to certify this device")?;
     save_key(&key, key_file)?;
     let config = EngineConfig::new(origin.clone(), key.rp_id());

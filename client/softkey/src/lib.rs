@@ -17,7 +17,9 @@
 //!
 //! The authenticator always reports user presence and user verification: it
 //! stands for a key whose owner has already unlocked it (the key file is the
-//! factor). [`Tamper`] lets tests play a hostile or broken client instead.
+//! factor). With the `danger-tamper` feature, `Tamper` lets tests play a
+//! hostile or broken client instead; with `testing`, [`testing`] has keys
+//! registered through webauthn-rs, the relying party the server runs.
 
 use std::fmt;
 use std::io::Write as _;
@@ -108,49 +110,60 @@ pub enum AuthenticatorError {
     Crypto(String),
 }
 
-/// Deviations from correct behaviour, for tests that play a hostile or broken
-/// client or authenticator. [`Tamper::default()`] tampers with nothing.
-///
-/// Each field changes one thing in the response; everything else stays
-/// correct, so a relying party that refuses the response refuses it for that
-/// one reason.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Tamper {
-    /// Write this `type` into clientDataJSON instead of `webauthn.create` /
-    /// `webauthn.get`.
-    pub client_data_type: Option<String>,
-    /// Write this origin into clientDataJSON instead of the real one. The
-    /// real origin passed to the call is still checked against the rp id;
-    /// this one is not checked at all.
-    pub origin: Option<String>,
-    /// Write this challenge (base64url-encoded) into clientDataJSON instead
-    /// of the one the relying party sent.
-    pub challenge: Option<Vec<u8>>,
-    /// Hash this rp id into authenticatorData instead of the real one. It is
-    /// not checked against the origin.
-    pub rp_id: Option<String>,
-    /// Clear the user-present (UP) flag in authenticatorData.
-    pub clear_user_present: bool,
-    /// Clear the user-verified (UV) flag in authenticatorData.
-    pub clear_user_verified: bool,
-    /// Sign data with one byte flipped, so the signature does not verify over
-    /// what is sent. Sign-in only: a `none` attestation carries no signature.
-    pub corrupt_signature: bool,
-    /// Report this signature counter in authenticatorData instead of the real
-    /// one. The key's own counter still advances as usual.
-    pub counter: Option<u32>,
-    /// Sign-in only: send this user handle instead of the one stored with the
-    /// credential; `Some(vec![])` sends no user handle at all.
-    pub user_handle: Option<Vec<u8>>,
-    /// Present this credential id. At sign-in it replaces `id` and `rawId`
-    /// (the key still signs with its own private key). At registration the
-    /// new credential is created under this id: it goes into the attested
-    /// credential data as well, and the returned [`SoftKey`] keeps it, e.g.
-    /// to try registering an id that already belongs to someone else.
-    pub credential_id: Option<Vec<u8>>,
-    /// Registration only: report this AAGUID (authenticator model) instead of
-    /// all zeros, as a key of that model would.
-    pub aaguid: Option<[u8; 16]>,
+#[cfg(feature = "testing")]
+pub mod testing;
+
+#[cfg(feature = "danger-tamper")]
+pub use tamper::Tamper;
+#[cfg(not(feature = "danger-tamper"))]
+use tamper::Tamper;
+
+mod tamper {
+    /// Deviations from correct behaviour, for tests that play a hostile or broken
+    /// client or authenticator (feature `danger-tamper`). `Tamper::default()`
+    /// tampers with nothing.
+    ///
+    /// Each field changes one thing in the response; everything else stays
+    /// correct, so a relying party that refuses the response refuses it for that
+    /// one reason.
+    #[derive(Debug, Clone, Default, PartialEq, Eq)]
+    pub struct Tamper {
+        /// Write this `type` into clientDataJSON instead of `webauthn.create` /
+        /// `webauthn.get`.
+        pub client_data_type: Option<String>,
+        /// Write this origin into clientDataJSON instead of the real one. The
+        /// real origin passed to the call is still checked against the rp id;
+        /// this one is not checked at all.
+        pub origin: Option<String>,
+        /// Write this challenge (base64url-encoded) into clientDataJSON instead
+        /// of the one the relying party sent.
+        pub challenge: Option<Vec<u8>>,
+        /// Hash this rp id into authenticatorData instead of the real one. It is
+        /// not checked against the origin.
+        pub rp_id: Option<String>,
+        /// Clear the user-present (UP) flag in authenticatorData.
+        pub clear_user_present: bool,
+        /// Clear the user-verified (UV) flag in authenticatorData.
+        pub clear_user_verified: bool,
+        /// Sign data with one byte flipped, so the signature does not verify over
+        /// what is sent. Sign-in only: a `none` attestation carries no signature.
+        pub corrupt_signature: bool,
+        /// Report this signature counter in authenticatorData instead of the real
+        /// one. The key's own counter still advances as usual.
+        pub counter: Option<u32>,
+        /// Sign-in only: send this user handle instead of the one stored with the
+        /// credential; `Some(vec![])` sends no user handle at all.
+        pub user_handle: Option<Vec<u8>>,
+        /// Present this credential id. At sign-in it replaces `id` and `rawId`
+        /// (the key still signs with its own private key). At registration the
+        /// new credential is created under this id: it goes into the attested
+        /// credential data as well, and the returned [`SoftKey`] keeps it, e.g.
+        /// to try registering an id that already belongs to someone else.
+        pub credential_id: Option<Vec<u8>>,
+        /// Registration only: report this AAGUID (authenticator model) instead of
+        /// all zeros, as a key of that model would.
+        pub aaguid: Option<[u8; 16]>,
+    }
 }
 
 /// A software WebAuthn authenticator holding one discoverable ES256
@@ -370,16 +383,25 @@ impl SoftKey {
         options: &CreationChallengeResponse,
         origin: &str,
     ) -> Result<(SoftKey, RegisterPublicKeyCredential), AuthenticatorError> {
-        Self::register_with(options, origin, &Tamper::default())
+        Self::register_tampered(options, origin, &Tamper::default())
     }
 
-    /// [`SoftKey::register`] with deliberate deviations, for tests.
+    /// [`SoftKey::register`] with deliberate deviations, for tests (feature `danger-tamper`).
     ///
     /// # Errors
     ///
     /// As [`SoftKey::register`]; also [`AuthenticatorError::Encoding`] if a
     /// tampered credential id is longer than 65535 bytes.
+    #[cfg(feature = "danger-tamper")]
     pub fn register_with(
+        options: &CreationChallengeResponse,
+        origin: &str,
+        tamper: &Tamper,
+    ) -> Result<(SoftKey, RegisterPublicKeyCredential), AuthenticatorError> {
+        Self::register_tampered(options, origin, tamper)
+    }
+
+    fn register_tampered(
         options: &CreationChallengeResponse,
         origin: &str,
         tamper: &Tamper,
@@ -516,15 +538,25 @@ impl SoftKey {
         options: &RequestChallengeResponse,
         origin: &str,
     ) -> Result<PublicKeyCredential, AuthenticatorError> {
-        self.sign_in_with(options, origin, &Tamper::default())
+        self.sign_in_tampered(options, origin, &Tamper::default())
     }
 
-    /// [`SoftKey::sign_in`] with deliberate deviations, for tests.
+    /// [`SoftKey::sign_in`] with deliberate deviations, for tests (feature `danger-tamper`).
     ///
     /// # Errors
     ///
     /// As [`SoftKey::sign_in`].
+    #[cfg(feature = "danger-tamper")]
     pub fn sign_in_with(
+        &mut self,
+        options: &RequestChallengeResponse,
+        origin: &str,
+        tamper: &Tamper,
+    ) -> Result<PublicKeyCredential, AuthenticatorError> {
+        self.sign_in_tampered(options, origin, tamper)
+    }
+
+    fn sign_in_tampered(
         &mut self,
         options: &RequestChallengeResponse,
         origin: &str,
@@ -798,83 +830,12 @@ fn write_new_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use webauthn_rs::prelude::Uuid;
+
     use super::*;
-    use webauthn_rs::WebauthnBuilder;
-    use webauthn_rs::prelude::{
-        AuthenticationResult, DiscoverableKey, Passkey, Uuid, Webauthn, WebauthnError,
+    use crate::testing::{
+        ORIGIN, enroll, login, over_the_wire, registration_options, relying_party,
     };
-
-    const ORIGIN: &str = "http://localhost:8080";
-
-    fn relying_party() -> Webauthn {
-        let origin = Url::parse(ORIGIN).expect("origin parses");
-        WebauthnBuilder::new("localhost", &origin)
-            .expect("valid rp")
-            .rp_name("Tessera test")
-            .build()
-            .expect("webauthn builds")
-    }
-
-    /// Sends a value through JSON, as it travels between server and client.
-    fn over_the_wire<T: Serialize + serde::de::DeserializeOwned>(value: &T) -> T {
-        let json = serde_json::to_string(value).expect("serializes");
-        serde_json::from_str(&json).expect("deserializes")
-    }
-
-    fn registration_options(
-        rp: &Webauthn,
-    ) -> (
-        Uuid,
-        CreationChallengeResponse,
-        webauthn_rs::prelude::PasskeyRegistration,
-    ) {
-        let user = Uuid::new_v4();
-        let (ccr, state) = rp
-            .start_passkey_registration(user, "claire", "Claire", None)
-            .expect("registration starts");
-        (user, over_the_wire(&ccr), state)
-    }
-
-    /// Registers a new soft key with the relying party.
-    fn enroll(rp: &Webauthn) -> (Uuid, SoftKey, Passkey) {
-        let (user, ccr, state) = registration_options(rp);
-        let (key, reg) = SoftKey::register(&ccr, ORIGIN).expect("soft key registers");
-        let passkey = rp
-            .finish_passkey_registration(&over_the_wire(&reg), &state)
-            .expect("relying party accepts the registration");
-        (user, key, passkey)
-    }
-
-    /// Runs a registration with tampering and returns the relying party's verdict.
-    fn register_tampered(rp: &Webauthn, tamper: &Tamper) -> Result<Passkey, WebauthnError> {
-        let (_, ccr, state) = registration_options(rp);
-        let (_, reg) = SoftKey::register_with(&ccr, ORIGIN, tamper).expect("soft key answers");
-        rp.finish_passkey_registration(&over_the_wire(&reg), &state)
-    }
-
-    /// Runs a discoverable login and returns the relying party's verdict.
-    fn login(
-        rp: &Webauthn,
-        key: &mut SoftKey,
-        passkey: &Passkey,
-        tamper: &Tamper,
-    ) -> Result<(Uuid, AuthenticationResult), WebauthnError> {
-        let (rcr, state) = rp
-            .start_discoverable_authentication()
-            .expect("authentication starts");
-        let credential = key
-            .sign_in_with(&over_the_wire(&rcr), ORIGIN, tamper)
-            .expect("soft key answers");
-        let credential = over_the_wire(&credential);
-        let (user, _cred_id) = rp.identify_discoverable_authentication(&credential)?;
-        #[allow(deprecated)]
-        let result = rp.finish_discoverable_authentication(
-            &credential,
-            state,
-            &[DiscoverableKey::from(passkey)],
-        )?;
-        Ok((user, result))
-    }
 
     #[test]
     fn registration_is_accepted_by_webauthn_rs() {
@@ -1032,319 +993,6 @@ mod tests {
         assert!(matches!(err, AuthenticatorError::NoCredential), "{err:?}");
     }
 
-    // Each tampered sign-in on its own is refused by webauthn-rs.
-
-    fn assert_login_refused(tamper: Tamper, check: fn(&WebauthnError) -> bool) {
-        let rp = relying_party();
-        let (_, mut key, passkey) = enroll(&rp);
-        match login(&rp, &mut key, &passkey, &tamper) {
-            Ok(_) => panic!("webauthn-rs accepted a tampered assertion: {tamper:?}"),
-            Err(err) => assert!(check(&err), "unexpected error {err:?} for {tamper:?}"),
-        }
-        // The untampered key still works afterwards.
-        login(&rp, &mut key, &passkey, &Tamper::default()).expect("clean login accepted");
-    }
-
-    #[test]
-    fn login_with_wrong_client_data_type_is_refused() {
-        assert_login_refused(
-            Tamper {
-                client_data_type: Some("webauthn.create".into()),
-                ..Tamper::default()
-            },
-            |e| matches!(e, WebauthnError::InvalidClientDataType),
-        );
-    }
-
-    #[test]
-    fn login_with_wrong_origin_is_refused() {
-        assert_login_refused(
-            Tamper {
-                origin: Some("https://evil.example".into()),
-                ..Tamper::default()
-            },
-            |e| matches!(e, WebauthnError::InvalidRPOrigin),
-        );
-    }
-
-    #[test]
-    fn login_with_wrong_challenge_is_refused() {
-        assert_login_refused(
-            Tamper {
-                challenge: Some(vec![7; 32]),
-                ..Tamper::default()
-            },
-            |e| matches!(e, WebauthnError::MismatchedChallenge),
-        );
-    }
-
-    #[test]
-    fn login_with_wrong_rp_id_hash_is_refused() {
-        assert_login_refused(
-            Tamper {
-                rp_id: Some("evil.example".into()),
-                ..Tamper::default()
-            },
-            |e| matches!(e, WebauthnError::InvalidRPIDHash),
-        );
-    }
-
-    #[test]
-    fn login_without_user_presence_is_refused() {
-        assert_login_refused(
-            Tamper {
-                clear_user_present: true,
-                ..Tamper::default()
-            },
-            |e| matches!(e, WebauthnError::UserNotPresent),
-        );
-    }
-
-    #[test]
-    fn login_without_user_verification_is_refused() {
-        assert_login_refused(
-            Tamper {
-                clear_user_verified: true,
-                ..Tamper::default()
-            },
-            |e| matches!(e, WebauthnError::UserNotVerified),
-        );
-    }
-
-    #[test]
-    fn login_with_bad_signature_is_refused() {
-        assert_login_refused(
-            Tamper {
-                corrupt_signature: true,
-                ..Tamper::default()
-            },
-            |e| matches!(e, WebauthnError::AuthenticationFailure),
-        );
-    }
-
-    #[test]
-    fn login_with_foreign_credential_id_is_refused() {
-        assert_login_refused(
-            Tamper {
-                credential_id: Some(vec![9; 32]),
-                ..Tamper::default()
-            },
-            |e| matches!(e, WebauthnError::CredentialNotFound),
-        );
-    }
-
-    #[test]
-    fn login_without_user_handle_is_refused() {
-        assert_login_refused(
-            Tamper {
-                user_handle: Some(Vec::new()),
-                ..Tamper::default()
-            },
-            |e| matches!(e, WebauthnError::InvalidUserUniqueId),
-        );
-    }
-
-    /// Signs in twice with the stored passkey kept up to date (`update`) or
-    /// not, then presents an assertion reporting `reported` as its counter.
-    fn login_after_two(
-        update: bool,
-        reported: u32,
-    ) -> Result<(Uuid, AuthenticationResult), WebauthnError> {
-        let rp = relying_party();
-        let (_, mut key, mut passkey) = enroll(&rp);
-        for _ in 0..2 {
-            let (_, result) =
-                login(&rp, &mut key, &passkey, &Tamper::default()).expect("login accepted");
-            if update {
-                passkey.update_credential(&result);
-            }
-        }
-        assert_eq!(key.counter(), 2);
-        let tamper = Tamper {
-            counter: Some(reported),
-            ..Tamper::default()
-        };
-        login(&rp, &mut key, &passkey, &tamper)
-    }
-
-    #[test]
-    fn counter_regression_is_refused_as_possible_compromise() {
-        let verdict = login_after_two(true, 1);
-        assert!(
-            matches!(verdict, Err(WebauthnError::CredentialPossibleCompromise)),
-            "{verdict:?}"
-        );
-    }
-
-    #[test]
-    fn repeated_counter_is_refused_as_possible_compromise() {
-        let verdict = login_after_two(true, 2);
-        assert!(
-            matches!(verdict, Err(WebauthnError::CredentialPossibleCompromise)),
-            "{verdict:?}"
-        );
-    }
-
-    #[test]
-    fn counter_dropping_to_zero_is_refused_as_possible_compromise() {
-        let verdict = login_after_two(true, 0);
-        assert!(
-            matches!(verdict, Err(WebauthnError::CredentialPossibleCompromise)),
-            "{verdict:?}"
-        );
-    }
-
-    /// webauthn-rs compares the counter only with the one in the key the
-    /// server passes in: a server that does not persist
-    /// `Passkey::update_credential` never sees a regression.
-    #[test]
-    fn counter_check_uses_only_the_stored_counter_it_is_given() {
-        let (_, result) = login_after_two(false, 1).expect("accepted against a stale counter");
-        assert_eq!(result.counter(), 1);
-        assert!(result.needs_update());
-    }
-
-    #[test]
-    fn counter_regression_is_refused_in_the_passkey_flow_too() {
-        let rp = relying_party();
-        let (_, mut key, mut passkey) = enroll(&rp);
-        for reported in [None, None, Some(1)] {
-            let (rcr, state) = rp
-                .start_passkey_authentication(std::slice::from_ref(&passkey))
-                .expect("starts");
-            let tamper = Tamper {
-                counter: reported,
-                ..Tamper::default()
-            };
-            let cred = key.sign_in_with(&rcr, ORIGIN, &tamper).expect("signs");
-            match (reported, rp.finish_passkey_authentication(&cred, &state)) {
-                (None, Ok(result)) => {
-                    passkey.update_credential(&result);
-                }
-                (Some(_), Err(WebauthnError::CredentialPossibleCompromise)) => {}
-                (_, verdict) => panic!("unexpected verdict {verdict:?}"),
-            }
-        }
-    }
-
-    /// The user handle is not signed, and a `DiscoverableKey` does not carry
-    /// the user id: webauthn-rs accepts an assertion whose user handle names
-    /// another user. The server must check that the credential it looked up
-    /// belongs to the user that `identify_discoverable_authentication`
-    /// returned.
-    #[test]
-    fn user_handle_is_not_bound_to_the_credential_by_webauthn_rs() {
-        let rp = relying_party();
-        let (owner, mut key, passkey) = enroll(&rp);
-        let victim = Uuid::new_v4();
-        let tamper = Tamper {
-            user_handle: Some(victim.as_bytes().to_vec()),
-            ..Tamper::default()
-        };
-        let (claimed, _) = login(&rp, &mut key, &passkey, &tamper).expect("webauthn-rs accepts it");
-        assert_eq!(claimed, victim);
-        assert_ne!(claimed, owner);
-    }
-
-    #[test]
-    fn login_with_malformed_user_handle_is_refused() {
-        assert_login_refused(
-            Tamper {
-                user_handle: Some(vec![1, 2, 3]),
-                ..Tamper::default()
-            },
-            |e| matches!(e, WebauthnError::InvalidUserUniqueId),
-        );
-    }
-
-    #[test]
-    fn login_checked_against_another_users_key_is_refused() {
-        let rp = relying_party();
-        let (_, mut key, _) = enroll(&rp);
-        let (_, _, someone_else) = enroll(&rp);
-        let verdict = login(&rp, &mut key, &someone_else, &Tamper::default());
-        assert!(
-            matches!(verdict, Err(WebauthnError::CredentialNotFound)),
-            "{verdict:?}"
-        );
-    }
-
-    // Each tampered registration on its own is refused by webauthn-rs.
-
-    fn assert_registration_refused(tamper: Tamper, check: fn(&WebauthnError) -> bool) {
-        let rp = relying_party();
-        match register_tampered(&rp, &tamper) {
-            Ok(_) => panic!("webauthn-rs accepted a tampered registration: {tamper:?}"),
-            Err(err) => assert!(check(&err), "unexpected error {err:?} for {tamper:?}"),
-        }
-    }
-
-    #[test]
-    fn registration_with_wrong_client_data_type_is_refused() {
-        assert_registration_refused(
-            Tamper {
-                client_data_type: Some("webauthn.get".into()),
-                ..Tamper::default()
-            },
-            |e| matches!(e, WebauthnError::InvalidClientDataType),
-        );
-    }
-
-    #[test]
-    fn registration_with_wrong_origin_is_refused() {
-        assert_registration_refused(
-            Tamper {
-                origin: Some("https://evil.example".into()),
-                ..Tamper::default()
-            },
-            |e| matches!(e, WebauthnError::InvalidRPOrigin),
-        );
-    }
-
-    #[test]
-    fn registration_with_wrong_challenge_is_refused() {
-        assert_registration_refused(
-            Tamper {
-                challenge: Some(vec![7; 32]),
-                ..Tamper::default()
-            },
-            |e| matches!(e, WebauthnError::MismatchedChallenge),
-        );
-    }
-
-    #[test]
-    fn registration_with_wrong_rp_id_hash_is_refused() {
-        assert_registration_refused(
-            Tamper {
-                rp_id: Some("evil.example".into()),
-                ..Tamper::default()
-            },
-            |e| matches!(e, WebauthnError::InvalidRPIDHash),
-        );
-    }
-
-    #[test]
-    fn registration_without_user_presence_is_refused() {
-        assert_registration_refused(
-            Tamper {
-                clear_user_present: true,
-                ..Tamper::default()
-            },
-            |e| matches!(e, WebauthnError::UserNotPresent),
-        );
-    }
-
-    #[test]
-    fn registration_without_user_verification_is_refused() {
-        assert_registration_refused(
-            Tamper {
-                clear_user_verified: true,
-                ..Tamper::default()
-            },
-            |e| matches!(e, WebauthnError::UserNotVerified),
-        );
-    }
-
     #[test]
     fn registration_under_a_chosen_credential_id_uses_it() {
         let rp = relying_party();
@@ -1360,46 +1008,6 @@ mod tests {
             .finish_passkey_registration(&reg, &state)
             .expect("accepted");
         assert_eq!(passkey.cred_id().as_slice(), chosen.as_slice());
-    }
-
-    /// An excluded credential id is refused, but webauthn-rs 0.6.2 reports it
-    /// as `CredentialAlteredAlgFromRequest`, not `CredentialExcludedFromRequest`.
-    #[test]
-    fn registration_of_an_excluded_credential_id_is_refused() {
-        let rp = relying_party();
-        let (_, _, existing) = enroll(&rp);
-        let (ccr, state) = rp
-            .start_passkey_registration(
-                Uuid::new_v4(),
-                "dave",
-                "Dave",
-                Some(vec![existing.cred_id().clone()]),
-            )
-            .expect("starts");
-        let tamper = Tamper {
-            credential_id: Some(existing.cred_id().to_vec()),
-            ..Tamper::default()
-        };
-        let (_, reg) = SoftKey::register_with(&ccr, ORIGIN, &tamper).expect("answers");
-        let verdict = rp.finish_passkey_registration(&reg, &state);
-        assert!(
-            matches!(verdict, Err(WebauthnError::CredentialAlteredAlgFromRequest)),
-            "{verdict:?}"
-        );
-    }
-
-    /// Without an exclude list webauthn-rs accepts a credential id that is
-    /// already registered elsewhere: uniqueness is the server's job.
-    #[test]
-    fn registration_of_a_known_credential_id_is_not_caught_without_exclude_list() {
-        let rp = relying_party();
-        let (_, _, existing) = enroll(&rp);
-        let tamper = Tamper {
-            credential_id: Some(existing.cred_id().to_vec()),
-            ..Tamper::default()
-        };
-        let passkey = register_tampered(&rp, &tamper).expect("accepted by webauthn-rs");
-        assert_eq!(passkey.cred_id(), existing.cred_id());
     }
 
     #[test]
