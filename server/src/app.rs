@@ -12,6 +12,8 @@ use axum::http::header::{
 };
 use axum::http::{HeaderValue, Request};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 use webauthn_rs::prelude::WebauthnBuilder;
@@ -121,6 +123,8 @@ impl Application {
             signals: Arc::new(LocalHub::default()),
             metrics: Arc::new(Metrics::default()),
             config: Arc::new(config),
+            shutdown: CancellationToken::new(),
+            connections: TaskTracker::new(),
         };
         Ok(Application {
             listener,
@@ -148,11 +152,23 @@ impl Application {
         &self.state
     }
 
-    /// Serves until the process is stopped, purging expired rows every minute.
+    /// Serves until the process is stopped (Ctrl-C or SIGTERM), purging expired rows every minute.
     ///
     /// # Errors
     /// When the listener fails.
     pub async fn run(self) -> std::io::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `stop` completes; then takes no new request, tells every signalling
+    /// connection goodbye (a WebSocket close) and waits at most [`SHUTDOWN_GRACE`] for them.
+    ///
+    /// # Errors
+    /// When the listener fails.
+    pub async fn run_until(
+        self,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         tokio::task::spawn_blocking(crate::routes::assets::warm_up);
         let state = self.state.clone();
         let janitor = tokio::spawn(async move {
@@ -170,12 +186,29 @@ impl Application {
             self.router
                 .into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown({
+            let shutdown = self.state.shutdown.clone();
+            async move {
+                stop.await;
+                shutdown.cancel();
+            }
+        })
         .await;
         janitor.abort();
+        self.state.shutdown.cancel();
+        self.state.connections.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.state.connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("signalling connections still open at shutdown were dropped");
+        }
         served
     }
 }
+
+/// How long a stopping server waits for its signalling connections to close.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// Ctrl-C or SIGTERM (what systemd and container runtimes send).
 async fn shutdown_signal() {

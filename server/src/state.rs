@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use webauthn_rs::prelude::Webauthn;
 
 use crate::clock::Clock;
@@ -28,4 +30,9 @@ pub struct AppState {
     pub signals: Arc<dyn SignalRouter>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Cancelled when the server stops: every signalling connection (its token is a child of
+    /// this one) says goodbye and closes.
+    pub shutdown: CancellationToken,
+    /// The signalling connections' tasks, which the server waits for (briefly) when it stops.
+    pub connections: TaskTracker,
 }

@@ -264,7 +264,7 @@ async fn signals_are_relayed_unchanged_within_the_circle() {
 async fn a_signal_longer_than_a_fragment_arrives_whole() {
     let app = TestApp::spawn().await;
     // Characters of two and three bytes, so that fragments end inside them.
-    let text = "é€-".repeat(20 * tessera_server::signal::connection::FRAGMENT_BYTES / 6);
+    let text = "é€-".repeat(20 * tessera_server::signal::io::FRAGMENT_BYTES / 6);
     assert_relayed_unchanged(&app, &json!({"sdp": text})).await;
 }
 
@@ -325,6 +325,24 @@ async fn a_device_that_closes_hears_the_close_back_and_goes_offline() {
         }
         other => panic!("expected presence, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_stopping_server_closes_every_socket_politely_and_stops() {
+    let mut app = TestApp::spawn().await;
+    let Online { mut a, mut g, .. } = admin_and_grace_online(&app).await;
+    app.stop().await;
+    assert!(
+        a.closed_by_server().await,
+        "a WebSocket close, not a dropped connection"
+    );
+    assert!(g.closed_by_server().await);
+    // Nothing listens any more.
+    assert!(
+        reqwest::get(app.origin.join("/healthz").expect("url"))
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]

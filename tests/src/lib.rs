@@ -69,6 +69,7 @@ pub struct TestApp {
     pub store: Arc<dyn Store>,
     data_dir: tempfile::TempDir,
     server: JoinHandle<std::io::Result<()>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Drop for TestApp {
@@ -131,7 +132,10 @@ impl TestApp {
             .expect("a fresh database creates the first circle")
             .to_owned();
         let store = app.state().store.clone();
-        let server = tokio::spawn(app.run());
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let server = tokio::spawn(app.run_until(async move {
+            let _ = stopped.await;
+        }));
         TestApp {
             origin,
             first_invitation,
@@ -139,7 +143,23 @@ impl TestApp {
             store,
             data_dir,
             server,
+            stop: Some(stop),
         }
+    }
+
+    /// Stops the server as Ctrl-C or SIGTERM would, and waits until it has.
+    ///
+    /// # Panics
+    /// When it does not stop in time or fails.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(10), &mut self.server)
+            .await
+            .expect("the server stops in time")
+            .expect("the server task ends")
+            .expect("the server stops without an error");
     }
 
     /// A client without a session.
@@ -325,6 +345,26 @@ impl WsClient {
         if self.stream.send(Message::Close(None)).await.is_err() {
             return false;
         }
+        loop {
+            let message = tokio::time::timeout(FRAME_WAIT, self.stream.next())
+                .await
+                .expect("the connection ends in time");
+            match message {
+                Some(Ok(Message::Close(_))) => return true,
+                None | Some(Err(_)) => return false,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Whether the server ends the connection politely: with a WebSocket close (after any frames
+    /// still coming), not by dropping it.
+    ///
+    /// # Panics
+    /// When nothing happens in time.
+    pub async fn closed_by_server(&mut self) -> bool {
+        use futures_util::StreamExt as _;
+        use tokio_tungstenite::tungstenite::Message;
         loop {
             let message = tokio::time::timeout(FRAME_WAIT, self.stream.next())
                 .await

@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::signal::burst::BurstIo;
+use crate::signal::io::burst::BurstIo;
 use crate::signal::{JoinError, connection};
 use crate::state::AppState;
 
@@ -116,7 +116,8 @@ async fn upgrade(
         .max_message_size(Some(hard_limit))
         .max_frame_size(Some(hard_limit));
     let on_upgrade = hyper::upgrade::on(&mut request);
-    tokio::spawn(async move {
+    let connections = state.connections.clone();
+    connections.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
                 let socket = WebSocketStream::from_raw_socket(

@@ -1,7 +1,7 @@
 //! Signalling: one WebSocket per logged-in device; presence, opaque relays within a circle, and the commit sequencer.
 
-pub mod burst;
 pub mod connection;
 pub mod hub;
+pub mod io;
 
 pub use hub::{DeliveryError, JoinError, LocalHub, Outbound, SignalRouter};
