@@ -309,3 +309,38 @@ async fn an_outbox_row_altered_on_disk_is_refused_as_malformed_not_half_read() {
     }
     disk.close().await;
 }
+
+/// The rows of the shared fixture, applied to this store as the native driver applies the engine's
+/// writes, leave the history the fixture says; `tests/browser/store.test.mjs` applies the same
+/// rows to the page's IndexedDB store and expects the same history.
+#[tokio::test]
+async fn the_engines_history_rows_leave_the_history_both_stores_hold() {
+    let fixture: serde_json::Value =
+        serde_json::from_str(include_str!("../../tests/fixtures/history_writes.json"))
+            .expect("the fixture is JSON");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = DeviceStore::open(&dir.path().join("device.sqlite"))
+        .await
+        .expect("open");
+    let state = first_write(&mut engine());
+    for batch in fixture["writes"].as_array().expect("writes") {
+        let rows: Vec<HistoryChange> = serde_json::from_value(batch.clone()).expect("history rows");
+        store
+            .write(&with_history(&state, &rows))
+            .await
+            .expect("write");
+    }
+    let held: Vec<serde_json::Value> = store
+        .history(100)
+        .await
+        .expect("history")
+        .into_iter()
+        .map(|h| {
+            let mut row = serde_json::to_value(&h.message).expect("json");
+            row["outgoing"] = h.outgoing.into();
+            row["delivered"] = h.delivered.into();
+            row
+        })
+        .collect();
+    assert_eq!(serde_json::Value::from(held), fixture["history"]);
+}

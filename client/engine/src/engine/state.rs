@@ -41,7 +41,7 @@ pub struct StoreWrite {
 
 /// A change to the message history, which the device keeps for its user (the engine forgets
 /// messages once shown).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum HistoryChange {
     /// Keep this message, once: one already kept under its device and id stays as it is.
