@@ -340,21 +340,12 @@ impl WsClient {
     /// # Panics
     /// When nothing happens in time.
     pub async fn close_and_hear_back(&mut self) -> bool {
-        use futures_util::{SinkExt as _, StreamExt as _};
+        use futures_util::SinkExt as _;
         use tokio_tungstenite::tungstenite::Message;
         if self.stream.send(Message::Close(None)).await.is_err() {
             return false;
         }
-        loop {
-            let message = tokio::time::timeout(FRAME_WAIT, self.stream.next())
-                .await
-                .expect("the connection ends in time");
-            match message {
-                Some(Ok(Message::Close(_))) => return true,
-                None | Some(Err(_)) => return false,
-                Some(Ok(_)) => {}
-            }
-        }
+        self.closed_by_server().await
     }
 
     /// Whether the server ends the connection politely: with a WebSocket close (after any frames
