@@ -114,7 +114,7 @@ impl Drop for SignalClient {
 }
 
 /// Frames waiting to be sent; past this, [`SignalClient::send`] waits. Twice the most frames the
-/// engine lets out at once ([`tessera_engine::pacer::MAX_BURST`]).
+/// engine lets out at once (its pacer's `MAX_BURST`).
 const OUTGOING_QUEUE: usize = 128;
 
 enum Ended {

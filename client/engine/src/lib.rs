@@ -3,12 +3,12 @@
 //! sequencer, peer-link negotiation protected by MLS, and reliable delivery with an outbox.
 
 pub mod codec;
-pub mod crypto;
+mod crypto;
 pub mod delivery;
 mod engine;
 pub mod identity;
-pub mod mls_store;
-pub mod pacer;
+mod mls_store;
+mod pacer;
 pub mod payload;
 pub mod pieces;
 pub mod provider;
