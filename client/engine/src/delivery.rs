@@ -751,7 +751,7 @@ mod tests {
             ],
             "acknowledged rows are deleted"
         );
-        // A message sent and acknowledged between two snapshots leaves no row behind.
+        // A message sent and acknowledged between two writes leaves no row behind.
         link.a.1.send(link.now, b, b"third", None).expect("send");
         link.run(2);
         assert!(link.a.1.take_outbox_changes().is_empty());

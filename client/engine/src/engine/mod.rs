@@ -178,7 +178,7 @@ impl Engine {
         Ok(Engine::assemble(config, provider, key.0, saved, None))
     }
 
-    /// The engine as the local store kept it, snapshot after snapshot.
+    /// The engine as the local store kept it, write after write.
     ///
     /// # Errors
     /// [`EngineError::Corrupt`] when the parts do not fit together.

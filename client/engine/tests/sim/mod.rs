@@ -42,7 +42,7 @@ pub struct Device {
     pub refused: Vec<String>,
     pub removed: bool,
     pub store: StoredDevice,
-    /// Time spent in its engine (and applying its snapshots), on this machine's clock.
+    /// Time spent in its engine (and applying its writes), on this machine's clock.
     pub busy: std::time::Duration,
     /// Directory fetches it asked for, and when.
     pub fetches: usize,

@@ -301,8 +301,8 @@ pub async fn chat(settings: &Settings, json_lines: bool) -> Result<()> {
             }
         }
     }
-    // The data directory stays locked until the device has written its last
-    // snapshot and stopped.
+    // The data directory stays locked until the device has stored its last
+    // turn and stopped.
     stopped(device).await
 }
 
@@ -364,8 +364,8 @@ pub async fn send(settings: &Settings, text: &str, wait: Duration) -> Result<()>
              when this device and they are online together (e.g. while `tessera chat` runs)."
         );
     }
-    // The data directory stays locked until the device has written its last
-    // snapshot and stopped.
+    // The data directory stays locked until the device has stored its last
+    // turn and stopped.
     stopped(device).await
 }
 
