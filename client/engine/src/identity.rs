@@ -2,13 +2,12 @@
 //! assertion whose challenge commits to that key and to the member and device ids; checked by every
 //! peer against the passkey public keys of the circle directory.
 
-use p256::ecdsa::signature::Verifier as _;
-use p256::ecdsa::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tessera_wire::{Base64Url, PublicKeyCredential, PublicKeyInfo, RequestChallengeResponse};
 use uuid::Uuid;
-use webauthn_rs_proto::{PublicKeyCredentialRequestOptions, UserVerificationPolicy};
+
+use crate::signed::{Assertion, signature_request, verify_assertion};
 
 /// Separates this use of a hardware key's signature from every other.
 const DOMAIN: &[u8] = b"tessera device certificate v1";
@@ -97,19 +96,7 @@ pub fn certificate_request(
     device: Uuid,
     device_key: &[u8],
 ) -> RequestChallengeResponse {
-    let challenge = certificate_challenge(member, device, device_key);
-    RequestChallengeResponse {
-        public_key: PublicKeyCredentialRequestOptions {
-            challenge: challenge.to_vec(),
-            timeout: Some(120_000),
-            rp_id: rp_id.to_owned(),
-            allow_credentials: Vec::new(),
-            user_verification: UserVerificationPolicy::Required,
-            hints: None,
-            extensions: None,
-        },
-        mediation: None,
-    }
+    signature_request(rp_id, &certificate_challenge(member, device, device_key))
 }
 
 /// Certifies `device_key` as `member`'s device `device` with whatever answers the WebAuthn
@@ -129,14 +116,6 @@ pub fn certify<E>(
     Ok(DeviceCertificate::from_assertion(
         member, device, device_key, &assertion,
     ))
-}
-
-#[derive(Deserialize)]
-struct ClientData {
-    #[serde(rename = "type")]
-    kind: String,
-    challenge: Base64Url,
-    origin: String,
 }
 
 impl DeviceCertificate {
@@ -177,48 +156,14 @@ impl DeviceCertificate {
         origin: &str,
         rp_id: &str,
     ) -> Result<(), CertificateError> {
-        let auth_data = self.authenticator_data.as_slice();
-        let client_data_json = self.client_data_json.as_slice();
-        let client_data: ClientData = crate::codec::from_json(client_data_json)
-            .map_err(|_| CertificateError::Malformed("client_data_json"))?;
-        if client_data.kind != "webauthn.get" {
-            return Err(CertificateError::WrongType);
-        }
-        let expected = certificate_challenge(self.member, self.device, self.device_key_bytes());
-        if client_data.challenge.as_slice() != expected {
-            return Err(CertificateError::WrongChallenge);
-        }
-        if client_data.origin.trim_end_matches('/') != origin.trim_end_matches('/') {
-            return Err(CertificateError::WrongOrigin);
-        }
-        // rpIdHash (32) ‖ flags (1) ‖ counter (4).
-        if auth_data.len() < 37 {
-            return Err(CertificateError::Malformed("authenticator_data"));
-        }
-        if auth_data[..32] != Sha256::digest(rp_id.as_bytes())[..] {
-            return Err(CertificateError::WrongRelyingParty);
-        }
-        let flags = auth_data[32];
-        if flags & 0x01 == 0 || flags & 0x04 == 0 {
-            return Err(CertificateError::UserNotVerified);
-        }
-
-        let passkey = member_passkeys
-            .iter()
-            .find(|p| p.credential_id == self.credential_id)
-            .ok_or(CertificateError::UnknownKey)?;
-        if passkey.alg != "ES256" {
-            return Err(CertificateError::UnsupportedAlgorithm(passkey.alg.clone()));
-        }
-        let verifying = VerifyingKey::from_sec1_bytes(passkey.public_key.as_slice())
-            .map_err(|_| CertificateError::Malformed("public_key"))?;
-        let signature = Signature::from_der(self.signature.as_slice())
-            .map_err(|_| CertificateError::BadSignature)?;
-        let mut signed = auth_data.to_vec();
-        signed.extend_from_slice(&Sha256::digest(client_data_json));
-        verifying
-            .verify(&signed, &signature)
-            .map_err(|_| CertificateError::BadSignature)
+        let challenge = certificate_challenge(self.member, self.device, self.device_key_bytes());
+        let assertion = Assertion {
+            credential_id: &self.credential_id,
+            authenticator_data: self.authenticator_data.as_slice(),
+            client_data_json: self.client_data_json.as_slice(),
+            signature: self.signature.as_slice(),
+        };
+        verify_assertion(assertion, &challenge, member_passkeys, (origin, rp_id)).map(|_| ())
     }
 }
 

@@ -7,12 +7,14 @@ mod crypto;
 pub mod delivery;
 mod engine;
 pub mod identity;
+pub mod invitation;
 mod mls_store;
 mod pacer;
 pub mod payload;
 pub mod pieces;
 pub mod provider;
 pub mod roster;
+pub mod signed;
 
 pub use engine::{
     CIPHERSUITE, ChatMessage, DeviceKey, DeviceView, Engine, EngineConfig, EngineError, Event,
