@@ -755,15 +755,18 @@ fn ice_servers_are_asked_for_again_a_third_through_their_lifetime_or_after_a_fai
             .map(|at| *at - start)
             .collect()
     };
-    // TURN credentials for 60 s: asked again at 20 s, and every 20 s while they keep coming.
-    sim.ice = IceOutcome::Offered {
-        relay_ttl: Some(Duration::from_secs(60)),
+    // What the device's own fetch brought: the outcome the simulated server gives from now on.
+    let fetched = |sim: &mut Sim, ttl: u64| {
+        let now = sim.now;
+        sim.ice = IceOutcome::Offered {
+            relay_ttl: Some(Duration::from_secs(ttl)),
+        };
+        let outcome = sim.ice;
+        let device = sim.devices.get_mut(&a).expect("device");
+        device.engine.handle_ice_servers(now, outcome);
     };
-    sim.devices
-        .get_mut(&a)
-        .expect("device")
-        .engine
-        .handle_ice_servers(start, sim.ice);
+    // TURN credentials for 60 s: asked again at 20 s, and every 20 s while they keep coming.
+    fetched(&mut sim, 60);
     sim.run(20 * 20 + 10); // 20.5 s
     assert_eq!(fetches_after(&sim).len(), 1, "{:?}", fetches_after(&sim));
     assert!(fetches_after(&sim)[0] >= Duration::from_secs(20));
@@ -780,15 +783,7 @@ fn ice_servers_are_asked_for_again_a_third_through_their_lifetime_or_after_a_fai
     sim.run(20 * 120);
     assert_eq!(fetches_after(&sim).len(), 3, "{:?}", fetches_after(&sim));
     // A short lifetime is renewed 5 s apart at the least.
-    let now = sim.now;
-    sim.ice = IceOutcome::Offered {
-        relay_ttl: Some(Duration::from_secs(3)),
-    };
-    sim.devices
-        .get_mut(&a)
-        .expect("device")
-        .engine
-        .handle_ice_servers(now, sim.ice);
+    fetched(&mut sim, 3);
     sim.run(20 * 11); // 11 s: two renewals
     let last: Vec<Duration> = fetches_after(&sim)[3..].to_vec();
     assert_eq!(last.len(), 2, "{last:?}");
