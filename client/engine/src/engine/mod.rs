@@ -418,12 +418,12 @@ impl Engine {
             ServerFrame::CommitResult { slot, accepted } => {
                 self.receive_commit_result(now, slot, accepted);
             }
-            ServerFrame::Error { code, .. } => {
-                self.event(Event::ServerError { code });
-                if code == FrameErrorCode::Replaced {
-                    self.stop(StopReason::Replaced);
-                }
-            }
+            // Replaced is why the device stops: that event says so, once.
+            ServerFrame::Error {
+                code: FrameErrorCode::Replaced,
+                ..
+            } => self.stop(StopReason::Replaced),
+            ServerFrame::Error { code, .. } => self.event(Event::ServerError { code }),
             ServerFrame::Revoked => self.stop(StopReason::Revoked),
         }
         self.step(now);

@@ -204,9 +204,6 @@ fn update_text(
             reason: StopReason::Removed,
         }) => "* This device was removed from the circle's group: it receives nothing more."
             .to_owned(),
-        Update::Engine(Event::DirectoryUnavailable { reason }) => {
-            format!("! The circle directory cannot be fetched ({reason}); trying again.")
-        }
         Update::Engine(Event::Refused { what, reason }) => {
             format!("! Refused a {what}: {reason}")
         }
