@@ -6,10 +6,10 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use tessera_engine::{
-    DeviceView, Engine, EngineError, Event, IceOutcome, LinkCommand, Output, StopReason,
+    DeviceView, Engine, EngineError, Event, IceOutcome, LinkCommand, Output, StopReason, unix_ms,
 };
 use tessera_wire::{ErrorCode, MemberInfo};
 use tokio::net::UdpSocket;
@@ -392,13 +392,6 @@ struct Driver {
     ice_tx: mpsc::Sender<IceRenewal>,
 }
 
-/// Now, in milliseconds since the Unix epoch (a message's time as its sender writes it).
-fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 impl Driver {
     async fn run(
         mut self,
@@ -499,7 +492,10 @@ impl Driver {
         let now = Instant::now();
         match command {
             Command::Send(text, reply) => {
-                let _ = reply.send(self.engine.send_text(now, unix_ms(), &text));
+                let _ = reply.send(
+                    self.engine
+                        .send_text(now, unix_ms(SystemTime::now()), &text),
+                );
             }
             Command::SetName(name, reply) => {
                 let _ = reply.send(self.engine.set_display_name(now, &name));

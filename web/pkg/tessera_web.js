@@ -329,20 +329,6 @@ export class WebDevice {
         }
     }
     /**
-     * Why the device stopped (`"revoked"`, `"session_ended"`, `"removed"`, `"replaced"`);
-     * `undefined` while it runs.
-     * @returns {string | undefined}
-     */
-    stopped() {
-        const ret = wasm.webdevice_stopped(this.__wbg_ptr);
-        let v1;
-        if (ret[0] !== 0) {
-            v1 = getStringFromWasm0(ret[0], ret[1]);
-            wasm.__wbindgen_free(ret[0], ret[1] * 1, 1);
-        }
-        return v1;
-    }
-    /**
      * The device as the circle view shows it (the engine's `DeviceView`).
      *
      * # Errors

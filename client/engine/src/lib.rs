@@ -19,5 +19,5 @@ pub mod signed;
 pub use engine::{
     CIPHERSUITE, ChatMessage, DeviceKey, DeviceView, Engine, EngineConfig, EngineError, Event,
     GroupDeviceView, HistoryChange, IceOutcome, LATEST_SENT_AT, LinkCommand, Output, StopReason,
-    StoreWrite, StoredDevice, Turn,
+    StoreWrite, StoredDevice, Turn, unix_ms,
 };

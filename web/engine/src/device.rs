@@ -10,13 +10,13 @@ use tessera_engine::identity::DeviceCertificate;
 use tessera_engine::payload::RtcSignal;
 use tessera_engine::{
     Engine, EngineConfig, Event, HistoryChange, IceOutcome, LinkCommand, Output, StoreWrite,
-    StoredDevice, Turn,
+    StoredDevice, Turn, unix_ms,
 };
 use tessera_wire::MemberInfo;
 use tessera_wire::signal::ServerFrame;
 use uuid::Uuid;
 use wasm_bindgen::prelude::{JsValue, wasm_bindgen};
-use web_time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use web_time::{Duration, Instant, SystemTime};
 
 use crate::{WebDeviceKey, uuid};
 
@@ -189,13 +189,6 @@ fn ice_outcome(outcome: &str, relay_ttl_secs: Option<f64>) -> Result<IceOutcome,
         }),
         other => Err(format!("not an ICE outcome: {other:?}")),
     }
-}
-
-/// Now, in milliseconds since the Unix epoch (`Date.now()` in the page).
-fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Turns a Rust value into the plain JavaScript value the page uses: objects, not `Map`s (what a
@@ -382,7 +375,7 @@ impl WebDevice {
     #[wasm_bindgen(js_name = sendText)]
     pub fn send_text(&mut self, text: &str) -> Result<String, String> {
         self.0
-            .send_text(Instant::now(), unix_ms(), text)
+            .send_text(Instant::now(), unix_ms(SystemTime::now()), text)
             .map(|id| id.to_string())
             .map_err(|e| e.to_string())
     }
@@ -443,17 +436,6 @@ impl WebDevice {
         js_sys::Reflect::set(&value, &"write".into(), &write).map_err(|_| "no turn object")?;
         js_sys::Reflect::set(&value, &"outputs".into(), &outputs).map_err(|_| "no turn object")?;
         Ok(value.into())
-    }
-
-    /// Why the device stopped (`"revoked"`, `"session_ended"`, `"removed"`, `"replaced"`);
-    /// `undefined` while it runs.
-    #[must_use]
-    pub fn stopped(&self) -> Option<String> {
-        self.0.stopped().and_then(|reason| {
-            serde_json::to_value(reason)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-        })
     }
 
     /// The device as the circle view shows it (the engine's `DeviceView`).

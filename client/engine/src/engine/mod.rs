@@ -18,7 +18,7 @@ use state::{Held, Pending, SavedState};
 pub use state::{HistoryChange, StoreWrite, StoredDevice, Turn};
 pub use types::{
     CIPHERSUITE, ChatMessage, DeviceKey, DeviceView, EngineConfig, EngineError, Event,
-    GroupDeviceView, IceOutcome, LATEST_SENT_AT, LinkCommand, Output, StopReason,
+    GroupDeviceView, IceOutcome, LATEST_SENT_AT, LinkCommand, Output, StopReason, unix_ms,
 };
 use types::{ICE_RENEW_AT_LEAST, ICE_RENEW_AT_MOST};
 
@@ -279,12 +279,6 @@ impl Engine {
     #[must_use]
     pub fn group_devices(&self) -> BTreeMap<Uuid, Uuid> {
         self.roster.iter().map(|(d, g)| (*d, g.member)).collect()
-    }
-
-    /// The devices online at the server (as of the last hello and presence).
-    #[must_use]
-    pub fn online_devices(&self) -> BTreeMap<Uuid, Uuid> {
-        self.online.clone()
     }
 
     /// Display names learnt inside the group: member → name.

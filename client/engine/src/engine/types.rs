@@ -7,7 +7,7 @@ use openmls::prelude::Ciphersuite;
 use serde::{Deserialize, Serialize};
 use tessera_wire::signal::{ClientFrame, FrameErrorCode};
 use uuid::Uuid;
-use web_time::Duration;
+use web_time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::crypto::DeviceSigner;
 use crate::delivery::DeliveryConfig;
@@ -28,6 +28,14 @@ pub const LATEST_SENT_AT: i64 = 8_640_000_000_000_000;
 pub(super) const ICE_RENEW_AT_LEAST: Duration = Duration::from_secs(5);
 /// The longest time between two fetches of TURN credentials.
 pub(super) const ICE_RENEW_AT_MOST: Duration = Duration::from_secs(24 * 3600);
+
+/// A wall-clock reading as a message's time (ms since the Unix epoch, what [`crate::Engine::send_text`]
+/// takes): the drivers read the clock, the engine never does.
+#[must_use]
+pub fn unix_ms(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
 
 /// Timings and limits of the engine.
 #[derive(Debug, Clone)]

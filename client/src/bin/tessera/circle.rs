@@ -304,17 +304,17 @@ pub async fn chat(settings: &Settings, json_lines: bool) -> Result<()> {
 }
 
 fn print_group(status: &Status) {
-    for (device, member) in &status.group() {
-        let this = if *device == status.view.device {
+    for d in &status.view.devices {
+        let this = if d.own {
             " (this device)"
-        } else if status.links().contains(device) {
+        } else if d.linked {
             " linked"
-        } else if status.online().contains_key(device) {
+        } else if d.online {
             " online, not linked yet"
         } else {
             " offline"
         };
-        println!("  {}{this}", name_of(&status.view.names, *member));
+        println!("  {}{this}", name_of(&status.view.names, d.member));
     }
 }
 
