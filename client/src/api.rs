@@ -4,7 +4,7 @@ use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tessera_wire::{
-    API_PREFIX, AddPasskeyStartRequest, AuthenticationOptions, CreateInvitationRequest,
+    API_PREFIX, AddPasskeyStartRequest, AuthenticationOptions, Base64Url, CreateInvitationRequest,
     CreateRecoveryRequest, CreatedInvitation, EnrollStartRequest, ErrorBody, ErrorCode,
     InvitationInfo, LoginFinishRequest, Me, MemberInfo, PasskeyInfo, PublicKeyCredential,
     RegisterPublicKeyCredential, RegistrationFinishRequest, RegistrationOptions, Role,
@@ -192,9 +192,24 @@ impl ApiClient {
         token: &str,
         label: Option<&str>,
     ) -> ApiClientResult<RegistrationOptions> {
+        self.enroll_start_as(token, label, None).await
+    }
+
+    /// `POST /enroll/start`, asking for the member id `member` (derived from the invitation link,
+    /// see [`tessera_engine::trust::member_id_for`]).
+    ///
+    /// # Errors
+    /// When the server refuses or cannot be reached.
+    pub async fn enroll_start_as(
+        &self,
+        token: &str,
+        label: Option<&str>,
+        member: Option<Uuid>,
+    ) -> ApiClientResult<RegistrationOptions> {
         let body = EnrollStartRequest {
             token: token.to_owned(),
             label: label.map(str::to_owned),
+            member,
         };
         self.call(Method::POST, "/enroll/start", Some(&body)).await
     }
@@ -208,9 +223,23 @@ impl ApiClient {
         ceremony: &str,
         credential: RegisterPublicKeyCredential,
     ) -> ApiClientResult<SessionGranted> {
+        self.enroll_finish_with(ceremony, credential, None).await
+    }
+
+    /// `POST /enroll/finish` with the new key's admission; keeps the session on success.
+    ///
+    /// # Errors
+    /// When the server refuses or cannot be reached.
+    pub async fn enroll_finish_with(
+        &mut self,
+        ceremony: &str,
+        credential: RegisterPublicKeyCredential,
+        proof: Option<Base64Url>,
+    ) -> ApiClientResult<SessionGranted> {
         let body = RegistrationFinishRequest {
             ceremony: ceremony.to_owned(),
             credential,
+            proof,
         };
         let granted: SessionGranted = self
             .call(Method::POST, "/enroll/finish", Some(&body))
@@ -353,10 +382,12 @@ impl ApiClient {
         &self,
         ceremony: &str,
         credential: RegisterPublicKeyCredential,
+        proof: Option<Base64Url>,
     ) -> ApiClientResult<PasskeyInfo> {
         let body = RegistrationFinishRequest {
             ceremony: ceremony.to_owned(),
             credential,
+            proof,
         };
         self.call(Method::POST, "/me/passkeys/finish", Some(&body))
             .await
@@ -387,7 +418,8 @@ impl ApiClient {
     ) -> ApiClientResult<PasskeyInfo> {
         let options = self.add_passkey_start(label).await?;
         let credential = key.register_blank(&options.options, self.origin.as_str())?;
-        self.add_passkey_finish(&options.ceremony, credential).await
+        self.add_passkey_finish(&options.ceremony, credential, None)
+            .await
     }
 
     /// `DELETE /me/passkeys/{id}`.
@@ -408,7 +440,24 @@ impl ApiClient {
         role: Role,
         ttl_secs: u64,
     ) -> ApiClientResult<CreatedInvitation> {
-        let body = CreateInvitationRequest { role, ttl_secs };
+        self.create_signed_invitation(role, ttl_secs, None).await
+    }
+
+    /// `POST /invitations` (admins), with the statement the admin's key signed.
+    ///
+    /// # Errors
+    /// When the server refuses or cannot be reached.
+    pub async fn create_signed_invitation(
+        &self,
+        role: Role,
+        ttl_secs: u64,
+        statement: Option<Base64Url>,
+    ) -> ApiClientResult<CreatedInvitation> {
+        let body = CreateInvitationRequest {
+            role,
+            ttl_secs,
+            statement,
+        };
         self.call(Method::POST, "/invitations", Some(&body)).await
     }
 
@@ -463,7 +512,23 @@ impl ApiClient {
         id: Uuid,
         ttl_secs: u64,
     ) -> ApiClientResult<CreatedInvitation> {
-        let body = CreateRecoveryRequest { ttl_secs };
+        self.signed_recovery_invitation(id, ttl_secs, None).await
+    }
+
+    /// `POST /members/{id}/recovery` (admins), with the statement the admin's key signed.
+    ///
+    /// # Errors
+    /// When the server refuses or cannot be reached.
+    pub async fn signed_recovery_invitation(
+        &self,
+        id: Uuid,
+        ttl_secs: u64,
+        statement: Option<Base64Url>,
+    ) -> ApiClientResult<CreatedInvitation> {
+        let body = CreateRecoveryRequest {
+            ttl_secs,
+            statement,
+        };
         self.call(
             Method::POST,
             &format!("/members/{id}/recovery"),

@@ -2,12 +2,13 @@
 //! signalling client, WebRTC data channels (str0m), and (re-exported) the sans-IO engine shared
 //! with the browser.
 
-pub use tessera_engine::{delivery, identity};
+pub use tessera_engine::{delivery, identity, invitation, trust};
 pub use tessera_softkey as authenticator;
 
 pub mod api;
 pub mod device;
 pub mod gather;
+pub mod membership;
 pub mod rtc;
 pub mod signal;
 pub mod store;

@@ -9,6 +9,7 @@ use std::path::Path;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row as _, SqlitePool};
 use tessera_engine::delivery::{OutboxChange, Queued};
+use tessera_engine::trust::RootFingerprint;
 use tessera_engine::{
     ChatMessage, Engine, EngineError, HistoryChange, Output, StoreWrite, StoredDevice,
 };
@@ -62,6 +63,9 @@ pub struct Profile {
     pub session: Option<String>,
     /// The software key file, when the member uses one.
     pub key_file: Option<String>,
+    /// The circle's root this device pinned when it joined (none for a device saved before
+    /// signed membership).
+    pub root: Option<RootFingerprint>,
 }
 
 /// One device's local store.
@@ -251,8 +255,8 @@ impl DeviceStore {
     /// When SQLite fails or a row is malformed.
     pub async fn profile(&self) -> Result<Option<Profile>, StoreError> {
         let Some(r) = sqlx::query(
-            "SELECT origin, rp_id, member, device, circle, role, session, key_file FROM profile \
-             WHERE id = 1",
+            "SELECT origin, rp_id, member, device, circle, role, session, key_file, root \
+             FROM profile WHERE id = 1",
         )
         .fetch_optional(&self.pool)
         .await?
@@ -269,6 +273,12 @@ impl DeviceStore {
             role,
             session: r.get(6),
             key_file: r.get(7),
+            root: r
+                .get::<Option<String>, _>(8)
+                .map(|text| {
+                    RootFingerprint::parse(&text).map_err(|_| StoreError::Malformed("root"))
+                })
+                .transpose()?,
         }))
     }
 
@@ -279,10 +289,10 @@ impl DeviceStore {
     pub async fn save_profile(&self, profile: &Profile) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO profile (id, origin, rp_id, member, device, circle, role, session, \
-             key_file) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET \
+             key_file, root) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET \
              origin = excluded.origin, rp_id = excluded.rp_id, member = excluded.member, device = excluded.device, \
              circle = excluded.circle, role = excluded.role, session = excluded.session, \
-             key_file = excluded.key_file",
+             key_file = excluded.key_file, root = excluded.root",
         )
         .bind(&profile.origin)
         .bind(&profile.rp_id)
@@ -292,6 +302,7 @@ impl DeviceStore {
         .bind(profile.role.as_str())
         .bind(&profile.session)
         .bind(&profile.key_file)
+        .bind(profile.root.map(|r| r.to_text()))
         .execute(&self.pool)
         .await?;
         Ok(())

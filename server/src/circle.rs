@@ -27,6 +27,8 @@ pub async fn create_circle(
         created_by: None,
         created_at: now,
         expires_at: now + FIRST_INVITATION_TTL_SECS,
+        // The founder's own key becomes the circle's root: nobody signs their invitation.
+        statement: None,
     };
     // The circle and its invitation are written together: a circle never exists without a way in.
     let (token, hash) = invitation::new_token();

@@ -1,7 +1,5 @@
-//! Issuing invitations: a fresh token whose hash alone is stored, and the link and QR code shown once.
+//! Issuing invitations: a fresh token whose hash alone is stored, and the link shown once.
 
-use qrcode::QrCode;
-use qrcode::render::svg;
 use tessera_wire::CreatedInvitation;
 
 use crate::secret::{self, Digest};
@@ -15,7 +13,8 @@ pub fn new_token() -> (String, Digest) {
     (token, hash)
 }
 
-/// What the issuer sees once: the token, the link `<origin>/join/<token>` and its QR code.
+/// What the issuer sees once: the token and the link `<origin>/join/<token>` (the issuing device
+/// adds the fragment the server never sees; the operator's first link has none).
 #[must_use]
 pub fn shown_once(
     origin_base: &str,
@@ -23,20 +22,11 @@ pub fn shown_once(
     token: String,
 ) -> CreatedInvitation {
     let url = format!("{origin_base}/join/{token}");
-    let qr_svg = QrCode::new(url.as_bytes())
-        .map(|code| {
-            code.render::<svg::Color<'_>>()
-                .min_dimensions(240, 240)
-                .quiet_zone(true)
-                .build()
-        })
-        .unwrap_or_default();
     CreatedInvitation {
         id: invitation.id,
         token,
         url,
         expires_at: invitation.expires_at,
-        qr_svg,
     }
 }
 

@@ -48,6 +48,7 @@ async fn the_browser_cookie_is_http_only_strict_and_authenticates() {
         .json(&tessera_wire::RegistrationFinishRequest {
             ceremony: options.ceremony,
             credential,
+            proof: None,
         })
         .send()
         .await
@@ -92,8 +93,8 @@ async fn an_expired_session_is_refused() {
 #[tokio::test]
 async fn a_member_cannot_act_as_an_admin() {
     let app = TestApp::spawn().await;
-    let admin = app.admin().await;
-    let member = app.invite(&admin, Role::Member, "Grace").await;
+    let mut admin = app.admin().await;
+    let member = app.invite(&mut admin, Role::Member, "Grace").await;
     let pending = admin.issue(Role::Member, 3600).await;
     let c = &member.client;
     assert_refused(
@@ -131,8 +132,8 @@ async fn a_member_cannot_act_as_an_admin() {
 #[tokio::test]
 async fn revoking_a_member_ends_their_sessions_at_once() {
     let app = TestApp::spawn().await;
-    let admin = app.admin().await;
-    let member = app.invite(&admin, Role::Member, "Grace").await;
+    let mut admin = app.admin().await;
+    let member = app.invite(&mut admin, Role::Member, "Grace").await;
     member
         .client
         .me()
@@ -172,8 +173,8 @@ async fn an_admin_cannot_revoke_themselves() {
 #[tokio::test]
 async fn circles_never_see_each_other() {
     let app = TestApp::spawn().await;
-    let admin_a = app.admin().await;
-    let member_a = app.invite(&admin_a, Role::Member, "Grace").await;
+    let mut admin_a = app.admin().await;
+    let member_a = app.invite(&mut admin_a, Role::Member, "Grace").await;
     let pending_a = admin_a.issue(Role::Member, 3600).await;
 
     let second = circle::create_circle(

@@ -29,9 +29,9 @@ async fn the_first_admin_enrolls_with_the_bootstrap_link() {
 #[tokio::test]
 async fn an_invited_member_enrolls_with_the_role_of_the_invitation() {
     let app = TestApp::spawn().await;
-    let admin = app.admin().await;
-    let member = app.invite(&admin, Role::Member, "Grace").await;
-    let second_admin = app.invite(&admin, Role::Admin, "Hedy").await;
+    let mut admin = app.admin().await;
+    let member = app.invite(&mut admin, Role::Member, "Grace").await;
+    let second_admin = app.invite(&mut admin, Role::Admin, "Hedy").await;
     assert_eq!(member.granted.role, Role::Member);
     assert_eq!(second_admin.granted.role, Role::Admin);
     assert_eq!(member.granted.circle, admin.granted.circle);

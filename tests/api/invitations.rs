@@ -1,6 +1,8 @@
 //! Invitations as admins issue, list and revoke them.
 
 use reqwest::StatusCode;
+use tessera_client::invitation::SignedInvitation;
+use tessera_client::trust::{KeyProof, LinkSecrets, member_id_for};
 use tessera_tests::TestApp;
 use tessera_wire::{InvitationKind, Role};
 
@@ -14,7 +16,6 @@ async fn an_issued_invitation_is_shown_once_and_listed_without_its_token() {
     let created = admin.issue(Role::Member, 3600).await;
     assert_eq!(created.token.len(), 43, "256 bits in base64url");
     assert_eq!(created.url, format!("{}join/{}", app.origin, created.token));
-    assert!(created.qr_svg.starts_with("<?xml") && created.qr_svg.contains("<svg"));
     // The clock is the real one and may tick during the request.
     assert!((before + 3600..=app.clock.now() + 3600).contains(&created.expires_at));
 
@@ -89,4 +90,111 @@ async fn lifetimes_outside_a_minute_to_thirty_days_are_refused() {
             .expect("pending")
             .is_empty()
     );
+}
+
+#[tokio::test]
+async fn a_signed_invitation_hands_its_statement_to_the_newcomer_who_enrolls_under_the_links_id() {
+    let app = TestApp::spawn().await;
+    let mut admin = app.admin().await;
+    let link = admin.invite(Role::Member, None).await;
+    let (url, fragment) = link.split_once('#').expect("the link has a fragment");
+    // The fragment is the device's: the server's record holds the link without it.
+    let pending = admin.client.invitations().await.expect("pending");
+    assert_eq!(pending.len(), 1);
+    let secrets = LinkSecrets::from_fragment(fragment).expect("a whole fragment");
+    assert_eq!(secrets.root, admin.root);
+    let token = url.rsplit('/').next().expect("token");
+    let options = app.client().enroll_start(token, None).await.expect("start");
+    let statement = options
+        .statement
+        .expect("the statement comes with the options");
+    let signed = SignedInvitation::from_blob(&statement).expect("a signed statement");
+    assert_eq!(signed.statement.invitation_key, secrets.secret.public_key());
+    assert_eq!(signed.statement.issuer, admin.granted.member);
+    assert_eq!(signed.statement.circle, admin.granted.circle);
+    // The newcomer enrolls under the member id the link derives, and the directory carries
+    // their admission.
+    let grace = app.enroll(&link, "Grace").await;
+    assert_eq!(
+        grace.granted.member,
+        member_id_for(&secrets.root, &secrets.secret.public_key())
+    );
+    let directory = grace.client.members().await.expect("directory");
+    let entry = directory
+        .iter()
+        .find(|m| m.id == grace.granted.member)
+        .expect("listed");
+    assert_eq!(entry.proofs.len(), 1);
+    assert!(matches!(
+        KeyProof::from_blob(&entry.proofs[0]),
+        Ok(KeyProof::Admission(_))
+    ));
+}
+
+#[tokio::test]
+async fn oversized_or_empty_statements_and_proofs_and_taken_member_ids_are_refused_and_change_nothing()
+ {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    for blob in [vec![], vec![7u8; 8 * 1024 + 1]] {
+        assert_refused(
+            admin
+                .client
+                .create_signed_invitation(Role::Member, 3600, Some(blob.clone().into()))
+                .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        );
+        assert_refused(
+            admin
+                .client
+                .signed_recovery_invitation(admin.granted.member, 3600, Some(blob.into()))
+                .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        );
+    }
+    assert!(
+        admin
+            .client
+            .invitations()
+            .await
+            .expect("pending")
+            .is_empty()
+    );
+    // An enrollment whose proof is too large: refused before the ceremony is used.
+    let invitation = admin.issue(Role::Member, 3600).await;
+    let mut client = app.client();
+    let options = client
+        .enroll_start(&invitation.token, None)
+        .await
+        .expect("start");
+    let (_, credential) =
+        tessera_client::authenticator::SoftKey::register(&options.options, app.origin.as_str())
+            .expect("register");
+    assert_refused(
+        client
+            .enroll_finish_with(
+                &options.ceremony,
+                credential.clone(),
+                Some(vec![1u8; 8 * 1024 + 1].into()),
+            )
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_request",
+    );
+    client
+        .enroll_finish(&options.ceremony, credential)
+        .await
+        .expect("the ceremony and the invitation survive");
+    // A member id that is taken.
+    let second = admin.issue(Role::Member, 3600).await;
+    assert_refused(
+        app.client()
+            .enroll_start_as(&second.token, None, Some(admin.granted.member))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_request",
+    );
+    assert_eq!(admin.client.members().await.expect("directory").len(), 2);
 }

@@ -95,7 +95,7 @@ async fn an_unknown_credential_is_refused() {
 async fn a_user_handle_that_does_not_match_the_key_is_refused() {
     let app = TestApp::spawn().await;
     let mut admin = app.admin().await;
-    let member = app.invite(&admin, Role::Member, "Grace").await;
+    let member = app.invite(&mut admin, Role::Member, "Grace").await;
     let impersonation = Tamper {
         user_handle: Some(member.granted.member.as_bytes().to_vec()),
         ..Tamper::default()
@@ -112,8 +112,8 @@ async fn a_user_handle_that_does_not_match_the_key_is_refused() {
 #[tokio::test]
 async fn a_revoked_member_cannot_log_in() {
     let app = TestApp::spawn().await;
-    let admin = app.admin().await;
-    let mut member = app.invite(&admin, Role::Member, "Grace").await;
+    let mut admin = app.admin().await;
+    let mut member = app.invite(&mut admin, Role::Member, "Grace").await;
     admin
         .client
         .revoke_member(member.granted.member)

@@ -55,9 +55,9 @@ async fn the_last_key_cannot_be_revoked() {
 #[tokio::test]
 async fn a_member_cannot_revoke_someone_elses_key() {
     let app = TestApp::spawn().await;
-    let admin = app.admin().await;
+    let mut admin = app.admin().await;
     admin.client.add_passkey(None).await.expect("a second key");
-    let member = app.invite(&admin, Role::Member, "Grace").await;
+    let member = app.invite(&mut admin, Role::Member, "Grace").await;
     let admins_key = b64(admin.key.credential_id());
     assert_refused(
         member.client.delete_passkey(&admins_key).await,
@@ -98,7 +98,7 @@ async fn the_same_key_cannot_be_added_twice() {
     .expect("register");
     let result = admin
         .client
-        .add_passkey_finish(&options.ceremony, credential)
+        .add_passkey_finish(&options.ceremony, credential, None)
         .await;
     let error = result.expect_err("refused");
     assert!(
@@ -114,8 +114,8 @@ async fn the_same_key_cannot_be_added_twice() {
 #[tokio::test]
 async fn another_members_ceremony_cannot_add_a_key_to_me() {
     let app = TestApp::spawn().await;
-    let admin = app.admin().await;
-    let member = app.invite(&admin, Role::Member, "Grace").await;
+    let mut admin = app.admin().await;
+    let member = app.invite(&mut admin, Role::Member, "Grace").await;
     let options = member.client.add_passkey_start(None).await.expect("start");
     let (_key, credential) =
         tessera_client::authenticator::SoftKey::register(&options.options, app.origin.as_str())
@@ -123,7 +123,7 @@ async fn another_members_ceremony_cannot_add_a_key_to_me() {
     assert_refused(
         admin
             .client
-            .add_passkey_finish(&options.ceremony, credential)
+            .add_passkey_finish(&options.ceremony, credential, None)
             .await,
         StatusCode::BAD_REQUEST,
         "ceremony_mismatch",
@@ -135,8 +135,8 @@ async fn another_members_ceremony_cannot_add_a_key_to_me() {
 #[tokio::test]
 async fn a_recovery_invitation_lets_a_member_enroll_a_new_key() {
     let app = TestApp::spawn().await;
-    let admin = app.admin().await;
-    let member = app.invite(&admin, Role::Member, "Grace").await;
+    let mut admin = app.admin().await;
+    let member = app.invite(&mut admin, Role::Member, "Grace").await;
     let recovery = admin
         .client
         .recovery_invitation(member.granted.member, 3600)
@@ -159,8 +159,8 @@ async fn a_recovery_invitation_lets_a_member_enroll_a_new_key() {
 #[tokio::test]
 async fn revoking_a_member_voids_their_recovery_invitation() {
     let app = TestApp::spawn().await;
-    let admin = app.admin().await;
-    let member = app.invite(&admin, Role::Member, "Grace").await;
+    let mut admin = app.admin().await;
+    let member = app.invite(&mut admin, Role::Member, "Grace").await;
     let recovery = admin
         .client
         .recovery_invitation(member.granted.member, 3600)
@@ -189,8 +189,8 @@ async fn revoking_a_member_voids_their_recovery_invitation() {
 #[tokio::test]
 async fn the_directory_carries_each_members_public_keys() {
     let app = TestApp::spawn().await;
-    let admin = app.admin().await;
-    let member = app.invite(&admin, Role::Member, "Grace").await;
+    let mut admin = app.admin().await;
+    let member = app.invite(&mut admin, Role::Member, "Grace").await;
     let directory = member.client.members().await.expect("directory");
     let entry = directory
         .iter()

@@ -33,9 +33,9 @@ fn assert_error(frame: Option<ServerFrame>, expected: &str) {
 }
 
 async fn circle_of_three(app: &TestApp) -> (TestMember, TestMember, TestMember) {
-    let admin = app.admin().await;
-    let grace = app.invite(&admin, Role::Member, "Grace").await;
-    let hedy = app.invite(&admin, Role::Member, "Hedy").await;
+    let mut admin = app.admin().await;
+    let grace = app.invite(&mut admin, Role::Member, "Grace").await;
+    let hedy = app.invite(&mut admin, Role::Member, "Hedy").await;
     (admin, grace, hedy)
 }
 

@@ -148,6 +148,7 @@ async fn new_device(app: &TestApp, member: &mut TestMember, dir: &std::path::Pat
     .expect("certify");
     let engine = Engine::new(
         EngineConfig::new(origin, "localhost"),
+        member.trust(),
         member.granted.member,
         device,
         key,
@@ -212,7 +213,7 @@ async fn devices() {
     let dir = tempfile::tempdir().expect("temp dir");
     let app = TestApp::spawn().await;
     let mut admin = app.admin().await;
-    let mut bob = app.invite(&admin, Role::Member, "bob").await;
+    let mut bob = app.invite(&mut admin, Role::Member, "bob").await;
     let a = new_device(&app, &mut admin, dir.path()).await;
     wait_in_group(&a).await;
     let mut received = count_received(a);

@@ -77,10 +77,15 @@ fn main() {
                 let mut client = tessera_client::api::ApiClient::new(origin);
                 let token = tessera_client::api::invitation_token(&link).expect("token");
                 let (key, granted) = client.enroll(&token, None).await.expect("enroll");
+                let root = tessera_client::trust::RootFingerprint::of(
+                    granted.member,
+                    &key.public_key_info(),
+                );
                 TestMember {
                     client,
                     key,
                     granted,
+                    root,
                 }
             }
         };

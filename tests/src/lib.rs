@@ -7,8 +7,10 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use tessera_client::api::{ApiClient, invitation_token};
+use tessera_client::api::ApiClient;
 use tessera_client::authenticator::SoftKey;
+use tessera_client::membership::{self, InvitationLink, Joined, Signer};
+use tessera_client::trust::{RootFingerprint, RootPin, Trust};
 use tessera_server::clock::Clock;
 use tessera_server::store::Store;
 use tessera_server::{Application, Config};
@@ -86,6 +88,8 @@ pub struct TestMember {
     pub key: SoftKey,
     /// What enrollment granted.
     pub granted: SessionGranted,
+    /// The circle's root the member's device pinned at enrollment.
+    pub root: RootFingerprint,
 }
 
 impl TestMember {
@@ -98,6 +102,33 @@ impl TestMember {
             .create_invitation(role, ttl_secs)
             .await
             .expect("the admin issues an invitation")
+    }
+
+    /// Issues an invitation signed with the member's key (an admin's): the whole link.
+    ///
+    /// # Panics
+    /// When the key or the server refuses.
+    pub async fn invite(&mut self, role: Role, recovers: Option<uuid::Uuid>) -> String {
+        let signer = Signer {
+            circle: self.granted.circle,
+            member: self.granted.member,
+            root: self.root,
+            key: &mut self.key,
+        };
+        let now = tessera_engine::unix_ms(std::time::SystemTime::now()) / 1000;
+        membership::invite(&self.client, signer, role, recovers, (3600, now))
+            .await
+            .expect("the admin issues a signed invitation")
+            .link
+    }
+
+    /// What the member's devices check the circle's membership from.
+    #[must_use]
+    pub fn trust(&self) -> Trust {
+        Trust {
+            circle: self.granted.circle,
+            root: RootPin::Pinned(self.root),
+        }
     }
 }
 
@@ -180,15 +211,18 @@ impl TestApp {
     /// When enrollment fails.
     pub async fn enroll(&self, link: &str, label: &str) -> TestMember {
         let mut client = self.client();
-        let token = invitation_token(link).expect("an invitation link");
-        let (key, granted) = client
-            .enroll(&token, Some(label))
-            .await
-            .expect("enrollment succeeds");
+        let link = InvitationLink::parse(link).expect("an invitation link");
+        let mut key = SoftKey::blank().expect("a blank key");
+        let now = tessera_engine::unix_ms(std::time::SystemTime::now()) / 1000;
+        let Joined { granted, root } =
+            membership::join(&mut client, &link, Some(label), &mut key, now)
+                .await
+                .expect("enrollment succeeds");
         TestMember {
             client,
             key,
             granted,
+            root,
         }
     }
 
@@ -205,9 +239,9 @@ impl TestApp {
     ///
     /// # Panics
     /// When issuing or enrolling fails.
-    pub async fn invite(&self, admin: &TestMember, role: Role, label: &str) -> TestMember {
-        let invitation = admin.issue(role, 3600).await;
-        self.enroll(&invitation.url, label).await
+    pub async fn invite(&self, admin: &mut TestMember, role: Role, label: &str) -> TestMember {
+        let link = admin.invite(role, None).await;
+        self.enroll(&link, label).await
     }
 
     /// The bytes of every file in the data directory (database, WAL, shared memory).

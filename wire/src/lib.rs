@@ -130,6 +130,11 @@ pub struct EnrollStartRequest {
     /// A label for the key's holder, shown by the authenticator; never stored by the server.
     #[serde(default)]
     pub label: Option<String>,
+    /// The member id the newcomer's device derived from the circle's root and the invitation key
+    /// (docs/protocol.md): the user handle its hardware key will hand back at every login. For a
+    /// newcomer invitation only; the server picks a random one without it.
+    #[serde(default)]
+    pub member: Option<Uuid>,
 }
 
 /// `POST /api/v1/me/passkeys/start`: begin adding another key to one's own membership.
@@ -145,6 +150,10 @@ pub struct AddPasskeyStartRequest {
 pub struct RegistrationOptions {
     /// The ceremony id to send back with the credential; single use, expires in minutes.
     pub ceremony: String,
+    /// At enrollment: the invitation's statement as its issuer signed it, opaque to the server
+    /// (none for the operator's first link). The newcomer's device builds its admission on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement: Option<Base64Url>,
     /// `{"publicKey": {…}}`: the creation options.
     #[serde(flatten)]
     pub options: CreationChallengeResponse,
@@ -167,6 +176,10 @@ pub struct RegistrationFinishRequest {
     pub ceremony: String,
     /// The browser's `PublicKeyCredential.toJSON()`.
     pub credential: RegisterPublicKeyCredential,
+    /// What admits the new key, opaque to the server and kept with the member: the newcomer's
+    /// admission, or the endorsement by one of the member's keys (docs/protocol.md).
+    #[serde(default)]
+    pub proof: Option<Base64Url>,
 }
 
 /// `POST …/login/finish`: the assertion.
@@ -239,6 +252,10 @@ pub struct CreateInvitationRequest {
     pub role: Role,
     /// The invitation's lifetime in seconds (60 s to 30 days).
     pub ttl_secs: u64,
+    /// The statement the admin's hardware key signed for it, opaque to the server, handed to the
+    /// newcomer at enrollment (docs/protocol.md).
+    #[serde(default)]
+    pub statement: Option<Base64Url>,
 }
 
 /// `POST /api/v1/members/{id}/recovery`: an invitation for an existing member to enroll a new key.
@@ -246,6 +263,9 @@ pub struct CreateInvitationRequest {
 pub struct CreateRecoveryRequest {
     /// The invitation's lifetime in seconds (60 s to 30 days).
     pub ttl_secs: u64,
+    /// The statement the admin's hardware key signed for it, as for a newcomer's invitation.
+    #[serde(default)]
+    pub statement: Option<Base64Url>,
 }
 
 /// A freshly issued invitation: the only time its token is ever shown.
@@ -255,12 +275,12 @@ pub struct CreatedInvitation {
     pub id: Uuid,
     /// The secret token (256 random bits, base64url).
     pub token: String,
-    /// The enrollment link, `<origin>/join/<token>`.
+    /// The enrollment link without its fragment, `<origin>/join/<token>`: the issuing device
+    /// appends `#<secret>.<root>`, which the server never sees, and shows the whole link and its
+    /// QR code.
     pub url: String,
     /// When the invitation stops working.
     pub expires_at: i64,
-    /// The link as a QR code, an SVG document.
-    pub qr_svg: String,
 }
 
 /// What a pending invitation admits.
@@ -303,6 +323,11 @@ pub struct MemberInfo {
     pub created_at: i64,
     /// The public keys of the member's hardware keys.
     pub passkeys: Vec<PublicKeyInfo>,
+    /// What admits the member's keys, opaque to the server: signed invitations' admissions and
+    /// endorsements by the member's own keys, as devices made them (docs/protocol.md). Kept when a
+    /// key goes, so that a member's role and later keys still hold.
+    #[serde(default)]
+    pub proofs: Vec<Base64Url>,
 }
 
 /// `GET /api/v1/turn`: ICE servers and short-lived credentials for them (coturn's REST-secret

@@ -62,6 +62,43 @@ pub fn decode<V: DeserializeOwned>(bytes: &[u8], earlier: Earlier) -> Result<V, 
     }
 }
 
+/// `value` and `tail` as this version saves them, one after the other: a record whose later part
+/// earlier versions did not write.
+///
+/// # Errors
+/// When either does not encode.
+pub fn encode_with_tail<V: Serialize, T: Serialize>(
+    value: &V,
+    tail: &T,
+) -> Result<Vec<u8>, CodecError> {
+    let head = encode(value)?;
+    postcard::to_extend(tail, head).map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+/// The value and tail of [`encode_with_tail`]; the tail's default for a record without one (saved
+/// by an earlier version, in any format [`decode`] reads).
+///
+/// # Errors
+/// As [`decode`].
+pub fn decode_with_tail<V: DeserializeOwned, T: DeserializeOwned + Default>(
+    bytes: &[u8],
+    earlier: Earlier,
+) -> Result<(V, T), CodecError> {
+    let Some((&POSTCARD, body)) = bytes.split_first() else {
+        return decode_earlier(bytes, earlier).map(|v| (v, T::default()));
+    };
+    let (value, rest) =
+        postcard::take_from_bytes(body).map_err(|e| CodecError::Decode(e.to_string()))?;
+    if rest.is_empty() {
+        return Ok((value, T::default()));
+    }
+    match postcard::take_from_bytes(rest) {
+        Ok((tail, [])) => Ok((value, tail)),
+        Ok(_) => Err(CodecError::Decode("bytes left over".into())),
+        Err(e) => Err(CodecError::Decode(e.to_string())),
+    }
+}
+
 #[cfg(not(target_arch = "wasm32"))]
 fn decode_earlier<V: DeserializeOwned>(bytes: &[u8], earlier: Earlier) -> Result<V, CodecError> {
     let decoded = match earlier {
@@ -126,6 +163,22 @@ mod tests {
             bytes: vec![7; 40],
             map: [(1, vec![1, 2])].into(),
         }
+    }
+
+    #[test]
+    fn a_record_reads_with_its_tail_and_an_earlier_one_without() {
+        let value = sample();
+        let tail = vec![7u8, 8];
+        let both = encode_with_tail(&value, &tail).expect("encodes");
+        let (back, back_tail): (Sample, Vec<u8>) =
+            decode_with_tail(&both, Earlier::Json).expect("decodes");
+        assert_eq!((back, back_tail), (sample(), tail));
+        let (back, no_tail): (Sample, Vec<u8>) =
+            decode_with_tail(&encode(&value).expect("encodes"), Earlier::Json).expect("decodes");
+        assert_eq!((back, no_tail), (value, Vec::new()));
+        let mut longer = both.clone();
+        longer.push(0);
+        assert!(decode_with_tail::<Sample, Vec<u8>>(&longer, Earlier::Json).is_err());
     }
 
     #[test]

@@ -146,16 +146,16 @@ impl DeviceCertificate {
     }
 
     /// Checks the certificate against the member's passkeys from the circle directory, for the
-    /// server's `origin` and `rp_id`. Every check must pass.
+    /// server's `origin` and `rp_id`. Every check must pass. Returns the passkey that signed.
     ///
     /// # Errors
     /// The first check that fails.
-    pub fn verify(
+    pub fn verify<'k>(
         &self,
-        member_passkeys: &[PublicKeyInfo],
+        member_passkeys: &'k [PublicKeyInfo],
         origin: &str,
         rp_id: &str,
-    ) -> Result<(), CertificateError> {
+    ) -> Result<&'k PublicKeyInfo, CertificateError> {
         let challenge = certificate_challenge(self.member, self.device, self.device_key_bytes());
         let assertion = Assertion {
             credential_id: &self.credential_id,
@@ -163,7 +163,7 @@ impl DeviceCertificate {
             client_data_json: self.client_data_json.as_slice(),
             signature: self.signature.as_slice(),
         };
-        verify_assertion(assertion, &challenge, member_passkeys, (origin, rp_id)).map(|_| ())
+        verify_assertion(assertion, &challenge, member_passkeys, (origin, rp_id))
     }
 }
 
@@ -199,11 +199,17 @@ mod tests {
             key.sign_in(r, ORIGIN)
         })
         .expect("certify");
-        assert_eq!(cert.verify(&directory, ORIGIN, "localhost"), Ok(()));
+        assert_eq!(
+            cert.verify(&directory, ORIGIN, "localhost"),
+            Ok(&directory[0])
+        );
         assert_eq!(cert.device_key_bytes(), b"device mls key");
         let json = serde_json::to_string(&cert).expect("serialize");
         let back: DeviceCertificate = serde_json::from_str(&json).expect("parse");
-        assert_eq!(back.verify(&directory, ORIGIN, "localhost"), Ok(()));
+        assert_eq!(
+            back.verify(&directory, ORIGIN, "localhost"),
+            Ok(&directory[0])
+        );
     }
 
     #[test]

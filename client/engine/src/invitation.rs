@@ -1,13 +1,13 @@
-//! Signed invitations, the first links of a membership the server cannot forge (issue 15, in
-//! progress; nothing uses them yet): an admin's hardware key signs a statement naming the circle, a
-//! fresh invitation key, the role, the expiry and the issuer; the newcomer's device signs the
-//! passkey it enrolls with the invitation's secret (an admission); any device checks both against
-//! the issuer's passkeys, without the server's word.
+//! Signed invitations, the links of a membership the server cannot forge: an admin's hardware key
+//! signs a statement naming the circle, a fresh invitation key, the role, the expiry and the issuer
+//! (and, for a recovery, the member it recovers); the newcomer's device signs the passkey it
+//! enrolls with the invitation's secret (an admission); any device checks both against the
+//! issuer's passkeys, without the server's word.
 
 use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use tessera_wire::{Base64Url, PublicKeyInfo, Role};
+use tessera_wire::{Base64Url, PublicKeyCredential, PublicKeyInfo, RequestChallengeResponse, Role};
 use uuid::Uuid;
 
 use crate::identity::CertificateError;
@@ -31,6 +31,10 @@ pub struct InvitationStatement {
     pub expires_at: i64,
     /// The issuing admin.
     pub issuer: Uuid,
+    /// For a recovery invitation: the existing member who enrolls a new key with it (the role is
+    /// then theirs already, and the statement's role grants nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovers: Option<Uuid>,
 }
 
 impl InvitationStatement {
@@ -47,6 +51,13 @@ impl InvitationStatement {
         }]);
         hash.update(self.expires_at.to_be_bytes());
         hash.update(self.issuer.as_bytes());
+        match self.recovers {
+            None => hash.update([0]),
+            Some(member) => {
+                hash.update([1]);
+                hash.update(member.as_bytes());
+            }
+        }
         hash.update(self.invitation_key.as_slice());
         hash.finalize().into()
     }
@@ -71,6 +82,9 @@ pub enum InvitationError {
     /// The invitation has expired.
     #[error("the invitation has expired")]
     Expired,
+    /// The signed statement is not one.
+    #[error("the invitation's signed statement is malformed")]
+    Malformed,
     /// The invitation key is not an Ed25519 public key.
     #[error("the invitation key is malformed")]
     MalformedKey,
@@ -80,6 +94,37 @@ pub enum InvitationError {
 }
 
 impl SignedInvitation {
+    /// Has a hardware key sign `statement` for `rp_id`: `sign` answers the request (the browser's
+    /// `navigator.credentials.get`, or a software key).
+    ///
+    /// # Errors
+    /// `sign`'s.
+    pub fn sign<E>(
+        statement: InvitationStatement,
+        rp_id: &str,
+        sign: impl FnOnce(&RequestChallengeResponse) -> Result<PublicKeyCredential, E>,
+    ) -> Result<SignedInvitation, E> {
+        let signature = KeySignature::sign(&statement.challenge(), rp_id, sign)?;
+        Ok(SignedInvitation {
+            statement,
+            signature,
+        })
+    }
+
+    /// The signed statement as the server keeps it (JSON, opaque to the server).
+    #[must_use]
+    pub fn to_blob(&self) -> Base64Url {
+        serde_json::to_vec(self).unwrap_or_default().into()
+    }
+
+    /// The signed statement of a blob the server handed over.
+    ///
+    /// # Errors
+    /// [`InvitationError::Malformed`].
+    pub fn from_blob(blob: &Base64Url) -> Result<SignedInvitation, InvitationError> {
+        crate::codec::from_json(blob.as_slice()).map_err(|_| InvitationError::Malformed)
+    }
+
     /// Checks that one of the issuer's passkeys signed the statement for the server's `origin`
     /// and `rp_id`, and that it has not expired at `now` (Unix seconds). Whether the issuer is an
     /// admin of the circle is the caller's to know.
@@ -141,36 +186,33 @@ impl InvitationSecret {
         self.0.verifying_key().to_bytes()[..].into()
     }
 
-    /// The admission of `member`'s new `passkey` under `invitation`.
+    /// The admission of `member`'s new `passkey` under `invitation`, made at `now` (Unix seconds).
     #[must_use]
     pub fn admit(
         &self,
         invitation: SignedInvitation,
         member: Uuid,
-        passkey: &PublicKeyInfo,
+        passkey: PublicKeyInfo,
+        now: i64,
     ) -> Admission {
-        let signature = self.0.sign(&admission_message(member, passkey));
+        let signature = self.0.sign(&admission_message(member, &passkey, now));
         Admission {
             invitation,
             member,
+            passkey,
+            admitted_at: now,
             signature: signature.to_bytes()[..].into(),
         }
     }
 }
 
-/// What an invitation key signs: a domain tag, the member, and the passkey's credential id and
-/// public key, each length-prefixed.
-fn admission_message(member: Uuid, passkey: &PublicKeyInfo) -> Vec<u8> {
+/// What an invitation key signs: a domain tag, the member, the passkey (credential id, algorithm
+/// and public key, each length-prefixed) and the time of the admission.
+fn admission_message(member: Uuid, passkey: &PublicKeyInfo, admitted_at: i64) -> Vec<u8> {
     let mut message = ADMISSION_DOMAIN.to_vec();
     message.extend_from_slice(member.as_bytes());
-    for part in [
-        passkey.credential_id.as_slice(),
-        passkey.alg.as_bytes(),
-        passkey.public_key.as_slice(),
-    ] {
-        message.extend_from_slice(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
-        message.extend_from_slice(part);
-    }
+    crate::signed::append_passkey(&mut message, passkey);
+    message.extend_from_slice(&admitted_at.to_be_bytes());
     message
 }
 
@@ -182,26 +224,29 @@ pub struct Admission {
     pub invitation: SignedInvitation,
     /// The admitted member.
     pub member: Uuid,
-    /// The invitation key's Ed25519 signature over the member and the passkey.
+    /// The admitted passkey.
+    pub passkey: PublicKeyInfo,
+    /// When the newcomer's device made the admission (Unix seconds): before the invitation
+    /// expired.
+    pub admitted_at: i64,
+    /// The invitation key's Ed25519 signature over the member, the passkey and the time.
     pub signature: Base64Url,
 }
 
 impl Admission {
-    /// Checks the chain for `passkey`: the invitation (see [`SignedInvitation::verify`], at the
-    /// time the passkey was enrolled, `enrolled_at`), then the invitation key's signature over this
-    /// member and this passkey.
+    /// Checks the chain for the admitted passkey: the invitation (see
+    /// [`SignedInvitation::verify`], unexpired when the admission was made), then the invitation
+    /// key's signature over this member, this passkey and that time.
     ///
     /// # Errors
     /// The first check that fails.
     pub fn verify(
         &self,
-        passkey: &PublicKeyInfo,
         issuer_passkeys: &[PublicKeyInfo],
         (origin, rp_id): (&str, &str),
-        enrolled_at: i64,
     ) -> Result<(), InvitationError> {
         self.invitation
-            .verify(issuer_passkeys, origin, rp_id, enrolled_at)?;
+            .verify(issuer_passkeys, origin, rp_id, self.admitted_at)?;
         let key: [u8; 32] = self
             .invitation
             .statement
@@ -212,7 +257,8 @@ impl Admission {
         let key = VerifyingKey::from_bytes(&key).map_err(|_| InvitationError::MalformedKey)?;
         let signature = ed25519_dalek::Signature::from_slice(self.signature.as_slice())
             .map_err(|_| InvitationError::BadAdmission)?;
-        key.verify_strict(&admission_message(self.member, passkey), &signature)
+        let message = admission_message(self.member, &self.passkey, self.admitted_at);
+        key.verify_strict(&message, &signature)
             .map_err(|_| InvitationError::BadAdmission)
     }
 }
@@ -222,7 +268,6 @@ mod tests {
     use tessera_softkey::testing::{ORIGIN, member};
 
     use super::*;
-    use crate::signed::signature_request;
 
     const RP: &str = "localhost";
     const NOW: i64 = 1_800_000_000;
@@ -242,14 +287,10 @@ mod tests {
             role: Role::Member,
             expires_at: NOW + 3600,
             issuer: admin.id,
+            recovers: None,
         };
-        let assertion = admin_key
-            .sign_in(&signature_request(RP, &statement.challenge()), ORIGIN)
+        let signed = SignedInvitation::sign(statement, RP, |r| admin_key.sign_in(r, ORIGIN))
             .expect("the admin's key signs");
-        let signed = SignedInvitation {
-            statement,
-            signature: KeySignature::from_assertion(&assertion),
-        };
         let (_, newcomer) = member(Role::Member);
         (admin.passkeys, signed, secret, newcomer.passkeys[0].clone())
     }
@@ -259,15 +300,12 @@ mod tests {
         let (issuer, signed, secret, passkey) = invitation();
         let newcomer = Uuid::new_v4();
         assert_eq!(signed.verify(&issuer, ORIGIN, RP, NOW), Ok(()));
-        let admission = secret.admit(signed, newcomer, &passkey);
-        assert_eq!(
-            admission.verify(&passkey, &issuer, (ORIGIN, RP), NOW),
-            Ok(())
-        );
+        let admission = secret.admit(signed, newcomer, passkey, NOW);
+        assert_eq!(admission.verify(&issuer, (ORIGIN, RP)), Ok(()));
         // It travels as JSON and still holds.
         let json = serde_json::to_string(&admission).expect("json");
         let back: Admission = serde_json::from_str(&json).expect("parses");
-        assert_eq!(back.verify(&passkey, &issuer, (ORIGIN, RP), NOW), Ok(()));
+        assert_eq!(back.verify(&issuer, (ORIGIN, RP)), Ok(()));
     }
 
     #[test]
@@ -281,7 +319,9 @@ mod tests {
         later.statement.expires_at += 86_400;
         let mut moved = signed.clone();
         moved.statement.circle = Uuid::new_v4();
-        for altered in [&promoted, &later, &moved] {
+        let mut recovery = signed.clone();
+        recovery.statement.recovers = Some(Uuid::new_v4());
+        for altered in [&promoted, &later, &moved, &recovery] {
             assert_eq!(
                 altered.verify(&issuer, ORIGIN, RP, NOW),
                 Err(InvitationError::Signature(CertificateError::WrongChallenge))
@@ -305,24 +345,33 @@ mod tests {
             signed.verify(&issuer, ORIGIN, RP, signed.statement.expires_at),
             Err(InvitationError::Expired)
         );
-        // An admission for another passkey, another member, or by another invitation's secret.
-        let admission = secret.admit(signed.clone(), newcomer, &passkey);
+        // An admission moved to another passkey, member or time, or made with another
+        // invitation's secret, or after the invitation expired.
+        let admission = secret.admit(signed.clone(), newcomer, passkey.clone(), NOW);
         let (_, other) = member(Role::Member);
-        assert_eq!(
-            admission.verify(&other.passkeys[0], &issuer, (ORIGIN, RP), NOW),
-            Err(InvitationError::BadAdmission)
-        );
+        let mut swapped = admission.clone();
+        swapped.passkey = other.passkeys[0].clone();
         let mut renamed = admission.clone();
         renamed.member = Uuid::new_v4();
-        assert_eq!(
-            renamed.verify(&passkey, &issuer, (ORIGIN, RP), NOW),
-            Err(InvitationError::BadAdmission)
-        );
+        let mut backdated = admission.clone();
+        backdated.admitted_at -= 60;
         let thief = InvitationSecret::generate().expect("randomness");
-        let stolen = thief.admit(signed, newcomer, &passkey);
+        let stolen = thief.admit(signed.clone(), newcomer, passkey.clone(), NOW);
+        for misused in [&swapped, &renamed, &backdated, &stolen] {
+            assert_eq!(
+                misused.verify(&issuer, (ORIGIN, RP)),
+                Err(InvitationError::BadAdmission)
+            );
+        }
+        let late = secret.admit(
+            signed.clone(),
+            newcomer,
+            passkey,
+            signed.statement.expires_at,
+        );
         assert_eq!(
-            stolen.verify(&passkey, &issuer, (ORIGIN, RP), NOW),
-            Err(InvitationError::BadAdmission)
+            late.verify(&issuer, (ORIGIN, RP)),
+            Err(InvitationError::Expired)
         );
     }
 

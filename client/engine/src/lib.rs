@@ -15,6 +15,7 @@ pub mod pieces;
 pub mod provider;
 pub mod roster;
 pub mod signed;
+pub mod trust;
 
 pub use engine::{
     CIPHERSUITE, ChatMessage, DeviceKey, DeviceView, Engine, EngineConfig, EngineError, Event,

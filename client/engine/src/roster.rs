@@ -1,40 +1,53 @@
-//! Who may be in the group: the circle directory as the engine last fetched it, and the checks that
-//! tie every MLS leaf (KeyPackage, Welcome tree, commit) to a hardware key of a current member.
+//! Who may be in the group: the circle directory as the engine last fetched it and as it holds from
+//! the circle's root, and the checks that tie every MLS leaf (KeyPackage, Welcome tree, commit) to
+//! a hardware key the chain admits.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use openmls::prelude::{BasicCredential, Credential, LeafNode};
 use tessera_wire::{MemberInfo, PublicKeyInfo, Role};
 use uuid::Uuid;
 
 use crate::identity::{CertificateError, DeviceCertificate};
+use crate::trust::TrustedDirectory;
 
-/// The circle directory (`GET /api/v1/members`): the current members, their roles and passkeys.
-/// A member missing from it has been revoked (or never existed).
+/// The circle directory (`GET /api/v1/members`) as it holds from the circle's root: the members
+/// the chain of signed invitations admits, with the roles admins signed and the keys the chain
+/// admits. What the server lists without such a chain is not here. A member the server no longer
+/// lists has been revoked (or never existed).
 #[derive(Debug, Clone, Default)]
 pub struct Directory {
     members: HashMap<Uuid, (Role, Vec<PublicKeyInfo>)>,
+    listed: HashSet<Uuid>,
 }
 
 impl Directory {
-    /// The directory as the server lists it.
+    /// The directory of what the chain admits (`trusted`) among what the server lists.
     #[must_use]
-    pub fn new(members: Vec<MemberInfo>) -> Directory {
+    pub fn new(listed: &[MemberInfo], trusted: &TrustedDirectory) -> Directory {
         Directory {
-            members: members
-                .into_iter()
-                .map(|m| (m.id, (m.role, m.passkeys)))
+            members: trusted
+                .members
+                .iter()
+                .map(|(id, m)| (*id, (m.role, m.passkeys.clone())))
                 .collect(),
+            listed: listed.iter().map(|m| m.id).collect(),
         }
     }
 
-    /// Whether `member` is a current member.
+    /// Whether the chain admits `member` and the server lists them.
     #[must_use]
     pub fn contains(&self, member: Uuid) -> bool {
         self.members.contains_key(&member)
     }
 
-    /// Whether `member` is a current admin.
+    /// Whether the server lists `member` (a member it stopped listing was revoked there).
+    #[must_use]
+    pub fn lists(&self, member: Uuid) -> bool {
+        self.listed.contains(&member)
+    }
+
+    /// Whether `member` is an admin the chain admits.
     #[must_use]
     pub fn is_admin(&self, member: Uuid) -> bool {
         self.members
@@ -56,8 +69,9 @@ pub enum Refusal {
     /// The certificate is for another key than the leaf's signature key.
     #[error("the device certificate is for another key than the one it travels with")]
     NotBound,
-    /// The member is not in the circle directory (revoked, or the directory is stale).
-    #[error("the member is not in the circle directory")]
+    /// The member is not in the circle directory (revoked, or the directory is stale), or no
+    /// chain of signed invitations admits them.
+    #[error("the member is not in the circle directory, or nothing signed admits them")]
     UnknownMember,
     /// The certificate does not verify against the member's passkeys.
     #[error("the device certificate does not verify: {0}")]

@@ -53,7 +53,32 @@ pub fn signature_request(rp_id: &str, challenge: &[u8; 32]) -> RequestChallengeR
     }
 }
 
+/// Appends a passkey to a message to be signed: its credential id, algorithm and public key, each
+/// length-prefixed (four bytes, big-endian).
+pub(crate) fn append_passkey(message: &mut Vec<u8>, passkey: &PublicKeyInfo) {
+    for part in [
+        passkey.credential_id.as_slice(),
+        passkey.alg.as_bytes(),
+        passkey.public_key.as_slice(),
+    ] {
+        message.extend_from_slice(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
+        message.extend_from_slice(part);
+    }
+}
+
 impl KeySignature {
+    /// Has a hardware key sign `challenge` for `rp_id`: `sign` answers [`signature_request`].
+    ///
+    /// # Errors
+    /// `sign`'s.
+    pub fn sign<E>(
+        challenge: &[u8; 32],
+        rp_id: &str,
+        sign: impl FnOnce(&RequestChallengeResponse) -> Result<PublicKeyCredential, E>,
+    ) -> Result<KeySignature, E> {
+        sign(&signature_request(rp_id, challenge)).map(|a| KeySignature::from_assertion(&a))
+    }
+
     /// The signature an authenticator's answer to [`signature_request`] holds.
     #[must_use]
     pub fn from_assertion(assertion: &PublicKeyCredential) -> KeySignature {

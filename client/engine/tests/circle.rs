@@ -409,7 +409,7 @@ fn a_relay_that_alters_payloads_is_detected_and_nothing_is_accepted() {
 fn substituted_key_packages_and_certificates_are_refused() {
     let (mut sim, [a, b, c]) = circle_of_three(9);
     // A newcomer whose KeyPackage the relay swaps for another device's (Bea's, replayed).
-    let (mut key, info) = new_member(Role::Member);
+    let (mut key, info) = sim.admit(Role::Member);
     let member = info.id;
     sim.directory.push(info);
     let d = sim.device(&mut key, member, "Dee");
@@ -893,4 +893,104 @@ fn the_view_shows_the_group_with_names_links_and_what_waits() {
     assert!(row(b).linked && row(b).online && row(b).waiting == 0);
     assert!(!row(c).linked && !row(c).online && row(c).waiting == 1);
     assert_eq!(view.devices.len(), 3);
+}
+
+/// The `Distrusted` events a device said, as (member, key named, reason).
+fn distrusted(sim: &Sim, device: Uuid) -> Vec<(Uuid, bool, String)> {
+    sim.devices[&device]
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Distrusted {
+                member,
+                key,
+                reason,
+                ..
+            } => Some((*member, key.is_some(), reason.to_string())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_member_the_server_lists_without_a_signed_invitation_never_joins_and_devices_say_so() {
+    let (mut sim, [a, b, c]) = circle_of_three(21);
+    // The server lists a member of its own making (no proof), and one whose proof was made with
+    // an invitation key no admin signed (a copy of Bea's admission under another member id).
+    let (mut forged_key, forged) = new_member(Role::Member);
+    let forged_id = forged.id;
+    sim.directory.push(forged);
+    let f = sim.device(&mut forged_key, forged_id, "Mallory");
+    sim.run(40);
+    assert!(!sim.engine(f).in_group(), "the forged member joined");
+    sim.assert_one_group(&[a, b, c]);
+    for honest in [a, b, c] {
+        assert!(
+            distrusted(&sim, honest).contains(&(
+                forged_id,
+                false,
+                "no signed invitation or endorsement admits this key".into()
+            )),
+            "{:?}",
+            distrusted(&sim, honest)
+        );
+    }
+    sim.send(a, "not for Mallory");
+    sim.run(20);
+    assert!(sim.received(f).is_empty());
+    assert_eq!(sim.received(b), vec![(a, "not for Mallory".to_string())]);
+}
+
+#[test]
+fn a_key_or_role_the_server_adds_to_an_honest_member_counts_for_nothing() {
+    let (mut sim, [a, b, c]) = circle_of_three(22);
+    let bea = sim.devices[&b].member;
+    // A second key for Bea that she never endorsed, certifying a device of the server's; and
+    // Bea made an admin in the directory.
+    let (mut server_key, server) = new_member(Role::Member);
+    let entry = sim.directory.iter_mut().find(|m| m.id == bea).expect("Bea");
+    entry.passkeys.push(server.passkeys[0].clone());
+    entry.role = Role::Admin;
+    let rogue = sim.device(&mut server_key, bea, "Bea's other device");
+    // Bea's device fetches the directory again (as it does every few minutes).
+    let now = sim.now;
+    let directory = sim.directory.clone();
+    sim.devices
+        .get_mut(&b)
+        .expect("b")
+        .engine
+        .handle_directory(now, directory);
+    sim.run(40);
+    assert!(
+        !sim.engine(rogue).in_group(),
+        "the forged key's device joined"
+    );
+    sim.assert_one_group(&[a, b, c]);
+    let said = distrusted(&sim, b);
+    assert!(
+        said.iter().any(|(m, key, _)| *m == bea && *key),
+        "Bea's own device says a key was added to her account: {said:?}"
+    );
+    assert!(
+        said.contains(&(
+            bea,
+            false,
+            "the directory gives this member a role no admin signed".into()
+        )),
+        "{said:?}"
+    );
+    assert!(
+        sim.devices[&b].events.iter().any(|e| matches!(
+            e,
+            Event::Distrusted {
+                own: true,
+                key: Some(_),
+                ..
+            }
+        )),
+        "the warning on Bea's device is marked as her own"
+    );
+    sim.send(a, "not for the server's device");
+    sim.run(20);
+    assert!(sim.received(rogue).is_empty());
 }

@@ -102,6 +102,7 @@ pub fn member(role: Role) -> (SoftKey, MemberInfo) {
         role,
         created_at: 0,
         passkeys: vec![key.public_key_info()],
+        proofs: Vec::new(),
     };
     (key, info)
 }

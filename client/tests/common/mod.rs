@@ -1,6 +1,7 @@
 //! What the client's tests share: an engine with a certificate for its own key.
 
 use tessera_engine::identity::DeviceCertificate;
+use tessera_engine::trust::{RootPin, Trust};
 use tessera_engine::{DeviceKey, Engine, EngineConfig};
 use uuid::Uuid;
 
@@ -17,8 +18,13 @@ pub fn engine() -> Engine {
         client_data_json: b"{}"[..].into(),
         signature: b"signature"[..].into(),
     };
+    let trust = Trust {
+        circle: Uuid::new_v4(),
+        root: RootPin::FromOwnKey,
+    };
     Engine::new(
         EngineConfig::new("http://localhost:8080", "localhost"),
+        trust,
         member,
         device,
         key,

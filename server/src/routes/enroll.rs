@@ -47,9 +47,16 @@ async fn start(
                 .member(existing)
                 .await?
                 .ok_or(ApiError::InvitationUnusable)?;
+            // A recovery enrolls a key for its own member, whatever id the device asks for.
             (member.id, member.role, false)
         }
-        None => (Uuid::new_v4(), invitation.role, true),
+        None => match request.member {
+            Some(chosen) if state.store.member(chosen).await?.is_some() => {
+                return Err(ApiError::Invalid("that member id is taken".into()));
+            }
+            Some(chosen) => (chosen, invitation.role, true),
+            None => (Uuid::new_v4(), invitation.role, true),
+        },
     };
     let (options, registration) = ceremony::start_registration(&state, member, &label).await?;
     let ceremony = ceremony::begin(
@@ -64,7 +71,11 @@ async fn start(
         },
     )
     .await?;
-    Ok(Json(RegistrationOptions { ceremony, options }))
+    Ok(Json(RegistrationOptions {
+        ceremony,
+        statement: invitation.statement.map(Into::into),
+        options,
+    }))
 }
 
 #[tracing::instrument(skip_all)]
@@ -74,6 +85,7 @@ async fn finish(
     ApiJson(request): ApiJson<RegistrationFinishRequest>,
 ) -> ApiResult<impl IntoResponse> {
     state.limits.ceremony(client.ip())?;
+    let proof = super::invitations::opaque(request.proof, "proof")?;
     let CeremonyState::Enroll {
         invitation_hash,
         member,
@@ -105,6 +117,7 @@ async fn finish(
                 member,
                 new_member,
                 passkey,
+                proof,
                 session,
             },
             now,

@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::routing::{delete, get};
 use axum::{Json, Router};
 use tessera_wire::{
-    CreateInvitationRequest, CreatedInvitation, InvitationInfo, InvitationKind, Role,
+    Base64Url, CreateInvitationRequest, CreatedInvitation, InvitationInfo, InvitationKind, Role,
 };
 use uuid::Uuid;
 
@@ -17,6 +17,26 @@ use crate::store::{InvitationRecord, MemberRecord};
 
 /// Shortest and longest lifetime of an invitation.
 const TTL_RANGE: std::ops::RangeInclusive<u64> = 60..=30 * 24 * 3600;
+
+/// The largest signed statement or proof the server keeps for devices (a signed statement is
+/// about 1.5 KiB).
+pub(super) const MAX_OPAQUE_BYTES: usize = 8 * 1024;
+
+/// Checks an opaque statement or proof a device hands over for others: the server keeps it as is,
+/// up to [`MAX_OPAQUE_BYTES`].
+///
+/// # Errors
+/// [`ApiError::Invalid`] when it is empty or larger.
+pub(super) fn opaque(blob: Option<Base64Url>, what: &str) -> ApiResult<Option<Vec<u8>>> {
+    match blob {
+        Some(blob) if blob.as_slice().is_empty() || blob.as_slice().len() > MAX_OPAQUE_BYTES => {
+            Err(ApiError::Invalid(format!(
+                "{what} must hold between 1 and {MAX_OPAQUE_BYTES} bytes"
+            )))
+        }
+        blob => Ok(blob.map(|b| b.as_slice().to_vec())),
+    }
+}
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -47,9 +67,10 @@ pub(super) async fn issue_by(
     admin: &MemberRecord,
     role: Role,
     member: Option<Uuid>,
-    ttl_secs: u64,
+    (ttl_secs, statement): (u64, Option<Base64Url>),
 ) -> ApiResult<CreatedInvitation> {
     let ttl = checked_ttl(ttl_secs)?;
+    let statement = opaque(statement, "statement")?;
     state.limits.invitation(admin.id)?;
     let now = state.clock.now();
     let record = InvitationRecord {
@@ -60,6 +81,7 @@ pub(super) async fn issue_by(
         created_by: Some(admin.id),
         created_at: now,
         expires_at: now + ttl,
+        statement,
     };
     Ok(invitation::issue(state.store.as_ref(), &state.config.origin_base(), &record).await?)
 }
@@ -70,7 +92,14 @@ async fn create(
     AdminCaller(admin): AdminCaller,
     ApiJson(request): ApiJson<CreateInvitationRequest>,
 ) -> ApiResult<(StatusCode, Json<CreatedInvitation>)> {
-    let created = issue_by(&state, &admin.member, request.role, None, request.ttl_secs).await?;
+    let created = issue_by(
+        &state,
+        &admin.member,
+        request.role,
+        None,
+        (request.ttl_secs, request.statement),
+    )
+    .await?;
     tracing::info!(role = request.role.as_str(), "invitation issued");
     Ok((StatusCode::CREATED, Json(created)))
 }

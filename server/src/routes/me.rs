@@ -66,7 +66,11 @@ async fn add_start(
         },
     )
     .await?;
-    Ok(Json(RegistrationOptions { ceremony, options }))
+    Ok(Json(RegistrationOptions {
+        ceremony,
+        statement: None,
+        options,
+    }))
 }
 
 #[tracing::instrument(skip_all)]
@@ -77,6 +81,7 @@ async fn add_finish(
     ApiJson(request): ApiJson<RegistrationFinishRequest>,
 ) -> ApiResult<(StatusCode, Json<PasskeyInfo>)> {
     state.limits.ceremony(client.ip())?;
+    let proof = super::invitations::opaque(request.proof, "proof")?;
     let CeremonyState::AddKey {
         member,
         registration,
@@ -91,7 +96,7 @@ async fn add_finish(
         .webauthn
         .finish_passkey_registration(&request.credential, &registration)?;
     let record = ceremony::passkey_record(&state, member, &passkey, &request.credential)?;
-    state.store.add_passkey(&record).await?;
+    state.store.add_passkey(&record, proof.as_deref()).await?;
     tracing::info!("key added");
     Ok((StatusCode::CREATED, Json(ceremony::passkey_info(&record)?)))
 }

@@ -27,6 +27,7 @@ async fn directory(
     let circle = caller.member.circle;
     let members = state.store.members_of(circle).await?;
     let keys = state.store.passkeys_of_circle(circle).await?;
+    let mut proofs = state.store.proofs_of_circle(circle).await?;
     let directory = members
         .into_iter()
         .map(|member| {
@@ -40,6 +41,10 @@ async fn directory(
                 role: member.role,
                 created_at: member.created_at,
                 passkeys,
+                proofs: proofs
+                    .extract_if(.., |(of, _)| *of == member.id)
+                    .map(|(_, proof)| proof.into())
+                    .collect(),
             })
         })
         .collect::<ApiResult<Vec<_>>>()?;
@@ -90,7 +95,7 @@ async fn recovery(
         &admin.member,
         target.role,
         Some(target.id),
-        request.ttl_secs,
+        (request.ttl_secs, request.statement),
     )
     .await?;
     tracing::info!("recovery invitation issued");

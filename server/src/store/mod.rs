@@ -59,6 +59,8 @@ pub struct InvitationRecord {
     pub created_at: i64,
     /// End of validity.
     pub expires_at: i64,
+    /// The issuing admin's signed statement, opaque (none for the operator's bootstrap link).
+    pub statement: Option<Vec<u8>>,
 }
 
 /// What a successful enrollment writes, all at once.
@@ -72,6 +74,8 @@ pub struct Enrollment {
     pub new_member: bool,
     /// The first (or recovered) key.
     pub passkey: PasskeyRecord,
+    /// The key's admission, made by the newcomer's device, opaque.
+    pub proof: Option<Vec<u8>>,
     /// The session the enrollment opens.
     pub session: SessionRecord,
 }
@@ -168,11 +172,14 @@ pub trait Store: Send + Sync + 'static {
     /// Consumes the invitation and writes the member, key and session, atomically.
     async fn enroll(&self, enrollment: &Enrollment, now: i64) -> StoreResult<()>;
     /// Adds a key to an existing member (who must not be revoked).
-    async fn add_passkey(&self, passkey: &PasskeyRecord) -> StoreResult<()>;
+    async fn add_passkey(&self, passkey: &PasskeyRecord, proof: Option<&[u8]>) -> StoreResult<()>;
     /// A member's keys.
     async fn passkeys_of(&self, member: Uuid) -> StoreResult<Vec<PasskeyRecord>>;
     /// Every key of the circle's unrevoked members.
     async fn passkeys_of_circle(&self, circle: Uuid) -> StoreResult<Vec<PasskeyRecord>>;
+    /// The proofs of the keys of the circle's current members: (member, opaque proof), oldest
+    /// first.
+    async fn proofs_of_circle(&self, circle: Uuid) -> StoreResult<Vec<(Uuid, Vec<u8>)>>;
     /// The key with this credential id, and its member unless revoked.
     async fn login_key(
         &self,

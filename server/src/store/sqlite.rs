@@ -109,6 +109,7 @@ fn invitation_of(row: &SqliteRow) -> StoreResult<InvitationRecord> {
         created_by: optional_uuid_of(row, "created_by")?,
         created_at: row.try_get("created_at")?,
         expires_at: row.try_get("expires_at")?,
+        statement: row.try_get("statement")?,
     })
 }
 
@@ -127,7 +128,7 @@ macro_rules! passkey_columns {
 /// The columns that [`invitation_of`] reads.
 macro_rules! invitation_columns {
     () => {
-        "id, circle_id, role, member_id, created_by, created_at, expires_at"
+        "id, circle_id, role, member_id, created_by, created_at, expires_at, statement"
     };
 }
 
@@ -145,8 +146,9 @@ where
     E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
 {
     sqlx::query(
-        "INSERT INTO invitations (id, token_hash, circle_id, role, member_id, created_by, created_at, expires_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO invitations \
+         (id, token_hash, circle_id, role, member_id, created_by, created_at, expires_at, statement) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(invitation.id.to_string())
     .bind(&token_hash[..])
@@ -156,8 +158,28 @@ where
     .bind(invitation.created_by.map(|m| m.to_string()))
     .bind(invitation.created_at)
     .bind(invitation.expires_at)
+    .bind(invitation.statement.as_deref())
     .execute(executor)
     .await?;
+    Ok(())
+}
+
+async fn insert_proof_in<'e, E>(
+    executor: E,
+    member: Uuid,
+    proof: Option<&[u8]>,
+    now: i64,
+) -> StoreResult<()>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    let Some(proof) = proof else { return Ok(()) };
+    sqlx::query("INSERT INTO member_proofs (member_id, proof, created_at) VALUES (?, ?, ?)")
+        .bind(member.to_string())
+        .bind(proof)
+        .bind(now)
+        .execute(executor)
+        .await?;
     Ok(())
 }
 
@@ -363,14 +385,16 @@ impl Store for SqliteStore {
             }
         }
         insert_passkey_in(&mut *tx, &enrollment.passkey).await?;
+        insert_proof_in(&mut *tx, member.id, enrollment.proof.as_deref(), now).await?;
         insert_session_in(&mut *tx, &enrollment.session).await?;
         tx.commit().await?;
         Ok(())
     }
 
-    async fn add_passkey(&self, passkey: &PasskeyRecord) -> StoreResult<()> {
+    async fn add_passkey(&self, passkey: &PasskeyRecord, proof: Option<&[u8]>) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
         insert_passkey_in(&mut *tx, passkey).await?;
+        insert_proof_in(&mut *tx, passkey.member, proof, passkey.created_at).await?;
         let active: Option<i64> =
             sqlx::query_scalar("SELECT 1 FROM members WHERE id = ? AND revoked_at IS NULL")
                 .bind(passkey.member.to_string())
@@ -407,6 +431,19 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(passkey_of).collect()
+    }
+
+    async fn proofs_of_circle(&self, circle: Uuid) -> StoreResult<Vec<(Uuid, Vec<u8>)>> {
+        let rows = sqlx::query(
+            "SELECT f.member_id, f.proof FROM member_proofs f JOIN members m ON m.id = f.member_id \
+             WHERE m.circle_id = ? AND m.revoked_at IS NULL ORDER BY f.created_at, f.rowid",
+        )
+        .bind(circle.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((uuid_of(row, "member_id")?, row.try_get("proof")?)))
+            .collect()
     }
 
     async fn login_key(

@@ -8,6 +8,7 @@ use tessera_engine::codec::from_json;
 use tessera_engine::delivery::{OutboxChange, Queued, Seq};
 use tessera_engine::identity::DeviceCertificate;
 use tessera_engine::payload::RtcSignal;
+use tessera_engine::trust::{RootFingerprint, RootPin, Trust};
 use tessera_engine::{
     Engine, EngineConfig, Event, HistoryChange, IceOutcome, LinkCommand, Output, StoreWrite,
     StoredDevice, Turn, unix_ms,
@@ -214,21 +215,37 @@ pub struct WebDevice(Engine);
 #[wasm_bindgen]
 impl WebDevice {
     /// A new device of `member` with `key`, certified by the member's hardware key
-    /// (`certificate`, from [`WebDeviceKey::certify`]), for the server at `origin` / `rp_id`.
+    /// (`certificate`, from [`WebDeviceKey::certify`]), for the server at `origin` / `rp_id`, in
+    /// `circle`, whose root is `root` (from the invitation link this browser joined with), or
+    /// (none) to be found from the member's key at the first directory.
     ///
     /// # Errors
-    /// When an id is not a UUID or the certificate is not for this key and device.
+    /// When an id is not a UUID, the root is damaged, or the certificate is not for this key and
+    /// device.
     pub fn create(
         origin: &str,
         rp_id: &str,
         key: WebDeviceKey,
         certificate: &str,
+        circle: &str,
+        root: Option<String>,
     ) -> Result<WebDevice, String> {
         let certificate: DeviceCertificate =
             from_json(certificate).map_err(|_| "not a device certificate".to_owned())?;
         let (member, device) = (certificate.member, certificate.device);
+        let root = match root {
+            Some(text) => {
+                RootPin::Pinned(RootFingerprint::parse(&text).map_err(|e| e.to_string())?)
+            }
+            None => RootPin::FromOwnKey,
+        };
+        let trust = Trust {
+            circle: crate::uuid(circle, "circle")?,
+            root,
+        };
         Engine::new(
             EngineConfig::new(origin, rp_id),
+            trust,
             member,
             device,
             key.0,
@@ -248,6 +265,12 @@ impl WebDevice {
         Engine::restore(EngineConfig::new(origin, rp_id), stored.into())
             .map(WebDevice)
             .map_err(|e| e.to_string())
+    }
+
+    /// The circle's root this device pinned (base64url), once it has.
+    #[must_use]
+    pub fn root(&self) -> Option<String> {
+        self.0.root().map(|r| r.to_text())
     }
 
     /// This member's id.
@@ -512,7 +535,8 @@ mod tests {
 
     fn engine(key: &mut SoftKey, info: &MemberInfo) -> Engine {
         let (device_key, certificate) = certify_in_page(key, info, Uuid::new_v4());
-        WebDevice::create(ORIGIN, "localhost", device_key, &certificate)
+        let circle = Uuid::new_v4().to_string();
+        WebDevice::create(ORIGIN, "localhost", device_key, &certificate, &circle, None)
             .expect("a device")
             .0
     }
@@ -683,18 +707,37 @@ mod tests {
     fn a_device_is_made_only_with_its_own_certificate() {
         let (mut key, info) = member();
         let (_, certificate) = certify_in_page(&mut key, &info, Uuid::new_v4());
+        let circle = Uuid::new_v4().to_string();
         let other = WebDeviceKey::generate().expect("key");
-        assert!(WebDevice::create(ORIGIN, "localhost", other, &certificate).is_err());
+        assert!(
+            WebDevice::create(ORIGIN, "localhost", other, &certificate, &circle, None).is_err()
+        );
         let again = WebDeviceKey::generate().expect("key");
-        assert!(WebDevice::create(ORIGIN, "localhost", again, "{}").is_err());
+        assert!(WebDevice::create(ORIGIN, "localhost", again, "{}", &circle, None).is_err());
+        let (device_key, certificate) = certify_in_page(&mut key, &info, Uuid::new_v4());
+        let damaged = Some("not a root".to_owned());
+        let refused = WebDevice::create(
+            ORIGIN,
+            "localhost",
+            device_key,
+            &certificate,
+            &circle,
+            damaged,
+        );
+        assert_eq!(
+            refused.err().as_deref(),
+            Some("this link is damaged: ask the admin for the whole link")
+        );
     }
 
     #[test]
     fn inputs_that_are_not_what_they_claim_are_refused_and_change_nothing() {
         let (mut key, info) = member();
         let (device_key, certificate) = certify_in_page(&mut key, &info, Uuid::new_v4());
+        let circle = Uuid::new_v4().to_string();
         let mut device =
-            WebDevice::create(ORIGIN, "localhost", device_key, &certificate).expect("a device");
+            WebDevice::create(ORIGIN, "localhost", device_key, &certificate, &circle, None)
+                .expect("a device");
         while device.0.next_turn().expect("encodes").is_some() {}
         let before = device.0.view();
         for frame in [

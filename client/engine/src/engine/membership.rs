@@ -10,11 +10,15 @@ use openmls::prelude::{
     ProtocolVersion, SenderRatchetConfiguration, StagedWelcome,
 };
 use openmls_traits::OpenMlsProvider as _;
+use tessera_wire::MemberInfo;
 use uuid::Uuid;
 use web_time::Instant;
 
 use crate::payload::{Content, SignalPayload};
 use crate::roster::{Directory, Refusal, certificate_of, verify_leaf, verify_leaf_node};
+use crate::trust::{
+    RootPin, TrustError, TrustedDirectory, distrust_all, find_root, verify_directory,
+};
 
 use super::{
     CIPHERSUITE, EarlySignal, Engine, EngineError, Event, Link, LinkCommand, Output, Staged,
@@ -76,6 +80,53 @@ pub(super) fn create_config() -> MlsGroupCreateConfig {
 }
 
 impl Engine {
+    /// The directory as it holds from the circle's root: finds the root first when this device
+    /// is to (see [`RootPin::FromOwnKey`]), remembers the invitations seen used, and says once
+    /// what it distrusts.
+    pub(super) fn verify_directory(&mut self, listed: &[MemberInfo]) -> TrustedDirectory {
+        let origin_rp = (self.config.origin.as_str(), self.config.rp_id.as_str());
+        let trusted = match &mut self.trust.trust {
+            Some(trust) => {
+                if trust.root == RootPin::FromOwnKey
+                    && let Some(root) = find_root(
+                        listed,
+                        self.saved.member,
+                        &self.saved.certificate,
+                        origin_rp,
+                    )
+                {
+                    trust.root = RootPin::Pinned(root);
+                    self.dirty = true;
+                }
+                match trust.root {
+                    RootPin::Pinned(root) => {
+                        verify_directory(listed, trust.circle, &root, origin_rp, &self.trust.used)
+                    }
+                    RootPin::FromOwnKey => distrust_all(listed, TrustError::NoRoot),
+                }
+            }
+            None => distrust_all(listed, TrustError::NoRoot),
+        };
+        for (key, first) in &trusted.used {
+            if !self.trust.used.contains_key(key) {
+                self.trust.used.insert(key.clone(), first.clone());
+                self.dirty = true;
+            }
+        }
+        for d in &trusted.distrusted {
+            let said = (d.member, d.key.clone(), d.reason.to_string());
+            if self.distrust_reported.insert(said) {
+                self.event(Event::Distrusted {
+                    member: d.member,
+                    key: d.key.clone(),
+                    own: d.member == self.saved.member,
+                    reason: d.reason.clone(),
+                });
+            }
+        }
+        trusted
+    }
+
     /// Asks the driver for the circle directory: one fetch at a time, and one more when a need
     /// arises while it runs (its answer may be from before the change); after a failed fetch, the
     /// retry [`Engine::handle_timeout`] makes.
@@ -334,7 +385,7 @@ impl Engine {
             let Some(target) = group.member(removed).and_then(|c| certificate_of(c).ok()) else {
                 return Err(Refusal::Malformed("removal of an unknown leaf"));
             };
-            let revoked = !directory.contains(target.member);
+            let revoked = !directory.lists(target.member);
             let rejoined = added_devices.get(&target.device) == Some(&target.member);
             let itself = removed == sender_leaf;
             if !(rejoined || itself || (revoked && directory.is_admin(sender.member))) {
@@ -481,7 +532,7 @@ impl Engine {
         let revoked: Vec<LeafNodeIndex> = self
             .roster
             .values()
-            .filter(|d| admin && !directory.contains(d.member))
+            .filter(|d| admin && !directory.lists(d.member))
             .map(|d| d.leaf)
             .collect();
         // As many adds as one commit frame holds: a commit carries every KeyPackage it adds.

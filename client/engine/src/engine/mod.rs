@@ -14,7 +14,7 @@ use links::Link;
 use membership::{GroupDevice, UncheckedKeyPackage, UncheckedWelcome, Waiting};
 use sequencer::{CatchUp, Staged, commit_frame};
 use signalling::EarlySignal;
-use state::{Held, Pending, SavedState};
+use state::{Held, Pending, SavedState, SavedTrust};
 pub use state::{HistoryChange, StoreWrite, StoredDevice, Turn};
 pub use types::{
     CIPHERSUITE, ChatMessage, DeviceKey, DeviceView, EngineConfig, EngineError, Event,
@@ -27,8 +27,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::{GroupId, MlsGroup, MlsMessageBodyIn, MlsMessageIn, ProtocolMessage};
 use openmls_traits::OpenMlsProvider as _;
-use tessera_wire::MemberInfo;
 use tessera_wire::signal::{FrameErrorCode, Limits, ServerFrame};
+use tessera_wire::{Base64Url, MemberInfo};
 use uuid::Uuid;
 use web_time::Instant;
 
@@ -41,6 +41,7 @@ use crate::payload::{CommitPayload, SignalPayload};
 use crate::pieces::Assembler;
 use crate::provider::Provider;
 use crate::roster::{Directory, Refusal};
+use crate::trust::{RootFingerprint, RootPin, Trust, UsedInvitations};
 
 /// How many items a device keeps of each kind it cannot process yet (KeyPackages before it is in
 /// the group, MLS signals before its Welcome, link messages from an epoch ahead of its own).
@@ -68,6 +69,10 @@ pub struct Engine {
     provider: Provider,
     signer: DeviceSigner,
     saved: SavedState,
+    /// The circle's root and the invitations seen used (saved with `saved`).
+    trust: SavedTrust,
+    /// What the device reported distrusting already, so that each is said once.
+    distrust_reported: BTreeSet<(Uuid, Option<Base64Url>, String)>,
     saved_mls: HashMap<Vec<u8>, Vec<u8>>,
     group: Option<MlsGroup>,
     /// Devices in the group, by device.
@@ -142,12 +147,14 @@ fn protocol_message(bytes: &[u8]) -> Result<ProtocolMessage, Refusal> {
 }
 
 impl Engine {
-    /// A new device of `member`, with its key certified by the member's hardware key.
+    /// A new device of `member`, with its key certified by the member's hardware key, checking its
+    /// circle's membership from `trust`.
     ///
     /// # Errors
     /// [`EngineError::CertificateMismatch`] when the certificate is for another key or device.
     pub fn new(
         config: EngineConfig,
+        trust: Trust,
         member: Uuid,
         device: Uuid,
         key: DeviceKey,
@@ -175,7 +182,17 @@ impl Engine {
             names: BTreeMap::new(),
             future: Vec::new(),
         };
-        Ok(Engine::assemble(config, provider, key.0, saved, None))
+        let trust = SavedTrust {
+            trust: Some(trust),
+            used: UsedInvitations::new(),
+        };
+        Ok(Engine::assemble(
+            config,
+            provider,
+            key.0,
+            (saved, trust),
+            None,
+        ))
     }
 
     /// The engine as the local store kept it, write after write.
@@ -184,8 +201,9 @@ impl Engine {
     /// [`EngineError::Corrupt`] when the parts do not fit together.
     pub fn restore(config: EngineConfig, stored: StoredDevice) -> Result<Engine, EngineError> {
         let StoredDevice { state, mls, outbox } = stored;
-        let mut saved: SavedState = codec::decode(&state, Earlier::Cbor)
-            .map_err(|e| EngineError::Corrupt(e.to_string()))?;
+        let (mut saved, trust): (SavedState, SavedTrust) =
+            codec::decode_with_tail(&state, Earlier::Cbor)
+                .map_err(|e| EngineError::Corrupt(e.to_string()))?;
         saved.delivery.set_config(config.delivery.clone());
         saved.delivery.restore_outbox(outbox.into_values());
         let saved_mls = mls.clone();
@@ -200,7 +218,7 @@ impl Engine {
             ),
             None => None,
         };
-        let mut engine = Engine::assemble(config, provider, signer, saved, group);
+        let mut engine = Engine::assemble(config, provider, signer, (saved, trust), group);
         engine.saved_mls = saved_mls;
         engine.refresh_roster();
         Ok(engine)
@@ -210,7 +228,7 @@ impl Engine {
         config: EngineConfig,
         provider: Provider,
         signer: DeviceSigner,
-        saved: SavedState,
+        (saved, trust): (SavedState, SavedTrust),
         group: Option<MlsGroup>,
     ) -> Engine {
         Engine {
@@ -218,6 +236,8 @@ impl Engine {
             provider,
             signer,
             saved,
+            trust,
+            distrust_reported: BTreeSet::new(),
             saved_mls: HashMap::new(),
             group,
             roster: BTreeMap::new(),
@@ -248,6 +268,15 @@ impl Engine {
             next_pieces: 0,
             outputs: VecDeque::new(),
             dirty: true,
+        }
+    }
+
+    /// The circle's root this device pinned, once it has (see [`crate::trust::RootPin`]).
+    #[must_use]
+    pub fn root(&self) -> Option<RootFingerprint> {
+        match self.trust.trust?.root {
+            RootPin::Pinned(root) => Some(root),
+            RootPin::FromOwnKey => None,
         }
     }
 
@@ -311,9 +340,11 @@ impl Engine {
 
     // ---------------------------------------------------------------- inputs
 
-    /// The circle directory, fetched from `GET /api/v1/members`.
+    /// The circle directory, fetched from `GET /api/v1/members`: what it lists counts as far as
+    /// the chain from the circle's root admits it (see [`crate::trust`]).
     pub fn handle_directory(&mut self, now: Instant, members: Vec<MemberInfo>) {
-        self.directory = Some(Directory::new(members));
+        let trusted = self.verify_directory(&members);
+        self.directory = Some(Directory::new(&members, &trusted));
         self.directory_version += 1;
         self.directory_requested = false;
         self.directory_retry_at = None;
@@ -563,7 +594,8 @@ impl Engine {
             .group
             .as_ref()
             .map(|g| g.group_id().as_slice().to_vec());
-        let state = codec::encode(&self.saved).map_err(|e| EngineError::Corrupt(e.to_string()))?;
+        let state = codec::encode_with_tail(&self.saved, &self.trust)
+            .map_err(|e| EngineError::Corrupt(e.to_string()))?;
         let mls = self.provider.changes_since(&mut self.saved_mls);
         let outbox = self.saved.delivery.take_outbox_changes();
         let history = std::mem::take(&mut self.history);
@@ -691,7 +723,7 @@ mod tests {
                 reason: Refusal::UnknownMember
             }),
             serde_json::json!({"event": "refused", "what": "commit",
-                "reason": "the member is not in the circle directory"})
+                "reason": "the member is not in the circle directory, or nothing signed admits them"})
         );
         assert_eq!(
             json(&Event::Stopped {

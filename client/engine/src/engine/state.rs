@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::delivery::{Delivery, OutboxChange, Queued, Seq};
 use crate::identity::DeviceCertificate;
 use crate::provider::StorageChanges;
+use crate::trust::{Trust, UsedInvitations};
 
 use super::{ChatMessage, Output};
 
@@ -120,6 +121,16 @@ pub(super) struct Held {
     #[serde(with = "serde_bytes")]
     pub(super) commit: Vec<u8>,
     pub(super) tried_with_directory: Option<u64>,
+}
+
+/// What the device trusts its circle's membership from, saved after [`SavedState`] in the same
+/// record (a record saved before signed membership ends before it: such a device has no root and
+/// admits nobody until it joins again).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(super) struct SavedTrust {
+    pub(super) trust: Option<Trust>,
+    /// Invitation keys seen admitting a key: an invitation admits once.
+    pub(super) used: UsedInvitations,
 }
 
 /// What the local store keeps of the engine between runs (besides the MLS key-value store),

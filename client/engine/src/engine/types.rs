@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use openmls::prelude::Ciphersuite;
 use serde::{Deserialize, Serialize};
+use tessera_wire::Base64Url;
 use tessera_wire::signal::{ClientFrame, FrameErrorCode};
 use uuid::Uuid;
 use web_time::{Duration, SystemTime, UNIX_EPOCH};
@@ -13,6 +14,7 @@ use crate::crypto::DeviceSigner;
 use crate::delivery::DeliveryConfig;
 use crate::payload::RtcSignal;
 use crate::roster::Refusal;
+use crate::trust::TrustError;
 
 use super::mls_error;
 
@@ -213,6 +215,21 @@ pub enum Event {
         #[serde(serialize_with = "as_sentence")]
         reason: Refusal,
     },
+    /// The directory lists a member, or a key of a member, that no chain of signed invitations
+    /// and endorsements from the circle's root admits: the server's word alone, ignored here.
+    /// Said once for each.
+    Distrusted {
+        /// The member.
+        member: Uuid,
+        /// The key, when the member is admitted and this key of theirs is not.
+        key: Option<Base64Url>,
+        /// Whether it is this device's own member (a key added to your account, which you did
+        /// not endorse).
+        own: bool,
+        /// Why.
+        #[serde(serialize_with = "as_sentence")]
+        reason: TrustError,
+    },
     /// The server refused a frame.
     ServerError {
         /// Its code.
@@ -299,7 +316,10 @@ pub enum IceOutcome {
 }
 
 /// Serializes a refusal as the sentence that explains it.
-fn as_sentence<S: serde::Serializer>(reason: &Refusal, serializer: S) -> Result<S::Ok, S::Error> {
+fn as_sentence<S: serde::Serializer>(
+    reason: &impl std::fmt::Display,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     serializer.collect_str(reason)
 }
 

@@ -8,7 +8,9 @@ use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::value::to_raw_value;
 use tessera_engine::identity::certify;
+use tessera_engine::invitation::{InvitationSecret, InvitationStatement, SignedInvitation};
 use tessera_engine::payload::RtcSignal;
+use tessera_engine::trust::{KeyProof, RootFingerprint, RootPin, Trust, member_id_for};
 use tessera_engine::{
     DeviceKey, Engine, EngineConfig, Event, HistoryChange, IceOutcome, LinkCommand, Output,
     StopReason, StoredDevice,
@@ -28,10 +30,14 @@ pub fn config() -> EngineConfig {
     config
 }
 
-/// A member registered through real webauthn-rs with a software key.
+/// A member registered through real webauthn-rs with a software key, admitted by nobody (an
+/// outsider, as far as the circle's chain goes).
 pub fn new_member(role: Role) -> (SoftKey, MemberInfo) {
     tessera_softkey::testing::member(role)
 }
+
+/// When the sim's invitations expire (Unix seconds); admissions are made at `ADMITTED_AT`.
+const ADMITTED_AT: i64 = 1_800_000_000;
 
 pub struct Device {
     pub engine: Engine,
@@ -95,6 +101,10 @@ pub struct Sim {
     pub directory_down: bool,
     /// What fetching the ICE servers brings.
     pub ice: IceOutcome,
+    /// The circle's id.
+    pub circle: Uuid,
+    /// The founder's key and the circle's root, once the first member is made.
+    pub founder: Option<(SoftKey, RootFingerprint)>,
 }
 
 pub fn pair(a: Uuid, b: Uuid) -> (Uuid, Uuid) {
@@ -121,12 +131,51 @@ impl Sim {
             redirect: None,
             directory_down: false,
             ice: IceOutcome::NotConfigured,
+            circle: Uuid::new_v4(),
+            founder: None,
+        }
+    }
+
+    /// A member the circle's chain admits, not yet listed: the first is the founder (an admin,
+    /// the circle's root); each later one enrolls with an invitation the founder's key signed.
+    pub fn admit(&mut self, role: Role) -> (SoftKey, MemberInfo) {
+        let Some((founder_key, root)) = &mut self.founder else {
+            let (key, info) = new_member(Role::Admin);
+            let root = RootFingerprint::of(info.id, &info.passkeys[0]);
+            self.founder = Some((key.clone(), root));
+            return (key, info);
+        };
+        let secret = InvitationSecret::generate().expect("randomness");
+        let statement = InvitationStatement {
+            circle: self.circle,
+            invitation_key: secret.public_key(),
+            role,
+            expires_at: ADMITTED_AT + 3600,
+            issuer: self.directory[0].id,
+            recovers: None,
+        };
+        let signed =
+            SignedInvitation::sign(statement, "localhost", |r| founder_key.sign_in(r, ORIGIN))
+                .expect("the founder's key signs");
+        let (key, mut info) = new_member(role);
+        info.id = member_id_for(root, &secret.public_key());
+        let admission = secret.admit(signed, info.id, info.passkeys[0].clone(), ADMITTED_AT);
+        info.proofs.push(KeyProof::Admission(admission).to_blob());
+        (key, info)
+    }
+
+    /// What the sim's devices trust.
+    pub fn trust(&self) -> Trust {
+        let (_, root) = self.founder.as_ref().expect("the circle has a founder");
+        Trust {
+            circle: self.circle,
+            root: RootPin::Pinned(*root),
         }
     }
 
     /// A new member with one device, connected.
     pub fn member(&mut self, role: Role, name: &str) -> Uuid {
-        let (mut key, info) = new_member(role);
+        let (mut key, info) = self.admit(role);
         let member = info.id;
         self.directory.push(info);
         self.device(&mut key, member, name)
@@ -140,8 +189,15 @@ impl Sim {
             key.sign_in(r, ORIGIN)
         })
         .expect("cert");
-        let mut engine =
-            Engine::new(config(), member, device, device_key, certificate).expect("engine");
+        let mut engine = Engine::new(
+            config(),
+            self.trust(),
+            member,
+            device,
+            device_key,
+            certificate,
+        )
+        .expect("engine");
         engine
             .set_display_name(self.now, name)
             .expect("display name");

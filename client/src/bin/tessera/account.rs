@@ -5,10 +5,12 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use tessera_client::api::{ApiClient, ApiClientError, invitation_token};
+use tessera_client::api::{ApiClient, ApiClientError};
 use tessera_client::authenticator::{AuthenticatorError, SoftKey};
 use tessera_client::identity::{certify, key_fingerprint};
+use tessera_client::membership::{self, InvitationLink, Joined, MembershipError, Signer};
 use tessera_client::store::{DeviceStore, Profile};
+use tessera_client::trust::{RootPin, Trust};
 use tessera_engine::{DeviceKey, Engine, EngineConfig};
 use tessera_wire::{Base64Url, ErrorCode, Role};
 use url::Url;
@@ -165,9 +167,8 @@ pub async fn join(
     name: Option<&str>,
     label: Option<&str>,
 ) -> Result<()> {
-    let link = Url::parse(invitation).context("the invitation is not a link")?;
-    let token = invitation_token(invitation).map_err(|e| anyhow!("{e}"))?;
-    let origin = origin_of(&link);
+    let link = InvitationLink::parse(invitation).map_err(|e| anyhow!("{e}"))?;
+    let origin = link.origin.clone();
     if let Some(server) = &settings.server
         && origin_of(server) != origin
     {
@@ -198,16 +199,17 @@ pub async fn join(
 
     let mut api = api_client(&origin)?;
     println!("Enrolling the key at {origin}…");
-    let enrolled = api.enroll_key(&token, label, &mut key).await;
+    let enrolled = membership::join(&mut api, &link, label, &mut key, now_secs()).await;
     // The credential exists on the key once the key answered: keep it even if the server refused.
     if !key.is_blank() {
         save_key(&key, key_file)?;
     }
-    let granted = enrolled.map_err(|e| match e.code() {
-        Some(ErrorCode::InvitationUnusable) => anyhow!(
+    let Joined { granted, root } = enrolled.map_err(|e| match e {
+        MembershipError::Api(e) if e.code() == Some(ErrorCode::InvitationUnusable) => anyhow!(
             "the invitation cannot be used (expired, used or revoked): ask an admin for a new one"
         ),
-        _ => explain(e, &origin),
+        MembershipError::Api(e) => explain(e, &origin),
+        e => anyhow!("{e}"),
     })?;
 
     let device = Uuid::new_v4();
@@ -219,7 +221,18 @@ pub async fn join(
     .context("the key refused to certify this device")?;
     save_key(&key, key_file)?;
     let config = EngineConfig::new(origin.clone(), key.rp_id());
-    let mut engine = Engine::new(config, granted.member, device, device_key, certificate)?;
+    let trust = Trust {
+        circle: granted.circle,
+        root: RootPin::Pinned(root),
+    };
+    let mut engine = Engine::new(
+        config,
+        trust,
+        granted.member,
+        device,
+        device_key,
+        certificate,
+    )?;
     if let Some(name) = name {
         engine.set_display_name(Instant::now(), name)?;
     }
@@ -235,6 +248,7 @@ pub async fn join(
             role: granted.role,
             session: Some(granted.session),
             key_file: Some(key_file.display().to_string()),
+            root: Some(root),
         })
         .await?;
     drop(lock);
@@ -360,11 +374,14 @@ pub async fn add_key(settings: &Settings, file: &Path, label: Option<&str>) -> R
             file.display()
         );
     }
-    let added = api.add_key(label, &mut key).await;
+    let own_file = device_key_file(settings, &profile)?;
+    let mut own = load_key(&own_file)?;
+    let added = membership::add_key(&api, signer(&profile, &mut own)?, &mut key, label).await;
+    save_key(&own, &own_file)?;
     if !key.is_blank() {
         save_key(&key, file)?;
     }
-    let info = added.map_err(|e| explain(e, &profile.origin))?;
+    let info = added.map_err(|e| membership_error(e, &profile.origin))?;
     println!(
         "Added key {} (fingerprint {}).",
         info.id,
@@ -383,21 +400,66 @@ pub async fn revoke_key(settings: &Settings, id: &str) -> Result<()> {
     Ok(())
 }
 
-/// `tessera admin invite`.
-pub async fn invite(settings: &Settings, admin: bool, ttl_secs: u64) -> Result<()> {
+/// The member as their device signs: the profile's circle, member and root, and `key`.
+fn signer<'k>(profile: &Profile, key: &'k mut SoftKey) -> Result<Signer<'k>> {
+    let root = profile.root.context(
+        "this device joined before invitations were signed and knows no circle root: join again \
+         with a new invitation link",
+    )?;
+    Ok(Signer {
+        circle: profile.circle,
+        member: profile.member,
+        root,
+        key,
+    })
+}
+
+/// Explains a failed membership step in the member's terms.
+fn membership_error(error: MembershipError, origin: &str) -> anyhow::Error {
+    match error {
+        MembershipError::Api(e) => explain(e, origin),
+        e => anyhow!("{e}"),
+    }
+}
+
+/// Unix seconds now.
+fn now_secs() -> i64 {
+    tessera_engine::unix_ms(std::time::SystemTime::now()) / 1000
+}
+
+/// `tessera admin invite` and `tessera admin recover`: an invitation signed with this device's
+/// key, for a newcomer (`recovers` none) or for a member who lost their keys.
+pub async fn invite(
+    settings: &Settings,
+    admin: bool,
+    recovers: Option<Uuid>,
+    ttl_secs: u64,
+) -> Result<()> {
     let (profile, api) = on_server(settings).await?;
     let role = if admin { Role::Admin } else { Role::Member };
-    let invitation = api
-        .create_invitation(role, ttl_secs)
-        .await
-        .map_err(|e| explain(e, &profile.origin))?;
-    println!("{}", invitation.url);
+    let key_file = device_key_file(settings, &profile)?;
+    let mut key = load_key(&key_file)?;
+    let issued = membership::invite(
+        &api,
+        signer(&profile, &mut key)?,
+        role,
+        recovers,
+        (ttl_secs, now_secs()),
+    )
+    .await;
+    save_key(&key, &key_file)?;
+    let invitation = issued.map_err(|e| membership_error(e, &profile.origin))?;
+    println!("{}", invitation.link);
+    let whom = match recovers {
+        Some(member) => format!("member {member} to enroll a new key"),
+        None => format!("a new {}", role.as_str()),
+    };
     eprintln!(
-        "Invitation {} for a new {}, valid until {}. The link is shown only now: hand it over \
-         privately; `tessera join <link>` or a browser enrolls with it.",
-        invitation.id,
-        role.as_str(),
-        date(invitation.expires_at)
+        "Invitation {} for {whom}, valid until {}, signed with your key. The link is shown only \
+         now and must be handed over whole (the part after # never reaches the server): \
+         privately, `tessera join <link>` or a browser enrolls with it.",
+        invitation.created.id,
+        date(invitation.created.expires_at)
     );
     Ok(())
 }

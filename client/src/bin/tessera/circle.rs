@@ -10,6 +10,7 @@ use serde_json::json;
 use tessera_client::device::{Connection, DeviceHandle, Status, Stopped, Update};
 use tessera_client::signal::{Backoff, SignalClient, SignalEvent};
 use tessera_client::store::{DeviceStore, HistoryEntry};
+use tessera_client::trust::{TrustError, UsedInvitations, distrust_all, verify_directory};
 use tessera_engine::{ChatMessage, Engine, EngineConfig, Event, StopReason};
 use tessera_wire::signal::ServerFrame;
 use tokio::io::AsyncBufReadExt as _;
@@ -207,6 +208,27 @@ fn update_text(
         Update::Engine(Event::Refused { what, reason }) => {
             format!("! Refused a {what}: {reason}")
         }
+        Update::Engine(Event::Distrusted {
+            own: true,
+            key: Some(key),
+            reason,
+            ..
+        }) => format!(
+            "!! WARNING: the server lists a key on YOUR ACCOUNT that you never endorsed ({key}): \
+             {reason}. It is ignored; if you did not add it, tell an admin."
+        ),
+        Update::Engine(Event::Distrusted {
+            member,
+            key,
+            reason,
+            ..
+        }) => format!(
+            "! Ignoring what the server lists for {}{}: {reason}",
+            name_of(names, *member),
+            key.as_ref()
+                .map(|k| format!(" (key {k})"))
+                .unwrap_or_default()
+        ),
         Update::Engine(Event::ServerError { code }) => format!("! The server refused: {code}"),
         Update::Disconnected { reason, retry_in } => format!(
             "* Lost the server ({reason}); retrying in {} s. Peer links keep working.",
@@ -425,25 +447,42 @@ pub async fn members(settings: &Settings) -> Result<()> {
     let engine = restore(&opened.store, &profile.origin, &profile.rp_id).await?;
     let names = engine.display_names();
     let online = online_devices(&api, profile.device).await?;
+    let trusted = match &profile.root {
+        Some(root) => verify_directory(
+            &directory,
+            profile.circle,
+            root,
+            (&profile.origin, &profile.rp_id),
+            &UsedInvitations::new(),
+        ),
+        None => distrust_all(&directory, TrustError::NoRoot),
+    };
     println!(
-        "{:<24}  {:<6}  {:>6}  {:<39}  MEMBER",
-        "NAME", "ROLE", "ONLINE", "KEY FINGERPRINTS"
+        "{:<24}  {:<6}  {:>6}  {:<39}  {:<36}  INVITED BY",
+        "NAME", "ROLE", "ONLINE", "KEY FINGERPRINTS", "MEMBER"
     );
-    for member in directory {
+    for member in &directory {
         let mut name = name_of(&names, member.id);
         if member.id == profile.member {
             name.push_str(" (you)");
         }
         let online = online.values().filter(|m| **m == member.id).count();
-        let fingerprints: Vec<String> = member
+        let Some(chain) = trusted.members.get(&member.id) else {
+            continue;
+        };
+        let fingerprints: Vec<String> = chain
             .passkeys
             .iter()
             .map(|k| fingerprint(&k.public_key))
             .collect();
+        let invited_by = chain.invited_by.map_or_else(
+            || "(founder: the circle's root)".to_owned(),
+            |admin| name_of(&names, admin),
+        );
         println!(
-            "{:<24}  {:<6}  {:>6}  {:<39}  {}",
+            "{:<24}  {:<6}  {:>6}  {:<39}  {:<36}  {invited_by}",
             name,
-            member.role.as_str(),
+            chain.role.as_str(),
             online,
             fingerprints.first().map_or("-", String::as_str),
             member.id
@@ -451,6 +490,28 @@ pub async fn members(settings: &Settings) -> Result<()> {
         for more in fingerprints.iter().skip(1) {
             println!("{:<24}  {:<6}  {:>6}  {more:<39}", "", "", "");
         }
+    }
+    for distrusted in &trusted.distrusted {
+        let whose = if distrusted.member == profile.member {
+            "YOUR ACCOUNT".to_owned()
+        } else {
+            format!("member {}", distrusted.member)
+        };
+        match &distrusted.key {
+            Some(key) => eprintln!(
+                "warning: the server lists a key for {whose} that nothing signed admits ({key}): \
+                 {}; it is ignored",
+                distrusted.reason
+            ),
+            None => eprintln!(
+                "warning: what the server lists for {whose} is not backed by signed invitations \
+                 ({}); it is ignored",
+                distrusted.reason
+            ),
+        }
+    }
+    if let Some(root) = &profile.root {
+        println!("\nCircle root (compare in person): {}", root.to_text());
     }
     Ok(())
 }

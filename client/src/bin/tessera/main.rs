@@ -118,6 +118,14 @@ enum AdminAction {
         #[arg(long, default_value_t = 72)]
         hours: u64,
     },
+    /// Issue a recovery link for a member who lost their keys: it enrolls a new key for them.
+    Recover {
+        /// The member's id, as `tessera members` lists it.
+        member: uuid::Uuid,
+        /// How long the link works, in hours.
+        #[arg(long, default_value_t = 24)]
+        hours: u64,
+    },
     /// List the pending invitations.
     Invitations,
     /// Revoke a pending invitation.
@@ -220,7 +228,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Admin { action } => match action {
             AdminAction::Invite { admin, hours } => {
-                account::invite(&settings, admin, hours.saturating_mul(3600)).await
+                account::invite(&settings, admin, None, hours.saturating_mul(3600)).await
+            }
+            AdminAction::Recover { member, hours } => {
+                account::invite(&settings, false, Some(member), hours.saturating_mul(3600)).await
             }
             AdminAction::Invitations => account::list_invitations(&settings).await,
             AdminAction::Uninvite { id } => account::uninvite(&settings, id).await,

@@ -1,0 +1,1029 @@
+//! The circle's chain of trust, checked by every device without the server's word: the root a
+//! device pins (the founding admin's passkey), the proofs that travel with the directory as opaque
+//! data (admissions and endorsements), and the directory as it holds from that root.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use tessera_wire::{
+    Base64Url, MemberInfo, PublicKeyCredential, PublicKeyInfo, RequestChallengeResponse, Role,
+};
+use uuid::Uuid;
+
+use crate::identity::{CertificateError, DeviceCertificate};
+use crate::invitation::{Admission, InvitationError, InvitationSecret};
+use crate::signed::{KeySignature, append_passkey};
+
+/// Separates a root fingerprint from every other hash.
+const ROOT_DOMAIN: &[u8] = b"tessera root v1";
+/// Separates a member id derived from an invitation from every other hash.
+const MEMBER_DOMAIN: &[u8] = b"tessera member v1";
+/// Separates an endorsement's signature from every other use of a hardware key.
+const ENDORSEMENT_DOMAIN: &[u8] = b"tessera key endorsement v1";
+
+/// A circle's root as devices pin it: SHA-256 over the founding admin's member id and passkey.
+/// The invitation link's fragment carries it, so a device that joins never takes its root from the
+/// server.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RootFingerprint(pub [u8; 32]);
+
+impl RootFingerprint {
+    /// The fingerprint of `member`'s `passkey` as the circle's root.
+    #[must_use]
+    pub fn of(member: Uuid, passkey: &PublicKeyInfo) -> RootFingerprint {
+        let mut message = ROOT_DOMAIN.to_vec();
+        message.extend_from_slice(member.as_bytes());
+        append_passkey(&mut message, passkey);
+        RootFingerprint(Sha256::digest(&message).into())
+    }
+
+    /// The fingerprint as text (base64url, 43 characters).
+    #[must_use]
+    pub fn to_text(&self) -> String {
+        Base64Url::encode(&self.0)
+    }
+
+    /// The fingerprint of its text.
+    ///
+    /// # Errors
+    /// [`LinkError::Damaged`] when `text` is not 32 bytes in base64url.
+    pub fn parse(text: &str) -> Result<RootFingerprint, LinkError> {
+        let bytes = Base64Url::decode(text).map_err(|_| LinkError::Damaged)?;
+        Ok(RootFingerprint(
+            bytes.try_into().map_err(|_| LinkError::Damaged)?,
+        ))
+    }
+}
+
+impl std::fmt::Debug for RootFingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RootFingerprint({})", self.to_text())
+    }
+}
+
+/// The member id a newcomer enrolls under: derived from the circle's root and the invitation key,
+/// so that the user handle the hardware key hands back at every login commits to the root (a
+/// UUIDv8 of SHA-256's first bytes). A later device of the member finds its root from it.
+#[must_use]
+pub fn member_id_for(root: &RootFingerprint, invitation_key: &Base64Url) -> Uuid {
+    let mut hash = Sha256::new();
+    hash.update(MEMBER_DOMAIN);
+    hash.update(root.0);
+    hash.update(invitation_key.as_slice());
+    let digest = hash.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
+/// Why an invitation link cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    /// The link lost its fragment (the part after `#`), or never had one.
+    #[error("this link is incomplete: ask the admin for the whole link")]
+    Incomplete,
+    /// The fragment is not an invitation secret and a root fingerprint.
+    #[error("this link is damaged: ask the admin for the whole link")]
+    Damaged,
+}
+
+/// What an invitation link's fragment carries, which browsers never send to a server: the
+/// invitation's secret and the circle root's fingerprint.
+#[derive(Debug)]
+pub struct LinkSecrets {
+    /// The invitation's secret key.
+    pub secret: InvitationSecret,
+    /// The circle's root.
+    pub root: RootFingerprint,
+}
+
+impl LinkSecrets {
+    /// The fragment (without `#`): the secret and the root, base64url, joined by a dot.
+    #[must_use]
+    pub fn to_fragment(&self) -> String {
+        format!(
+            "{}.{}",
+            Base64Url::encode(&self.secret.to_bytes()),
+            self.root.to_text()
+        )
+    }
+
+    /// The secrets of a fragment (with or without its `#`).
+    ///
+    /// # Errors
+    /// [`LinkError::Incomplete`] for an empty fragment, [`LinkError::Damaged`] for one that is not
+    /// a secret and a root.
+    pub fn from_fragment(fragment: &str) -> Result<LinkSecrets, LinkError> {
+        let fragment = fragment.strip_prefix('#').unwrap_or(fragment);
+        if fragment.is_empty() {
+            return Err(LinkError::Incomplete);
+        }
+        let (secret, root) = fragment.split_once('.').ok_or(LinkError::Damaged)?;
+        let secret: [u8; 32] = Base64Url::decode(secret)
+            .map_err(|_| LinkError::Damaged)?
+            .try_into()
+            .map_err(|_| LinkError::Damaged)?;
+        Ok(LinkSecrets {
+            secret: InvitationSecret::from_bytes(&secret),
+            root: RootFingerprint::parse(root)?,
+        })
+    }
+}
+
+/// What a device checks its circle's membership from: the circle, and its root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trust {
+    /// The device's circle.
+    pub circle: Uuid,
+    /// The circle's root.
+    pub root: RootPin,
+}
+
+/// How a device knows its circle's root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RootPin {
+    /// Pinned: from the invitation link the device joined with, or found before.
+    Pinned(RootFingerprint),
+    /// To be found at the first directory from the key that certified this device (a member's
+    /// later device, or the founder's first): see [`find_root`].
+    FromOwnKey,
+}
+
+/// A member's extra passkey, endorsed by one of the member's keys already admitted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endorsement {
+    /// The member.
+    pub member: Uuid,
+    /// The new passkey.
+    pub passkey: PublicKeyInfo,
+    /// The endorsing key's signature over [`Endorsement::challenge`].
+    pub signature: KeySignature,
+}
+
+impl Endorsement {
+    /// The challenge the endorsing key signs: SHA-256 of a domain tag, the member and the passkey.
+    #[must_use]
+    pub fn challenge(member: Uuid, passkey: &PublicKeyInfo) -> [u8; 32] {
+        let mut message = ENDORSEMENT_DOMAIN.to_vec();
+        message.extend_from_slice(member.as_bytes());
+        append_passkey(&mut message, passkey);
+        Sha256::digest(&message).into()
+    }
+
+    /// Has one of `member`'s keys endorse `passkey`: `sign` answers the request.
+    ///
+    /// # Errors
+    /// `sign`'s.
+    pub fn sign<E>(
+        member: Uuid,
+        passkey: PublicKeyInfo,
+        rp_id: &str,
+        sign: impl FnOnce(&RequestChallengeResponse) -> Result<PublicKeyCredential, E>,
+    ) -> Result<Endorsement, E> {
+        let signature = KeySignature::sign(&Endorsement::challenge(member, &passkey), rp_id, sign)?;
+        Ok(Endorsement {
+            member,
+            passkey,
+            signature,
+        })
+    }
+
+    /// Checks that one of `member_keys` signed it; returns that key.
+    ///
+    /// # Errors
+    /// The first check that fails.
+    pub fn verify<'k>(
+        &self,
+        member_keys: &'k [PublicKeyInfo],
+        origin: &str,
+        rp_id: &str,
+    ) -> Result<&'k PublicKeyInfo, CertificateError> {
+        let challenge = Endorsement::challenge(self.member, &self.passkey);
+        self.signature
+            .verify(&challenge, member_keys, origin, rp_id)
+    }
+}
+
+/// A proof that admits one of a member's passkeys, as the directory carries it (opaque to the
+/// server: the JSON of this, base64url).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum KeyProof {
+    /// Admitted by a signed invitation (a newcomer's, or a recovery's).
+    Admission(Admission),
+    /// Endorsed by another of the member's keys.
+    Endorsement(Endorsement),
+}
+
+impl KeyProof {
+    /// The proof as the server keeps it.
+    #[must_use]
+    pub fn to_blob(&self) -> Base64Url {
+        serde_json::to_vec(self).unwrap_or_default().into()
+    }
+
+    /// The proof of a blob.
+    ///
+    /// # Errors
+    /// [`TrustError::Malformed`].
+    pub fn from_blob(blob: &Base64Url) -> Result<KeyProof, TrustError> {
+        crate::codec::from_json(blob.as_slice()).map_err(|_| TrustError::Malformed)
+    }
+
+    /// The member the proof admits a key of.
+    #[must_use]
+    pub fn member(&self) -> Uuid {
+        match self {
+            KeyProof::Admission(a) => a.member,
+            KeyProof::Endorsement(e) => e.member,
+        }
+    }
+
+    /// The key it admits.
+    #[must_use]
+    pub fn passkey(&self) -> &PublicKeyInfo {
+        match self {
+            KeyProof::Admission(a) => &a.passkey,
+            KeyProof::Endorsement(e) => &e.passkey,
+        }
+    }
+}
+
+/// Why a member or one of their keys is not admitted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrustError {
+    /// This device has no root to check from.
+    #[error("this device has not pinned its circle's root")]
+    NoRoot,
+    /// The pinned root's key is not in the directory.
+    #[error("the circle's root key is not in the directory")]
+    RootMissing,
+    /// Nothing signed admits the key.
+    #[error("no signed invitation or endorsement admits this key")]
+    Unproven,
+    /// A proof that is not one.
+    #[error("a proof in the directory is malformed")]
+    Malformed,
+    /// A proof listed under another member than the one it names.
+    #[error("a proof is listed under another member than the one it admits")]
+    Misfiled,
+    /// The invitation is for another circle.
+    #[error("the invitation is for another circle")]
+    WrongCircle,
+    /// The invitation's issuer is not an admin the chain admits.
+    #[error("the invitation's issuer is not an admin of the circle")]
+    IssuerNotAdmin,
+    /// The invitation's chain does not hold.
+    #[error("{0}")]
+    Invitation(InvitationError),
+    /// A recovery invitation names another member, or one the chain does not admit.
+    #[error("a recovery invitation for a member the chain does not admit")]
+    BadRecovery,
+    /// The endorsement is not signed by one of the member's admitted keys.
+    #[error("the key's endorsement does not hold: {0}")]
+    Endorsement(CertificateError),
+    /// The invitation admitted another key already.
+    #[error("the invitation was used before, for another key")]
+    InvitationReused,
+    /// The directory gives the member another role than the chain does.
+    #[error("the directory gives this member a role no admin signed")]
+    ForgedRole,
+}
+
+/// A member the chain admits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedMember {
+    /// The role an admin signed (the root's member is an admin).
+    pub role: Role,
+    /// The member's passkeys the chain admits and the directory lists.
+    pub passkeys: Vec<PublicKeyInfo>,
+    /// Every key the chain admits, listed or not: a key endorsed by one the member lost since
+    /// still counts.
+    pub admitted: Vec<PublicKeyInfo>,
+    /// The admin whose invitation admitted the member (none for the root's member).
+    pub invited_by: Option<Uuid>,
+}
+
+impl TrustedMember {
+    fn admit(&mut self, passkey: &PublicKeyInfo, listed: bool) {
+        if !self.admitted.contains(passkey) {
+            self.admitted.push(passkey.clone());
+        }
+        if listed && !self.passkeys.contains(passkey) {
+            self.passkeys.push(passkey.clone());
+        }
+    }
+}
+
+/// A member, or one of their keys, that the directory lists and the chain does not admit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Distrusted {
+    /// The member.
+    pub member: Uuid,
+    /// The key, when the member is admitted but this key is not.
+    pub key: Option<Base64Url>,
+    /// Why.
+    pub reason: TrustError,
+}
+
+/// Invitation keys a device has seen admit a key, kept in its saved state: an invitation admits
+/// once, whatever a later directory says.
+pub type UsedInvitations = std::collections::BTreeMap<Base64Url, (Uuid, Base64Url)>;
+
+/// The directory as it holds from the root.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedDirectory {
+    /// The members the chain admits.
+    pub members: HashMap<Uuid, TrustedMember>,
+    /// What the directory lists that the chain does not admit.
+    pub distrusted: Vec<Distrusted>,
+    /// Invitation keys that admitted a key here: invitation key → (member, credential id).
+    pub used: UsedInvitations,
+}
+
+/// A directory nothing in which is admitted, for `reason`.
+#[must_use]
+pub fn distrust_all(listed: &[MemberInfo], reason: TrustError) -> TrustedDirectory {
+    TrustedDirectory {
+        distrusted: listed
+            .iter()
+            .map(|m| Distrusted {
+                member: m.id,
+                key: None,
+                reason: reason.clone(),
+            })
+            .collect(),
+        ..TrustedDirectory::default()
+    }
+}
+
+/// What applying one proof came to.
+enum Step {
+    Applied,
+    Wait(TrustError),
+    Failed(TrustError),
+}
+
+/// Checks the directory from `root`: the root's member is an admin; an admission admits its
+/// member (with the role its admin signed) when its issuer is an admin already admitted and its
+/// chain holds; an endorsement admits another key of a member when one of the member's admitted
+/// keys signed it. A key counts only while the directory lists it. An invitation key admits one
+/// key, here and in `used` (what this device saw before). Whatever is listed and not admitted is
+/// reported in [`TrustedDirectory::distrusted`].
+#[must_use]
+pub fn verify_directory(
+    listed: &[MemberInfo],
+    circle: Uuid,
+    root: &RootFingerprint,
+    (origin, rp_id): (&str, &str),
+    used: &UsedInvitations,
+) -> TrustedDirectory {
+    let mut out = TrustedDirectory::default();
+    let Some((founder, root_key)) = listed
+        .iter()
+        .flat_map(|m| m.passkeys.iter().map(move |p| (m.id, p)))
+        .find(|(member, passkey)| RootFingerprint::of(*member, passkey) == *root)
+    else {
+        return distrust_all(listed, TrustError::RootMissing);
+    };
+    out.members.insert(
+        founder,
+        TrustedMember {
+            role: Role::Admin,
+            passkeys: vec![root_key.clone()],
+            admitted: vec![root_key.clone()],
+            invited_by: None,
+        },
+    );
+    let lists: HashMap<Uuid, &MemberInfo> = listed.iter().map(|m| (m.id, m)).collect();
+    let mut pending = Vec::new();
+    let mut reasons: HashMap<(Uuid, Option<Base64Url>), TrustError> = HashMap::new();
+    // Which (member, key) pairs each invitation key claims to admit in this directory.
+    let mut claims: HashMap<Base64Url, HashSet<(Uuid, Base64Url)>> = HashMap::new();
+    for member in listed {
+        for blob in &member.proofs {
+            match KeyProof::from_blob(blob) {
+                Ok(proof) if proof.member() != member.id => {
+                    reasons.insert((member.id, None), TrustError::Misfiled);
+                }
+                Ok(proof) => {
+                    if let KeyProof::Admission(a) = &proof {
+                        claims
+                            .entry(a.invitation.statement.invitation_key.clone())
+                            .or_default()
+                            .insert((a.member, a.passkey.credential_id.clone()));
+                    }
+                    pending.push(proof);
+                }
+                Err(e) => {
+                    reasons.insert((member.id, None), e);
+                }
+            }
+        }
+    }
+    loop {
+        let before = pending.len();
+        pending.retain(|proof| {
+            let step = apply(
+                proof,
+                &mut out,
+                &lists,
+                &claims,
+                used,
+                circle,
+                (origin, rp_id),
+            );
+            let key = Some(proof.passkey().credential_id.clone());
+            match step {
+                Step::Applied => false,
+                Step::Wait(reason) => {
+                    reasons.insert((proof.member(), key), reason);
+                    true
+                }
+                Step::Failed(reason) => {
+                    reasons.insert((proof.member(), key), reason);
+                    false
+                }
+            }
+        });
+        if pending.len() == before {
+            break;
+        }
+    }
+    for member in listed {
+        let reason_for = |key: Option<&Base64Url>| {
+            reasons
+                .get(&(member.id, key.cloned()))
+                .or_else(|| reasons.get(&(member.id, None)))
+                .cloned()
+                .unwrap_or(TrustError::Unproven)
+        };
+        match out.members.get(&member.id) {
+            None => {
+                // The member's own failure, else that of any of its keys.
+                let reason = reasons
+                    .get(&(member.id, None))
+                    .or_else(|| {
+                        member
+                            .passkeys
+                            .iter()
+                            .find_map(|p| reasons.get(&(member.id, Some(p.credential_id.clone()))))
+                    })
+                    .cloned()
+                    .unwrap_or(TrustError::Unproven);
+                out.distrusted.push(Distrusted {
+                    member: member.id,
+                    key: None,
+                    reason,
+                });
+            }
+            Some(trusted) => {
+                if trusted.role != member.role {
+                    out.distrusted.push(Distrusted {
+                        member: member.id,
+                        key: None,
+                        reason: TrustError::ForgedRole,
+                    });
+                }
+                for passkey in &member.passkeys {
+                    if !trusted
+                        .passkeys
+                        .iter()
+                        .any(|p| p.credential_id == passkey.credential_id)
+                    {
+                        out.distrusted.push(Distrusted {
+                            member: member.id,
+                            key: Some(passkey.credential_id.clone()),
+                            reason: reason_for(Some(&passkey.credential_id)),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Applies one proof to what the chain admits so far.
+fn apply(
+    proof: &KeyProof,
+    out: &mut TrustedDirectory,
+    lists: &HashMap<Uuid, &MemberInfo>,
+    claims: &HashMap<Base64Url, HashSet<(Uuid, Base64Url)>>,
+    used: &UsedInvitations,
+    circle: Uuid,
+    (origin, rp_id): (&str, &str),
+) -> Step {
+    let member = proof.member();
+    let passkey = proof.passkey();
+    // A key counts only while the directory lists it (a revoked key stays out), though an
+    // admission of an unlisted key still admits its member (a member who lost that key).
+    let listed = lists
+        .get(&member)
+        .is_some_and(|m| m.passkeys.iter().any(|p| p == passkey));
+    match proof {
+        KeyProof::Admission(admission) => {
+            let statement = &admission.invitation.statement;
+            if statement.circle != circle {
+                return Step::Failed(TrustError::WrongCircle);
+            }
+            let Some(issuer) = out
+                .members
+                .get(&statement.issuer)
+                .filter(|i| i.role == Role::Admin)
+            else {
+                return Step::Wait(TrustError::IssuerNotAdmin);
+            };
+            let this_use = (member, passkey.credential_id.clone());
+            let reused = match used.get(&statement.invitation_key) {
+                Some(first) => *first != this_use,
+                None => claims
+                    .get(&statement.invitation_key)
+                    .is_some_and(|c| c.len() > 1),
+            };
+            if reused {
+                return Step::Failed(TrustError::InvitationReused);
+            }
+            if let Some(recovered) = statement.recovers
+                && (recovered != member || !out.members.contains_key(&member))
+            {
+                return if recovered == member {
+                    Step::Wait(TrustError::BadRecovery)
+                } else {
+                    Step::Failed(TrustError::BadRecovery)
+                };
+            }
+            if let Err(e) = admission.verify(&issuer.passkeys, (origin, rp_id)) {
+                return Step::Failed(TrustError::Invitation(e));
+            }
+            let issuer = statement.issuer;
+            out.used.insert(statement.invitation_key.clone(), this_use);
+            let entry = out.members.entry(member).or_insert(TrustedMember {
+                role: statement.role,
+                passkeys: Vec::new(),
+                admitted: Vec::new(),
+                invited_by: Some(issuer),
+            });
+            entry.admit(passkey, listed);
+            Step::Applied
+        }
+        KeyProof::Endorsement(endorsement) => {
+            let Some(trusted) = out.members.get_mut(&member) else {
+                return Step::Wait(TrustError::Unproven);
+            };
+            match endorsement.verify(&trusted.admitted, origin, rp_id) {
+                Ok(_) => {
+                    trusted.admit(passkey, listed);
+                    Step::Applied
+                }
+                // Perhaps the endorsing key is admitted by a proof not applied yet.
+                Err(CertificateError::UnknownKey) => {
+                    Step::Wait(TrustError::Endorsement(CertificateError::UnknownKey))
+                }
+                Err(e) => Step::Failed(TrustError::Endorsement(e)),
+            }
+        }
+    }
+}
+
+/// The root a later device of `me` finds without taking the server's word, from the key that
+/// certified it (checked against the directory's copy of that key, so the copy is the real one):
+/// the member id of a member who joined by invitation commits to the root (see
+/// [`member_id_for`]); the founder's own founding key, with no proof, is the root. A founder's
+/// device certified by a later key follows that key's endorsements back to the founding key, on
+/// the directory's word (docs/threat-model.md).
+#[must_use]
+pub fn find_root(
+    listed: &[MemberInfo],
+    me: Uuid,
+    certificate: &DeviceCertificate,
+    (origin, rp_id): (&str, &str),
+) -> Option<RootFingerprint> {
+    let mine = listed.iter().find(|m| m.id == me)?;
+    let mut key = certificate
+        .verify(&mine.passkeys, origin, rp_id)
+        .ok()?
+        .clone();
+    let proofs: Vec<KeyProof> = mine
+        .proofs
+        .iter()
+        .filter_map(|b| KeyProof::from_blob(b).ok())
+        .filter(|p| p.member() == me)
+        .collect();
+    for proof in &proofs {
+        if let KeyProof::Admission(a) = proof {
+            let invitation_key = &a.invitation.statement.invitation_key;
+            let found = listed
+                .iter()
+                .flat_map(|m| m.passkeys.iter().map(move |p| RootFingerprint::of(m.id, p)))
+                .find(|root| member_id_for(root, invitation_key) == me);
+            if found.is_some() {
+                return found;
+            }
+        }
+    }
+    // The founder: follow endorsements back to a key nothing admits.
+    for _ in 0..=mine.passkeys.len() {
+        let admitted_by = proofs.iter().find(|p| p.passkey() == &key);
+        match admitted_by {
+            None => return Some(RootFingerprint::of(me, &key)),
+            Some(KeyProof::Endorsement(e)) => {
+                key = mine
+                    .passkeys
+                    .iter()
+                    .find(|p| p.credential_id == e.signature.credential_id)?
+                    .clone();
+            }
+            Some(KeyProof::Admission(_)) => return None,
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use tessera_softkey::SoftKey;
+    use tessera_softkey::testing::{ORIGIN, member};
+
+    use super::*;
+    use crate::identity::certify;
+    use crate::invitation::{InvitationStatement, SignedInvitation};
+
+    const RP: &str = "localhost";
+    const NOW: i64 = 1_800_000_000;
+
+    /// A circle: its founder's key and the directory as an honest server lists it.
+    struct Circle {
+        id: Uuid,
+        founder: SoftKey,
+        listed: Vec<MemberInfo>,
+    }
+
+    impl Circle {
+        fn new() -> Circle {
+            let (founder, info) = member(Role::Admin);
+            Circle {
+                id: Uuid::new_v4(),
+                founder,
+                listed: vec![info],
+            }
+        }
+
+        fn root(&self) -> RootFingerprint {
+            RootFingerprint::of(self.listed[0].id, &self.listed[0].passkeys[0])
+        }
+
+        fn verify(&self) -> TrustedDirectory {
+            verify_directory(
+                &self.listed,
+                self.id,
+                &self.root(),
+                (ORIGIN, RP),
+                &UsedInvitations::new(),
+            )
+        }
+
+        /// An invitation signed by the member at `issuer` in the list, with its secret.
+        fn invite(
+            &mut self,
+            issuer: usize,
+            key: &mut SoftKey,
+            role: Role,
+            recovers: Option<Uuid>,
+        ) -> (SignedInvitation, InvitationSecret) {
+            let secret = InvitationSecret::generate().expect("randomness");
+            let statement = InvitationStatement {
+                circle: self.id,
+                invitation_key: secret.public_key(),
+                role,
+                expires_at: NOW + 3600,
+                issuer: self.listed[issuer].id,
+                recovers,
+            };
+            let signed =
+                SignedInvitation::sign(statement, RP, |r| key.sign_in(r, ORIGIN)).expect("signs");
+            (signed, secret)
+        }
+
+        /// A newcomer admitted by the founder's invitation; returns its index and key.
+        fn admit(&mut self, role: Role) -> (usize, SoftKey) {
+            let mut founder = std::mem::replace(&mut self.founder, SoftKey::blank().expect("key"));
+            let (signed, secret) = self.invite(0, &mut founder, role, None);
+            self.founder = founder;
+            let (key, mut info) = member(role);
+            info.id = member_id_for(&self.root(), &secret.public_key());
+            let admission = secret.admit(signed, info.id, info.passkeys[0].clone(), NOW);
+            info.proofs.push(KeyProof::Admission(admission).to_blob());
+            self.listed.push(info);
+            (self.listed.len() - 1, key)
+        }
+    }
+
+    fn distrusted(directory: &TrustedDirectory) -> Vec<(Uuid, Option<Base64Url>, TrustError)> {
+        directory
+            .distrusted
+            .iter()
+            .map(|d| (d.member, d.key.clone(), d.reason.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn an_honest_directory_holds_from_the_root_with_the_roles_admins_signed() {
+        let mut circle = Circle::new();
+        let (admin, mut admin_key) = circle.admit(Role::Admin);
+        // The second admin invites a member in turn.
+        let (signed, secret) = circle.invite(admin, &mut admin_key, Role::Member, None);
+        let (_, mut info) = member(Role::Member);
+        let admission = secret.admit(signed, info.id, info.passkeys[0].clone(), NOW);
+        info.proofs.push(KeyProof::Admission(admission).to_blob());
+        circle.listed.push(info.clone());
+        let trusted = circle.verify();
+        assert_eq!(distrusted(&trusted), vec![]);
+        assert_eq!(trusted.members.len(), 3);
+        assert_eq!(trusted.members[&circle.listed[admin].id].role, Role::Admin);
+        assert_eq!(trusted.members[&info.id].role, Role::Member);
+        assert_eq!(
+            trusted.members[&info.id].invited_by,
+            Some(circle.listed[admin].id)
+        );
+        assert_eq!(trusted.members[&circle.listed[0].id].invited_by, None);
+        assert_eq!(trusted.used.len(), 2);
+    }
+
+    #[test]
+    fn what_the_server_adds_or_alters_is_distrusted_and_admits_nobody() {
+        let mut circle = Circle::new();
+        let (honest, _) = circle.admit(Role::Member);
+        let honest_id = circle.listed[honest].id;
+        // A member inserted without any proof; one with a proof made by a key of the server's.
+        let (_, forged) = member(Role::Member);
+        let (mut server_key, mut server_admin) = member(Role::Admin);
+        let (signed, secret) = {
+            circle.listed.push(server_admin.clone());
+            let made = circle.invite(circle.listed.len() - 1, &mut server_key, Role::Admin, None);
+            circle.listed.pop();
+            made
+        };
+        let (_, mut impostor) = member(Role::Admin);
+        let admission = secret.admit(signed, impostor.id, impostor.passkeys[0].clone(), NOW);
+        impostor
+            .proofs
+            .push(KeyProof::Admission(admission).to_blob());
+        server_admin.proofs.clear();
+        // A second key for the honest member; the honest member's role flipped to admin.
+        let (_, extra) = member(Role::Member);
+        circle.listed[honest]
+            .passkeys
+            .push(extra.passkeys[0].clone());
+        circle.listed[honest].role = Role::Admin;
+        circle
+            .listed
+            .extend([forged.clone(), server_admin.clone(), impostor.clone()]);
+        let trusted = circle.verify();
+        assert_eq!(
+            trusted.members.len(),
+            2,
+            "the founder and the honest member only"
+        );
+        assert_eq!(trusted.members[&honest_id].role, Role::Member);
+        assert_eq!(trusted.members[&honest_id].passkeys.len(), 1);
+        let mut found = distrusted(&trusted);
+        found.sort_by_key(|d| d.0);
+        let mut expected = vec![
+            (honest_id, None, TrustError::ForgedRole),
+            (
+                honest_id,
+                Some(extra.passkeys[0].credential_id.clone()),
+                TrustError::Unproven,
+            ),
+            (forged.id, None, TrustError::Unproven),
+            (server_admin.id, None, TrustError::Unproven),
+            (impostor.id, None, TrustError::IssuerNotAdmin),
+        ];
+        expected.sort_by_key(|d| d.0);
+        assert_eq!(found, expected);
+    }
+
+    #[test]
+    fn an_invitation_admits_once_and_a_stranger_root_admits_nobody() {
+        let mut circle = Circle::new();
+        let mut founder = std::mem::replace(&mut circle.founder, SoftKey::blank().expect("key"));
+        let (signed, secret) = circle.invite(0, &mut founder, Role::Member, None);
+        let (_, mut first) = member(Role::Member);
+        let (_, mut second) = member(Role::Member);
+        for info in [&mut first, &mut second] {
+            let admission = secret.admit(signed.clone(), info.id, info.passkeys[0].clone(), NOW);
+            info.proofs.push(KeyProof::Admission(admission).to_blob());
+        }
+        circle.listed.push(first.clone());
+        // Seen alone first, the first newcomer is admitted and its use remembered.
+        let seen = circle.verify();
+        assert!(seen.members.contains_key(&first.id));
+        // Then the server lists a second newcomer with the same invitation, with or without the
+        // first: the device that remembers admits the first only; one that does not, neither.
+        circle.listed.push(second.clone());
+        let remembered = verify_directory(
+            &circle.listed,
+            circle.id,
+            &circle.root(),
+            (ORIGIN, RP),
+            &seen.used,
+        );
+        assert!(remembered.members.contains_key(&first.id));
+        assert!(!remembered.members.contains_key(&second.id));
+        let cold = circle.verify();
+        assert!(!cold.members.contains_key(&first.id));
+        assert!(distrusted(&cold).contains(&(second.id, None, TrustError::InvitationReused)));
+        circle.listed.remove(1);
+        let replaced = verify_directory(
+            &circle.listed,
+            circle.id,
+            &circle.root(),
+            (ORIGIN, RP),
+            &seen.used,
+        );
+        assert!(distrusted(&replaced).contains(&(second.id, None, TrustError::InvitationReused)));
+        // Another root: nobody, and the device says why.
+        let (_, stranger) = member(Role::Admin);
+        let elsewhere = RootFingerprint::of(stranger.id, &stranger.passkeys[0]);
+        let lost = verify_directory(
+            &circle.listed,
+            circle.id,
+            &elsewhere,
+            (ORIGIN, RP),
+            &UsedInvitations::new(),
+        );
+        assert!(lost.members.is_empty());
+        assert!(
+            lost.distrusted
+                .iter()
+                .all(|d| d.reason == TrustError::RootMissing)
+        );
+        // An invitation for another circle.
+        let other = verify_directory(
+            &circle.listed,
+            Uuid::new_v4(),
+            &circle.root(),
+            (ORIGIN, RP),
+            &UsedInvitations::new(),
+        );
+        assert!(distrusted(&other).contains(&(second.id, None, TrustError::WrongCircle)));
+    }
+
+    #[test]
+    fn extra_keys_need_the_members_endorsement_and_recovery_an_admins_invitation() {
+        let mut circle = Circle::new();
+        let (index, mut key) = circle.admit(Role::Member);
+        let id = circle.listed[index].id;
+        // An extra key endorsed by the member's own key.
+        let (_, extra) = member(Role::Member);
+        let endorsement = Endorsement::sign(id, extra.passkeys[0].clone(), RP, |r| {
+            key.sign_in(r, ORIGIN)
+        })
+        .expect("signs");
+        circle.listed[index]
+            .passkeys
+            .push(extra.passkeys[0].clone());
+        circle.listed[index]
+            .proofs
+            .push(KeyProof::Endorsement(endorsement.clone()).to_blob());
+        // The key lost, recovered with an admin's recovery invitation.
+        let mut founder = std::mem::replace(&mut circle.founder, SoftKey::blank().expect("key"));
+        let (signed, secret) = circle.invite(0, &mut founder, Role::Admin, Some(id));
+        let (_, recovered) = member(Role::Member);
+        let admission = secret.admit(signed, id, recovered.passkeys[0].clone(), NOW);
+        circle.listed[index].passkeys.remove(0);
+        circle.listed[index]
+            .passkeys
+            .push(recovered.passkeys[0].clone());
+        circle.listed[index]
+            .proofs
+            .push(KeyProof::Admission(admission).to_blob());
+        let trusted = circle.verify();
+        assert_eq!(distrusted(&trusted), vec![]);
+        assert_eq!(
+            trusted.members[&id].passkeys.len(),
+            2,
+            "the extra and the recovered key"
+        );
+        assert_eq!(
+            trusted.members[&id].role,
+            Role::Member,
+            "a recovery grants no role"
+        );
+        // An endorsement moved to another member, or signed by a stranger's key.
+        let (mut stranger_key, stranger) = member(Role::Member);
+        let forged = Endorsement::sign(id, stranger.passkeys[0].clone(), RP, |r| {
+            stranger_key.sign_in(r, ORIGIN)
+        })
+        .expect("signs");
+        circle.listed[index]
+            .passkeys
+            .push(stranger.passkeys[0].clone());
+        circle.listed[index]
+            .proofs
+            .push(KeyProof::Endorsement(forged).to_blob());
+        let mut moved = endorsement;
+        moved.member = circle.listed[0].id;
+        circle.listed[0]
+            .proofs
+            .push(KeyProof::Endorsement(moved).to_blob());
+        circle.listed[0].passkeys.push(extra.passkeys[0].clone());
+        let trusted = circle.verify();
+        let found = distrusted(&trusted);
+        assert!(
+            found.contains(&(
+                id,
+                Some(stranger.passkeys[0].credential_id.clone()),
+                TrustError::Endorsement(CertificateError::UnknownKey)
+            )),
+            "{found:?}"
+        );
+        assert!(
+            found.contains(&(
+                circle.listed[0].id,
+                Some(extra.passkeys[0].credential_id.clone()),
+                TrustError::Endorsement(CertificateError::WrongChallenge)
+            )),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_later_device_finds_its_root_from_its_own_key_not_the_servers_word() {
+        let mut circle = Circle::new();
+        let (index, mut key) = circle.admit(Role::Member);
+        let id = circle.listed[index].id;
+        let device = Uuid::new_v4();
+        let certificate =
+            certify(RP, id, device, b"device key", |r| key.sign_in(r, ORIGIN)).expect("certifies");
+        assert_eq!(
+            find_root(&circle.listed, id, &certificate, (ORIGIN, RP)),
+            Some(circle.root())
+        );
+        // The founder's device: its own founding key.
+        let founder_id = circle.listed[0].id;
+        let founder_cert = certify(RP, founder_id, device, b"device key", |r| {
+            circle.founder.sign_in(r, ORIGIN)
+        })
+        .expect("certifies");
+        assert_eq!(
+            find_root(&circle.listed, founder_id, &founder_cert, (ORIGIN, RP)),
+            Some(circle.root())
+        );
+        // A server that lists another root next to the member's: still the real one (the id
+        // commits to it); one that swaps the member's key: none.
+        let root = circle.root();
+        let (_, fake) = member(Role::Admin);
+        circle.listed.insert(0, fake);
+        assert_eq!(
+            find_root(&circle.listed, id, &certificate, (ORIGIN, RP)),
+            Some(root)
+        );
+        let (_, other) = member(Role::Member);
+        circle.listed[index + 1].passkeys = other.passkeys;
+        assert_eq!(
+            find_root(&circle.listed, id, &certificate, (ORIGIN, RP)),
+            None
+        );
+    }
+
+    #[test]
+    fn a_links_fragment_carries_the_secret_and_root_and_an_incomplete_one_is_refused() {
+        let circle = Circle::new();
+        let secrets = LinkSecrets {
+            secret: InvitationSecret::generate().expect("randomness"),
+            root: circle.root(),
+        };
+        let fragment = secrets.to_fragment();
+        let back = LinkSecrets::from_fragment(&format!("#{fragment}")).expect("parses");
+        assert_eq!(back.root, circle.root());
+        assert_eq!(back.secret.public_key(), secrets.secret.public_key());
+        assert_eq!(
+            LinkSecrets::from_fragment("").err(),
+            Some(LinkError::Incomplete)
+        );
+        assert_eq!(
+            LinkSecrets::from_fragment("#").err(),
+            Some(LinkError::Incomplete)
+        );
+        for damaged in [
+            &fragment[1..],
+            &fragment[..fragment.len() - 1],
+            "abc",
+            "abc.def",
+        ] {
+            assert_eq!(
+                LinkSecrets::from_fragment(damaged).err(),
+                Some(LinkError::Damaged),
+                "{damaged}"
+            );
+        }
+        assert_eq!(
+            LinkError::Incomplete.to_string(),
+            "this link is incomplete: ask the admin for the whole link"
+        );
+    }
+}
