@@ -4,7 +4,8 @@
 
 use tessera_engine::invitation::{InvitationSecret, InvitationStatement, SignedInvitation};
 use tessera_engine::trust::{
-    Endorsement, KeyProof, LinkError, LinkSecrets, RootFingerprint, member_id_for,
+    Endorsement, KeyProof, LinkError, LinkSecrets, RootFingerprint, UsedInvitations, member_id_for,
+    verify_directory,
 };
 use tessera_softkey::{AuthenticatorError, SoftKey};
 use tessera_wire::{CreatedInvitation, PasskeyInfo, Role, SessionGranted};
@@ -25,6 +26,13 @@ pub enum MembershipError {
     /// The key refused.
     #[error("the key refused: {0}")]
     Key(#[from] AuthenticatorError),
+    /// The key is enrolled, but the link's circle root does not admit the newcomer.
+    #[error(
+        "the key is enrolled, but the circle named in the link does not admit you: the link was \
+         altered on its way, or the server is not honest; ask the admin for a new link and tell \
+         them"
+    )]
+    NotAdmitted,
     /// The server's answer does not fit the link or what this device asked for.
     #[error("the server's answer does not fit the invitation: {0}")]
     Mismatch(&'static str),
@@ -141,6 +149,20 @@ pub async fn join(
         Some(secrets) => secrets.root,
         None => RootFingerprint::of(granted.member, &passkey),
     };
+    // The link's root must admit the newcomer: else the link was altered on its way, or the
+    // server serves another circle than the link's.
+    let origin_rp = (link.origin.as_str(), key.rp_id());
+    let listed = api.members().await?;
+    let trusted = verify_directory(
+        &listed,
+        granted.circle,
+        &root,
+        origin_rp,
+        &UsedInvitations::new(),
+    );
+    if !trusted.members.contains_key(&granted.member) {
+        return Err(MembershipError::NotAdmitted);
+    }
     Ok(Joined { granted, root })
 }
 

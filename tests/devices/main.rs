@@ -2,6 +2,7 @@
 //! real server, each test inside a network namespace of its own.
 
 mod circle;
+mod hostile;
 mod links;
 mod relay;
 mod support;

@@ -377,9 +377,42 @@ pub fn verify_directory(
     listed: &[MemberInfo],
     circle: Uuid,
     root: &RootFingerprint,
-    (origin, rp_id): (&str, &str),
+    origin_rp: (&str, &str),
     used: &UsedInvitations,
 ) -> TrustedDirectory {
+    let mut checked = CheckedProofs::default();
+    verify_directory_with(listed, circle, root, origin_rp, (used, &mut checked))
+}
+
+/// Proofs whose signatures this device checked already, each with the key that signed it: a
+/// directory fetched again costs no signature checks for what it saw before. Only what the
+/// latest directory carried is kept.
+#[derive(Debug, Default)]
+pub struct CheckedProofs(HashSet<[u8; 32]>);
+
+impl CheckedProofs {
+    /// What identifies a proof's check: SHA-256 over the proof (length first, so that no other
+    /// split of the same bytes matches) and the key that signed it.
+    fn key(proof: &[u8], signer: &PublicKeyInfo) -> [u8; 32] {
+        let mut hash = Sha256::new();
+        hash.update((proof.len() as u64).to_be_bytes());
+        hash.update(proof);
+        hash.update(signer.public_key.as_slice());
+        hash.finalize().into()
+    }
+}
+
+/// [`verify_directory`], skipping the signature checks of proofs in `checked` and remembering
+/// the new ones there.
+#[must_use]
+pub fn verify_directory_with(
+    listed: &[MemberInfo],
+    circle: Uuid,
+    root: &RootFingerprint,
+    (origin, rp_id): (&str, &str),
+    (used, checked): (&UsedInvitations, &mut CheckedProofs),
+) -> TrustedDirectory {
+    let mut this_round = CheckedProofs::default();
     let mut out = TrustedDirectory::default();
     let Some((founder, root_key)) = listed
         .iter()
@@ -415,7 +448,7 @@ pub fn verify_directory(
                             .or_default()
                             .insert((a.member, a.passkey.credential_id.clone()));
                     }
-                    pending.push(proof);
+                    pending.push((proof, blob));
                 }
                 Err(e) => {
                     reasons.insert((member.id, None), e);
@@ -423,18 +456,20 @@ pub fn verify_directory(
             }
         }
     }
+    let seen = Seen {
+        lists,
+        claims,
+        used,
+    };
     loop {
         let before = pending.len();
-        pending.retain(|proof| {
-            let step = apply(
-                proof,
-                &mut out,
-                &lists,
-                &claims,
-                used,
-                circle,
-                (origin, rp_id),
-            );
+        pending.retain(|(proof, blob)| {
+            let cache = Cache {
+                blob: blob.as_slice(),
+                before: checked,
+                now: &mut this_round,
+            };
+            let step = apply(proof, &mut out, &seen, cache, circle, (origin, rp_id));
             let key = Some(proof.passkey().credential_id.clone());
             match step {
                 Step::Applied => false,
@@ -503,16 +538,60 @@ pub fn verify_directory(
             }
         }
     }
+    *checked = this_round;
     out
+}
+
+/// A proof's bytes and the checks made before and in this round.
+struct Cache<'a> {
+    blob: &'a [u8],
+    before: &'a CheckedProofs,
+    now: &'a mut CheckedProofs,
+}
+
+impl Cache<'_> {
+    /// Runs `check` of the proof as signed by the one of `keys` with `credential_id`, unless it
+    /// passed before; remembers a pass.
+    fn check<E>(
+        &mut self,
+        keys: &[PublicKeyInfo],
+        credential_id: &Base64Url,
+        check: impl FnOnce() -> Result<(), E>,
+    ) -> Result<(), E> {
+        let signer = keys.iter().find(|k| k.credential_id == *credential_id);
+        let key = signer.map(|s| CheckedProofs::key(self.blob, s));
+        if let Some(key) = key
+            && self.before.0.contains(&key)
+        {
+            self.now.0.insert(key);
+            return Ok(());
+        }
+        check()?;
+        if let Some(key) = key {
+            self.now.0.insert(key);
+        }
+        Ok(())
+    }
+}
+
+/// What a proof is checked against besides the chain: the directory's listing, which keys each
+/// invitation claims to admit in it, and the invitations this device saw used before.
+struct Seen<'a> {
+    lists: HashMap<Uuid, &'a MemberInfo>,
+    claims: HashMap<Base64Url, HashSet<(Uuid, Base64Url)>>,
+    used: &'a UsedInvitations,
 }
 
 /// Applies one proof to what the chain admits so far.
 fn apply(
     proof: &KeyProof,
     out: &mut TrustedDirectory,
-    lists: &HashMap<Uuid, &MemberInfo>,
-    claims: &HashMap<Base64Url, HashSet<(Uuid, Base64Url)>>,
-    used: &UsedInvitations,
+    Seen {
+        lists,
+        claims,
+        used,
+    }: &Seen<'_>,
+    mut cache: Cache<'_>,
     circle: Uuid,
     (origin, rp_id): (&str, &str),
 ) -> Step {
@@ -555,7 +634,10 @@ fn apply(
                     Step::Failed(TrustError::BadRecovery)
                 };
             }
-            if let Err(e) = admission.verify(&issuer.passkeys, (origin, rp_id)) {
+            let signer = &admission.invitation.signature.credential_id;
+            if let Err(e) = cache.check(&issuer.passkeys, signer, || {
+                admission.verify(&issuer.passkeys, (origin, rp_id))
+            }) {
                 return Step::Failed(TrustError::Invitation(e));
             }
             let issuer = statement.issuer;
@@ -573,8 +655,12 @@ fn apply(
             let Some(trusted) = out.members.get_mut(&member) else {
                 return Step::Wait(TrustError::Unproven);
             };
-            match endorsement.verify(&trusted.admitted, origin, rp_id) {
-                Ok(_) => {
+            let signer = &endorsement.signature.credential_id;
+            let admitted = &trusted.admitted;
+            match cache.check(admitted, signer, || {
+                endorsement.verify(admitted, origin, rp_id).map(|_| ())
+            }) {
+                Ok(()) => {
                     trusted.admit(passkey, listed);
                     Step::Applied
                 }
@@ -750,6 +836,51 @@ mod tests {
         );
         assert_eq!(trusted.members[&circle.listed[0].id].invited_by, None);
         assert_eq!(trusted.used.len(), 2);
+    }
+
+    #[test]
+    fn a_directory_seen_again_is_checked_from_memory_and_a_changed_proof_afresh() {
+        let mut circle = Circle::new();
+        let (index, _) = circle.admit(Role::Member);
+        circle.admit(Role::Admin);
+        let (root, id) = (circle.root(), circle.id);
+        let mut checked = CheckedProofs::default();
+        let used = UsedInvitations::new();
+        let cold = verify_directory_with(
+            &circle.listed,
+            id,
+            &root,
+            (ORIGIN, RP),
+            (&used, &mut checked),
+        );
+        assert_eq!(checked.0.len(), 2, "one check per admission");
+        let warm = verify_directory_with(
+            &circle.listed,
+            id,
+            &root,
+            (ORIGIN, RP),
+            (&used, &mut checked),
+        );
+        assert_eq!(warm.members, cold.members);
+        // A proof altered since (here: its admission time) is no check the device made before.
+        let mut proof = KeyProof::from_blob(&circle.listed[index].proofs[0]).expect("proof");
+        if let KeyProof::Admission(a) = &mut proof {
+            a.admitted_at -= 1;
+        }
+        circle.listed[index].proofs[0] = proof.to_blob();
+        let altered = verify_directory_with(
+            &circle.listed,
+            id,
+            &root,
+            (ORIGIN, RP),
+            (&used, &mut checked),
+        );
+        assert!(!altered.members.contains_key(&circle.listed[index].id));
+        assert_eq!(
+            checked.0.len(),
+            1,
+            "only what the latest directory carried is kept"
+        );
     }
 
     #[test]

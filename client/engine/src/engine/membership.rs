@@ -17,7 +17,7 @@ use web_time::Instant;
 use crate::payload::{Content, SignalPayload};
 use crate::roster::{Directory, Refusal, certificate_of, verify_leaf, verify_leaf_node};
 use crate::trust::{
-    RootPin, TrustError, TrustedDirectory, distrust_all, find_root, verify_directory,
+    RootPin, TrustError, TrustedDirectory, distrust_all, find_root, verify_directory_with,
 };
 
 use super::{
@@ -99,9 +99,13 @@ impl Engine {
                     self.dirty = true;
                 }
                 match trust.root {
-                    RootPin::Pinned(root) => {
-                        verify_directory(listed, trust.circle, &root, origin_rp, &self.trust.used)
-                    }
+                    RootPin::Pinned(root) => verify_directory_with(
+                        listed,
+                        trust.circle,
+                        &root,
+                        origin_rp,
+                        (&self.trust.used, &mut self.checked),
+                    ),
                     RootPin::FromOwnKey => distrust_all(listed, TrustError::NoRoot),
                 }
             }

@@ -41,7 +41,7 @@ use crate::payload::{CommitPayload, SignalPayload};
 use crate::pieces::Assembler;
 use crate::provider::Provider;
 use crate::roster::{Directory, Refusal};
-use crate::trust::{RootFingerprint, RootPin, Trust, UsedInvitations};
+use crate::trust::{CheckedProofs, RootFingerprint, RootPin, Trust, UsedInvitations};
 
 /// How many items a device keeps of each kind it cannot process yet (KeyPackages before it is in
 /// the group, MLS signals before its Welcome, link messages from an epoch ahead of its own).
@@ -71,6 +71,8 @@ pub struct Engine {
     saved: SavedState,
     /// The circle's root and the invitations seen used (saved with `saved`).
     trust: SavedTrust,
+    /// The proofs whose signatures this device checked in the last directory.
+    checked: CheckedProofs,
     /// What the device reported distrusting already, so that each is said once.
     distrust_reported: BTreeSet<(Uuid, Option<Base64Url>, String)>,
     saved_mls: HashMap<Vec<u8>, Vec<u8>>,
@@ -237,6 +239,7 @@ impl Engine {
             signer,
             saved,
             trust,
+            checked: CheckedProofs::default(),
             distrust_reported: BTreeSet::new(),
             saved_mls: HashMap::new(),
             group,
