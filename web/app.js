@@ -35,9 +35,10 @@ export async function api(method, path, body) {
   return data;
 }
 
-// Explains a failed ceremony in words a member can act on.
+// Explains a failed ceremony in words a member can act on. The engine refuses with a sentence.
 export function explain(error) {
   if (error instanceof ApiError) return error.message;
+  if (typeof error === 'string') return error.charAt(0).toUpperCase() + error.slice(1) + '.';
   switch (error?.name) {
     case 'NotAllowedError':
       return 'The key did not answer, or the request was cancelled. Is your key inserted? Try again and touch it when it blinks.';
@@ -45,6 +46,8 @@ export function explain(error) {
       return 'This key is already enrolled here.';
     case 'SecurityError':
       return 'This page is not served from the address the server expects.';
+    case 'Error':
+      return error.message;
     case 'TypeError':
       return 'The server cannot be reached. Check your network and try again.';
     default:
@@ -52,11 +55,64 @@ export function explain(error) {
   }
 }
 
-async function registerKey(startPath, startBody, finishPath) {
+// The engine's module, for the pages that sign (web/device.js loads it once).
+async function engine() {
+  const { loadEngine } = await import('/static/device.js');
+  return loadEngine();
+}
+
+const nowSecs = () => Math.floor(Date.now() / 1000);
+
+function base64url(buffer) {
+  let text = '';
+  for (const byte of new Uint8Array(buffer)) text += String.fromCharCode(byte);
+  return btoa(text).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+}
+
+// The circle's root this browser pinned for `member` (base64url), from the invitation link it
+// joined with, the founder's own key, or what its device found.
+export const rootOf = (member) => localStorage.getItem(`tessera.root.${member}`);
+export const keepRoot = (member, root) => localStorage.setItem(`tessera.root.${member}`, root);
+
+// Registers a new key: `check(start)` may refuse the server's options before the key is made;
+// `proofOf(start, passkey)` makes what admits the key (the admission or the endorsement, opaque to
+// the server) between its creation and the finish.
+async function registerKey(startPath, startBody, finishPath, { check = () => {}, proofOf }) {
   const start = await api('POST', startPath, startBody);
+  check(start);
   const publicKey = PublicKeyCredential.parseCreationOptionsFromJSON(start.publicKey);
   const credential = await navigator.credentials.create({ publicKey });
-  return api('POST', finishPath, { ceremony: start.ceremony, credential: credential.toJSON() });
+  const json = credential.toJSON();
+  const passkey = (await engine()).passkeyOf(json.rawId,
+    base64url(credential.response.getPublicKey()), credential.response.getPublicKeyAlgorithm());
+  const proof = await proofOf(start, passkey);
+  const finished = await api('POST', finishPath, { ceremony: start.ceremony, credential: json, proof });
+  return { finished, passkey };
+}
+
+// Has one of the member's keys sign `request` (the JSON of `publicKey`) and returns the answer.
+async function signWithKey(request) {
+  const publicKey = PublicKeyCredential.parseRequestOptionsFromJSON(JSON.parse(request));
+  const credential = await navigator.credentials.get({ publicKey });
+  return JSON.stringify(credential.toJSON());
+}
+
+// Issues an invitation signed with the admin's key: for a newcomer with `role`, or (`recovers`) a
+// member's new key. Returns the server's record and the whole link, which only this page sees.
+async function issueInvitation(me, { role, ttlSecs, recovers }) {
+  const root = rootOf(me.member);
+  if (!root) {
+    throw new Error('This browser does not know your circle\'s root yet: open the Circle page once, then issue the invitation.');
+  }
+  const wasm = await engine();
+  const invitation = new wasm.WebInvitation(me.circle, me.member, role, ttlSecs, recovers ?? null, nowSecs());
+  say('Touch your key to sign the invitation…');
+  const statement = invitation.sign(await signWithKey(invitation.request(window.location.hostname)));
+  const created = recovers
+    ? await api('POST', `/members/${recovers}/recovery`, { ttl_secs: ttlSecs, statement })
+    : await api('POST', '/invitations', { role, ttl_secs: ttlSecs, statement });
+  const link = invitation.link(created.url, root);
+  return { created, link, qr: wasm.qrSvg(link) };
 }
 
 async function logIn() {
@@ -137,14 +193,38 @@ const pages = {
     const form = document.getElementById('enroll');
     if (!form) return;
     const token = decodeURIComponent(window.location.pathname.split('/')[2] ?? '');
+    // The invitation's secret and the circle's root: never sent to the server.
+    const fragment = window.location.hash.slice(1);
     form.addEventListener('submit', async (event) => {
       event.preventDefault();
       const button = document.getElementById('enroll-button');
       busy(button, true);
-      say('Touch your key and enter its PIN…');
       try {
+        const wasm = await engine();
+        const plan = fragment ? JSON.parse(wasm.joinPlan(fragment)) : null;
         const label = document.getElementById('label').value;
-        await registerKey('/enroll/start', { token, label }, '/enroll/finish');
+        const { finished: granted, passkey } = await registerKey(
+          '/enroll/start', { token, label, member: plan?.member ?? null }, '/enroll/finish', {
+            check(start) {
+              say('Touch your key and enter its PIN…');
+              if (!start.statement && !plan) return; // the operator's first link: the founder
+              if (!plan) wasm.joinPlan(fragment); // throws: a signed invitation's link lost its fragment
+              if (!start.statement) throw new Error('The server holds no signed invitation for this link: ask the admin for a new one.');
+              wasm.checkStatement(fragment, start.statement, start.publicKey.user.id);
+            },
+            async proofOf(start, key) {
+              if (!plan) return null;
+              return JSON.parse(wasm.admission(fragment, start.statement, start.publicKey.user.id, key, nowSecs())).proof;
+            },
+          });
+        const root = plan ? plan.root : wasm.rootOfKey(granted.member, passkey);
+        keepRoot(granted.member, root);
+        // The link's root must admit this newcomer: else the link was altered, or the server lies.
+        const { members } = JSON.parse(wasm.circleMembers(JSON.stringify(await api('GET', '/members')),
+          granted.circle, root, window.location.origin, window.location.hostname));
+        if (!members.some((m) => m.member === granted.member)) {
+          throw new Error('Your key is enrolled, but the circle named in this link does not admit you: the link was altered on its way, or the server is not honest. Ask the admin for a new link and tell them.');
+        }
         // The invitation is used up: keep the link out of the history.
         window.history.replaceState(null, '', '/account');
         window.location.assign('/account');
@@ -199,7 +279,24 @@ const pages = {
       say('Touch the new key and enter its PIN…');
       try {
         const label = document.getElementById('key-label').value;
-        await registerKey('/me/passkeys/start', { label }, '/me/passkeys/finish');
+        const existing = (await api('GET', '/me/passkeys')).map((k) => k.id);
+        await registerKey('/me/passkeys/start', { label }, '/me/passkeys/finish', {
+          async proofOf(_, passkey) {
+            // One of the keys the member has already signs for the new one: the member swaps keys
+            // (a USB port is often single), then says when the old key is in.
+            const wasm = await engine();
+            const request = wasm.endorsementRequest(window.location.hostname, me.member, passkey, existing);
+            const step = document.getElementById('endorse');
+            step.hidden = false;
+            say('The new key is made. Insert one of your existing keys, then press Endorse.');
+            await new Promise((resolve) => {
+              document.getElementById('endorse-button').addEventListener('click', resolve, { once: true });
+            });
+            step.hidden = true;
+            say('Touch your existing key to endorse the new one…');
+            return wasm.endorsement(me.member, passkey, await signWithKey(request));
+          },
+        });
         document.getElementById('key-label').value = '';
         await draw();
         say('Key added.');
@@ -220,11 +317,11 @@ const pages = {
     }
     const pending = document.querySelector('#pending tbody');
     const members = document.querySelector('#members tbody');
-    const showInvitation = (created) => {
+    const showInvitation = ({ link, qr }) => {
       document.getElementById('new-invitation').hidden = false;
-      document.getElementById('invitation-url').value = created.url;
+      document.getElementById('invitation-url').value = link;
       document.getElementById('invitation-qr').src =
-        'data:image/svg+xml;charset=utf-8,' + encodeURIComponent(created.qr_svg);
+        'data:image/svg+xml;charset=utf-8,' + encodeURIComponent(qr);
     };
     const draw = async () => {
       const [invitations, directory] = await Promise.all([
@@ -262,7 +359,7 @@ const pages = {
             say('Member revoked.');
           });
           actionCell(row, 'Recovery link', async () => {
-            showInvitation(await api('POST', `/members/${member.id}/recovery`, { ttl_secs: 86400 }));
+            showInvitation(await issueInvitation(me, { role: 'member', ttlSecs: 86400, recovers: member.id }));
             await draw();
             say('Recovery invitation issued.');
           });
@@ -278,7 +375,7 @@ const pages = {
       try {
         const role = document.getElementById('invite-role').value;
         const ttl_secs = Number(document.getElementById('invite-ttl').value);
-        showInvitation(await api('POST', '/invitations', { role, ttl_secs }));
+        showInvitation(await issueInvitation(me, { role, ttlSecs: ttl_secs }));
         await draw();
         say('Invitation issued.');
       } catch (error) {

@@ -2,7 +2,7 @@
 // tap on the hardware key), then shows what the device does: members with their names, keys and
 // presence, and the chat with each message's delivery state. The device itself is web/device.js.
 
-import { api, busy, explain, say, short } from '/static/app.js';
+import { api, busy, explain, keepRoot, rootOf, say, short } from '/static/app.js';
 import { Device, DeviceStore, loadEngine } from '/static/device.js';
 
 const $ = (id) => document.getElementById(id);
@@ -35,7 +35,10 @@ async function makeDevice(engine, me, store) {
   const fingerprint = engine.verifyCertificate(
     certificate, JSON.stringify(directory), window.location.origin, window.location.hostname);
   const publicKey = key.publicKey();
-  const created = engine.WebDevice.create(window.location.origin, window.location.hostname, key, certificate);
+  // The root pinned when this browser joined; a browser that only logged in finds it from the key
+  // that certified it, at the first directory.
+  const created = engine.WebDevice.create(window.location.origin, window.location.hostname, key,
+    certificate, me.circle, rootOf(me.member));
   await store.saveIdentity({ publicKey, fingerprint });
   return created;
 }
@@ -136,6 +139,9 @@ class CircleView {
       case 'refused':
         console.warn(`refused a ${event.what}: ${event.reason}`);
         break;
+      case 'distrusted':
+        this.#distrusted(event);
+        break;
       default:
     }
   }
@@ -234,11 +240,33 @@ class CircleView {
     $('name-button').disabled = true;
   }
 
+  // What the server lists that nothing signed admits: said once, loudest for one's own account.
+  #distrusted(event) {
+    const list = $('warnings');
+    const key = `${event.member}/${event.key ?? ''}/${event.reason}`;
+    if ([...list.children].some((li) => li.dataset.key === key)) return;
+    const item = document.createElement('li');
+    item.dataset.key = key;
+    item.dataset.member = event.member;
+    item.className = event.own ? 'own' : '';
+    if (event.own && event.key) {
+      item.textContent = `A key was added to your account that you never endorsed (${short(event.key)}…): ${event.reason}. Your devices ignore it; if you did not add it, tell an admin.`;
+    } else {
+      const what = event.key ? `a key of ${this.#name(event.member)}` : this.#name(event.member);
+      item.textContent = `The server lists ${what}, but ${event.reason}: ignored.`;
+    }
+    list.append(item);
+    $('warnings-section').hidden = false;
+  }
+
   async #refreshKeys() {
     try {
-      for (const m of this.engine.memberKeys(JSON.stringify(await api('GET', '/members')))) {
-        this.keys.set(m.member, m);
-      }
+      const root = this.device.root();
+      if (root && root !== rootOf(this.me.member)) keepRoot(this.me.member, root);
+      const { members } = JSON.parse(this.engine.circleMembers(JSON.stringify(await api('GET', '/members')),
+        this.me.circle, root, window.location.origin, window.location.hostname));
+      this.keys = new Map(members.map((m) => [m.member, m]));
+      if (root) $('safety').textContent = `Circle root (compare in person): ${grouped(root)}`;
       this.#redraw();
     } catch {
       // Shown again at the next change.
@@ -281,7 +309,13 @@ class CircleView {
       name.textContent = member === this.me.member ? `${this.#name(member)} (you)` : this.#name(member);
       item.append(name);
       const info = this.keys.get(member);
-      if (info) item.append(` · ${info.role}`);
+      if (info) {
+        item.append(` · ${info.role}`);
+        const by = document.createElement('span');
+        by.className = 'invited-by';
+        by.textContent = info.invited_by ? ` · invited by ${this.#name(info.invited_by)}` : ' · founded the circle';
+        item.append(by);
+      }
       for (const key of info?.keys ?? []) {
         const fp = document.createElement('code');
         fp.className = 'fingerprint';

@@ -344,6 +344,11 @@ export class Device extends EventTarget {
     return this.engine.view();
   }
 
+  // The circle's root the engine pinned (base64url), once it has.
+  root() {
+    return this.engine.root() ?? null;
+  }
+
   // Feeds the engine one input, then acts on what it wants.
   input(feed) {
     if (this.stopped) return;

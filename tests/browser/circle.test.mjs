@@ -168,6 +168,7 @@ if (insideNamespace(FILE)) {
     // The admin panel in a second tab: the circle tab keeps running the device.
     admin.adminPage = await admin.context.newPage();
     watch(admin.adminPage, 'admin-panel');
+    await run.copyKeyTo(admin, admin.adminPage);
   });
 
   test('b. a member enrolls with an invitation and an online device adds their browser', async () => {
@@ -323,6 +324,6 @@ if (insideNamespace(FILE)) {
 
   test('i. no name, message, token or address in the server\'s files or logs', async () => {
     assert.ok(secrets.length >= 8);
-    await run.assertNowhere([...secrets, ...run.labels, ...run.tokens, '127.0.0.1', NAMESPACE_ADDRESS]);
+    await run.assertNowhere([...secrets, ...run.labels, ...run.tokens, ...run.linkSecrets, '127.0.0.1', NAMESPACE_ADDRESS]);
   });
 }

@@ -67,6 +67,7 @@ test('b. the admin issues a member invitation on the admin page', async () => {
   await page.locator('#new-invitation').waitFor({ state: 'visible' });
   run.invitationLink = await page.locator('#invitation-url').inputValue();
   assert.ok(run.invitationLink.startsWith(`${run.base}/join/`), run.invitationLink);
+  assert.match(run.invitationLink, /#[A-Za-z0-9_-]{43}\.[A-Za-z0-9_-]{43}$/, 'the link carries its secret and root after #');
   run.tokenOf(run.invitationLink);
   const qr = await page.locator('#invitation-qr').getAttribute('src');
   assert.ok(qr?.startsWith('data:image/svg+xml'), `QR code source: ${qr?.slice(0, 40)}`);
@@ -76,6 +77,31 @@ test('b. the admin issues a member invitation on the admin page', async () => {
   const pendingText = await page.locator('#pending').textContent();
   assert.ok(!pendingText.includes(run.tokens.at(-1)), 'the pending list never shows the token');
   await shot(page, 'admin-invitation');
+});
+
+test('b2. a link without its fragment, or with an altered one, is refused before the key is made', async () => {
+  const careless = await run.person('careless');
+  const [whole, fragment] = run.invitationLink.split('#');
+  const altered = `${whole}#${fragment.startsWith('A') ? 'B' : 'A'}${fragment.slice(1)}`;
+  for (const [link, said] of [
+    [whole, 'This link is incomplete: ask the admin for the whole link.'],
+    [altered, 'The server\'s invitation is not the link\'s: ask the admin for a new link.'],
+  ]) {
+    await careless.page.goto('about:blank'); // a link that differs in its fragment only loads anew
+    await careless.page.goto(link);
+    await careless.page.locator('#label').fill('careless');
+    await careless.page.locator('#enroll-button').click();
+    await careless.page.locator('#status.error').waitFor();
+    assert.equal(await status(careless.page), said);
+    const { credentials } = await careless.cdp.send('WebAuthn.getCredentials', { authenticatorId: careless.authenticatorId });
+    assert.equal(credentials.length, 0, 'the key made no credential');
+  }
+  await careless.context.close();
+  // The invitation is still pending for the whole link.
+  const { page } = run.admin;
+  await page.reload();
+  await page.locator('#pending tbody tr').first().waitFor();
+  assert.equal(await page.locator('#pending tbody tr').count(), 1);
 });
 
 test('c. a newcomer enrolls with the invitation in another context', async () => {
@@ -225,15 +251,33 @@ test('g. the admin adds a spare key, then revokes it', async () => {
   const spare = await addAuthenticator(cdp);
   await page.locator('#key-label').fill(run.label('Ada-spare'));
   await page.locator('#add-key-button').click();
-  await page.locator('#status', { hasText: 'Key added.' }).waitFor();
-  assert.equal(await page.locator('#keys tbody tr').count(), 2);
-  assert.equal(await page.locator('#key-label').inputValue(), '', 'the label does not linger in the form');
+  // The new key made, the page asks for one of the member's keys to endorse it: swap the first
+  // key back in, then press Endorse.
+  await page.locator('#endorse-button').waitFor();
   const onSpare = await cdp.send('WebAuthn.getCredentials', { authenticatorId: spare });
   assert.equal(onSpare.credentials.length, 1);
   assert.equal(onSpare.credentials[0].userName, run.labels.at(-1), 'the spare key shows its own label');
+  await cdp.send('WebAuthn.removeVirtualAuthenticator', { authenticatorId: spare });
+  run.admin.authenticatorId = await addAuthenticator(cdp);
+  for (const credential of credentials) {
+    await cdp.send('WebAuthn.addCredential', { authenticatorId: run.admin.authenticatorId, credential });
+  }
+  await page.locator('#endorse-button').click();
+  await page.locator('#status', { hasText: 'Key added.' }).waitFor();
+  assert.equal(await page.locator('#endorse').isVisible(), false, 'the endorse step is gone once done');
+  assert.equal(await page.locator('#keys tbody tr').count(), 2);
+  assert.equal(await page.locator('#key-label').inputValue(), '', 'the label does not linger in the form');
   await shot(page, 'account-two-keys');
+  // The directory carries the endorsement, signed by the first key, next to the spare key.
+  const directory = await page.evaluate(async () => (await fetch('/api/v1/members')).json());
+  const mine = directory.find((m) => m.id === run.admin.member);
+  assert.equal(mine.passkeys.length, 2);
+  assert.equal(mine.proofs.length, 1, 'the founder\'s first key needs no proof; the spare has its endorsement');
 
   // The spare key logs in on its own.
+  await cdp.send('WebAuthn.removeVirtualAuthenticator', { authenticatorId: run.admin.authenticatorId });
+  const spareAgain = await addAuthenticator(cdp);
+  await cdp.send('WebAuthn.addCredential', { authenticatorId: spareAgain, credential: onSpare.credentials[0] });
   await run.admin.context.clearCookies();
   await page.goto('/');
   await page.locator('#login').click();
@@ -242,7 +286,7 @@ test('g. the admin adds a spare key, then revokes it', async () => {
   await run.accountShown(page);
 
   // Plug the first key back in, unplug the spare, and revoke the spare on the page.
-  await cdp.send('WebAuthn.removeVirtualAuthenticator', { authenticatorId: spare });
+  await cdp.send('WebAuthn.removeVirtualAuthenticator', { authenticatorId: spareAgain });
   run.admin.authenticatorId = await addAuthenticator(cdp);
   for (const credential of credentials) {
     await cdp.send('WebAuthn.addCredential', { authenticatorId: run.admin.authenticatorId, credential });
@@ -272,5 +316,6 @@ test('h. no label, token or IP address in the database files or the logs', async
   // The files are read as they are, while the server runs (database, WAL and shared memory).
   assert.equal(run.labels.length, 3);
   assert.equal(run.tokens.length, 2);
-  await run.assertNowhere([...run.labels, ...run.tokens, '127.0.0.1']);
+  assert.equal(run.linkSecrets.length, 1, 'the bootstrap link has no fragment');
+  await run.assertNowhere([...run.labels, ...run.tokens, ...run.linkSecrets, '127.0.0.1']);
 });

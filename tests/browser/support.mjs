@@ -98,6 +98,7 @@ export class Harness {
     this.profile = '';
     this.bootstrapLink = '';
     this.tokens = []; // every invitation token seen in clear
+    this.linkSecrets = []; // every invitation secret seen in a link's fragment
     this.labels = []; // every label typed
   }
 
@@ -219,6 +220,8 @@ export class Harness {
     const match = TOKEN_IN_LINK.exec(link);
     assert.ok(match, `not an invitation link: ${link}`);
     this.tokens.push(match[1]);
+    const fragment = link.split('#')[1];
+    if (fragment) this.linkSecrets.push(fragment.split('.')[0]);
     return match[1];
   }
 
@@ -242,6 +245,18 @@ export class Harness {
     who.authenticatorId = await addAuthenticator(who.cdp);
     for (const credential of credentials) {
       await who.cdp.send('WebAuthn.addCredential', { authenticatorId: who.authenticatorId, credential });
+    }
+  }
+
+  // A copy of `who`'s virtual hardware key in another of their pages (keys are per page): the
+  // admin panel signs invitations with it.
+  async copyKeyTo(who, page) {
+    const credentials = await this.unplugKey(who);
+    const cdp = await who.context.newCDPSession(page);
+    await cdp.send('WebAuthn.enable', { enableUI: false });
+    const authenticatorId = await addAuthenticator(cdp);
+    for (const credential of credentials) {
+      await cdp.send('WebAuthn.addCredential', { authenticatorId, credential });
     }
   }
 

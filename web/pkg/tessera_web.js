@@ -20,18 +20,23 @@ export class WebDevice {
     }
     /**
      * A new device of `member` with `key`, certified by the member's hardware key
-     * (`certificate`, from [`WebDeviceKey::certify`]), for the server at `origin` / `rp_id`.
+     * (`certificate`, from [`WebDeviceKey::certify`]), for the server at `origin` / `rp_id`, in
+     * `circle`, whose root is `root` (from the invitation link this browser joined with), or
+     * (none) to be found from the member's key at the first directory.
      *
      * # Errors
-     * When an id is not a UUID or the certificate is not for this key and device.
+     * When an id is not a UUID, the root is damaged, or the certificate is not for this key and
+     * device.
      * @param {string} origin
      * @param {string} rp_id
      * @param {WebDeviceKey} key
      * @param {string} certificate
+     * @param {string} circle
+     * @param {string | null} [root]
      * @returns {WebDevice}
      */
-    static create(origin, rp_id, key, certificate) {
-        let ptr0, len0, ptr1, len1, ptr2, ptr3, len3;
+    static create(origin, rp_id, key, certificate, circle, root) {
+        let ptr0, len0, ptr1, len1, ptr2, ptr3, len3, ptr4, len4, ptr5, len5;
         try {
             ptr0 = passStringToWasm0(origin, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
             len0 = WASM_VECTOR_LEN;
@@ -41,14 +46,20 @@ export class WebDevice {
             ptr2 = key.__destroy_into_raw();
             ptr3 = passStringToWasm0(certificate, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
             len3 = WASM_VECTOR_LEN;
+            ptr4 = passStringToWasm0(circle, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len4 = WASM_VECTOR_LEN;
+            ptr5 = isLikeNone(root) ? 0 : passStringToWasm0(root, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len5 = WASM_VECTOR_LEN;
         } catch (e) {
+            if (ptr5) { wasm.__wbindgen_free(ptr5, len5 * 1, 1); }
+            if (ptr4) { wasm.__wbindgen_free(ptr4, len4 * 1, 1); }
             if (ptr3) { wasm.__wbindgen_free(ptr3, len3 * 1, 1); }
             if (ptr2) wasm.__wbg_webdevicekey_free(ptr2, 1);
             if (ptr1) { wasm.__wbindgen_free(ptr1, len1 * 1, 1); }
             if (ptr0) { wasm.__wbindgen_free(ptr0, len0 * 1, 1); }
             throw e;
         }
-        const ret = wasm.webdevice_create(ptr0, len0, ptr1, len1, ptr2, ptr3, len3);
+        const ret = wasm.webdevice_create(ptr0, len0, ptr1, len1, ptr2, ptr3, len3, ptr4, len4, ptr5, len5);
         if (ret[2]) {
             throw takeFromExternrefTable0(ret[1]);
         }
@@ -269,6 +280,19 @@ export class WebDevice {
         return WebDevice.__wrap(ret[0]);
     }
     /**
+     * The circle's root this device pinned (base64url), once it has.
+     * @returns {string | undefined}
+     */
+    root() {
+        const ret = wasm.webdevice_root(this.__wbg_ptr);
+        let v1;
+        if (ret[0] !== 0) {
+            v1 = getStringFromWasm0(ret[0], ret[1]);
+            wasm.__wbindgen_free(ret[0], ret[1] * 1, 1);
+        }
+        return v1;
+    }
+    /**
      * A negotiation step of this side of the link to `device` (`{type:"offer"|"answer", sdp}`
      * or `{type:"candidate", candidate, sdpMid}`), sent MLS-protected.
      *
@@ -480,6 +504,387 @@ export class WebDeviceKey {
 if (Symbol.dispose) WebDeviceKey.prototype[Symbol.dispose] = WebDeviceKey.prototype.free;
 
 /**
+ * An invitation being issued in the page: a fresh secret and the statement the admin's hardware
+ * key signs.
+ */
+export class WebInvitation {
+    __destroy_into_raw() {
+        const ptr = this.__wbg_ptr;
+        this.__wbg_ptr = 0;
+        WebInvitationFinalization.unregister(this);
+        return ptr;
+    }
+    free() {
+        const ptr = this.__destroy_into_raw();
+        wasm.__wbg_webinvitation_free(ptr, 0);
+    }
+    /**
+     * The whole link: the server's `url` and the fragment with the secret and `root`.
+     *
+     * # Errors
+     * When the root is damaged.
+     * @param {string} url
+     * @param {string} root
+     * @returns {string}
+     */
+    link(url, root) {
+        let deferred4_0;
+        let deferred4_1;
+        try {
+            let ptr0, len0, ptr1, len1;
+            try {
+                ptr0 = passStringToWasm0(url, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+                len0 = WASM_VECTOR_LEN;
+                ptr1 = passStringToWasm0(root, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+                len1 = WASM_VECTOR_LEN;
+            } catch (e) {
+                if (ptr1) { wasm.__wbindgen_free(ptr1, len1 * 1, 1); }
+                if (ptr0) { wasm.__wbindgen_free(ptr0, len0 * 1, 1); }
+                throw e;
+            }
+            const ret = wasm.webinvitation_link(this.__wbg_ptr, ptr0, len0, ptr1, len1);
+            var ptr3 = ret[0];
+            var len3 = ret[1];
+            if (ret[3]) {
+                ptr3 = 0; len3 = 0;
+                throw takeFromExternrefTable0(ret[2]);
+            }
+            deferred4_0 = ptr3;
+            deferred4_1 = len3;
+            return getStringFromWasm0(ptr3, len3);
+        } finally {
+            wasm.__wbindgen_free(deferred4_0, deferred4_1, 1);
+        }
+    }
+    /**
+     * An invitation to `circle` by `issuer` for a newcomer with `role` (`admin` or `member`), or
+     * (with `recovers`) for that member's new key, valid `ttl_secs` from `now` (Unix seconds).
+     *
+     * # Errors
+     * When an id or the role is malformed, or the browser gives no randomness.
+     * @param {string} circle
+     * @param {string} issuer
+     * @param {string} role
+     * @param {number} ttl_secs
+     * @param {string | null | undefined} recovers
+     * @param {number} now
+     */
+    constructor(circle, issuer, role, ttl_secs, recovers, now) {
+        const val5 = +ttl_secs;
+        const val6 = +now;
+        let ptr0, len0, ptr1, len1, ptr2, len2, ptr3, len3;
+        try {
+            ptr0 = passStringToWasm0(circle, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len0 = WASM_VECTOR_LEN;
+            ptr1 = passStringToWasm0(issuer, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len1 = WASM_VECTOR_LEN;
+            ptr2 = passStringToWasm0(role, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len2 = WASM_VECTOR_LEN;
+            ptr3 = isLikeNone(recovers) ? 0 : passStringToWasm0(recovers, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len3 = WASM_VECTOR_LEN;
+        } catch (e) {
+            if (ptr3) { wasm.__wbindgen_free(ptr3, len3 * 1, 1); }
+            if (ptr2) { wasm.__wbindgen_free(ptr2, len2 * 1, 1); }
+            if (ptr1) { wasm.__wbindgen_free(ptr1, len1 * 1, 1); }
+            if (ptr0) { wasm.__wbindgen_free(ptr0, len0 * 1, 1); }
+            throw e;
+        }
+        const ret = wasm.webinvitation_new(ptr0, len0, ptr1, len1, ptr2, len2, val5, ptr3, len3, val6);
+        if (ret[2]) {
+            throw takeFromExternrefTable0(ret[1]);
+        }
+        this.__wbg_ptr = ret[0];
+        WebInvitationFinalization.register(this, this.__wbg_ptr, this);
+        return this;
+    }
+    /**
+     * The request options (JSON of `publicKey`) with which the admin's key signs it.
+     *
+     * # Errors
+     * Never in practice (JSON).
+     * @param {string} rp_id
+     * @returns {string}
+     */
+    request(rp_id) {
+        let deferred3_0;
+        let deferred3_1;
+        try {
+            const ptr0 = passStringToWasm0(rp_id, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            const len0 = WASM_VECTOR_LEN;
+            const ret = wasm.webinvitation_request(this.__wbg_ptr, ptr0, len0);
+            var ptr2 = ret[0];
+            var len2 = ret[1];
+            if (ret[3]) {
+                ptr2 = 0; len2 = 0;
+                throw takeFromExternrefTable0(ret[2]);
+            }
+            deferred3_0 = ptr2;
+            deferred3_1 = len2;
+            return getStringFromWasm0(ptr2, len2);
+        } finally {
+            wasm.__wbindgen_free(deferred3_0, deferred3_1, 1);
+        }
+    }
+    /**
+     * The signed statement for the server (base64url), from the key's answer (JSON).
+     *
+     * # Errors
+     * When the answer is not an assertion.
+     * @param {string} credential
+     * @returns {string}
+     */
+    sign(credential) {
+        let deferred3_0;
+        let deferred3_1;
+        try {
+            const ptr0 = passStringToWasm0(credential, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            const len0 = WASM_VECTOR_LEN;
+            const ret = wasm.webinvitation_sign(this.__wbg_ptr, ptr0, len0);
+            var ptr2 = ret[0];
+            var len2 = ret[1];
+            if (ret[3]) {
+                ptr2 = 0; len2 = 0;
+                throw takeFromExternrefTable0(ret[2]);
+            }
+            deferred3_0 = ptr2;
+            deferred3_1 = len2;
+            return getStringFromWasm0(ptr2, len2);
+        } finally {
+            wasm.__wbindgen_free(deferred3_0, deferred3_1, 1);
+        }
+    }
+}
+if (Symbol.dispose) WebInvitation.prototype[Symbol.dispose] = WebInvitation.prototype.free;
+
+/**
+ * The newcomer's admission of `passkey` (JSON, from [`passkey_of`]) under the invitation the
+ * server handed over (`statement`, base64url), with the link's `fragment`, made at `now` (Unix
+ * seconds): `{"member", "proof"}`. Checks that the statement is the link's and that the key was
+ * made for the member the link derives (`user_handle`, base64url, from the creation options).
+ *
+ * # Errors
+ * A link or statement that does not fit, in words.
+ * @param {string} fragment
+ * @param {string} statement
+ * @param {string} user_handle
+ * @param {string} passkey_json
+ * @param {number} now
+ * @returns {string}
+ */
+export function admission(fragment, statement, user_handle, passkey_json, now) {
+    let deferred7_0;
+    let deferred7_1;
+    try {
+        const val5 = +now;
+        let ptr0, len0, ptr1, len1, ptr2, len2, ptr3, len3;
+        try {
+            ptr0 = passStringToWasm0(fragment, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len0 = WASM_VECTOR_LEN;
+            ptr1 = passStringToWasm0(statement, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len1 = WASM_VECTOR_LEN;
+            ptr2 = passStringToWasm0(user_handle, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len2 = WASM_VECTOR_LEN;
+            ptr3 = passStringToWasm0(passkey_json, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len3 = WASM_VECTOR_LEN;
+        } catch (e) {
+            if (ptr3) { wasm.__wbindgen_free(ptr3, len3 * 1, 1); }
+            if (ptr2) { wasm.__wbindgen_free(ptr2, len2 * 1, 1); }
+            if (ptr1) { wasm.__wbindgen_free(ptr1, len1 * 1, 1); }
+            if (ptr0) { wasm.__wbindgen_free(ptr0, len0 * 1, 1); }
+            throw e;
+        }
+        const ret = wasm.admission(ptr0, len0, ptr1, len1, ptr2, len2, ptr3, len3, val5);
+        var ptr6 = ret[0];
+        var len6 = ret[1];
+        if (ret[3]) {
+            ptr6 = 0; len6 = 0;
+            throw takeFromExternrefTable0(ret[2]);
+        }
+        deferred7_0 = ptr6;
+        deferred7_1 = len6;
+        return getStringFromWasm0(ptr6, len6);
+    } finally {
+        wasm.__wbindgen_free(deferred7_0, deferred7_1, 1);
+    }
+}
+
+/**
+ * Checks, before the key is made, that the server's `statement` (base64url) is the invitation of
+ * the link's `fragment` and that the key will be made for the member the link derives
+ * (`user_handle`, base64url, from the creation options).
+ *
+ * # Errors
+ * What does not fit, in words.
+ * @param {string} fragment
+ * @param {string} statement
+ * @param {string} user_handle
+ */
+export function checkStatement(fragment, statement, user_handle) {
+    let ptr0, len0, ptr1, len1, ptr2, len2;
+    try {
+        ptr0 = passStringToWasm0(fragment, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+        len0 = WASM_VECTOR_LEN;
+        ptr1 = passStringToWasm0(statement, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+        len1 = WASM_VECTOR_LEN;
+        ptr2 = passStringToWasm0(user_handle, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+        len2 = WASM_VECTOR_LEN;
+    } catch (e) {
+        if (ptr2) { wasm.__wbindgen_free(ptr2, len2 * 1, 1); }
+        if (ptr1) { wasm.__wbindgen_free(ptr1, len1 * 1, 1); }
+        if (ptr0) { wasm.__wbindgen_free(ptr0, len0 * 1, 1); }
+        throw e;
+    }
+    const ret = wasm.checkStatement(ptr0, len0, ptr1, len1, ptr2, len2);
+    if (ret[1]) {
+        throw takeFromExternrefTable0(ret[0]);
+    }
+}
+
+/**
+ * The directory (`GET /api/v1/members`, as text) as it holds from `root` (none: not pinned yet)
+ * in `circle`: `{"members": [CircleMember], "distrusted": [DistrustedEntry]}`.
+ *
+ * # Errors
+ * When the text is not a directory or an argument is malformed.
+ * @param {string} directory
+ * @param {string} circle
+ * @param {string | null | undefined} root
+ * @param {string} origin
+ * @param {string} rp_id
+ * @returns {string}
+ */
+export function circleMembers(directory, circle, root, origin, rp_id) {
+    let deferred7_0;
+    let deferred7_1;
+    try {
+        let ptr0, len0, ptr1, len1, ptr2, len2, ptr3, len3, ptr4, len4;
+        try {
+            ptr0 = passStringToWasm0(directory, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len0 = WASM_VECTOR_LEN;
+            ptr1 = passStringToWasm0(circle, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len1 = WASM_VECTOR_LEN;
+            ptr2 = isLikeNone(root) ? 0 : passStringToWasm0(root, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len2 = WASM_VECTOR_LEN;
+            ptr3 = passStringToWasm0(origin, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len3 = WASM_VECTOR_LEN;
+            ptr4 = passStringToWasm0(rp_id, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len4 = WASM_VECTOR_LEN;
+        } catch (e) {
+            if (ptr4) { wasm.__wbindgen_free(ptr4, len4 * 1, 1); }
+            if (ptr3) { wasm.__wbindgen_free(ptr3, len3 * 1, 1); }
+            if (ptr2) { wasm.__wbindgen_free(ptr2, len2 * 1, 1); }
+            if (ptr1) { wasm.__wbindgen_free(ptr1, len1 * 1, 1); }
+            if (ptr0) { wasm.__wbindgen_free(ptr0, len0 * 1, 1); }
+            throw e;
+        }
+        const ret = wasm.circleMembers(ptr0, len0, ptr1, len1, ptr2, len2, ptr3, len3, ptr4, len4);
+        var ptr6 = ret[0];
+        var len6 = ret[1];
+        if (ret[3]) {
+            ptr6 = 0; len6 = 0;
+            throw takeFromExternrefTable0(ret[2]);
+        }
+        deferred7_0 = ptr6;
+        deferred7_1 = len6;
+        return getStringFromWasm0(ptr6, len6);
+    } finally {
+        wasm.__wbindgen_free(deferred7_0, deferred7_1, 1);
+    }
+}
+
+/**
+ * The endorsement of `member`'s new `passkey` (JSON) for the server (base64url), from the key's
+ * answer (JSON) to [`endorsement_request`].
+ *
+ * # Errors
+ * When an argument is malformed.
+ * @param {string} member
+ * @param {string} passkey_json
+ * @param {string} credential
+ * @returns {string}
+ */
+export function endorsement(member, passkey_json, credential) {
+    let deferred5_0;
+    let deferred5_1;
+    try {
+        let ptr0, len0, ptr1, len1, ptr2, len2;
+        try {
+            ptr0 = passStringToWasm0(member, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len0 = WASM_VECTOR_LEN;
+            ptr1 = passStringToWasm0(passkey_json, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len1 = WASM_VECTOR_LEN;
+            ptr2 = passStringToWasm0(credential, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len2 = WASM_VECTOR_LEN;
+        } catch (e) {
+            if (ptr2) { wasm.__wbindgen_free(ptr2, len2 * 1, 1); }
+            if (ptr1) { wasm.__wbindgen_free(ptr1, len1 * 1, 1); }
+            if (ptr0) { wasm.__wbindgen_free(ptr0, len0 * 1, 1); }
+            throw e;
+        }
+        const ret = wasm.endorsement(ptr0, len0, ptr1, len1, ptr2, len2);
+        var ptr4 = ret[0];
+        var len4 = ret[1];
+        if (ret[3]) {
+            ptr4 = 0; len4 = 0;
+            throw takeFromExternrefTable0(ret[2]);
+        }
+        deferred5_0 = ptr4;
+        deferred5_1 = len4;
+        return getStringFromWasm0(ptr4, len4);
+    } finally {
+        wasm.__wbindgen_free(deferred5_0, deferred5_1, 1);
+    }
+}
+
+/**
+ * The request options (JSON of `publicKey`) with which one of `member`'s keys (the credential
+ * ids of `allowed`, base64url) endorses their new `passkey` (JSON).
+ *
+ * # Errors
+ * When an argument is malformed.
+ * @param {string} rp_id
+ * @param {string} member
+ * @param {string} passkey_json
+ * @param {string[]} allowed
+ * @returns {string}
+ */
+export function endorsementRequest(rp_id, member, passkey_json, allowed) {
+    let deferred6_0;
+    let deferred6_1;
+    try {
+        let ptr0, len0, ptr1, len1, ptr2, len2, ptr3, len3;
+        try {
+            ptr0 = passStringToWasm0(rp_id, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len0 = WASM_VECTOR_LEN;
+            ptr1 = passStringToWasm0(member, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len1 = WASM_VECTOR_LEN;
+            ptr2 = passStringToWasm0(passkey_json, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len2 = WASM_VECTOR_LEN;
+            ptr3 = passArrayJsValueToWasm0(allowed, wasm.__wbindgen_malloc);
+            len3 = WASM_VECTOR_LEN;
+        } catch (e) {
+            if (ptr3) { wasm.__externref_drop_slice(ptr3, len3); wasm.__wbindgen_free(ptr3, len3 * 4, 4); }
+            if (ptr2) { wasm.__wbindgen_free(ptr2, len2 * 1, 1); }
+            if (ptr1) { wasm.__wbindgen_free(ptr1, len1 * 1, 1); }
+            if (ptr0) { wasm.__wbindgen_free(ptr0, len0 * 1, 1); }
+            throw e;
+        }
+        const ret = wasm.endorsementRequest(ptr0, len0, ptr1, len1, ptr2, len2, ptr3, len3);
+        var ptr5 = ret[0];
+        var len5 = ret[1];
+        if (ret[3]) {
+            ptr5 = 0; len5 = 0;
+            throw takeFromExternrefTable0(ret[2]);
+        }
+        deferred6_0 = ptr5;
+        deferred6_1 = len5;
+        return getStringFromWasm0(ptr5, len5);
+    } finally {
+        wasm.__wbindgen_free(deferred6_0, deferred6_1, 1);
+    }
+}
+
+/**
  * What the page shows of the engine it loaded: its version and the circle's ciphersuite.
  * @returns {string}
  */
@@ -497,22 +902,134 @@ export function engineInfo() {
 }
 
 /**
- * Each member of the circle directory (as text) with the fingerprints of their hardware keys,
- * the way members compare them: `[{member, role, keys: ["ab12 …"]}]`.
+ * What a newcomer's device needs of the link's fragment before enrolling: the member id to ask
+ * for and the circle's root, as `{"member", "root"}`.
  *
  * # Errors
- * When the text is not a directory.
- * @param {string} directory
- * @returns {any}
+ * The link's problem, in words ("this link is incomplete: …").
+ * @param {string} fragment
+ * @returns {string}
  */
-export function memberKeys(directory) {
-    const ptr0 = passStringToWasm0(directory, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-    const len0 = WASM_VECTOR_LEN;
-    const ret = wasm.memberKeys(ptr0, len0);
-    if (ret[2]) {
-        throw takeFromExternrefTable0(ret[1]);
+export function joinPlan(fragment) {
+    let deferred3_0;
+    let deferred3_1;
+    try {
+        const ptr0 = passStringToWasm0(fragment, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+        const len0 = WASM_VECTOR_LEN;
+        const ret = wasm.joinPlan(ptr0, len0);
+        var ptr2 = ret[0];
+        var len2 = ret[1];
+        if (ret[3]) {
+            ptr2 = 0; len2 = 0;
+            throw takeFromExternrefTable0(ret[2]);
+        }
+        deferred3_0 = ptr2;
+        deferred3_1 = len2;
+        return getStringFromWasm0(ptr2, len2);
+    } finally {
+        wasm.__wbindgen_free(deferred3_0, deferred3_1, 1);
     }
-    return takeFromExternrefTable0(ret[0]);
+}
+
+/**
+ * The passkey a registration made, as the directory lists it: its credential id and public key
+ * (`response.getPublicKey()`, a SubjectPublicKeyInfo), both base64url, for COSE algorithm `alg`.
+ *
+ * # Errors
+ * For another algorithm than ES256 or a key that is not a P-256 point.
+ * @param {string} credential_id
+ * @param {string} spki
+ * @param {number} alg
+ * @returns {string}
+ */
+export function passkeyOf(credential_id, spki, alg) {
+    let deferred5_0;
+    let deferred5_1;
+    try {
+        const val3 = +alg;
+        let ptr0, len0, ptr1, len1;
+        try {
+            ptr0 = passStringToWasm0(credential_id, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len0 = WASM_VECTOR_LEN;
+            ptr1 = passStringToWasm0(spki, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len1 = WASM_VECTOR_LEN;
+        } catch (e) {
+            if (ptr1) { wasm.__wbindgen_free(ptr1, len1 * 1, 1); }
+            if (ptr0) { wasm.__wbindgen_free(ptr0, len0 * 1, 1); }
+            throw e;
+        }
+        const ret = wasm.passkeyOf(ptr0, len0, ptr1, len1, val3);
+        var ptr4 = ret[0];
+        var len4 = ret[1];
+        if (ret[3]) {
+            ptr4 = 0; len4 = 0;
+            throw takeFromExternrefTable0(ret[2]);
+        }
+        deferred5_0 = ptr4;
+        deferred5_1 = len4;
+        return getStringFromWasm0(ptr4, len4);
+    } finally {
+        wasm.__wbindgen_free(deferred5_0, deferred5_1, 1);
+    }
+}
+
+/**
+ * `text` (a whole invitation link) as an SVG QR code.
+ * @param {string} text
+ * @returns {string}
+ */
+export function qrSvg(text) {
+    let deferred2_0;
+    let deferred2_1;
+    try {
+        const ptr0 = passStringToWasm0(text, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+        const len0 = WASM_VECTOR_LEN;
+        const ret = wasm.qrSvg(ptr0, len0);
+        deferred2_0 = ret[0];
+        deferred2_1 = ret[1];
+        return getStringFromWasm0(ret[0], ret[1]);
+    } finally {
+        wasm.__wbindgen_free(deferred2_0, deferred2_1, 1);
+    }
+}
+
+/**
+ * The circle's root when `member`'s `passkey` (JSON) founded it (the operator's first link).
+ *
+ * # Errors
+ * When an argument is malformed.
+ * @param {string} member
+ * @param {string} passkey_json
+ * @returns {string}
+ */
+export function rootOfKey(member, passkey_json) {
+    let deferred4_0;
+    let deferred4_1;
+    try {
+        let ptr0, len0, ptr1, len1;
+        try {
+            ptr0 = passStringToWasm0(member, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len0 = WASM_VECTOR_LEN;
+            ptr1 = passStringToWasm0(passkey_json, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len1 = WASM_VECTOR_LEN;
+        } catch (e) {
+            if (ptr1) { wasm.__wbindgen_free(ptr1, len1 * 1, 1); }
+            if (ptr0) { wasm.__wbindgen_free(ptr0, len0 * 1, 1); }
+            throw e;
+        }
+        const ret = wasm.rootOfKey(ptr0, len0, ptr1, len1);
+        var ptr3 = ret[0];
+        var len3 = ret[1];
+        if (ret[3]) {
+            ptr3 = 0; len3 = 0;
+            throw takeFromExternrefTable0(ret[2]);
+        }
+        deferred4_0 = ptr3;
+        deferred4_1 = len3;
+        return getStringFromWasm0(ptr3, len3);
+    } finally {
+        wasm.__wbindgen_free(deferred4_0, deferred4_1, 1);
+    }
 }
 
 /**
@@ -863,6 +1380,9 @@ const WebDeviceFinalization = (typeof FinalizationRegistry === 'undefined')
 const WebDeviceKeyFinalization = (typeof FinalizationRegistry === 'undefined')
     ? { register: () => {}, unregister: () => {} }
     : new FinalizationRegistry(ptr => wasm.__wbg_webdevicekey_free(ptr, 1));
+const WebInvitationFinalization = (typeof FinalizationRegistry === 'undefined')
+    ? { register: () => {}, unregister: () => {} }
+    : new FinalizationRegistry(ptr => wasm.__wbg_webinvitation_free(ptr, 1));
 
 function addToExternrefTable0(obj) {
     const idx = wasm.__externref_table_alloc();
@@ -977,6 +1497,16 @@ function passArray8ToWasm0(arg, malloc) {
     const ptr = malloc(arg.length * 1, 1) >>> 0;
     getUint8ArrayMemory0().set(arg, ptr / 1);
     WASM_VECTOR_LEN = arg.length;
+    return ptr;
+}
+
+function passArrayJsValueToWasm0(array, malloc) {
+    const ptr = malloc(array.length * 4, 4) >>> 0;
+    for (let i = 0; i < array.length; i++) {
+        const add = addToExternrefTable0(array[i]);
+        getDataViewMemory0().setUint32(ptr + 4 * i, add, true);
+    }
+    WASM_VECTOR_LEN = array.length;
     return ptr;
 }
 

@@ -470,16 +470,6 @@ impl WebDevice {
     }
 }
 
-/// Each member of the circle directory (as text) with the fingerprints of their hardware keys,
-/// the way members compare them: `[{member, role, keys: ["ab12 …"]}]`.
-///
-/// # Errors
-/// When the text is not a directory.
-#[wasm_bindgen(js_name = memberKeys)]
-pub fn member_keys(directory: &str) -> Result<JsValue, String> {
-    to_js(&crate::member_keys(directory)?)
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;

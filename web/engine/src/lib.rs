@@ -4,6 +4,7 @@
 //! browser's WebAuthn JSON helpers use, or as plain JavaScript values; failures as a sentence.
 
 pub mod device;
+pub mod membership;
 
 use tessera_engine::CIPHERSUITE;
 use tessera_engine::DeviceKey;
@@ -11,7 +12,7 @@ use tessera_engine::codec::from_json;
 use tessera_engine::identity::{DeviceCertificate, certificate_request, key_fingerprint};
 #[cfg(test)]
 use tessera_wire::Base64Url;
-use tessera_wire::{MemberInfo, PublicKeyInfo, Role};
+use tessera_wire::{MemberInfo, PublicKeyInfo};
 use uuid::Uuid;
 use wasm_bindgen::prelude::wasm_bindgen;
 use webauthn_rs_proto::PublicKeyCredential;
@@ -131,40 +132,6 @@ fn fingerprint(key: &PublicKeyInfo) -> Result<String, String> {
     Ok(key_fingerprint(key.public_key.as_slice()))
 }
 
-/// A member of the directory with the fingerprints of their hardware keys.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct MemberKeys {
-    /// The member.
-    pub member: Uuid,
-    /// Their role.
-    pub role: Role,
-    /// One fingerprint per enrolled hardware key.
-    pub keys: Vec<String>,
-}
-
-/// Each member of `directory` (`GET /api/v1/members`, as text) with their keys' fingerprints.
-///
-/// # Errors
-/// When the text is not a directory or holds a malformed key.
-pub fn member_keys(directory: &str) -> Result<Vec<MemberKeys>, String> {
-    let directory: Vec<MemberInfo> =
-        from_json(directory).map_err(|_| "not a circle directory".to_owned())?;
-    directory
-        .iter()
-        .map(|m| {
-            Ok(MemberKeys {
-                member: m.id,
-                role: m.role,
-                keys: m
-                    .passkeys
-                    .iter()
-                    .map(fingerprint)
-                    .collect::<Result<_, _>>()?,
-            })
-        })
-        .collect()
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -175,7 +142,7 @@ pub(crate) mod tests {
     /// A member with a software key registered through real webauthn-rs, as the directory
     /// lists them.
     pub(crate) fn member() -> (SoftKey, MemberInfo) {
-        tessera_softkey::testing::member(Role::Member)
+        tessera_softkey::testing::member(tessera_wire::Role::Member)
     }
 
     /// What the page does: ask the key with the options, make the certificate of its answer.
