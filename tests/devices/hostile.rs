@@ -44,17 +44,83 @@ impl Honest {
 
     /// Writes to the server's store behind its back.
     fn tamper<T>(&self, write: impl AsyncFnOnce(&SqliteStore) -> T) -> T {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async {
+        block_on(async {
             let store = SqliteStore::open(&self.root.path().join("server"))
                 .await
                 .expect("the server's store opens");
             write(&store).await
         })
     }
+
+    /// Inserts an invitation of the operator's own, as it would: a token it knows, no admin's
+    /// signature, said to come from `admin`. Returns its link (no fragment: there is no secret).
+    fn forged_link(&self, admin: Uuid) -> String {
+        let token = tessera_server::secret::new_token();
+        self.tamper(async |store| {
+            let circle = store
+                .member(admin)
+                .await
+                .expect("read")
+                .expect("admin")
+                .circle;
+            let now = i64::try_from(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .expect("clock")
+                    .as_secs(),
+            )
+            .expect("time");
+            let record = InvitationRecord {
+                id: Uuid::new_v4(),
+                circle,
+                role: Role::Admin,
+                member: None,
+                created_by: Some(admin),
+                created_at: now,
+                expires_at: now + 3600,
+                statement: None,
+            };
+            store
+                .insert_invitation(&record, &tessera_server::secret::digest(&token))
+                .await
+                .expect("the forged invitation is written");
+        });
+        format!("{}/join/{token}", self.origin)
+    }
+
+    /// Runs one SQL statement on the server's database, as its operator can; returns the rows
+    /// it changed.
+    fn sql(&self, statement: &'static str, binds: &[&str]) -> u64 {
+        let database = self
+            .root
+            .path()
+            .join("server")
+            .join(tessera_server::store::DATABASE_FILE);
+        block_on(async {
+            let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&database);
+            let mut connection = sqlx::ConnectOptions::connect(&options)
+                .await
+                .expect("the database opens");
+            let mut query = sqlx::query(statement);
+            for bind in binds {
+                query = query.bind(*bind);
+            }
+            query
+                .execute(&mut connection)
+                .await
+                .expect("the statement runs")
+                .rows_affected()
+        })
+    }
+}
+
+/// Runs `work` to its end on a runtime of its own.
+fn block_on<T>(work: impl Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(work)
 }
 
 fn distrusted_member(member: &str) -> impl Fn(&Value) -> bool + '_ {
@@ -74,41 +140,9 @@ fn an_invitation_the_server_forges_admits_a_device_no_honest_device_adds() {
     let admin_id: Uuid = serde_json::from_value(a.status()["member"].clone()).expect("member id");
 
     // The operator inserts an invitation of its own: a token it knows, no admin's signature.
-    let token = tessera_server::secret::new_token();
-    honest.tamper(async |store| {
-        let circle = store
-            .member(admin_id)
-            .await
-            .expect("read")
-            .expect("admin")
-            .circle;
-        let now = i64::try_from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .expect("clock")
-                .as_secs(),
-        )
-        .expect("time");
-        let record = InvitationRecord {
-            id: Uuid::new_v4(),
-            circle,
-            role: Role::Admin,
-            member: None,
-            created_by: Some(admin_id),
-            created_at: now,
-            expires_at: now + 3600,
-            statement: None,
-        };
-        store
-            .insert_invitation(&record, &tessera_server::secret::digest(&token))
-            .await
-            .expect("the forged invitation is written");
-    });
+    let link = honest.forged_link(admin_id);
     let forged = Device::new(honest.root.path(), "forged");
-    forged.join(
-        &format!("{}/join/{token}", honest.origin),
-        &format!("Mallory{}", unique()),
-    );
+    forged.join(&link, &format!("Mallory{}", unique()));
     let mut f = forged.chat();
     let forged_id = f.status()["member"].as_str().expect("member id").to_owned();
 
@@ -177,4 +211,123 @@ fn a_link_cut_short_or_pointing_at_another_root_is_refused() {
         !misled.dir.join("device.db").exists() || misled.run(&["history"]).status.code() != Some(0),
         "no device was made"
     );
+}
+
+#[test]
+fn a_role_the_server_flips_to_admin_counts_for_nothing() {
+    if !inside_namespace("hostile::a_role_the_server_flips_to_admin_counts_for_nothing") {
+        return;
+    }
+    let honest = Honest::new();
+    let (mut a, mut b) = (honest.admin.chat(), honest.member.chat());
+    wait_converged(&mut [&mut a, &mut b], 2);
+    let member = b.status()["member"].as_str().expect("member id").to_owned();
+    b.quit();
+
+    // The operator makes the member an admin in its database.
+    let flipped = honest.sql(
+        "UPDATE members SET role = 'admin' WHERE id = ?",
+        &[member.as_str()],
+    );
+    assert_eq!(flipped, 1);
+
+    // The server now lets the member issue invitations, but one they sign admits nobody: the
+    // newcomer's device finds that the link's root does not admit it.
+    let link = honest.member.ok(&["admin", "invite"]).trim().to_owned();
+    let newcomer = Device::new(honest.root.path(), "newcomer");
+    let out = newcomer.run(&["join", &link, "--name", "Newcomer"]);
+    assert!(!out.status.success(), "{}", crate::support::text(&out));
+    assert!(
+        crate::support::text(&out).contains("does not admit you"),
+        "{}",
+        crate::support::text(&out)
+    );
+
+    // The admin's device, started again (else it would fetch the directory within a minute),
+    // warns of the role no admin signed and of the newcomer; the member's own device warns of
+    // its own role, marked `own`.
+    a.quit();
+    let mut a = honest.admin.chat();
+    let warned = |own: bool, reason: &'static str| {
+        move |v: &Value| {
+            v["event"] == "distrusted"
+                && v["own"] == own
+                && v["reason"].as_str().is_some_and(|r| r.contains(reason))
+        }
+    };
+    let forged = a.wait_for("the forged role", warned(false, "role no admin signed"));
+    assert_eq!(forged["member"], member.as_str());
+    a.wait_for("the newcomer", warned(false, "issuer is not an admin"));
+    let mut b = honest.member.chat();
+    let own = b.wait_for(
+        "the member's own warning",
+        warned(true, "role no admin signed"),
+    );
+    assert_eq!(own["member"], member.as_str());
+    a.quit();
+    let out = crate::support::text(&honest.admin.run(&["members"]));
+    assert!(out.contains("role no admin signed"), "{out}");
+}
+
+#[test]
+fn a_key_the_server_adds_to_an_honest_member_is_refused_and_its_owner_told() {
+    if !inside_namespace(
+        "hostile::a_key_the_server_adds_to_an_honest_member_is_refused_and_its_owner_told",
+    ) {
+        return;
+    }
+    let honest = Honest::new();
+    let (mut a, mut b) = (honest.admin.chat(), honest.member.chat());
+    wait_converged(&mut [&mut a, &mut b], 2);
+    let admin_id: Uuid = serde_json::from_value(a.status()["member"].clone()).expect("member id");
+    let member = b.status()["member"].as_str().expect("member id").to_owned();
+    b.quit();
+
+    // The operator enrolls a key of its own through an invitation it forged, then moves that key
+    // to the honest member in its database.
+    let mallory = Device::new(honest.root.path(), "mallory");
+    mallory.join(
+        &honest.forged_link(admin_id),
+        &format!("Mallory{}", unique()),
+    );
+    let mut m = mallory.chat();
+    let mallory_id = m.status()["member"].as_str().expect("member id").to_owned();
+    a.wait_for("the forged member", distrusted_member(&mallory_id));
+    m.quit();
+    let moved = honest.sql(
+        "UPDATE passkeys SET member_id = ? WHERE member_id = ?",
+        &[member.as_str(), mallory_id.as_str()],
+    );
+    assert_eq!(moved, 1);
+
+    // The member's own device says a key it never endorsed was added to the account; the admin's
+    // device ignores the key too. Neither is told the member is untrusted as a whole.
+    let unendorsed = |own: bool| {
+        let member = member.clone();
+        move |v: &Value| distrusted_member(&member)(v) && v["own"] == own && v["key"].is_string()
+    };
+    let mut b = honest.member.chat();
+    let own = b.wait_for("the warning on the member's own device", unendorsed(true));
+    assert!(
+        own["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("admits this key")),
+        "{own}"
+    );
+    a.quit();
+    let mut a = honest.admin.chat();
+    a.wait_for("the warning on the admin's device", unendorsed(false));
+    assert!(
+        a.events("distrusted")
+            .iter()
+            .all(|v| !(v["member"] == member.as_str() && v["key"].is_null())),
+        "the honest member stays trusted"
+    );
+    // The two honest devices still talk.
+    wait_converged(&mut [&mut a, &mut b], 2);
+    let text = format!("still between us {}", unique());
+    a.say(&text);
+    b.wait_for("the message", |v| {
+        v["event"] == "message" && v["text"] == text
+    });
 }

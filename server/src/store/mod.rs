@@ -4,7 +4,7 @@ mod ceremonies;
 mod sqlite;
 
 pub use ceremonies::MemoryCeremonies;
-pub use sqlite::SqliteStore;
+pub use sqlite::{DATABASE_FILE, SqliteStore};
 
 use async_trait::async_trait;
 use tessera_wire::Role;
