@@ -115,6 +115,16 @@ async function issueInvitation(me, { role, ttlSecs, recovers }) {
   return { created, link, qr: wasm.qrSvg(link) };
 }
 
+// Revokes `member` with a revocation the admin's key signs: devices remove the member's devices
+// from the group on that signature alone, never on the server's word.
+async function revokeMember(me, member) {
+  const wasm = await engine();
+  const revocation = new wasm.WebRevocation(me.circle, me.member, member, nowSecs());
+  say('Touch your key to sign the revocation…');
+  const statement = revocation.sign(await signWithKey(revocation.request(window.location.hostname)));
+  await api('DELETE', `/members/${member}`, { statement });
+}
+
 async function logIn() {
   const start = await api('POST', '/login/start', {});
   const publicKey = PublicKeyCredential.parseRequestOptionsFromJSON(start.publicKey);
@@ -343,7 +353,8 @@ const pages = {
         pending.append(row);
       }
       members.replaceChildren();
-      for (const member of directory) {
+      // Revoked members stay in the directory, keyless, with what revoked them: not listed here.
+      for (const member of directory.filter((m) => !m.revocation)) {
         const row = document.createElement('tr');
         row.dataset.member = member.id;
         cell(row, member.id === me.member ? `${short(member.id)} (you)` : short(member.id));
@@ -353,8 +364,8 @@ const pages = {
           cell(row, '');
         } else {
           actionCell(row, 'Revoke', async () => {
-            if (!window.confirm('Revoke this member? Their sessions end at once.')) return;
-            await api('DELETE', `/members/${member.id}`);
+            if (!window.confirm('Revoke this member? Their sessions end at once, and your key signs their removal from the group.')) return;
+            await revokeMember(me, member.id);
             await draw();
             say('Member revoked.');
           });

@@ -7,8 +7,8 @@ use tessera_wire::{
     API_PREFIX, AddPasskeyStartRequest, AuthenticationOptions, Base64Url, CreateInvitationRequest,
     CreateRecoveryRequest, CreatedInvitation, EnrollStartRequest, ErrorBody, ErrorCode,
     InvitationInfo, LoginFinishRequest, Me, MemberInfo, PasskeyInfo, PublicKeyCredential,
-    RegisterPublicKeyCredential, RegistrationFinishRequest, RegistrationOptions, Role,
-    SessionGranted, TurnCredentials,
+    RegisterPublicKeyCredential, RegistrationFinishRequest, RegistrationOptions,
+    RevokeMemberRequest, Role, SessionGranted, TurnCredentials,
 };
 use url::Url;
 use uuid::Uuid;
@@ -494,13 +494,18 @@ impl ApiClient {
         self.call::<(), _>(Method::GET, "/turn", None).await
     }
 
-    /// `DELETE /members/{id}` (admins).
+    /// `DELETE /members/{id}` (admins), with the revocation the admin's key signed (opaque to the
+    /// server; `membership::revoke` makes it).
     ///
     /// # Errors
     /// When the server refuses or cannot be reached.
-    pub async fn revoke_member(&self, id: Uuid) -> ApiClientResult<()> {
-        self.call::<(), ()>(Method::DELETE, &format!("/members/{id}"), None)
-            .await
+    pub async fn revoke_member(&self, id: Uuid, statement: Base64Url) -> ApiClientResult<()> {
+        self.call::<_, ()>(
+            Method::DELETE,
+            &format!("/members/{id}"),
+            Some(&RevokeMemberRequest { statement }),
+        )
+        .await
     }
 
     /// `POST /members/{id}/recovery` (admins): an invitation for the member to enroll a new key.

@@ -3,6 +3,7 @@
 //! with one the member holds.
 
 use tessera_engine::invitation::{InvitationSecret, InvitationStatement, SignedInvitation};
+use tessera_engine::revocation::{RevocationStatement, SignedRevocation};
 use tessera_engine::trust::{
     Endorsement, KeyProof, LinkError, LinkSecrets, RootFingerprint, UsedInvitations, member_id_for,
     verify_directory,
@@ -227,6 +228,30 @@ pub async fn invite(
     };
     let link = format!("{}#{}", created.url, secrets.to_fragment());
     Ok(Invitation { created, link })
+}
+
+/// Revokes `member` with a revocation the admin's key signs: the server ends their sessions at
+/// once, and devices remove their devices from the group on the signature, not the server's word.
+///
+/// # Errors
+/// When the key or the server refuses.
+pub async fn revoke(
+    api: &ApiClient,
+    admin: Signer<'_>,
+    member: Uuid,
+    now: i64,
+) -> Result<(), MembershipError> {
+    let statement = RevocationStatement {
+        circle: admin.circle,
+        member,
+        issuer: admin.member,
+        issued_at: now,
+    };
+    let origin = api.origin().origin().ascii_serialization();
+    let rp_id = admin.key.rp_id().to_owned();
+    let signed = SignedRevocation::sign(statement, &rp_id, |r| admin.key.sign_in(r, &origin))?;
+    api.revoke_member(member, signed.to_blob()).await?;
+    Ok(())
 }
 
 /// Registers the blank `new_key` for the logged-in member, endorsed by `member.key`.

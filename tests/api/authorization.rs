@@ -1,6 +1,7 @@
 //! Who may do what: sessions (bearer and cookie), expiry, revocation, roles, and circles that never see each other.
 
 use reqwest::StatusCode;
+use tessera_engine::revocation::SignedRevocation;
 use tessera_server::circle;
 use tessera_tests::TestApp;
 use tessera_wire::{Role, SESSION_COOKIE};
@@ -94,9 +95,9 @@ async fn an_expired_session_is_refused() {
 async fn a_member_cannot_act_as_an_admin() {
     let app = TestApp::spawn().await;
     let mut admin = app.admin().await;
-    let member = app.invite(&mut admin, Role::Member, "Grace").await;
+    let mut member = app.invite(&mut admin, Role::Member, "Grace").await;
     let pending = admin.issue(Role::Member, 3600).await;
-    let c = &member.client;
+    let c = member.client.clone();
     assert_refused(
         c.create_invitation(Role::Admin, 3600).await,
         StatusCode::FORBIDDEN,
@@ -113,7 +114,7 @@ async fn a_member_cannot_act_as_an_admin() {
         "admin_required",
     );
     assert_refused(
-        c.revoke_member(admin.granted.member).await,
+        member.revoke(admin.granted.member).await,
         StatusCode::FORBIDDEN,
         "admin_required",
     );
@@ -139,20 +140,33 @@ async fn revoking_a_member_ends_their_sessions_at_once() {
         .me()
         .await
         .expect("the member's session works");
-    admin
-        .client
-        .revoke_member(member.granted.member)
-        .await
-        .expect("revoke");
+    admin.revoke(member.granted.member).await.expect("revoke");
     assert_refused(
         member.client.me().await,
         StatusCode::UNAUTHORIZED,
         "unauthorized",
     );
+    // The directory keeps the revoked member, keyless, with the revocation the admin's key
+    // signed, as it was handed over: devices remove the member on that signature.
     let directory = admin.client.members().await.expect("directory");
-    assert_eq!(directory.len(), 1, "the revoked member left the directory");
+    assert_eq!(directory.len(), 2);
+    let revoked = directory
+        .iter()
+        .find(|m| m.id == member.granted.member)
+        .expect("the revoked member is listed");
+    assert!(revoked.passkeys.is_empty() && revoked.proofs.is_empty());
+    let revocation = SignedRevocation::from_blob(revoked.revocation.as_ref().expect("revocation"))
+        .expect("the revocation as signed");
+    assert_eq!(revocation.statement.member, member.granted.member);
+    assert_eq!(revocation.statement.issuer, admin.granted.member);
+    assert!(
+        directory
+            .iter()
+            .filter(|m| m.id != member.granted.member)
+            .all(|m| m.revocation.is_none())
+    );
     assert_refused(
-        admin.client.revoke_member(member.granted.member).await,
+        admin.revoke(member.granted.member).await,
         StatusCode::NOT_FOUND,
         "not_found",
     );
@@ -161,9 +175,9 @@ async fn revoking_a_member_ends_their_sessions_at_once() {
 #[tokio::test]
 async fn an_admin_cannot_revoke_themselves() {
     let app = TestApp::spawn().await;
-    let admin = app.admin().await;
+    let mut admin = app.admin().await;
     assert_refused(
-        admin.client.revoke_member(admin.granted.member).await,
+        admin.revoke(admin.granted.member).await,
         StatusCode::CONFLICT,
         "cannot_revoke_self",
     );
@@ -184,16 +198,16 @@ async fn circles_never_see_each_other() {
     )
     .await
     .expect("a second circle");
-    let admin_b = app.enroll(&second.url, "Other Admin").await;
+    let mut admin_b = app.enroll(&second.url, "Other Admin").await;
     assert_ne!(admin_b.granted.circle, admin_a.granted.circle);
 
-    let b = &admin_b.client;
+    let b = admin_b.client.clone();
     let directory = b.members().await.expect("directory");
     assert_eq!(directory.len(), 1);
     assert_eq!(directory[0].id, admin_b.granted.member);
     assert!(b.invitations().await.expect("pending").is_empty());
     assert_refused(
-        b.revoke_member(member_a.granted.member).await,
+        admin_b.revoke(member_a.granted.member).await,
         StatusCode::NOT_FOUND,
         "not_found",
     );
@@ -217,4 +231,45 @@ async fn circles_never_see_each_other() {
         admin_a.client.invitations().await.expect("pending").len(),
         1
     );
+}
+
+#[tokio::test]
+async fn a_revocation_without_its_signed_statement_is_refused_and_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let mut admin = app.admin().await;
+    let member = app.invite(&mut admin, Role::Member, "Grace").await;
+    let url = format!("{}api/v1/members/{}", app.origin, member.granted.member);
+    let http = reqwest::Client::new();
+    let bearer = format!("Bearer {}", admin.granted.session);
+    // No body, an empty statement, an oversized one, an unknown field.
+    let bodies = [
+        None,
+        Some(serde_json::json!({ "statement": "" })),
+        Some(serde_json::json!({ "statement": "B".repeat(11_000) })),
+        Some(serde_json::json!({ "statement": "AAAA", "member": "x" })),
+    ];
+    for body in bodies {
+        let mut request = http
+            .delete(&url)
+            .header(reqwest::header::AUTHORIZATION, &bearer);
+        if let Some(body) = &body {
+            request = request.json(body);
+        }
+        let response = request.send().await.expect("the server answers");
+        assert!(
+            response.status().is_client_error(),
+            "{body:?}: {}",
+            response.status()
+        );
+        let error: serde_json::Value = response.json().await.expect("an error body");
+        assert!(error["message"].is_string(), "{error}");
+    }
+    // Nothing changed: the member is listed with their key, unrevoked, and their session works.
+    let directory = admin.client.members().await.expect("directory");
+    let listed = directory
+        .iter()
+        .find(|m| m.id == member.granted.member)
+        .expect("listed");
+    assert!(listed.revocation.is_none() && listed.passkeys.len() == 1);
+    member.client.me().await.expect("the member is still in");
 }

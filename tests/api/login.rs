@@ -114,11 +114,7 @@ async fn a_revoked_member_cannot_log_in() {
     let app = TestApp::spawn().await;
     let mut admin = app.admin().await;
     let mut member = app.invite(&mut admin, Role::Member, "Grace").await;
-    admin
-        .client
-        .revoke_member(member.granted.member)
-        .await
-        .expect("revoke");
+    admin.revoke(member.granted.member).await.expect("revoke");
     assert_refused(
         app.client().login(&mut member.key).await,
         StatusCode::FORBIDDEN,

@@ -166,11 +166,7 @@ async fn revoking_a_member_voids_their_recovery_invitation() {
         .recovery_invitation(member.granted.member, 3600)
         .await
         .expect("recovery");
-    admin
-        .client
-        .revoke_member(member.granted.member)
-        .await
-        .expect("revoke");
+    admin.revoke(member.granted.member).await.expect("revoke");
     assert_refused(
         app.client().enroll_start(&recovery.token, None).await,
         StatusCode::GONE,

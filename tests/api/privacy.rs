@@ -39,11 +39,7 @@ async fn the_database_and_logs_hold_no_labels_tokens_or_addresses() {
     secrets.push(admin.granted.session.clone());
     let pending = admin.issue(Role::Admin, 3600).await;
     secrets.push(pending.token.clone());
-    admin
-        .client
-        .revoke_member(member.granted.member)
-        .await
-        .expect("revoke");
+    admin.revoke(member.granted.member).await.expect("revoke");
     client.logout().await.expect("logout");
 
     let database = app.database_bytes();

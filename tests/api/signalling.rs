@@ -466,13 +466,9 @@ async fn concurrent_commits_for_one_epoch_are_accepted_once() {
 #[tokio::test]
 async fn revoking_a_member_or_logging_out_closes_their_sockets() {
     let app = TestApp::spawn().await;
-    let (admin, grace, mut hedy) = circle_of_three(&app).await;
+    let (mut admin, grace, mut hedy) = circle_of_three(&app).await;
     let (mut g, _) = WsClient::connect(&app, &grace).await;
-    admin
-        .client
-        .revoke_member(grace.granted.member)
-        .await
-        .expect("revoke");
+    admin.revoke(grace.granted.member).await.expect("revoke");
     assert!(matches!(g.next().await, Some(ServerFrame::Revoked)));
     assert!(g.next().await.is_none(), "then the server closes");
 

@@ -225,6 +225,15 @@ test('f. the admin revokes the member, whose next request fails', async () => {
   await page.locator('#members tbody tr').nth(1).waitFor({ state: 'detached' });
   assert.equal(await page.locator('#members tbody tr').count(), 1, 'only the admin remains');
   assert.equal(await status(page), 'Member revoked.');
+  // The directory keeps the member, keyless, with the revocation the admin's key signed (which the
+  // page made; the devices remove the member on it). The admin page does not list them.
+  const directory = await page.evaluate(async () => (await fetch('/api/v1/members')).json());
+  const revoked = directory.find((m) => m.id === run.member.member);
+  assert.ok(revoked?.revocation, 'the revoked member carries the signed revocation');
+  assert.equal(revoked.passkeys.length, 0);
+  const signed = JSON.parse(Buffer.from(revoked.revocation, 'base64url').toString());
+  assert.equal(signed.statement.member, run.member.member);
+  assert.equal(signed.statement.issuer, run.admin.member);
 
   await run.member.page.reload();
   await run.member.page.waitForURL(`${run.base}/`);

@@ -331,3 +331,74 @@ fn a_key_the_server_adds_to_an_honest_member_is_refused_and_its_owner_told() {
         v["event"] == "message" && v["text"] == text
     });
 }
+
+#[test]
+fn a_revocation_the_server_forges_or_a_member_it_drops_removes_no_one() {
+    if !inside_namespace(
+        "hostile::a_revocation_the_server_forges_or_a_member_it_drops_removes_no_one",
+    ) {
+        return;
+    }
+    let honest = Honest::new();
+    let (mut a, mut b) = (honest.admin.chat(), honest.member.chat());
+    let epoch = wait_converged(&mut [&mut a, &mut b], 2);
+    let member = b.status()["member"].as_str().expect("member id").to_owned();
+    b.quit();
+    let warned = |reason: &'static str| {
+        let member = member.clone();
+        move |v: &Value| {
+            distrusted_member(&member)(v)
+                && v["reason"].as_str().is_some_and(|r| r.contains(reason))
+        }
+    };
+    let still_in_group = |a: &mut crate::support::Chat| {
+        a.drain(std::time::Duration::from_secs(3));
+        let status = a.status();
+        assert_eq!(status["epoch"].as_u64(), Some(epoch), "{status}");
+        assert_eq!(
+            status["group"].as_object().map(serde_json::Map::len),
+            Some(2),
+            "{status}"
+        );
+    };
+
+    // The operator marks the member revoked with a revocation of its own making.
+    let forged = honest.sql(
+        "UPDATE members SET revoked_at = 1, revocation = X'7b7d' WHERE id = ?",
+        &[member.as_str()],
+    );
+    assert_eq!(forged, 1);
+    a.quit();
+    let mut a = honest.admin.chat();
+    a.wait_for(
+        "a warning of the forged revocation",
+        warned("the revocation is malformed"),
+    );
+    still_in_group(&mut a);
+
+    // Then drops the member from the directory altogether.
+    honest.sql(
+        "UPDATE members SET revocation = NULL WHERE id = ?",
+        &[member.as_str()],
+    );
+    a.quit();
+    let mut a = honest.admin.chat();
+    a.wait_for(
+        "a warning of the dropped member",
+        warned("without a revocation an admin signed"),
+    );
+    still_in_group(&mut a);
+
+    // The member was never out: once the server serves them again, their device reads what the
+    // admin sent meanwhile.
+    let secret = format!("you never left {}", unique());
+    a.say(&secret);
+    honest.sql(
+        "UPDATE members SET revoked_at = NULL WHERE id = ?",
+        &[member.as_str()],
+    );
+    let mut b = honest.member.chat();
+    b.wait_for("the message", |v| {
+        v["event"] == "message" && v["text"] == secret
+    });
+}

@@ -11,6 +11,7 @@ use tessera_client::api::ApiClient;
 use tessera_client::authenticator::SoftKey;
 use tessera_client::membership::{self, InvitationLink, Joined, Signer};
 use tessera_client::trust::{RootFingerprint, RootPin, Trust};
+use tessera_engine::revocation::{RevocationStatement, SignedRevocation};
 use tessera_server::clock::Clock;
 use tessera_server::store::Store;
 use tessera_server::{Application, Config};
@@ -120,6 +121,30 @@ impl TestMember {
             .await
             .expect("the admin issues a signed invitation")
             .link
+    }
+
+    /// Revokes `member` as an admin's device does, with a revocation this member's key signs.
+    ///
+    /// # Errors
+    /// The server's refusal.
+    ///
+    /// # Panics
+    /// When the key refuses.
+    pub async fn revoke(
+        &mut self,
+        member: uuid::Uuid,
+    ) -> Result<(), tessera_client::api::ApiClientError> {
+        let statement = RevocationStatement {
+            circle: self.granted.circle,
+            member,
+            issuer: self.granted.member,
+            issued_at: tessera_engine::unix_ms(std::time::SystemTime::now()) / 1000,
+        };
+        let origin = self.client.origin().origin().ascii_serialization();
+        let rp_id = self.key.rp_id().to_owned();
+        let signed = SignedRevocation::sign(statement, &rp_id, |r| self.key.sign_in(r, &origin))
+            .expect("the key signs the revocation");
+        self.client.revoke_member(member, signed.to_blob()).await
     }
 
     /// What the member's devices check the circle's membership from.

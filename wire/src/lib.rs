@@ -328,6 +328,20 @@ pub struct MemberInfo {
     /// key goes, so that a member's role and later keys still hold.
     #[serde(default)]
     pub proofs: Vec<Base64Url>,
+    /// For a member the circle revoked: the revocation an admin's hardware key signed, opaque to
+    /// the server (docs/protocol.md). Such a member is listed with no keys and no proofs; devices
+    /// remove their devices from the group only if the revocation holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation: Option<Base64Url>,
+}
+
+/// `DELETE /api/v1/members/{id}`: the revocation, signed by the revoking admin's hardware key,
+/// opaque to the server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeMemberRequest {
+    /// The signed revocation (docs/protocol.md).
+    pub statement: Base64Url,
 }
 
 /// `GET /api/v1/turn`: ICE servers and short-lived credentials for them (coturn's REST-secret

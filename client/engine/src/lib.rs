@@ -13,6 +13,7 @@ mod pacer;
 pub mod payload;
 pub mod pieces;
 pub mod provider;
+pub mod revocation;
 pub mod roster;
 pub mod signed;
 pub mod trust;

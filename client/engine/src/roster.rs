@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use openmls::prelude::{BasicCredential, Credential, LeafNode};
-use tessera_wire::{MemberInfo, PublicKeyInfo, Role};
+use tessera_wire::{PublicKeyInfo, Role};
 use uuid::Uuid;
 
 use crate::identity::{CertificateError, DeviceCertificate};
@@ -13,25 +13,25 @@ use crate::trust::TrustedDirectory;
 
 /// The circle directory (`GET /api/v1/members`) as it holds from the circle's root: the members
 /// the chain of signed invitations admits, with the roles admins signed and the keys the chain
-/// admits. What the server lists without such a chain is not here. A member the server no longer
-/// lists has been revoked (or never existed).
+/// admits. What the server lists without such a chain is not here. A member leaves the group only
+/// by a revocation an admin signed; one the server merely stops listing stays.
 #[derive(Debug, Clone, Default)]
 pub struct Directory {
     members: HashMap<Uuid, (Role, Vec<PublicKeyInfo>)>,
-    listed: HashSet<Uuid>,
+    revoked: HashSet<Uuid>,
 }
 
 impl Directory {
-    /// The directory of what the chain admits (`trusted`) among what the server lists.
+    /// The directory of what the chain admits among what the server lists (`trusted`).
     #[must_use]
-    pub fn new(listed: &[MemberInfo], trusted: &TrustedDirectory) -> Directory {
+    pub fn new(trusted: &TrustedDirectory) -> Directory {
         Directory {
             members: trusted
                 .members
                 .iter()
                 .map(|(id, m)| (*id, (m.role, m.passkeys.clone())))
                 .collect(),
-            listed: listed.iter().map(|m| m.id).collect(),
+            revoked: trusted.revoked.clone(),
         }
     }
 
@@ -41,10 +41,10 @@ impl Directory {
         self.members.contains_key(&member)
     }
 
-    /// Whether the server lists `member` (a member it stopped listing was revoked there).
+    /// Whether a revocation an admin signed removes `member` from the circle.
     #[must_use]
-    pub fn lists(&self, member: Uuid) -> bool {
-        self.listed.contains(&member)
+    pub fn revoked(&self, member: Uuid) -> bool {
+        self.revoked.contains(&member)
     }
 
     /// Whether `member` is an admin the chain admits.

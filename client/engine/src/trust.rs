@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::identity::{CertificateError, DeviceCertificate};
 use crate::invitation::{Admission, InvitationError, InvitationSecret};
+use crate::revocation::{RevocationError, SignedRevocation};
 use crate::signed::{KeySignature, append_passkey};
 
 /// Separates a root fingerprint from every other hash.
@@ -290,6 +291,12 @@ pub enum TrustError {
     /// The directory gives the member another role than the chain does.
     #[error("the directory gives this member a role no admin signed")]
     ForgedRole,
+    /// The directory says the member was revoked, and the revocation does not hold.
+    #[error("the directory says this member was revoked, but {0}: they stay")]
+    Revocation(RevocationError),
+    /// The directory no longer lists a member of the group, with no signed revocation.
+    #[error("the directory dropped this member without a revocation an admin signed: they stay")]
+    Dropped,
 }
 
 /// A member the chain admits.
@@ -341,6 +348,8 @@ pub struct TrustedDirectory {
     pub distrusted: Vec<Distrusted>,
     /// Invitation keys that admitted a key here: invitation key → (member, credential id).
     pub used: UsedInvitations,
+    /// The members a revocation signed by an admin the chain admits removes from the circle.
+    pub revoked: HashSet<Uuid>,
 }
 
 /// A directory nothing in which is admitted, for `reason`.
@@ -487,7 +496,35 @@ pub fn verify_directory_with(
             break;
         }
     }
+    // A revocation counts when an admin the chain admits signed it (whatever it admitted then).
     for member in listed {
+        let Some(blob) = &member.revocation else {
+            continue;
+        };
+        let verdict = SignedRevocation::from_blob(blob).and_then(|revocation| {
+            let issuer = out
+                .members
+                .get(&revocation.statement.issuer)
+                .filter(|i| i.role == Role::Admin && revocation.statement.issuer != member.id)
+                .ok_or(RevocationError::IssuerNotAdmin)?;
+            revocation.verify((circle, member.id), &issuer.passkeys, origin, rp_id)
+        });
+        match verdict {
+            Ok(()) => {
+                out.revoked.insert(member.id);
+            }
+            Err(e) => {
+                reasons.insert((member.id, None), TrustError::Revocation(e));
+            }
+        }
+    }
+    for member in &out.revoked {
+        out.members.remove(member);
+    }
+    for member in listed {
+        if out.revoked.contains(&member.id) {
+            continue;
+        }
         let reason_for = |key: Option<&Base64Url>| {
             reasons
                 .get(&(member.id, key.cloned()))

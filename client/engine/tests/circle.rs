@@ -19,6 +19,7 @@ use sim::{ORIGIN, Sim, config, new_member};
 use tessera_engine::delivery::Packet;
 use tessera_engine::identity::certify;
 use tessera_engine::payload::{RtcSignal, SignalPayload, decode_packet, encode_packet};
+use tessera_engine::revocation::{RevocationStatement, SignedRevocation};
 use tessera_engine::{Engine, Event, HistoryChange, IceOutcome, roster};
 use tessera_wire::{Base64Url, Role};
 use uuid::Uuid;
@@ -155,7 +156,7 @@ fn links_keep_delivering_while_the_server_is_down() {
 fn a_revoked_member_is_removed_by_an_admin_device_and_reads_nothing_afterwards() {
     let (mut sim, [a, b, c]) = circle_of_three(5);
     let bea = sim.devices[&b].member;
-    sim.directory.retain(|m| m.id != bea);
+    sim.revoke(bea);
     let now = sim.now;
     let directory = sim.directory.clone();
     sim.devices
@@ -993,4 +994,67 @@ fn a_key_or_role_the_server_adds_to_an_honest_member_counts_for_nothing() {
     sim.send(a, "not for the server's device");
     sim.run(20);
     assert!(sim.received(rogue).is_empty());
+}
+
+#[test]
+fn a_member_dropped_or_revoked_without_an_admins_signature_stays_and_devices_say_so() {
+    let (mut sim, [a, b, c]) = circle_of_three(23);
+    let bea = sim.devices[&b].member;
+    let cid = sim.devices[&c].member;
+
+    // The server stops listing Bea, with no revocation: nothing changes in the group.
+    sim.directory.retain(|m| m.id != bea);
+    for d in [a, c] {
+        let now = sim.now;
+        let directory = sim.directory.clone();
+        let dev = sim.devices.get_mut(&d).expect("device");
+        dev.engine.handle_directory(now, directory);
+    }
+    sim.run(20);
+    sim.assert_one_group(&[a, b, c]);
+    for d in [a, c] {
+        assert!(
+            distrusted(&sim, d).iter().any(
+                |(m, _, why)| *m == bea && why.contains("without a revocation an admin signed")
+            ),
+            "{:?}",
+            distrusted(&sim, d)
+        );
+    }
+    sim.send(a, "still for Bea");
+    sim.run(20);
+    sim.assert_last_received(&[b, c], a, "still for Bea");
+
+    // A revocation of Cid signed by the key of a member the chain admits, not an admin's,
+    // removes no one either.
+    let (mut rogue_key, rogue) = sim.admit(Role::Member);
+    sim.directory.push(rogue.clone());
+    let statement = RevocationStatement {
+        circle: sim.circle,
+        member: cid,
+        issuer: rogue.id,
+        issued_at: 1,
+    };
+    let forged = SignedRevocation::sign(statement, "localhost", |r| rogue_key.sign_in(r, ORIGIN))
+        .expect("the member's key signs");
+    let listed = sim.directory.iter_mut().find(|m| m.id == cid).expect("Cid");
+    listed.passkeys.clear();
+    listed.proofs.clear();
+    listed.revocation = Some(forged.to_blob());
+    let now = sim.now;
+    let directory = sim.directory.clone();
+    sim.devices
+        .get_mut(&a)
+        .expect("a")
+        .engine
+        .handle_directory(now, directory);
+    sim.run(20);
+    sim.assert_one_group(&[a, b, c]);
+    assert!(
+        distrusted(&sim, a)
+            .iter()
+            .any(|(m, _, why)| *m == cid && why.contains("issuer is not an admin")),
+        "{:?}",
+        distrusted(&sim, a)
+    );
 }

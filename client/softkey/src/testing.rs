@@ -103,6 +103,7 @@ pub fn member(role: Role) -> (SoftKey, MemberInfo) {
         created_at: 0,
         passkeys: vec![key.public_key_info()],
         proofs: Vec::new(),
+        revocation: None,
     };
     (key, info)
 }

@@ -1,13 +1,14 @@
-//! The circle directory (ids, roles, passkey public keys) for members; revocation and recovery invitations for admins.
+//! The circle directory (ids, roles, passkey public keys, signed revocations) for members;
+//! revocation and recovery invitations for admins.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use tessera_wire::{CreateRecoveryRequest, CreatedInvitation, MemberInfo};
+use tessera_wire::{CreateRecoveryRequest, CreatedInvitation, MemberInfo, RevokeMemberRequest};
 use uuid::Uuid;
 
-use super::invitations::issue_by;
+use super::invitations::{issue_by, opaque};
 use crate::auth::{AdminCaller, Caller};
 use crate::ceremony;
 use crate::error::{ApiError, ApiJson, ApiResult};
@@ -45,9 +46,23 @@ async fn directory(
                     .extract_if(.., |(of, _)| *of == member.id)
                     .map(|(_, proof)| proof.into())
                     .collect(),
+                revocation: None,
             })
         })
         .collect::<ApiResult<Vec<_>>>()?;
+    // Revoked members follow, keyless, with what revoked them: devices act on that alone.
+    let revoked = state.store.revoked_members_of(circle).await?;
+    let directory = directory
+        .into_iter()
+        .chain(revoked.into_iter().map(|(member, revocation)| MemberInfo {
+            id: member.id,
+            role: member.role,
+            created_at: member.created_at,
+            passkeys: Vec::new(),
+            proofs: Vec::new(),
+            revocation: Some(revocation.into()),
+        }))
+        .collect();
     Ok(Json(directory))
 }
 
@@ -60,14 +75,16 @@ async fn revoke(
     State(state): State<AppState>,
     AdminCaller(admin): AdminCaller,
     Path(id): Path<String>,
+    ApiJson(request): ApiJson<RevokeMemberRequest>,
 ) -> ApiResult<StatusCode> {
     let target = member_id(&id)?;
     if target == admin.member.id {
         return Err(ApiError::CannotRevokeSelf);
     }
+    let revocation = opaque(Some(request.statement), "statement")?.unwrap_or_default();
     if !state
         .store
-        .revoke_member(admin.member.circle, target, state.clock.now())
+        .revoke_member(admin.member.circle, target, state.clock.now(), &revocation)
         .await?
     {
         return Err(ApiError::NotFound("member"));

@@ -200,8 +200,18 @@ pub trait Store: Send + Sync + 'static {
     async fn member(&self, id: Uuid) -> StoreResult<Option<MemberRecord>>;
     /// The circle's unrevoked members.
     async fn members_of(&self, circle: Uuid) -> StoreResult<Vec<MemberRecord>>;
-    /// Revokes a member of the circle, ending their sessions and pending recovery invitations.
-    async fn revoke_member(&self, circle: Uuid, id: Uuid, now: i64) -> StoreResult<bool>;
+    /// The circle's revoked members, each with the revocation an admin signed (opaque), oldest
+    /// first.
+    async fn revoked_members_of(&self, circle: Uuid) -> StoreResult<Vec<(MemberRecord, Vec<u8>)>>;
+    /// Revokes a member of the circle, keeping the signed `revocation` (opaque), ending their
+    /// sessions and pending recovery invitations.
+    async fn revoke_member(
+        &self,
+        circle: Uuid,
+        id: Uuid,
+        now: i64,
+        revocation: &[u8],
+    ) -> StoreResult<bool>;
 
     /// The unrevoked member of an unexpired session.
     async fn session_member(

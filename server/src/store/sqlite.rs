@@ -539,12 +539,36 @@ impl Store for SqliteStore {
         rows.iter().map(member_of).collect()
     }
 
-    async fn revoke_member(&self, circle: Uuid, id: Uuid, now: i64) -> StoreResult<bool> {
+    async fn revoked_members_of(&self, circle: Uuid) -> StoreResult<Vec<(MemberRecord, Vec<u8>)>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            member_columns!(),
+            ", revocation FROM members \
+             WHERE circle_id = ? AND revoked_at IS NOT NULL AND revocation IS NOT NULL \
+             ORDER BY created_at, id"
+        ))
+        .bind(circle.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((member_of(row)?, row.try_get("revocation")?)))
+            .collect()
+    }
+
+    async fn revoke_member(
+        &self,
+        circle: Uuid,
+        id: Uuid,
+        now: i64,
+        revocation: &[u8],
+    ) -> StoreResult<bool> {
         let mut tx = self.pool.begin().await?;
         let revoked = sqlx::query(
-            "UPDATE members SET revoked_at = ? WHERE id = ? AND circle_id = ? AND revoked_at IS NULL",
+            "UPDATE members SET revoked_at = ?, revocation = ? \
+             WHERE id = ? AND circle_id = ? AND revoked_at IS NULL",
         )
         .bind(now)
+        .bind(revocation)
         .bind(id.to_string())
         .bind(circle.to_string())
         .execute(&mut *tx)

@@ -1,12 +1,13 @@
 //! Signed membership in the page, a thin shell over `tessera_engine::trust` and `invitation`: the
 //! whole invitation link's fragment, the newcomer's admission, invitations and endorsements signed
-//! by the member's hardware key, the directory as it holds from the circle's root, and the link's
-//! QR code (made here: the server never sees the whole link).
+//! and revocations signed by the member's hardware key, the directory as it holds from the circle's
+//! root, and the link's QR code (made here: the server never sees the whole link).
 
 use serde::Serialize;
 use tessera_engine::codec::from_json;
 use tessera_engine::identity::key_fingerprint;
 use tessera_engine::invitation::{InvitationSecret, InvitationStatement, SignedInvitation};
+use tessera_engine::revocation::{RevocationStatement, SignedRevocation};
 use tessera_engine::signed::signature_request;
 use tessera_engine::trust::{
     Endorsement, KeyProof, LinkSecrets, RootFingerprint, TrustError, UsedInvitations, distrust_all,
@@ -230,6 +231,57 @@ impl WebInvitation {
             root: RootFingerprint::parse(root).map_err(|e| e.to_string())?,
         };
         Ok(format!("{url}#{}", secrets.to_fragment()))
+    }
+}
+
+/// A revocation being made in the page: the statement the admin's hardware key signs.
+#[wasm_bindgen]
+pub struct WebRevocation {
+    statement: RevocationStatement,
+}
+
+#[wasm_bindgen]
+impl WebRevocation {
+    /// `issuer`'s revocation of `member` from `circle` at `now` (Unix seconds).
+    ///
+    /// # Errors
+    /// When an id is malformed.
+    #[wasm_bindgen(constructor)]
+    pub fn new(
+        circle: &str,
+        issuer: &str,
+        member: &str,
+        now: f64,
+    ) -> Result<WebRevocation, String> {
+        #[allow(clippy::cast_possible_truncation)]
+        let issued_at = now as i64;
+        Ok(WebRevocation {
+            statement: RevocationStatement {
+                circle: uuid(circle, "circle")?,
+                member: uuid(member, "member")?,
+                issuer: uuid(issuer, "member")?,
+                issued_at,
+            },
+        })
+    }
+
+    /// The request options (JSON of `publicKey`) with which the admin's key signs it.
+    ///
+    /// # Errors
+    /// Never in practice (JSON).
+    pub fn request(&self, rp_id: &str) -> Result<String, String> {
+        json(&signature_request(rp_id, &self.statement.challenge()).public_key)
+    }
+
+    /// The signed revocation for the server (base64url), from the key's answer (JSON).
+    ///
+    /// # Errors
+    /// When the answer is not an assertion.
+    pub fn sign(&self, credential: &str) -> Result<String, String> {
+        let answer = assertion(credential)?;
+        let signed =
+            SignedRevocation::sign(self.statement.clone(), "", |_| Ok::<_, String>(answer))?;
+        Ok(signed.to_blob().to_string())
     }
 }
 

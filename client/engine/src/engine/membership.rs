@@ -17,7 +17,8 @@ use web_time::Instant;
 use crate::payload::{Content, SignalPayload};
 use crate::roster::{Directory, Refusal, certificate_of, verify_leaf, verify_leaf_node};
 use crate::trust::{
-    RootPin, TrustError, TrustedDirectory, distrust_all, find_root, verify_directory_with,
+    Distrusted, RootPin, TrustError, TrustedDirectory, distrust_all, find_root,
+    verify_directory_with,
 };
 
 use super::{
@@ -117,14 +118,32 @@ impl Engine {
                 self.dirty = true;
             }
         }
-        for d in &trusted.distrusted {
+        // Group members the directory no longer lists, with no revocation: they stay, and the
+        // device says so (a chain that found no root says enough already).
+        let dropped: BTreeSet<Uuid> = self
+            .roster
+            .values()
+            .map(|d| d.member)
+            .filter(|m| {
+                !trusted.members.is_empty()
+                    && !trusted.members.contains_key(m)
+                    && !trusted.revoked.contains(m)
+                    && !listed.iter().any(|l| l.id == *m)
+            })
+            .collect();
+        let dropped = dropped.into_iter().map(|member| Distrusted {
+            member,
+            key: None,
+            reason: TrustError::Dropped,
+        });
+        for d in trusted.distrusted.iter().cloned().chain(dropped) {
             let said = (d.member, d.key.clone(), d.reason.to_string());
             if self.distrust_reported.insert(said) {
                 self.event(Event::Distrusted {
                     member: d.member,
-                    key: d.key.clone(),
+                    key: d.key,
                     own: d.member == self.saved.member,
-                    reason: d.reason.clone(),
+                    reason: d.reason,
                 });
             }
         }
@@ -389,12 +408,12 @@ impl Engine {
             let Some(target) = group.member(removed).and_then(|c| certificate_of(c).ok()) else {
                 return Err(Refusal::Malformed("removal of an unknown leaf"));
             };
-            let revoked = !directory.lists(target.member);
+            let revoked = directory.revoked(target.member);
             let rejoined = added_devices.get(&target.device) == Some(&target.member);
             let itself = removed == sender_leaf;
             if !(rejoined || itself || (revoked && directory.is_admin(sender.member))) {
                 if !revoked {
-                    // Perhaps revoked since the directory was fetched.
+                    // Perhaps revoked since the directory was fetched; else not revoked at all.
                     return Err(Refusal::UnknownMember);
                 }
                 return Err(Refusal::NotAllowed(
@@ -536,7 +555,7 @@ impl Engine {
         let revoked: Vec<LeafNodeIndex> = self
             .roster
             .values()
-            .filter(|d| admin && !directory.lists(d.member))
+            .filter(|d| admin && directory.revoked(d.member))
             .map(|d| d.leaf)
             .collect();
         // As many adds as one commit frame holds: a commit carries every KeyPackage it adds.

@@ -347,7 +347,7 @@ impl Engine {
     /// the chain from the circle's root admits it (see [`crate::trust`]).
     pub fn handle_directory(&mut self, now: Instant, members: Vec<MemberInfo>) {
         let trusted = self.verify_directory(&members);
-        self.directory = Some(Directory::new(&members, &trusted));
+        self.directory = Some(Directory::new(&trusted));
         self.directory_version += 1;
         self.directory_requested = false;
         self.directory_retry_at = None;

@@ -10,6 +10,7 @@ use serde_json::value::to_raw_value;
 use tessera_engine::identity::certify;
 use tessera_engine::invitation::{InvitationSecret, InvitationStatement, SignedInvitation};
 use tessera_engine::payload::RtcSignal;
+use tessera_engine::revocation::{RevocationStatement, SignedRevocation};
 use tessera_engine::trust::{KeyProof, RootFingerprint, RootPin, Trust, member_id_for};
 use tessera_engine::{
     DeviceKey, Engine, EngineConfig, Event, HistoryChange, IceOutcome, LinkCommand, Output,
@@ -162,6 +163,30 @@ impl Sim {
         let admission = secret.admit(signed, info.id, info.passkeys[0].clone(), ADMITTED_AT);
         info.proofs.push(KeyProof::Admission(admission).to_blob());
         (key, info)
+    }
+
+    /// The founder revokes `member` as an admin's device does: the server lists the member with
+    /// no keys and the revocation the founder's key signed.
+    pub fn revoke(&mut self, member: Uuid) {
+        let issuer = self.directory[0].id;
+        let (founder_key, _) = self.founder.as_mut().expect("the circle has a founder");
+        let statement = RevocationStatement {
+            circle: self.circle,
+            member,
+            issuer,
+            issued_at: ADMITTED_AT,
+        };
+        let signed =
+            SignedRevocation::sign(statement, "localhost", |r| founder_key.sign_in(r, ORIGIN))
+                .expect("the founder's key signs");
+        let listed = self
+            .directory
+            .iter_mut()
+            .find(|m| m.id == member)
+            .expect("a listed member");
+        listed.passkeys.clear();
+        listed.proofs.clear();
+        listed.revocation = Some(signed.to_blob());
     }
 
     /// What the sim's devices trust.

@@ -496,12 +496,14 @@ pub async fn uninvite(settings: &Settings, id: Uuid) -> Result<()> {
 /// `tessera admin revoke`.
 pub async fn revoke_member(settings: &Settings, member: Uuid) -> Result<()> {
     let (profile, api) = on_server(settings).await?;
-    api.revoke_member(member)
-        .await
-        .map_err(|e| explain(e, &profile.origin))?;
+    let key_file = device_key_file(settings, &profile)?;
+    let mut key = load_key(&key_file)?;
+    let revoked = membership::revoke(&api, signer(&profile, &mut key)?, member, now_secs()).await;
+    save_key(&key, &key_file)?;
+    revoked.map_err(|e| membership_error(e, &profile.origin))?;
     println!(
-        "Revoked member {member}: their sessions ended; the next admin device online removes \
-         their devices from the circle's group."
+        "Revoked member {member}, signed with your key: their sessions ended; the next admin \
+         device online removes their devices from the circle's group."
     );
     Ok(())
 }
