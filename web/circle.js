@@ -263,10 +263,15 @@ class CircleView {
     try {
       const root = this.device.root();
       if (root && root !== rootOf(this.me.member)) keepRoot(this.me.member, root);
-      const { members } = JSON.parse(this.engine.circleMembers(JSON.stringify(await api('GET', '/members')),
+      const { members, safety } = JSON.parse(this.engine.circleMembers(JSON.stringify(await api('GET', '/members')),
         this.me.circle, root, window.location.origin, window.location.hostname));
       this.keys = new Map(members.map((m) => [m.member, m]));
-      if (root) $('safety').textContent = `Circle root (compare in person): ${grouped(root)}`;
+      if (root) $('root').textContent = `Circle root: ${grouped(root)}`;
+      if (safety && safety !== $('safety-words').textContent) {
+        $('safety-words').textContent = safety;
+        $('safety-qr').src = 'data:image/svg+xml;charset=utf-8,' + encodeURIComponent(this.engine.qrSvg(safety));
+        $('safety').hidden = false;
+      }
       this.#redraw();
     } catch {
       // Shown again at the next change.

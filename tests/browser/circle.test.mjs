@@ -233,6 +233,28 @@ if (insideNamespace(FILE)) {
     await bob.page.setViewportSize(viewport);
   });
 
+  test('d3. the three devices show the same safety number, in words and as a QR code', async () => {
+    const wordsOf = async (member) => (await member.page.locator('#safety-words').textContent()).trim();
+    const nativeWords = async () => {
+      const earlier = new Set(native.lines.filter((e) => e.event === 'status'));
+      native.say('/status');
+      return (await native.waitFor('its status', (e) => e.event === 'status' && !earlier.has(e))).safety;
+    };
+    // Each device computes it from the directory it last fetched: wait until all three agree.
+    const deadline = Date.now() + LINK_WAIT;
+    let seen = [];
+    while (Date.now() < deadline) {
+      seen = [await wordsOf(admin), await wordsOf(bob), await nativeWords()];
+      if (seen[0] && seen.every((w) => w === seen[0])) break;
+      await new Promise((resolve) => setTimeout(resolve, 300));
+    }
+    assert.ok(seen[0] && seen.every((w) => w === seen[0]), `the devices agree: ${JSON.stringify(seen)}`);
+    assert.equal(seen[0].split(' ').length, 12, seen[0]);
+    assert.ok(await admin.page.locator('#safety-qr').evaluate((img) => img.complete && img.naturalWidth > 0),
+      'the QR code image loads');
+    assert.match(await admin.page.locator('#root').textContent(), /^Circle root: /);
+  });
+
   test('d2. while the server is down, the pages say so and links keep carrying messages', async () => {
     await run.stopServer();
     for (const who of [admin, bob]) {

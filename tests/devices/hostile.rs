@@ -138,6 +138,13 @@ fn an_invitation_the_server_forges_admits_a_device_no_honest_device_adds() {
     let (mut a, mut b) = (honest.admin.chat(), honest.member.chat());
     wait_converged(&mut [&mut a, &mut b], 2);
     let admin_id: Uuid = serde_json::from_value(a.status()["member"].clone()).expect("member id");
+    // Both devices show the same safety number: twelve words.
+    let safety = a.status()["safety"]
+        .as_str()
+        .expect("a safety number")
+        .to_owned();
+    assert_eq!(safety.split(' ').count(), 12, "{safety}");
+    assert_eq!(b.status()["safety"], safety.as_str());
 
     // The operator inserts an invitation of its own: a token it knows, no admin's signature.
     let link = honest.forged_link(admin_id);
@@ -165,11 +172,15 @@ fn an_invitation_the_server_forges_admits_a_device_no_honest_device_adds() {
         "the forged device joined the group"
     );
     assert!(!f.received().contains(&secret));
-    // Asked later, the admin's device still lists it, with a warning instead of a role.
+    // What the chain admits did not change, and neither did the safety number.
+    assert_eq!(a.status()["safety"], safety.as_str());
+    // Asked later, the admin's device still lists it, with a warning instead of a role, and shows
+    // the same safety number.
     a.quit();
     let members = honest.admin.run(&["members"]);
     let out = crate::support::text(&members);
     assert!(out.contains(&forged_id) && out.contains("warning"), "{out}");
+    assert!(out.contains(&safety), "{out}");
 }
 
 #[test]

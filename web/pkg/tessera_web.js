@@ -849,7 +849,8 @@ export function checkStatement(fragment, statement, user_handle) {
 
 /**
  * The directory (`GET /api/v1/members`, as text) as it holds from `root` (none: not pinned yet)
- * in `circle`: `{"members": [CircleMember], "distrusted": [DistrustedEntry]}`.
+ * in `circle`: `{"members": [CircleMember], "distrusted": [DistrustedEntry], "safety": words}`
+ * (the safety number's twelve words; none without a root).
  *
  * # Errors
  * When the text is not a directory or an argument is malformed.

@@ -15,6 +15,7 @@ pub mod pieces;
 pub mod provider;
 pub mod revocation;
 pub mod roster;
+pub mod safety;
 pub mod signed;
 pub mod trust;
 

@@ -8,6 +8,7 @@ use tessera_engine::codec::from_json;
 use tessera_engine::identity::key_fingerprint;
 use tessera_engine::invitation::{InvitationSecret, InvitationStatement, SignedInvitation};
 use tessera_engine::revocation::{RevocationStatement, SignedRevocation};
+use tessera_engine::safety::safety_words;
 use tessera_engine::signed::signature_request;
 use tessera_engine::trust::{
     Endorsement, KeyProof, LinkSecrets, RootFingerprint, TrustError, UsedInvitations, distrust_all,
@@ -354,7 +355,8 @@ pub struct DistrustedEntry {
 }
 
 /// The directory (`GET /api/v1/members`, as text) as it holds from `root` (none: not pinned yet)
-/// in `circle`: `{"members": [CircleMember], "distrusted": [DistrustedEntry]}`.
+/// in `circle`: `{"members": [CircleMember], "distrusted": [DistrustedEntry], "safety": words}`
+/// (the safety number's twelve words; none without a root).
 ///
 /// # Errors
 /// When the text is not a directory or an argument is malformed.
@@ -368,16 +370,20 @@ pub fn circle_members(
 ) -> Result<String, String> {
     let listed: Vec<MemberInfo> =
         from_json(directory).map_err(|_| "not a circle directory".to_owned())?;
-    let trusted = match root {
+    let root = root
+        .map(|r| RootFingerprint::parse(&r).map_err(|e| e.to_string()))
+        .transpose()?;
+    let trusted = match &root {
         Some(root) => verify_directory(
             &listed,
             uuid(circle, "circle")?,
-            &RootFingerprint::parse(&root).map_err(|e| e.to_string())?,
+            root,
             (origin, rp_id),
             &UsedInvitations::new(),
         ),
         None => distrust_all(&listed, TrustError::NoRoot),
     };
+    let safety = root.map(|root| safety_words(&root, &trusted));
     let members: Vec<CircleMember> = listed
         .iter()
         .filter_map(|m| {
@@ -403,7 +409,10 @@ pub fn circle_members(
             reason: d.reason.to_string(),
         })
         .collect();
-    Ok(serde_json::json!({"members": members, "distrusted": distrusted}).to_string())
+    Ok(
+        serde_json::json!({"members": members, "distrusted": distrusted, "safety": safety})
+            .to_string(),
+    )
 }
 
 /// `text` (a whole invitation link) as an SVG QR code.

@@ -16,6 +16,7 @@ use web_time::Instant;
 
 use crate::payload::{Content, SignalPayload};
 use crate::roster::{Directory, Refusal, certificate_of, verify_leaf, verify_leaf_node};
+use crate::safety::safety_words;
 use crate::trust::{
     Distrusted, RootPin, TrustError, TrustedDirectory, distrust_all, find_root,
     verify_directory_with,
@@ -100,13 +101,17 @@ impl Engine {
                     self.dirty = true;
                 }
                 match trust.root {
-                    RootPin::Pinned(root) => verify_directory_with(
-                        listed,
-                        trust.circle,
-                        &root,
-                        origin_rp,
-                        (&self.trust.used, &mut self.checked),
-                    ),
+                    RootPin::Pinned(root) => {
+                        let trusted = verify_directory_with(
+                            listed,
+                            trust.circle,
+                            &root,
+                            origin_rp,
+                            (&self.trust.used, &mut self.checked),
+                        );
+                        self.safety = Some(safety_words(&root, &trusted));
+                        trusted
+                    }
                     RootPin::FromOwnKey => distrust_all(listed, TrustError::NoRoot),
                 }
             }

@@ -73,6 +73,8 @@ pub struct Engine {
     trust: SavedTrust,
     /// The proofs whose signatures this device checked in the last directory.
     checked: CheckedProofs,
+    /// The circle's safety number as of the last directory.
+    safety: Option<String>,
     /// What the device reported distrusting already, so that each is said once.
     distrust_reported: BTreeSet<(Uuid, Option<Base64Url>, String)>,
     saved_mls: HashMap<Vec<u8>, Vec<u8>>,
@@ -240,6 +242,7 @@ impl Engine {
             saved,
             trust,
             checked: CheckedProofs::default(),
+            safety: None,
             distrust_reported: BTreeSet::new(),
             saved_mls: HashMap::new(),
             group,
@@ -584,6 +587,7 @@ impl Engine {
             connected: self.connected,
             names: self.display_names(),
             devices,
+            safety: self.safety.clone(),
         }
     }
 

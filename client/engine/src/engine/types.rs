@@ -264,6 +264,8 @@ pub struct DeviceView {
     pub names: BTreeMap<Uuid, String>,
     /// The group's devices, this one included.
     pub devices: Vec<GroupDeviceView>,
+    /// The circle's safety number as of the last directory (twelve words; none without a root).
+    pub safety: Option<String>,
 }
 
 /// One device of the group, as the view lists it.

@@ -11,6 +11,7 @@ use tessera_client::device::{Connection, DeviceHandle, Status, Stopped, Update};
 use tessera_client::signal::{Backoff, SignalClient, SignalEvent};
 use tessera_client::store::{DeviceStore, HistoryEntry};
 use tessera_client::trust::{TrustError, UsedInvitations, distrust_all, verify_directory};
+use tessera_engine::safety::safety_words;
 use tessera_engine::{ChatMessage, Engine, EngineConfig, Event, StopReason};
 use tessera_wire::signal::ServerFrame;
 use tokio::io::AsyncBufReadExt as _;
@@ -158,6 +159,7 @@ fn status_json(status: &Status) -> String {
         "links": status.links(),
         "waiting": status.waiting(),
         "relayed": status.relayed,
+        "safety": status.view.safety,
     })
     .to_string()
 }
@@ -511,7 +513,21 @@ pub async fn members(settings: &Settings) -> Result<()> {
         }
     }
     if let Some(root) = &profile.root {
-        println!("\nCircle root (compare in person): {}", root.to_text());
+        println!("\nCircle root: {}", root.to_text());
+        let words = safety_words(root, &trusted);
+        println!(
+            "Safety number (compare in person with another member: the same words mean you both \
+             see the same circle; they change when anyone joins, leaves or changes keys):\n  \
+             {words}"
+        );
+        if let Ok(code) = qrcode::QrCode::new(words.as_bytes()) {
+            println!(
+                "{}",
+                code.render::<qrcode::render::unicode::Dense1x2>()
+                    .quiet_zone(true)
+                    .build()
+            );
+        }
     }
     Ok(())
 }
