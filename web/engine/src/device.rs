@@ -577,11 +577,14 @@ mod tests {
         assert_eq!(back.device(), engine.device());
         assert_eq!(back.in_group(), engine.in_group());
         assert_eq!(back.display_names(), engine.display_names());
-        // The same view, but for the connection: a restored device is connected once it hears the
-        // server's hello.
+        // The same view, but for the connection and the safety number: a restored device is
+        // connected once it hears the server's hello, and has a safety number once it has a
+        // directory.
         let mut view = engine.view();
         assert!(view.connected);
         view.connected = false;
+        assert!(view.safety.is_some());
+        view.safety = None;
         assert_eq!(back.view(), view);
     }
 
