@@ -142,6 +142,9 @@ class CircleView {
       case 'distrusted':
         this.#distrusted(event);
         break;
+      case 'keys_changed':
+        this.#keysChanged(event);
+        break;
       default:
     }
   }
@@ -256,6 +259,19 @@ class CircleView {
       item.textContent = `The server lists ${what}, but ${event.reason}: ignored.`;
     }
     list.append(item);
+    $('warnings-section').hidden = false;
+  }
+
+  // A member's keys changed since this device pinned them: loudest for one's own account.
+  #keysChanged(event) {
+    const changes = [...event.added.map((k) => `added ${short(k)}…`), ...event.removed.map((k) => `removed ${short(k)}…`)].join(', ');
+    const item = document.createElement('li');
+    item.dataset.member = event.member;
+    item.className = event.own ? 'own' : '';
+    item.textContent = event.own
+      ? `The keys of your account changed (${changes}). If it was not you, one of your keys is in someone else's hands: tell an admin.`
+      : `The keys of ${this.#name(event.member)} changed (${changes}): compare the safety number with them.`;
+    $('warnings').append(item);
     $('warnings-section').hidden = false;
   }
 

@@ -413,3 +413,56 @@ fn a_revocation_the_server_forges_or_a_member_it_drops_removes_no_one() {
         v["event"] == "message" && v["text"] == secret
     });
 }
+
+#[test]
+fn a_key_added_to_an_account_is_announced_on_every_device_loudest_on_the_owners() {
+    if !inside_namespace(
+        "hostile::a_key_added_to_an_account_is_announced_on_every_device_loudest_on_the_owners",
+    ) {
+        return;
+    }
+    // Whoever adds it (the member, or a thief with one of their keys and its PIN), the new key
+    // is said on every device: the account's owner can tell if it was not them.
+    let honest = Honest::new();
+    let (mut a, mut b) = (honest.admin.chat(), honest.member.chat());
+    wait_converged(&mut [&mut a, &mut b], 2);
+    let member = b.status()["member"].as_str().expect("member id").to_owned();
+    let before = a.status()["safety"].as_str().expect("safety").to_owned();
+    b.quit();
+    let spare = honest.root.path().join("spare.key");
+    let spare = spare.to_str().expect("utf-8 path");
+    honest.member.ok(&["soft-key", "new", "--file", spare]);
+    honest.member.ok(&["keys", "add", "--file", spare]);
+
+    let changed = |own: bool| {
+        let member = member.clone();
+        move |v: &Value| {
+            v["event"] == "keys_changed"
+                && v["member"] == member.as_str()
+                && v["own"] == own
+                && v["added"].as_array().is_some_and(|a| a.len() == 1)
+                && v["removed"].as_array().is_some_and(Vec::is_empty)
+        }
+    };
+    a.quit();
+    let mut a = honest.admin.chat();
+    a.wait_for(
+        "the admin's device says the member's keys changed",
+        changed(false),
+    );
+    let mut b = honest.member.chat();
+    b.wait_for("the member's own device says so, marked own", changed(true));
+    // The safety number moved with the keys, the same on both.
+    let after = a.status()["safety"].as_str().expect("safety").to_owned();
+    assert_ne!(after, before);
+    assert_eq!(b.status()["safety"], after.as_str());
+    // Said once: a device started again has the new key pinned.
+    b.quit();
+    let mut b = honest.member.chat();
+    b.drain(std::time::Duration::from_secs(3));
+    assert!(
+        b.events("keys_changed").is_empty(),
+        "{:?}",
+        b.events("keys_changed")
+    );
+}

@@ -84,19 +84,37 @@ pub fn decode_with_tail<V: DeserializeOwned, T: DeserializeOwned + Default>(
     bytes: &[u8],
     earlier: Earlier,
 ) -> Result<(V, T), CodecError> {
+    decode_with_tails::<V, T, ()>(bytes, earlier).map(|(value, tail, ())| (value, tail))
+}
+
+/// The value and two tails written one after the other (`encode_with_tail(&value, &(t, u))`);
+/// each tail's default where the record ends before it (saved by an earlier version).
+///
+/// # Errors
+/// As [`decode`].
+pub fn decode_with_tails<V, T, U>(bytes: &[u8], earlier: Earlier) -> Result<(V, T, U), CodecError>
+where
+    V: DeserializeOwned,
+    T: DeserializeOwned + Default,
+    U: DeserializeOwned + Default,
+{
+    fn take<X: DeserializeOwned + Default>(rest: &[u8]) -> Result<(X, &[u8]), CodecError> {
+        if rest.is_empty() {
+            return Ok((X::default(), rest));
+        }
+        postcard::take_from_bytes(rest).map_err(|e| CodecError::Decode(e.to_string()))
+    }
     let Some((&POSTCARD, body)) = bytes.split_first() else {
-        return decode_earlier(bytes, earlier).map(|v| (v, T::default()));
+        return decode_earlier(bytes, earlier).map(|v| (v, T::default(), U::default()));
     };
     let (value, rest) =
         postcard::take_from_bytes(body).map_err(|e| CodecError::Decode(e.to_string()))?;
-    if rest.is_empty() {
-        return Ok((value, T::default()));
+    let (tail, rest) = take(rest)?;
+    let (second, rest) = take(rest)?;
+    if !rest.is_empty() {
+        return Err(CodecError::Decode("bytes left over".into()));
     }
-    match postcard::take_from_bytes(rest) {
-        Ok((tail, [])) => Ok((value, tail)),
-        Ok(_) => Err(CodecError::Decode("bytes left over".into())),
-        Err(e) => Err(CodecError::Decode(e.to_string())),
-    }
+    Ok((value, tail, second))
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -179,6 +197,15 @@ mod tests {
         let mut longer = both.clone();
         longer.push(0);
         assert!(decode_with_tail::<Sample, Vec<u8>>(&longer, Earlier::Json).is_err());
+        // A second tail after the first, and its default for a record that ends before it.
+        let (tail, second) = (vec![7u8, 8], vec![9u8]);
+        let three = encode_with_tail(&sample(), &(&tail, &second)).expect("encodes");
+        let (_, t, u): (Sample, Vec<u8>, Vec<u8>) =
+            decode_with_tails(&three, Earlier::Json).expect("decodes");
+        assert_eq!((t, u), (tail.clone(), second));
+        let (_, t, u): (Sample, Vec<u8>, Vec<u8>) =
+            decode_with_tails(&both, Earlier::Json).expect("decodes");
+        assert_eq!((t, u), (tail, Vec::new()));
     }
 
     #[test]

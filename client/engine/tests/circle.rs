@@ -20,6 +20,7 @@ use tessera_engine::delivery::Packet;
 use tessera_engine::identity::certify;
 use tessera_engine::payload::{RtcSignal, SignalPayload, decode_packet, encode_packet};
 use tessera_engine::revocation::{RevocationStatement, SignedRevocation};
+use tessera_engine::trust::{Endorsement, KeyProof};
 use tessera_engine::{Engine, Event, HistoryChange, IceOutcome, roster};
 use tessera_wire::{Base64Url, Role};
 use uuid::Uuid;
@@ -1057,4 +1058,80 @@ fn a_member_dropped_or_revoked_without_an_admins_signature_stays_and_devices_say
         "{:?}",
         distrusted(&sim, a)
     );
+}
+
+/// The `KeysChanged` events a device said, as (member, added, removed, own).
+fn key_changes(sim: &Sim, device: Uuid) -> Vec<(Uuid, Vec<Base64Url>, Vec<Base64Url>, bool)> {
+    sim.devices[&device]
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::KeysChanged {
+                member,
+                added,
+                removed,
+                own,
+            } => Some((*member, added.clone(), removed.clone(), *own)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_members_keys_are_pinned_on_first_sight_and_every_change_is_said_once_marked_on_their_own() {
+    let mut sim = Sim::new(31);
+    let a = sim.member(Role::Admin, "Ada L.");
+    sim.run(5);
+    let (mut bea_key, bea_info) = sim.admit(Role::Member);
+    let bea = bea_info.id;
+    let first_key = bea_info.passkeys[0].clone();
+    sim.directory.push(bea_info);
+    let b = sim.device(&mut bea_key, bea, "Bea K.");
+    sim.run(40);
+    sim.assert_one_group(&[a, b]);
+    assert!(key_changes(&sim, a).is_empty() && key_changes(&sim, b).is_empty());
+
+    // Bea's first key endorses a spare; later the first key goes.
+    let (_, spare) = new_member(Role::Member);
+    let spare_key = spare.passkeys[0].clone();
+    let endorsement = Endorsement::sign(bea, spare_key.clone(), "localhost", |r| {
+        bea_key.sign_in(r, ORIGIN)
+    })
+    .expect("Bea's key signs");
+    let refetch = |sim: &mut Sim| {
+        for d in [a, b] {
+            let now = sim.now;
+            let directory = sim.directory.clone();
+            let dev = sim.devices.get_mut(&d).expect("device");
+            dev.engine.handle_directory(now, directory);
+        }
+        sim.run(5);
+    };
+    let listed = sim.directory.iter_mut().find(|m| m.id == bea).expect("Bea");
+    listed.passkeys.push(spare_key.clone());
+    listed
+        .proofs
+        .push(KeyProof::Endorsement(endorsement).to_blob());
+    refetch(&mut sim);
+    let added = (bea, vec![spare_key.credential_id.clone()], vec![], false);
+    assert_eq!(key_changes(&sim, a), vec![added.clone()]);
+    assert_eq!(
+        key_changes(&sim, b),
+        vec![(bea, added.1.clone(), vec![], true)]
+    );
+
+    // The same directory again, and after a restart: nothing more to say (the pins are saved).
+    refetch(&mut sim);
+    sim.restart(a);
+    sim.run(20);
+    assert_eq!(key_changes(&sim, a), vec![added.clone()]);
+
+    let listed = sim.directory.iter_mut().find(|m| m.id == bea).expect("Bea");
+    listed.passkeys.retain(|k| *k != first_key);
+    refetch(&mut sim);
+    assert_eq!(
+        key_changes(&sim, a).last(),
+        Some(&(bea, vec![], vec![first_key.credential_id.clone()], false))
+    );
+    sim.assert_one_group(&[a, b]);
 }

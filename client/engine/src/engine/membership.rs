@@ -10,7 +10,7 @@ use openmls::prelude::{
     ProtocolVersion, SenderRatchetConfiguration, StagedWelcome,
 };
 use openmls_traits::OpenMlsProvider as _;
-use tessera_wire::MemberInfo;
+use tessera_wire::{Base64Url, MemberInfo};
 use uuid::Uuid;
 use web_time::Instant;
 
@@ -117,6 +117,9 @@ impl Engine {
             }
             None => distrust_all(listed, TrustError::NoRoot),
         };
+        if !trusted.members.is_empty() {
+            self.compare_pins(&trusted);
+        }
         for (key, first) in &trusted.used {
             if !self.trust.used.contains_key(key) {
                 self.trust.used.insert(key.clone(), first.clone());
@@ -153,6 +156,36 @@ impl Engine {
             }
         }
         trusted
+    }
+
+    /// Pins each member's keys as the chain admits them on first sight, and says when they change
+    /// afterwards (added or removed), once per change.
+    fn compare_pins(&mut self, trusted: &TrustedDirectory) {
+        for (member, admitted) in &trusted.members {
+            let keys: BTreeSet<Base64Url> = admitted
+                .passkeys
+                .iter()
+                .map(|k| k.credential_id.clone())
+                .collect();
+            let Some(pinned) = self.pins.0.get(member) else {
+                self.pins.0.insert(*member, keys);
+                self.dirty = true;
+                continue;
+            };
+            if *pinned == keys {
+                continue;
+            }
+            let added = keys.difference(pinned).cloned().collect();
+            let removed = pinned.difference(&keys).cloned().collect();
+            self.event(Event::KeysChanged {
+                member: *member,
+                added,
+                removed,
+                own: *member == self.saved.member,
+            });
+            self.pins.0.insert(*member, keys);
+            self.dirty = true;
+        }
     }
 
     /// Asks the driver for the circle directory: one fetch at a time, and one more when a need

@@ -14,7 +14,7 @@ use links::Link;
 use membership::{GroupDevice, UncheckedKeyPackage, UncheckedWelcome, Waiting};
 use sequencer::{CatchUp, Staged, commit_frame};
 use signalling::EarlySignal;
-use state::{Held, Pending, SavedState, SavedTrust};
+use state::{Held, Pending, PinnedKeys, SavedState, SavedTrust};
 pub use state::{HistoryChange, StoreWrite, StoredDevice, Turn};
 pub use types::{
     CIPHERSUITE, ChatMessage, DeviceKey, DeviceView, EngineConfig, EngineError, Event,
@@ -71,6 +71,8 @@ pub struct Engine {
     saved: SavedState,
     /// The circle's root and the invitations seen used (saved with `saved`).
     trust: SavedTrust,
+    /// Each member's keys as first seen (saved after `trust`).
+    pins: PinnedKeys,
     /// The proofs whose signatures this device checked in the last directory.
     checked: CheckedProofs,
     /// The circle's safety number as of the last directory.
@@ -205,8 +207,8 @@ impl Engine {
     /// [`EngineError::Corrupt`] when the parts do not fit together.
     pub fn restore(config: EngineConfig, stored: StoredDevice) -> Result<Engine, EngineError> {
         let StoredDevice { state, mls, outbox } = stored;
-        let (mut saved, trust): (SavedState, SavedTrust) =
-            codec::decode_with_tail(&state, Earlier::Cbor)
+        let (mut saved, trust, pins): (SavedState, SavedTrust, PinnedKeys) =
+            codec::decode_with_tails(&state, Earlier::Cbor)
                 .map_err(|e| EngineError::Corrupt(e.to_string()))?;
         saved.delivery.set_config(config.delivery.clone());
         saved.delivery.restore_outbox(outbox.into_values());
@@ -224,6 +226,7 @@ impl Engine {
         };
         let mut engine = Engine::assemble(config, provider, signer, (saved, trust), group);
         engine.saved_mls = saved_mls;
+        engine.pins = pins;
         engine.refresh_roster();
         Ok(engine)
     }
@@ -241,6 +244,7 @@ impl Engine {
             signer,
             saved,
             trust,
+            pins: PinnedKeys::default(),
             checked: CheckedProofs::default(),
             safety: None,
             distrust_reported: BTreeSet::new(),
@@ -601,7 +605,7 @@ impl Engine {
             .group
             .as_ref()
             .map(|g| g.group_id().as_slice().to_vec());
-        let state = codec::encode_with_tail(&self.saved, &self.trust)
+        let state = codec::encode_with_tail(&self.saved, &(&self.trust, &self.pins))
             .map_err(|e| EngineError::Corrupt(e.to_string()))?;
         let mls = self.provider.changes_since(&mut self.saved_mls);
         let outbox = self.saved.delivery.take_outbox_changes();

@@ -2,10 +2,11 @@
 //! state, each turn's writes (made before its outputs are acted on), and the stored device it is
 //! restored from.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
+use tessera_wire::Base64Url;
 use uuid::Uuid;
 
 use crate::delivery::{Delivery, OutboxChange, Queued, Seq};
@@ -132,6 +133,12 @@ pub(super) struct SavedTrust {
     /// Invitation keys seen admitting a key: an invitation admits once.
     pub(super) used: UsedInvitations,
 }
+
+/// Each member's keys as this device first saw them and last accepted (credential ids), saved
+/// after [`SavedTrust`]: a later change is said (`Event::KeysChanged`). A record saved before key
+/// pinning ends before it; that device pins what its next directory holds, silently.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(super) struct PinnedKeys(pub(super) BTreeMap<Uuid, BTreeSet<Base64Url>>);
 
 /// What the local store keeps of the engine between runs (besides the MLS key-value store),
 /// encoded by [`codec`] (postcard: fields by position, not by name). Adding, removing or reordering

@@ -230,6 +230,20 @@ pub enum Event {
         #[serde(serialize_with = "as_sentence")]
         reason: TrustError,
     },
+    /// A member's keys, as the chain admits them, differ from what this device pinned: keys were
+    /// added (endorsed by one of the member's keys, or through a recovery) or removed. Loudest when
+    /// it is this device's own account (`own`): a key added that the member did not add means one
+    /// of their keys is in someone else's hands.
+    KeysChanged {
+        /// The member.
+        member: Uuid,
+        /// Credential ids of keys new since the pin.
+        added: Vec<Base64Url>,
+        /// Credential ids of pinned keys now gone.
+        removed: Vec<Base64Url>,
+        /// Whether it is this device's own member.
+        own: bool,
+    },
     /// The server refused a frame.
     ServerError {
         /// Its code.

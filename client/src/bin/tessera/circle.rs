@@ -13,6 +13,7 @@ use tessera_client::store::{DeviceStore, HistoryEntry};
 use tessera_client::trust::{TrustError, UsedInvitations, distrust_all, verify_directory};
 use tessera_engine::safety::safety_words;
 use tessera_engine::{ChatMessage, Engine, EngineConfig, Event, StopReason};
+use tessera_wire::Base64Url;
 use tessera_wire::signal::ServerFrame;
 use tokio::io::AsyncBufReadExt as _;
 use url::Url;
@@ -231,6 +232,26 @@ fn update_text(
                 .map(|k| format!(" (key {k})"))
                 .unwrap_or_default()
         ),
+        Update::Engine(Event::KeysChanged {
+            added,
+            removed,
+            own: true,
+            ..
+        }) => format!(
+            "!! WARNING: the keys of YOUR ACCOUNT changed ({}). If it was not you, one of your \
+             keys is in someone else's hands: tell an admin.",
+            key_changes(added, removed)
+        ),
+        Update::Engine(Event::KeysChanged {
+            member,
+            added,
+            removed,
+            ..
+        }) => format!(
+            "! The keys of {} changed ({}): compare the safety number with them.",
+            name_of(names, *member),
+            key_changes(added, removed)
+        ),
         Update::Engine(Event::ServerError { code }) => format!("! The server refused: {code}"),
         Update::Disconnected { reason, retry_in } => format!(
             "* Lost the server ({reason}); retrying in {} s. Peer links keep working.",
@@ -241,6 +262,16 @@ fn update_text(
         Update::LinkDown(device) => format!("* Link to {} closed.", device_name(device)),
         _ => return None,
     })
+}
+
+/// "added K1, removed K2", for a change of a member's keys.
+fn key_changes(added: &[Base64Url], removed: &[Base64Url]) -> String {
+    added
+        .iter()
+        .map(|k| format!("added {k}"))
+        .chain(removed.iter().map(|k| format!("removed {k}")))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 const CHAT_HELP: &str = "Type a message and press Enter to send it to the circle.\n\
