@@ -115,14 +115,19 @@ async function issueInvitation(me, { role, ttlSecs, recovers }) {
   return { created, link, qr: wasm.qrSvg(link) };
 }
 
-// Revokes `member` with a revocation the admin's key signs: devices remove the member's devices
-// from the group on that signature alone, never on the server's word.
-async function revokeMember(me, member) {
+// Carries out the admin's `decision` ('revoke' or 'promote') about `member` with a statement the
+// admin's key signs: devices remove the member's devices, or take them as an admin, on that
+// signature alone, never on the server's word.
+async function decide(me, decision, member) {
   const wasm = await engine();
-  const revocation = new wasm.WebRevocation(me.circle, me.member, member, nowSecs());
-  say('Touch your key to sign the revocation…');
-  const statement = revocation.sign(await signWithKey(revocation.request(window.location.hostname)));
-  await api('DELETE', `/members/${member}`, { statement });
+  const statement = new wasm.WebDecision(decision, me.circle, me.member, member, nowSecs());
+  say(`Touch your key to sign the ${decision === 'revoke' ? 'revocation' : 'promotion'}…`);
+  const signed = statement.sign(await signWithKey(statement.request(window.location.hostname)));
+  if (decision === 'revoke') {
+    await api('DELETE', `/members/${member}`, { statement: signed });
+  } else {
+    await api('POST', `/members/${member}/promotion`, { statement: signed });
+  }
 }
 
 async function logIn() {
@@ -365,10 +370,18 @@ const pages = {
         } else {
           actionCell(row, 'Revoke', async () => {
             if (!window.confirm('Revoke this member? Their sessions end at once, and your key signs their removal from the group.')) return;
-            await revokeMember(me, member.id);
+            await decide(me, 'revoke', member.id);
             await draw();
             say('Member revoked.');
           });
+          if (member.role !== 'admin') {
+            actionCell(row, 'Make admin', async () => {
+              if (!window.confirm('Make this member an admin? They will invite, revoke and promote as you do.')) return;
+              await decide(me, 'promote', member.id);
+              await draw();
+              say('Member promoted to admin.');
+            });
+          }
           actionCell(row, 'Recovery link', async () => {
             showInvitation(await issueInvitation(me, { role: 'member', ttlSecs: 86400, recovers: member.id }));
             await draw();

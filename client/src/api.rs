@@ -6,9 +6,9 @@ use serde::de::DeserializeOwned;
 use tessera_wire::{
     API_PREFIX, AddPasskeyStartRequest, AuthenticationOptions, Base64Url, CreateInvitationRequest,
     CreateRecoveryRequest, CreatedInvitation, EnrollStartRequest, ErrorBody, ErrorCode,
-    InvitationInfo, LoginFinishRequest, Me, MemberInfo, PasskeyInfo, PublicKeyCredential,
-    RegisterPublicKeyCredential, RegistrationFinishRequest, RegistrationOptions,
-    RevokeMemberRequest, Role, SessionGranted, TurnCredentials,
+    InvitationInfo, LoginFinishRequest, Me, MemberDecisionRequest, MemberInfo, PasskeyInfo,
+    PublicKeyCredential, RegisterPublicKeyCredential, RegistrationFinishRequest,
+    RegistrationOptions, Role, SessionGranted, TurnCredentials,
 };
 use url::Url;
 use uuid::Uuid;
@@ -503,7 +503,21 @@ impl ApiClient {
         self.call::<_, ()>(
             Method::DELETE,
             &format!("/members/{id}"),
-            Some(&RevokeMemberRequest { statement }),
+            Some(&MemberDecisionRequest { statement }),
+        )
+        .await
+    }
+
+    /// `POST /members/{id}/promotion` (admins), with the promotion the admin's key signed (opaque
+    /// to the server; `membership::decide` makes it).
+    ///
+    /// # Errors
+    /// When the server refuses or cannot be reached.
+    pub async fn promote_member(&self, id: Uuid, statement: Base64Url) -> ApiClientResult<()> {
+        self.call::<_, ()>(
+            Method::POST,
+            &format!("/members/{id}/promotion"),
+            Some(&MemberDecisionRequest { statement }),
         )
         .await
     }

@@ -2,8 +2,8 @@
 //! whole invitation link, issuing invitations signed with the admin's key, and endorsing a new key
 //! with one the member holds.
 
+use tessera_engine::decision::{Decision, DecisionStatement, SignedDecision};
 use tessera_engine::invitation::{InvitationSecret, InvitationStatement, SignedInvitation};
-use tessera_engine::revocation::{RevocationStatement, SignedRevocation};
 use tessera_engine::trust::{
     Endorsement, KeyProof, LinkError, LinkSecrets, RootFingerprint, UsedInvitations, member_id_for,
     verify_directory,
@@ -230,18 +230,20 @@ pub async fn invite(
     Ok(Invitation { created, link })
 }
 
-/// Revokes `member` with a revocation the admin's key signs: the server ends their sessions at
-/// once, and devices remove their devices from the group on the signature, not the server's word.
+/// Carries out the admin's `decision` about `member` with a statement the admin's key signs: a
+/// revocation (the server ends the member's sessions at once, and devices remove their devices
+/// from the group on the signature, not the server's word) or a promotion to admin.
 ///
 /// # Errors
 /// When the key or the server refuses.
-pub async fn revoke(
+pub async fn decide(
     api: &ApiClient,
     admin: Signer<'_>,
-    member: Uuid,
+    (decision, member): (Decision, Uuid),
     now: i64,
 ) -> Result<(), MembershipError> {
-    let statement = RevocationStatement {
+    let statement = DecisionStatement {
+        decision,
         circle: admin.circle,
         member,
         issuer: admin.member,
@@ -249,8 +251,11 @@ pub async fn revoke(
     };
     let origin = api.origin().origin().ascii_serialization();
     let rp_id = admin.key.rp_id().to_owned();
-    let signed = SignedRevocation::sign(statement, &rp_id, |r| admin.key.sign_in(r, &origin))?;
-    api.revoke_member(member, signed.to_blob()).await?;
+    let signed = SignedDecision::sign(statement, &rp_id, |r| admin.key.sign_in(r, &origin))?;
+    match decision {
+        Decision::Revoke => api.revoke_member(member, signed.to_blob()).await?,
+        Decision::Promote => api.promote_member(member, signed.to_blob()).await?,
+    }
     Ok(())
 }
 

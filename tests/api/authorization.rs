@@ -1,7 +1,7 @@
 //! Who may do what: sessions (bearer and cookie), expiry, revocation, roles, and circles that never see each other.
 
 use reqwest::StatusCode;
-use tessera_engine::revocation::SignedRevocation;
+use tessera_engine::decision::{Decision, SignedDecision};
 use tessera_server::circle;
 use tessera_tests::TestApp;
 use tessera_wire::{Role, SESSION_COOKIE};
@@ -155,8 +155,11 @@ async fn revoking_a_member_ends_their_sessions_at_once() {
         .find(|m| m.id == member.granted.member)
         .expect("the revoked member is listed");
     assert!(revoked.passkeys.is_empty() && revoked.proofs.is_empty());
-    let revocation = SignedRevocation::from_blob(revoked.revocation.as_ref().expect("revocation"))
-        .expect("the revocation as signed");
+    let revocation = SignedDecision::from_blob(
+        revoked.revocation.as_ref().expect("revocation"),
+        Decision::Revoke,
+    )
+    .expect("the revocation as signed");
     assert_eq!(revocation.statement.member, member.granted.member);
     assert_eq!(revocation.statement.issuer, admin.granted.member);
     assert!(
@@ -272,4 +275,77 @@ async fn a_revocation_without_its_signed_statement_is_refused_and_changes_nothin
         .expect("listed");
     assert!(listed.revocation.is_none() && listed.passkeys.len() == 1);
     member.client.me().await.expect("the member is still in");
+}
+
+#[tokio::test]
+async fn only_an_admin_promotes_with_a_signed_statement_and_the_directory_carries_it() {
+    let app = TestApp::spawn().await;
+    let mut admin = app.admin().await;
+    let mut grace = app.invite(&mut admin, Role::Member, "Grace").await;
+    let hedy = app.invite(&mut admin, Role::Member, "Hedy").await;
+    // A member cannot promote, not even themselves.
+    assert_refused(
+        grace.promote(hedy.granted.member).await,
+        StatusCode::FORBIDDEN,
+        "admin_required",
+    );
+    assert_refused(
+        grace.promote(grace.granted.member).await,
+        StatusCode::FORBIDDEN,
+        "admin_required",
+    );
+    // An unknown member, an admin already, and statements empty or too large.
+    assert_refused(
+        admin.promote(uuid::Uuid::new_v4()).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_refused(
+        admin.promote(admin.granted.member).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_request",
+    );
+    for blob in [vec![], vec![7u8; 8 * 1024 + 1]] {
+        assert_refused(
+            admin
+                .client
+                .promote_member(hedy.granted.member, blob.into())
+                .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        );
+    }
+    let directory = admin.client.members().await.expect("directory");
+    assert!(
+        directory
+            .iter()
+            .filter(|m| m.id != admin.granted.member)
+            .all(|m| m.role == Role::Member && m.proofs.len() == 1),
+        "nothing changed: {directory:?}"
+    );
+
+    // The admin promotes Hedy: the directory lists her as an admin with the signed promotion
+    // among her proofs, and she may now issue invitations.
+    admin.promote(hedy.granted.member).await.expect("promote");
+    let directory = admin.client.members().await.expect("directory");
+    let listed = directory
+        .iter()
+        .find(|m| m.id == hedy.granted.member)
+        .expect("listed");
+    assert_eq!(listed.role, Role::Admin);
+    let promotion = listed
+        .proofs
+        .iter()
+        .find_map(|p| SignedDecision::from_blob(p, Decision::Promote).ok())
+        .expect("the promotion as signed");
+    assert_eq!(promotion.statement.issuer, admin.granted.member);
+    hedy.client
+        .create_invitation(Role::Member, 3600)
+        .await
+        .expect("a promoted admin invites");
+    assert_refused(
+        admin.promote(hedy.granted.member).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_request",
+    );
 }

@@ -217,6 +217,24 @@ test('e. a used invitation link is refused in a third context', async () => {
   await stranger.context.close();
 });
 
+test('e2. the admin makes the member an admin, with a promotion the admin\'s key signs', async () => {
+  const { page } = run.admin;
+  await openAdmin(page);
+  const row = page.locator(`#members tbody tr[data-member="${run.member.member}"]`);
+  await row.getByRole('button', { name: 'Make admin' }).click();
+  await page.locator('#status', { hasText: 'Member promoted to admin.' }).waitFor();
+  await page.locator(`#members tbody tr[data-member="${run.member.member}"] td:nth-child(2)`, { hasText: 'admin' }).waitFor();
+  assert.equal(await page.locator(`#members tbody tr[data-member="${run.member.member}"]`).getByRole('button', { name: 'Make admin' }).count(), 0,
+    'an admin is not offered a promotion');
+  // The directory carries the promotion the page signed among the member's proofs.
+  const directory = await page.evaluate(async () => (await fetch('/api/v1/members')).json());
+  const promoted = directory.find((m) => m.id === run.member.member);
+  assert.equal(promoted.role, 'admin');
+  const statements = promoted.proofs.map((p) => JSON.parse(Buffer.from(p, 'base64url').toString()));
+  const promotion = statements.find((p) => p.statement?.decision === 'promote');
+  assert.equal(promotion?.statement.issuer, run.admin.member);
+});
+
 test('f. the admin revokes the member, whose next request fails', async () => {
   const { page } = run.admin;
   await openAdmin(page);

@@ -383,7 +383,7 @@ fn a_revocation_the_server_forges_or_a_member_it_drops_removes_no_one() {
     let mut a = honest.admin.chat();
     a.wait_for(
         "a warning of the forged revocation",
-        warned("the revocation is malformed"),
+        warned("revoked, but the admin's statement is malformed"),
     );
     still_in_group(&mut a);
 
@@ -465,4 +465,38 @@ fn a_key_added_to_an_account_is_announced_on_every_device_loudest_on_the_owners(
         "{:?}",
         b.events("keys_changed")
     );
+}
+
+#[test]
+fn a_member_an_admin_promotes_invites_and_every_device_takes_the_newcomer() {
+    if !inside_namespace(
+        "hostile::a_member_an_admin_promotes_invites_and_every_device_takes_the_newcomer",
+    ) {
+        return;
+    }
+    // The honest counterpart of a flipped role: a promotion the admin's key signs.
+    let honest = Honest::new();
+    let (mut a, mut b) = (honest.admin.chat(), honest.member.chat());
+    wait_converged(&mut [&mut a, &mut b], 2);
+    let member = b.status()["member"].as_str().expect("member id").to_owned();
+    b.quit();
+    let out = honest.admin.ok(&["admin", "promote", &member]);
+    assert!(out.contains("is now an admin"), "{out}");
+
+    let link = honest.member.ok(&["admin", "invite"]).trim().to_owned();
+    let newcomer = Device::new(honest.root.path(), "newcomer");
+    newcomer.join(&link, &format!("Newcomer{}", unique()));
+    a.quit();
+    let (mut a, mut b, mut n) = (honest.admin.chat(), honest.member.chat(), newcomer.chat());
+    wait_converged(&mut [&mut a, &mut b, &mut n], 3);
+    for chat in [&mut a, &mut b, &mut n] {
+        assert!(
+            chat.events("distrusted").is_empty(),
+            "{:?}",
+            chat.events("distrusted")
+        );
+    }
+    a.quit();
+    let out = crate::support::text(&honest.admin.run(&["members"]));
+    assert!(!out.contains("warning"), "{out}");
 }

@@ -11,7 +11,7 @@ use tessera_client::api::ApiClient;
 use tessera_client::authenticator::SoftKey;
 use tessera_client::membership::{self, InvitationLink, Joined, Signer};
 use tessera_client::trust::{RootFingerprint, RootPin, Trust};
-use tessera_engine::revocation::{RevocationStatement, SignedRevocation};
+use tessera_engine::decision::{Decision, DecisionStatement, SignedDecision};
 use tessera_server::clock::Clock;
 use tessera_server::store::Store;
 use tessera_server::{Application, Config};
@@ -127,14 +127,36 @@ impl TestMember {
     ///
     /// # Errors
     /// The server's refusal.
-    ///
-    /// # Panics
-    /// When the key refuses.
     pub async fn revoke(
         &mut self,
         member: uuid::Uuid,
     ) -> Result<(), tessera_client::api::ApiClientError> {
-        let statement = RevocationStatement {
+        self.decide(Decision::Revoke, member).await
+    }
+
+    /// Promotes `member` to admin as an admin's device does, with a promotion this member's key
+    /// signs.
+    ///
+    /// # Errors
+    /// The server's refusal.
+    pub async fn promote(
+        &mut self,
+        member: uuid::Uuid,
+    ) -> Result<(), tessera_client::api::ApiClientError> {
+        self.decide(Decision::Promote, member).await
+    }
+
+    /// `decision` about `member`, signed by this member's key, handed to the server.
+    ///
+    /// # Panics
+    /// When the key refuses.
+    async fn decide(
+        &mut self,
+        decision: Decision,
+        member: uuid::Uuid,
+    ) -> Result<(), tessera_client::api::ApiClientError> {
+        let statement = DecisionStatement {
+            decision,
             circle: self.granted.circle,
             member,
             issuer: self.granted.member,
@@ -142,9 +164,12 @@ impl TestMember {
         };
         let origin = self.client.origin().origin().ascii_serialization();
         let rp_id = self.key.rp_id().to_owned();
-        let signed = SignedRevocation::sign(statement, &rp_id, |r| self.key.sign_in(r, &origin))
-            .expect("the key signs the revocation");
-        self.client.revoke_member(member, signed.to_blob()).await
+        let signed = SignedDecision::sign(statement, &rp_id, |r| self.key.sign_in(r, &origin))
+            .expect("the key signs the decision");
+        match decision {
+            Decision::Revoke => self.client.revoke_member(member, signed.to_blob()).await,
+            Decision::Promote => self.client.promote_member(member, signed.to_blob()).await,
+        }
     }
 
     /// What the member's devices check the circle's membership from.

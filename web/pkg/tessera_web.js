@@ -1,4 +1,117 @@
 /**
+ * An admin's decision being made in the page (a revocation or a promotion): the statement the
+ * admin's hardware key signs.
+ */
+export class WebDecision {
+    __destroy_into_raw() {
+        const ptr = this.__wbg_ptr;
+        this.__wbg_ptr = 0;
+        WebDecisionFinalization.unregister(this);
+        return ptr;
+    }
+    free() {
+        const ptr = this.__destroy_into_raw();
+        wasm.__wbg_webdecision_free(ptr, 0);
+    }
+    /**
+     * `issuer`'s `decision` (`revoke` or `promote`) about `member` of `circle` at `now` (Unix
+     * seconds).
+     *
+     * # Errors
+     * When an id or the decision is malformed.
+     * @param {string} decision
+     * @param {string} circle
+     * @param {string} issuer
+     * @param {string} member
+     * @param {number} now
+     */
+    constructor(decision, circle, issuer, member, now) {
+        const val5 = +now;
+        let ptr0, len0, ptr1, len1, ptr2, len2, ptr3, len3;
+        try {
+            ptr0 = passStringToWasm0(decision, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len0 = WASM_VECTOR_LEN;
+            ptr1 = passStringToWasm0(circle, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len1 = WASM_VECTOR_LEN;
+            ptr2 = passStringToWasm0(issuer, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len2 = WASM_VECTOR_LEN;
+            ptr3 = passStringToWasm0(member, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len3 = WASM_VECTOR_LEN;
+        } catch (e) {
+            if (ptr3) { wasm.__wbindgen_free(ptr3, len3 * 1, 1); }
+            if (ptr2) { wasm.__wbindgen_free(ptr2, len2 * 1, 1); }
+            if (ptr1) { wasm.__wbindgen_free(ptr1, len1 * 1, 1); }
+            if (ptr0) { wasm.__wbindgen_free(ptr0, len0 * 1, 1); }
+            throw e;
+        }
+        const ret = wasm.webdecision_new(ptr0, len0, ptr1, len1, ptr2, len2, ptr3, len3, val5);
+        if (ret[2]) {
+            throw takeFromExternrefTable0(ret[1]);
+        }
+        this.__wbg_ptr = ret[0];
+        WebDecisionFinalization.register(this, this.__wbg_ptr, this);
+        return this;
+    }
+    /**
+     * The request options (JSON of `publicKey`) with which the admin's key signs it.
+     *
+     * # Errors
+     * Never in practice (JSON).
+     * @param {string} rp_id
+     * @returns {string}
+     */
+    request(rp_id) {
+        let deferred3_0;
+        let deferred3_1;
+        try {
+            const ptr0 = passStringToWasm0(rp_id, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            const len0 = WASM_VECTOR_LEN;
+            const ret = wasm.webdecision_request(this.__wbg_ptr, ptr0, len0);
+            var ptr2 = ret[0];
+            var len2 = ret[1];
+            if (ret[3]) {
+                ptr2 = 0; len2 = 0;
+                throw takeFromExternrefTable0(ret[2]);
+            }
+            deferred3_0 = ptr2;
+            deferred3_1 = len2;
+            return getStringFromWasm0(ptr2, len2);
+        } finally {
+            wasm.__wbindgen_free(deferred3_0, deferred3_1, 1);
+        }
+    }
+    /**
+     * The signed decision for the server (base64url), from the key's answer (JSON).
+     *
+     * # Errors
+     * When the answer is not an assertion.
+     * @param {string} credential
+     * @returns {string}
+     */
+    sign(credential) {
+        let deferred3_0;
+        let deferred3_1;
+        try {
+            const ptr0 = passStringToWasm0(credential, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            const len0 = WASM_VECTOR_LEN;
+            const ret = wasm.webdecision_sign(this.__wbg_ptr, ptr0, len0);
+            var ptr2 = ret[0];
+            var len2 = ret[1];
+            if (ret[3]) {
+                ptr2 = 0; len2 = 0;
+                throw takeFromExternrefTable0(ret[2]);
+            }
+            deferred3_0 = ptr2;
+            deferred3_1 = len2;
+            return getStringFromWasm0(ptr2, len2);
+        } finally {
+            wasm.__wbindgen_free(deferred3_0, deferred3_1, 1);
+        }
+    }
+}
+if (Symbol.dispose) WebDecision.prototype[Symbol.dispose] = WebDecision.prototype.free;
+
+/**
  * This browser as a member device.
  */
 export class WebDevice {
@@ -655,113 +768,6 @@ export class WebInvitation {
     }
 }
 if (Symbol.dispose) WebInvitation.prototype[Symbol.dispose] = WebInvitation.prototype.free;
-
-/**
- * A revocation being made in the page: the statement the admin's hardware key signs.
- */
-export class WebRevocation {
-    __destroy_into_raw() {
-        const ptr = this.__wbg_ptr;
-        this.__wbg_ptr = 0;
-        WebRevocationFinalization.unregister(this);
-        return ptr;
-    }
-    free() {
-        const ptr = this.__destroy_into_raw();
-        wasm.__wbg_webrevocation_free(ptr, 0);
-    }
-    /**
-     * `issuer`'s revocation of `member` from `circle` at `now` (Unix seconds).
-     *
-     * # Errors
-     * When an id is malformed.
-     * @param {string} circle
-     * @param {string} issuer
-     * @param {string} member
-     * @param {number} now
-     */
-    constructor(circle, issuer, member, now) {
-        const val4 = +now;
-        let ptr0, len0, ptr1, len1, ptr2, len2;
-        try {
-            ptr0 = passStringToWasm0(circle, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-            len0 = WASM_VECTOR_LEN;
-            ptr1 = passStringToWasm0(issuer, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-            len1 = WASM_VECTOR_LEN;
-            ptr2 = passStringToWasm0(member, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-            len2 = WASM_VECTOR_LEN;
-        } catch (e) {
-            if (ptr2) { wasm.__wbindgen_free(ptr2, len2 * 1, 1); }
-            if (ptr1) { wasm.__wbindgen_free(ptr1, len1 * 1, 1); }
-            if (ptr0) { wasm.__wbindgen_free(ptr0, len0 * 1, 1); }
-            throw e;
-        }
-        const ret = wasm.webrevocation_new(ptr0, len0, ptr1, len1, ptr2, len2, val4);
-        if (ret[2]) {
-            throw takeFromExternrefTable0(ret[1]);
-        }
-        this.__wbg_ptr = ret[0];
-        WebRevocationFinalization.register(this, this.__wbg_ptr, this);
-        return this;
-    }
-    /**
-     * The request options (JSON of `publicKey`) with which the admin's key signs it.
-     *
-     * # Errors
-     * Never in practice (JSON).
-     * @param {string} rp_id
-     * @returns {string}
-     */
-    request(rp_id) {
-        let deferred3_0;
-        let deferred3_1;
-        try {
-            const ptr0 = passStringToWasm0(rp_id, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-            const len0 = WASM_VECTOR_LEN;
-            const ret = wasm.webrevocation_request(this.__wbg_ptr, ptr0, len0);
-            var ptr2 = ret[0];
-            var len2 = ret[1];
-            if (ret[3]) {
-                ptr2 = 0; len2 = 0;
-                throw takeFromExternrefTable0(ret[2]);
-            }
-            deferred3_0 = ptr2;
-            deferred3_1 = len2;
-            return getStringFromWasm0(ptr2, len2);
-        } finally {
-            wasm.__wbindgen_free(deferred3_0, deferred3_1, 1);
-        }
-    }
-    /**
-     * The signed revocation for the server (base64url), from the key's answer (JSON).
-     *
-     * # Errors
-     * When the answer is not an assertion.
-     * @param {string} credential
-     * @returns {string}
-     */
-    sign(credential) {
-        let deferred3_0;
-        let deferred3_1;
-        try {
-            const ptr0 = passStringToWasm0(credential, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-            const len0 = WASM_VECTOR_LEN;
-            const ret = wasm.webrevocation_sign(this.__wbg_ptr, ptr0, len0);
-            var ptr2 = ret[0];
-            var len2 = ret[1];
-            if (ret[3]) {
-                ptr2 = 0; len2 = 0;
-                throw takeFromExternrefTable0(ret[2]);
-            }
-            deferred3_0 = ptr2;
-            deferred3_1 = len2;
-            return getStringFromWasm0(ptr2, len2);
-        } finally {
-            wasm.__wbindgen_free(deferred3_0, deferred3_1, 1);
-        }
-    }
-}
-if (Symbol.dispose) WebRevocation.prototype[Symbol.dispose] = WebRevocation.prototype.free;
 
 /**
  * The newcomer's admission of `passkey` (JSON, from [`passkey_of`]) under the invitation the
@@ -1482,6 +1488,9 @@ function __wbg_get_imports() {
     };
 }
 
+const WebDecisionFinalization = (typeof FinalizationRegistry === 'undefined')
+    ? { register: () => {}, unregister: () => {} }
+    : new FinalizationRegistry(ptr => wasm.__wbg_webdecision_free(ptr, 1));
 const WebDeviceFinalization = (typeof FinalizationRegistry === 'undefined')
     ? { register: () => {}, unregister: () => {} }
     : new FinalizationRegistry(ptr => wasm.__wbg_webdevice_free(ptr, 1));
@@ -1491,9 +1500,6 @@ const WebDeviceKeyFinalization = (typeof FinalizationRegistry === 'undefined')
 const WebInvitationFinalization = (typeof FinalizationRegistry === 'undefined')
     ? { register: () => {}, unregister: () => {} }
     : new FinalizationRegistry(ptr => wasm.__wbg_webinvitation_free(ptr, 1));
-const WebRevocationFinalization = (typeof FinalizationRegistry === 'undefined')
-    ? { register: () => {}, unregister: () => {} }
-    : new FinalizationRegistry(ptr => wasm.__wbg_webrevocation_free(ptr, 1));
 
 function addToExternrefTable0(obj) {
     const idx = wasm.__externref_table_alloc();

@@ -335,12 +335,12 @@ pub struct MemberInfo {
     pub revocation: Option<Base64Url>,
 }
 
-/// `DELETE /api/v1/members/{id}`: the revocation, signed by the revoking admin's hardware key,
-/// opaque to the server.
+/// `DELETE /api/v1/members/{id}` and `POST /api/v1/members/{id}/promotion`: the revocation or
+/// promotion, signed by the deciding admin's hardware key, opaque to the server.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RevokeMemberRequest {
-    /// The signed revocation (docs/protocol.md).
+pub struct MemberDecisionRequest {
+    /// The signed decision (docs/protocol.md).
     pub statement: Base64Url,
 }
 

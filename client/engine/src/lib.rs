@@ -4,6 +4,7 @@
 
 pub mod codec;
 mod crypto;
+pub mod decision;
 pub mod delivery;
 mod engine;
 pub mod identity;
@@ -13,7 +14,6 @@ mod pacer;
 pub mod payload;
 pub mod pieces;
 pub mod provider;
-pub mod revocation;
 pub mod roster;
 pub mod safety;
 pub mod signed;

@@ -11,9 +11,9 @@ use tessera_wire::{
 };
 use uuid::Uuid;
 
+use crate::decision::{Decision, DecisionError, SignedDecision};
 use crate::identity::{CertificateError, DeviceCertificate};
 use crate::invitation::{Admission, InvitationError, InvitationSecret};
-use crate::revocation::{RevocationError, SignedRevocation};
 use crate::signed::{KeySignature, append_passkey};
 
 /// Separates a root fingerprint from every other hash.
@@ -293,7 +293,10 @@ pub enum TrustError {
     ForgedRole,
     /// The directory says the member was revoked, and the revocation does not hold.
     #[error("the directory says this member was revoked, but {0}: they stay")]
-    Revocation(RevocationError),
+    Revocation(DecisionError),
+    /// The directory says the member was made an admin, and the promotion does not hold.
+    #[error("the directory makes this member an admin, but {0}")]
+    Promotion(DecisionError),
     /// The directory no longer lists a member of the group, with no signed revocation.
     #[error("the directory dropped this member without a revocation an admin signed: they stay")]
     Dropped,
@@ -444,8 +447,14 @@ pub fn verify_directory_with(
     let mut reasons: HashMap<(Uuid, Option<Base64Url>), TrustError> = HashMap::new();
     // Which (member, key) pairs each invitation key claims to admit in this directory.
     let mut claims: HashMap<Base64Url, HashSet<(Uuid, Base64Url)>> = HashMap::new();
+    // Promotions, each with the member it is listed under.
+    let mut promotions: Vec<(Uuid, SignedDecision)> = Vec::new();
     for member in listed {
         for blob in &member.proofs {
+            if let Ok(promotion) = SignedDecision::from_blob(blob, Decision::Promote) {
+                promotions.push((member.id, promotion));
+                continue;
+            }
             match KeyProof::from_blob(blob) {
                 Ok(proof) if proof.member() != member.id => {
                     reasons.insert((member.id, None), TrustError::Misfiled);
@@ -470,8 +479,39 @@ pub fn verify_directory_with(
         claims,
         used,
     };
+    let mut promotion_failures: HashMap<Uuid, DecisionError> = HashMap::new();
     loop {
-        let before = pending.len();
+        let before = pending.len() + promotions.len();
+        // A promotion counts once its member is admitted and an admin the chain admits signed it.
+        promotions.retain(|(member, promotion)| {
+            let verdict = match (
+                out.members.get(&promotion.statement.issuer),
+                out.members.get(member),
+            ) {
+                (Some(issuer), Some(_))
+                    if issuer.role == Role::Admin && promotion.statement.issuer != *member =>
+                {
+                    promotion.verify((circle, *member), &issuer.passkeys, origin, rp_id)
+                }
+                // Perhaps admitted, or made an admin, later in this round.
+                _ => {
+                    promotion_failures.insert(*member, DecisionError::IssuerNotAdmin);
+                    return true;
+                }
+            };
+            match verdict {
+                Ok(()) => {
+                    if let Some(promoted) = out.members.get_mut(member) {
+                        promoted.role = Role::Admin;
+                    }
+                    promotion_failures.remove(member);
+                }
+                Err(e) => {
+                    promotion_failures.insert(*member, e);
+                }
+            }
+            false
+        });
         pending.retain(|(proof, blob)| {
             let cache = Cache {
                 blob: blob.as_slice(),
@@ -492,7 +532,7 @@ pub fn verify_directory_with(
                 }
             }
         });
-        if pending.len() == before {
+        if pending.len() + promotions.len() == before {
             break;
         }
     }
@@ -501,12 +541,12 @@ pub fn verify_directory_with(
         let Some(blob) = &member.revocation else {
             continue;
         };
-        let verdict = SignedRevocation::from_blob(blob).and_then(|revocation| {
+        let verdict = SignedDecision::from_blob(blob, Decision::Revoke).and_then(|revocation| {
             let issuer = out
                 .members
                 .get(&revocation.statement.issuer)
                 .filter(|i| i.role == Role::Admin && revocation.statement.issuer != member.id)
-                .ok_or(RevocationError::IssuerNotAdmin)?;
+                .ok_or(DecisionError::IssuerNotAdmin)?;
             revocation.verify((circle, member.id), &issuer.passkeys, origin, rp_id)
         });
         match verdict {
@@ -556,7 +596,9 @@ pub fn verify_directory_with(
                     out.distrusted.push(Distrusted {
                         member: member.id,
                         key: None,
-                        reason: TrustError::ForgedRole,
+                        reason: promotion_failures
+                            .get(&member.id)
+                            .map_or(TrustError::ForgedRole, |e| TrustError::Promotion(e.clone())),
                     });
                 }
                 for passkey in &member.passkeys {
@@ -1192,6 +1234,89 @@ mod tests {
         assert_eq!(
             LinkError::Incomplete.to_string(),
             "this link is incomplete: ask the admin for the whole link"
+        );
+    }
+
+    /// `issuer`'s promotion of `member`, signed with `key`.
+    fn promotion(circle: &Circle, issuer: usize, key: &mut SoftKey, member: Uuid) -> Base64Url {
+        let statement = crate::decision::DecisionStatement {
+            decision: Decision::Promote,
+            circle: circle.id,
+            member,
+            issuer: circle.listed[issuer].id,
+            issued_at: NOW,
+        };
+        SignedDecision::sign(statement, RP, |r| key.sign_in(r, ORIGIN))
+            .expect("signs")
+            .to_blob()
+    }
+
+    #[test]
+    fn a_promotion_an_admin_signed_makes_an_admin_and_one_a_member_signed_does_not() {
+        let mut circle = Circle::new();
+        let (bea, mut bea_key) = circle.admit(Role::Member);
+        let (cid, mut cid_key) = circle.admit(Role::Member);
+        let bea_id = circle.listed[bea].id;
+        let cid_id = circle.listed[cid].id;
+
+        // Cid, a member, "promotes" Bea; the server lists her as an admin: nothing changes.
+        let forged = promotion(&circle, cid, &mut cid_key, bea_id);
+        circle.listed[bea].proofs.push(forged.clone());
+        circle.listed[bea].role = Role::Admin;
+        let trusted = circle.verify();
+        assert_eq!(trusted.members[&bea_id].role, Role::Member);
+        assert_eq!(
+            distrusted(&trusted),
+            vec![(
+                bea_id,
+                None,
+                TrustError::Promotion(DecisionError::IssuerNotAdmin)
+            )]
+        );
+
+        // The founder's promotion holds: Bea is an admin, and an invitation she signs admits.
+        let mut founder = std::mem::replace(&mut circle.founder, SoftKey::blank().expect("key"));
+        let real = promotion(&circle, 0, &mut founder, bea_id);
+        circle.founder = founder;
+        circle.listed[bea].proofs.retain(|p| *p != forged);
+        circle.listed[bea].proofs.push(real.clone());
+        let (signed, secret) = circle.invite(bea, &mut bea_key, Role::Member, None);
+        let (_, mut dee) = member(Role::Member);
+        dee.id = member_id_for(&circle.root(), &secret.public_key());
+        let admission = secret.admit(signed, dee.id, dee.passkeys[0].clone(), NOW);
+        dee.proofs.push(KeyProof::Admission(admission).to_blob());
+        // Listed before Bea, so that her promotion is found only in a later round.
+        circle.listed.insert(1, dee.clone());
+        let trusted = circle.verify();
+        assert_eq!(distrusted(&trusted), vec![]);
+        assert_eq!(trusted.members[&bea_id].role, Role::Admin);
+        assert_eq!(trusted.members[&dee.id].invited_by, Some(bea_id));
+
+        // Moved to Cid, the same promotion makes no one an admin.
+        let bea = circle
+            .listed
+            .iter()
+            .position(|m| m.id == bea_id)
+            .expect("Bea");
+        circle.listed[bea].proofs.retain(|p| *p != real);
+        circle.listed[bea].role = Role::Member;
+        let cid = circle
+            .listed
+            .iter()
+            .position(|m| m.id == cid_id)
+            .expect("Cid");
+        circle.listed[cid].proofs.push(real);
+        circle.listed[cid].role = Role::Admin;
+        let trusted = circle.verify();
+        assert_eq!(trusted.members[&cid_id].role, Role::Member);
+        assert!(
+            distrusted(&trusted).contains(&(
+                cid_id,
+                None,
+                TrustError::Promotion(DecisionError::Misfiled)
+            )),
+            "{:?}",
+            distrusted(&trusted)
         );
     }
 }

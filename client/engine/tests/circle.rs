@@ -16,10 +16,10 @@ use openmls_traits::OpenMlsProvider as _;
 use openmls_traits::types::SignatureScheme;
 use serde_json::value::to_raw_value;
 use sim::{ORIGIN, Sim, config, new_member};
+use tessera_engine::decision::{Decision, DecisionStatement, SignedDecision};
 use tessera_engine::delivery::Packet;
 use tessera_engine::identity::certify;
 use tessera_engine::payload::{RtcSignal, SignalPayload, decode_packet, encode_packet};
-use tessera_engine::revocation::{RevocationStatement, SignedRevocation};
 use tessera_engine::trust::{Endorsement, KeyProof};
 use tessera_engine::{Engine, Event, HistoryChange, IceOutcome, roster};
 use tessera_wire::{Base64Url, Role};
@@ -1030,13 +1030,14 @@ fn a_member_dropped_or_revoked_without_an_admins_signature_stays_and_devices_say
     // removes no one either.
     let (mut rogue_key, rogue) = sim.admit(Role::Member);
     sim.directory.push(rogue.clone());
-    let statement = RevocationStatement {
+    let statement = DecisionStatement {
+        decision: Decision::Revoke,
         circle: sim.circle,
         member: cid,
         issuer: rogue.id,
         issued_at: 1,
     };
-    let forged = SignedRevocation::sign(statement, "localhost", |r| rogue_key.sign_in(r, ORIGIN))
+    let forged = SignedDecision::sign(statement, "localhost", |r| rogue_key.sign_in(r, ORIGIN))
         .expect("the member's key signs");
     let listed = sim.directory.iter_mut().find(|m| m.id == cid).expect("Cid");
     listed.passkeys.clear();

@@ -1,11 +1,13 @@
 //! The circle directory (ids, roles, passkey public keys, signed revocations) for members;
-//! revocation and recovery invitations for admins.
+//! revocation, promotion and recovery invitations for admins.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use tessera_wire::{CreateRecoveryRequest, CreatedInvitation, MemberInfo, RevokeMemberRequest};
+use tessera_wire::{
+    CreateRecoveryRequest, CreatedInvitation, MemberDecisionRequest, MemberInfo, Role,
+};
 use uuid::Uuid;
 
 use super::invitations::{issue_by, opaque};
@@ -19,6 +21,7 @@ pub(super) fn router() -> Router<AppState> {
         .route("/members", get(directory))
         .route("/members/{id}", delete(revoke))
         .route("/members/{id}/recovery", post(recovery))
+        .route("/members/{id}/promotion", post(promote))
 }
 
 async fn directory(
@@ -75,7 +78,7 @@ async fn revoke(
     State(state): State<AppState>,
     AdminCaller(admin): AdminCaller,
     Path(id): Path<String>,
-    ApiJson(request): ApiJson<RevokeMemberRequest>,
+    ApiJson(request): ApiJson<MemberDecisionRequest>,
 ) -> ApiResult<StatusCode> {
     let target = member_id(&id)?;
     if target == admin.member.id {
@@ -91,6 +94,39 @@ async fn revoke(
     }
     state.signals.revoke_member(target);
     tracing::info!("member revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[tracing::instrument(skip_all)]
+async fn promote(
+    State(state): State<AppState>,
+    AdminCaller(admin): AdminCaller,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<MemberDecisionRequest>,
+) -> ApiResult<StatusCode> {
+    let target = state
+        .store
+        .member(member_id(&id)?)
+        .await?
+        .filter(|m| m.circle == admin.member.circle)
+        .ok_or(ApiError::NotFound("member"))?;
+    if target.role == Role::Admin {
+        return Err(ApiError::Invalid("that member is an admin already".into()));
+    }
+    let promotion = opaque(Some(request.statement), "statement")?.unwrap_or_default();
+    if !state
+        .store
+        .promote_member(
+            admin.member.circle,
+            target.id,
+            state.clock.now(),
+            &promotion,
+        )
+        .await?
+    {
+        return Err(ApiError::NotFound("member"));
+    }
+    tracing::info!("member promoted");
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -200,6 +200,15 @@ pub trait Store: Send + Sync + 'static {
     async fn member(&self, id: Uuid) -> StoreResult<Option<MemberRecord>>;
     /// The circle's unrevoked members.
     async fn members_of(&self, circle: Uuid) -> StoreResult<Vec<MemberRecord>>;
+    /// Makes an unrevoked member of the circle an admin, keeping the signed `promotion` (opaque)
+    /// among their proofs; false when there is no such member, or they are an admin already.
+    async fn promote_member(
+        &self,
+        circle: Uuid,
+        id: Uuid,
+        now: i64,
+        promotion: &[u8],
+    ) -> StoreResult<bool>;
     /// The circle's revoked members, each with the revocation an admin signed (opaque), oldest
     /// first.
     async fn revoked_members_of(&self, circle: Uuid) -> StoreResult<Vec<(MemberRecord, Vec<u8>)>>;

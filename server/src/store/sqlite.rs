@@ -539,6 +539,30 @@ impl Store for SqliteStore {
         rows.iter().map(member_of).collect()
     }
 
+    async fn promote_member(
+        &self,
+        circle: Uuid,
+        id: Uuid,
+        now: i64,
+        promotion: &[u8],
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        let promoted = sqlx::query(
+            "UPDATE members SET role = 'admin' \
+             WHERE id = ? AND circle_id = ? AND role = 'member' AND revoked_at IS NULL",
+        )
+        .bind(id.to_string())
+        .bind(circle.to_string())
+        .execute(&mut *tx)
+        .await?;
+        if promoted.rows_affected() != 1 {
+            return Ok(false);
+        }
+        insert_proof_in(&mut *tx, id, Some(promotion), now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     async fn revoked_members_of(&self, circle: Uuid) -> StoreResult<Vec<(MemberRecord, Vec<u8>)>> {
         let rows = sqlx::query(concat!(
             "SELECT ",

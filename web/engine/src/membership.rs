@@ -1,13 +1,13 @@
 //! Signed membership in the page, a thin shell over `tessera_engine::trust` and `invitation`: the
 //! whole invitation link's fragment, the newcomer's admission, invitations and endorsements signed
-//! and revocations signed by the member's hardware key, the directory as it holds from the circle's
+//! and an admin's decisions (revocations, promotions) signed by the member's hardware key, the directory as it holds from the circle's
 //! root, and the link's QR code (made here: the server never sees the whole link).
 
 use serde::Serialize;
 use tessera_engine::codec::from_json;
+use tessera_engine::decision::{Decision, DecisionStatement, SignedDecision};
 use tessera_engine::identity::key_fingerprint;
 use tessera_engine::invitation::{InvitationSecret, InvitationStatement, SignedInvitation};
-use tessera_engine::revocation::{RevocationStatement, SignedRevocation};
 use tessera_engine::safety::safety_words;
 use tessera_engine::signed::signature_request;
 use tessera_engine::trust::{
@@ -235,29 +235,38 @@ impl WebInvitation {
     }
 }
 
-/// A revocation being made in the page: the statement the admin's hardware key signs.
+/// An admin's decision being made in the page (a revocation or a promotion): the statement the
+/// admin's hardware key signs.
 #[wasm_bindgen]
-pub struct WebRevocation {
-    statement: RevocationStatement,
+pub struct WebDecision {
+    statement: DecisionStatement,
 }
 
 #[wasm_bindgen]
-impl WebRevocation {
-    /// `issuer`'s revocation of `member` from `circle` at `now` (Unix seconds).
+impl WebDecision {
+    /// `issuer`'s `decision` (`revoke` or `promote`) about `member` of `circle` at `now` (Unix
+    /// seconds).
     ///
     /// # Errors
-    /// When an id is malformed.
+    /// When an id or the decision is malformed.
     #[wasm_bindgen(constructor)]
     pub fn new(
+        decision: &str,
         circle: &str,
         issuer: &str,
         member: &str,
         now: f64,
-    ) -> Result<WebRevocation, String> {
+    ) -> Result<WebDecision, String> {
+        let decision = match decision {
+            "revoke" => Decision::Revoke,
+            "promote" => Decision::Promote,
+            other => return Err(format!("not a decision: {other:?}")),
+        };
         #[allow(clippy::cast_possible_truncation)]
         let issued_at = now as i64;
-        Ok(WebRevocation {
-            statement: RevocationStatement {
+        Ok(WebDecision {
+            statement: DecisionStatement {
+                decision,
                 circle: uuid(circle, "circle")?,
                 member: uuid(member, "member")?,
                 issuer: uuid(issuer, "member")?,
@@ -274,14 +283,13 @@ impl WebRevocation {
         json(&signature_request(rp_id, &self.statement.challenge()).public_key)
     }
 
-    /// The signed revocation for the server (base64url), from the key's answer (JSON).
+    /// The signed decision for the server (base64url), from the key's answer (JSON).
     ///
     /// # Errors
     /// When the answer is not an assertion.
     pub fn sign(&self, credential: &str) -> Result<String, String> {
         let answer = assertion(credential)?;
-        let signed =
-            SignedRevocation::sign(self.statement.clone(), "", |_| Ok::<_, String>(answer))?;
+        let signed = SignedDecision::sign(self.statement.clone(), "", |_| Ok::<_, String>(answer))?;
         Ok(signed.to_blob().to_string())
     }
 }

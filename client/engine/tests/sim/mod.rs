@@ -7,10 +7,10 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::value::to_raw_value;
+use tessera_engine::decision::{Decision, DecisionStatement, SignedDecision};
 use tessera_engine::identity::certify;
 use tessera_engine::invitation::{InvitationSecret, InvitationStatement, SignedInvitation};
 use tessera_engine::payload::RtcSignal;
-use tessera_engine::revocation::{RevocationStatement, SignedRevocation};
 use tessera_engine::trust::{KeyProof, RootFingerprint, RootPin, Trust, member_id_for};
 use tessera_engine::{
     DeviceKey, Engine, EngineConfig, Event, HistoryChange, IceOutcome, LinkCommand, Output,
@@ -170,14 +170,15 @@ impl Sim {
     pub fn revoke(&mut self, member: Uuid) {
         let issuer = self.directory[0].id;
         let (founder_key, _) = self.founder.as_mut().expect("the circle has a founder");
-        let statement = RevocationStatement {
+        let statement = DecisionStatement {
+            decision: Decision::Revoke,
             circle: self.circle,
             member,
             issuer,
             issued_at: ADMITTED_AT,
         };
         let signed =
-            SignedRevocation::sign(statement, "localhost", |r| founder_key.sign_in(r, ORIGIN))
+            SignedDecision::sign(statement, "localhost", |r| founder_key.sign_in(r, ORIGIN))
                 .expect("the founder's key signs");
         let listed = self
             .directory

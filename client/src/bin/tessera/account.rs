@@ -11,6 +11,7 @@ use tessera_client::identity::{certify, key_fingerprint};
 use tessera_client::membership::{self, InvitationLink, Joined, MembershipError, Signer};
 use tessera_client::store::{DeviceStore, Profile};
 use tessera_client::trust::{RootPin, Trust};
+use tessera_engine::decision::Decision;
 use tessera_engine::{DeviceKey, Engine, EngineConfig};
 use tessera_wire::{Base64Url, ErrorCode, Role};
 use url::Url;
@@ -493,17 +494,29 @@ pub async fn uninvite(settings: &Settings, id: Uuid) -> Result<()> {
     Ok(())
 }
 
-/// `tessera admin revoke`.
-pub async fn revoke_member(settings: &Settings, member: Uuid) -> Result<()> {
+/// `tessera admin revoke` and `tessera admin promote`.
+pub async fn decide(settings: &Settings, decision: Decision, member: Uuid) -> Result<()> {
     let (profile, api) = on_server(settings).await?;
     let key_file = device_key_file(settings, &profile)?;
     let mut key = load_key(&key_file)?;
-    let revoked = membership::revoke(&api, signer(&profile, &mut key)?, member, now_secs()).await;
+    let decided = membership::decide(
+        &api,
+        signer(&profile, &mut key)?,
+        (decision, member),
+        now_secs(),
+    )
+    .await;
     save_key(&key, &key_file)?;
-    revoked.map_err(|e| membership_error(e, &profile.origin))?;
-    println!(
-        "Revoked member {member}, signed with your key: their sessions ended; the next admin \
-         device online removes their devices from the circle's group."
-    );
+    decided.map_err(|e| membership_error(e, &profile.origin))?;
+    match decision {
+        Decision::Revoke => println!(
+            "Revoked member {member}, signed with your key: their sessions ended; the next admin \
+             device online removes their devices from the circle's group."
+        ),
+        Decision::Promote => println!(
+            "Member {member} is now an admin, signed with your key: the circle's devices accept \
+             their invitations and decisions from their next look at the directory."
+        ),
+    }
     Ok(())
 }

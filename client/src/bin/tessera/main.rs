@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tessera_engine::decision::Decision;
 use url::Url;
 
 use crate::settings::{Given, Settings};
@@ -138,6 +139,11 @@ enum AdminAction {
         /// The member's id, as `tessera members` lists it.
         member: uuid::Uuid,
     },
+    /// Make a member an admin, with a promotion your key signs.
+    Promote {
+        /// The member's id, as `tessera members` lists it.
+        member: uuid::Uuid,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -235,7 +241,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             AdminAction::Invitations => account::list_invitations(&settings).await,
             AdminAction::Uninvite { id } => account::uninvite(&settings, id).await,
-            AdminAction::Revoke { member } => account::revoke_member(&settings, member).await,
+            AdminAction::Revoke { member } => {
+                account::decide(&settings, Decision::Revoke, member).await
+            }
+            AdminAction::Promote { member } => {
+                account::decide(&settings, Decision::Promote, member).await
+            }
         },
         Command::Members => circle::members(&settings).await,
         Command::Chat { json } => circle::chat(&settings, json).await,
