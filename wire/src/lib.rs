@@ -313,7 +313,7 @@ pub struct InvitationInfo {
 }
 
 /// One member of the circle directory: `GET /api/v1/members`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberInfo {
     /// The member id (also the WebAuthn user handle).
     pub id: Uuid,

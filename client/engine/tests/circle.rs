@@ -1136,3 +1136,44 @@ fn a_members_keys_are_pinned_on_first_sight_and_every_change_is_said_once_marked
     );
     sim.assert_one_group(&[a, b]);
 }
+
+#[test]
+fn an_older_directory_replayed_after_a_revocation_brings_no_one_back() {
+    let mut sim = Sim::new(29);
+    let a = sim.member(Role::Admin, "Ada L.");
+    sim.run(5);
+    let c = sim.member(Role::Member, "Cy D.");
+    let (mut bea_key, bea_info) = sim.admit(Role::Member);
+    let bea = bea_info.id;
+    sim.directory.push(bea_info);
+    let b = sim.device(&mut bea_key, bea, "Bea K.");
+    sim.run(40);
+    sim.assert_one_group(&[a, b, c]);
+    let refetch = |sim: &mut Sim| {
+        for d in [a, c] {
+            let now = sim.now;
+            let directory = sim.directory.clone();
+            let dev = sim.devices.get_mut(&d).expect("device");
+            dev.engine.handle_directory(now, directory);
+        }
+        sim.run(20);
+    };
+    let before = sim.directory.clone();
+    sim.revoke(bea);
+    refetch(&mut sim);
+    sim.assert_one_group(&[a, c]);
+
+    // The server serves the directory from before the revocation again, also after the devices
+    // restart, and lets a new device of Bea's announce itself: no one adds it.
+    sim.directory = before;
+    sim.restart(a);
+    sim.restart(c);
+    refetch(&mut sim);
+    let again = sim.device(&mut bea_key, bea, "Bea's new device");
+    sim.run(40);
+    assert!(
+        !sim.engine(again).in_group(),
+        "the revoked member came back"
+    );
+    sim.assert_one_group(&[a, c]);
+}

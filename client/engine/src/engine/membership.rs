@@ -86,6 +86,23 @@ impl Engine {
     /// is to (see [`RootPin::FromOwnKey`]), remembers the invitations seen used, and says once
     /// what it distrusts.
     pub(super) fn verify_directory(&mut self, listed: &[MemberInfo]) -> TrustedDirectory {
+        // The same directory from the same root as last time: the same verdict, with nothing new
+        // to say or pin (devices fetch the directory often, and it rarely changes).
+        let root = self.trust.trust.as_ref().map(|t| t.root);
+        if let Some((last_root, last_listed, verdict)) = &self.last_verdict
+            && Some(*last_root) == root
+            && last_listed.as_slice() == listed
+        {
+            return verdict.clone();
+        }
+        let trusted = self.verify_directory_afresh(listed);
+        if let Some(root) = self.trust.trust.as_ref().map(|t| t.root) {
+            self.last_verdict = Some((root, listed.to_vec(), trusted.clone()));
+        }
+        trusted
+    }
+
+    fn verify_directory_afresh(&mut self, listed: &[MemberInfo]) -> TrustedDirectory {
         let origin_rp = (self.config.origin.as_str(), self.config.rp_id.as_str());
         let trusted = match &mut self.trust.trust {
             Some(trust) => {
@@ -102,13 +119,19 @@ impl Engine {
                 }
                 match trust.root {
                     RootPin::Pinned(root) => {
-                        let trusted = verify_directory_with(
+                        let mut trusted = verify_directory_with(
                             listed,
                             trust.circle,
                             &root,
                             origin_rp,
                             (&self.trust.used, &mut self.checked),
                         );
+                        // Once revoked, revoked: an older directory replayed brings no one back.
+                        for member in &self.remembered.revoked {
+                            if trusted.members.remove(member).is_some() {
+                                trusted.revoked.insert(*member);
+                            }
+                        }
                         self.safety = Some(safety_words(&root, &trusted));
                         trusted
                     }
@@ -119,6 +142,11 @@ impl Engine {
         };
         if !trusted.members.is_empty() {
             self.compare_pins(&trusted);
+        }
+        for member in &trusted.revoked {
+            if self.remembered.revoked.insert(*member) {
+                self.dirty = true;
+            }
         }
         for (key, first) in &trusted.used {
             if !self.trust.used.contains_key(key) {
@@ -167,8 +195,8 @@ impl Engine {
                 .iter()
                 .map(|k| k.credential_id.clone())
                 .collect();
-            let Some(pinned) = self.pins.0.get(member) else {
-                self.pins.0.insert(*member, keys);
+            let Some(pinned) = self.remembered.keys.get(member) else {
+                self.remembered.keys.insert(*member, keys);
                 self.dirty = true;
                 continue;
             };
@@ -183,7 +211,7 @@ impl Engine {
                 removed,
                 own: *member == self.saved.member,
             });
-            self.pins.0.insert(*member, keys);
+            self.remembered.keys.insert(*member, keys);
             self.dirty = true;
         }
     }

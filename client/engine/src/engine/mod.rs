@@ -14,7 +14,7 @@ use links::Link;
 use membership::{GroupDevice, UncheckedKeyPackage, UncheckedWelcome, Waiting};
 use sequencer::{CatchUp, Staged, commit_frame};
 use signalling::EarlySignal;
-use state::{Held, Pending, PinnedKeys, SavedState, SavedTrust};
+use state::{Held, Pending, Remembered, SavedState, SavedTrust};
 pub use state::{HistoryChange, StoreWrite, StoredDevice, Turn};
 pub use types::{
     CIPHERSUITE, ChatMessage, DeviceKey, DeviceView, EngineConfig, EngineError, Event,
@@ -41,7 +41,9 @@ use crate::payload::{CommitPayload, SignalPayload};
 use crate::pieces::Assembler;
 use crate::provider::Provider;
 use crate::roster::{Directory, Refusal};
-use crate::trust::{CheckedProofs, RootFingerprint, RootPin, Trust, UsedInvitations};
+use crate::trust::{
+    CheckedProofs, RootFingerprint, RootPin, Trust, TrustedDirectory, UsedInvitations,
+};
 
 /// How many items a device keeps of each kind it cannot process yet (KeyPackages before it is in
 /// the group, MLS signals before its Welcome, link messages from an epoch ahead of its own).
@@ -71,12 +73,14 @@ pub struct Engine {
     saved: SavedState,
     /// The circle's root and the invitations seen used (saved with `saved`).
     trust: SavedTrust,
-    /// Each member's keys as first seen (saved after `trust`).
-    pins: PinnedKeys,
+    /// Members' keys as first seen and members revoked (saved after `trust`).
+    remembered: Remembered,
     /// The proofs whose signatures this device checked in the last directory.
     checked: CheckedProofs,
     /// The circle's safety number as of the last directory.
     safety: Option<String>,
+    /// The last directory verified, the root it was verified from, and the verdict.
+    last_verdict: Option<(RootPin, Vec<MemberInfo>, TrustedDirectory)>,
     /// What the device reported distrusting already, so that each is said once.
     distrust_reported: BTreeSet<(Uuid, Option<Base64Url>, String)>,
     saved_mls: HashMap<Vec<u8>, Vec<u8>>,
@@ -207,7 +211,7 @@ impl Engine {
     /// [`EngineError::Corrupt`] when the parts do not fit together.
     pub fn restore(config: EngineConfig, stored: StoredDevice) -> Result<Engine, EngineError> {
         let StoredDevice { state, mls, outbox } = stored;
-        let (mut saved, trust, pins): (SavedState, SavedTrust, PinnedKeys) =
+        let (mut saved, trust, remembered): (SavedState, SavedTrust, Remembered) =
             codec::decode_with_tails(&state, Earlier::Cbor)
                 .map_err(|e| EngineError::Corrupt(e.to_string()))?;
         saved.delivery.set_config(config.delivery.clone());
@@ -226,7 +230,7 @@ impl Engine {
         };
         let mut engine = Engine::assemble(config, provider, signer, (saved, trust), group);
         engine.saved_mls = saved_mls;
-        engine.pins = pins;
+        engine.remembered = remembered;
         engine.refresh_roster();
         Ok(engine)
     }
@@ -244,9 +248,10 @@ impl Engine {
             signer,
             saved,
             trust,
-            pins: PinnedKeys::default(),
+            remembered: Remembered::default(),
             checked: CheckedProofs::default(),
             safety: None,
+            last_verdict: None,
             distrust_reported: BTreeSet::new(),
             saved_mls: HashMap::new(),
             group,
@@ -605,7 +610,7 @@ impl Engine {
             .group
             .as_ref()
             .map(|g| g.group_id().as_slice().to_vec());
-        let state = codec::encode_with_tail(&self.saved, &(&self.trust, &self.pins))
+        let state = codec::encode_with_tail(&self.saved, &(&self.trust, &self.remembered))
             .map_err(|e| EngineError::Corrupt(e.to_string()))?;
         let mls = self.provider.changes_since(&mut self.saved_mls);
         let outbox = self.saved.delivery.take_outbox_changes();

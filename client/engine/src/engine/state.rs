@@ -134,11 +134,17 @@ pub(super) struct SavedTrust {
     pub(super) used: UsedInvitations,
 }
 
-/// Each member's keys as this device first saw them and last accepted (credential ids), saved
-/// after [`SavedTrust`]: a later change is said (`Event::KeysChanged`). A record saved before key
-/// pinning ends before it; that device pins what its next directory holds, silently.
+/// What the device remembers of the directories it checked, saved after [`SavedTrust`] (a record
+/// saved before it ends before it; that device starts remembering at its next directory).
 #[derive(Debug, Default, Serialize, Deserialize)]
-pub(super) struct PinnedKeys(pub(super) BTreeMap<Uuid, BTreeSet<Base64Url>>);
+pub(super) struct Remembered {
+    /// Each member's keys as this device first saw them and last accepted (credential ids): a
+    /// later change is said (`Event::KeysChanged`).
+    pub(super) keys: BTreeMap<Uuid, BTreeSet<Base64Url>>,
+    /// Members a signed revocation removed: they stay revoked whatever an older directory,
+    /// replayed, says.
+    pub(super) revoked: BTreeSet<Uuid>,
+}
 
 /// What the local store keeps of the engine between runs (besides the MLS key-value store),
 /// encoded by [`codec`] (postcard: fields by position, not by name). Adding, removing or reordering
