@@ -9,7 +9,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::relay::{Relay, Way};
-use crate::support::{Chat, Device, Server, free_port, inside_namespace, unique, wait_converged};
+use crate::support::{
+    Chat, Device, Server, free_port, inside_namespace, message_with, unique, wait_converged,
+};
 
 /// A circle: the server (behind the relay) and its members' devices, the first one its admin.
 struct Circle {
@@ -116,10 +118,6 @@ fn counts(chat: &Chat) -> BTreeMap<String, usize> {
         *counts.entry(text).or_default() += 1;
     }
     counts
-}
-
-fn message_with(text: &str) -> impl Fn(&Value) -> bool + '_ {
-    move |v| v["event"] == "message" && v["text"] == text
 }
 
 /// Asserts that no trace holds any of `secrets`.

@@ -8,7 +8,9 @@ use tessera_server::store::{InvitationRecord, SqliteStore, Store as _};
 use tessera_wire::Role;
 use uuid::Uuid;
 
-use crate::support::{Device, Server, free_port, inside_namespace, unique, wait_converged};
+use crate::support::{
+    Chat, Device, Server, free_port, inside_namespace, message_with, unique, wait_converged,
+};
 
 /// The server, the admin's device and one member's, all enrolled honestly.
 struct Honest {
@@ -40,6 +42,15 @@ impl Honest {
             admin,
             member,
         }
+    }
+
+    /// The honest circle with both devices in the group and linked: their chats and the
+    /// group's epoch.
+    fn talking() -> (Honest, Chat, Chat, u64) {
+        let honest = Honest::new();
+        let (mut a, mut b) = (honest.admin.chat(), honest.member.chat());
+        let epoch = wait_converged(&mut [&mut a, &mut b], 2);
+        (honest, a, b, epoch)
     }
 
     /// Writes to the server's store behind its back.
@@ -123,6 +134,14 @@ fn block_on<T>(work: impl Future<Output = T>) -> T {
         .block_on(work)
 }
 
+/// The member a device's chat is of.
+fn member_id(chat: &mut Chat) -> String {
+    chat.status()["member"]
+        .as_str()
+        .expect("member id")
+        .to_owned()
+}
+
 fn distrusted_member(member: &str) -> impl Fn(&Value) -> bool + '_ {
     move |v| v["event"] == "distrusted" && v["member"] == member
 }
@@ -134,9 +153,7 @@ fn an_invitation_the_server_forges_admits_a_device_no_honest_device_adds() {
     ) {
         return;
     }
-    let honest = Honest::new();
-    let (mut a, mut b) = (honest.admin.chat(), honest.member.chat());
-    wait_converged(&mut [&mut a, &mut b], 2);
+    let (honest, mut a, mut b, _) = Honest::talking();
     let admin_id: Uuid = serde_json::from_value(a.status()["member"].clone()).expect("member id");
     // Both devices show the same safety number: twelve words.
     let safety = a.status()["safety"]
@@ -162,9 +179,7 @@ fn an_invitation_the_server_forges_admits_a_device_no_honest_device_adds() {
     }
     let secret = format!("not for the forged device {}", unique());
     a.say(&secret);
-    b.wait_for("the message", |v| {
-        v["event"] == "message" && v["text"] == secret
-    });
+    b.wait_for("the message", message_with(&secret));
     f.drain(std::time::Duration::from_secs(5));
     assert_eq!(
         f.status()["epoch"],
@@ -229,10 +244,8 @@ fn a_role_the_server_flips_to_admin_counts_for_nothing() {
     if !inside_namespace("hostile::a_role_the_server_flips_to_admin_counts_for_nothing") {
         return;
     }
-    let honest = Honest::new();
-    let (mut a, mut b) = (honest.admin.chat(), honest.member.chat());
-    wait_converged(&mut [&mut a, &mut b], 2);
-    let member = b.status()["member"].as_str().expect("member id").to_owned();
+    let (honest, a, mut b, _) = Honest::talking();
+    let member = member_id(&mut b);
     b.quit();
 
     // The operator makes the member an admin in its database.
@@ -287,11 +300,9 @@ fn a_key_the_server_adds_to_an_honest_member_is_refused_and_its_owner_told() {
     ) {
         return;
     }
-    let honest = Honest::new();
-    let (mut a, mut b) = (honest.admin.chat(), honest.member.chat());
-    wait_converged(&mut [&mut a, &mut b], 2);
+    let (honest, mut a, mut b, _) = Honest::talking();
     let admin_id: Uuid = serde_json::from_value(a.status()["member"].clone()).expect("member id");
-    let member = b.status()["member"].as_str().expect("member id").to_owned();
+    let member = member_id(&mut b);
     b.quit();
 
     // The operator enrolls a key of its own through an invitation it forged, then moves that key
@@ -338,9 +349,7 @@ fn a_key_the_server_adds_to_an_honest_member_is_refused_and_its_owner_told() {
     wait_converged(&mut [&mut a, &mut b], 2);
     let text = format!("still between us {}", unique());
     a.say(&text);
-    b.wait_for("the message", |v| {
-        v["event"] == "message" && v["text"] == text
-    });
+    b.wait_for("the message", message_with(&text));
 }
 
 #[test]
@@ -350,10 +359,8 @@ fn a_revocation_the_server_forges_or_a_member_it_drops_removes_no_one() {
     ) {
         return;
     }
-    let honest = Honest::new();
-    let (mut a, mut b) = (honest.admin.chat(), honest.member.chat());
-    let epoch = wait_converged(&mut [&mut a, &mut b], 2);
-    let member = b.status()["member"].as_str().expect("member id").to_owned();
+    let (honest, a, mut b, epoch) = Honest::talking();
+    let member = member_id(&mut b);
     b.quit();
     let warned = |reason: &'static str| {
         let member = member.clone();
@@ -409,9 +416,7 @@ fn a_revocation_the_server_forges_or_a_member_it_drops_removes_no_one() {
         &[member.as_str()],
     );
     let mut b = honest.member.chat();
-    b.wait_for("the message", |v| {
-        v["event"] == "message" && v["text"] == secret
-    });
+    b.wait_for("the message", message_with(&secret));
 }
 
 #[test]
@@ -423,10 +428,8 @@ fn a_key_added_to_an_account_is_announced_on_every_device_loudest_on_the_owners(
     }
     // Whoever adds it (the member, or a thief with one of their keys and its PIN), the new key
     // is said on every device: the account's owner can tell if it was not them.
-    let honest = Honest::new();
-    let (mut a, mut b) = (honest.admin.chat(), honest.member.chat());
-    wait_converged(&mut [&mut a, &mut b], 2);
-    let member = b.status()["member"].as_str().expect("member id").to_owned();
+    let (honest, mut a, mut b, _) = Honest::talking();
+    let member = member_id(&mut b);
     let before = a.status()["safety"].as_str().expect("safety").to_owned();
     b.quit();
     let spare = honest.root.path().join("spare.key");
@@ -475,10 +478,8 @@ fn a_member_an_admin_promotes_invites_and_every_device_takes_the_newcomer() {
         return;
     }
     // The honest counterpart of a flipped role: a promotion the admin's key signs.
-    let honest = Honest::new();
-    let (mut a, mut b) = (honest.admin.chat(), honest.member.chat());
-    wait_converged(&mut [&mut a, &mut b], 2);
-    let member = b.status()["member"].as_str().expect("member id").to_owned();
+    let (honest, a, mut b, _) = Honest::talking();
+    let member = member_id(&mut b);
     b.quit();
     let out = honest.admin.ok(&["admin", "promote", &member]);
     assert!(out.contains("is now an admin"), "{out}");

@@ -376,6 +376,11 @@ impl Chat {
     }
 }
 
+/// Matches a `message` event with `text`.
+pub fn message_with(text: &str) -> impl Fn(&Value) -> bool + '_ {
+    move |v| v["event"] == "message" && v["text"] == text
+}
+
 /// Waits until every chat reports the same epoch, a group of `size` devices and a link to each
 /// of the others; returns the epoch.
 pub fn wait_converged(chats: &mut [&mut Chat], size: usize) -> u64 {

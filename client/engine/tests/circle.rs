@@ -158,13 +158,7 @@ fn a_revoked_member_is_removed_by_an_admin_device_and_reads_nothing_afterwards()
     let (mut sim, [a, b, c]) = circle_of_three(5);
     let bea = sim.devices[&b].member;
     sim.revoke(bea);
-    let now = sim.now;
-    let directory = sim.directory.clone();
-    sim.devices
-        .get_mut(&a)
-        .expect("a")
-        .engine
-        .handle_directory(now, directory);
+    sim.serve_directory(&[a]);
     sim.run(20);
     assert!(
         sim.devices[&b].removed,
@@ -955,13 +949,7 @@ fn a_key_or_role_the_server_adds_to_an_honest_member_counts_for_nothing() {
     entry.role = Role::Admin;
     let rogue = sim.device(&mut server_key, bea, "Bea's other device");
     // Bea's device fetches the directory again (as it does every few minutes).
-    let now = sim.now;
-    let directory = sim.directory.clone();
-    sim.devices
-        .get_mut(&b)
-        .expect("b")
-        .engine
-        .handle_directory(now, directory);
+    sim.serve_directory(&[b]);
     sim.run(40);
     assert!(
         !sim.engine(rogue).in_group(),
@@ -1005,12 +993,7 @@ fn a_member_dropped_or_revoked_without_an_admins_signature_stays_and_devices_say
 
     // The server stops listing Bea, with no revocation: nothing changes in the group.
     sim.directory.retain(|m| m.id != bea);
-    for d in [a, c] {
-        let now = sim.now;
-        let directory = sim.directory.clone();
-        let dev = sim.devices.get_mut(&d).expect("device");
-        dev.engine.handle_directory(now, directory);
-    }
+    sim.serve_directory(&[a, c]);
     sim.run(20);
     sim.assert_one_group(&[a, b, c]);
     for d in [a, c] {
@@ -1043,13 +1026,7 @@ fn a_member_dropped_or_revoked_without_an_admins_signature_stays_and_devices_say
     listed.passkeys.clear();
     listed.proofs.clear();
     listed.revocation = Some(forged.to_blob());
-    let now = sim.now;
-    let directory = sim.directory.clone();
-    sim.devices
-        .get_mut(&a)
-        .expect("a")
-        .engine
-        .handle_directory(now, directory);
+    sim.serve_directory(&[a]);
     sim.run(20);
     sim.assert_one_group(&[a, b, c]);
     assert!(
@@ -1100,12 +1077,7 @@ fn a_members_keys_are_pinned_on_first_sight_and_every_change_is_said_once_marked
     })
     .expect("Bea's key signs");
     let refetch = |sim: &mut Sim| {
-        for d in [a, b] {
-            let now = sim.now;
-            let directory = sim.directory.clone();
-            let dev = sim.devices.get_mut(&d).expect("device");
-            dev.engine.handle_directory(now, directory);
-        }
+        sim.serve_directory(&[a, b]);
         sim.run(5);
     };
     let listed = sim.directory.iter_mut().find(|m| m.id == bea).expect("Bea");
@@ -1150,12 +1122,7 @@ fn an_older_directory_replayed_after_a_revocation_brings_no_one_back() {
     sim.run(40);
     sim.assert_one_group(&[a, b, c]);
     let refetch = |sim: &mut Sim| {
-        for d in [a, c] {
-            let now = sim.now;
-            let directory = sim.directory.clone();
-            let dev = sim.devices.get_mut(&d).expect("device");
-            dev.engine.handle_directory(now, directory);
-        }
+        sim.serve_directory(&[a, c]);
         sim.run(20);
     };
     let before = sim.directory.clone();

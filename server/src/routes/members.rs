@@ -15,6 +15,7 @@ use crate::auth::{AdminCaller, Caller};
 use crate::ceremony;
 use crate::error::{ApiError, ApiJson, ApiResult};
 use crate::state::AppState;
+use crate::store::MemberRecord;
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -73,6 +74,16 @@ fn member_id(id: &str) -> ApiResult<Uuid> {
     Uuid::parse_str(id).map_err(|_| ApiError::NotFound("member"))
 }
 
+/// The unrevoked member `id` of `circle`; not found for anyone else.
+async fn member_of_circle(state: &AppState, circle: Uuid, id: &str) -> ApiResult<MemberRecord> {
+    state
+        .store
+        .member(member_id(id)?)
+        .await?
+        .filter(|m| m.circle == circle)
+        .ok_or(ApiError::NotFound("member"))
+}
+
 #[tracing::instrument(skip_all)]
 async fn revoke(
     State(state): State<AppState>,
@@ -104,12 +115,7 @@ async fn promote(
     Path(id): Path<String>,
     ApiJson(request): ApiJson<MemberDecisionRequest>,
 ) -> ApiResult<StatusCode> {
-    let target = state
-        .store
-        .member(member_id(&id)?)
-        .await?
-        .filter(|m| m.circle == admin.member.circle)
-        .ok_or(ApiError::NotFound("member"))?;
+    let target = member_of_circle(&state, admin.member.circle, &id).await?;
     if target.role == Role::Admin {
         return Err(ApiError::Invalid("that member is an admin already".into()));
     }
@@ -137,12 +143,7 @@ async fn recovery(
     Path(id): Path<String>,
     ApiJson(request): ApiJson<CreateRecoveryRequest>,
 ) -> ApiResult<(StatusCode, Json<CreatedInvitation>)> {
-    let target = state
-        .store
-        .member(member_id(&id)?)
-        .await?
-        .filter(|m| m.circle == admin.member.circle)
-        .ok_or(ApiError::NotFound("member"))?;
+    let target = member_of_circle(&state, admin.member.circle, &id).await?;
     let created = issue_by(
         &state,
         &admin.member,

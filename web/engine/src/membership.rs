@@ -93,22 +93,7 @@ pub fn admission(
     passkey_json: &str,
     now: f64,
 ) -> Result<String, String> {
-    let secrets = LinkSecrets::from_fragment(fragment).map_err(|e| e.to_string())?;
-    let statement = Base64Url::decode(statement).map_err(|_| "the statement is not base64url")?;
-    let signed = SignedInvitation::from_blob(&statement.into()).map_err(|e| e.to_string())?;
-    if signed.statement.invitation_key != secrets.secret.public_key() {
-        return Err(
-            "the server's invitation is not the link's: ask the admin for a new link".into(),
-        );
-    }
-    let member = signed
-        .statement
-        .recovers
-        .unwrap_or_else(|| member_id_for(&secrets.root, &secrets.secret.public_key()));
-    let handle = Base64Url::decode(user_handle).map_err(|_| "the user handle is not base64url")?;
-    if handle != member.as_bytes() {
-        return Err("the server enrolls the key under another member id than the link's".into());
-    }
+    let (secrets, signed, member) = fitting(fragment, statement, user_handle)?;
     #[allow(clippy::cast_possible_truncation)]
     let admission = secrets
         .secret

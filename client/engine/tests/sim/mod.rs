@@ -165,6 +165,15 @@ impl Sim {
         (key, info)
     }
 
+    /// `devices` fetch the directory as the server lists it now.
+    pub fn serve_directory(&mut self, devices: &[Uuid]) {
+        for device in devices {
+            let (now, directory) = (self.now, self.directory.clone());
+            let dev = self.devices.get_mut(device).expect("device");
+            dev.timed(|d| d.engine.handle_directory(now, directory));
+        }
+    }
+
     /// The founder revokes `member` as an admin's device does: the server lists the member with
     /// no keys and the revocation the founder's key signed.
     pub fn revoke(&mut self, member: Uuid) {
