@@ -131,6 +131,7 @@ pub(super) struct Held {
 pub(super) struct SavedTrust {
     pub(super) trust: Option<Trust>,
     /// Invitation keys seen admitting a key: an invitation admits once.
+    #[serde(with = "saved_bytes::used")]
     pub(super) used: UsedInvitations,
 }
 
@@ -140,10 +141,88 @@ pub(super) struct SavedTrust {
 pub(super) struct Remembered {
     /// Each member's keys as this device first saw them and last accepted (credential ids): a
     /// later change is said (`Event::KeysChanged`).
+    #[serde(with = "saved_bytes::keys")]
     pub(super) keys: BTreeMap<Uuid, BTreeSet<Base64Url>>,
     /// Members a signed revocation removed: they stay revoked whatever an older directory,
     /// replayed, says.
     pub(super) revoked: BTreeSet<Uuid>,
+}
+
+/// Keys and credential ids saved as bytes, not as the base64 text `Base64Url` writes for the
+/// wire: the record is written after every change, and encoding a thousand members' worth of
+/// base64 each time dominated a member device's work (`add_device` benchmark).
+mod saved_bytes {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_bytes::{ByteBuf, Bytes};
+    use tessera_wire::Base64Url;
+    use uuid::Uuid;
+
+    use crate::trust::UsedInvitations;
+
+    fn back(bytes: ByteBuf) -> Base64Url {
+        Base64Url(bytes.into_vec())
+    }
+
+    pub(crate) mod used {
+        use super::{
+            BTreeMap, Base64Url, ByteBuf, Bytes, Deserialize, Deserializer, Serializer,
+            UsedInvitations, Uuid, back,
+        };
+
+        pub(crate) fn serialize<S: Serializer>(
+            used: &UsedInvitations,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            serializer.collect_map(used.iter().map(|(key, (member, credential))| {
+                (
+                    Bytes::new(key.as_slice()),
+                    (member, Bytes::new(credential.as_slice())),
+                )
+            }))
+        }
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<UsedInvitations, D::Error> {
+            let raw: BTreeMap<ByteBuf, (Uuid, ByteBuf)> = Deserialize::deserialize(deserializer)?;
+            Ok(raw
+                .into_iter()
+                .map(|(key, (member, credential))| (back(key), (member, back(credential))))
+                .collect::<BTreeMap<Base64Url, _>>())
+        }
+    }
+
+    pub(crate) mod keys {
+        use super::{
+            BTreeMap, BTreeSet, Base64Url, ByteBuf, Bytes, Deserialize, Deserializer, Serializer,
+            Uuid, back,
+        };
+
+        pub(crate) fn serialize<S: Serializer>(
+            keys: &BTreeMap<Uuid, BTreeSet<Base64Url>>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            serializer.collect_map(keys.iter().map(|(member, credentials)| {
+                let credentials: Vec<&Bytes> = credentials
+                    .iter()
+                    .map(|c| Bytes::new(c.as_slice()))
+                    .collect();
+                (member, credentials)
+            }))
+        }
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<BTreeMap<Uuid, BTreeSet<Base64Url>>, D::Error> {
+            let raw: BTreeMap<Uuid, Vec<ByteBuf>> = Deserialize::deserialize(deserializer)?;
+            Ok(raw
+                .into_iter()
+                .map(|(member, credentials)| (member, credentials.into_iter().map(back).collect()))
+                .collect())
+        }
+    }
 }
 
 /// What the local store keeps of the engine between runs (besides the MLS key-value store),
