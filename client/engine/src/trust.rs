@@ -484,20 +484,10 @@ pub fn verify_directory_with(
         let before = pending.len() + promotions.len();
         // A promotion counts once its member is admitted and an admin the chain admits signed it.
         promotions.retain(|(member, promotion)| {
-            let verdict = match (
-                out.members.get(&promotion.statement.issuer),
-                out.members.get(member),
-            ) {
-                (Some(issuer), Some(_))
-                    if issuer.role == Role::Admin && promotion.statement.issuer != *member =>
-                {
-                    promotion.verify((circle, *member), &issuer.passkeys, origin, rp_id)
-                }
-                // Perhaps admitted, or made an admin, later in this round.
-                _ => {
-                    promotion_failures.insert(*member, DecisionError::IssuerNotAdmin);
-                    return true;
-                }
+            let verdict = if out.members.contains_key(member) {
+                admin_signed(&out, promotion, (circle, *member), (origin, rp_id))
+            } else {
+                Err(DecisionError::IssuerNotAdmin)
             };
             match verdict {
                 Ok(()) => {
@@ -505,12 +495,18 @@ pub fn verify_directory_with(
                         promoted.role = Role::Admin;
                     }
                     promotion_failures.remove(member);
+                    false
+                }
+                // Perhaps admitted, or its issuer made an admin, later in this round.
+                Err(DecisionError::IssuerNotAdmin) => {
+                    promotion_failures.insert(*member, DecisionError::IssuerNotAdmin);
+                    true
                 }
                 Err(e) => {
                     promotion_failures.insert(*member, e);
+                    false
                 }
             }
-            false
         });
         pending.retain(|(proof, blob)| {
             let cache = Cache {
@@ -542,12 +538,7 @@ pub fn verify_directory_with(
             continue;
         };
         let verdict = SignedDecision::from_blob(blob, Decision::Revoke).and_then(|revocation| {
-            let issuer = out
-                .members
-                .get(&revocation.statement.issuer)
-                .filter(|i| i.role == Role::Admin && revocation.statement.issuer != member.id)
-                .ok_or(DecisionError::IssuerNotAdmin)?;
-            revocation.verify((circle, member.id), &issuer.passkeys, origin, rp_id)
+            admin_signed(&out, &revocation, (circle, member.id), (origin, rp_id))
         });
         match verdict {
             Ok(()) => {
@@ -619,6 +610,22 @@ pub fn verify_directory_with(
     }
     *checked = this_round;
     out
+}
+
+/// Checks that `decision` about `member` of `circle` was signed by an admin `out` admits so far,
+/// other than the member, with one of that admin's listed keys.
+fn admin_signed(
+    out: &TrustedDirectory,
+    decision: &SignedDecision,
+    (circle, member): (Uuid, Uuid),
+    (origin, rp_id): (&str, &str),
+) -> Result<(), DecisionError> {
+    let issuer = out
+        .members
+        .get(&decision.statement.issuer)
+        .filter(|i| i.role == Role::Admin && decision.statement.issuer != member)
+        .ok_or(DecisionError::IssuerNotAdmin)?;
+    decision.verify((circle, member), &issuer.passkeys, origin, rp_id)
 }
 
 /// A proof's bytes and the checks made before and in this round.

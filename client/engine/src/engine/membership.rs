@@ -1,7 +1,7 @@
 //! Who is in the circle's group: the directory's word on members, KeyPackages and Welcomes checked
 //! against it, the group created or joined, and this device's commits adding and removing devices.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use openmls::prelude::BasicCredential;
 use openmls::prelude::{
@@ -85,19 +85,19 @@ impl Engine {
     /// The directory as it holds from the circle's root: finds the root first when this device
     /// is to (see [`RootPin::FromOwnKey`]), remembers the invitations seen used, and says once
     /// what it distrusts.
-    pub(super) fn verify_directory(&mut self, listed: &[MemberInfo]) -> TrustedDirectory {
+    pub(super) fn verify_directory(&mut self, listed: Vec<MemberInfo>) -> TrustedDirectory {
         // The same directory from the same root as last time: the same verdict, with nothing new
         // to say or pin (devices fetch the directory often, and it rarely changes).
         let root = self.trust.trust.as_ref().map(|t| t.root);
         if let Some((last_root, last_listed, verdict)) = &self.last_verdict
             && Some(*last_root) == root
-            && last_listed.as_slice() == listed
+            && *last_listed == listed
         {
             return verdict.clone();
         }
-        let trusted = self.verify_directory_afresh(listed);
+        let trusted = self.verify_directory_afresh(&listed);
         if let Some(root) = self.trust.trust.as_ref().map(|t| t.root) {
-            self.last_verdict = Some((root, listed.to_vec(), trusted.clone()));
+            self.last_verdict = Some((root, listed, trusted.clone()));
         }
         trusted
     }
@@ -156,17 +156,20 @@ impl Engine {
         }
         // Group members the directory no longer lists, with no revocation: they stay, and the
         // device says so (a chain that found no root says enough already).
-        let dropped: BTreeSet<Uuid> = self
-            .roster
-            .values()
-            .map(|d| d.member)
-            .filter(|m| {
-                !trusted.members.is_empty()
-                    && !trusted.members.contains_key(m)
-                    && !trusted.revoked.contains(m)
-                    && !listed.iter().any(|l| l.id == *m)
-            })
-            .collect();
+        let dropped: BTreeSet<Uuid> = if trusted.members.is_empty() {
+            BTreeSet::new()
+        } else {
+            let listed: HashSet<Uuid> = listed.iter().map(|l| l.id).collect();
+            self.roster
+                .values()
+                .map(|d| d.member)
+                .filter(|m| {
+                    !trusted.members.contains_key(m)
+                        && !trusted.revoked.contains(m)
+                        && !listed.contains(m)
+                })
+                .collect()
+        };
         let dropped = dropped.into_iter().map(|member| Distrusted {
             member,
             key: None,

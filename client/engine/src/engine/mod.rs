@@ -358,7 +358,7 @@ impl Engine {
     /// The circle directory, fetched from `GET /api/v1/members`: what it lists counts as far as
     /// the chain from the circle's root admits it (see [`crate::trust`]).
     pub fn handle_directory(&mut self, now: Instant, members: Vec<MemberInfo>) {
-        let trusted = self.verify_directory(&members);
+        let trusted = self.verify_directory(members);
         self.directory = Some(Directory::new(&trusted));
         self.directory_version += 1;
         self.directory_requested = false;
