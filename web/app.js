@@ -120,7 +120,10 @@ async function issueInvitation(me, { role, ttlSecs, recovers }) {
 // signature alone, never on the server's word.
 async function decide(me, decision, member) {
   const wasm = await engine();
-  const statement = new wasm.WebDecision(decision, me.circle, me.member, member, nowSecs());
+  // A revocation keeps what the member signed so far (their invitations, say): it needs the
+  // directory.
+  const directory = decision === 'revoke' ? JSON.stringify(await api('GET', '/members')) : null;
+  const statement = new wasm.WebDecision(decision, me.circle, me.member, member, directory, nowSecs());
   say(`Touch your key to sign the ${decision === 'revoke' ? 'revocation' : 'promotion'}…`);
   const signed = statement.sign(await signWithKey(statement.request(window.location.hostname)));
   if (decision === 'revoke') {
@@ -279,9 +282,16 @@ const pages = {
         cell(row, when(key.created_at));
         cell(row, when(key.last_used_at));
         actionCell(row, 'Revoke', async () => {
-          await api('DELETE', `/me/passkeys/${encodeURIComponent(key.id)}`);
+          // One of the member's keys signs the revocation: the devices the revoked key certified
+          // leave the group on that signature, never on the server's word.
+          const wasm = await engine();
+          const directory = JSON.stringify(await api('GET', '/members'));
+          const statement = wasm.WebDecision.revokeKey(me.circle, me.member, directory, key.id, nowSecs());
+          say('Touch one of your keys to sign the revocation…');
+          const signed = statement.sign(await signWithKey(statement.request(window.location.hostname)));
+          await api('DELETE', `/me/passkeys/${encodeURIComponent(key.id)}`, { statement: signed });
           await draw();
-          say('Key revoked.');
+          say('Key revoked: your devices remove the devices it certified from the circle.');
         });
         body.append(row);
       }

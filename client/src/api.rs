@@ -422,13 +422,18 @@ impl ApiClient {
             .await
     }
 
-    /// `DELETE /me/passkeys/{id}`.
+    /// `DELETE /me/passkeys/{id}`, with the key's revocation one of the member's keys signed
+    /// (opaque to the server; `membership::revoke_key` makes it).
     ///
     /// # Errors
     /// When the server refuses or cannot be reached.
-    pub async fn delete_passkey(&self, id: &str) -> ApiClientResult<()> {
-        self.call::<(), ()>(Method::DELETE, &format!("/me/passkeys/{id}"), None)
-            .await
+    pub async fn revoke_passkey(&self, id: &str, statement: Base64Url) -> ApiClientResult<()> {
+        self.call::<_, ()>(
+            Method::DELETE,
+            &format!("/me/passkeys/{id}"),
+            Some(&MemberDecisionRequest { statement }),
+        )
+        .await
     }
 
     /// `POST /invitations` (admins).

@@ -6,10 +6,10 @@ use tessera_engine::decision::{Decision, DecisionStatement, SignedDecision};
 use tessera_engine::invitation::{InvitationSecret, InvitationStatement, SignedInvitation};
 use tessera_engine::trust::{
     Endorsement, KeyProof, LinkError, LinkSecrets, RootFingerprint, UsedInvitations, member_id_for,
-    verify_directory,
+    revocation, verify_directory,
 };
 use tessera_softkey::{AuthenticatorError, SoftKey};
-use tessera_wire::{CreatedInvitation, PasskeyInfo, Role, SessionGranted};
+use tessera_wire::{Base64Url, CreatedInvitation, PasskeyInfo, Role, SessionGranted};
 use url::Url;
 use uuid::Uuid;
 
@@ -37,6 +37,9 @@ pub enum MembershipError {
     /// The server's answer does not fit the link or what this device asked for.
     #[error("the server's answer does not fit the invitation: {0}")]
     Mismatch(&'static str),
+    /// The key to revoke is not one of the member's in the directory.
+    #[error("no key of yours has that id: `tessera keys` lists them")]
+    UnknownKey,
 }
 
 /// An invitation link: the server's origin, the token of its path, and the secrets of its
@@ -242,12 +245,19 @@ pub async fn decide(
     (decision, member): (Decision, Uuid),
     now: i64,
 ) -> Result<(), MembershipError> {
-    let statement = DecisionStatement {
-        decision,
-        circle: admin.circle,
-        member,
-        issuer: admin.member,
-        issued_at: now,
+    let ids = (admin.circle, member, admin.member);
+    let statement = match decision {
+        // What the member signed so far keeps holding (their invitations, say), nothing later.
+        Decision::Revoke => revocation(&api.members().await?, ids, None, now),
+        _ => DecisionStatement {
+            decision,
+            circle: admin.circle,
+            member,
+            issuer: admin.member,
+            issued_at: now,
+            key: None,
+            keeps: None,
+        },
     };
     let origin = api.origin().origin().ascii_serialization();
     let rp_id = admin.key.rp_id().to_owned();
@@ -255,7 +265,51 @@ pub async fn decide(
     match decision {
         Decision::Revoke => api.revoke_member(member, signed.to_blob()).await?,
         Decision::Promote => api.promote_member(member, signed.to_blob()).await?,
+        Decision::RevokeKey => {
+            return Err(MembershipError::Mismatch(
+                "a key's revocation names the key: revoke_key makes it",
+            ));
+        }
     }
+    Ok(())
+}
+
+/// Revokes the logged-in member's key `id` (lost, stolen or retired) with a revocation
+/// `member.key` signs, keeping what the revoked key signed so far (see
+/// [`tessera_engine::trust::revocation`]): the server forgets the key at once, and the member's
+/// devices (or an admin's) remove the devices it certified from the group on the signature.
+///
+/// # Errors
+/// When the key is not one of the member's, or the key or the server refuses.
+pub async fn revoke_key(
+    api: &ApiClient,
+    member: Signer<'_>,
+    id: &str,
+    now: i64,
+) -> Result<(), MembershipError> {
+    let listed = api.members().await?;
+    let revoked = Base64Url::decode(id)
+        .ok()
+        .and_then(|id| {
+            listed
+                .iter()
+                .find(|m| m.id == member.member)?
+                .passkeys
+                .iter()
+                .find(|k| k.credential_id.as_slice() == id.as_slice())
+                .cloned()
+        })
+        .ok_or(MembershipError::UnknownKey)?;
+    let statement = revocation(
+        &listed,
+        (member.circle, member.member, member.member),
+        Some(revoked),
+        now,
+    );
+    let origin = api.origin().origin().ascii_serialization();
+    let rp_id = member.key.rp_id().to_owned();
+    let signed = SignedDecision::sign(statement, &rp_id, |r| member.key.sign_in(r, &origin))?;
+    api.revoke_passkey(id, signed.to_blob()).await?;
     Ok(())
 }
 

@@ -146,15 +146,21 @@ async fn revoking_a_member_ends_their_sessions_at_once() {
         StatusCode::UNAUTHORIZED,
         "unauthorized",
     );
-    // The directory keeps the revoked member, keyless, with the revocation the admin's key
-    // signed, as it was handed over: devices remove the member on that signature.
+    // The directory keeps the revoked member, with their key and admission, and the revocation
+    // the admin's key signed, as it was handed over: devices remove the member on that
+    // signature.
     let directory = admin.client.members().await.expect("directory");
     assert_eq!(directory.len(), 2);
     let revoked = directory
         .iter()
         .find(|m| m.id == member.granted.member)
         .expect("the revoked member is listed");
-    assert!(revoked.passkeys.is_empty() && revoked.proofs.is_empty());
+    assert!(revoked.passkeys.len() == 1 && revoked.proofs.len() == 1);
+    assert_eq!(
+        directory.last().map(|m| m.id),
+        Some(revoked.id),
+        "listed last"
+    );
     let revocation = SignedDecision::from_blob(
         revoked.revocation.as_ref().expect("revocation"),
         Decision::Revoke,

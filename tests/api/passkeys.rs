@@ -1,6 +1,9 @@
 //! A member's own keys (add a spare, list, revoke any but the last) and recovery after a lost key.
 
 use reqwest::StatusCode;
+use tessera_client::api::ApiClientResult;
+use tessera_client::membership::MembershipError;
+use tessera_engine::decision::{Decision, SignedDecision};
 use tessera_tests::TestApp;
 use tessera_wire::{Base64Url, ErrorCode, InvitationKind, Role};
 
@@ -8,6 +11,15 @@ use crate::support::assert_refused;
 
 fn b64(bytes: &[u8]) -> String {
     Base64Url::encode(bytes)
+}
+
+/// What the server answered to a key's revocation (the key signed it).
+fn answered(result: Result<(), MembershipError>) -> ApiClientResult<()> {
+    match result {
+        Err(MembershipError::Api(e)) => Err(e),
+        Err(other) => panic!("the revocation was not sent: {other}"),
+        Ok(()) => Ok(()),
+    }
 }
 
 #[tokio::test]
@@ -22,14 +34,29 @@ async fn a_member_adds_a_spare_key_logs_in_with_it_and_revokes_the_first() {
     let granted = client.login(&mut spare).await.expect("the spare logs in");
     assert_eq!(granted.member, admin.granted.member);
 
+    // The spare signs the first key's revocation; the directory carries it with the proofs.
     let first = b64(admin.key.credential_id());
-    client
-        .delete_passkey(&first)
-        .await
-        .expect("revoke the first key");
+    answered(admin.revoke_key(&client, &mut spare, &first).await).expect("revoke the first key");
     let keys = client.passkeys().await.expect("keys");
     assert_eq!(keys.len(), 1);
     assert_eq!(keys[0].id, info.id);
+    let directory = client.members().await.expect("directory");
+    let listed = directory
+        .iter()
+        .find(|m| m.id == admin.granted.member)
+        .expect("listed");
+    let revocation = listed
+        .proofs
+        .iter()
+        .find_map(|p| SignedDecision::from_blob(p, Decision::RevokeKey).ok())
+        .expect("the revocation is listed");
+    let revoked = revocation.statement.key.expect("names its key");
+    assert_eq!(revoked.credential_id.text(), first);
+    assert_eq!(
+        revocation.signature.credential_id.text(),
+        info.id.text(),
+        "signed by the spare"
+    );
 
     let mut lost = admin.key.clone();
     assert_refused(
@@ -42,14 +69,19 @@ async fn a_member_adds_a_spare_key_logs_in_with_it_and_revokes_the_first() {
 #[tokio::test]
 async fn the_last_key_cannot_be_revoked() {
     let app = TestApp::spawn().await;
-    let admin = app.admin().await;
+    let mut admin = app.admin().await;
     let only = b64(admin.key.credential_id());
+    let mut key = admin.key.clone();
+    let before = admin.client.members().await.expect("directory");
     assert_refused(
-        admin.client.delete_passkey(&only).await,
+        answered(admin.revoke_key(&admin.client, &mut key, &only).await),
         StatusCode::CONFLICT,
         "last_passkey",
     );
     assert_eq!(admin.client.passkeys().await.expect("keys").len(), 1);
+    let after = admin.client.members().await.expect("directory");
+    assert_eq!(after[0].proofs, before[0].proofs, "no revocation was kept");
+    admin.key = key;
 }
 
 #[tokio::test]
@@ -59,17 +91,58 @@ async fn a_member_cannot_revoke_someone_elses_key() {
     admin.client.add_passkey(None).await.expect("a second key");
     let member = app.invite(&mut admin, Role::Member, "Grace").await;
     let admins_key = b64(admin.key.credential_id());
+    let statement = Base64Url::from(b"{}".to_vec());
     assert_refused(
-        member.client.delete_passkey(&admins_key).await,
+        member
+            .client
+            .revoke_passkey(&admins_key, statement.clone())
+            .await,
         StatusCode::NOT_FOUND,
         "not_found",
     );
     assert_refused(
-        member.client.delete_passkey("%%%").await,
+        member.client.revoke_passkey("%%%", statement).await,
         StatusCode::NOT_FOUND,
         "not_found",
     );
     assert_eq!(admin.client.passkeys().await.expect("keys").len(), 2);
+}
+
+#[tokio::test]
+async fn a_key_revocation_without_its_signed_statement_is_refused_and_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let (_, spare) = admin.client.add_passkey(Some("spare")).await.expect("add");
+    let url = format!("{}api/v1/me/passkeys/{}", app.origin, spare.id.text());
+    let http = reqwest::Client::new();
+    let bearer = format!("Bearer {}", admin.granted.session);
+    let before = admin.client.members().await.expect("directory");
+    // No body, an empty statement, one over the bound, an unknown field, a body over the
+    // route's limit.
+    let bodies = [
+        None,
+        Some(serde_json::json!({ "statement": "" })),
+        Some(serde_json::json!({ "statement": "B".repeat(700_000) })),
+        Some(serde_json::json!({ "statement": "AAAA", "member": "x" })),
+        Some(serde_json::json!({ "statement": "B".repeat(1_100_000) })),
+    ];
+    for body in bodies {
+        let mut request = http
+            .delete(&url)
+            .header(reqwest::header::AUTHORIZATION, &bearer);
+        if let Some(body) = &body {
+            request = request.json(body);
+        }
+        let response = request.send().await.expect("the server answers");
+        let status = response.status();
+        assert!(status.is_client_error(), "{status}");
+        let error: serde_json::Value = response.json().await.expect("an error body");
+        assert!(error["message"].is_string(), "{error}");
+    }
+    assert_eq!(admin.client.passkeys().await.expect("keys").len(), 2);
+    let after = admin.client.members().await.expect("directory");
+    assert_eq!(after[0].proofs, before[0].proofs);
+    assert_eq!(after[0].passkeys, before[0].passkeys);
 }
 
 #[tokio::test]

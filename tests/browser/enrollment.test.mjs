@@ -243,15 +243,17 @@ test('f. the admin revokes the member, whose next request fails', async () => {
   await page.locator('#members tbody tr').nth(1).waitFor({ state: 'detached' });
   assert.equal(await page.locator('#members tbody tr').count(), 1, 'only the admin remains');
   assert.equal(await status(page), 'Member revoked.');
-  // The directory keeps the member, keyless, with the revocation the admin's key signed (which the
-  // page made; the devices remove the member on it). The admin page does not list them.
+  // The directory keeps the member, with their key, and the revocation the admin's key signed
+  // (which the page made; the devices remove the member on it, and take what the member's key
+  // signed before only where the revocation keeps it). The admin page does not list them.
   const directory = await page.evaluate(async () => (await fetch('/api/v1/members')).json());
   const revoked = directory.find((m) => m.id === run.member.member);
   assert.ok(revoked?.revocation, 'the revoked member carries the signed revocation');
-  assert.equal(revoked.passkeys.length, 0);
+  assert.equal(revoked.passkeys.length, 1);
   const signed = JSON.parse(Buffer.from(revoked.revocation, 'base64url').toString());
   assert.equal(signed.statement.member, run.member.member);
   assert.equal(signed.statement.issuer, run.admin.member);
+  assert.equal(typeof signed.statement.keeps, 'string', 'the revocation says what it keeps');
 
   await run.member.page.reload();
   await run.member.page.waitForURL(`${run.base}/`);
@@ -322,8 +324,18 @@ test('g. the admin adds a spare key, then revokes it', async () => {
   const listed = await page.locator('#keys tbody tr').evaluateAll((trs) => trs.map((tr) => tr.dataset.key));
   assert.ok(listed.includes(spareId), `the spare key ${spareId} is listed among ${listed}`);
   await page.locator(`#keys tbody tr[data-key="${spareId}"]`).getByRole('button', { name: 'Revoke' }).click();
-  await page.locator('#status', { hasText: 'Key revoked.' }).waitFor();
+  await page.locator('#status', { hasText: 'Key revoked' }).waitFor();
   assert.equal(await page.locator('#keys tbody tr').count(), 1);
+  // The directory carries the revocation the first key signed, next to the endorsement: devices
+  // remove the spare's devices on that signature.
+  const after = (await page.evaluate(async () => (await fetch('/api/v1/members')).json()))
+    .find((m) => m.id === run.admin.member);
+  assert.equal(after.passkeys.length, 1);
+  assert.equal(after.proofs.length, 2, 'the endorsement and the revocation');
+  const revocation = JSON.parse(Buffer.from(after.proofs[1], 'base64url').toString());
+  assert.equal(revocation.statement.decision, 'revoke_key');
+  assert.equal(revocation.statement.key.credential_id, spareId);
+  assert.equal(revocation.signature.credential_id, base64url(credentials[0].credentialId));
 
   // The last key cannot be revoked.
   await page.locator('#keys tbody tr').getByRole('button', { name: 'Revoke' }).click();

@@ -155,12 +155,22 @@ impl TestMember {
         decision: Decision,
         member: uuid::Uuid,
     ) -> Result<(), tessera_client::api::ApiClientError> {
-        let statement = DecisionStatement {
-            decision,
-            circle: self.granted.circle,
-            member,
-            issuer: self.granted.member,
-            issued_at: tessera_engine::unix_ms(std::time::SystemTime::now()) / 1000,
+        let issued_at = tessera_engine::unix_ms(std::time::SystemTime::now()) / 1000;
+        let ids = (self.granted.circle, member, self.granted.member);
+        let statement = match decision {
+            Decision::Revoke => {
+                let listed = self.client.members().await?;
+                tessera_engine::trust::revocation(&listed, ids, None, issued_at)
+            }
+            _ => DecisionStatement {
+                decision,
+                circle: self.granted.circle,
+                member,
+                issuer: self.granted.member,
+                issued_at,
+                key: None,
+                keeps: None,
+            },
         };
         let origin = self.client.origin().origin().ascii_serialization();
         let rp_id = self.key.rp_id().to_owned();
@@ -169,7 +179,29 @@ impl TestMember {
         match decision {
             Decision::Revoke => self.client.revoke_member(member, signed.to_blob()).await,
             Decision::Promote => self.client.promote_member(member, signed.to_blob()).await,
+            Decision::RevokeKey => panic!("a key's revocation goes through revoke_key"),
         }
+    }
+
+    /// Revokes the member's key `id` through `client` (logged in as the member), with the
+    /// revocation `key` (one of the member's) signs, as `tessera keys revoke` does.
+    ///
+    /// # Errors
+    /// What the server or the key refuses.
+    pub async fn revoke_key(
+        &self,
+        client: &tessera_client::api::ApiClient,
+        key: &mut tessera_softkey::SoftKey,
+        id: &str,
+    ) -> Result<(), membership::MembershipError> {
+        let signer = Signer {
+            circle: self.granted.circle,
+            member: self.granted.member,
+            root: self.root,
+            key,
+        };
+        let now = tessera_engine::unix_ms(std::time::SystemTime::now()) / 1000;
+        membership::revoke_key(client, signer, id, now).await
     }
 
     /// What the member's devices check the circle's membership from.

@@ -1,8 +1,10 @@
-/**
- * An admin's decision being made in the page (a revocation or a promotion): the statement the
- * admin's hardware key signs.
- */
 export class WebDecision {
+    static __wrap(ptr) {
+        const obj = Object.create(WebDecision.prototype);
+        obj.__wbg_ptr = ptr;
+        WebDecisionFinalization.register(obj, obj.__wbg_ptr, obj);
+        return obj;
+    }
     __destroy_into_raw() {
         const ptr = this.__wbg_ptr;
         this.__wbg_ptr = 0;
@@ -15,19 +17,21 @@ export class WebDecision {
     }
     /**
      * `issuer`'s `decision` (`revoke` or `promote`) about `member` of `circle` at `now` (Unix
-     * seconds).
+     * seconds). A revocation keeps what the member signed in `directory` (JSON of
+     * `GET /members`, needed for it).
      *
      * # Errors
-     * When an id or the decision is malformed.
+     * When an id, the decision or the directory is malformed.
      * @param {string} decision
      * @param {string} circle
      * @param {string} issuer
      * @param {string} member
+     * @param {string | null | undefined} directory
      * @param {number} now
      */
-    constructor(decision, circle, issuer, member, now) {
-        const val5 = +now;
-        let ptr0, len0, ptr1, len1, ptr2, len2, ptr3, len3;
+    constructor(decision, circle, issuer, member, directory, now) {
+        const val6 = +now;
+        let ptr0, len0, ptr1, len1, ptr2, len2, ptr3, len3, ptr4, len4;
         try {
             ptr0 = passStringToWasm0(decision, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
             len0 = WASM_VECTOR_LEN;
@@ -37,14 +41,17 @@ export class WebDecision {
             len2 = WASM_VECTOR_LEN;
             ptr3 = passStringToWasm0(member, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
             len3 = WASM_VECTOR_LEN;
+            ptr4 = isLikeNone(directory) ? 0 : passStringToWasm0(directory, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len4 = WASM_VECTOR_LEN;
         } catch (e) {
+            if (ptr4) { wasm.__wbindgen_free(ptr4, len4 * 1, 1); }
             if (ptr3) { wasm.__wbindgen_free(ptr3, len3 * 1, 1); }
             if (ptr2) { wasm.__wbindgen_free(ptr2, len2 * 1, 1); }
             if (ptr1) { wasm.__wbindgen_free(ptr1, len1 * 1, 1); }
             if (ptr0) { wasm.__wbindgen_free(ptr0, len0 * 1, 1); }
             throw e;
         }
-        const ret = wasm.webdecision_new(ptr0, len0, ptr1, len1, ptr2, len2, ptr3, len3, val5);
+        const ret = wasm.webdecision_new(ptr0, len0, ptr1, len1, ptr2, len2, ptr3, len3, ptr4, len4, val6);
         if (ret[2]) {
             throw takeFromExternrefTable0(ret[1]);
         }
@@ -79,6 +86,45 @@ export class WebDecision {
         } finally {
             wasm.__wbindgen_free(deferred3_0, deferred3_1, 1);
         }
+    }
+    /**
+     * `member`'s revocation of their own key `credential_id` (base64url) at `now` (Unix
+     * seconds), keeping what that key signed in `directory` (JSON of `GET /members`): any of the
+     * member's other keys signs it, and a lost key's devices leave the group on that signature.
+     *
+     * # Errors
+     * When an argument is malformed, or the key is not one of the member's in the directory.
+     * @param {string} circle
+     * @param {string} member
+     * @param {string} directory
+     * @param {string} credential_id
+     * @param {number} now
+     * @returns {WebDecision}
+     */
+    static revokeKey(circle, member, directory, credential_id, now) {
+        const val5 = +now;
+        let ptr0, len0, ptr1, len1, ptr2, len2, ptr3, len3;
+        try {
+            ptr0 = passStringToWasm0(circle, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len0 = WASM_VECTOR_LEN;
+            ptr1 = passStringToWasm0(member, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len1 = WASM_VECTOR_LEN;
+            ptr2 = passStringToWasm0(directory, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len2 = WASM_VECTOR_LEN;
+            ptr3 = passStringToWasm0(credential_id, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len3 = WASM_VECTOR_LEN;
+        } catch (e) {
+            if (ptr3) { wasm.__wbindgen_free(ptr3, len3 * 1, 1); }
+            if (ptr2) { wasm.__wbindgen_free(ptr2, len2 * 1, 1); }
+            if (ptr1) { wasm.__wbindgen_free(ptr1, len1 * 1, 1); }
+            if (ptr0) { wasm.__wbindgen_free(ptr0, len0 * 1, 1); }
+            throw e;
+        }
+        const ret = wasm.webdecision_revokeKey(ptr0, len0, ptr1, len1, ptr2, len2, ptr3, len3, val5);
+        if (ret[2]) {
+            throw takeFromExternrefTable0(ret[1]);
+        }
+        return WebDecision.__wrap(ret[0]);
     }
     /**
      * The signed decision for the server (base64url), from the key's answer (JSON).

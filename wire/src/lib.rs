@@ -329,8 +329,9 @@ pub struct MemberInfo {
     #[serde(default)]
     pub proofs: Vec<Base64Url>,
     /// For a member the circle revoked: the revocation an admin's hardware key signed, opaque to
-    /// the server (docs/protocol.md). Such a member is listed with no keys and no proofs; devices
-    /// remove their devices from the group only if the revocation holds.
+    /// the server (docs/protocol.md). Such a member is listed after the others, still with their
+    /// keys and proofs; devices remove their devices from the group only if the revocation holds,
+    /// and take what the member's keys signed only where the revocation keeps it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revocation: Option<Base64Url>,
 }

@@ -1,7 +1,8 @@
-//! An admin's signed decisions about a member: a revocation (the member leaves the circle) or a
-//! promotion (the member becomes an admin). Only such a statement, signed by the hardware key of an
-//! admin the chain admits, makes devices remove a member's devices or take their admin role; the
-//! server's word alone changes nothing.
+//! Signed decisions about a member: an admin's revocation (the member leaves the circle) or
+//! promotion (the member becomes an admin), and a key's revocation (one of the member's hardware
+//! keys goes, signed by one of the member's own keys, a lost one's included, or by an admin). Only
+//! such a statement, signed by a hardware key the chain admits, makes devices remove devices or
+//! take an admin role; the server's word alone changes nothing.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -19,6 +20,9 @@ pub enum Decision {
     Revoke,
     /// The member becomes an admin.
     Promote,
+    /// One of the member's hardware keys is revoked (lost, stolen or retired): devices remove
+    /// the devices it certified from the group.
+    RevokeKey,
 }
 
 impl Decision {
@@ -27,11 +31,12 @@ impl Decision {
         match self {
             Decision::Revoke => b"tessera revocation v1",
             Decision::Promote => b"tessera promotion v1",
+            Decision::RevokeKey => b"tessera key revocation v1",
         }
     }
 }
 
-/// What an admin's hardware key signs when it decides about a member.
+/// What a hardware key signs when it decides about a member.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DecisionStatement {
     /// Revoke or promote.
@@ -40,15 +45,34 @@ pub struct DecisionStatement {
     pub circle: Uuid,
     /// The member it is about.
     pub member: Uuid,
-    /// The deciding admin.
+    /// The deciding admin (or, for a key's revocation, the member themselves).
     pub issuer: Uuid,
     /// When the admin signed it (Unix seconds).
     pub issued_at: i64,
+    /// The key a [`Decision::RevokeKey`] revokes (whole, so that a revoked root key is still
+    /// known by its fingerprint); none for the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PublicKeyInfo>,
+    /// For a revocation (of a member or of a key): the proofs the revoked keys signed before
+    /// that still hold, as [`proof_digest`]s concatenated in ascending order. A revoked admin's
+    /// invitations keep admitting the members they admitted, and a lost key's endorsements
+    /// their keys; what the keys sign after the revocation counts for nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keeps: Option<Base64Url>,
+}
+
+/// What identifies a proof (its blob as the directory lists it) in a revocation's `keeps`:
+/// SHA-256 of the blob.
+#[must_use]
+pub fn proof_digest(blob: &[u8]) -> [u8; 32] {
+    Sha256::digest(blob).into()
 }
 
 impl DecisionStatement {
     /// The challenge the issuer's hardware key signs: SHA-256 over the decision's domain tag, the
-    /// three ids as 16 bytes each and the time big-endian.
+    /// three ids as 16 bytes each, the time big-endian, then the revoked key as endorsements sign
+    /// it (each part after its length) and the length of `keeps` (8 bytes big-endian) and
+    /// `keeps`, each if present.
     #[must_use]
     pub fn challenge(&self) -> [u8; 32] {
         let mut hash = Sha256::new();
@@ -57,7 +81,26 @@ impl DecisionStatement {
         hash.update(self.member.as_bytes());
         hash.update(self.issuer.as_bytes());
         hash.update(self.issued_at.to_be_bytes());
+        if let Some(key) = &self.key {
+            let mut message = Vec::new();
+            crate::signed::append_passkey(&mut message, key);
+            hash.update(message);
+        }
+        if let Some(keeps) = &self.keeps {
+            hash.update((keeps.as_slice().len() as u64).to_be_bytes());
+            hash.update(keeps.as_slice());
+        }
         hash.finalize().into()
+    }
+
+    /// The digests of the proofs the revocation keeps.
+    #[must_use]
+    pub fn kept(&self) -> std::collections::HashSet<[u8; 32]> {
+        self.keeps
+            .iter()
+            .flat_map(|k| k.as_slice().chunks_exact(32))
+            .filter_map(|k| <[u8; 32]>::try_from(k).ok())
+            .collect()
     }
 }
 
@@ -112,7 +155,8 @@ impl SignedDecision {
         serde_json::to_vec(self).unwrap_or_default().into()
     }
 
-    /// The signed decision of a blob the server handed over, if it is a `decision`.
+    /// The signed decision of a blob the server handed over, if it is a `decision` (naming a key
+    /// if and only if it is a key's revocation).
     ///
     /// # Errors
     /// [`DecisionError::Malformed`], also for another decision than `decision`.
@@ -120,9 +164,27 @@ impl SignedDecision {
         blob: &Base64Url,
         decision: Decision,
     ) -> Result<SignedDecision, DecisionError> {
-        crate::codec::from_json::<SignedDecision>(blob.as_slice())
+        SignedDecision::any_from_blob(blob)
             .ok()
             .filter(|d| d.statement.decision == decision)
+            .ok_or(DecisionError::Malformed)
+    }
+
+    /// The signed decision of a blob the server handed over, whichever it is.
+    ///
+    /// # Errors
+    /// [`DecisionError::Malformed`].
+    pub fn any_from_blob(blob: &Base64Url) -> Result<SignedDecision, DecisionError> {
+        crate::codec::from_json::<SignedDecision>(blob.as_slice())
+            .ok()
+            .filter(|d| {
+                let statement = &d.statement;
+                let revokes_key = statement.decision == Decision::RevokeKey;
+                statement.key.is_some() == revokes_key
+                    && statement.keeps.as_ref().is_none_or(|k| {
+                        statement.decision != Decision::Promote && k.as_slice().len() % 32 == 0
+                    })
+            })
             .ok_or(DecisionError::Malformed)
     }
 
@@ -169,6 +231,8 @@ mod tests {
             member: target,
             issuer: admin.id,
             issued_at: 1_800_000_000,
+            key: None,
+            keeps: None,
         };
         let signed = SignedDecision::sign(statement.clone(), RP, |r| admin_key.sign_in(r, ORIGIN))
             .expect("the admin signs");

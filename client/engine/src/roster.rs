@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use openmls::prelude::{BasicCredential, Credential, LeafNode};
-use tessera_wire::{PublicKeyInfo, Role};
+use tessera_wire::{Base64Url, PublicKeyInfo, Role};
 use uuid::Uuid;
 
 use crate::identity::{CertificateError, DeviceCertificate};
@@ -19,6 +19,7 @@ use crate::trust::TrustedDirectory;
 pub struct Directory {
     members: HashMap<Uuid, (Role, Vec<PublicKeyInfo>)>,
     revoked: HashSet<Uuid>,
+    revoked_keys: HashSet<(Uuid, Base64Url)>,
 }
 
 impl Directory {
@@ -32,6 +33,7 @@ impl Directory {
                 .map(|(id, m)| (*id, (m.role, m.passkeys.clone())))
                 .collect(),
             revoked: trusted.revoked.clone(),
+            revoked_keys: trusted.revoked_keys.clone(),
         }
     }
 
@@ -45,6 +47,13 @@ impl Directory {
     #[must_use]
     pub fn revoked(&self, member: Uuid) -> bool {
         self.revoked.contains(&member)
+    }
+
+    /// Whether a signed revocation took the key `credential_id` from `member`: the devices it
+    /// certified leave the group.
+    #[must_use]
+    pub fn key_revoked(&self, member: Uuid, credential_id: &Base64Url) -> bool {
+        self.revoked_keys.contains(&(member, credential_id.clone()))
     }
 
     /// Whether `member` is an admin the chain admits.
@@ -88,6 +97,18 @@ pub enum Refusal {
     /// A change this sender may not make.
     #[error("a change its sender may not make: {0}")]
     NotAllowed(&'static str),
+}
+
+impl Refusal {
+    /// Whether a directory fetched later may hold what this refusal missed: a member, or a key
+    /// of a member, enrolled after this device's directory was fetched.
+    #[must_use]
+    pub fn awaits_directory(&self) -> bool {
+        matches!(
+            self,
+            Refusal::UnknownMember | Refusal::Certificate(CertificateError::UnknownKey)
+        )
+    }
 }
 
 /// The device certificate a credential carries, unchecked.

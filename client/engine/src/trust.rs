@@ -2,6 +2,7 @@
 //! device pins (the founding admin's passkey), the proofs that travel with the directory as opaque
 //! data (admissions and endorsements), and the directory as it holds from that root.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
@@ -11,7 +12,7 @@ use tessera_wire::{
 };
 use uuid::Uuid;
 
-use crate::decision::{Decision, DecisionError, SignedDecision};
+use crate::decision::{Decision, DecisionError, DecisionStatement, SignedDecision, proof_digest};
 use crate::identity::{CertificateError, DeviceCertificate};
 use crate::invitation::{Admission, InvitationError, InvitationSecret};
 use crate::signed::{KeySignature, append_passkey};
@@ -294,9 +295,20 @@ pub enum TrustError {
     /// The directory says the member was revoked, and the revocation does not hold.
     #[error("the directory says this member was revoked, but {0}: they stay")]
     Revocation(DecisionError),
+    /// The directory says one of the member's keys was revoked, and the revocation does not
+    /// hold.
+    #[error("the directory says one of this member's keys was revoked, but {0}: it stays")]
+    KeyRevocation(DecisionError),
     /// The directory says the member was made an admin, and the promotion does not hold.
     #[error("the directory makes this member an admin, but {0}")]
     Promotion(DecisionError),
+    /// A signed revocation removed the member, and a later directory lists them again without
+    /// it (an older directory replayed).
+    #[error(
+        "a revocation an admin signed removed this member, and the directory lists them again \
+         without it: they stay out"
+    )]
+    Replayed,
     /// The directory no longer lists a member of the group, with no signed revocation.
     #[error("the directory dropped this member without a revocation an admin signed: they stay")]
     Dropped,
@@ -353,6 +365,9 @@ pub struct TrustedDirectory {
     pub used: UsedInvitations,
     /// The members a revocation signed by an admin the chain admits removes from the circle.
     pub revoked: HashSet<Uuid>,
+    /// The keys (member, credential id) a signed key revocation took from their member: the
+    /// devices they certified leave the group.
+    pub revoked_keys: HashSet<(Uuid, Base64Url)>,
 }
 
 /// A directory nothing in which is admitted, for `reason`.
@@ -421,23 +436,164 @@ pub fn verify_directory_with(
     listed: &[MemberInfo],
     circle: Uuid,
     root: &RootFingerprint,
-    (origin, rp_id): (&str, &str),
+    origin_rp: (&str, &str),
     (used, checked): (&UsedInvitations, &mut CheckedProofs),
 ) -> TrustedDirectory {
+    // The keys the directory says were revoked sign nothing but what their revocations keep
+    // while the chain is checked; a revocation that then fails to hold puts its key back, and the
+    // chain is checked again (only a hostile directory makes that happen).
+    let mut withdrawn = revocation_claims(listed);
+    let rounds = withdrawn.len();
+    let (mut out, mut held) =
+        verify_pass(listed, circle, root, origin_rp, (used, checked), &withdrawn);
+    for _ in 0..rounds {
+        if held == withdrawn {
+            break;
+        }
+        withdrawn = held;
+        (out, held) = verify_pass(listed, circle, root, origin_rp, (used, checked), &withdrawn);
+    }
+    out
+}
+
+/// The digests ([`proof_digest`]) of the proofs a revocation keeps.
+type Kept = HashSet<[u8; 32]>;
+
+/// What the directory's revocations take: keys, and whole members (a revoked member's keys).
+/// Each signs, from then on, only what its revocations keep ([`DecisionStatement::keeps`]).
+#[derive(Debug, Default, PartialEq)]
+struct Withdrawn {
+    /// (member, credential id) → the key, and what it signed that holds.
+    keys: HashMap<(Uuid, Base64Url), (PublicKeyInfo, Kept)>,
+    /// Member → what their keys signed that holds.
+    members: HashMap<Uuid, Kept>,
+}
+
+impl Withdrawn {
+    /// Adds what `revocation`, listed under `member`, takes.
+    fn add(&mut self, member: Uuid, revocation: &DecisionStatement) {
+        let kept = revocation.kept();
+        match &revocation.key {
+            Some(key) => self
+                .keys
+                .entry((member, key.credential_id.clone()))
+                .or_insert_with(|| (key.clone(), Kept::new()))
+                .1
+                .extend(kept),
+            None => self.members.entry(member).or_default().extend(kept),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.keys.len() + self.members.len()
+    }
+
+    /// Whether anything of `member`'s is withdrawn.
+    fn touches(&self, member: Uuid) -> bool {
+        self.members.contains_key(&member) || self.keys.keys().any(|(m, _)| *m == member)
+    }
+
+    /// Whether `member`'s key `key` is revoked by itself.
+    fn has_key(&self, member: Uuid, key: &PublicKeyInfo) -> bool {
+        self.keys.contains_key(&(member, key.credential_id.clone()))
+    }
+
+    /// Whether `member`'s `key` may have signed the proof with `digest`.
+    fn signs(&self, member: Uuid, key: &PublicKeyInfo, digest: &[u8; 32]) -> bool {
+        self.members
+            .get(&member)
+            .is_none_or(|kept| kept.contains(digest))
+            && self
+                .keys
+                .get(&(member, key.credential_id.clone()))
+                .is_none_or(|(_, kept)| kept.contains(digest))
+    }
+}
+
+/// What the directory's revocations claim, whether they hold or not.
+fn revocation_claims(listed: &[MemberInfo]) -> Withdrawn {
+    let mut claimed = Withdrawn::default();
+    for member in listed {
+        for blob in &member.proofs {
+            if let Ok(revocation) = SignedDecision::from_blob(blob, Decision::RevokeKey) {
+                claimed.add(member.id, &revocation.statement);
+            }
+        }
+        if let Some(blob) = &member.revocation
+            && let Ok(revocation) = SignedDecision::from_blob(blob, Decision::Revoke)
+        {
+            claimed.add(member.id, &revocation.statement);
+        }
+    }
+    claimed
+}
+
+/// The keys of `member` (`trusted`) that may have signed `blob`: those listed (or, with
+/// `unlisted`, every key the chain admitted) and the revoked ones, each unless a revocation
+/// withdrew it and does not keep `blob`.
+fn signers<'t>(
+    (member, trusted): (Uuid, &'t TrustedMember),
+    blob: &[u8],
+    withdrawn: &Withdrawn,
+    unlisted: bool,
+) -> Cow<'t, [PublicKeyInfo]> {
+    let base = if unlisted {
+        &trusted.admitted
+    } else {
+        &trusted.passkeys
+    };
+    if !withdrawn.touches(member) {
+        return Cow::Borrowed(base);
+    }
+    let digest = proof_digest(blob);
+    let revoked = trusted
+        .admitted
+        .iter()
+        .filter(|k| !unlisted && withdrawn.has_key(member, k));
+    Cow::Owned(
+        base.iter()
+            .chain(revoked)
+            .filter(|k| withdrawn.signs(member, k, &digest))
+            .cloned()
+            .collect(),
+    )
+}
+
+/// One check of the directory, with the `withdrawn` keys signing only what their revocations
+/// keep; with the key revocations that held.
+fn verify_pass(
+    listed: &[MemberInfo],
+    circle: Uuid,
+    root: &RootFingerprint,
+    (origin, rp_id): (&str, &str),
+    (used, checked): (&UsedInvitations, &mut CheckedProofs),
+    withdrawn: &Withdrawn,
+) -> (TrustedDirectory, Withdrawn) {
     let mut this_round = CheckedProofs::default();
     let mut out = TrustedDirectory::default();
+    let mut held = Withdrawn::default();
+    // The root's key, listed or (once revoked) named by its revocation.
     let Some((founder, root_key)) = listed
         .iter()
         .flat_map(|m| m.passkeys.iter().map(move |p| (m.id, p)))
+        .chain(withdrawn.keys.iter().map(|((m, _), (k, _))| (*m, k)))
         .find(|(member, passkey)| RootFingerprint::of(*member, passkey) == *root)
     else {
-        return distrust_all(listed, TrustError::RootMissing);
+        return (distrust_all(listed, TrustError::RootMissing), held);
     };
+    let root_listed = !withdrawn.has_key(founder, root_key)
+        && listed
+            .iter()
+            .any(|m| m.id == founder && m.passkeys.contains(root_key));
     out.members.insert(
         founder,
         TrustedMember {
             role: Role::Admin,
-            passkeys: vec![root_key.clone()],
+            passkeys: if root_listed {
+                vec![root_key.clone()]
+            } else {
+                Vec::new()
+            },
             admitted: vec![root_key.clone()],
             invited_by: None,
         },
@@ -447,12 +603,19 @@ pub fn verify_directory_with(
     let mut reasons: HashMap<(Uuid, Option<Base64Url>), TrustError> = HashMap::new();
     // Which (member, key) pairs each invitation key claims to admit in this directory.
     let mut claims: HashMap<Base64Url, HashSet<(Uuid, Base64Url)>> = HashMap::new();
-    // Promotions, each with the member it is listed under.
-    let mut promotions: Vec<(Uuid, SignedDecision)> = Vec::new();
+    // Promotions, each with the member it is listed under and its blob.
+    let mut promotions: Vec<(Uuid, SignedDecision, &Base64Url)> = Vec::new();
     for member in listed {
         for blob in &member.proofs {
-            if let Ok(promotion) = SignedDecision::from_blob(blob, Decision::Promote) {
-                promotions.push((member.id, promotion));
+            if let Ok(decision) = SignedDecision::any_from_blob(blob) {
+                match decision.statement.decision {
+                    Decision::Promote => promotions.push((member.id, decision, blob)),
+                    // Checked once the chain is (below).
+                    Decision::RevokeKey => {}
+                    Decision::Revoke => {
+                        reasons.insert((member.id, None), TrustError::Malformed);
+                    }
+                }
                 continue;
             }
             match KeyProof::from_blob(blob) {
@@ -478,14 +641,21 @@ pub fn verify_directory_with(
         lists,
         claims,
         used,
+        withdrawn,
     };
     let mut promotion_failures: HashMap<Uuid, DecisionError> = HashMap::new();
     loop {
         let before = pending.len() + promotions.len();
         // A promotion counts once its member is admitted and an admin the chain admits signed it.
-        promotions.retain(|(member, promotion)| {
+        promotions.retain(|(member, promotion, blob)| {
             let verdict = if out.members.contains_key(member) {
-                admin_signed(&out, promotion, (circle, *member), (origin, rp_id))
+                admin_signed(
+                    &out,
+                    (promotion, blob),
+                    (circle, *member),
+                    (origin, rp_id),
+                    withdrawn,
+                )
             } else {
                 Err(DecisionError::IssuerNotAdmin)
             };
@@ -538,19 +708,68 @@ pub fn verify_directory_with(
             continue;
         };
         let verdict = SignedDecision::from_blob(blob, Decision::Revoke).and_then(|revocation| {
-            admin_signed(&out, &revocation, (circle, member.id), (origin, rp_id))
+            admin_signed(
+                &out,
+                (&revocation, blob),
+                (circle, member.id),
+                (origin, rp_id),
+                withdrawn,
+            )
+            .map(|()| revocation)
         });
         match verdict {
-            Ok(()) => {
+            Ok(revocation) => {
+                held.add(member.id, &revocation.statement);
                 out.revoked.insert(member.id);
             }
             Err(e) => {
-                reasons.insert((member.id, None), TrustError::Revocation(e));
+                // Said of the member whether or not the chain admits them (a revoked member is
+                // listed with their keys).
+                let reason = TrustError::Revocation(e);
+                if out.members.contains_key(&member.id) {
+                    out.distrusted.push(Distrusted {
+                        member: member.id,
+                        key: None,
+                        reason,
+                    });
+                } else {
+                    reasons.insert((member.id, None), reason);
+                }
             }
         }
     }
     for member in &out.revoked {
         out.members.remove(member);
+    }
+    // A key's revocation counts when one of the member's own keys (the revoked one's included)
+    // or an admin the chain admits signed it.
+    for member in listed {
+        for blob in &member.proofs {
+            let Ok(revocation) = SignedDecision::from_blob(blob, Decision::RevokeKey) else {
+                continue;
+            };
+            let verdict = key_revoked(
+                &out,
+                (&revocation, blob),
+                (circle, member.id),
+                (origin, rp_id),
+                withdrawn,
+            );
+            match verdict {
+                Ok(key) => {
+                    held.add(member.id, &revocation.statement);
+                    if let Some(trusted) = out.members.get_mut(&member.id) {
+                        trusted.passkeys.retain(|p| p.credential_id != key);
+                    }
+                    out.revoked_keys.insert((member.id, key));
+                }
+                Err(e) => out.distrusted.push(Distrusted {
+                    member: member.id,
+                    key: None,
+                    reason: TrustError::KeyRevocation(e),
+                }),
+            }
+        }
     }
     for member in listed {
         if out.revoked.contains(&member.id) {
@@ -593,6 +812,13 @@ pub fn verify_directory_with(
                     });
                 }
                 for passkey in &member.passkeys {
+                    // A key a signed revocation took is out, not distrusted.
+                    if out
+                        .revoked_keys
+                        .contains(&(member.id, passkey.credential_id.clone()))
+                    {
+                        continue;
+                    }
                     if !trusted
                         .passkeys
                         .iter()
@@ -609,23 +835,64 @@ pub fn verify_directory_with(
         }
     }
     *checked = this_round;
-    out
+    (out, held)
 }
 
-/// Checks that `decision` about `member` of `circle` was signed by an admin `out` admits so far,
-/// other than the member, with one of that admin's listed keys.
+/// Checks that `decision` (its `blob`) about `member` of `circle` was signed by an admin `out`
+/// admits so far, other than the member, with one of that admin's listed keys (or a withdrawn
+/// one whose revocation keeps it).
 fn admin_signed(
     out: &TrustedDirectory,
-    decision: &SignedDecision,
+    (decision, blob): (&SignedDecision, &Base64Url),
     (circle, member): (Uuid, Uuid),
     (origin, rp_id): (&str, &str),
+    withdrawn: &Withdrawn,
 ) -> Result<(), DecisionError> {
+    let issuer_id = decision.statement.issuer;
     let issuer = out
         .members
-        .get(&decision.statement.issuer)
-        .filter(|i| i.role == Role::Admin && decision.statement.issuer != member)
+        .get(&issuer_id)
+        .filter(|i| i.role == Role::Admin && issuer_id != member)
         .ok_or(DecisionError::IssuerNotAdmin)?;
-    decision.verify((circle, member), &issuer.passkeys, origin, rp_id)
+    let keys = signers((issuer_id, issuer), blob.as_slice(), withdrawn, false);
+    decision.verify((circle, member), &keys, origin, rp_id)
+}
+
+/// The credential id of the key `revocation` (its `blob`) takes from `member` of `circle`, if
+/// one of the member's keys signed it (a withdrawn key signs only its own revocation, or what
+/// its revocation keeps) or an admin `out` admits did.
+fn key_revoked(
+    out: &TrustedDirectory,
+    (revocation, blob): (&SignedDecision, &Base64Url),
+    (circle, member): (Uuid, Uuid),
+    (origin, rp_id): (&str, &str),
+    withdrawn: &Withdrawn,
+) -> Result<Base64Url, DecisionError> {
+    let revoked = revocation
+        .statement
+        .key
+        .as_ref()
+        .ok_or(DecisionError::Malformed)?;
+    if revocation.statement.issuer == member {
+        let own = out
+            .members
+            .get(&member)
+            .ok_or(DecisionError::IssuerNotAdmin)?;
+        let mut keys = signers((member, own), blob.as_slice(), withdrawn, true).into_owned();
+        if own.admitted.contains(revoked) && !keys.contains(revoked) {
+            keys.push(revoked.clone());
+        }
+        revocation.verify((circle, member), &keys, origin, rp_id)?;
+    } else {
+        admin_signed(
+            out,
+            (revocation, blob),
+            (circle, member),
+            (origin, rp_id),
+            withdrawn,
+        )?;
+    }
+    Ok(revoked.credential_id.clone())
 }
 
 /// A proof's bytes and the checks made before and in this round.
@@ -666,6 +933,7 @@ struct Seen<'a> {
     lists: HashMap<Uuid, &'a MemberInfo>,
     claims: HashMap<Base64Url, HashSet<(Uuid, Base64Url)>>,
     used: &'a UsedInvitations,
+    withdrawn: &'a Withdrawn,
 }
 
 /// Applies one proof to what the chain admits so far.
@@ -676,6 +944,7 @@ fn apply(
         lists,
         claims,
         used,
+        withdrawn,
     }: &Seen<'_>,
     mut cache: Cache<'_>,
     circle: Uuid,
@@ -687,7 +956,8 @@ fn apply(
     // admission of an unlisted key still admits its member (a member who lost that key).
     let listed = lists
         .get(&member)
-        .is_some_and(|m| m.passkeys.iter().any(|p| p == passkey));
+        .is_some_and(|m| m.passkeys.iter().any(|p| p == passkey))
+        && !withdrawn.has_key(member, passkey);
     match proof {
         KeyProof::Admission(admission) => {
             let statement = &admission.invitation.statement;
@@ -721,9 +991,9 @@ fn apply(
                 };
             }
             let signer = &admission.invitation.signature.credential_id;
-            if let Err(e) = cache.check(&issuer.passkeys, signer, || {
-                admission.verify(&issuer.passkeys, (origin, rp_id))
-            }) {
+            let keys = signers((statement.issuer, issuer), cache.blob, withdrawn, false);
+            if let Err(e) = cache.check(&keys, signer, || admission.verify(&keys, (origin, rp_id)))
+            {
                 return Step::Failed(TrustError::Invitation(e));
             }
             let issuer = statement.issuer;
@@ -742,9 +1012,9 @@ fn apply(
                 return Step::Wait(TrustError::Unproven);
             };
             let signer = &endorsement.signature.credential_id;
-            let admitted = &trusted.admitted;
-            match cache.check(admitted, signer, || {
-                endorsement.verify(admitted, origin, rp_id).map(|_| ())
+            let keys = signers((member, trusted), cache.blob, withdrawn, true);
+            match cache.check(&keys, signer, || {
+                endorsement.verify(&keys, origin, rp_id).map(|_| ())
             }) {
                 Ok(()) => {
                     trusted.admit(passkey, listed);
@@ -757,6 +1027,55 @@ fn apply(
                 Err(e) => Step::Failed(TrustError::Endorsement(e)),
             }
         }
+    }
+}
+
+/// The revocation of `member` (with `key`: of that one key of theirs), issued by `issuer` (an
+/// admin; for a key, also the member with another of their keys), keeping what the revoked keys
+/// signed in the directory as `listed` now: the invitations, endorsements and decisions they
+/// signed before keep holding, and nothing they sign afterwards does.
+#[must_use]
+pub fn revocation(
+    listed: &[MemberInfo],
+    (circle, member, issuer): (Uuid, Uuid, Uuid),
+    key: Option<PublicKeyInfo>,
+    issued_at: i64,
+) -> DecisionStatement {
+    let signer_of = |blob: &Base64Url| -> Option<(Uuid, Base64Url)> {
+        if let Ok(decision) = SignedDecision::any_from_blob(blob) {
+            return Some((decision.statement.issuer, decision.signature.credential_id));
+        }
+        match KeyProof::from_blob(blob).ok()? {
+            KeyProof::Admission(a) => Some((
+                a.invitation.statement.issuer,
+                a.invitation.signature.credential_id,
+            )),
+            KeyProof::Endorsement(e) => Some((e.member, e.signature.credential_id)),
+        }
+    };
+    let revoked = |signer: &(Uuid, Base64Url)| {
+        signer.0 == member && key.as_ref().is_none_or(|k| k.credential_id == signer.1)
+    };
+    let mut keeps: Vec<[u8; 32]> = listed
+        .iter()
+        .flat_map(|m| m.proofs.iter().chain(&m.revocation))
+        .filter(|blob| signer_of(blob).is_some_and(|s| revoked(&s)))
+        .map(|blob| proof_digest(blob.as_slice()))
+        .collect();
+    keeps.sort_unstable();
+    keeps.dedup();
+    DecisionStatement {
+        decision: if key.is_some() {
+            Decision::RevokeKey
+        } else {
+            Decision::Revoke
+        },
+        circle,
+        member,
+        issuer,
+        issued_at,
+        key,
+        keeps: Some(keeps.concat().into()),
     }
 }
 
@@ -831,6 +1150,7 @@ mod tests {
         id: Uuid,
         founder: SoftKey,
         listed: Vec<MemberInfo>,
+        root: RootFingerprint,
     }
 
     impl Circle {
@@ -839,12 +1159,13 @@ mod tests {
             Circle {
                 id: Uuid::new_v4(),
                 founder,
+                root: RootFingerprint::of(info.id, &info.passkeys[0]),
                 listed: vec![info],
             }
         }
 
         fn root(&self) -> RootFingerprint {
-            RootFingerprint::of(self.listed[0].id, &self.listed[0].passkeys[0])
+            self.root
         }
 
         fn verify(&self) -> TrustedDirectory {
@@ -882,8 +1203,14 @@ mod tests {
         /// A newcomer admitted by the founder's invitation; returns its index and key.
         fn admit(&mut self, role: Role) -> (usize, SoftKey) {
             let mut founder = std::mem::replace(&mut self.founder, SoftKey::blank().expect("key"));
-            let (signed, secret) = self.invite(0, &mut founder, role, None);
+            let admitted = self.admit_with(&mut founder, role);
             self.founder = founder;
+            admitted
+        }
+
+        /// A newcomer admitted by an invitation the founder signs with `key`.
+        fn admit_with(&mut self, key: &mut SoftKey, role: Role) -> (usize, SoftKey) {
+            let (signed, secret) = self.invite(0, key, role, None);
             let (key, mut info) = member(role);
             info.id = member_id_for(&self.root(), &secret.public_key());
             let admission = secret.admit(signed, info.id, info.passkeys[0].clone(), NOW);
@@ -1252,6 +1579,8 @@ mod tests {
             member,
             issuer: circle.listed[issuer].id,
             issued_at: NOW,
+            key: None,
+            keeps: None,
         };
         SignedDecision::sign(statement, RP, |r| key.sign_in(r, ORIGIN))
             .expect("signs")
@@ -1325,5 +1654,214 @@ mod tests {
             "{:?}",
             distrusted(&trusted)
         );
+    }
+
+    /// The revocation of the key `key` of the member at `member`, issued by the one at `issuer`
+    /// and signed with `signing`.
+    fn revoke_key(
+        circle: &Circle,
+        (member, issuer): (usize, usize),
+        key: &PublicKeyInfo,
+        signing: &mut SoftKey,
+    ) -> Base64Url {
+        let ids = (
+            circle.id,
+            circle.listed[member].id,
+            circle.listed[issuer].id,
+        );
+        let statement = revocation(&circle.listed, ids, Some(key.clone()), NOW);
+        SignedDecision::sign(statement, RP, |r| signing.sign_in(r, ORIGIN))
+            .expect("signs")
+            .to_blob()
+    }
+
+    #[test]
+    fn a_lost_key_is_revoked_by_another_of_its_members_keys_and_what_it_signed_before_holds() {
+        let mut circle = Circle::new();
+        let founder_id = circle.listed[0].id;
+        let root_key = circle.listed[0].passkeys[0].clone();
+        // The founder enrolls a spare key, endorsed by the founding one, then invites Bea.
+        let (mut spare_key, spare) = member(Role::Admin);
+        let spare = spare.passkeys[0].clone();
+        let endorsement = Endorsement::sign(founder_id, spare.clone(), RP, |r| {
+            circle.founder.sign_in(r, ORIGIN)
+        })
+        .expect("signs");
+        circle.listed[0].passkeys.push(spare.clone());
+        circle.listed[0]
+            .proofs
+            .push(KeyProof::Endorsement(endorsement).to_blob());
+        let (bea, mut bea_key) = circle.admit(Role::Member);
+        let bea_id = circle.listed[bea].id;
+
+        // The founding key is lost: the spare signs its revocation, and the server drops it.
+        let revocation = revoke_key(&circle, (0, 0), &root_key, &mut spare_key);
+        circle.listed[0].proofs.push(revocation);
+        circle.listed[0].passkeys.remove(0);
+        let trusted = circle.verify();
+        assert_eq!(distrusted(&trusted), vec![]);
+        assert_eq!(trusted.members[&founder_id].passkeys, vec![spare.clone()]);
+        assert_eq!(trusted.members[&founder_id].role, Role::Admin);
+        assert!(
+            trusted
+                .revoked_keys
+                .contains(&(founder_id, root_key.credential_id.clone()))
+        );
+        // What the lost key signed before still holds: Bea's invitation, the spare's endorsement.
+        assert_eq!(trusted.members[&bea_id].invited_by, Some(founder_id));
+        // A server that keeps listing the key changes nothing.
+        circle.listed[0].passkeys.push(root_key.clone());
+        let trusted = circle.verify();
+        assert_eq!(distrusted(&trusted), vec![]);
+        assert_eq!(trusted.members[&founder_id].passkeys, vec![spare.clone()]);
+        circle.listed[0].passkeys.pop();
+
+        // Whoever found it invites Mallory with it, and revokes the founder's spare with it:
+        // neither holds.
+        let (mallory, _) = circle.admit(Role::Admin);
+        let mallory_id = circle.listed[mallory].id;
+        let mut thief = std::mem::replace(&mut circle.founder, SoftKey::blank().expect("key"));
+        let theft = revoke_key(&circle, (0, 0), &spare, &mut thief);
+        circle.listed[0].proofs.push(theft);
+        let trusted = circle.verify();
+        assert!(!trusted.members.contains_key(&mallory_id));
+        assert_eq!(trusted.members[&founder_id].passkeys, vec![spare.clone()]);
+        let found = distrusted(&trusted);
+        assert!(
+            found
+                .iter()
+                .any(|(m, _, e)| *m == mallory_id && matches!(e, TrustError::Invitation(_))),
+            "{found:?}"
+        );
+        assert!(
+            found.contains(&(
+                founder_id,
+                None,
+                TrustError::KeyRevocation(DecisionError::Signature(CertificateError::UnknownKey))
+            )),
+            "{found:?}"
+        );
+
+        // Bea's key revoked by another member, or by a stranger's key in her name: it stays.
+        let (cid, mut cid_key) = circle.admit_with(&mut spare_key, Role::Member);
+        let bea_passkey = circle.listed[bea].passkeys[0].clone();
+        let by_cid = revoke_key(&circle, (bea, cid), &bea_passkey, &mut cid_key);
+        let (mut stranger, _) = member(Role::Member);
+        let in_her_name = revoke_key(&circle, (bea, bea), &bea_passkey, &mut stranger);
+        circle.listed[bea].proofs.push(by_cid.clone());
+        circle.listed[bea].proofs.push(in_her_name.clone());
+        let trusted = circle.verify();
+        assert_eq!(trusted.members[&bea_id].passkeys, vec![bea_passkey.clone()]);
+        assert!(trusted.revoked_keys.iter().all(|(m, _)| *m != bea_id));
+        let found = distrusted(&trusted);
+        for reason in [
+            TrustError::KeyRevocation(DecisionError::IssuerNotAdmin),
+            TrustError::KeyRevocation(DecisionError::Signature(CertificateError::UnknownKey)),
+        ] {
+            assert!(found.contains(&(bea_id, None, reason)), "{found:?}");
+        }
+
+        // Her own key revokes itself; an admin (the founder's spare) revokes it just as well.
+        for signed in [
+            revoke_key(&circle, (bea, bea), &bea_passkey, &mut bea_key),
+            revoke_key(&circle, (bea, 0), &bea_passkey, &mut spare_key),
+        ] {
+            circle.listed[bea]
+                .proofs
+                .retain(|p| *p != by_cid && *p != in_her_name);
+            let before = circle.listed[bea].proofs.clone();
+            circle.listed[bea].proofs.push(signed);
+            let trusted = circle.verify();
+            assert!(
+                trusted
+                    .revoked_keys
+                    .contains(&(bea_id, bea_passkey.credential_id.clone()))
+            );
+            assert!(trusted.members[&bea_id].passkeys.is_empty());
+            circle.listed[bea].proofs = before;
+        }
+    }
+
+    /// The revocation of the member at `member` by the admin at `issuer`, signed with `signing`.
+    fn revoke_member(
+        circle: &Circle,
+        (member, issuer): (usize, usize),
+        signing: &mut SoftKey,
+    ) -> Base64Url {
+        let ids = (
+            circle.id,
+            circle.listed[member].id,
+            circle.listed[issuer].id,
+        );
+        let statement = revocation(&circle.listed, ids, None, NOW);
+        SignedDecision::sign(statement, RP, |r| signing.sign_in(r, ORIGIN))
+            .expect("signs")
+            .to_blob()
+    }
+
+    #[test]
+    fn a_revoked_admins_invitations_and_revocations_hold_and_nothing_they_sign_afterwards() {
+        let mut circle = Circle::new();
+        let (bea, mut bea_key) = circle.admit(Role::Admin);
+        let (cid, mut cid_key) = circle.admit(Role::Member);
+        let (bea_id, cid_id) = (circle.listed[bea].id, circle.listed[cid].id);
+        // Bea, an admin, invites Dee and revokes Cid.
+        let (signed, secret) = circle.invite(bea, &mut bea_key, Role::Member, None);
+        let (_, mut dee) = member(Role::Member);
+        dee.id = member_id_for(&circle.root(), &secret.public_key());
+        let admission = secret.admit(signed, dee.id, dee.passkeys[0].clone(), NOW);
+        dee.proofs.push(KeyProof::Admission(admission).to_blob());
+        circle.listed.push(dee.clone());
+        let by_bea = revoke_member(&circle, (cid, bea), &mut bea_key);
+        circle.listed[cid].revocation = Some(by_bea);
+
+        // The founder revokes Bea; the server lists her, keys and all, with the revocation.
+        let mut founder = std::mem::replace(&mut circle.founder, SoftKey::blank().expect("key"));
+        let of_bea = revoke_member(&circle, (bea, 0), &mut founder);
+        circle.founder = founder;
+        circle.listed[bea].revocation = Some(of_bea);
+        let trusted = circle.verify();
+        assert_eq!(distrusted(&trusted), vec![]);
+        assert!(trusted.revoked.contains(&bea_id) && trusted.revoked.contains(&cid_id));
+        assert!(!trusted.members.contains_key(&bea_id));
+        assert_eq!(trusted.members[&dee.id].invited_by, Some(bea_id));
+
+        // What Bea signs afterwards: an invitation for Eve, a promotion of Dee. Neither holds.
+        let (signed, secret) = circle.invite(bea, &mut bea_key, Role::Admin, None);
+        let (_, mut eve) = member(Role::Admin);
+        eve.id = member_id_for(&circle.root(), &secret.public_key());
+        let admission = secret.admit(signed, eve.id, eve.passkeys[0].clone(), NOW);
+        eve.proofs.push(KeyProof::Admission(admission).to_blob());
+        circle.listed.push(eve.clone());
+        let dee_at = circle.listed.len() - 2;
+        let promoted = promotion(&circle, bea, &mut bea_key, dee.id);
+        circle.listed[dee_at].proofs.push(promoted);
+        circle.listed[dee_at].role = Role::Admin;
+        let trusted = circle.verify();
+        assert!(!trusted.members.contains_key(&eve.id));
+        assert_eq!(trusted.members[&dee.id].role, Role::Member);
+        let found = distrusted(&trusted);
+        assert!(
+            found
+                .iter()
+                .any(|(m, _, e)| *m == eve.id && matches!(e, TrustError::Invitation(_))),
+            "{found:?}"
+        );
+        assert!(
+            found.iter().any(|(m, _, e)| *m == dee.id
+                && *e
+                    == TrustError::Promotion(DecisionError::Signature(
+                        CertificateError::UnknownKey
+                    ))),
+            "{found:?}"
+        );
+
+        // A revocation of Bea forged in the founder's name (signed by Cid's key) does not hold:
+        // she is an admin again, and her later invitation admits Eve.
+        let forged = revoke_member(&circle, (bea, 0), &mut cid_key);
+        circle.listed[bea].revocation = Some(forged);
+        let trusted = circle.verify();
+        assert!(trusted.members.contains_key(&bea_id));
+        assert!(trusted.members.contains_key(&eve.id));
     }
 }

@@ -20,9 +20,10 @@ use tessera_engine::decision::{Decision, DecisionStatement, SignedDecision};
 use tessera_engine::delivery::Packet;
 use tessera_engine::identity::certify;
 use tessera_engine::payload::{RtcSignal, SignalPayload, decode_packet, encode_packet};
-use tessera_engine::trust::{Endorsement, KeyProof};
+use tessera_engine::trust::{Endorsement, KeyProof, revocation};
 use tessera_engine::{Engine, Event, HistoryChange, IceOutcome, roster};
-use tessera_wire::{Base64Url, Role};
+use tessera_softkey::SoftKey;
+use tessera_wire::{Base64Url, MemberInfo, Role};
 use uuid::Uuid;
 use web_time::Duration;
 
@@ -1019,6 +1020,8 @@ fn a_member_dropped_or_revoked_without_an_admins_signature_stays_and_devices_say
         member: cid,
         issuer: rogue.id,
         issued_at: 1,
+        key: None,
+        keeps: None,
     };
     let forged = SignedDecision::sign(statement, "localhost", |r| rogue_key.sign_in(r, ORIGIN))
         .expect("the member's key signs");
@@ -1143,4 +1146,84 @@ fn an_older_directory_replayed_after_a_revocation_brings_no_one_back() {
         "the revoked member came back"
     );
     sim.assert_one_group(&[a, c]);
+    // The devices say what the directory tried, once each.
+    for device in [a, c] {
+        let replayed: Vec<_> = distrusted(&sim, device)
+            .into_iter()
+            .filter(|(member, _, reason)| *member == bea && reason.contains("lists them again"))
+            .collect();
+        assert_eq!(replayed.len(), 1, "{replayed:?}");
+    }
+}
+
+#[test]
+fn a_lost_keys_devices_are_removed_by_its_members_other_device_on_the_revocation_alone() {
+    let mut sim = Sim::new(37);
+    let a = sim.member(Role::Admin, "Ada L.");
+    sim.run(5);
+    let c = sim.member(Role::Member, "Cy D.");
+    let (mut bea_key, bea_info) = sim.admit(Role::Member);
+    let bea = bea_info.id;
+    sim.directory.push(bea_info);
+    let b = sim.device(&mut bea_key, bea, "Bea K.");
+    sim.run(40);
+    sim.assert_one_group(&[a, b, c]);
+    // Bea's first key endorses a second, which certifies her second device.
+    let (mut lost_key, lost) = new_member(Role::Member);
+    let lost = lost.passkeys[0].clone();
+    let endorsement = Endorsement::sign(bea, lost.clone(), "localhost", |r| {
+        bea_key.sign_in(r, ORIGIN)
+    })
+    .expect("Bea's key signs");
+    let listed = sim.directory.iter_mut().find(|m| m.id == bea).expect("Bea");
+    listed.passkeys.push(lost.clone());
+    listed
+        .proofs
+        .push(KeyProof::Endorsement(endorsement).to_blob());
+    // The devices' directories are from before the key: its device's KeyPackage makes them look
+    // again, and they add it.
+    let b2 = sim.device(&mut lost_key, bea, "Bea's phone");
+    sim.run(40);
+    sim.assert_one_group(&[a, b, c, b2]);
+
+    // The phone and its key are lost. A revocation in Bea's name that her key did not sign, or
+    // the server dropping the key, removes nothing.
+    let circle = sim.circle;
+    let revocation = |signing: &mut SoftKey, listed: &[MemberInfo]| {
+        let statement = revocation(listed, (circle, bea, bea), Some(lost.clone()), 1);
+        SignedDecision::sign(statement, "localhost", |r| signing.sign_in(r, ORIGIN))
+            .expect("signs")
+            .to_blob()
+    };
+    let (mut stranger, _) = new_member(Role::Member);
+    let forged = revocation(&mut stranger, &sim.directory);
+    let listed = sim.directory.iter_mut().find(|m| m.id == bea).expect("Bea");
+    listed.passkeys.retain(|k| *k != lost);
+    listed.proofs.push(forged.clone());
+    sim.serve_directory(&[a, b, c]);
+    sim.run(20);
+    sim.assert_one_group(&[a, b, c, b2]);
+
+    // Bea's first key signs the revocation: her own device removes the phone.
+    let real = revocation(&mut bea_key, &sim.directory);
+    let listed = sim.directory.iter_mut().find(|m| m.id == bea).expect("Bea");
+    listed.proofs.retain(|p| *p != forged);
+    listed.proofs.push(real);
+    sim.serve_directory(&[a, b, c]);
+    sim.run(40);
+    assert!(!sim.engine(b2).in_group(), "the lost phone stayed");
+    sim.assert_one_group(&[a, b, c]);
+    sim.send(a, "after the phone was lost");
+    sim.run(20);
+    for device in [b, c] {
+        assert_eq!(
+            sim.received(device),
+            vec![(a, "after the phone was lost".to_string())]
+        );
+    }
+    assert!(
+        sim.received(b2).is_empty(),
+        "the phone read {:?}",
+        sim.received(b2)
+    );
 }

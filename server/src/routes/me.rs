@@ -1,14 +1,15 @@
-//! The member's own account: who they are, their keys (list, add, revoke any but the last).
+//! The member's own account: who they are, their keys (list, add, revoke any but the last, with
+//! the revocation one of the member's keys signed).
 
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use tessera_wire::{
-    AddPasskeyStartRequest, Base64Url, Me, PasskeyInfo, RegistrationFinishRequest,
-    RegistrationOptions,
+    AddPasskeyStartRequest, Base64Url, Me, MemberDecisionRequest, PasskeyInfo,
+    RegistrationFinishRequest, RegistrationOptions,
 };
 
 use crate::auth::Caller;
@@ -22,7 +23,10 @@ pub(super) fn router() -> Router<AppState> {
         .route("/me/passkeys", get(passkeys))
         .route("/me/passkeys/start", post(add_start))
         .route("/me/passkeys/finish", post(add_finish))
-        .route("/me/passkeys/{id}", delete(remove))
+        .route(
+            "/me/passkeys/{id}",
+            delete(remove).layer(DefaultBodyLimit::max(MAX_KEY_REVOCATION_BYTES * 2)),
+        )
 }
 
 async fn me(caller: Caller) -> Json<Me> {
@@ -101,16 +105,38 @@ async fn add_finish(
     Ok((StatusCode::CREATED, Json(ceremony::passkey_info(&record)?)))
 }
 
+/// The largest key revocation kept: it lists a digest (32 bytes) of each proof the key signed
+/// that still holds, some 16,000 for a founder's key.
+pub const MAX_KEY_REVOCATION_BYTES: usize = 512 * 1024;
+
+/// The key revocation in `statement`, opaque, within its bounds.
+fn key_revocation(statement: &Base64Url) -> ApiResult<Vec<u8>> {
+    let bytes = statement.as_slice();
+    if bytes.is_empty() || bytes.len() > MAX_KEY_REVOCATION_BYTES {
+        return Err(ApiError::Invalid(format!(
+            "statement must hold between 1 and {MAX_KEY_REVOCATION_BYTES} bytes"
+        )));
+    }
+    Ok(bytes.to_vec())
+}
+
 #[tracing::instrument(skip_all)]
 async fn remove(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    ApiJson(request): ApiJson<MemberDecisionRequest>,
 ) -> ApiResult<StatusCode> {
     let credential_id = Base64Url::decode(&id).map_err(|_| ApiError::NotFound("key"))?;
+    let revocation = key_revocation(&request.statement)?;
     if !state
         .store
-        .delete_passkey(caller.member.id, &credential_id)
+        .revoke_passkey(
+            caller.member.id,
+            &credential_id,
+            &revocation,
+            state.clock.now(),
+        )
         .await?
     {
         return Err(ApiError::NotFound("key"));

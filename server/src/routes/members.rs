@@ -33,9 +33,15 @@ async fn directory(
     let members = state.store.members_of(circle).await?;
     let keys = state.store.passkeys_of_circle(circle).await?;
     let mut proofs = state.store.proofs_of_circle(circle).await?;
-    let directory = members
+    // Revoked members follow, with their keys and proofs and what revoked them: devices act on
+    // that alone, and check what the member signed before against their keys.
+    let revoked = state.store.revoked_members_of(circle).await?;
+    let listed = members
         .into_iter()
-        .map(|member| {
+        .map(|member| (member, None))
+        .chain(revoked.into_iter().map(|(m, r)| (m, Some(r.into()))));
+    let directory = listed
+        .map(|(member, revocation)| {
             let passkeys = keys
                 .iter()
                 .filter(|key| key.member == member.id)
@@ -50,23 +56,10 @@ async fn directory(
                     .extract_if(.., |(of, _)| *of == member.id)
                     .map(|(_, proof)| proof.into())
                     .collect(),
-                revocation: None,
+                revocation,
             })
         })
         .collect::<ApiResult<Vec<_>>>()?;
-    // Revoked members follow, keyless, with what revoked them: devices act on that alone.
-    let revoked = state.store.revoked_members_of(circle).await?;
-    let directory = directory
-        .into_iter()
-        .chain(revoked.into_iter().map(|(member, revocation)| MemberInfo {
-            id: member.id,
-            role: member.role,
-            created_at: member.created_at,
-            passkeys: Vec::new(),
-            proofs: Vec::new(),
-            revocation: Some(revocation.into()),
-        }))
-        .collect();
     Ok(Json(directory))
 }
 

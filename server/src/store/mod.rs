@@ -175,10 +175,10 @@ pub trait Store: Send + Sync + 'static {
     async fn add_passkey(&self, passkey: &PasskeyRecord, proof: Option<&[u8]>) -> StoreResult<()>;
     /// A member's keys.
     async fn passkeys_of(&self, member: Uuid) -> StoreResult<Vec<PasskeyRecord>>;
-    /// Every key of the circle's unrevoked members.
+    /// Every key of the circle's members, those revoked with a signed revocation included
+    /// (devices check what they signed before against it).
     async fn passkeys_of_circle(&self, circle: Uuid) -> StoreResult<Vec<PasskeyRecord>>;
-    /// The proofs of the keys of the circle's current members: (member, opaque proof), oldest
-    /// first.
+    /// The proofs of the keys of the same members: (member, opaque proof), oldest first.
     async fn proofs_of_circle(&self, circle: Uuid) -> StoreResult<Vec<(Uuid, Vec<u8>)>>;
     /// The key with this credential id, and its member unless revoked.
     async fn login_key(
@@ -193,8 +193,15 @@ pub trait Store: Send + Sync + 'static {
         session: &SessionRecord,
         now: i64,
     ) -> StoreResult<()>;
-    /// Deletes one of a member's keys, never the last; false if the member has no such key.
-    async fn delete_passkey(&self, member: Uuid, credential_id: &[u8]) -> StoreResult<bool>;
+    /// Deletes one of a member's keys, never the last, and keeps its signed `revocation` (opaque)
+    /// with the member's proofs; false if the member has no such key.
+    async fn revoke_passkey(
+        &self,
+        member: Uuid,
+        credential_id: &[u8],
+        revocation: &[u8],
+        now: i64,
+    ) -> StoreResult<bool>;
 
     /// An unrevoked member.
     async fn member(&self, id: Uuid) -> StoreResult<Option<MemberRecord>>;

@@ -425,7 +425,8 @@ impl Store for SqliteStore {
         let rows = sqlx::query(
             "SELECT p.credential_id, p.member_id, p.passkey, p.aaguid, p.created_at, p.last_used_at \
              FROM passkeys p JOIN members m ON m.id = p.member_id \
-             WHERE m.circle_id = ? AND m.revoked_at IS NULL ORDER BY p.created_at, p.credential_id",
+             WHERE m.circle_id = ? AND (m.revoked_at IS NULL OR m.revocation IS NOT NULL) \
+             ORDER BY p.created_at, p.credential_id",
         )
         .bind(circle.to_string())
         .fetch_all(&self.pool)
@@ -436,7 +437,8 @@ impl Store for SqliteStore {
     async fn proofs_of_circle(&self, circle: Uuid) -> StoreResult<Vec<(Uuid, Vec<u8>)>> {
         let rows = sqlx::query(
             "SELECT f.member_id, f.proof FROM member_proofs f JOIN members m ON m.id = f.member_id \
-             WHERE m.circle_id = ? AND m.revoked_at IS NULL ORDER BY f.created_at, f.rowid",
+             WHERE m.circle_id = ? AND (m.revoked_at IS NULL OR m.revocation IS NOT NULL) \
+             ORDER BY f.created_at, f.rowid",
         )
         .bind(circle.to_string())
         .fetch_all(&self.pool)
@@ -492,7 +494,13 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn delete_passkey(&self, member: Uuid, credential_id: &[u8]) -> StoreResult<bool> {
+    async fn revoke_passkey(
+        &self,
+        member: Uuid,
+        credential_id: &[u8],
+        revocation: &[u8],
+        now: i64,
+    ) -> StoreResult<bool> {
         let mut tx = self.pool.begin().await?;
         let deleted = sqlx::query("DELETE FROM passkeys WHERE member_id = ? AND credential_id = ?")
             .bind(member.to_string())
@@ -510,6 +518,7 @@ impl Store for SqliteStore {
             // Dropping the transaction rolls the deletion back.
             return Err(StoreError::LastPasskey);
         }
+        insert_proof_in(&mut *tx, member, Some(revocation), now).await?;
         tx.commit().await?;
         Ok(true)
     }

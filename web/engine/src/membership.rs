@@ -12,7 +12,7 @@ use tessera_engine::safety::safety_words;
 use tessera_engine::signed::signature_request;
 use tessera_engine::trust::{
     Endorsement, KeyProof, LinkSecrets, RootFingerprint, TrustError, UsedInvitations, distrust_all,
-    member_id_for, verify_directory,
+    member_id_for, revocation, verify_directory,
 };
 use tessera_wire::{Base64Url, MemberInfo, PublicKeyCredential, PublicKeyInfo, Role};
 use uuid::Uuid;
@@ -220,8 +220,13 @@ impl WebInvitation {
     }
 }
 
-/// An admin's decision being made in the page (a revocation or a promotion): the statement the
-/// admin's hardware key signs.
+/// A decision being made in the page (an admin's revocation or promotion, or a member's
+/// revocation of one of their keys): the statement the hardware key signs.
+/// The directory of its JSON (`GET /members`).
+fn listed_members(directory: &str) -> Result<Vec<MemberInfo>, String> {
+    serde_json::from_str(directory).map_err(|e| format!("the directory: {e}"))
+}
+
 #[wasm_bindgen]
 pub struct WebDecision {
     statement: DecisionStatement,
@@ -230,33 +235,81 @@ pub struct WebDecision {
 #[wasm_bindgen]
 impl WebDecision {
     /// `issuer`'s `decision` (`revoke` or `promote`) about `member` of `circle` at `now` (Unix
-    /// seconds).
+    /// seconds). A revocation keeps what the member signed in `directory` (JSON of
+    /// `GET /members`, needed for it).
     ///
     /// # Errors
-    /// When an id or the decision is malformed.
+    /// When an id, the decision or the directory is malformed.
     #[wasm_bindgen(constructor)]
     pub fn new(
         decision: &str,
         circle: &str,
         issuer: &str,
         member: &str,
+        directory: Option<String>,
         now: f64,
     ) -> Result<WebDecision, String> {
-        let decision = match decision {
-            "revoke" => Decision::Revoke,
-            "promote" => Decision::Promote,
+        #[allow(clippy::cast_possible_truncation)]
+        let issued_at = now as i64;
+        let ids = (
+            uuid(circle, "circle")?,
+            uuid(member, "member")?,
+            uuid(issuer, "member")?,
+        );
+        let statement = match decision {
+            "revoke" => {
+                let directory = directory.ok_or("a revocation needs the directory")?;
+                revocation(&listed_members(&directory)?, ids, None, issued_at)
+            }
+            "promote" => DecisionStatement {
+                decision: Decision::Promote,
+                circle: ids.0,
+                member: ids.1,
+                issuer: ids.2,
+                issued_at,
+                key: None,
+                keeps: None,
+            },
             other => return Err(format!("not a decision: {other:?}")),
         };
+        Ok(WebDecision { statement })
+    }
+
+    /// `member`'s revocation of their own key `credential_id` (base64url) at `now` (Unix
+    /// seconds), keeping what that key signed in `directory` (JSON of `GET /members`): any of the
+    /// member's other keys signs it, and a lost key's devices leave the group on that signature.
+    ///
+    /// # Errors
+    /// When an argument is malformed, or the key is not one of the member's in the directory.
+    #[wasm_bindgen(js_name = revokeKey)]
+    pub fn revoke_key(
+        circle: &str,
+        member: &str,
+        directory: &str,
+        credential_id: &str,
+        now: f64,
+    ) -> Result<WebDecision, String> {
+        let listed = listed_members(directory)?;
+        let member = uuid(member, "member")?;
+        let key = listed
+            .iter()
+            .find(|m| m.id == member)
+            .and_then(|m| {
+                m.passkeys
+                    .iter()
+                    .find(|k| k.credential_id.to_string() == credential_id)
+            })
+            .cloned()
+            .ok_or("that key is not one of yours in the circle's directory")?;
         #[allow(clippy::cast_possible_truncation)]
         let issued_at = now as i64;
         Ok(WebDecision {
-            statement: DecisionStatement {
-                decision,
-                circle: uuid(circle, "circle")?,
-                member: uuid(member, "member")?,
-                issuer: uuid(issuer, "member")?,
+            statement: revocation(
+                &listed,
+                (uuid(circle, "circle")?, member, member),
+                Some(key),
                 issued_at,
-            },
+            ),
         })
     }
 

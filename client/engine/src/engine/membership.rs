@@ -31,11 +31,12 @@ use super::{
 /// (or waiting in an outbox across one) can still be read.
 pub(super) const PAST_EPOCHS: usize = 16;
 
-/// A device of the group: its member and its leaf.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A device of the group: its member, its leaf and the hardware key that certified it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct GroupDevice {
     pub(super) member: Uuid,
     pub(super) leaf: LeafNodeIndex,
+    pub(super) key: Base64Url,
 }
 
 /// A KeyPackage not checked yet: kept until this device is in the group and knows the directory,
@@ -130,6 +131,11 @@ impl Engine {
                         for member in &self.remembered.revoked {
                             if trusted.members.remove(member).is_some() {
                                 trusted.revoked.insert(*member);
+                                trusted.distrusted.push(Distrusted {
+                                    member: *member,
+                                    key: None,
+                                    reason: TrustError::Replayed,
+                                });
                             }
                         }
                         self.safety = Some(safety_words(&root, &trusted));
@@ -251,6 +257,7 @@ impl Engine {
                     let device = GroupDevice {
                         member: c.member,
                         leaf: m.index,
+                        key: c.credential_id,
                     };
                     (c.device, device)
                 })
@@ -334,8 +341,8 @@ impl Engine {
                     });
                 }
             }
-            Err(Refusal::UnknownMember) if self.awaits_directory(tried) => {
-                // Perhaps a member who enrolled after the directory was fetched.
+            Err(reason) if reason.awaits_directory() && self.awaits_directory(tried) => {
+                // Perhaps a member (or a key) enrolled after the directory was fetched.
                 let version = Some(tried.unwrap_or(self.directory_version));
                 self.unverified.push(UncheckedKeyPackage {
                     from,
@@ -413,7 +420,7 @@ impl Engine {
             Ok(group) => group,
             Err(reason) => {
                 self.provider.roll_back(checkpoint);
-                if matches!(reason, Refusal::UnknownMember) && self.awaits_directory(tried) {
+                if reason.awaits_directory() && self.awaits_directory(tried) {
                     let version = Some(tried.unwrap_or(self.directory_version));
                     self.welcomes.push(UncheckedWelcome {
                         from,
@@ -478,9 +485,16 @@ impl Engine {
                 return Err(Refusal::Malformed("removal of an unknown leaf"));
             };
             let revoked = directory.revoked(target.member);
+            // A device whose key was revoked goes by an admin's device or one of its member's.
+            let key_revoked = directory.key_revoked(target.member, &target.credential_id)
+                && (directory.is_admin(sender.member) || sender.member == target.member);
             let rejoined = added_devices.get(&target.device) == Some(&target.member);
             let itself = removed == sender_leaf;
-            if !(rejoined || itself || (revoked && directory.is_admin(sender.member))) {
+            if !(rejoined
+                || itself
+                || key_revoked
+                || (revoked && directory.is_admin(sender.member)))
+            {
                 if !revoked {
                     // Perhaps revoked since the directory was fetched; else not revoked at all.
                     return Err(Refusal::UnknownMember);
@@ -594,7 +608,8 @@ impl Engine {
     }
 
     /// Adds waiting KeyPackages (this device if it is the designated one, any device after a
-    /// while) and, on an admin device, removes the leaves of revoked members.
+    /// while) and, on an admin device, removes the leaves of revoked members; on an admin's
+    /// device or one of the same member's, those of devices whose key was revoked.
     pub(super) fn commit_changes(&mut self, now: Instant) {
         if self.saved.pending.is_some() || !self.caught_up() {
             return;
@@ -621,10 +636,14 @@ impl Engine {
         let no_directory = Directory::default();
         let directory = self.directory.as_ref().unwrap_or(&no_directory);
         let admin = directory.is_admin(self.saved.member);
+        let me = self.saved.member;
         let revoked: Vec<LeafNodeIndex> = self
             .roster
             .values()
-            .filter(|d| admin && directory.revoked(d.member))
+            .filter(|d| {
+                (admin && directory.revoked(d.member))
+                    || ((admin || d.member == me) && directory.key_revoked(d.member, &d.key))
+            })
             .map(|d| d.leaf)
             .collect();
         // As many adds as one commit frame holds: a commit carries every KeyPackage it adds.

@@ -215,9 +215,9 @@ impl Engine {
         let retry = self.awaits_directory(held.tried_with_directory);
         let outcome = staged.and_then(|staged| match self.authorize(&staged) {
             Ok(()) => Ok(staged.commit),
-            Err(Refusal::UnknownMember) if retry => {
+            Err(reason) if retry && reason.awaits_directory() => {
                 self.staged = Some(staged);
-                Err(Refusal::UnknownMember)
+                Err(reason)
             }
             Err(reason) => Err(reason),
         });
@@ -261,7 +261,7 @@ impl Engine {
                 }
                 true
             }
-            Err(Refusal::UnknownMember) if retry => {
+            Err(reason) if retry && reason.awaits_directory() => {
                 self.saved.held.insert(
                     slot,
                     Held {

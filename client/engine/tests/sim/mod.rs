@@ -7,11 +7,11 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::value::to_raw_value;
-use tessera_engine::decision::{Decision, DecisionStatement, SignedDecision};
+use tessera_engine::decision::SignedDecision;
 use tessera_engine::identity::certify;
 use tessera_engine::invitation::{InvitationSecret, InvitationStatement, SignedInvitation};
 use tessera_engine::payload::RtcSignal;
-use tessera_engine::trust::{KeyProof, RootFingerprint, RootPin, Trust, member_id_for};
+use tessera_engine::trust::{KeyProof, RootFingerprint, RootPin, Trust, member_id_for, revocation};
 use tessera_engine::{
     DeviceKey, Engine, EngineConfig, Event, HistoryChange, IceOutcome, LinkCommand, Output,
     StopReason, StoredDevice,
@@ -174,18 +174,18 @@ impl Sim {
         }
     }
 
-    /// The founder revokes `member` as an admin's device does: the server lists the member with
-    /// no keys and the revocation the founder's key signed.
+    /// The founder revokes `member` as an admin's device does: the server lists the member, with
+    /// their keys and proofs, and the revocation the founder's key signed (which keeps what the
+    /// member signed so far).
     pub fn revoke(&mut self, member: Uuid) {
         let issuer = self.directory[0].id;
+        let statement = revocation(
+            &self.directory,
+            (self.circle, member, issuer),
+            None,
+            ADMITTED_AT,
+        );
         let (founder_key, _) = self.founder.as_mut().expect("the circle has a founder");
-        let statement = DecisionStatement {
-            decision: Decision::Revoke,
-            circle: self.circle,
-            member,
-            issuer,
-            issued_at: ADMITTED_AT,
-        };
         let signed =
             SignedDecision::sign(statement, "localhost", |r| founder_key.sign_in(r, ORIGIN))
                 .expect("the founder's key signs");
@@ -194,8 +194,6 @@ impl Sim {
             .iter_mut()
             .find(|m| m.id == member)
             .expect("a listed member");
-        listed.passkeys.clear();
-        listed.proofs.clear();
         listed.revocation = Some(signed.to_blob());
     }
 

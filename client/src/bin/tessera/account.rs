@@ -391,13 +391,18 @@ pub async fn add_key(settings: &Settings, file: &Path, label: Option<&str>) -> R
     Ok(())
 }
 
-/// `tessera keys revoke`.
+/// `tessera keys revoke`: the revocation is signed with this device's key.
 pub async fn revoke_key(settings: &Settings, id: &str) -> Result<()> {
     let (profile, api) = on_server(settings).await?;
-    api.delete_passkey(id)
-        .await
-        .map_err(|e| explain(e, &profile.origin))?;
-    println!("Revoked key {id}.");
+    let key_file = device_key_file(settings, &profile)?;
+    let mut key = load_key(&key_file)?;
+    let revoked = membership::revoke_key(&api, signer(&profile, &mut key)?, id, now_secs()).await;
+    save_key(&key, &key_file)?;
+    revoked.map_err(|e| membership_error(e, &profile.origin))?;
+    println!(
+        "Revoked key {id}, signed with your key: it no longer logs in, and your devices (or an \
+         admin's) remove the devices it certified from the circle's group."
+    );
     Ok(())
 }
 
@@ -517,6 +522,8 @@ pub async fn decide(settings: &Settings, decision: Decision, member: Uuid) -> Re
             "Member {member} is now an admin, signed with your key: the circle's devices accept \
              their invitations and decisions from their next look at the directory."
         ),
+        // `membership::decide` refuses it: a key's revocation goes through `keys revoke`.
+        Decision::RevokeKey => {}
     }
     Ok(())
 }
