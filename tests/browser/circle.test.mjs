@@ -2,8 +2,9 @@
 // test makes: an admin and a member in two browser contexts and a native `tessera` CLI device
 // join the circle's MLS group and exchange messages over WebRTC data channels in every direction;
 // a reload keeps the device and its history; a message sent while a browser was closed arrives
-// when it reopens; a revoked member's page says so and receives nothing sent afterwards; and the
-// server's files and logs hold no name, message, token or address.
+// when it reopens; a revoked member's page says so and receives nothing sent afterwards; a device
+// enrolled with an invitation the operator wrote into the database is refused, with a warning on
+// the page; and the server's files and logs hold no name, message, token or address.
 //
 // Run with `node --test tests/browser/` (or `tests/run`). Environment: TESSERA_SERVER_BIN and
 // TESSERA_CLI_BIN name the binaries (else they are built), CHROMIUM the browser.
@@ -11,7 +12,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -24,9 +25,9 @@ const LINK_WAIT = 30_000; // joining and linking take a few engine rounds
 
 // The native device: `tessera chat --json` in a directory of its own, a software key.
 class NativeDevice {
-  constructor(root) {
-    this.dir = path.join(root, 'native');
-    this.key = path.join(root, 'native.key');
+  constructor(root, name = 'native') {
+    this.dir = path.join(root, name);
+    this.key = path.join(root, `${name}.key`);
     this.bin = binary('tessera', 'TESSERA_CLI_BIN');
     this.lines = [];
     this.waiters = [];
@@ -342,6 +343,44 @@ if (insideNamespace(FILE)) {
     await native.waitFor('the message after the revocation', (e) => e.event === 'message' && e.text === after);
     assert.equal(await bob.page.locator(`#messages li:has-text("${after}")`).count(), 0, 'the revoked member receives nothing');
     await shot(admin.adminPage, 'admin-after-revocation');
+  });
+
+  test('h2. an invitation the operator writes into the database admits a device the pages refuse and warn about', async () => {
+    // The operator, with write access to the database and nothing else, inserts an invitation of
+    // its own (a token it knows, no admin's signature) and enrolls a native device with it.
+    const token = randomBytes(32).toString('base64url');
+    const hash = createHash('sha256').update(token).digest('hex');
+    const now = Math.floor(Date.now() / 1000);
+    const insert = 'INSERT INTO invitations (id, token_hash, circle_id, role, created_by, created_at, expires_at) '
+      + `SELECT '${randomUUID()}', X'${hash}', circle_id, 'admin', id, ${now}, ${now + 3600} FROM members WHERE id = '${admin.member}'`;
+    const wrote = spawnSync('sqlite3', [path.join(run.dataDir, 'tessera.db'), insert], { encoding: 'utf8' });
+    assert.equal(wrote.status, 0, wrote.stderr);
+    const mallory = new NativeDevice(root, 'mallory');
+    mallory.ok(['soft-key', 'new', '--file', mallory.key]);
+    mallory.ok(['join', `${run.base}/join/${token}`, '--name', secret('Mallory')]);
+    mallory.chat();
+    try {
+      mallory.say('/status');
+      const { member } = await mallory.waitFor('its status', (e) => e.event === 'status');
+      // The admin's page says the server lists her and nothing signed admits her.
+      const warning = admin.page.locator(`#warnings li[data-member="${member}"]`).first();
+      await warning.waitFor({ timeout: 2 * LINK_WAIT });
+      assert.match(await warning.textContent(), /no signed invitation or endorsement admits/);
+      await shot(admin.page, 'circle-forged-member');
+      // She never joins the group and reads nothing sent afterwards.
+      const after = secret('not-for-mallory');
+      await send(admin, after);
+      await native.waitFor('the message', (e) => e.event === 'message' && e.text === after);
+      await new Promise((resolve) => setTimeout(resolve, 3_000));
+      const earlier = new Set(mallory.lines);
+      mallory.say('/status');
+      const last = await mallory.waitFor('its status', (e) => e.event === 'status' && !earlier.has(e));
+      assert.equal(last.epoch, null, 'the forged device joined the group');
+      assert.ok(!mallory.lines.some((e) => e.event === 'message' && e.text === after), 'the forged device read the message');
+      assert.equal(await admin.page.locator(`#members li[data-member="${member}"]`).count(), 0, 'listed among the group');
+    } finally {
+      await mallory.stop();
+    }
   });
 
   test('i. no name, message, token or address in the server\'s files or logs', async () => {

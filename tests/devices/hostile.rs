@@ -4,8 +4,11 @@
 //! the group, reading nothing, and the honest devices saying why.
 
 use serde_json::Value;
+use tessera_engine::invitation::{InvitationSecret, InvitationStatement, SignedInvitation};
+use tessera_engine::trust::{KeyProof, LinkSecrets};
 use tessera_server::store::{InvitationRecord, SqliteStore, Store as _};
-use tessera_wire::Role;
+use tessera_softkey::SoftKey;
+use tessera_wire::{Base64Url, PublicKeyInfo, Role};
 use uuid::Uuid;
 
 use crate::support::{
@@ -19,6 +22,8 @@ struct Honest {
     origin: String,
     admin: Device,
     member: Device,
+    /// The whole link the member joined with.
+    member_link: String,
 }
 
 impl Honest {
@@ -41,6 +46,7 @@ impl Honest {
             origin,
             admin,
             member,
+            member_link: invitation,
         }
     }
 
@@ -97,6 +103,48 @@ impl Honest {
                 .expect("the forged invitation is written");
         });
         format!("{}/join/{token}", self.origin)
+    }
+
+    /// Enrolls Mallory through an invitation the operator forged, then swaps her proof in the
+    /// server's store for the one `proof` makes of her member id and key: what honest devices
+    /// judge her by. Her device, and her member id.
+    fn mallory_admitted_by(
+        &self,
+        admin: Uuid,
+        proof: impl FnOnce(Uuid, PublicKeyInfo) -> Base64Url,
+    ) -> (Device, String) {
+        let mallory = Device::new(self.root.path(), "mallory");
+        mallory.join(&self.forged_link(admin), &format!("Mallory{}", unique()));
+        let mut m = mallory.chat();
+        let id = member_id(&mut m);
+        m.quit();
+        let key = SoftKey::load(&mallory.key).expect("Mallory's key");
+        let proof = proof(id.parse().expect("member id"), key.public_key_info());
+        let database = self
+            .root
+            .path()
+            .join("server")
+            .join(tessera_server::store::DATABASE_FILE);
+        block_on(async {
+            let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&database);
+            let mut connection = sqlx::ConnectOptions::connect(&options)
+                .await
+                .expect("the database opens");
+            sqlx::query("DELETE FROM member_proofs WHERE member_id = ?")
+                .bind(&id)
+                .execute(&mut connection)
+                .await
+                .expect("the proofs go");
+            sqlx::query(
+                "INSERT INTO member_proofs (member_id, proof, created_at) VALUES (?, ?, 0)",
+            )
+            .bind(&id)
+            .bind(proof.as_slice())
+            .execute(&mut connection)
+            .await
+            .expect("the proof is written");
+        });
+        (mallory, id)
     }
 
     /// Runs one SQL statement on the server's database, as its operator can; returns the rows
@@ -500,4 +548,295 @@ fn a_member_an_admin_promotes_invites_and_every_device_takes_the_newcomer() {
     a.quit();
     let out = crate::support::text(&honest.admin.run(&["members"]));
     assert!(!out.contains("warning"), "{out}");
+}
+
+/// The ids of the keys `tessera keys` lists for `device`'s member.
+fn key_ids(device: &Device) -> Vec<String> {
+    device
+        .ok(&["keys"])
+        .lines()
+        .skip(1)
+        .filter_map(|row| row.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn a_lost_key_revoked_with_the_members_other_key_takes_its_device_out_of_the_group() {
+    if !inside_namespace(
+        "hostile::a_lost_key_revoked_with_the_members_other_key_takes_its_device_out_of_the_group",
+    ) {
+        return;
+    }
+    // The member's second device enrolls its own key with the admin's recovery link.
+    let (honest, mut a, mut b, _) = Honest::talking();
+    let member = member_id(&mut b);
+    let first = key_ids(&honest.member);
+    let link = honest
+        .admin
+        .ok(&["admin", "recover", &member])
+        .trim()
+        .to_owned();
+    let phone = Device::new(honest.root.path(), "phone");
+    phone.join(&link, &format!("Phone{}", unique()));
+    let mut p = phone.chat();
+    wait_converged(&mut [&mut a, &mut b, &mut p], 3);
+    let lost: Vec<String> = key_ids(&honest.member)
+        .into_iter()
+        .filter(|id| !first.contains(id))
+        .collect();
+    assert_eq!(lost.len(), 1, "the phone's key: {lost:?}");
+
+    // The phone is lost: the member's first key signs its key's revocation. The member's own
+    // device, once it sees the directory, takes the phone out of the group.
+    let out = honest.member.ok(&["keys", "revoke", &lost[0]]);
+    assert!(out.contains("signed with your key"), "{out}");
+    b.quit();
+    let mut b = honest.member.chat();
+    let (status, stderr) = p.wait_exit();
+    assert!(!status.success(), "the phone stops");
+    assert!(stderr.contains("removed"), "and says why: {stderr}");
+    wait_converged(&mut [&mut a, &mut b], 2);
+    let secret = format!("not for the lost phone {}", unique());
+    a.say(&secret);
+    b.wait_for("the message", message_with(&secret));
+    // No one warns of anything: the revocation holds.
+    for chat in [&a, &b] {
+        assert!(
+            chat.events("distrusted").is_empty(),
+            "{:?}",
+            chat.events("distrusted")
+        );
+    }
+    let history = phone.ok(&["history"]);
+    assert!(!history.contains(&secret), "{history}");
+}
+
+#[test]
+fn an_older_directory_replayed_after_a_real_removal_brings_no_one_back() {
+    if !inside_namespace(
+        "hostile::an_older_directory_replayed_after_a_real_removal_brings_no_one_back",
+    ) {
+        return;
+    }
+    let (honest, a, mut b, epoch) = Honest::talking();
+    let member = member_id(&mut b);
+    honest.admin.ok(&["admin", "revoke", &member]);
+    let (status, _) = b.wait_exit();
+    assert!(!status.success(), "the revoked device stops");
+    a.quit();
+    let mut a = honest.admin.chat();
+    let removed = wait_converged(&mut [&mut a], 1);
+    assert!(removed > epoch, "the removal is a new epoch");
+
+    // The operator serves the directory from before the revocation again and lets the member's
+    // device back in: the admin's device, started again, says so and keeps it out.
+    let restored = honest.sql(
+        "UPDATE members SET revoked_at = NULL, revocation = NULL WHERE id = ?",
+        &[member.as_str()],
+    );
+    assert_eq!(restored, 1);
+    honest.member.ok(&["login"]);
+    a.quit();
+    let mut a = honest.admin.chat();
+    let mut b = honest.member.chat();
+    a.wait_for(
+        "a warning about the member the directory brings back",
+        |v: &Value| {
+            distrusted_member(&member)(v)
+                && v["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("revocation an admin signed removed"))
+        },
+    );
+    let secret = format!("the revoked stay out {}", unique());
+    a.say(&secret);
+    b.drain(std::time::Duration::from_secs(5));
+    let status = a.status();
+    assert_eq!(
+        status["group"].as_object().map(serde_json::Map::len),
+        Some(1),
+        "{status}"
+    );
+    assert!(!b.received().contains(&secret));
+    assert_ne!(b.status()["epoch"].as_u64(), a.status()["epoch"].as_u64());
+}
+
+/// Now, in Unix seconds.
+fn now_secs() -> i64 {
+    tessera_engine::unix_ms(std::time::SystemTime::now()) / 1000
+}
+
+/// Checks that honest devices `a` and `b`, started again, say they distrust `mallory` for
+/// `reason` and that her device never joins their group nor reads what they say.
+fn refused_and_kept_out(
+    honest: &Honest,
+    (a, b): (Chat, Chat),
+    (mallory, mallory_id): (&Device, &str),
+    reason: &'static str,
+) {
+    a.quit();
+    b.quit();
+    let (mut a, mut b) = (honest.admin.chat(), honest.member.chat());
+    let mut m = mallory.chat();
+    for chat in [&mut a, &mut b] {
+        let warning = chat.wait_for("a warning about Mallory", distrusted_member(mallory_id));
+        assert!(
+            warning["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains(reason)),
+            "{warning}"
+        );
+    }
+    wait_converged(&mut [&mut a, &mut b], 2);
+    let secret = format!("not for Mallory {}", unique());
+    a.say(&secret);
+    b.wait_for("the message", message_with(&secret));
+    m.drain(std::time::Duration::from_secs(5));
+    assert_eq!(m.status()["epoch"], Value::Null, "Mallory joined the group");
+    assert!(!m.received().contains(&secret));
+}
+
+#[test]
+fn an_invitation_used_twice_admits_no_one_the_second_time() {
+    if !inside_namespace("hostile::an_invitation_used_twice_admits_no_one_the_second_time") {
+        return;
+    }
+    // Mallory got hold of the member's link after it was used (a forwarded email): the operator
+    // enrolls her, and the admission she makes with the link's secret is a true one.
+    let (honest, mut a, b, _) = Honest::talking();
+    let admin_id: Uuid = serde_json::from_value(a.status()["member"].clone()).expect("member id");
+    let (_, fragment) = honest.member_link.split_once('#').expect("a fragment");
+    let secret = LinkSecrets::from_fragment(fragment)
+        .expect("the whole link")
+        .secret;
+    let invitation = honest.tamper(async |store| {
+        let member = store.member(admin_id).await.expect("read").expect("admin");
+        store
+            .proofs_of_circle(member.circle)
+            .await
+            .expect("read")
+            .into_iter()
+            .find_map(|(_, blob)| match KeyProof::from_blob(&blob.into()) {
+                Ok(KeyProof::Admission(admission)) => Some(admission.invitation),
+                _ => None,
+            })
+            .expect("the member's admission")
+    });
+    let (mallory, mallory_id) = honest.mallory_admitted_by(admin_id, |id, key| {
+        KeyProof::Admission(secret.admit(invitation, id, key, now_secs())).to_blob()
+    });
+    refused_and_kept_out(
+        &honest,
+        (a, b),
+        (&mallory, &mallory_id),
+        "the invitation was used before",
+    );
+}
+
+#[test]
+fn an_expired_signed_invitation_admits_no_one() {
+    if !inside_namespace("hostile::an_expired_signed_invitation_admits_no_one") {
+        return;
+    }
+    // An invitation the admin's key really signed, expired a minute ago: the server (its
+    // operator) takes it anyway.
+    let (honest, mut a, b, _) = Honest::talking();
+    let status = a.status();
+    let admin_id: Uuid = serde_json::from_value(status["member"].clone()).expect("member id");
+    let circle: Uuid = honest.tamper(async |store| {
+        store
+            .member(admin_id)
+            .await
+            .expect("read")
+            .expect("admin")
+            .circle
+    });
+    let secret = InvitationSecret::generate().expect("randomness");
+    let statement = InvitationStatement {
+        circle,
+        invitation_key: secret.public_key(),
+        role: Role::Member,
+        expires_at: now_secs() - 60,
+        issuer: admin_id,
+        recovers: None,
+    };
+    let mut admin_key = SoftKey::load(&honest.admin.key).expect("the admin's key");
+    let rp_id = admin_key.rp_id().to_owned();
+    let signed =
+        SignedInvitation::sign(statement, &rp_id, |r| admin_key.sign_in(r, &honest.origin))
+            .expect("the admin's key signs");
+    // Saved again, so that its signature counter stays ahead for the admin's next login.
+    admin_key.save(&honest.admin.key).expect("saved");
+    let (mallory, mallory_id) = honest.mallory_admitted_by(admin_id, |id, key| {
+        KeyProof::Admission(secret.admit(signed, id, key, now_secs())).to_blob()
+    });
+    refused_and_kept_out(
+        &honest,
+        (a, b),
+        (&mallory, &mallory_id),
+        "the invitation has expired",
+    );
+}
+
+#[test]
+fn a_member_hidden_from_one_device_stays_and_the_split_shows_in_the_safety_numbers() {
+    if !inside_namespace(
+        "hostile::a_member_hidden_from_one_device_stays_and_the_split_shows_in_the_safety_numbers",
+    ) {
+        return;
+    }
+    let (honest, mut a, b, _) = Honest::talking();
+    let admin_id = member_id(&mut a);
+    let carol = Device::new(honest.root.path(), "carol");
+    let link = honest.admin.ok(&["admin", "invite"]).trim().to_owned();
+    carol.join(&link, &format!("Carol{}", unique()));
+    b.quit();
+    let (mut b, mut c) = (honest.member.chat(), carol.chat());
+    wait_converged(&mut [&mut a, &mut b, &mut c], 3);
+    let carol_id = member_id(&mut c);
+    let agreed = a.status()["safety"].as_str().expect("safety").to_owned();
+    assert_eq!(b.status()["safety"], agreed.as_str());
+
+    // The operator hides Carol from the member's device only: it moves her to a circle of its
+    // own while that device, started again, looks at the directory, then back. (The admin's
+    // device looks too when the member's goes offline: the move waits until it has.)
+    b.quit();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let elsewhere = Uuid::new_v4().to_string();
+    honest.sql(
+        "INSERT INTO circles (id, created_at) VALUES (?, 0)",
+        &[elsewhere.as_str()],
+    );
+    let hide = "UPDATE members SET circle_id = ? WHERE id = ?";
+    assert_eq!(
+        honest.sql(hide, &[elsewhere.as_str(), carol_id.as_str()]),
+        1
+    );
+    let mut b = honest.member.chat();
+    let warning = b.wait_for("a warning about Carol", distrusted_member(&carol_id));
+    assert!(
+        warning["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("without a revocation")),
+        "{warning}"
+    );
+    let back = "UPDATE members SET circle_id = (SELECT circle_id FROM members WHERE id = ?) \
+                WHERE id = ?";
+    assert_eq!(honest.sql(back, &[admin_id.as_str(), carol_id.as_str()]), 1);
+
+    // Carol stays in the member's group, but the two devices now show different safety numbers:
+    // compared in person, they show the split.
+    let split = b.status()["safety"].as_str().expect("safety").to_owned();
+    assert_ne!(split, agreed);
+    assert_eq!(a.status()["safety"], agreed.as_str());
+    let text = format!("still here {}", unique());
+    c.say(&text);
+    a.wait_for("Carol's message", message_with(&text));
+    b.wait_for("Carol's message", message_with(&text));
+
+    // Served the same directory again, the member's device agrees with the admin's once more.
+    b.quit();
+    let mut b = honest.member.chat();
+    b.drain(std::time::Duration::from_secs(3));
+    assert_eq!(b.status()["safety"], agreed.as_str());
 }
