@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -411,19 +412,93 @@ pub fn verify_directory(
     verify_directory_with(listed, circle, root, origin_rp, (used, &mut checked))
 }
 
-/// Proofs whose signatures this device checked already, each with the key that signed it: a
-/// directory fetched again costs no signature checks for what it saw before. Only what the
-/// latest directory carried is kept.
+/// Proofs whose signatures this device checked already, each with the key that signed it, and
+/// the proofs it read: a directory fetched again costs no signature checks and no parsing for
+/// what it saw before. Only what the latest directory carried is kept.
 #[derive(Debug, Default)]
-pub struct CheckedProofs(HashSet<[u8; 32]>);
+pub struct CheckedProofs {
+    checked: HashSet<[u8; 32]>,
+    read: HashMap<Base64Url, Arc<ReadBlob>>,
+}
+
+/// A proof blob as read, with its [`proof_digest`].
+#[derive(Debug)]
+struct ReadBlob {
+    digest: [u8; 32],
+    parsed: Parsed,
+}
+
+/// A proof blob as read: a signed decision, a key proof, or why it is neither.
+#[derive(Debug)]
+enum Parsed {
+    Decision(SignedDecision),
+    Proof(KeyProof),
+    Malformed(TrustError),
+}
+
+impl Parsed {
+    fn of(blob: &Base64Url) -> Parsed {
+        // Key proofs are the many: tried first (a decision has no `kind`, and fails at once).
+        match KeyProof::from_blob(blob) {
+            Ok(proof) => Parsed::Proof(proof),
+            Err(e) => match SignedDecision::any_from_blob(blob) {
+                Ok(decision) => Parsed::Decision(decision),
+                Err(_) => Parsed::Malformed(e),
+            },
+        }
+    }
+
+    /// The decision, if it is one of `kind`.
+    fn decision(&self, kind: Decision) -> Option<&SignedDecision> {
+        match self {
+            Parsed::Decision(d) if d.statement.decision == kind => Some(d),
+            _ => None,
+        }
+    }
+}
+
+/// A listed member with their proofs (and revocation) as read.
+struct Read<'a> {
+    member: &'a MemberInfo,
+    proofs: Vec<(&'a Base64Url, Arc<ReadBlob>)>,
+    revocation: Option<(&'a Base64Url, Arc<ReadBlob>)>,
+}
 
 impl CheckedProofs {
-    /// What identifies a proof's check: SHA-256 over the proof (length first, so that no other
-    /// split of the same bytes matches) and the key that signed it.
-    fn key(proof: &[u8], signer: &PublicKeyInfo) -> [u8; 32] {
+    /// Every member's proofs and revocation as read, from what was read before where it can;
+    /// forgets what `listed` no longer carries.
+    fn read<'a>(&mut self, listed: &'a [MemberInfo]) -> Vec<Read<'a>> {
+        let mut before = std::mem::take(&mut self.read);
+        let mut read = |blob: &'a Base64Url| {
+            let parsed = before
+                .remove(blob)
+                .or_else(|| self.read.get(blob).cloned())
+                .unwrap_or_else(|| {
+                    Arc::new(ReadBlob {
+                        digest: proof_digest(blob.as_slice()),
+                        parsed: Parsed::of(blob),
+                    })
+                });
+            self.read.insert(blob.clone(), parsed.clone());
+            (blob, parsed)
+        };
+        listed
+            .iter()
+            .map(|member| Read {
+                member,
+                proofs: member.proofs.iter().map(&mut read).collect(),
+                revocation: member.revocation.as_ref().map(&mut read),
+            })
+            .collect()
+    }
+}
+
+impl CheckedProofs {
+    /// What identifies a proof's check: SHA-256 over the proof's digest and the key that
+    /// signed it.
+    fn key(digest: &[u8; 32], signer: &PublicKeyInfo) -> [u8; 32] {
         let mut hash = Sha256::new();
-        hash.update((proof.len() as u64).to_be_bytes());
-        hash.update(proof);
+        hash.update(digest);
         hash.update(signer.public_key.as_slice());
         hash.finalize().into()
     }
@@ -442,16 +517,30 @@ pub fn verify_directory_with(
     // The keys the directory says were revoked sign nothing but what their revocations keep
     // while the chain is checked; a revocation that then fails to hold puts its key back, and the
     // chain is checked again (only a hostile directory makes that happen).
-    let mut withdrawn = revocation_claims(listed);
+    let read = checked.read(listed);
+    let mut withdrawn = revocation_claims(&read);
     let rounds = withdrawn.len();
-    let (mut out, mut held) =
-        verify_pass(listed, circle, root, origin_rp, (used, checked), &withdrawn);
+    let (mut out, mut held) = verify_pass(
+        (listed, &read),
+        circle,
+        root,
+        origin_rp,
+        (used, checked),
+        &withdrawn,
+    );
     for _ in 0..rounds {
         if held == withdrawn {
             break;
         }
         withdrawn = held;
-        (out, held) = verify_pass(listed, circle, root, origin_rp, (used, checked), &withdrawn);
+        (out, held) = verify_pass(
+            (listed, &read),
+            circle,
+            root,
+            origin_rp,
+            (used, checked),
+            &withdrawn,
+        );
     }
     out
 }
@@ -511,29 +600,29 @@ impl Withdrawn {
 }
 
 /// What the directory's revocations claim, whether they hold or not.
-fn revocation_claims(listed: &[MemberInfo]) -> Withdrawn {
+fn revocation_claims(read: &[Read<'_>]) -> Withdrawn {
     let mut claimed = Withdrawn::default();
-    for member in listed {
-        for blob in &member.proofs {
-            if let Ok(revocation) = SignedDecision::from_blob(blob, Decision::RevokeKey) {
-                claimed.add(member.id, &revocation.statement);
+    for listed in read {
+        for (_, parsed) in &listed.proofs {
+            if let Some(revocation) = parsed.parsed.decision(Decision::RevokeKey) {
+                claimed.add(listed.member.id, &revocation.statement);
             }
         }
-        if let Some(blob) = &member.revocation
-            && let Ok(revocation) = SignedDecision::from_blob(blob, Decision::Revoke)
+        if let Some((_, parsed)) = &listed.revocation
+            && let Some(revocation) = parsed.parsed.decision(Decision::Revoke)
         {
-            claimed.add(member.id, &revocation.statement);
+            claimed.add(listed.member.id, &revocation.statement);
         }
     }
     claimed
 }
 
-/// The keys of `member` (`trusted`) that may have signed `blob`: those listed (or, with
-/// `unlisted`, every key the chain admitted) and the revoked ones, each unless a revocation
-/// withdrew it and does not keep `blob`.
+/// The keys of `member` (`trusted`) that may have signed the proof with `digest`: those listed
+/// (or, with `unlisted`, every key the chain admitted) and the revoked ones, each unless a
+/// revocation withdrew it and does not keep it.
 fn signers<'t>(
     (member, trusted): (Uuid, &'t TrustedMember),
-    blob: &[u8],
+    digest: &[u8; 32],
     withdrawn: &Withdrawn,
     unlisted: bool,
 ) -> Cow<'t, [PublicKeyInfo]> {
@@ -545,7 +634,6 @@ fn signers<'t>(
     if !withdrawn.touches(member) {
         return Cow::Borrowed(base);
     }
-    let digest = proof_digest(blob);
     let revoked = trusted
         .admitted
         .iter()
@@ -553,7 +641,7 @@ fn signers<'t>(
     Cow::Owned(
         base.iter()
             .chain(revoked)
-            .filter(|k| withdrawn.signs(member, k, &digest))
+            .filter(|k| withdrawn.signs(member, k, digest))
             .cloned()
             .collect(),
     )
@@ -562,7 +650,7 @@ fn signers<'t>(
 /// One check of the directory, with the `withdrawn` keys signing only what their revocations
 /// keep; with the key revocations that held.
 fn verify_pass(
-    listed: &[MemberInfo],
+    (listed, read): (&[MemberInfo], &[Read<'_>]),
     circle: Uuid,
     root: &RootFingerprint,
     (origin, rp_id): (&str, &str),
@@ -604,26 +692,24 @@ fn verify_pass(
     // Which (member, key) pairs each invitation key claims to admit in this directory.
     let mut claims: HashMap<Base64Url, HashSet<(Uuid, Base64Url)>> = HashMap::new();
     // Promotions, each with the member it is listed under and its blob.
-    let mut promotions: Vec<(Uuid, SignedDecision, &Base64Url)> = Vec::new();
-    for member in listed {
-        for blob in &member.proofs {
-            if let Ok(decision) = SignedDecision::any_from_blob(blob) {
-                match decision.statement.decision {
+    let mut promotions: Vec<(Uuid, &SignedDecision, &[u8; 32])> = Vec::new();
+    for Read { member, proofs, .. } in read {
+        for (_, parsed) in proofs {
+            let blob = &parsed.digest;
+            match &parsed.parsed {
+                Parsed::Decision(decision) => match decision.statement.decision {
                     Decision::Promote => promotions.push((member.id, decision, blob)),
                     // Checked once the chain is (below).
                     Decision::RevokeKey => {}
                     Decision::Revoke => {
                         reasons.insert((member.id, None), TrustError::Malformed);
                     }
-                }
-                continue;
-            }
-            match KeyProof::from_blob(blob) {
-                Ok(proof) if proof.member() != member.id => {
+                },
+                Parsed::Proof(proof) if proof.member() != member.id => {
                     reasons.insert((member.id, None), TrustError::Misfiled);
                 }
-                Ok(proof) => {
-                    if let KeyProof::Admission(a) = &proof {
+                Parsed::Proof(proof) => {
+                    if let KeyProof::Admission(a) = proof {
                         claims
                             .entry(a.invitation.statement.invitation_key.clone())
                             .or_default()
@@ -631,8 +717,8 @@ fn verify_pass(
                     }
                     pending.push((proof, blob));
                 }
-                Err(e) => {
-                    reasons.insert((member.id, None), e);
+                Parsed::Malformed(e) => {
+                    reasons.insert((member.id, None), e.clone());
                 }
             }
         }
@@ -680,7 +766,7 @@ fn verify_pass(
         });
         pending.retain(|(proof, blob)| {
             let cache = Cache {
-                blob: blob.as_slice(),
+                digest: blob,
                 before: checked,
                 now: &mut this_round,
             };
@@ -703,20 +789,28 @@ fn verify_pass(
         }
     }
     // A revocation counts when an admin the chain admits signed it (whatever it admitted then).
-    for member in listed {
-        let Some(blob) = &member.revocation else {
+    for Read {
+        member, revocation, ..
+    } in read
+    {
+        let Some((_, parsed)) = revocation else {
             continue;
         };
-        let verdict = SignedDecision::from_blob(blob, Decision::Revoke).and_then(|revocation| {
-            admin_signed(
-                &out,
-                (&revocation, blob),
-                (circle, member.id),
-                (origin, rp_id),
-                withdrawn,
-            )
-            .map(|()| revocation)
-        });
+        let blob = &parsed.digest;
+        let verdict = parsed
+            .parsed
+            .decision(Decision::Revoke)
+            .ok_or(DecisionError::Malformed)
+            .and_then(|revocation| {
+                admin_signed(
+                    &out,
+                    (revocation, blob),
+                    (circle, member.id),
+                    (origin, rp_id),
+                    withdrawn,
+                )
+                .map(|()| revocation)
+            });
         match verdict {
             Ok(revocation) => {
                 held.add(member.id, &revocation.statement);
@@ -743,14 +837,15 @@ fn verify_pass(
     }
     // A key's revocation counts when one of the member's own keys (the revoked one's included)
     // or an admin the chain admits signed it.
-    for member in listed {
-        for blob in &member.proofs {
-            let Ok(revocation) = SignedDecision::from_blob(blob, Decision::RevokeKey) else {
+    for Read { member, proofs, .. } in read {
+        for (_, parsed) in proofs {
+            let Some(revocation) = parsed.parsed.decision(Decision::RevokeKey) else {
                 continue;
             };
+            let blob = &parsed.digest;
             let verdict = key_revoked(
                 &out,
-                (&revocation, blob),
+                (revocation, blob),
                 (circle, member.id),
                 (origin, rp_id),
                 withdrawn,
@@ -834,7 +929,7 @@ fn verify_pass(
             }
         }
     }
-    *checked = this_round;
+    checked.checked = this_round.checked;
     (out, held)
 }
 
@@ -843,7 +938,7 @@ fn verify_pass(
 /// one whose revocation keeps it).
 fn admin_signed(
     out: &TrustedDirectory,
-    (decision, blob): (&SignedDecision, &Base64Url),
+    (decision, digest): (&SignedDecision, &[u8; 32]),
     (circle, member): (Uuid, Uuid),
     (origin, rp_id): (&str, &str),
     withdrawn: &Withdrawn,
@@ -854,7 +949,7 @@ fn admin_signed(
         .get(&issuer_id)
         .filter(|i| i.role == Role::Admin && issuer_id != member)
         .ok_or(DecisionError::IssuerNotAdmin)?;
-    let keys = signers((issuer_id, issuer), blob.as_slice(), withdrawn, false);
+    let keys = signers((issuer_id, issuer), digest, withdrawn, false);
     decision.verify((circle, member), &keys, origin, rp_id)
 }
 
@@ -863,7 +958,7 @@ fn admin_signed(
 /// its revocation keeps) or an admin `out` admits did.
 fn key_revoked(
     out: &TrustedDirectory,
-    (revocation, blob): (&SignedDecision, &Base64Url),
+    (revocation, digest): (&SignedDecision, &[u8; 32]),
     (circle, member): (Uuid, Uuid),
     (origin, rp_id): (&str, &str),
     withdrawn: &Withdrawn,
@@ -878,7 +973,7 @@ fn key_revoked(
             .members
             .get(&member)
             .ok_or(DecisionError::IssuerNotAdmin)?;
-        let mut keys = signers((member, own), blob.as_slice(), withdrawn, true).into_owned();
+        let mut keys = signers((member, own), digest, withdrawn, true).into_owned();
         if own.admitted.contains(revoked) && !keys.contains(revoked) {
             keys.push(revoked.clone());
         }
@@ -886,7 +981,7 @@ fn key_revoked(
     } else {
         admin_signed(
             out,
-            (revocation, blob),
+            (revocation, digest),
             (circle, member),
             (origin, rp_id),
             withdrawn,
@@ -895,9 +990,9 @@ fn key_revoked(
     Ok(revoked.credential_id.clone())
 }
 
-/// A proof's bytes and the checks made before and in this round.
+/// A proof's digest and the checks made before and in this round.
 struct Cache<'a> {
-    blob: &'a [u8],
+    digest: &'a [u8; 32],
     before: &'a CheckedProofs,
     now: &'a mut CheckedProofs,
 }
@@ -912,16 +1007,16 @@ impl Cache<'_> {
         check: impl FnOnce() -> Result<(), E>,
     ) -> Result<(), E> {
         let signer = keys.iter().find(|k| k.credential_id == *credential_id);
-        let key = signer.map(|s| CheckedProofs::key(self.blob, s));
+        let key = signer.map(|s| CheckedProofs::key(self.digest, s));
         if let Some(key) = key
-            && self.before.0.contains(&key)
+            && self.before.checked.contains(&key)
         {
-            self.now.0.insert(key);
+            self.now.checked.insert(key);
             return Ok(());
         }
         check()?;
         if let Some(key) = key {
-            self.now.0.insert(key);
+            self.now.checked.insert(key);
         }
         Ok(())
     }
@@ -991,7 +1086,7 @@ fn apply(
                 };
             }
             let signer = &admission.invitation.signature.credential_id;
-            let keys = signers((statement.issuer, issuer), cache.blob, withdrawn, false);
+            let keys = signers((statement.issuer, issuer), cache.digest, withdrawn, false);
             if let Err(e) = cache.check(&keys, signer, || admission.verify(&keys, (origin, rp_id)))
             {
                 return Step::Failed(TrustError::Invitation(e));
@@ -1012,7 +1107,7 @@ fn apply(
                 return Step::Wait(TrustError::Unproven);
             };
             let signer = &endorsement.signature.credential_id;
-            let keys = signers((member, trusted), cache.blob, withdrawn, true);
+            let keys = signers((member, trusted), cache.digest, withdrawn, true);
             match cache.check(&keys, signer, || {
                 endorsement.verify(&keys, origin, rp_id).map(|_| ())
             }) {
@@ -1266,7 +1361,8 @@ mod tests {
             (ORIGIN, RP),
             (&used, &mut checked),
         );
-        assert_eq!(checked.0.len(), 2, "one check per admission");
+        assert_eq!(checked.checked.len(), 2, "one check per admission");
+        let first_read = Arc::clone(&checked.read[&circle.listed[index].proofs[0]]);
         let warm = verify_directory_with(
             &circle.listed,
             id,
@@ -1275,6 +1371,10 @@ mod tests {
             (&used, &mut checked),
         );
         assert_eq!(warm.members, cold.members);
+        assert!(
+            Arc::ptr_eq(&first_read, &checked.read[&circle.listed[index].proofs[0]]),
+            "read once, not again when seen again"
+        );
         // A proof altered since (here: its admission time) is no check the device made before.
         let mut proof = KeyProof::from_blob(&circle.listed[index].proofs[0]).expect("proof");
         if let KeyProof::Admission(a) = &mut proof {
@@ -1290,10 +1390,13 @@ mod tests {
         );
         assert!(!altered.members.contains_key(&circle.listed[index].id));
         assert_eq!(
-            checked.0.len(),
+            checked.checked.len(),
             1,
             "only what the latest directory carried is kept"
         );
+        // The proofs it read, too: the altered one in place of the one it replaced.
+        assert_eq!(checked.read.len(), 2);
+        assert!(checked.read.contains_key(&circle.listed[index].proofs[0]));
     }
 
     #[test]
