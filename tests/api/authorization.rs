@@ -6,7 +6,7 @@ use tessera_server::circle;
 use tessera_tests::TestApp;
 use tessera_wire::{Role, SESSION_COOKIE};
 
-use crate::support::assert_refused;
+use crate::support::{assert_deletes_refused, assert_refused};
 
 #[tokio::test]
 async fn without_a_session_everything_but_login_is_refused() {
@@ -248,8 +248,6 @@ async fn a_revocation_without_its_signed_statement_is_refused_and_changes_nothin
     let mut admin = app.admin().await;
     let member = app.invite(&mut admin, Role::Member, "Grace").await;
     let url = format!("{}api/v1/members/{}", app.origin, member.granted.member);
-    let http = reqwest::Client::new();
-    let bearer = format!("Bearer {}", admin.granted.session);
     // No body, an empty statement, an oversized one, an unknown field.
     let bodies = [
         None,
@@ -257,22 +255,7 @@ async fn a_revocation_without_its_signed_statement_is_refused_and_changes_nothin
         Some(serde_json::json!({ "statement": "B".repeat(11_000) })),
         Some(serde_json::json!({ "statement": "AAAA", "member": "x" })),
     ];
-    for body in bodies {
-        let mut request = http
-            .delete(&url)
-            .header(reqwest::header::AUTHORIZATION, &bearer);
-        if let Some(body) = &body {
-            request = request.json(body);
-        }
-        let response = request.send().await.expect("the server answers");
-        assert!(
-            response.status().is_client_error(),
-            "{body:?}: {}",
-            response.status()
-        );
-        let error: serde_json::Value = response.json().await.expect("an error body");
-        assert!(error["message"].is_string(), "{error}");
-    }
+    assert_deletes_refused(&url, &admin.granted.session, &bodies).await;
     // Nothing changed: the member is listed with their key, unrevoked, and their session works.
     let directory = admin.client.members().await.expect("directory");
     let listed = directory

@@ -7,7 +7,7 @@ use tessera_engine::decision::{Decision, SignedDecision};
 use tessera_tests::TestApp;
 use tessera_wire::{Base64Url, ErrorCode, InvitationKind, Role};
 
-use crate::support::assert_refused;
+use crate::support::{assert_deletes_refused, assert_refused};
 
 fn b64(bytes: &[u8]) -> String {
     Base64Url::encode(bytes)
@@ -114,8 +114,6 @@ async fn a_key_revocation_without_its_signed_statement_is_refused_and_changes_no
     let admin = app.admin().await;
     let (_, spare) = admin.client.add_passkey(Some("spare")).await.expect("add");
     let url = format!("{}api/v1/me/passkeys/{}", app.origin, spare.id.text());
-    let http = reqwest::Client::new();
-    let bearer = format!("Bearer {}", admin.granted.session);
     let before = admin.client.members().await.expect("directory");
     // No body, an empty statement, one over the bound, an unknown field, a body over the
     // route's limit.
@@ -126,19 +124,7 @@ async fn a_key_revocation_without_its_signed_statement_is_refused_and_changes_no
         Some(serde_json::json!({ "statement": "AAAA", "member": "x" })),
         Some(serde_json::json!({ "statement": "B".repeat(1_100_000) })),
     ];
-    for body in bodies {
-        let mut request = http
-            .delete(&url)
-            .header(reqwest::header::AUTHORIZATION, &bearer);
-        if let Some(body) = &body {
-            request = request.json(body);
-        }
-        let response = request.send().await.expect("the server answers");
-        let status = response.status();
-        assert!(status.is_client_error(), "{status}");
-        let error: serde_json::Value = response.json().await.expect("an error body");
-        assert!(error["message"].is_string(), "{error}");
-    }
+    assert_deletes_refused(&url, &admin.granted.session, &bodies).await;
     assert_eq!(admin.client.passkeys().await.expect("keys").len(), 2);
     let after = admin.client.members().await.expect("directory");
     assert_eq!(after[0].proofs, before[0].proofs);

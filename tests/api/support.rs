@@ -74,3 +74,27 @@ pub fn tampered_responses(other_type: &str) -> Vec<(&'static str, Tamper)> {
         ),
     ]
 }
+
+/// Sends `DELETE url` with the session `session` once per body (`None`: no body) and checks
+/// that each is refused as a client error that explains itself.
+pub async fn assert_deletes_refused(
+    url: &str,
+    session: &str,
+    bodies: &[Option<serde_json::Value>],
+) {
+    let http = reqwest::Client::new();
+    let bearer = format!("Bearer {session}");
+    for body in bodies {
+        let mut request = http
+            .delete(url)
+            .header(reqwest::header::AUTHORIZATION, &bearer);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.expect("the server answers");
+        let status = response.status();
+        assert!(status.is_client_error(), "{status}");
+        let error: serde_json::Value = response.json().await.expect("an error body");
+        assert!(error["message"].is_string(), "{error}");
+    }
+}

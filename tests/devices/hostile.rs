@@ -120,30 +120,20 @@ impl Honest {
         m.quit();
         let key = SoftKey::load(&mallory.key).expect("Mallory's key");
         let proof = proof(id.parse().expect("member id"), key.public_key_info());
-        let database = self
-            .root
-            .path()
-            .join("server")
-            .join(tessera_server::store::DATABASE_FILE);
-        block_on(async {
-            let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&database);
-            let mut connection = sqlx::ConnectOptions::connect(&options)
-                .await
-                .expect("the database opens");
-            sqlx::query("DELETE FROM member_proofs WHERE member_id = ?")
-                .bind(&id)
-                .execute(&mut connection)
-                .await
-                .expect("the proofs go");
-            sqlx::query(
-                "INSERT INTO member_proofs (member_id, proof, created_at) VALUES (?, ?, 0)",
-            )
-            .bind(&id)
-            .bind(proof.as_slice())
-            .execute(&mut connection)
-            .await
-            .expect("the proof is written");
-        });
+        self.sql(
+            "DELETE FROM member_proofs WHERE member_id = ?",
+            &[id.as_str()],
+        );
+        let hex: String = proof
+            .as_slice()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let written = self.sql(
+            "INSERT INTO member_proofs (member_id, proof, created_at) VALUES (?, unhex(?), 0)",
+            &[id.as_str(), hex.as_str()],
+        );
+        assert_eq!(written, 1, "the proof is written");
         (mallory, id)
     }
 

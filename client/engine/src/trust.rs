@@ -519,21 +519,9 @@ pub fn verify_directory_with(
     // chain is checked again (only a hostile directory makes that happen).
     let read = checked.read(listed);
     let mut withdrawn = revocation_claims(&read);
-    let rounds = withdrawn.len();
-    let (mut out, mut held) = verify_pass(
-        (listed, &read),
-        circle,
-        root,
-        origin_rp,
-        (used, checked),
-        &withdrawn,
-    );
-    for _ in 0..rounds {
-        if held == withdrawn {
-            break;
-        }
-        withdrawn = held;
-        (out, held) = verify_pass(
+    let mut rounds_left = withdrawn.len();
+    loop {
+        let (out, held) = verify_pass(
             (listed, &read),
             circle,
             root,
@@ -541,8 +529,12 @@ pub fn verify_directory_with(
             (used, checked),
             &withdrawn,
         );
+        if held == withdrawn || rounds_left == 0 {
+            return out;
+        }
+        rounds_left -= 1;
+        withdrawn = held;
     }
-    out
 }
 
 /// The digests ([`proof_digest`]) of the proofs a revocation keeps.
@@ -1685,6 +1677,11 @@ mod tests {
             key: None,
             keeps: None,
         };
+        signed(statement, key)
+    }
+
+    /// `statement`, signed with `key`, as the server lists it.
+    fn signed(statement: crate::decision::DecisionStatement, key: &mut SoftKey) -> Base64Url {
         SignedDecision::sign(statement, RP, |r| key.sign_in(r, ORIGIN))
             .expect("signs")
             .to_blob()
@@ -1759,12 +1756,12 @@ mod tests {
         );
     }
 
-    /// The revocation of the key `key` of the member at `member`, issued by the one at `issuer`
-    /// and signed with `signing`.
-    fn revoke_key(
+    /// The revocation of the member at `member` (with `key`: of that key of theirs), issued by
+    /// the one at `issuer` and signed with `signing`.
+    fn revoke(
         circle: &Circle,
         (member, issuer): (usize, usize),
-        key: &PublicKeyInfo,
+        key: Option<&PublicKeyInfo>,
         signing: &mut SoftKey,
     ) -> Base64Url {
         let ids = (
@@ -1772,10 +1769,7 @@ mod tests {
             circle.listed[member].id,
             circle.listed[issuer].id,
         );
-        let statement = revocation(&circle.listed, ids, Some(key.clone()), NOW);
-        SignedDecision::sign(statement, RP, |r| signing.sign_in(r, ORIGIN))
-            .expect("signs")
-            .to_blob()
+        signed(revocation(&circle.listed, ids, key.cloned(), NOW), signing)
     }
 
     #[test]
@@ -1798,7 +1792,7 @@ mod tests {
         let bea_id = circle.listed[bea].id;
 
         // The founding key is lost: the spare signs its revocation, and the server drops it.
-        let revocation = revoke_key(&circle, (0, 0), &root_key, &mut spare_key);
+        let revocation = revoke(&circle, (0, 0), Some(&root_key), &mut spare_key);
         circle.listed[0].proofs.push(revocation);
         circle.listed[0].passkeys.remove(0);
         let trusted = circle.verify();
@@ -1824,7 +1818,7 @@ mod tests {
         let (mallory, _) = circle.admit(Role::Admin);
         let mallory_id = circle.listed[mallory].id;
         let mut thief = std::mem::replace(&mut circle.founder, SoftKey::blank().expect("key"));
-        let theft = revoke_key(&circle, (0, 0), &spare, &mut thief);
+        let theft = revoke(&circle, (0, 0), Some(&spare), &mut thief);
         circle.listed[0].proofs.push(theft);
         let trusted = circle.verify();
         assert!(!trusted.members.contains_key(&mallory_id));
@@ -1848,9 +1842,9 @@ mod tests {
         // Bea's key revoked by another member, or by a stranger's key in her name: it stays.
         let (cid, mut cid_key) = circle.admit_with(&mut spare_key, Role::Member);
         let bea_passkey = circle.listed[bea].passkeys[0].clone();
-        let by_cid = revoke_key(&circle, (bea, cid), &bea_passkey, &mut cid_key);
+        let by_cid = revoke(&circle, (bea, cid), Some(&bea_passkey), &mut cid_key);
         let (mut stranger, _) = member(Role::Member);
-        let in_her_name = revoke_key(&circle, (bea, bea), &bea_passkey, &mut stranger);
+        let in_her_name = revoke(&circle, (bea, bea), Some(&bea_passkey), &mut stranger);
         circle.listed[bea].proofs.push(by_cid.clone());
         circle.listed[bea].proofs.push(in_her_name.clone());
         let trusted = circle.verify();
@@ -1866,8 +1860,8 @@ mod tests {
 
         // Her own key revokes itself; an admin (the founder's spare) revokes it just as well.
         for signed in [
-            revoke_key(&circle, (bea, bea), &bea_passkey, &mut bea_key),
-            revoke_key(&circle, (bea, 0), &bea_passkey, &mut spare_key),
+            revoke(&circle, (bea, bea), Some(&bea_passkey), &mut bea_key),
+            revoke(&circle, (bea, 0), Some(&bea_passkey), &mut spare_key),
         ] {
             circle.listed[bea]
                 .proofs
@@ -1885,23 +1879,6 @@ mod tests {
         }
     }
 
-    /// The revocation of the member at `member` by the admin at `issuer`, signed with `signing`.
-    fn revoke_member(
-        circle: &Circle,
-        (member, issuer): (usize, usize),
-        signing: &mut SoftKey,
-    ) -> Base64Url {
-        let ids = (
-            circle.id,
-            circle.listed[member].id,
-            circle.listed[issuer].id,
-        );
-        let statement = revocation(&circle.listed, ids, None, NOW);
-        SignedDecision::sign(statement, RP, |r| signing.sign_in(r, ORIGIN))
-            .expect("signs")
-            .to_blob()
-    }
-
     #[test]
     fn a_revoked_admins_invitations_and_revocations_hold_and_nothing_they_sign_afterwards() {
         let mut circle = Circle::new();
@@ -1915,12 +1892,12 @@ mod tests {
         let admission = secret.admit(signed, dee.id, dee.passkeys[0].clone(), NOW);
         dee.proofs.push(KeyProof::Admission(admission).to_blob());
         circle.listed.push(dee.clone());
-        let by_bea = revoke_member(&circle, (cid, bea), &mut bea_key);
+        let by_bea = revoke(&circle, (cid, bea), None, &mut bea_key);
         circle.listed[cid].revocation = Some(by_bea);
 
         // The founder revokes Bea; the server lists her, keys and all, with the revocation.
         let mut founder = std::mem::replace(&mut circle.founder, SoftKey::blank().expect("key"));
-        let of_bea = revoke_member(&circle, (bea, 0), &mut founder);
+        let of_bea = revoke(&circle, (bea, 0), None, &mut founder);
         circle.founder = founder;
         circle.listed[bea].revocation = Some(of_bea);
         let trusted = circle.verify();
@@ -1961,7 +1938,7 @@ mod tests {
 
         // A revocation of Bea forged in the founder's name (signed by Cid's key) does not hold:
         // she is an admin again, and her later invitation admits Eve.
-        let forged = revoke_member(&circle, (bea, 0), &mut cid_key);
+        let forged = revoke(&circle, (bea, 0), None, &mut cid_key);
         circle.listed[bea].revocation = Some(forged);
         let trusted = circle.verify();
         assert!(trusted.members.contains_key(&bea_id));
