@@ -4,8 +4,8 @@ use serde::{Deserialize, Serialize};
 use tessera_wire::{PasskeyInfo, PublicKeyInfo, RegisterPublicKeyCredential, Role};
 use uuid::Uuid;
 use webauthn_rs::prelude::{
-    COSEKeyType, CreationChallengeResponse, CredentialID, DiscoverableAuthentication, Passkey,
-    PasskeyRegistration,
+    COSEAlgorithm, COSEKeyType, CreationChallengeResponse, CredentialID,
+    DiscoverableAuthentication, ECDSACurve, Passkey, PasskeyRegistration,
 };
 
 use crate::config::AttestationPolicy;
@@ -146,6 +146,9 @@ pub fn passkey_record(
     passkey: &Passkey,
     credential: &RegisterPublicKeyCredential,
 ) -> ApiResult<PasskeyRecord> {
+    if !devices_verify(passkey) {
+        return Err(ApiError::UnsupportedKey);
+    }
     let aaguid = reported_aaguid(credential);
     if let AttestationPolicy::Aaguids(allowed) = &state.config.attestation
         && !aaguid.is_some_and(|a| allowed.contains(&a))
@@ -161,6 +164,15 @@ pub fn passkey_record(
         created_at: state.clock.now(),
         last_used_at: None,
     })
+}
+
+/// Whether every device can check this key's signatures: ES256 on P-256, the one algorithm of
+/// device certificates and signed statements (`client/engine/src/signed.rs`). An RS256 or ES384
+/// key would enroll and then certify nothing, and an RSA key has no place in the directory.
+fn devices_verify(passkey: &Passkey) -> bool {
+    let key = passkey.get_public_key();
+    key.type_ == COSEAlgorithm::ES256
+        && matches!(&key.key, COSEKeyType::EC_EC2(ec) if ec.curve == ECDSACurve::SECP256R1)
 }
 
 /// Starts registering a key for `member` (new or existing): the options for the browser — a
@@ -183,6 +195,11 @@ pub async fn start_registration(
     )?;
     show_label(&mut options, label);
     require_discoverable_roaming_key(&mut options);
+    // Only what devices verify is asked for (checked again at the end: `devices_verify`).
+    options
+        .public_key
+        .pub_key_cred_params
+        .retain(|p| p.alg == COSEAlgorithm::ES256 as i64);
     Ok((options, registration))
 }
 
@@ -216,7 +233,7 @@ pub fn stored_passkey(record: &PasskeyRecord) -> ApiResult<Passkey> {
 pub fn public_key_info(record: &PasskeyRecord) -> ApiResult<PublicKeyInfo> {
     let passkey = stored_passkey(record)?;
     let (alg, bytes) = match &passkey.get_public_key().key {
-        COSEKeyType::EC_EC2(ec) => {
+        COSEKeyType::EC_EC2(ec) if ec.curve == ECDSACurve::SECP256R1 => {
             let mut point = Vec::with_capacity(65);
             point.push(0x04);
             point.extend_from_slice(ec.x.as_ref());
@@ -224,8 +241,8 @@ pub fn public_key_info(record: &PasskeyRecord) -> ApiResult<PublicKeyInfo> {
             ("ES256", point)
         }
         COSEKeyType::EC_OKP(okp) => ("EdDSA", okp.x.to_vec()),
-        COSEKeyType::RSA(_) => {
-            return Err(ApiError::Internal("RSA keys are not supported".into()));
+        COSEKeyType::EC_EC2(_) | COSEKeyType::RSA(_) => {
+            return Err(ApiError::Internal("a key devices cannot verify".into()));
         }
     };
     Ok(PublicKeyInfo {

@@ -51,6 +51,12 @@ pub enum ApiError {
     /// The key's model is not admitted by the attestation policy.
     #[error("this model of key is not admitted by the circle's policy")]
     AttestationRefused,
+    /// The key signs with another algorithm than ES256 (P-256), which devices cannot verify.
+    #[error(
+        "this key signs with an algorithm the circle's devices cannot verify: use a key that \
+         supports ES256 (P-256), as every current security key does"
+    )]
+    UnsupportedKey,
     /// The member would be left without a key.
     #[error("you cannot remove your last key; add another first")]
     LastPasskey,
@@ -110,6 +116,9 @@ impl ApiError {
             ApiError::CounterRegression => (StatusCode::UNAUTHORIZED, ErrorCode::CounterRegression),
             ApiError::CredentialExists => (StatusCode::CONFLICT, ErrorCode::CredentialExists),
             ApiError::AttestationRefused => (StatusCode::FORBIDDEN, ErrorCode::AttestationRefused),
+            ApiError::UnsupportedKey => {
+                (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::UnsupportedKey)
+            }
             ApiError::LastPasskey => (StatusCode::CONFLICT, ErrorCode::LastPasskey),
             ApiError::CannotRevokeSelf => (StatusCode::CONFLICT, ErrorCode::CannotRevokeSelf),
             ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidRequest),

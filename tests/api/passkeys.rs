@@ -263,3 +263,74 @@ async fn the_directory_carries_each_members_public_keys() {
         b64(admin.key.credential_id())
     );
 }
+
+/// COSE keys of algorithms devices cannot verify: RS256 (a 2048-bit modulus) and ES384 (the P-384
+/// base point), CBOR-encoded by hand.
+fn foreign_cose_keys() -> [(&'static str, Vec<u8>); 2] {
+    let mut rs256 = vec![
+        0xa4, 0x01, 0x03, 0x03, 0x39, 0x01, 0x00, 0x20, 0x59, 0x01, 0x00,
+    ];
+    rs256.extend(std::iter::once(0xc5).chain(std::iter::repeat_n(0x5a, 255)));
+    rs256.extend([0x21, 0x43, 0x01, 0x00, 0x01]);
+    let hex = |text: &str| -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
+            .collect()
+    };
+    let mut es384 = vec![
+        0xa5, 0x01, 0x02, 0x03, 0x38, 0x22, 0x20, 0x02, 0x21, 0x58, 0x30,
+    ];
+    es384.extend(hex("aa87ca22be8b05378eb1c71ef320ad746e1d3b628ba79b9859f741e082542a385502f25dbf55296c3a545e3872760ab7"));
+    es384.extend([0x22, 0x58, 0x30]);
+    es384.extend(hex("3617de4a96262c6f5d9e98bf9292dc29f8f41dbd289a147ce9da3113b5f0b8c00a60b1ce1d7e819d7a431d7c90ea0e5f"));
+    [("RS256", rs256), ("ES384", es384)]
+}
+
+#[tokio::test]
+async fn a_key_devices_cannot_verify_is_refused_and_the_directory_stays_whole() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    for (alg, cose_key) in foreign_cose_keys() {
+        let options = admin.client.add_passkey_start(None).await.expect("start");
+        // Only ES256 is asked for.
+        let json = serde_json::to_value(&options).expect("json");
+        let params = json["publicKey"]["pubKeyCredParams"]
+            .as_array()
+            .expect("params");
+        assert!(
+            !params.is_empty() && params.iter().all(|p| p["alg"] == -7),
+            "{params:?}"
+        );
+        let foreign = tessera_client::authenticator::Tamper {
+            cose_key: Some(cose_key),
+            ..Default::default()
+        };
+        let (_key, credential) = tessera_client::authenticator::SoftKey::register_with(
+            &options.options,
+            app.origin.as_str(),
+            &foreign,
+        )
+        .expect("register");
+        let error = admin
+            .client
+            .add_passkey_finish(&options.ceremony, credential, None)
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(
+                error.code(),
+                Some(ErrorCode::UnsupportedKey | ErrorCode::WebauthnRejected)
+            ),
+            "{alg}: {error}"
+        );
+        assert_eq!(
+            admin.client.passkeys().await.expect("keys").len(),
+            1,
+            "{alg}"
+        );
+    }
+    let directory = admin.client.members().await.expect("the directory answers");
+    assert_eq!(directory[0].passkeys.len(), 1);
+    assert!(directory[0].passkeys.iter().all(|k| k.alg == "ES256"));
+}

@@ -84,6 +84,8 @@ code::codes! {
         CredentialExists = "credential_exists",
         /// The key's model is not admitted by the attestation policy.
         AttestationRefused = "attestation_refused",
+        /// The key signs with an algorithm devices cannot verify (only ES256 is admitted).
+        UnsupportedKey = "unsupported_key",
         /// The member would be left without a key.
         LastPasskey = "last_passkey",
         /// An admin tried to revoke themselves.

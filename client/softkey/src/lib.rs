@@ -163,6 +163,10 @@ mod tamper {
         /// Registration only: report this AAGUID (authenticator model) instead of
         /// all zeros, as a key of that model would.
         pub aaguid: Option<[u8; 16]>,
+        /// Registration only: put this COSE_Key in the attested credential data
+        /// instead of the key's own, as a key of another algorithm (RS256,
+        /// ES384) would. The key still signs with its own P-256 key later.
+        pub cose_key: Option<Vec<u8>>,
     }
 }
 
@@ -493,7 +497,11 @@ impl SoftKey {
 
         let client_data_json =
             client_data_json(tamper, "webauthn.create", &opts.challenge, &page.origin)?;
-        let attested = key.attested_credential_data()?;
+        let mut attested = key.attested_credential_data()?;
+        if let Some(cose_key) = &tamper.cose_key {
+            attested.truncate(16 + 2 + key.credential_id.len());
+            attested.extend_from_slice(cose_key);
+        }
         let auth_data = authenticator_data(
             tamper,
             &key.rp_id,
