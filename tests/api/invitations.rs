@@ -1,6 +1,8 @@
 //! Invitations as admins issue, list and revoke them.
 
 use reqwest::StatusCode;
+use tessera_client::api::invitation_token;
+use tessera_client::authenticator::SoftKey;
 use tessera_client::invitation::SignedInvitation;
 use tessera_client::trust::{KeyProof, LinkSecrets, member_id_for};
 use tessera_tests::TestApp;
@@ -197,4 +199,76 @@ async fn oversized_or_empty_statements_and_proofs_and_taken_member_ids_are_refus
         "invalid_request",
     );
     assert_eq!(admin.client.members().await.expect("directory").len(), 2);
+}
+
+#[tokio::test]
+async fn a_revoked_admins_invitations_admit_no_one_even_mid_ceremony() {
+    let app = TestApp::spawn().await;
+    let mut founder = app.admin().await;
+    let mut bea = app.invite(&mut founder, Role::Admin, "Bea").await;
+    let before_revocation = bea.invite(Role::Admin, None).await;
+    let started_early = bea.invite(Role::Member, None).await;
+    // One newcomer starts enrolling before Bea is revoked, the other after.
+    let mut early = app.client();
+    let token = invitation_token(&started_early).expect("token");
+    let early_options = early.enroll_start(&token, None).await.expect("start");
+    founder
+        .revoke(bea.granted.member)
+        .await
+        .expect("the founder revokes Bea");
+
+    let token = invitation_token(&before_revocation).expect("token");
+    assert_refused(
+        app.client().enroll_start(&token, None).await,
+        StatusCode::GONE,
+        "invitation_unusable",
+    );
+    let (_key, credential) =
+        SoftKey::register(&early_options.options, app.origin.as_str()).expect("key");
+    assert_refused(
+        early
+            .enroll_finish(&early_options.ceremony, credential)
+            .await,
+        StatusCode::GONE,
+        "invitation_unusable",
+    );
+    // Even if her invitation were still pending (a revocation racing the enrollment, written
+    // back here behind the server's back), it admits no one while she is not an active admin.
+    let database = app.data_dir().join(tessera_server::store::DATABASE_FILE);
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&database);
+    let mut connection = sqlx::ConnectOptions::connect(&options)
+        .await
+        .expect("the database opens");
+    sqlx::query("UPDATE invitations SET revoked_at = NULL WHERE created_by = ?")
+        .bind(bea.granted.member.to_string())
+        .execute(&mut connection)
+        .await
+        .expect("written back");
+    let mut late = app.client();
+    let late_options = late.enroll_start(&token, None).await.expect("start");
+    let (_key, credential) =
+        SoftKey::register(&late_options.options, app.origin.as_str()).expect("key");
+    assert_refused(
+        late.enroll_finish(&late_options.ceremony, credential).await,
+        StatusCode::GONE,
+        "invitation_unusable",
+    );
+    sqlx::query("UPDATE invitations SET revoked_at = 1 WHERE created_by = ?")
+        .bind(bea.granted.member.to_string())
+        .execute(&mut connection)
+        .await
+        .expect("revoked again");
+    // No one joined: the founder and the revoked Bea are all the directory holds, and Bea's
+    // invitations are no longer pending.
+    let directory = founder.client.members().await.expect("directory");
+    assert_eq!(directory.len(), 2, "{directory:?}");
+    assert!(
+        founder
+            .client
+            .invitations()
+            .await
+            .expect("pending")
+            .is_empty(),
+        "Bea's invitations are no longer pending"
+    );
 }

@@ -169,7 +169,8 @@ pub trait Store: Send + Sync + 'static {
     /// Takes (deletes and returns) a ceremony's state; `None` if unknown, already taken or expired.
     async fn take_ceremony(&self, id_hash: &Digest, now: i64) -> StoreResult<Option<String>>;
 
-    /// Consumes the invitation and writes the member, key and session, atomically.
+    /// Consumes the invitation (only while its issuer is an unrevoked admin) and writes the
+    /// member, key and session, atomically.
     async fn enroll(&self, enrollment: &Enrollment, now: i64) -> StoreResult<()>;
     /// Adds a key to an existing member (who must not be revoked).
     async fn add_passkey(&self, passkey: &PasskeyRecord, proof: Option<&[u8]>) -> StoreResult<()>;
@@ -220,7 +221,7 @@ pub trait Store: Send + Sync + 'static {
     /// first.
     async fn revoked_members_of(&self, circle: Uuid) -> StoreResult<Vec<(MemberRecord, Vec<u8>)>>;
     /// Revokes a member of the circle, keeping the signed `revocation` (opaque), ending their
-    /// sessions and pending recovery invitations.
+    /// sessions, their pending recovery invitations and every pending invitation they issued.
     async fn revoke_member(
         &self,
         circle: Uuid,

@@ -348,10 +348,13 @@ impl Store for SqliteStore {
 
     async fn enroll(&self, enrollment: &Enrollment, now: i64) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
-        // The write comes first so that SQLite takes its write lock at once.
+        // The write comes first so that SQLite takes its write lock at once. An invitation admits
+        // only while its issuer is an admin of the circle (the operator's first link has none).
         let consumed = sqlx::query(
             "UPDATE invitations SET used_at = ? \
-             WHERE token_hash = ? AND used_at IS NULL AND revoked_at IS NULL AND expires_at > ?",
+             WHERE token_hash = ? AND used_at IS NULL AND revoked_at IS NULL AND expires_at > ? \
+             AND (created_by IS NULL OR created_by IN \
+                  (SELECT id FROM members WHERE role = 'admin' AND revoked_at IS NULL))",
         )
         .bind(now)
         .bind(&enrollment.invitation_hash[..])
@@ -613,11 +616,13 @@ impl Store for SqliteStore {
             .bind(id.to_string())
             .execute(&mut *tx)
             .await?;
+        // Their recovery invitations, and every invitation they issued.
         sqlx::query(
             "UPDATE invitations SET revoked_at = ? \
-             WHERE member_id = ? AND used_at IS NULL AND revoked_at IS NULL",
+             WHERE (member_id = ? OR created_by = ?) AND used_at IS NULL AND revoked_at IS NULL",
         )
         .bind(now)
+        .bind(id.to_string())
         .bind(id.to_string())
         .execute(&mut *tx)
         .await?;
