@@ -45,6 +45,13 @@ pub fn tampered_responses(other_type: &str) -> Vec<(&'static str, Tamper)> {
             },
         ),
         (
+            "cross-origin (a frame on another site)",
+            Tamper {
+                cross_origin: true,
+                ..Tamper::default()
+            },
+        ),
+        (
             "wrong challenge",
             Tamper {
                 challenge: Some(vec![7; 32]),

@@ -163,6 +163,9 @@ mod tamper {
         /// Registration only: report this AAGUID (authenticator model) instead of
         /// all zeros, as a key of that model would.
         pub aaguid: Option<[u8; 16]>,
+        /// Say `crossOrigin: true` in clientDataJSON, as a page embedded in another
+        /// site's frame would.
+        pub cross_origin: bool,
         /// Registration only: put this COSE_Key in the attested credential data
         /// instead of the key's own, as a key of another algorithm (RS256,
         /// ES384) would. The key still signs with its own P-256 key later.
@@ -329,7 +332,7 @@ fn client_data_json(
         type_: tamper.client_data_type.as_deref().unwrap_or(type_),
         challenge: Base64Url::encode(tamper.challenge.as_deref().unwrap_or(challenge)),
         origin: tamper.origin.as_deref().unwrap_or(origin),
-        cross_origin: false,
+        cross_origin: tamper.cross_origin,
     };
     serde_json::to_vec(&data).map_err(encoding)
 }

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::{Json, Router};
-use tessera_wire::{AuthenticationOptions, LoginFinishRequest};
+use tessera_wire::{AuthenticationOptions, LoginFinishRequest, PublicKeyCredential};
 use webauthn_rs::prelude::WebauthnError;
 
 use crate::auth::{self, Caller};
@@ -44,6 +44,7 @@ async fn finish(
     else {
         return Err(ApiError::CeremonyMismatch);
     };
+    refuse_cross_origin(&request.credential)?;
     let (user_handle, credential_id) = state
         .webauthn
         .identify_discoverable_authentication(&request.credential)?;
@@ -87,4 +88,21 @@ async fn logout(State(state): State<AppState>, caller: Caller) -> ApiResult<impl
     state.store.delete_session(&caller.session_hash).await?;
     state.signals.revoke_session(&caller.session_hash);
     Ok((StatusCode::NO_CONTENT, [auth::clearing_cookie()]))
+}
+
+/// Refuses an assertion made in a frame of another site (`crossOrigin: true` in its client
+/// data), as registration does: the login page is never framed.
+///
+/// # Errors
+/// [`ApiError::WebauthnRejected`].
+fn refuse_cross_origin(credential: &PublicKeyCredential) -> ApiResult<()> {
+    let client_data: serde_json::Value =
+        serde_json::from_slice(credential.response.client_data_json.as_ref())
+            .map_err(|e| ApiError::WebauthnRejected(format!("client data: {e}")))?;
+    if client_data["crossOrigin"] == true {
+        return Err(ApiError::WebauthnRejected(
+            "a cross-origin assertion".into(),
+        ));
+    }
+    Ok(())
 }
