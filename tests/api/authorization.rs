@@ -3,6 +3,7 @@
 use reqwest::StatusCode;
 use tessera_engine::decision::{Decision, SignedDecision};
 use tessera_server::circle;
+use tessera_server::store::{SqliteStore, Store as _};
 use tessera_tests::TestApp;
 use tessera_wire::{Role, SESSION_COOKIE};
 
@@ -337,4 +338,59 @@ async fn only_an_admin_promotes_with_a_signed_statement_and_the_directory_carrie
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid_request",
     );
+}
+
+#[tokio::test]
+async fn two_admins_revoking_each_other_at_once_leave_one_admin() {
+    let app = TestApp::spawn().await;
+    let mut founder = app.admin().await;
+    let mut bea = app.invite(&mut founder, Role::Admin, "Bea").await;
+    let (founder_id, bea_id) = (founder.granted.member, bea.granted.member);
+    let (a, b) = tokio::join!(founder.revoke(bea_id), bea.revoke(founder_id));
+    assert!(
+        a.is_ok() != b.is_ok(),
+        "exactly one revocation is written: {a:?} {b:?}"
+    );
+    let survivor = if a.is_ok() { &founder } else { &bea };
+    let directory = survivor.client.members().await.expect("the survivor is in");
+    let admins: Vec<_> = directory
+        .iter()
+        .filter(|m| m.role == Role::Admin && m.revocation.is_none())
+        .collect();
+    assert_eq!(admins.len(), 1, "{directory:?}");
+}
+
+#[tokio::test]
+async fn an_admin_revoked_meanwhile_revokes_and_promotes_no_one() {
+    let app = TestApp::spawn().await;
+    let mut founder = app.admin().await;
+    let bea = app.invite(&mut founder, Role::Admin, "Bea").await;
+    let grace = app.invite(&mut founder, Role::Member, "Grace").await;
+    founder
+        .revoke(bea.granted.member)
+        .await
+        .expect("revoke Bea");
+    // Bea's decisions arriving after her admin check passed but written after her revocation:
+    // the write itself checks, as a request in flight would find.
+    let store = SqliteStore::open(app.data_dir())
+        .await
+        .expect("the store opens");
+    let by_bea = (founder.granted.circle, bea.granted.member);
+    assert!(
+        !store
+            .revoke_member(by_bea, founder.granted.member, 1, b"{}")
+            .await
+            .expect("the store answers")
+    );
+    assert!(
+        !store
+            .promote_member(by_bea, grace.granted.member, 1, b"{}")
+            .await
+            .expect("the store answers")
+    );
+    founder.client.me().await.expect("the founder is still in");
+    let directory = founder.client.members().await.expect("directory");
+    let listed = |id| directory.iter().find(|m| m.id == id).expect("listed");
+    assert!(listed(founder.granted.member).revocation.is_none());
+    assert_eq!(listed(grace.granted.member).role, Role::Member);
 }

@@ -71,6 +71,21 @@ async fn directory(
     Ok(Json(directory))
 }
 
+/// Why an admin's decision wrote nothing: they are no longer an admin (revoked meanwhile, by
+/// another admin's decision that won), or there is no such member.
+async fn refusal(state: &AppState, admin: Uuid) -> ApiResult<ApiError> {
+    let still_admin = state
+        .store
+        .member(admin)
+        .await?
+        .is_some_and(|m| m.role == Role::Admin);
+    Ok(if still_admin {
+        ApiError::NotFound("member")
+    } else {
+        ApiError::AdminRequired
+    })
+}
+
 fn member_id(id: &str) -> ApiResult<Uuid> {
     Uuid::parse_str(id).map_err(|_| ApiError::NotFound("member"))
 }
@@ -97,12 +112,13 @@ async fn revoke(
         return Err(ApiError::CannotRevokeSelf);
     }
     let revocation = opaque(Some(request.statement), "statement")?.unwrap_or_default();
+    let by = (admin.member.circle, admin.member.id);
     if !state
         .store
-        .revoke_member(admin.member.circle, target, state.clock.now(), &revocation)
+        .revoke_member(by, target, state.clock.now(), &revocation)
         .await?
     {
-        return Err(ApiError::NotFound("member"));
+        return Err(refusal(&state, admin.member.id).await?);
     }
     state.signals.revoke_member(target);
     tracing::info!("member revoked");
@@ -124,14 +140,14 @@ async fn promote(
     if !state
         .store
         .promote_member(
-            admin.member.circle,
+            (admin.member.circle, admin.member.id),
             target.id,
             state.clock.now(),
             &promotion,
         )
         .await?
     {
-        return Err(ApiError::NotFound("member"));
+        return Err(refusal(&state, admin.member.id).await?);
     }
     tracing::info!("member promoted");
     Ok(StatusCode::NO_CONTENT)

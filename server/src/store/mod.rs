@@ -209,10 +209,11 @@ pub trait Store: Send + Sync + 'static {
     /// The circle's unrevoked members.
     async fn members_of(&self, circle: Uuid) -> StoreResult<Vec<MemberRecord>>;
     /// Makes an unrevoked member of the circle an admin, keeping the signed `promotion` (opaque)
-    /// among their proofs; false when there is no such member, or they are an admin already.
+    /// among their proofs; false when there is no such member, they are an admin already, or
+    /// `by` is no longer an admin of the circle when the write happens.
     async fn promote_member(
         &self,
-        circle: Uuid,
+        (circle, by): (Uuid, Uuid),
         id: Uuid,
         now: i64,
         promotion: &[u8],
@@ -221,10 +222,12 @@ pub trait Store: Send + Sync + 'static {
     /// first.
     async fn revoked_members_of(&self, circle: Uuid) -> StoreResult<Vec<(MemberRecord, Vec<u8>)>>;
     /// Revokes a member of the circle, keeping the signed `revocation` (opaque), ending their
-    /// sessions, their pending recovery invitations and every pending invitation they issued.
+    /// sessions, their pending recovery invitations and every pending invitation they issued;
+    /// false when there is no such member or `by` is no longer an admin of the circle when the
+    /// write happens (two admins revoking each other at once: one of them wins).
     async fn revoke_member(
         &self,
-        circle: Uuid,
+        (circle, by): (Uuid, Uuid),
         id: Uuid,
         now: i64,
         revocation: &[u8],

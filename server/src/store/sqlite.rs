@@ -114,6 +114,15 @@ fn invitation_of(row: &SqliteRow) -> StoreResult<InvitationRecord> {
 }
 
 /// The columns that [`member_of`] reads, as a literal for `concat!`.
+/// The condition, inside a write to `members`, that the member bound next (the one deciding) is
+/// still an unrevoked admin of the same circle: checked in the write itself, not before it.
+macro_rules! still_admin {
+    () => {
+        "EXISTS (SELECT 1 FROM members a WHERE a.id = ? AND a.circle_id = members.circle_id \
+         AND a.role = 'admin' AND a.revoked_at IS NULL)"
+    };
+}
+
 macro_rules! member_columns {
     () => {
         "id, circle_id, role, created_at"
@@ -553,18 +562,20 @@ impl Store for SqliteStore {
 
     async fn promote_member(
         &self,
-        circle: Uuid,
+        (circle, by): (Uuid, Uuid),
         id: Uuid,
         now: i64,
         promotion: &[u8],
     ) -> StoreResult<bool> {
         let mut tx = self.pool.begin().await?;
-        let promoted = sqlx::query(
+        let promoted = sqlx::query(concat!(
             "UPDATE members SET role = 'admin' \
-             WHERE id = ? AND circle_id = ? AND role = 'member' AND revoked_at IS NULL",
-        )
+             WHERE id = ? AND circle_id = ? AND role = 'member' AND revoked_at IS NULL AND ",
+            still_admin!()
+        ))
         .bind(id.to_string())
         .bind(circle.to_string())
+        .bind(by.to_string())
         .execute(&mut *tx)
         .await?;
         if promoted.rows_affected() != 1 {
@@ -593,20 +604,22 @@ impl Store for SqliteStore {
 
     async fn revoke_member(
         &self,
-        circle: Uuid,
+        (circle, by): (Uuid, Uuid),
         id: Uuid,
         now: i64,
         revocation: &[u8],
     ) -> StoreResult<bool> {
         let mut tx = self.pool.begin().await?;
-        let revoked = sqlx::query(
+        let revoked = sqlx::query(concat!(
             "UPDATE members SET revoked_at = ?, revocation = ? \
-             WHERE id = ? AND circle_id = ? AND revoked_at IS NULL",
-        )
+             WHERE id = ? AND circle_id = ? AND revoked_at IS NULL AND ",
+            still_admin!()
+        ))
         .bind(now)
         .bind(revocation)
         .bind(id.to_string())
         .bind(circle.to_string())
+        .bind(by.to_string())
         .execute(&mut *tx)
         .await?;
         if revoked.rows_affected() != 1 {
