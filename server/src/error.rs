@@ -165,6 +165,7 @@ impl From<StoreError> for ApiError {
             StoreError::CredentialExists => ApiError::CredentialExists,
             StoreError::LastPasskey => ApiError::LastPasskey,
             StoreError::Busy => ApiError::Busy,
+            StoreError::KeyMovedOn => ApiError::CounterRegression,
             other => ApiError::Internal(other.to_string()),
         }
     }

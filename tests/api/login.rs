@@ -2,6 +2,7 @@
 
 use reqwest::StatusCode;
 use tessera_client::authenticator::Tamper;
+use tessera_server::store::{SessionRecord, SqliteStore, Store as _, StoreError};
 use tessera_tests::TestApp;
 use tessera_wire::Role;
 
@@ -173,4 +174,80 @@ async fn logout_ends_the_session() {
     let mut replay = app.client();
     replay.set_session(Some(session));
     assert_refused(replay.me().await, StatusCode::UNAUTHORIZED, "unauthorized");
+}
+
+#[tokio::test]
+async fn a_login_checked_against_a_counter_another_login_moved_on_does_not_count() {
+    let app = TestApp::spawn().await;
+    let mut admin = app.admin().await;
+    let credential_id = admin.key.credential_id().to_vec();
+    let store = SqliteStore::open(app.data_dir())
+        .await
+        .expect("the store opens");
+    let (checked, _) = store
+        .login_key(&credential_id)
+        .await
+        .expect("the store answers")
+        .expect("the key");
+    // Another login with the key comes in between this one's check and its write.
+    app.client()
+        .login(&mut admin.key)
+        .await
+        .expect("the other login");
+    let session = SessionRecord {
+        token_hash: [7; 32],
+        member: admin.granted.member,
+        expires_at: i64::MAX,
+    };
+    let written = store
+        .record_login(
+            &credential_id,
+            (&checked.passkey_json, &checked.passkey_json),
+            &session,
+            1,
+        )
+        .await;
+    assert!(
+        matches!(written, Err(StoreError::KeyMovedOn)),
+        "{written:?}"
+    );
+    assert!(
+        store
+            .session_member(&[7; 32], 2)
+            .await
+            .expect("the store answers")
+            .is_none(),
+        "no session was opened"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_logins_never_leave_a_lower_counter_behind() {
+    let app = TestApp::spawn().await;
+    let mut admin = app.admin().await;
+    let counter = |n| Tamper {
+        counter: Some(n),
+        ..Tamper::default()
+    };
+    let (mut higher_key, mut lower_key) = (admin.key.clone(), admin.key.clone());
+    let (mut a, mut b) = (app.client(), app.client());
+    let (ten, nine) = (counter(10), counter(9));
+    let (higher, lower) = tokio::join!(
+        a.login_with(&mut higher_key, &ten),
+        b.login_with(&mut lower_key, &nine)
+    );
+    assert!(higher.is_ok() || lower.is_ok(), "{higher:?} {lower:?}");
+    // Whatever the order, the stored counter is 10 if the higher one counted: 10 again is a
+    // regression.
+    if higher.is_ok() {
+        assert_refused(
+            app.client().login_with(&mut admin.key, &counter(10)).await,
+            StatusCode::UNAUTHORIZED,
+            "counter_regression",
+        );
+    }
+    app.client()
+        .login_with(&mut admin.key, &counter(11))
+        .await
+        .expect("a higher counter logs in");
 }

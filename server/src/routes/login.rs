@@ -74,7 +74,7 @@ async fn finish(
         .store
         .record_login(
             &record.credential_id,
-            &passkey_json,
+            (&record.passkey_json, &passkey_json),
             &session,
             state.clock.now(),
         )

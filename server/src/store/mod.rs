@@ -107,6 +107,10 @@ pub enum StoreError {
     /// A row could not be read back.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// Another login with the same key wrote its state (its counter) between this login's
+    /// check and its write: this one, checked against an old counter, does not count.
+    #[error("another login with this key came in between")]
+    KeyMovedOn,
     /// Too many ceremonies are pending; try again shortly.
     #[error("too many ceremonies are pending")]
     Busy,
@@ -186,11 +190,13 @@ pub trait Store: Send + Sync + 'static {
         &self,
         credential_id: &[u8],
     ) -> StoreResult<Option<(PasskeyRecord, Option<MemberRecord>)>>;
-    /// After a login: saves the key's updated state (counter, backup flags) and opens the session, atomically.
+    /// After a login: saves the key's updated state (counter, backup flags) and opens the
+    /// session, atomically, if the key's state is still `checked_against` (the state the login
+    /// was checked against); [`StoreError::KeyMovedOn`] when another login wrote it meanwhile.
     async fn record_login(
         &self,
         credential_id: &[u8],
-        passkey_json: &str,
+        (checked_against, passkey_json): (&str, &str),
         session: &SessionRecord,
         now: i64,
     ) -> StoreResult<()>;

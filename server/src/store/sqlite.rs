@@ -490,17 +490,25 @@ impl Store for SqliteStore {
     async fn record_login(
         &self,
         credential_id: &[u8],
-        passkey_json: &str,
+        (checked_against, passkey_json): (&str, &str),
         session: &SessionRecord,
         now: i64,
     ) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE passkeys SET passkey = ?, last_used_at = ? WHERE credential_id = ?")
-            .bind(passkey_json)
-            .bind(now)
-            .bind(credential_id)
-            .execute(&mut *tx)
-            .await?;
+        // Compare and set: the counter a login was checked against must still be the stored one.
+        let written = sqlx::query(
+            "UPDATE passkeys SET passkey = ?, last_used_at = ? \
+             WHERE credential_id = ? AND passkey = ?",
+        )
+        .bind(passkey_json)
+        .bind(now)
+        .bind(credential_id)
+        .bind(checked_against)
+        .execute(&mut *tx)
+        .await?;
+        if written.rows_affected() != 1 {
+            return Err(StoreError::KeyMovedOn);
+        }
         insert_session_in(&mut *tx, session).await?;
         tx.commit().await?;
         Ok(())
