@@ -290,7 +290,17 @@ const pages = {
           say('Touch one of your keys to sign the revocation…');
           const signed = statement.sign(await signWithKey(statement.request(window.location.hostname)));
           await api('DELETE', `/me/passkeys/${encodeURIComponent(key.id)}`, { statement: signed });
-          await draw();
+          try {
+            await draw();
+          } catch (error) {
+            // The sessions a revoked key opened end: this browser's, if it logged in with it.
+            if (error instanceof ApiError && error.status === 401) {
+              body.replaceChildren();
+              say('Key revoked. This browser had logged in with it: log in again with another of your keys.');
+              return;
+            }
+            throw error;
+          }
           say('Key revoked: your devices remove the devices it certified from the circle.');
         });
         body.append(row);

@@ -72,15 +72,21 @@ impl FromRequestParts<AppState> for AdminCaller {
     }
 }
 
-/// A new session for a member: the row to store and what the client receives.
+/// A new session for a member, opened with the key `credential_id`: the row to store and what
+/// the client receives.
 #[must_use]
-pub fn new_session(state: &AppState, member: &MemberRecord) -> (SessionRecord, SessionGranted) {
+pub fn new_session(
+    state: &AppState,
+    member: &MemberRecord,
+    credential_id: &[u8],
+) -> (SessionRecord, SessionGranted) {
     let token = secret::new_token();
     let expires_at = state.clock.now() + state.config.session_ttl_secs;
     let record = SessionRecord {
         token_hash: secret::digest(&token),
         member: member.id,
         expires_at,
+        credential_id: credential_id.to_vec(),
     };
     let granted = SessionGranted {
         member: member.id,

@@ -198,6 +198,7 @@ async fn a_login_checked_against_a_counter_another_login_moved_on_does_not_count
         token_hash: [7; 32],
         member: admin.granted.member,
         expires_at: i64::MAX,
+        credential_id: credential_id.clone(),
     };
     let written = store
         .record_login(

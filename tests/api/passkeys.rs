@@ -4,7 +4,8 @@ use reqwest::StatusCode;
 use tessera_client::api::ApiClientResult;
 use tessera_client::membership::MembershipError;
 use tessera_engine::decision::{Decision, SignedDecision};
-use tessera_tests::TestApp;
+use tessera_tests::{TestApp, WsClient};
+use tessera_wire::signal::ServerFrame;
 use tessera_wire::{Base64Url, ErrorCode, InvitationKind, Role};
 
 use crate::support::{assert_deletes_refused, assert_refused};
@@ -333,4 +334,39 @@ async fn a_key_devices_cannot_verify_is_refused_and_the_directory_stays_whole() 
     let directory = admin.client.members().await.expect("the directory answers");
     assert_eq!(directory[0].passkeys.len(), 1);
     assert!(directory[0].passkeys.iter().all(|k| k.alg == "ES256"));
+}
+
+#[tokio::test]
+async fn revoking_a_key_ends_the_sessions_it_opened_and_only_those() {
+    let app = TestApp::spawn().await;
+    let mut admin = app.admin().await;
+    let (mut spare, _) = admin.client.add_passkey(Some("spare")).await.expect("add");
+    let mut on_spare = app.client();
+    on_spare.login(&mut spare).await.expect("the spare logs in");
+    let mut socket = WsClient::connect_with(&app, on_spare.session(), None, &[])
+        .await
+        .expect("the spare's session opens a socket");
+    assert!(matches!(
+        socket.next().await,
+        Some(ServerFrame::Hello { .. })
+    ));
+
+    // The first key (its session opened at enrollment) revokes the spare.
+    let mut first = admin.key.clone();
+    let spare_id = b64(spare.credential_id());
+    answered(admin.revoke_key(&admin.client, &mut first, &spare_id).await)
+        .expect("the first key revokes the spare");
+    admin.key = first;
+    assert!(matches!(socket.next().await, Some(ServerFrame::Revoked)));
+    assert!(socket.next().await.is_none(), "then the server closes");
+    assert_refused(
+        on_spare.me().await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+    admin
+        .client
+        .me()
+        .await
+        .expect("the first key's session goes on");
 }

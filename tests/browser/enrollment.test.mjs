@@ -325,6 +325,16 @@ test('g. the admin adds a spare key, then revokes it', async () => {
   assert.ok(listed.includes(spareId), `the spare key ${spareId} is listed among ${listed}`);
   await page.locator(`#keys tbody tr[data-key="${spareId}"]`).getByRole('button', { name: 'Revoke' }).click();
   await page.locator('#status', { hasText: 'Key revoked' }).waitFor();
+  // This browser had logged in with the spare: revoking it ended that session. The first key
+  // logs in again.
+  assert.match(await status(page), /log in again with another of your keys/);
+  assert.equal((await page.evaluate(async () => (await fetch('/api/v1/me')).status)), 401);
+  await run.admin.context.clearCookies();
+  await page.goto('/');
+  await page.locator('#login').click();
+  assert.equal(await run.circleShown(page), run.admin.member);
+  await page.goto('/account');
+  await run.accountShown(page);
   assert.equal(await page.locator('#keys tbody tr').count(), 1);
   // The directory carries the revocation the first key signed, next to the endorsement: devices
   // remove the spare's devices on that signature.

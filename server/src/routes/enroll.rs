@@ -108,7 +108,7 @@ async fn finish(
         role,
         created_at: now,
     };
-    let (session, granted) = auth::new_session(&state, &member);
+    let (session, granted) = auth::new_session(&state, &member, &passkey.credential_id);
     state
         .store
         .enroll(

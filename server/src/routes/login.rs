@@ -69,7 +69,7 @@ async fn finish(
     passkey.update_credential(&result);
     let passkey_json =
         serde_json::to_string(&passkey).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let (session, granted) = auth::new_session(&state, &member);
+    let (session, granted) = auth::new_session(&state, &member, &record.credential_id);
     state
         .store
         .record_login(

@@ -129,7 +129,7 @@ async fn remove(
 ) -> ApiResult<StatusCode> {
     let credential_id = Base64Url::decode(&id).map_err(|_| ApiError::NotFound("key"))?;
     let revocation = key_revocation(&request.statement)?;
-    if !state
+    let ended = state
         .store
         .revoke_passkey(
             caller.member.id,
@@ -138,8 +138,10 @@ async fn remove(
             state.clock.now(),
         )
         .await?
-    {
-        return Err(ApiError::NotFound("key"));
+        .ok_or(ApiError::NotFound("key"))?;
+    // The sessions the key opened end, and their sockets close.
+    for session in &ended {
+        state.signals.revoke_session(session);
     }
     tracing::info!("key revoked");
     Ok(StatusCode::NO_CONTENT)

@@ -89,6 +89,8 @@ pub struct SessionRecord {
     pub member: Uuid,
     /// End of validity.
     pub expires_at: i64,
+    /// The key it was opened with: revoking that key ends it.
+    pub credential_id: Vec<u8>,
 }
 
 /// Why the store refused or failed.
@@ -200,15 +202,16 @@ pub trait Store: Send + Sync + 'static {
         session: &SessionRecord,
         now: i64,
     ) -> StoreResult<()>;
-    /// Deletes one of a member's keys, never the last, and keeps its signed `revocation` (opaque)
-    /// with the member's proofs; false if the member has no such key.
+    /// Deletes one of a member's keys, never the last, keeps its signed `revocation` (opaque)
+    /// with the member's proofs and ends the sessions the key opened: their digests (for their
+    /// sockets to close), or `None` if the member has no such key.
     async fn revoke_passkey(
         &self,
         member: Uuid,
         credential_id: &[u8],
         revocation: &[u8],
         now: i64,
-    ) -> StoreResult<bool>;
+    ) -> StoreResult<Option<Vec<Digest>>>;
 
     /// An unrevoked member.
     async fn member(&self, id: Uuid) -> StoreResult<Option<MemberRecord>>;

@@ -222,12 +222,16 @@ async fn insert_session_in<'e, E>(executor: E, session: &SessionRecord) -> Store
 where
     E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
 {
-    sqlx::query("INSERT INTO sessions (token_hash, member_id, expires_at) VALUES (?, ?, ?)")
-        .bind(&session.token_hash[..])
-        .bind(session.member.to_string())
-        .bind(session.expires_at)
-        .execute(executor)
-        .await?;
+    sqlx::query(
+        "INSERT INTO sessions (token_hash, member_id, expires_at, credential_id) \
+         VALUES (?, ?, ?, ?)",
+    )
+    .bind(&session.token_hash[..])
+    .bind(session.member.to_string())
+    .bind(session.expires_at)
+    .bind(&session.credential_id[..])
+    .execute(executor)
+    .await?;
     Ok(())
 }
 
@@ -520,7 +524,7 @@ impl Store for SqliteStore {
         credential_id: &[u8],
         revocation: &[u8],
         now: i64,
-    ) -> StoreResult<bool> {
+    ) -> StoreResult<Option<Vec<Digest>>> {
         let mut tx = self.pool.begin().await?;
         let deleted = sqlx::query("DELETE FROM passkeys WHERE member_id = ? AND credential_id = ?")
             .bind(member.to_string())
@@ -528,7 +532,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         if deleted.rows_affected() == 0 {
-            return Ok(false);
+            return Ok(None);
         }
         let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM passkeys WHERE member_id = ?")
             .bind(member.to_string())
@@ -539,8 +543,22 @@ impl Store for SqliteStore {
             return Err(StoreError::LastPasskey);
         }
         insert_proof_in(&mut *tx, member, Some(revocation), now).await?;
+        let ended: Vec<Vec<u8>> = sqlx::query_scalar(
+            "DELETE FROM sessions WHERE member_id = ? AND credential_id = ? RETURNING token_hash",
+        )
+        .bind(member.to_string())
+        .bind(credential_id)
+        .fetch_all(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(true)
+        ended
+            .into_iter()
+            .map(|hash| {
+                Digest::try_from(hash.as_slice())
+                    .map_err(|_| StoreError::Corrupt("a session's token hash".into()))
+            })
+            .collect::<StoreResult<_>>()
+            .map(Some)
     }
 
     async fn member(&self, id: Uuid) -> StoreResult<Option<MemberRecord>> {
