@@ -235,3 +235,19 @@ fn reading_the_history_of_no_device_creates_nothing() {
     );
     assert!(!dir.path().join("device").join("device.db").exists());
 }
+
+#[test]
+fn a_key_id_that_starts_with_a_dash_is_taken_as_the_id() {
+    // Key ids are base64url: one in 64 starts with `-`.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = tessera(
+        dir.path(),
+        &["keys", "revoke", "-4B9qx68eTwB9FXMwqRlbskKYpV3ayA1"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("holds no device yet"),
+        "{}",
+        stderr(&out)
+    );
+}

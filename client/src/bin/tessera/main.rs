@@ -175,7 +175,8 @@ enum KeysAction {
     },
     /// Revoke one of your keys (not the last one).
     Revoke {
-        /// The key's id, as `tessera keys` lists it.
+        /// The key's id, as `tessera keys` lists it (base64url: it may start with `-`).
+        #[arg(allow_hyphen_values = true)]
         id: String,
     },
 }
