@@ -267,6 +267,16 @@ test('f. the admin revokes the member, whose next request fails', async () => {
   assert.equal(run.member.page.url(), `${run.base}/`);
 });
 
+// The admin logs in again on `page` with the key plugged in, and opens the account page.
+async function logInAgainOnAccount(page) {
+  await run.admin.context.clearCookies();
+  await page.goto('/');
+  await page.locator('#login').click();
+  assert.equal(await run.circleShown(page), run.admin.member);
+  await page.goto('/account');
+  await run.accountShown(page);
+}
+
 test('g. the admin adds a spare key, then revokes it', async () => {
   const { page, cdp } = run.admin;
   await page.goto('/account');
@@ -307,12 +317,7 @@ test('g. the admin adds a spare key, then revokes it', async () => {
   await cdp.send('WebAuthn.removeVirtualAuthenticator', { authenticatorId: run.admin.authenticatorId });
   const spareAgain = await addAuthenticator(cdp);
   await cdp.send('WebAuthn.addCredential', { authenticatorId: spareAgain, credential: onSpare.credentials[0] });
-  await run.admin.context.clearCookies();
-  await page.goto('/');
-  await page.locator('#login').click();
-  assert.equal(await run.circleShown(page), run.admin.member);
-  await page.goto('/account');
-  await run.accountShown(page);
+  await logInAgainOnAccount(page);
 
   // Plug the first key back in, unplug the spare, and revoke the spare on the page.
   await cdp.send('WebAuthn.removeVirtualAuthenticator', { authenticatorId: spareAgain });
@@ -329,12 +334,7 @@ test('g. the admin adds a spare key, then revokes it', async () => {
   // logs in again.
   assert.match(await status(page), /log in again with another of your keys/);
   assert.equal((await page.evaluate(async () => (await fetch('/api/v1/me')).status)), 401);
-  await run.admin.context.clearCookies();
-  await page.goto('/');
-  await page.locator('#login').click();
-  assert.equal(await run.circleShown(page), run.admin.member);
-  await page.goto('/account');
-  await run.accountShown(page);
+  await logInAgainOnAccount(page);
   assert.equal(await page.locator('#keys tbody tr').count(), 1);
   // The directory carries the revocation the first key signed, next to the endorsement: devices
   // remove the spare's devices on that signature.
