@@ -74,3 +74,26 @@ async fn the_database_and_logs_hold_no_labels_tokens_or_addresses() {
         "the logs hold a client address"
     );
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_data_directory_the_server_makes_is_readable_by_its_user_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let app = TestApp::spawn_with(|config| config.data_dir = config.data_dir.join("fresh")).await;
+    let dir = app.data_dir().join("fresh");
+    let mode = |path: &std::path::Path| {
+        std::fs::metadata(path)
+            .expect("it exists")
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(&dir), 0o700, "the data directory");
+    for file in ["tessera.db", "tessera.db-wal", "tessera.db-shm"] {
+        let path = dir.join(file);
+        if path.exists() {
+            assert_eq!(mode(&path) & 0o077, 0, "{file} is readable by others");
+        }
+    }
+    assert!(dir.join("tessera.db").exists());
+}

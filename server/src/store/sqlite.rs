@@ -38,10 +38,12 @@ impl SqliteStore {
     /// # Errors
     /// When the directory or database cannot be created, opened or migrated.
     pub async fn open(data_dir: &Path) -> StoreResult<SqliteStore> {
-        std::fs::create_dir_all(data_dir)
+        create_private_dir(data_dir)
             .map_err(|e| StoreError::Corrupt(format!("cannot create the data directory: {e}")))?;
+        let database = data_dir.join(DATABASE_FILE);
+        let fresh = !database.exists();
         let options = SqliteConnectOptions::new()
-            .filename(data_dir.join(DATABASE_FILE))
+            .filename(&database)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             // In WAL mode, NORMAL syncs at checkpoints: a crash of the process loses nothing, a power
@@ -56,11 +58,48 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
+        if fresh {
+            make_private(&database)
+                .map_err(|e| StoreError::Corrupt(format!("cannot restrict the database: {e}")))?;
+        }
         Ok(SqliteStore {
             pool,
             ceremonies: Arc::new(MemoryCeremonies::default()),
         })
     }
+}
+
+/// Creates the data directory (and any missing parent) readable by the server's user only
+/// (0700 on unix), as systemd's `StateDirectory` does; one that exists stays as its operator
+/// made it.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+/// Makes a database this server created, and its WAL files, readable by its user only (0600).
+fn make_private(database: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut path = database.as_os_str().to_owned();
+            path.push(suffix);
+            let path = std::path::PathBuf::from(path);
+            if path.exists() {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = database;
+    Ok(())
 }
 
 fn uuid_of(row: &SqliteRow, column: &str) -> StoreResult<Uuid> {
