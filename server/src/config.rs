@@ -96,14 +96,21 @@ pub struct Config {
         global = true
     )]
     pub attestation: AttestationPolicy,
-    /// Lifetime of a login session, in seconds.
-    #[arg(long, env = "TESSERA_SESSION_TTL_SECS", default_value_t = 12 * 3600, global = true)]
+    /// Lifetime of a login session, in seconds (60 to 2592000, 30 days).
+    #[arg(
+        long,
+        env = "TESSERA_SESSION_TTL_SECS",
+        default_value_t = 12 * 3600,
+        value_parser = clap::value_parser!(i64).range(60..=30 * 86_400),
+        global = true
+    )]
     pub session_ttl_secs: i64,
-    /// Lifetime of a WebAuthn ceremony (the time to touch the key), in seconds.
+    /// Lifetime of a WebAuthn ceremony (the time to touch the key), in seconds (30 to 3600).
     #[arg(
         long,
         env = "TESSERA_CEREMONY_TTL_SECS",
         default_value_t = 300,
+        value_parser = clap::value_parser!(i64).range(30..=3_600),
         global = true
     )]
     pub ceremony_ttl_secs: i64,
@@ -176,11 +183,12 @@ pub struct Config {
         global = true
     )]
     pub turn_secret: Option<TurnSecret>,
-    /// How long TURN credentials stay valid, in seconds (an allocation ends with them).
+    /// How long TURN credentials stay valid, in seconds (an allocation ends with them; 1 to 604800, 7 days).
     #[arg(
         long,
         env = "TESSERA_TURN_TTL_SECS",
         default_value_t = 12 * 3600,
+        value_parser = clap::value_parser!(u64).range(1..=7 * 86_400),
         global = true
     )]
     pub turn_ttl_secs: u64,
@@ -257,6 +265,39 @@ mod tests {
             ]))
         );
         assert!("yubikey".parse::<AttestationPolicy>().is_err());
+    }
+
+    #[test]
+    fn lifetimes_out_of_their_ranges_are_refused_at_start() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(
+                ["tessera-server", "--origin", "https://tessera.example"]
+                    .iter()
+                    .chain(args),
+            )
+        };
+        let defaults = parse(&[]).expect("the defaults parse");
+        assert_eq!(defaults.config.session_ttl_secs, 12 * 3600);
+        for refused in [
+            ["--session-ttl-secs", "0"],
+            ["--session-ttl-secs", "59"],
+            ["--session-ttl-secs", "31536000"],
+            ["--ceremony-ttl-secs", "0"],
+            ["--ceremony-ttl-secs", "86400"],
+            ["--turn-ttl-secs", "0"],
+        ] {
+            let error = parse(&refused).expect_err("refused");
+            assert!(
+                error.to_string().contains(refused[1]) || error.to_string().contains("range"),
+                "{refused:?}: {error}"
+            );
+        }
+        let set =
+            parse(&["--session-ttl-secs", "3600", "--ceremony-ttl-secs", "60"]).expect("in range");
+        assert_eq!(
+            (set.config.session_ttl_secs, set.config.ceremony_ttl_secs),
+            (3600, 60)
+        );
     }
 
     #[test]
