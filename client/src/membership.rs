@@ -6,10 +6,10 @@ use tessera_engine::decision::{Decision, DecisionStatement, SignedDecision};
 use tessera_engine::invitation::{InvitationSecret, InvitationStatement, SignedInvitation};
 use tessera_engine::trust::{
     Endorsement, KeyProof, LinkError, LinkSecrets, RootFingerprint, UsedInvitations, member_id_for,
-    revocation, verify_directory,
+    own_key_revocation, revocation, verify_directory,
 };
 use tessera_softkey::{AuthenticatorError, SoftKey};
-use tessera_wire::{Base64Url, CreatedInvitation, PasskeyInfo, Role, SessionGranted};
+use tessera_wire::{CreatedInvitation, PasskeyInfo, Role, SessionGranted};
 use url::Url;
 use uuid::Uuid;
 
@@ -288,24 +288,8 @@ pub async fn revoke_key(
     now: i64,
 ) -> Result<(), MembershipError> {
     let listed = api.members().await?;
-    let revoked = Base64Url::decode(id)
-        .ok()
-        .and_then(|id| {
-            listed
-                .iter()
-                .find(|m| m.id == member.member)?
-                .passkeys
-                .iter()
-                .find(|k| k.credential_id.as_slice() == id.as_slice())
-                .cloned()
-        })
+    let statement = own_key_revocation(&listed, (member.circle, member.member), id, now)
         .ok_or(MembershipError::UnknownKey)?;
-    let statement = revocation(
-        &listed,
-        (member.circle, member.member, member.member),
-        Some(revoked),
-        now,
-    );
     let origin = api.origin().origin().ascii_serialization();
     let rp_id = member.key.rp_id().to_owned();
     let signed = SignedDecision::sign(statement, &rp_id, |r| member.key.sign_in(r, &origin))?;

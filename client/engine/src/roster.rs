@@ -56,6 +56,16 @@ impl Directory {
         self.revoked_keys.contains(&(member, credential_id.clone()))
     }
 
+    /// Whether a device of `remover` may remove `member`'s device certified by `key`: an admin's
+    /// device a revoked member's, and an admin's or the member's own device one whose key was
+    /// revoked.
+    #[must_use]
+    pub fn may_remove(&self, remover: Uuid, member: Uuid, key: &Base64Url) -> bool {
+        let admin = self.is_admin(remover);
+        (admin && self.revoked(member))
+            || ((admin || remover == member) && self.key_revoked(member, key))
+    }
+
     /// Whether `member` is an admin the chain admits.
     #[must_use]
     pub fn is_admin(&self, member: Uuid) -> bool {

@@ -448,6 +448,19 @@ impl Parsed {
         }
     }
 
+    /// Who signed it, with which key: the member and the credential id.
+    fn signer(&self) -> Option<(Uuid, &Base64Url)> {
+        match self {
+            Parsed::Decision(d) => Some((d.statement.issuer, &d.signature.credential_id)),
+            Parsed::Proof(KeyProof::Admission(a)) => Some((
+                a.invitation.statement.issuer,
+                &a.invitation.signature.credential_id,
+            )),
+            Parsed::Proof(KeyProof::Endorsement(e)) => Some((e.member, &e.signature.credential_id)),
+            Parsed::Malformed(_) => None,
+        }
+    }
+
     /// The decision, if it is one of `kind`.
     fn decision(&self, kind: Decision) -> Option<&SignedDecision> {
         match self {
@@ -1128,25 +1141,16 @@ pub fn revocation(
     key: Option<PublicKeyInfo>,
     issued_at: i64,
 ) -> DecisionStatement {
-    let signer_of = |blob: &Base64Url| -> Option<(Uuid, Base64Url)> {
-        if let Ok(decision) = SignedDecision::any_from_blob(blob) {
-            return Some((decision.statement.issuer, decision.signature.credential_id));
-        }
-        match KeyProof::from_blob(blob).ok()? {
-            KeyProof::Admission(a) => Some((
-                a.invitation.statement.issuer,
-                a.invitation.signature.credential_id,
-            )),
-            KeyProof::Endorsement(e) => Some((e.member, e.signature.credential_id)),
-        }
-    };
-    let revoked = |signer: &(Uuid, Base64Url)| {
-        signer.0 == member && key.as_ref().is_none_or(|k| k.credential_id == signer.1)
+    let revoked = |(signer, credential_id): (Uuid, &Base64Url)| {
+        signer == member
+            && key
+                .as_ref()
+                .is_none_or(|k| k.credential_id == *credential_id)
     };
     let mut keeps: Vec<[u8; 32]> = listed
         .iter()
         .flat_map(|m| m.proofs.iter().chain(&m.revocation))
-        .filter(|blob| signer_of(blob).is_some_and(|s| revoked(&s)))
+        .filter(|blob| Parsed::of(blob).signer().is_some_and(revoked))
         .map(|blob| proof_digest(blob.as_slice()))
         .collect();
     keeps.sort_unstable();
@@ -1164,6 +1168,32 @@ pub fn revocation(
         key,
         keeps: Some(keeps.concat().into()),
     }
+}
+
+/// `member`'s revocation of their own key with credential id `key_id` (base64url, as the
+/// server lists it), keeping what it signed in `listed` (see [`revocation`]); `None` when the
+/// directory lists no such key of theirs.
+#[must_use]
+pub fn own_key_revocation(
+    listed: &[MemberInfo],
+    (circle, member): (Uuid, Uuid),
+    key_id: &str,
+    issued_at: i64,
+) -> Option<DecisionStatement> {
+    let key_id = Base64Url::decode(key_id).ok()?;
+    let key = listed
+        .iter()
+        .find(|m| m.id == member)?
+        .passkeys
+        .iter()
+        .find(|k| k.credential_id.as_slice() == key_id.as_slice())?
+        .clone();
+    Some(revocation(
+        listed,
+        (circle, member, member),
+        Some(key),
+        issued_at,
+    ))
 }
 
 /// The root a later device of `me` finds without taking the server's word, from the key that

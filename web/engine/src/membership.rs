@@ -12,7 +12,7 @@ use tessera_engine::safety::safety_words;
 use tessera_engine::signed::signature_request;
 use tessera_engine::trust::{
     Endorsement, KeyProof, LinkSecrets, RootFingerprint, TrustError, UsedInvitations, distrust_all,
-    member_id_for, revocation, verify_directory,
+    member_id_for, own_key_revocation, revocation, verify_directory,
 };
 use tessera_wire::{Base64Url, MemberInfo, PublicKeyCredential, PublicKeyInfo, Role};
 use uuid::Uuid;
@@ -289,28 +289,13 @@ impl WebDecision {
         credential_id: &str,
         now: f64,
     ) -> Result<WebDecision, String> {
-        let listed = listed_members(directory)?;
-        let member = uuid(member, "member")?;
-        let key = listed
-            .iter()
-            .find(|m| m.id == member)
-            .and_then(|m| {
-                m.passkeys
-                    .iter()
-                    .find(|k| k.credential_id.to_string() == credential_id)
-            })
-            .cloned()
-            .ok_or("that key is not one of yours in the circle's directory")?;
+        let ids = (uuid(circle, "circle")?, uuid(member, "member")?);
         #[allow(clippy::cast_possible_truncation)]
         let issued_at = now as i64;
-        Ok(WebDecision {
-            statement: revocation(
-                &listed,
-                (uuid(circle, "circle")?, member, member),
-                Some(key),
-                issued_at,
-            ),
-        })
+        let statement =
+            own_key_revocation(&listed_members(directory)?, ids, credential_id, issued_at)
+                .ok_or("that key is not one of yours in the circle's directory")?;
+        Ok(WebDecision { statement })
     }
 
     /// The request options (JSON of `publicKey`) with which the admin's key signs it.

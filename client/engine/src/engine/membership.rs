@@ -484,18 +484,12 @@ impl Engine {
             let Some(target) = group.member(removed).and_then(|c| certificate_of(c).ok()) else {
                 return Err(Refusal::Malformed("removal of an unknown leaf"));
             };
-            let revoked = directory.revoked(target.member);
-            // A device whose key was revoked goes by an admin's device or one of its member's.
-            let key_revoked = directory.key_revoked(target.member, &target.credential_id)
-                && (directory.is_admin(sender.member) || sender.member == target.member);
+            let removable =
+                directory.may_remove(sender.member, target.member, &target.credential_id);
             let rejoined = added_devices.get(&target.device) == Some(&target.member);
             let itself = removed == sender_leaf;
-            if !(rejoined
-                || itself
-                || key_revoked
-                || (revoked && directory.is_admin(sender.member)))
-            {
-                if !revoked {
+            if !(rejoined || itself || removable) {
+                if !directory.revoked(target.member) {
                     // Perhaps revoked since the directory was fetched; else not revoked at all.
                     return Err(Refusal::UnknownMember);
                 }
@@ -635,15 +629,11 @@ impl Engine {
             .collect();
         let no_directory = Directory::default();
         let directory = self.directory.as_ref().unwrap_or(&no_directory);
-        let admin = directory.is_admin(self.saved.member);
-        let me = self.saved.member;
+        let member = self.saved.member;
         let revoked: Vec<LeafNodeIndex> = self
             .roster
             .values()
-            .filter(|d| {
-                (admin && directory.revoked(d.member))
-                    || ((admin || d.member == me) && directory.key_revoked(d.member, &d.key))
-            })
+            .filter(|d| directory.may_remove(member, d.member, &d.key))
             .map(|d| d.leaf)
             .collect();
         // As many adds as one commit frame holds: a commit carries every KeyPackage it adds.
