@@ -113,6 +113,18 @@ impl ApiClient {
         &self.origin
     }
 
+    /// Holds the session a successful enrollment or login granted.
+    fn keep_session(&mut self, granted: SessionGranted) -> ApiClientResult<SessionGranted> {
+        if granted.session.is_none() {
+            return Err(ApiClientError::Unexpected {
+                status: StatusCode::OK,
+                text: "the server granted a session but sent no token".into(),
+            });
+        }
+        self.session.clone_from(&granted.session);
+        Ok(granted)
+    }
+
     /// The session token, once enrolled or logged in.
     #[must_use]
     pub fn session(&self) -> Option<&str> {
@@ -244,8 +256,7 @@ impl ApiClient {
         let granted: SessionGranted = self
             .call(Method::POST, "/enroll/finish", Some(&body))
             .await?;
-        self.session = Some(granted.session.clone());
-        Ok(granted)
+        self.keep_session(granted)
     }
 
     /// Enrolls a new software key with an invitation token; keeps the session.
@@ -303,8 +314,7 @@ impl ApiClient {
         let granted: SessionGranted = self
             .call(Method::POST, "/login/finish", Some(&body))
             .await?;
-        self.session = Some(granted.session.clone());
-        Ok(granted)
+        self.keep_session(granted)
     }
 
     /// Logs in with a key (discoverable: no user name); keeps the session.
@@ -393,35 +403,6 @@ impl ApiClient {
             .await
     }
 
-    /// Adds a new software key to the logged-in member.
-    ///
-    /// # Errors
-    /// When the server or the authenticator refuses.
-    pub async fn add_passkey(
-        &self,
-        label: Option<&str>,
-    ) -> ApiClientResult<(SoftKey, PasskeyInfo)> {
-        let mut key = SoftKey::blank()?;
-        let info = self.add_key(label, &mut key).await?;
-        Ok((key, info))
-    }
-
-    /// Registers a blank software key (`tessera soft-key new`) for the logged-in member. Save the key
-    /// afterwards.
-    ///
-    /// # Errors
-    /// When the server or the authenticator refuses.
-    pub async fn add_key(
-        &self,
-        label: Option<&str>,
-        key: &mut SoftKey,
-    ) -> ApiClientResult<PasskeyInfo> {
-        let options = self.add_passkey_start(label).await?;
-        let credential = key.register_blank(&options.options, self.origin.as_str())?;
-        self.add_passkey_finish(&options.ceremony, credential, None)
-            .await
-    }
-
     /// `DELETE /me/passkeys/{id}`, with the key's revocation one of the member's keys signed
     /// (opaque to the server; `membership::revoke_key` makes it).
     ///
@@ -434,18 +415,6 @@ impl ApiClient {
             Some(&MemberDecisionRequest { statement }),
         )
         .await
-    }
-
-    /// `POST /invitations` (admins).
-    ///
-    /// # Errors
-    /// When the server refuses or cannot be reached.
-    pub async fn create_invitation(
-        &self,
-        role: Role,
-        ttl_secs: u64,
-    ) -> ApiClientResult<CreatedInvitation> {
-        self.create_signed_invitation(role, ttl_secs, None).await
     }
 
     /// `POST /invitations` (admins), with the statement the admin's key signed.
@@ -525,18 +494,6 @@ impl ApiClient {
             Some(&MemberDecisionRequest { statement }),
         )
         .await
-    }
-
-    /// `POST /members/{id}/recovery` (admins): an invitation for the member to enroll a new key.
-    ///
-    /// # Errors
-    /// When the server refuses or cannot be reached.
-    pub async fn recovery_invitation(
-        &self,
-        id: Uuid,
-        ttl_secs: u64,
-    ) -> ApiClientResult<CreatedInvitation> {
-        self.signed_recovery_invitation(id, ttl_secs, None).await
     }
 
     /// `POST /members/{id}/recovery` (admins), with the statement the admin's key signed.

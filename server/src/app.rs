@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 use webauthn_rs::prelude::WebauthnBuilder;
 
@@ -24,7 +25,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimits;
 use crate::routes;
-use crate::signal::LocalHub;
+use crate::signal::{LocalHub, PresenceGate};
 use crate::state::AppState;
 use crate::store::{SqliteStore, Store};
 
@@ -104,7 +105,11 @@ impl Application {
         let webauthn = relying_party(&config)?;
         crate::turn::check_urls(&config.ice_urls, config.turn_secret.as_ref())
             .map_err(BuildError::Config)?;
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.data_dir).await?);
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&config.data_dir)
+                .await?
+                .ceremony_capacity(config.max_pending_ceremonies),
+        );
         let first_invitation = if store.circle_count().await? == 0 {
             let created =
                 circle::create_circle(store.as_ref(), &config.origin_base(), clock.now()).await?;
@@ -121,6 +126,7 @@ impl Application {
                 config.invitation_rate_per_minute,
             )),
             signals: Arc::new(LocalHub::default()),
+            presence: Arc::new(PresenceGate::new(config.ws_presence_per_minute)),
             metrics: Arc::new(Metrics::default()),
             config: Arc::new(config),
             shutdown: CancellationToken::new(),
@@ -153,22 +159,14 @@ impl Application {
     }
 
     /// Serves until the process is stopped (Ctrl-C or SIGTERM), purging expired rows every minute.
-    ///
-    /// # Errors
-    /// When the listener fails.
-    pub async fn run(self) -> std::io::Result<()> {
+    pub async fn run(self) {
         self.run_until(shutdown_signal()).await
     }
 
-    /// Serves until `stop` completes; then takes no new request, tells every signalling
-    /// connection goodbye (a WebSocket close) and waits at most [`SHUTDOWN_GRACE`] for them.
-    ///
-    /// # Errors
-    /// When the listener fails.
-    pub async fn run_until(
-        self,
-        stop: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
+    /// Serves until `stop` completes; then takes no new connection, lets requests in flight
+    /// finish, tells every signalling connection goodbye (a WebSocket close) and waits at most
+    /// [`crate::listener::SHUTDOWN_GRACE`] for them.
+    pub async fn run_until(self, stop: impl Future<Output = ()> + Send + 'static) {
         tokio::task::spawn_blocking(crate::routes::assets::warm_up);
         let state = self.state.clone();
         let janitor = tokio::spawn(async move {
@@ -179,36 +177,26 @@ impl Application {
                     tracing::warn!(%error, "purging expired rows failed");
                 }
                 state.limits.shrink();
+                state.presence.shrink();
             }
         });
-        let served = axum::serve(
+        let shutdown = self.state.shutdown.clone();
+        tokio::spawn(async move {
+            stop.await;
+            shutdown.cancel();
+        });
+        let read_timeout = Duration::from_secs(self.state.config.read_timeout_secs);
+        crate::listener::serve(
             self.listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
+            self.router,
+            read_timeout,
+            self.state.shutdown.clone(),
+            self.state.connections.clone(),
         )
-        .with_graceful_shutdown({
-            let shutdown = self.state.shutdown.clone();
-            async move {
-                stop.await;
-                shutdown.cancel();
-            }
-        })
         .await;
         janitor.abort();
-        self.state.shutdown.cancel();
-        self.state.connections.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, self.state.connections.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("signalling connections still open at shutdown were dropped");
-        }
-        served
     }
 }
-
-/// How long a stopping server waits for its signalling connections to close.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// Ctrl-C or SIGTERM (what systemd and container runtimes send).
 async fn shutdown_signal() {
@@ -237,8 +225,10 @@ pub fn router(state: AppState) -> Router {
             .map_or("unmatched", MatchedPath::as_str);
         tracing::info_span!("http", method = %request.method(), route)
     });
+    let body_timeout = Duration::from_secs(state.config.read_timeout_secs);
     routes::router()
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(RequestBodyTimeoutLayer::new(body_timeout))
         .layer(trace)
         .layer(SetResponseHeaderLayer::overriding(
             CONTENT_SECURITY_POLICY,

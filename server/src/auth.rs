@@ -1,11 +1,14 @@
 //! Who is calling: the session from `Authorization: Bearer` or the session cookie, the admin check, and session issuance.
 
+use axum::Json;
 use axum::extract::FromRequestParts;
-use axum::http::header::{AUTHORIZATION, COOKIE, SET_COOKIE};
+use axum::http::header::{AUTHORIZATION, COOKIE, ORIGIN, SET_COOKIE};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue};
-use tessera_wire::{Role, SESSION_COOKIE, SessionGranted};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::response::IntoResponse;
+use tessera_wire::{Role, SessionGranted};
 
+use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
 use crate::secret::{self, Digest};
 use crate::state::AppState;
@@ -24,8 +27,8 @@ pub struct Caller {
 #[derive(Debug, Clone)]
 pub struct AdminCaller(pub Caller);
 
-/// The session token a request carries: the bearer token first, else the cookie.
-fn presented_token(headers: &HeaderMap) -> Option<&str> {
+/// The session token a request carries: the bearer token first, else the cookie `cookie`.
+fn presented_token<'h>(headers: &'h HeaderMap, cookie: &str) -> Option<&'h str> {
     if let Some(value) = headers.get(AUTHORIZATION) {
         return value.to_str().ok()?.strip_prefix("Bearer ").map(str::trim);
     }
@@ -35,7 +38,7 @@ fn presented_token(headers: &HeaderMap) -> Option<&str> {
         .filter_map(|value| value.to_str().ok())
         .flat_map(|line| line.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
+        .find(|(name, _)| *name == cookie)
         .map(|(_, value)| value)
 }
 
@@ -43,7 +46,8 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Caller> {
-        let token = presented_token(&parts.headers).ok_or(ApiError::Unauthorized)?;
+        let token = presented_token(&parts.headers, state.config.session_cookie())
+            .ok_or(ApiError::Unauthorized)?;
         if !secret::looks_like_token(token) {
             return Err(ApiError::Unauthorized);
         }
@@ -72,8 +76,8 @@ impl FromRequestParts<AppState> for AdminCaller {
     }
 }
 
-/// A new session for a member, opened with the key `credential_id`: the row to store and what
-/// the client receives.
+/// A new session for a member, opened with the key `credential_id`: the row to store, and what
+/// the client receives (see [`granted`]).
 #[must_use]
 pub fn new_session(
     state: &AppState,
@@ -92,26 +96,48 @@ pub fn new_session(
         member: member.id,
         circle: member.circle,
         role: member.role,
-        session: token,
+        session: Some(token),
         expires_at,
     };
     (record, granted)
 }
 
-/// The `Set-Cookie` header that hands the browser its session (HttpOnly, SameSite=Strict).
-#[must_use]
-pub fn session_cookie(
+/// Whether a request comes from a browser: browsers send `Origin` with every POST and
+/// `Sec-Fetch-Site` with every request; native clients send neither.
+fn from_browser(headers: &HeaderMap) -> bool {
+    headers.contains_key(ORIGIN) || headers.contains_key("sec-fetch-site")
+}
+
+/// The answer that hands a client its new session: the cookie, and the body, which names the
+/// token only to native clients (a browser's scripts never see it).
+pub fn granted(
     state: &AppState,
-    granted: &SessionGranted,
-) -> (axum::http::HeaderName, HeaderValue) {
-    let secure = if state.config.secure_cookies() {
+    request: &HeaderMap,
+    mut granted: SessionGranted,
+) -> impl IntoResponse + use<> {
+    let cookie = granted
+        .session
+        .as_deref()
+        .map(|token| session_cookie(&state.config, token));
+    if from_browser(request) {
+        granted.session = None;
+    }
+    (cookie.map(|cookie| [cookie]), Json(granted))
+}
+
+/// The `Set-Cookie` header that hands the browser its session (HttpOnly, SameSite=Strict; on
+/// https `Secure` and `__Host-` prefixed).
+#[must_use]
+fn session_cookie(config: &Config, token: &str) -> (HeaderName, HeaderValue) {
+    let secure = if config.secure_cookies() {
         "; Secure"
     } else {
         ""
     };
     let value = format!(
-        "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
-        granted.session, state.config.session_ttl_secs
+        "{}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+        config.session_cookie(),
+        config.session_ttl_secs
     );
     (
         SET_COOKIE,
@@ -121,12 +147,64 @@ pub fn session_cookie(
 
 /// The `Set-Cookie` header that removes the session cookie.
 #[must_use]
-pub fn clearing_cookie() -> (axum::http::HeaderName, HeaderValue) {
+pub fn clearing_cookie(config: &Config) -> (HeaderName, HeaderValue) {
+    let secure = if config.secure_cookies() {
+        "; Secure"
+    } else {
+        ""
+    };
     (
         SET_COOKIE,
         HeaderValue::from_str(&format!(
-            "{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"
+            "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}",
+            config.session_cookie()
         ))
         .unwrap_or(HeaderValue::from_static("")),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn on_https_the_cookie_is_host_prefixed_and_secure_and_read_back_by_that_name() {
+        let origin = url::Url::parse("https://chat.example.org").expect("url");
+        let config = Config::for_tests(std::path::PathBuf::from("unused"), origin);
+        let (_, cookie) = session_cookie(&config, "token");
+        let cookie = cookie.to_str().expect("ascii");
+        assert!(
+            cookie.starts_with("__Host-tessera_session=token;"),
+            "{cookie}"
+        );
+        for attribute in ["; Secure", "; Path=/;", "; HttpOnly", "; SameSite=Strict"] {
+            assert!(cookie.contains(attribute), "{attribute} missing: {cookie}");
+        }
+        assert!(!cookie.contains("Domain"), "{cookie}");
+        let (_, cleared) = clearing_cookie(&config);
+        assert!(
+            cleared
+                .to_str()
+                .expect("ascii")
+                .starts_with("__Host-tessera_session=;")
+        );
+
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            COOKIE,
+            HeaderValue::from_static("tessera_session=plain; __Host-tessera_session=host"),
+        );
+        assert_eq!(
+            presented_token(&headers, config.session_cookie()),
+            Some("host")
+        );
+        let plain = Config::for_tests(
+            std::path::PathBuf::from("unused"),
+            url::Url::parse("http://localhost:8080").expect("url"),
+        );
+        assert_eq!(
+            presented_token(&headers, plain.session_cookie()),
+            Some("plain")
+        );
+    }
 }

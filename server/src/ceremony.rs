@@ -8,6 +8,7 @@ use webauthn_rs::prelude::{
     DiscoverableAuthentication, ECDSACurve, Passkey, PasskeyRegistration,
 };
 
+use crate::client_addr::ClientAddr;
 use crate::config::AttestationPolicy;
 use crate::error::{ApiError, ApiResult};
 use crate::secret::{self, Digest};
@@ -47,17 +48,23 @@ pub enum CeremonyState {
     },
 }
 
-/// Stores a ceremony's state and returns its fresh id.
+/// Stores a ceremony's state, counted against the share of the client's address range, and
+/// returns its fresh id.
 ///
 /// # Errors
-/// When the store fails.
-pub async fn begin(state: &AppState, ceremony: &CeremonyState) -> ApiResult<String> {
+/// [`ApiError::RateLimited`] when the client's range holds its share of pending ceremonies;
+/// [`ApiError::Busy`] when every range does; when the store fails.
+pub async fn begin(
+    state: &AppState,
+    client: ClientAddr,
+    ceremony: &CeremonyState,
+) -> ApiResult<String> {
     let id = secret::new_token();
     let json = serde_json::to_string(ceremony).map_err(|e| ApiError::Internal(e.to_string()))?;
     let expires_at = state.clock.now() + state.config.ceremony_ttl_secs;
     state
         .store
-        .put_ceremony(&secret::digest(&id), &json, expires_at)
+        .put_ceremony(&secret::digest(&id), &json, expires_at, client.range())
         .await?;
     Ok(id)
 }

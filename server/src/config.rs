@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use ipnet::IpNet;
 use url::Url;
 use uuid::Uuid;
 
@@ -114,7 +115,18 @@ pub struct Config {
         global = true
     )]
     pub ceremony_ttl_secs: i64,
-    /// WebAuthn ceremonies allowed per client address per minute (kept in memory only).
+    /// WebAuthn ceremonies (logins, enrollments) that may wait for a key at once, each a few KiB
+    /// of memory; one address range (an IPv4 /24, an IPv6 /64) may hold a hundredth of them.
+    #[arg(
+        long,
+        env = "TESSERA_MAX_PENDING_CEREMONIES",
+        default_value_t = 100_000,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(100..=10_000_000),
+        global = true
+    )]
+    pub max_pending_ceremonies: usize,
+    /// WebAuthn ceremonies allowed per client (an IPv4 address, an IPv6 /64) per minute (kept in
+    /// memory only).
     #[arg(
         long,
         env = "TESSERA_CEREMONY_RATE_PER_MINUTE",
@@ -122,6 +134,17 @@ pub struct Config {
         global = true
     )]
     pub ceremony_rate_per_minute: u32,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (addresses or CIDR ranges,
+    /// comma-separated, e.g. `127.0.0.1,::1` for a proxy on the same machine). Without one, every
+    /// client is its connection's peer: behind a proxy, all would share one rate limit.
+    #[arg(
+        long = "trusted-proxy",
+        env = "TESSERA_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_parser = parse_proxy,
+        global = true
+    )]
+    pub trusted_proxies: Vec<IpNet>,
     /// Invitations an admin may issue per minute.
     #[arg(
         long,
@@ -130,6 +153,16 @@ pub struct Config {
         global = true
     )]
     pub invitation_rate_per_minute: u32,
+    /// Time a client has to send a request's headers (from connecting, or from its previous
+    /// response), and then its body, in seconds (1 to 300); a slower or silent connection is closed.
+    #[arg(
+        long,
+        env = "TESSERA_READ_TIMEOUT_SECS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=300),
+        global = true
+    )]
+    pub read_timeout_secs: u64,
     /// Largest signalling frame accepted, in bytes.
     #[arg(long, env = "TESSERA_WS_MAX_FRAME_BYTES", default_value_t = 64 * 1024, global = true)]
     pub ws_max_frame_bytes: usize,
@@ -157,6 +190,16 @@ pub struct Config {
         global = true
     )]
     pub ws_connections_per_member: usize,
+    /// Presence announcements one device may cause per minute (bursts of four); past it, a
+    /// device that keeps reconnecting is announced once more, in its latest state, when the
+    /// rate allows.
+    #[arg(
+        long,
+        env = "TESSERA_WS_PRESENCE_PER_MINUTE",
+        default_value_t = 240,
+        global = true
+    )]
+    pub ws_presence_per_minute: u32,
     /// Seconds of silence after which a connection is closed (the server pings every third of it).
     #[arg(
         long,
@@ -183,11 +226,13 @@ pub struct Config {
         global = true
     )]
     pub turn_secret: Option<TurnSecret>,
-    /// How long TURN credentials stay valid, in seconds (an allocation ends with them; 1 to 604800, 7 days).
+    /// How long TURN credentials stay valid, in seconds (1 to 604800, 7 days). Devices fetch new
+    /// ones every third of it; nothing can take them back sooner, so a revoked member may relay
+    /// through TURN until they expire: keep it short.
     #[arg(
         long,
         env = "TESSERA_TURN_TTL_SECS",
-        default_value_t = 12 * 3600,
+        default_value_t = 3600,
         value_parser = clap::value_parser!(u64).range(1..=7 * 86_400),
         global = true
     )]
@@ -195,6 +240,14 @@ pub struct Config {
     /// Log filter (tracing syntax), e.g. `info` or `tessera_server=debug`.
     #[arg(long, env = "TESSERA_LOG", default_value = "info", global = true)]
     pub log: String,
+}
+
+/// A trusted proxy: a CIDR range, or one address.
+fn parse_proxy(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{text:?} is not an address or a CIDR range"))
 }
 
 impl Config {
@@ -221,6 +274,17 @@ impl Config {
         self.origin.scheme() == "https"
     }
 
+    /// The session cookie's name: `__Host-` prefixed on https, plain on http (the prefix needs
+    /// `Secure`, which a plain-http origin cannot set).
+    #[must_use]
+    pub fn session_cookie(&self) -> &'static str {
+        if self.secure_cookies() {
+            tessera_wire::SECURE_SESSION_COOKIE
+        } else {
+            tessera_wire::SESSION_COOKIE
+        }
+    }
+
     /// A configuration for tests: listens on 127.0.0.1 port 0, data in `data_dir`.
     #[must_use]
     pub fn for_tests(data_dir: PathBuf, origin: Url) -> Config {
@@ -232,12 +296,16 @@ impl Config {
             session_ttl_secs: 12 * 3600,
             ceremony_ttl_secs: 300,
             ceremony_rate_per_minute: 10_000,
+            max_pending_ceremonies: 100_000,
             invitation_rate_per_minute: 10_000,
+            trusted_proxies: Vec::new(),
+            read_timeout_secs: 30,
             ws_max_frame_bytes: 64 * 1024,
             ws_frames_per_second: 50,
             ws_max_refusals: 100,
             ws_connections_per_member: 8,
             ws_idle_timeout_secs: 60,
+            ws_presence_per_minute: 240,
             ice_urls: Vec::new(),
             turn_secret: None,
             turn_ttl_secs: 12 * 3600,

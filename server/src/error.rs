@@ -1,7 +1,7 @@
 //! Every refusal and failure of the HTTP API, mapped once to a status and a `{"error", "message"}` body.
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{BytesRejection, FailedToBufferBody, JsonRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use tessera_wire::{ErrorBody, ErrorCode};
@@ -60,6 +60,21 @@ pub enum ApiError {
     /// The member would be left without a key.
     #[error("you cannot remove your last key; add another first")]
     LastPasskey,
+    /// The request's signed statement is missing, or not the caller's key's for it, lately.
+    #[error("this needs a statement one of your keys signed for it just now (a touch): {0}")]
+    ConsentRefused(String),
+    /// The member holds the most keys allowed.
+    #[error(
+        "you hold {} keys, the most allowed; remove one first",
+        crate::store::PASSKEYS_PER_MEMBER
+    )]
+    TooManyKeys,
+    /// The circle has the most pending invitations allowed.
+    #[error(
+        "the circle has {} invitations waiting, the most allowed; revoke unused ones first",
+        crate::store::PENDING_INVITATIONS_PER_CIRCLE
+    )]
+    TooManyInvitations,
     /// An admin tried to revoke themselves.
     #[error("an admin cannot revoke themselves")]
     CannotRevokeSelf,
@@ -84,8 +99,8 @@ pub enum ApiError {
     /// The member has too many signalling connections.
     #[error("too many signalling connections for this member; close one")]
     TooManyConnections,
-    /// The device id is in use by another member.
-    #[error("this device id is in use by another member")]
+    /// The device id belongs to another member of the circle.
+    #[error("this device id belongs to another member; let the device choose a new one")]
     DeviceTaken,
     /// No TURN service is configured (`--turn-secret`, `--ice-url`).
     #[error("this server hands out no TURN credentials; peers connect directly")]
@@ -134,6 +149,9 @@ impl ApiError {
                 (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyConnections)
             }
             ApiError::DeviceTaken => (StatusCode::CONFLICT, ErrorCode::DeviceTaken),
+            ApiError::ConsentRefused(_) => (StatusCode::FORBIDDEN, ErrorCode::SignatureRefused),
+            ApiError::TooManyKeys => (StatusCode::CONFLICT, ErrorCode::TooManyKeys),
+            ApiError::TooManyInvitations => (StatusCode::CONFLICT, ErrorCode::TooManyInvitations),
             ApiError::TurnNotConfigured => (StatusCode::NOT_FOUND, ErrorCode::TurnNotConfigured),
             ApiError::Busy => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Busy),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
@@ -165,6 +183,9 @@ impl From<StoreError> for ApiError {
             StoreError::CredentialExists => ApiError::CredentialExists,
             StoreError::LastPasskey => ApiError::LastPasskey,
             StoreError::Busy => ApiError::Busy,
+            StoreError::RangeBusy => ApiError::RateLimited,
+            StoreError::TooManyKeys => ApiError::TooManyKeys,
+            StoreError::TooManyInvitations => ApiError::TooManyInvitations,
             StoreError::KeyMovedOn => ApiError::CounterRegression,
             other => ApiError::Internal(other.to_string()),
         }
@@ -175,7 +196,13 @@ impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         match rejection {
             JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
-            JsonRejection::BytesRejection(_) => ApiError::BodyTooLarge,
+            JsonRejection::BytesRejection(BytesRejection::FailedToBufferBody(
+                FailedToBufferBody::LengthLimitError(_),
+            )) => ApiError::BodyTooLarge,
+            JsonRejection::BytesRejection(_) => ApiError::MalformedBody(
+                "the request body did not arrive whole (it stopped, or took longer than the server waits)"
+                    .into(),
+            ),
             other => ApiError::MalformedBody(other.body_text()),
         }
     }

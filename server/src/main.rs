@@ -23,7 +23,7 @@ async fn main() -> anyhow::Result<()> {
                 print_admin_link(link);
             }
             println!("Tessera is serving {} (port {})", config.origin, app.port());
-            app.run().await.context("the server stopped")?;
+            app.run().await;
         }
         Command::NewCircle => {
             let store = SqliteStore::open(&config.data_dir).await?;

@@ -1,4 +1,4 @@
-//! In-memory rate limits: WebAuthn ceremonies per client address, invitations per admin. Nothing is persisted or logged.
+//! In-memory rate limits: WebAuthn ceremonies per client (an IPv4 address, an IPv6 /64), invitations per admin. Nothing is persisted or logged.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -6,6 +6,7 @@ use std::num::NonZeroU32;
 use governor::{DefaultKeyedRateLimiter, Quota};
 use uuid::Uuid;
 
+use crate::client_addr::ClientAddr;
 use crate::error::ApiError;
 
 /// The server's rate limiters.
@@ -29,13 +30,13 @@ impl RateLimits {
         }
     }
 
-    /// Counts one ceremony step from this address.
+    /// Counts one ceremony step from this client (its IPv4 address or IPv6 /64).
     ///
     /// # Errors
     /// [`ApiError::RateLimited`] past the limit.
-    pub fn ceremony(&self, client: IpAddr) -> Result<(), ApiError> {
+    pub fn ceremony(&self, client: ClientAddr) -> Result<(), ApiError> {
         self.ceremonies
-            .check_key(&client)
+            .check_key(&client.subscriber())
             .map_err(|_| ApiError::RateLimited)
     }
 

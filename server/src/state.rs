@@ -10,7 +10,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimits;
-use crate::signal::SignalRouter;
+use crate::signal::{PresenceGate, SignalRouter};
 use crate::store::Store;
 
 /// The application's shared state (cheap to clone).
@@ -28,6 +28,8 @@ pub struct AppState {
     pub limits: Arc<RateLimits>,
     /// Who is online, and delivery to them.
     pub signals: Arc<dyn SignalRouter>,
+    /// Presence announcements, coalesced when a device flaps.
+    pub presence: Arc<PresenceGate>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
     /// Cancelled when the server stops: every signalling connection (its token is a child of

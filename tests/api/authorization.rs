@@ -25,7 +25,9 @@ async fn without_a_session_everything_but_login_is_refused() {
         "unauthorized",
     );
     assert_refused(
-        client.create_invitation(Role::Admin, 3600).await,
+        client
+            .create_signed_invitation(Role::Admin, 3600, None)
+            .await,
         StatusCode::UNAUTHORIZED,
         "unauthorized",
     );
@@ -37,7 +39,7 @@ async fn without_a_session_everything_but_login_is_refused() {
 }
 
 #[tokio::test]
-async fn the_browser_cookie_is_http_only_strict_and_authenticates() {
+async fn the_browser_gets_its_session_as_an_http_only_strict_cookie_and_never_in_the_body() {
     let app = TestApp::spawn().await;
     let token = tessera_client::api::invitation_token(&app.first_invitation).expect("token");
     let client = app.client();
@@ -45,8 +47,10 @@ async fn the_browser_cookie_is_http_only_strict_and_authenticates() {
     let (_key, credential) =
         tessera_client::authenticator::SoftKey::register(&options.options, app.origin.as_str())
             .expect("register");
+    let origin = app.origin.as_str().trim_end_matches('/').to_owned();
     let response = reqwest::Client::new()
         .post(format!("{}api/v1/enroll/finish", app.origin))
+        .header(reqwest::header::ORIGIN, &origin)
         .json(&tessera_wire::RegistrationFinishRequest {
             ceremony: options.ceremony,
             credential,
@@ -70,6 +74,12 @@ async fn the_browser_cookie_is_http_only_strict_and_authenticates() {
             "cookie lacks {attribute}: {cookie}"
         );
     }
+    let body: serde_json::Value = response.json().await.expect("a JSON body");
+    assert!(body.get("member").is_some(), "{body}");
+    assert!(
+        body.get("session").is_none(),
+        "a browser's scripts never see the token: {body}"
+    );
     let pair = cookie.split(';').next().expect("name=value");
     let me = reqwest::Client::new()
         .get(format!("{}api/v1/me", app.origin))
@@ -100,7 +110,7 @@ async fn a_member_cannot_act_as_an_admin() {
     let pending = admin.issue(Role::Member, 3600).await;
     let c = member.client.clone();
     assert_refused(
-        c.create_invitation(Role::Admin, 3600).await,
+        member.try_invite(Role::Admin, None, 3600).await,
         StatusCode::FORBIDDEN,
         "admin_required",
     );
@@ -110,7 +120,7 @@ async fn a_member_cannot_act_as_an_admin() {
         "admin_required",
     );
     assert_refused(
-        c.revoke_invitation(pending.id).await,
+        c.revoke_invitation(pending.created.id).await,
         StatusCode::FORBIDDEN,
         "admin_required",
     );
@@ -119,8 +129,9 @@ async fn a_member_cannot_act_as_an_admin() {
         StatusCode::FORBIDDEN,
         "admin_required",
     );
+    let own = member.granted.member;
     assert_refused(
-        c.recovery_invitation(member.granted.member, 3600).await,
+        member.try_invite(Role::Member, Some(own), 3600).await,
         StatusCode::FORBIDDEN,
         "admin_required",
     );
@@ -222,12 +233,14 @@ async fn circles_never_see_each_other() {
         "not_found",
     );
     assert_refused(
-        b.revoke_invitation(pending_a.id).await,
+        b.revoke_invitation(pending_a.created.id).await,
         StatusCode::NOT_FOUND,
         "not_found",
     );
     assert_refused(
-        b.recovery_invitation(member_a.granted.member, 3600).await,
+        admin_b
+            .try_invite(Role::Member, Some(member_a.granted.member), 3600)
+            .await,
         StatusCode::NOT_FOUND,
         "not_found",
     );
@@ -256,7 +269,8 @@ async fn a_revocation_without_its_signed_statement_is_refused_and_changes_nothin
         Some(serde_json::json!({ "statement": "B".repeat(11_000) })),
         Some(serde_json::json!({ "statement": "AAAA", "member": "x" })),
     ];
-    assert_deletes_refused(&url, &admin.granted.session, &bodies).await;
+    let session = admin.client.session().expect("a session");
+    assert_deletes_refused(&url, session, &bodies).await;
     // Nothing changed: the member is listed with their key, unrevoked, and their session works.
     let directory = admin.client.members().await.expect("directory");
     let listed = directory
@@ -272,7 +286,7 @@ async fn only_an_admin_promotes_with_a_signed_statement_and_the_directory_carrie
     let app = TestApp::spawn().await;
     let mut admin = app.admin().await;
     let mut grace = app.invite(&mut admin, Role::Member, "Grace").await;
-    let hedy = app.invite(&mut admin, Role::Member, "Hedy").await;
+    let mut hedy = app.invite(&mut admin, Role::Member, "Hedy").await;
     // A member cannot promote, not even themselves.
     assert_refused(
         grace.promote(hedy.granted.member).await,
@@ -329,10 +343,7 @@ async fn only_an_admin_promotes_with_a_signed_statement_and_the_directory_carrie
         .find_map(|p| SignedDecision::from_blob(p, Decision::Promote).ok())
         .expect("the promotion as signed");
     assert_eq!(promotion.statement.issuer, admin.granted.member);
-    hedy.client
-        .create_invitation(Role::Member, 3600)
-        .await
-        .expect("a promoted admin invites");
+    hedy.issue(Role::Member, 3600).await;
     assert_refused(
         admin.promote(hedy.granted.member).await,
         StatusCode::UNPROCESSABLE_ENTITY,

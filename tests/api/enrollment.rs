@@ -118,11 +118,11 @@ async fn circle_of(app: &TestApp) -> uuid::Uuid {
 #[tokio::test]
 async fn a_credential_already_registered_is_refused() {
     let app = TestApp::spawn().await;
-    let admin = app.admin().await;
+    let mut admin = app.admin().await;
     let invitation = admin.issue(Role::Member, 3600).await;
     let mut client = app.client();
     let options = client
-        .enroll_start(&invitation.token, None)
+        .enroll_start(&invitation.created.token, None)
         .await
         .expect("start");
     let tamper = Tamper {
@@ -139,7 +139,7 @@ async fn a_credential_already_registered_is_refused() {
     assert_eq!(admin.client.members().await.expect("directory").len(), 1);
     let pending = admin.client.invitations().await.expect("pending");
     assert_eq!(pending.len(), 1, "the invitation was not consumed");
-    app.enroll(&invitation.url, "Grace").await;
+    app.enroll(&invitation.link, "Grace").await;
 }
 
 #[tokio::test]
@@ -249,21 +249,21 @@ async fn an_invitation_used_between_start_and_finish_admits_only_one() {
 #[tokio::test]
 async fn expired_revoked_and_forged_invitations_are_refused() {
     let app = TestApp::spawn().await;
-    let admin = app.admin().await;
+    let mut admin = app.admin().await;
     let client = app.client();
 
     let expiring = admin.issue(Role::Member, 60).await;
     let revoked = admin.issue(Role::Member, 3600).await;
     admin
         .client
-        .revoke_invitation(revoked.id)
+        .revoke_invitation(revoked.created.id)
         .await
         .expect("revoke");
     app.clock.advance(61);
 
     for (case, token) in [
-        ("expired", expiring.token.clone()),
-        ("revoked", revoked.token.clone()),
+        ("expired", expiring.created.token.clone()),
+        ("revoked", revoked.created.token.clone()),
         ("forged", tessera_server::secret::new_token()),
         ("malformed", "not-a-token".to_owned()),
         ("empty", String::new()),
@@ -281,21 +281,21 @@ async fn expired_revoked_and_forged_invitations_are_refused() {
 #[tokio::test]
 async fn an_invitation_revoked_or_expired_during_the_ceremony_is_refused_at_finish() {
     let app = TestApp::spawn().await;
-    let admin = app.admin().await;
+    let mut admin = app.admin().await;
     let revoked = admin.issue(Role::Member, 3600).await;
     let expiring = admin.issue(Role::Member, 60).await;
     let mut client = app.client();
     let revoked_options = client
-        .enroll_start(&revoked.token, None)
+        .enroll_start(&revoked.created.token, None)
         .await
         .expect("start");
     let expiring_options = client
-        .enroll_start(&expiring.token, None)
+        .enroll_start(&expiring.created.token, None)
         .await
         .expect("start");
     admin
         .client
-        .revoke_invitation(revoked.id)
+        .revoke_invitation(revoked.created.id)
         .await
         .expect("revoke");
     app.clock.advance(61);

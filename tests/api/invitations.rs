@@ -13,13 +13,16 @@ use crate::support::assert_refused;
 #[tokio::test]
 async fn an_issued_invitation_is_shown_once_and_listed_without_its_token() {
     let app = TestApp::spawn().await;
-    let admin = app.admin().await;
+    let mut admin = app.admin().await;
     let before = app.clock.now();
     let created = admin.issue(Role::Member, 3600).await;
-    assert_eq!(created.token.len(), 43, "256 bits in base64url");
-    assert_eq!(created.url, format!("{}join/{}", app.origin, created.token));
+    assert_eq!(created.created.token.len(), 43, "256 bits in base64url");
+    assert_eq!(
+        created.created.url,
+        format!("{}join/{}", app.origin, created.created.token)
+    );
     // The clock is the real one and may tick during the request.
-    assert!((before + 3600..=app.clock.now() + 3600).contains(&created.expires_at));
+    assert!((before + 3600..=app.clock.now() + 3600).contains(&created.created.expires_at));
 
     let raw = admin
         .client
@@ -28,12 +31,12 @@ async fn an_issued_invitation_is_shown_once_and_listed_without_its_token() {
         .expect("list");
     let text = String::from_utf8(raw.1).expect("utf-8");
     assert!(
-        !text.contains(&created.token),
+        !text.contains(&created.created.token),
         "the list never shows a token"
     );
     let pending = admin.client.invitations().await.expect("pending");
     assert_eq!(pending.len(), 1);
-    assert_eq!(pending[0].id, created.id);
+    assert_eq!(pending[0].id, created.created.id);
     assert_eq!(pending[0].kind, InvitationKind::Newcomer);
     assert_eq!(pending[0].role, Role::Member);
     assert_eq!(pending[0].created_by, Some(admin.granted.member));
@@ -42,14 +45,14 @@ async fn an_issued_invitation_is_shown_once_and_listed_without_its_token() {
 #[tokio::test]
 async fn used_revoked_and_expired_invitations_leave_the_list() {
     let app = TestApp::spawn().await;
-    let admin = app.admin().await;
+    let mut admin = app.admin().await;
     let used = admin.issue(Role::Member, 3600).await;
     let revoked = admin.issue(Role::Member, 3600).await;
     admin.issue(Role::Member, 60).await;
-    app.enroll(&used.url, "Grace").await;
+    app.enroll(&used.link, "Grace").await;
     admin
         .client
-        .revoke_invitation(revoked.id)
+        .revoke_invitation(revoked.created.id)
         .await
         .expect("revoke");
     app.clock.advance(61);
@@ -62,7 +65,7 @@ async fn used_revoked_and_expired_invitations_leave_the_list() {
             .is_empty()
     );
     assert_refused(
-        admin.client.revoke_invitation(revoked.id).await,
+        admin.client.revoke_invitation(revoked.created.id).await,
         StatusCode::NOT_FOUND,
         "not_found",
     );
@@ -76,10 +79,10 @@ async fn used_revoked_and_expired_invitations_leave_the_list() {
 #[tokio::test]
 async fn lifetimes_outside_a_minute_to_thirty_days_are_refused() {
     let app = TestApp::spawn().await;
-    let admin = app.admin().await;
+    let mut admin = app.admin().await;
     for ttl in [0, 59, 30 * 24 * 3600 + 1, u64::MAX] {
         assert_refused(
-            admin.client.create_invitation(Role::Member, ttl).await,
+            admin.try_invite(Role::Member, None, ttl).await,
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_request",
         );
@@ -137,7 +140,7 @@ async fn a_signed_invitation_hands_its_statement_to_the_newcomer_who_enrolls_und
 async fn oversized_or_empty_statements_and_proofs_and_taken_member_ids_are_refused_and_change_nothing()
  {
     let app = TestApp::spawn().await;
-    let admin = app.admin().await;
+    let mut admin = app.admin().await;
     for blob in [vec![], vec![7u8; 8 * 1024 + 1]] {
         assert_refused(
             admin
@@ -168,7 +171,7 @@ async fn oversized_or_empty_statements_and_proofs_and_taken_member_ids_are_refus
     let invitation = admin.issue(Role::Member, 3600).await;
     let mut client = app.client();
     let options = client
-        .enroll_start(&invitation.token, None)
+        .enroll_start(&invitation.created.token, None)
         .await
         .expect("start");
     let (_, credential) =
@@ -193,7 +196,7 @@ async fn oversized_or_empty_statements_and_proofs_and_taken_member_ids_are_refus
     let second = admin.issue(Role::Member, 3600).await;
     assert_refused(
         app.client()
-            .enroll_start_as(&second.token, None, Some(admin.granted.member))
+            .enroll_start_as(&second.created.token, None, Some(admin.granted.member))
             .await,
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid_request",
@@ -271,4 +274,49 @@ async fn a_revoked_admins_invitations_admit_no_one_even_mid_ceremony() {
             .is_empty(),
         "Bea's invitations are no longer pending"
     );
+}
+
+#[tokio::test]
+async fn a_circle_holds_a_bounded_number_of_pending_invitations() {
+    use tessera_server::store::{InvitationRecord, PENDING_INVITATIONS_PER_CIRCLE};
+    let app = TestApp::spawn().await;
+    let mut admin = app.admin().await;
+    let now = app.clock.now();
+    let pending = usize::try_from(PENDING_INVITATIONS_PER_CIRCLE).expect("small");
+    // Filled through the store: the bound is the server's, whoever issues.
+    for n in 0..pending {
+        let record = InvitationRecord {
+            id: uuid::Uuid::new_v4(),
+            circle: admin.granted.circle,
+            role: Role::Member,
+            member: None,
+            created_by: Some(admin.granted.member),
+            created_at: now,
+            expires_at: now + 3600,
+            statement: None,
+        };
+        let hash = tessera_server::secret::digest(&format!("token {n}"));
+        app.store
+            .insert_invitation(&record, &hash)
+            .await
+            .expect("within the bound");
+    }
+    assert_refused(
+        admin.try_invite(Role::Member, None, 3600).await,
+        StatusCode::CONFLICT,
+        "too_many_invitations",
+    );
+    assert_eq!(
+        admin.client.invitations().await.expect("pending").len(),
+        pending,
+        "nothing was added"
+    );
+    // A revoked invitation no longer counts.
+    let first = admin.client.invitations().await.expect("pending")[0].id;
+    admin
+        .client
+        .revoke_invitation(first)
+        .await
+        .expect("revoked");
+    admin.issue(Role::Member, 3600).await;
 }

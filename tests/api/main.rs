@@ -4,6 +4,8 @@
 mod assets;
 mod authorization;
 mod bodies;
+mod connections;
+mod consent;
 mod enrollment;
 mod invitations;
 mod login;

@@ -26,8 +26,8 @@ fn answered(result: Result<(), MembershipError>) -> ApiClientResult<()> {
 #[tokio::test]
 async fn a_member_adds_a_spare_key_logs_in_with_it_and_revokes_the_first() {
     let app = TestApp::spawn().await;
-    let admin = app.admin().await;
-    let (mut spare, info) = admin.client.add_passkey(Some("spare")).await.expect("add");
+    let mut admin = app.admin().await;
+    let (mut spare, info) = admin.add_spare(Some("spare")).await.expect("add");
     assert_eq!(info.id.text(), b64(spare.credential_id()));
     assert_eq!(admin.client.passkeys().await.expect("keys").len(), 2);
 
@@ -89,7 +89,7 @@ async fn the_last_key_cannot_be_revoked() {
 async fn a_member_cannot_revoke_someone_elses_key() {
     let app = TestApp::spawn().await;
     let mut admin = app.admin().await;
-    admin.client.add_passkey(None).await.expect("a second key");
+    admin.add_spare(None).await.expect("a second key");
     let member = app.invite(&mut admin, Role::Member, "Grace").await;
     let admins_key = b64(admin.key.credential_id());
     let statement = Base64Url::from(b"{}".to_vec());
@@ -112,8 +112,8 @@ async fn a_member_cannot_revoke_someone_elses_key() {
 #[tokio::test]
 async fn a_key_revocation_without_its_signed_statement_is_refused_and_changes_nothing() {
     let app = TestApp::spawn().await;
-    let admin = app.admin().await;
-    let (_, spare) = admin.client.add_passkey(Some("spare")).await.expect("add");
+    let mut admin = app.admin().await;
+    let (_, spare) = admin.add_spare(Some("spare")).await.expect("add");
     let url = format!("{}api/v1/me/passkeys/{}", app.origin, spare.id.text());
     let before = admin.client.members().await.expect("directory");
     // No body, an empty statement, one over the bound, an unknown field, a body over the
@@ -125,7 +125,8 @@ async fn a_key_revocation_without_its_signed_statement_is_refused_and_changes_no
         Some(serde_json::json!({ "statement": "AAAA", "member": "x" })),
         Some(serde_json::json!({ "statement": "B".repeat(1_100_000) })),
     ];
-    assert_deletes_refused(&url, &admin.granted.session, &bodies).await;
+    let session = admin.client.session().expect("a session");
+    assert_deletes_refused(&url, session, &bodies).await;
     assert_eq!(admin.client.passkeys().await.expect("keys").len(), 2);
     let after = admin.client.members().await.expect("directory");
     assert_eq!(after[0].proofs, before[0].proofs);
@@ -198,15 +199,14 @@ async fn a_recovery_invitation_lets_a_member_enroll_a_new_key() {
     let mut admin = app.admin().await;
     let member = app.invite(&mut admin, Role::Member, "Grace").await;
     let recovery = admin
-        .client
-        .recovery_invitation(member.granted.member, 3600)
+        .try_invite(Role::Member, Some(member.granted.member), 3600)
         .await
         .expect("recovery");
     let pending = admin.client.invitations().await.expect("pending");
     assert_eq!(pending[0].kind, InvitationKind::Recovery);
     assert_eq!(pending[0].member, Some(member.granted.member));
 
-    let recovered = app.enroll(&recovery.url, "Grace again").await;
+    let recovered = app.enroll(&recovery.link, "Grace again").await;
     assert_eq!(
         recovered.granted.member, member.granted.member,
         "the same member"
@@ -222,20 +222,20 @@ async fn revoking_a_member_voids_their_recovery_invitation() {
     let mut admin = app.admin().await;
     let member = app.invite(&mut admin, Role::Member, "Grace").await;
     let recovery = admin
-        .client
-        .recovery_invitation(member.granted.member, 3600)
+        .try_invite(Role::Member, Some(member.granted.member), 3600)
         .await
         .expect("recovery");
     admin.revoke(member.granted.member).await.expect("revoke");
     assert_refused(
-        app.client().enroll_start(&recovery.token, None).await,
+        app.client()
+            .enroll_start(&recovery.created.token, None)
+            .await,
         StatusCode::GONE,
         "invitation_unusable",
     );
     assert_refused(
         admin
-            .client
-            .recovery_invitation(member.granted.member, 3600)
+            .try_invite(Role::Member, Some(member.granted.member), 3600)
             .await,
         StatusCode::NOT_FOUND,
         "not_found",
@@ -340,7 +340,7 @@ async fn a_key_devices_cannot_verify_is_refused_and_the_directory_stays_whole() 
 async fn revoking_a_key_ends_the_sessions_it_opened_and_only_those() {
     let app = TestApp::spawn().await;
     let mut admin = app.admin().await;
-    let (mut spare, _) = admin.client.add_passkey(Some("spare")).await.expect("add");
+    let (mut spare, _) = admin.add_spare(Some("spare")).await.expect("add");
     let mut on_spare = app.client();
     on_spare.login(&mut spare).await.expect("the spare logs in");
     let mut socket = WsClient::connect_with(&app, on_spare.session(), None, &[])
@@ -369,4 +369,25 @@ async fn revoking_a_key_ends_the_sessions_it_opened_and_only_those() {
         .me()
         .await
         .expect("the first key's session goes on");
+}
+
+#[tokio::test]
+async fn a_member_holds_a_bounded_number_of_keys() {
+    use tessera_server::store::PASSKEYS_PER_MEMBER;
+    let app = TestApp::spawn().await;
+    let mut admin = app.admin().await;
+    let most = usize::try_from(PASSKEYS_PER_MEMBER).expect("small");
+    for _ in 1..most {
+        admin.add_spare(None).await.expect("within the bound");
+    }
+    assert_refused(
+        admin.add_spare(None).await.map(|_| ()),
+        StatusCode::CONFLICT,
+        "too_many_keys",
+    );
+    assert_eq!(
+        admin.client.passkeys().await.expect("keys").len(),
+        most,
+        "nothing was added"
+    );
 }

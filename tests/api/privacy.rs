@@ -17,28 +17,23 @@ async fn the_database_and_logs_hold_no_labels_tokens_or_addresses() {
 
     let mut admin = app.enroll(&app.first_invitation.clone(), labels[0]).await;
     let invitation = admin.issue(Role::Member, 3600).await;
-    secrets.push(invitation.token.clone());
-    let member = app.enroll(&invitation.url, labels[1]).await;
-    secrets.push(member.granted.session.clone());
-    let (_spare, _) = member
-        .client
-        .add_passkey(Some(labels[2]))
-        .await
-        .expect("spare");
+    secrets.push(invitation.created.token.clone());
+    let mut member = app.enroll(&invitation.link, labels[1]).await;
+    secrets.push(member.granted.session.clone().expect("a session"));
+    let (_spare, _) = member.add_spare(Some(labels[2])).await.expect("spare");
     let recovery = admin
-        .client
-        .recovery_invitation(member.granted.member, 3600)
+        .try_invite(Role::Member, Some(member.granted.member), 3600)
         .await
         .expect("recovery");
-    secrets.push(recovery.token.clone());
-    let recovered = app.enroll(&recovery.url, labels[3]).await;
-    secrets.push(recovered.granted.session.clone());
+    secrets.push(recovery.created.token.clone());
+    let recovered = app.enroll(&recovery.link, labels[3]).await;
+    secrets.push(recovered.granted.session.clone().expect("a session"));
     let mut client = app.client();
     let login = client.login(&mut admin.key).await.expect("login");
-    secrets.push(login.session.clone());
-    secrets.push(admin.granted.session.clone());
+    secrets.push(login.session.clone().expect("a session"));
+    secrets.push(admin.granted.session.clone().expect("a session"));
     let pending = admin.issue(Role::Admin, 3600).await;
-    secrets.push(pending.token.clone());
+    secrets.push(pending.created.token.clone());
     admin.revoke(member.granted.member).await.expect("revoke");
     client.logout().await.expect("logout");
 

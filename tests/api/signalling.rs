@@ -782,3 +782,144 @@ async fn event(
         .await
         .expect("an event in time")
 }
+
+/// The status a device's connection attempt with `device` gets: 101, or the refusal's.
+async fn upgrade_status(app: &TestApp, member: &TestMember, device: Uuid) -> StatusCode {
+    match WsClient::connect_with(app, member.client.session(), Some(device), &[]).await {
+        Ok(mut socket) => {
+            assert!(matches!(
+                socket.next().await,
+                Some(ServerFrame::Hello { .. })
+            ));
+            assert!(socket.close_and_hear_back().await);
+            StatusCode::SWITCHING_PROTOCOLS
+        }
+        Err(tungstenite::Error::Http(response)) => response.status(),
+        Err(other) => panic!("expected an HTTP answer, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_device_id_is_its_members_alone_online_or_not_and_means_nothing_in_another_circle() {
+    let app = TestApp::spawn().await;
+    let (admin, grace, _) = circle_of_three(&app).await;
+    let other = circle::create_circle(
+        app.store.as_ref(),
+        app.origin.as_str().trim_end_matches('/'),
+        app.clock.now(),
+    )
+    .await
+    .expect("another circle");
+    let outsider = app.enroll(&other.url, "Outsider").await;
+    let device = Uuid::new_v4();
+    let mut online = WsClient::connect_with(&app, admin.client.session(), Some(device), &[])
+        .await
+        .expect("the admin's device connects");
+    assert!(matches!(
+        online.next().await,
+        Some(ServerFrame::Hello { .. })
+    ));
+
+    // Another member of the circle: refused while the device is online, and the same while it
+    // is offline, so the answer says nothing of its presence and cannot lock its owner out.
+    assert_eq!(
+        upgrade_status(&app, &grace, device).await,
+        StatusCode::CONFLICT
+    );
+    assert!(online.close_and_hear_back().await);
+    assert_eq!(
+        upgrade_status(&app, &grace, device).await,
+        StatusCode::CONFLICT,
+        "the same answer while the device is offline"
+    );
+    assert_eq!(
+        upgrade_status(&app, &admin, device).await,
+        StatusCode::SWITCHING_PROTOCOLS,
+        "its owner still connects with it"
+    );
+
+    // In another circle the id is another device: no refusal to learn anything from, and the
+    // owner's connection is not disturbed.
+    let mut online = WsClient::connect_with(&app, admin.client.session(), Some(device), &[])
+        .await
+        .expect("the admin's device connects again");
+    assert!(matches!(
+        online.next().await,
+        Some(ServerFrame::Hello { .. })
+    ));
+    assert_eq!(
+        upgrade_status(&app, &outsider, device).await,
+        StatusCode::SWITCHING_PROTOCOLS
+    );
+    assert!(
+        online
+            .frame_within(std::time::Duration::from_millis(300))
+            .await
+            .is_none(),
+        "the owner's connection heard nothing of it"
+    );
+    assert!(online.close_and_hear_back().await, "and is still open");
+}
+
+#[tokio::test]
+async fn a_device_that_keeps_reconnecting_is_announced_a_few_times_and_its_latest_state_last() {
+    // Four announcements at once, then one every two seconds.
+    let app = TestApp::spawn_with(|config| config.ws_presence_per_minute = 30).await;
+    let (admin, grace, _) = circle_of_three(&app).await;
+    let (mut a, _) = WsClient::connect(&app, &admin).await;
+    let flapping = Uuid::new_v4();
+    let cycles = 30;
+    for _ in 0..cycles {
+        assert_eq!(
+            upgrade_status(&app, &grace, flapping).await,
+            StatusCode::SWITCHING_PROTOCOLS
+        );
+    }
+    let mut heard = Vec::new();
+    while let Some(frame) = a.frame_within(std::time::Duration::from_secs(5)).await {
+        match frame {
+            ServerFrame::Presence { device, online, .. } => {
+                assert_eq!(device, flapping);
+                heard.push(online);
+            }
+            other => panic!("expected presence, got {other:?}"),
+        }
+    }
+    assert!(
+        heard.len() < cycles,
+        "{} connections and disconnections came to {} announcements",
+        2 * cycles,
+        heard.len()
+    );
+    assert_eq!(
+        heard.last(),
+        Some(&false),
+        "the device ended offline: {heard:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_counters_are_refused_to_what_a_reverse_proxy_forwards() {
+    let app = TestApp::spawn().await;
+    let url = app.origin.join("/metrics").expect("url");
+    let direct = reqwest::get(url.clone()).await.expect("answers");
+    assert_eq!(
+        direct.status(),
+        StatusCode::OK,
+        "a local scraper reads them"
+    );
+    for (header, value) in [
+        ("x-forwarded-for", "203.0.113.9"),
+        ("forwarded", "for=203.0.113.9"),
+    ] {
+        let forwarded = reqwest::Client::new()
+            .get(url.clone())
+            .header(header, value)
+            .send()
+            .await
+            .expect("answers");
+        assert_eq!(forwarded.status(), StatusCode::NOT_FOUND, "{header}");
+        let body = forwarded.text().await.expect("text");
+        assert!(!body.contains("tessera_"), "no counter leaks: {body}");
+    }
+}

@@ -89,15 +89,11 @@ fn main() {
                 }
             }
         };
-        let admin = enroll(first_invitation).await;
+        let mut admin = enroll(first_invitation).await;
         let mut members = Vec::new();
         for _ in 1..clients {
-            let invitation = admin
-                .client
-                .create_invitation(Role::Member, 3600)
-                .await
-                .expect("invite");
-            members.push(enroll(invitation.url).await);
+            let invitation = admin.issue(Role::Member, 3600).await;
+            members.push(enroll(invitation.link).await);
         }
         members.push(admin);
 

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use tessera_client::api::ApiClient;
+use tessera_client::api::{ApiClient, ApiClientResult};
 use tessera_client::authenticator::SoftKey;
 use tessera_client::membership::{self, InvitationLink, Joined, Signer};
 use tessera_client::trust::{RootFingerprint, RootPin, Trust};
@@ -19,6 +19,18 @@ use tessera_wire::{Role, SessionGranted};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use url::Url;
+
+/// The server's answer to what a member's device did: its refusal, or what came of it.
+///
+/// # Panics
+/// When the device failed before the server answered (a key refused, a link did not parse).
+pub fn refusal<T>(result: Result<T, membership::MembershipError>) -> ApiClientResult<T> {
+    match result {
+        Ok(done) => Ok(done),
+        Err(membership::MembershipError::Api(error)) => Err(error),
+        Err(other) => panic!("the request never reached the server: {other}"),
+    }
+}
 
 /// Every log line the servers of this test binary wrote (all tests share it).
 static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
@@ -71,7 +83,7 @@ pub struct TestApp {
     /// The server's store (tests inspect it).
     pub store: Arc<dyn Store>,
     data_dir: tempfile::TempDir,
-    server: JoinHandle<std::io::Result<()>>,
+    server: JoinHandle<()>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -94,33 +106,72 @@ pub struct TestMember {
 }
 
 impl TestMember {
-    /// Issues an invitation (the member must be an admin).
-    ///
-    /// # Panics
-    /// When the server refuses.
-    pub async fn issue(&self, role: Role, ttl_secs: u64) -> tessera_wire::CreatedInvitation {
-        self.client
-            .create_invitation(role, ttl_secs)
-            .await
-            .expect("the admin issues an invitation")
-    }
-
-    /// Issues an invitation signed with the member's key (an admin's): the whole link.
-    ///
-    /// # Panics
-    /// When the key or the server refuses.
-    pub async fn invite(&mut self, role: Role, recovers: Option<uuid::Uuid>) -> String {
-        let signer = Signer {
+    /// The member's device's signer: their ids, their circle's root and their key.
+    pub fn signer(&mut self) -> Signer<'_> {
+        Signer {
             circle: self.granted.circle,
             member: self.granted.member,
             root: self.root,
             key: &mut self.key,
-        };
+        }
+    }
+
+    /// Issues an invitation signed with the member's key (an admin's), as their device does:
+    /// for a newcomer with `role`, or a recovery of `recovers`, valid `ttl_secs`.
+    ///
+    /// # Errors
+    /// The server's refusal.
+    ///
+    /// # Panics
+    /// When the key refuses.
+    pub async fn try_invite(
+        &mut self,
+        role: Role,
+        recovers: Option<uuid::Uuid>,
+        ttl_secs: u64,
+    ) -> ApiClientResult<membership::Invitation> {
         let now = tessera_engine::unix_ms(std::time::SystemTime::now()) / 1000;
-        membership::invite(&self.client, signer, role, recovers, (3600, now))
+        let client = self.client.clone();
+        refusal(membership::invite(&client, self.signer(), role, recovers, (ttl_secs, now)).await)
+    }
+
+    /// Issues a signed invitation for a newcomer with `role`, valid `ttl_secs`: what the server
+    /// made of it, and the whole link.
+    ///
+    /// # Panics
+    /// When the key or the server refuses.
+    pub async fn issue(&mut self, role: Role, ttl_secs: u64) -> membership::Invitation {
+        self.try_invite(role, None, ttl_secs)
+            .await
+            .expect("the admin issues an invitation")
+    }
+
+    /// Issues a signed invitation valid an hour: the whole link.
+    ///
+    /// # Panics
+    /// When the key or the server refuses.
+    pub async fn invite(&mut self, role: Role, recovers: Option<uuid::Uuid>) -> String {
+        self.try_invite(role, recovers, 3600)
             .await
             .expect("the admin issues a signed invitation")
             .link
+    }
+
+    /// Adds a new software key, endorsed by the member's key, as `tessera keys add` does.
+    ///
+    /// # Errors
+    /// The server's refusal.
+    ///
+    /// # Panics
+    /// When a key refuses.
+    pub async fn add_spare(
+        &mut self,
+        label: Option<&str>,
+    ) -> ApiClientResult<(SoftKey, tessera_wire::PasskeyInfo)> {
+        let mut spare = SoftKey::blank().expect("a blank key");
+        let client = self.client.clone();
+        let info = refusal(membership::add_key(&client, self.signer(), &mut spare, label).await)?;
+        Ok((spare, info))
     }
 
     /// Revokes `member` as an admin's device does, with a revocation this member's key signs.
@@ -271,8 +322,7 @@ impl TestApp {
         tokio::time::timeout(std::time::Duration::from_secs(10), &mut self.server)
             .await
             .expect("the server stops in time")
-            .expect("the server task ends")
-            .expect("the server stops without an error");
+            .expect("the server task ends");
     }
 
     /// A client without a session.

@@ -21,8 +21,13 @@ pub use webauthn_rs_proto::{
 /// The path prefix of every JSON endpoint.
 pub const API_PREFIX: &str = "/api/v1";
 
-/// The name of the browser's session cookie (HttpOnly, SameSite=Strict).
+/// The name of the browser's session cookie (HttpOnly, SameSite=Strict) on a plain-http origin
+/// (localhost while developing).
 pub const SESSION_COOKIE: &str = "tessera_session";
+/// Its name on an https origin: the `__Host-` prefix makes browsers keep it only if it is
+/// `Secure`, for the whole host (`Path=/`) and no other (no `Domain`), so that a sibling
+/// subdomain cannot plant or shadow it.
+pub const SECURE_SESSION_COOKIE: &str = "__Host-tessera_session";
 
 /// A member's role in their circle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -88,6 +93,13 @@ code::codes! {
         UnsupportedKey = "unsupported_key",
         /// The member would be left without a key.
         LastPasskey = "last_passkey",
+        /// The request needs, and did not carry, a statement one of the caller's keys signed
+        /// for it lately with the user verified.
+        SignatureRefused = "signature_refused",
+        /// The member holds the most keys allowed.
+        TooManyKeys = "too_many_keys",
+        /// The circle has the most pending invitations allowed.
+        TooManyInvitations = "too_many_invitations",
         /// An admin tried to revoke themselves.
         CannotRevokeSelf = "cannot_revoke_self",
         /// Well-formed JSON whose values are not acceptable.
@@ -104,7 +116,7 @@ code::codes! {
         OriginRefused = "origin_refused",
         /// The member has too many signalling connections.
         TooManyConnections = "too_many_connections",
-        /// The device id is in use by another member.
+        /// The device id belongs to another member.
         DeviceTaken = "device_taken",
         /// The server hands out no TURN credentials.
         TurnNotConfigured = "turn_not_configured",
@@ -193,7 +205,8 @@ pub struct LoginFinishRequest {
     pub credential: PublicKeyCredential,
 }
 
-/// A new session, after enrollment or login. The browser also receives it as a cookie.
+/// A new session, after enrollment or login. A browser receives the token as an HttpOnly cookie
+/// only, never in this body, so that no script on the page can read it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SessionGranted {
     /// The member id.
@@ -202,8 +215,10 @@ pub struct SessionGranted {
     pub circle: Uuid,
     /// The member's role.
     pub role: Role,
-    /// The session token: `Authorization: Bearer <session>` for native clients.
-    pub session: String,
+    /// The session token, for native clients (`Authorization: Bearer <session>`); absent when
+    /// the request came from a browser (it carried `Origin` or `Sec-Fetch-Site`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
     /// When the session ends.
     pub expires_at: i64,
 }

@@ -1,8 +1,7 @@
 //! Enrollment with an invitation: `POST /enroll/start` and `/enroll/finish` (a new member, or a recovered one's new key).
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::{Json, Router};
@@ -11,6 +10,7 @@ use uuid::Uuid;
 
 use crate::auth;
 use crate::ceremony::{self, CeremonyState};
+use crate::client_addr::ClientAddr;
 use crate::error::{ApiError, ApiJson, ApiResult};
 use crate::secret;
 use crate::state::AppState;
@@ -25,10 +25,10 @@ pub(super) fn router() -> Router<AppState> {
 #[tracing::instrument(skip_all)]
 async fn start(
     State(state): State<AppState>,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    client: ClientAddr,
     ApiJson(request): ApiJson<EnrollStartRequest>,
 ) -> ApiResult<Json<RegistrationOptions>> {
-    state.limits.ceremony(client.ip())?;
+    state.limits.ceremony(client)?;
     let label = ceremony::authenticator_label(request.label.as_deref())?;
     if !secret::looks_like_token(&request.token) {
         return Err(ApiError::InvitationUnusable);
@@ -61,6 +61,7 @@ async fn start(
     let (options, registration) = ceremony::start_registration(&state, member, &label).await?;
     let ceremony = ceremony::begin(
         &state,
+        client,
         &CeremonyState::Enroll {
             invitation_hash,
             member,
@@ -81,10 +82,11 @@ async fn start(
 #[tracing::instrument(skip_all)]
 async fn finish(
     State(state): State<AppState>,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    client: ClientAddr,
+    headers: HeaderMap,
     ApiJson(request): ApiJson<RegistrationFinishRequest>,
 ) -> ApiResult<impl IntoResponse> {
-    state.limits.ceremony(client.ip())?;
+    state.limits.ceremony(client)?;
     let proof = super::invitations::opaque(request.proof, "proof")?;
     let CeremonyState::Enroll {
         invitation_hash,
@@ -124,5 +126,5 @@ async fn finish(
         )
         .await?;
     tracing::info!(new_member, "key enrolled");
-    Ok(([auth::session_cookie(&state, &granted)], Json(granted)))
+    Ok(auth::granted(&state, &headers, granted))
 }

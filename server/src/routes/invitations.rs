@@ -10,6 +10,7 @@ use tessera_wire::{
 use uuid::Uuid;
 
 use crate::auth::AdminCaller;
+use crate::consent;
 use crate::error::{ApiError, ApiJson, ApiResult};
 use crate::invitation;
 use crate::state::AppState;
@@ -58,10 +59,12 @@ fn checked_ttl(ttl_secs: u64) -> ApiResult<i64> {
 }
 
 /// Issues an invitation in the admin's circle, counted against their rate limit: for a newcomer
-/// with `role`, or (with `member`) a recovery for an existing member.
+/// with `role`, or (with `member`) a recovery for an existing member; `statement` is the
+/// invitation the admin's key signed for it.
 ///
 /// # Errors
-/// An out-of-range lifetime, the rate limit, or a store failure.
+/// An out-of-range lifetime, the rate limit, a statement missing or not the admin's for this
+/// invitation, or a store failure.
 pub(super) async fn issue_by(
     state: &AppState,
     admin: &MemberRecord,
@@ -70,9 +73,12 @@ pub(super) async fn issue_by(
     (ttl_secs, statement): (u64, Option<Base64Url>),
 ) -> ApiResult<CreatedInvitation> {
     let ttl = checked_ttl(ttl_secs)?;
-    let statement = opaque(statement, "statement")?;
+    let statement = opaque(statement, "statement")?.ok_or_else(|| {
+        ApiError::ConsentRefused("an invitation is signed by the issuing admin's key".into())
+    })?;
     state.limits.invitation(admin.id)?;
     let now = state.clock.now();
+    consent::invitation(state, admin, &statement, (role, member, now + ttl)).await?;
     let record = InvitationRecord {
         id: Uuid::new_v4(),
         circle: admin.circle,
@@ -81,7 +87,7 @@ pub(super) async fn issue_by(
         created_by: Some(admin.id),
         created_at: now,
         expires_at: now + ttl,
-        statement,
+        statement: Some(statement),
     };
     Ok(invitation::issue(state.store.as_ref(), &state.config.origin_base(), &record).await?)
 }

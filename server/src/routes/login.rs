@@ -1,9 +1,7 @@
 //! Login with a discoverable credential (no user name typed), and logout.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, State};
-use axum::http::StatusCode;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::{Json, Router};
@@ -12,6 +10,7 @@ use webauthn_rs::prelude::WebauthnError;
 
 use crate::auth::{self, Caller};
 use crate::ceremony::{self, CeremonyState};
+use crate::client_addr::ClientAddr;
 use crate::error::{ApiError, ApiJson, ApiResult};
 use crate::state::AppState;
 
@@ -25,21 +24,23 @@ pub(super) fn router() -> Router<AppState> {
 #[tracing::instrument(skip_all)]
 async fn start(
     State(state): State<AppState>,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    client: ClientAddr,
 ) -> ApiResult<Json<AuthenticationOptions>> {
-    state.limits.ceremony(client.ip())?;
+    state.limits.ceremony(client)?;
     let (options, authentication) = state.webauthn.start_discoverable_authentication()?;
-    let ceremony = ceremony::begin(&state, &CeremonyState::Login { authentication }).await?;
+    let ceremony =
+        ceremony::begin(&state, client, &CeremonyState::Login { authentication }).await?;
     Ok(Json(AuthenticationOptions { ceremony, options }))
 }
 
 #[tracing::instrument(skip_all)]
 async fn finish(
     State(state): State<AppState>,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    client: ClientAddr,
+    headers: HeaderMap,
     ApiJson(request): ApiJson<LoginFinishRequest>,
 ) -> ApiResult<impl IntoResponse> {
-    state.limits.ceremony(client.ip())?;
+    state.limits.ceremony(client)?;
     let CeremonyState::Login { authentication } = ceremony::take(&state, &request.ceremony).await?
     else {
         return Err(ApiError::CeremonyMismatch);
@@ -80,14 +81,17 @@ async fn finish(
         )
         .await?;
     tracing::info!("logged in");
-    Ok(([auth::session_cookie(&state, &granted)], Json(granted)))
+    Ok(auth::granted(&state, &headers, granted))
 }
 
 #[tracing::instrument(skip_all)]
 async fn logout(State(state): State<AppState>, caller: Caller) -> ApiResult<impl IntoResponse> {
     state.store.delete_session(&caller.session_hash).await?;
     state.signals.revoke_session(&caller.session_hash);
-    Ok((StatusCode::NO_CONTENT, [auth::clearing_cookie()]))
+    Ok((
+        StatusCode::NO_CONTENT,
+        [auth::clearing_cookie(&state.config)],
+    ))
 }
 
 /// Refuses an assertion made in a frame of another site (`crossOrigin: true` in its client

@@ -1,12 +1,11 @@
 //! The member's own account: who they are, their keys (list, add, revoke any but the last, with
 //! the revocation one of the member's keys signed).
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use tessera_engine::decision::Decision;
 use tessera_wire::{
     AddPasskeyStartRequest, Base64Url, Me, MemberDecisionRequest, PasskeyInfo,
     RegistrationFinishRequest, RegistrationOptions,
@@ -14,6 +13,8 @@ use tessera_wire::{
 
 use crate::auth::Caller;
 use crate::ceremony::{self, CeremonyState};
+use crate::client_addr::ClientAddr;
+use crate::consent;
 use crate::error::{ApiError, ApiJson, ApiResult};
 use crate::state::AppState;
 
@@ -54,16 +55,17 @@ async fn passkeys(
 #[tracing::instrument(skip_all)]
 async fn add_start(
     State(state): State<AppState>,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    client: ClientAddr,
     caller: Caller,
     ApiJson(request): ApiJson<AddPasskeyStartRequest>,
 ) -> ApiResult<Json<RegistrationOptions>> {
-    state.limits.ceremony(client.ip())?;
+    state.limits.ceremony(client)?;
     let label = ceremony::authenticator_label(request.label.as_deref())?;
     let member = caller.member.id;
     let (options, registration) = ceremony::start_registration(&state, member, &label).await?;
     let ceremony = ceremony::begin(
         &state,
+        client,
         &CeremonyState::AddKey {
             member,
             registration,
@@ -80,11 +82,11 @@ async fn add_start(
 #[tracing::instrument(skip_all)]
 async fn add_finish(
     State(state): State<AppState>,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    client: ClientAddr,
     caller: Caller,
     ApiJson(request): ApiJson<RegistrationFinishRequest>,
 ) -> ApiResult<(StatusCode, Json<PasskeyInfo>)> {
-    state.limits.ceremony(client.ip())?;
+    state.limits.ceremony(client)?;
     let proof = super::invitations::opaque(request.proof, "proof")?;
     let CeremonyState::AddKey {
         member,
@@ -100,7 +102,12 @@ async fn add_finish(
         .webauthn
         .finish_passkey_registration(&request.credential, &registration)?;
     let record = ceremony::passkey_record(&state, member, &passkey, &request.credential)?;
-    state.store.add_passkey(&record, proof.as_deref()).await?;
+    let proof = proof.ok_or_else(|| {
+        ApiError::ConsentRefused("a new key is endorsed by one of your keys".into())
+    })?;
+    let new_key = ceremony::public_key_info(&record)?;
+    consent::endorsement(&state, &caller.member, &proof, &new_key).await?;
+    state.store.add_passkey(&record, Some(&proof)).await?;
     tracing::info!("key added");
     Ok((StatusCode::CREATED, Json(ceremony::passkey_info(&record)?)))
 }
@@ -129,6 +136,19 @@ async fn remove(
 ) -> ApiResult<StatusCode> {
     let credential_id = Base64Url::decode(&id).map_err(|_| ApiError::NotFound("key"))?;
     let revocation = key_revocation(&request.statement)?;
+    // Another member's key, or none, is not found before any signature is looked at.
+    let owned = state.store.passkeys_of(caller.member.id).await?;
+    if !owned.iter().any(|key| key.credential_id == credential_id) {
+        return Err(ApiError::NotFound("key"));
+    }
+    consent::decision(
+        &state,
+        &caller.member,
+        &revocation,
+        (Decision::RevokeKey, caller.member.id),
+        Some(&credential_id),
+    )
+    .await?;
     let ended = state
         .store
         .revoke_passkey(

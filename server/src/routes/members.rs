@@ -5,6 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use tessera_engine::decision::Decision;
 use tessera_wire::{
     CreateRecoveryRequest, CreatedInvitation, MemberDecisionRequest, MemberInfo, Role,
 };
@@ -13,6 +14,7 @@ use uuid::Uuid;
 use super::invitations::{issue_by, opaque};
 use crate::auth::{AdminCaller, Caller};
 use crate::ceremony;
+use crate::consent;
 use crate::error::{ApiError, ApiJson, ApiResult};
 use crate::state::AppState;
 use crate::store::MemberRecord;
@@ -112,6 +114,14 @@ async fn revoke(
         return Err(ApiError::CannotRevokeSelf);
     }
     let revocation = opaque(Some(request.statement), "statement")?.unwrap_or_default();
+    consent::decision(
+        &state,
+        &admin.member,
+        &revocation,
+        (Decision::Revoke, target),
+        None,
+    )
+    .await?;
     let by = (admin.member.circle, admin.member.id);
     if !state
         .store
@@ -137,6 +147,14 @@ async fn promote(
         return Err(ApiError::Invalid("that member is an admin already".into()));
     }
     let promotion = opaque(Some(request.statement), "statement")?.unwrap_or_default();
+    consent::decision(
+        &state,
+        &admin.member,
+        &promotion,
+        (Decision::Promote, target.id),
+        None,
+    )
+    .await?;
     if !state
         .store
         .promote_member(

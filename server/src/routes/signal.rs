@@ -37,7 +37,13 @@ pub(super) fn metrics_router() -> Router<AppState> {
     Router::new().route("/metrics", get(metrics))
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+/// The counters, for a scraper that reaches the server directly: a request a reverse proxy
+/// forwarded (it names a client in `X-Forwarded-For` or `Forwarded`) comes from the internet and
+/// is told there is nothing here, whatever the proxy's own configuration.
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if headers.contains_key("x-forwarded-for") || headers.contains_key("forwarded") {
+        return StatusCode::NOT_FOUND.into_response();
+    }
     (
         [(
             CONTENT_TYPE,
@@ -45,6 +51,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         )],
         state.metrics.render(),
     )
+        .into_response()
 }
 
 /// Whether `name` lists `token` (comma-separated, any case), as `Connection: keep-alive, Upgrade` does.
@@ -87,18 +94,34 @@ async fn upgrade(
         state.metrics.refused("origin");
         return Err(ApiError::OriginRefused);
     }
+    let accept = accept_key(&headers)
+        .ok_or_else(|| ApiError::Invalid("this endpoint needs a WebSocket upgrade".into()))?;
     let device = match query.get("device") {
+        // A fresh id for this connection, bound like any other: peers see it, and none of them
+        // may take it over.
         None => Uuid::new_v4(),
         Some(text) => {
             Uuid::parse_str(text).map_err(|_| ApiError::Invalid("device must be a UUID".into()))?
         }
     };
-    let accept = accept_key(&headers)
-        .ok_or_else(|| ApiError::Invalid("this endpoint needs a WebSocket upgrade".into()))?;
+    // Another member's id is refused whether that device is online or not.
+    let (circle, member) = (caller.member.circle, caller.member.id);
+    if !state
+        .store
+        .claim_device((circle, member), device, state.clock.now())
+        .await?
+    {
+        state.metrics.refused("device_taken");
+        return Err(ApiError::DeviceTaken);
+    }
     let limits = &state.config;
     state
         .signals
-        .may_join(caller.member.id, device, limits.ws_connections_per_member)
+        .may_join(
+            (caller.member.circle, caller.member.id),
+            device,
+            limits.ws_connections_per_member,
+        )
         .map_err(|error| match error {
             JoinError::DeviceTaken => {
                 state.metrics.refused("device_taken");

@@ -342,16 +342,12 @@ pub async fn serve(socket: Socket, state: AppState, caller: Caller, device: Uuid
         strikes: 0,
         signal_frame: None,
     };
-    let presence = |online| {
-        text(&ServerFrame::Presence {
-            member: member.id,
-            device,
-            online,
-        })
+    let announce = |online| {
+        state
+            .presence
+            .announce(&state.signals, (member.circle, member.id), device, online);
     };
-    state
-        .signals
-        .broadcast(member.circle, device, presence(true));
+    announce(true);
     tracing::debug!("device connected");
 
     let reader = async {
@@ -363,10 +359,11 @@ pub async fn serve(socket: Socket, state: AppState, caller: Caller, device: Uuid
     };
     let (stream, sink) = tokio::join!(reader, writer);
     shut(stream, sink).await;
-    if state.signals.leave(device, endpoint.serial) {
-        state
-            .signals
-            .broadcast(member.circle, device, presence(false));
+    if state
+        .signals
+        .leave(endpoint.circle, device, endpoint.serial)
+    {
+        announce(false);
     }
     state.metrics.connections.dec();
     tracing::debug!("device disconnected");

@@ -79,8 +79,9 @@ pub enum JoinError {
     /// The member has too many connections.
     #[error("too many connections for this member")]
     TooManyConnections,
-    /// The device id belongs to another member's connection.
-    #[error("this device id is in use by another member")]
+    /// The device id is another member's (the store's binding keeps this from happening; the
+    /// router checks it again).
+    #[error("this device id belongs to another member")]
     DeviceTaken,
 }
 
@@ -111,13 +112,18 @@ pub trait SignalRouter: Send + Sync + 'static {
         max_per_member: usize,
         hello: &dyn Fn(Vec<PeerDevice>) -> Utf8Bytes,
     ) -> Result<(), JoinError>;
-    /// Checks, without joining, whether a member's device could join now.
+    /// Checks, without joining, whether a member's device could join its circle now.
     ///
     /// # Errors
     /// See [`JoinError`].
-    fn may_join(&self, member: Uuid, device: Uuid, max_per_member: usize) -> Result<(), JoinError>;
+    fn may_join(
+        &self,
+        circle_member: (Uuid, Uuid),
+        device: Uuid,
+        max_per_member: usize,
+    ) -> Result<(), JoinError>;
     /// Removes a connection (if it is still the device's current one); true if it was.
-    fn leave(&self, device: Uuid, serial: u64) -> bool;
+    fn leave(&self, circle: Uuid, device: Uuid, serial: u64) -> bool;
     /// Delivers a frame to one device of the circle.
     ///
     /// # Errors
@@ -133,12 +139,17 @@ pub trait SignalRouter: Send + Sync + 'static {
     fn online(&self) -> usize;
 }
 
-/// The devices connected to this process: by device, and the device ids by circle and by member.
+/// A device as the router knows it: (circle, device). A device id means nothing outside its
+/// circle, so the same id in two circles is two devices, and neither can see or displace the other.
+type DeviceKey = (Uuid, Uuid);
+
+/// The devices connected to this process: by circle and device, the device ids of each circle,
+/// and the devices of each member.
 #[derive(Debug, Default)]
 struct Connected {
-    devices: HashMap<Uuid, Endpoint>,
+    devices: HashMap<DeviceKey, Endpoint>,
     circles: HashMap<Uuid, HashSet<Uuid>>,
-    members: HashMap<Uuid, HashSet<Uuid>>,
+    members: HashMap<Uuid, HashSet<DeviceKey>>,
 }
 
 /// The router of one server process.
@@ -167,11 +178,11 @@ impl LocalHub {
 /// Whether a member's device may connect now.
 fn check_join(
     connected: &Connected,
-    member: Uuid,
+    (circle, member): (Uuid, Uuid),
     device: Uuid,
     max_per_member: usize,
 ) -> Result<(), JoinError> {
-    let replacing = match connected.devices.get(&device) {
+    let replacing = match connected.devices.get(&(circle, device)) {
         Some(existing) if existing.member != member => return Err(JoinError::DeviceTaken),
         Some(_) => 1,
         None => 0,
@@ -188,8 +199,13 @@ impl SignalRouter for LocalHub {
         self.serials.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn may_join(&self, member: Uuid, device: Uuid, max_per_member: usize) -> Result<(), JoinError> {
-        check_join(&self.connected(), member, device, max_per_member)
+    fn may_join(
+        &self,
+        circle_member: (Uuid, Uuid),
+        device: Uuid,
+        max_per_member: usize,
+    ) -> Result<(), JoinError> {
+        check_join(&self.connected(), circle_member, device, max_per_member)
     }
 
     fn join(
@@ -199,8 +215,14 @@ impl SignalRouter for LocalHub {
         hello: &dyn Fn(Vec<PeerDevice>) -> Utf8Bytes,
     ) -> Result<(), JoinError> {
         let mut connected = self.connected_mut();
-        check_join(&connected, endpoint.member, endpoint.device, max_per_member)?;
-        if let Some(previous) = connected.devices.remove(&endpoint.device) {
+        let key = (endpoint.circle, endpoint.device);
+        check_join(
+            &connected,
+            (endpoint.circle, endpoint.member),
+            endpoint.device,
+            max_per_member,
+        )?;
+        if let Some(previous) = connected.devices.remove(&key) {
             let _ = previous.push(Outbound::close(error_frame(
                 FrameErrorCode::Replaced,
                 "this device connected again elsewhere",
@@ -212,7 +234,7 @@ impl SignalRouter for LocalHub {
             .into_iter()
             .flatten()
             .filter(|device| **device != endpoint.device)
-            .filter_map(|device| connected.devices.get(device))
+            .filter_map(|device| connected.devices.get(&(endpoint.circle, *device)))
             .map(|e| PeerDevice {
                 member: e.member,
                 device: e.device,
@@ -229,21 +251,22 @@ impl SignalRouter for LocalHub {
             .members
             .entry(endpoint.member)
             .or_default()
-            .insert(endpoint.device);
-        connected.devices.insert(endpoint.device, endpoint);
+            .insert(key);
+        connected.devices.insert(key, endpoint);
         Ok(())
     }
 
-    fn leave(&self, device: Uuid, serial: u64) -> bool {
+    fn leave(&self, circle: Uuid, device: Uuid, serial: u64) -> bool {
         let mut connected = self.connected_mut();
-        let Some(endpoint) = connected.devices.get(&device) else {
+        let key = (circle, device);
+        let Some(endpoint) = connected.devices.get(&key) else {
             return false;
         };
         if endpoint.serial != serial {
             return false;
         }
-        let (circle, member) = (endpoint.circle, endpoint.member);
-        connected.devices.remove(&device);
+        let member = endpoint.member;
+        connected.devices.remove(&key);
         if let Some(devices) = connected.circles.get_mut(&circle) {
             devices.remove(&device);
             if devices.is_empty() {
@@ -251,7 +274,7 @@ impl SignalRouter for LocalHub {
             }
         }
         if let Some(devices) = connected.members.get_mut(&member) {
-            devices.remove(&device);
+            devices.remove(&key);
             if devices.is_empty() {
                 connected.members.remove(&member);
             }
@@ -263,8 +286,7 @@ impl SignalRouter for LocalHub {
         let connected = self.connected();
         let endpoint = connected
             .devices
-            .get(&to)
-            .filter(|e| e.circle == circle)
+            .get(&(circle, to))
             .ok_or(DeliveryError::UnknownDevice)?;
         endpoint.push(Outbound::text(frame))
     }
@@ -278,7 +300,7 @@ impl SignalRouter for LocalHub {
             .into_iter()
             .flatten()
             .filter(|device| **device != except)
-            .filter_map(|device| connected.devices.get(device))
+            .filter_map(|device| connected.devices.get(&(circle, *device)))
             .filter(|endpoint| endpoint.push(Outbound::Text(frame.clone())).is_ok())
             .count()
     }
@@ -382,6 +404,11 @@ mod tests {
         );
         let (intruder, _rx3) = endpoint(&hub, circle, Uuid::new_v4(), first_device);
         assert_eq!(hub.join(intruder, 8, &hello), Err(JoinError::DeviceTaken));
+        let (elsewhere, _rx5) = endpoint(&hub, Uuid::new_v4(), Uuid::new_v4(), first_device);
+        let (elsewhere_circle, elsewhere_serial) = (elsewhere.circle, elsewhere.serial);
+        hub.join(elsewhere, 8, &hello)
+            .expect("the same id in another circle is another device");
+        assert!(hub.leave(elsewhere_circle, first_device, elsewhere_serial));
         hub.revoke_member(member);
         assert!(revoked.is_cancelled(), "revocation reaches the connection");
         let (again, _rx4) = endpoint(&hub, circle, member, first_device);
@@ -390,10 +417,10 @@ mod tests {
             .expect("the same device reconnects and replaces");
         assert_eq!(hub.online(), 1);
         assert!(
-            !hub.leave(first_device, 0),
+            !hub.leave(circle, first_device, 0),
             "the replaced connection's leave is ignored"
         );
-        assert!(hub.leave(first_device, serial));
+        assert!(hub.leave(circle, first_device, serial));
         assert_eq!(hub.online(), 0);
     }
 }

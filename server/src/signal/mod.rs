@@ -3,5 +3,7 @@
 pub mod connection;
 pub mod hub;
 pub mod io;
+pub mod presence;
 
 pub use hub::{DeliveryError, JoinError, LocalHub, Outbound, SignalRouter};
+pub use presence::PresenceGate;

@@ -6,11 +6,23 @@ mod sqlite;
 pub use ceremonies::MemoryCeremonies;
 pub use sqlite::{DATABASE_FILE, SqliteStore};
 
+use std::net::IpAddr;
+
 use async_trait::async_trait;
 use tessera_wire::Role;
 use uuid::Uuid;
 
 use crate::secret::Digest;
+
+/// How many device ids a member keeps bound to them (browsers and CLI data directories; a
+/// browser whose site data is cleared starts a new one).
+pub const DEVICES_PER_MEMBER: i64 = 64;
+
+/// How many keys one member may hold (a spare or two is usual; this only stops abuse).
+pub const PASSKEYS_PER_MEMBER: i64 = 16;
+
+/// How many invitations may wait in one circle at once.
+pub const PENDING_INVITATIONS_PER_CIRCLE: i64 = 1_000;
 
 /// A member row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +128,15 @@ pub enum StoreError {
     /// Too many ceremonies are pending; try again shortly.
     #[error("too many ceremonies are pending")]
     Busy,
+    /// The member holds [`PASSKEYS_PER_MEMBER`] keys already.
+    #[error("the member holds the most keys allowed")]
+    TooManyKeys,
+    /// The circle has [`PENDING_INVITATIONS_PER_CIRCLE`] invitations waiting already.
+    #[error("the circle has the most pending invitations allowed")]
+    TooManyInvitations,
+    /// The caller's address range has its share of pending ceremonies already.
+    #[error("too many ceremonies are pending from this address range")]
+    RangeBusy,
     /// The database failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
@@ -169,9 +190,15 @@ pub trait Store: Send + Sync + 'static {
     /// Revokes a pending invitation of the circle; false if there is none with that id.
     async fn revoke_invitation(&self, circle: Uuid, id: Uuid, now: i64) -> StoreResult<bool>;
 
-    /// Stores a ceremony's state under the hash of its id.
-    async fn put_ceremony(&self, id_hash: &Digest, state: &str, expires_at: i64)
-    -> StoreResult<()>;
+    /// Stores a ceremony's state under the hash of its id, counted against the share of the
+    /// address range (`crate::client::ClientAddr::range`) it was begun from.
+    async fn put_ceremony(
+        &self,
+        id_hash: &Digest,
+        state: &str,
+        expires_at: i64,
+        range: IpAddr,
+    ) -> StoreResult<()>;
     /// Takes (deletes and returns) a ceremony's state; `None` if unknown, already taken or expired.
     async fn take_ceremony(&self, id_hash: &Digest, now: i64) -> StoreResult<Option<String>>;
 
@@ -248,6 +275,15 @@ pub trait Store: Send + Sync + 'static {
         token_hash: &Digest,
         now: i64,
     ) -> StoreResult<Option<MemberRecord>>;
+    /// Binds `device` to the member who first connects with it, in their circle, and notes that it
+    /// was seen: true when the id is the member's, false when it is another member's. A member
+    /// keeps the [`DEVICES_PER_MEMBER`] ids they used last; older ones are forgotten.
+    async fn claim_device(
+        &self,
+        (circle, member): (Uuid, Uuid),
+        device: Uuid,
+        now: i64,
+    ) -> StoreResult<bool>;
     /// Ends a session.
     async fn delete_session(&self, token_hash: &Digest) -> StoreResult<()>;
 

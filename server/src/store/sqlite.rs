@@ -1,5 +1,6 @@
 //! The SQLite implementation of the store: one file under the data directory, WAL mode.
 
+use std::net::IpAddr;
 use std::path::Path;
 use std::str::FromStr as _;
 use std::sync::Arc;
@@ -66,6 +67,15 @@ impl SqliteStore {
             pool,
             ceremonies: Arc::new(MemoryCeremonies::default()),
         })
+    }
+}
+
+impl SqliteStore {
+    /// Holds at most `capacity` pending ceremonies (see [`MemoryCeremonies::new`]).
+    #[must_use]
+    pub fn ceremony_capacity(mut self, capacity: usize) -> SqliteStore {
+        self.ceremonies = Arc::new(MemoryCeremonies::new(capacity));
+        self
     }
 }
 
@@ -193,10 +203,13 @@ async fn insert_invitation_in<'e, E>(
 where
     E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
 {
-    sqlx::query(
+    // One statement: the count and the insert cannot be split by another admin's invitation.
+    let inserted = sqlx::query(
         "INSERT INTO invitations \
          (id, token_hash, circle_id, role, member_id, created_by, created_at, expires_at, statement) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 \
+         WHERE (SELECT COUNT(*) FROM invitations WHERE circle_id = ?3 AND used_at IS NULL \
+                AND revoked_at IS NULL AND expires_at > ?7) < ?10",
     )
     .bind(invitation.id.to_string())
     .bind(&token_hash[..])
@@ -207,8 +220,12 @@ where
     .bind(invitation.created_at)
     .bind(invitation.expires_at)
     .bind(invitation.statement.as_deref())
+    .bind(super::PENDING_INVITATIONS_PER_CIRCLE)
     .execute(executor)
     .await?;
+    if inserted.rows_affected() == 0 {
+        return Err(StoreError::TooManyInvitations);
+    }
     Ok(())
 }
 
@@ -235,9 +252,11 @@ async fn insert_passkey_in<'e, E>(executor: E, passkey: &PasskeyRecord) -> Store
 where
     E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
 {
-    sqlx::query(
+    // One statement: the count and the insert cannot be split by another enrollment.
+    let inserted = sqlx::query(
         "INSERT INTO passkeys (credential_id, member_id, passkey, aaguid, created_at, last_used_at) \
-         VALUES (?, ?, ?, ?, ?, ?)",
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6 \
+         WHERE (SELECT COUNT(*) FROM passkeys WHERE member_id = ?2) < ?7",
     )
     .bind(&passkey.credential_id)
     .bind(passkey.member.to_string())
@@ -245,6 +264,7 @@ where
     .bind(passkey.aaguid.map(|a| a.to_string()))
     .bind(passkey.created_at)
     .bind(passkey.last_used_at)
+    .bind(super::PASSKEYS_PER_MEMBER)
     .execute(executor)
     .await
     .map_err(|e| {
@@ -254,6 +274,9 @@ where
             StoreError::Database(e)
         }
     })?;
+    if inserted.rows_affected() == 0 {
+        return Err(StoreError::TooManyKeys);
+    }
     Ok(())
 }
 
@@ -389,9 +412,10 @@ impl Store for SqliteStore {
         id_hash: &Digest,
         state: &str,
         expires_at: i64,
+        range: IpAddr,
     ) -> StoreResult<()> {
         // One process serves: ceremony state stays in memory and never reaches the disk.
-        self.ceremonies.put(id_hash, state, expires_at)
+        self.ceremonies.put(id_hash, state, expires_at, range)
     }
 
     async fn take_ceremony(&self, id_hash: &Digest, now: i64) -> StoreResult<Option<String>> {
@@ -723,6 +747,44 @@ impl Store for SqliteStore {
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(member_of).transpose()
+    }
+
+    async fn claim_device(
+        &self,
+        (circle, member): (Uuid, Uuid),
+        device: Uuid,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        let owner: String = sqlx::query_scalar(
+            "INSERT INTO device_owners (circle_id, device_id, member_id, last_seen_at) \
+             VALUES (?, ?, ?, ?) \
+             ON CONFLICT (circle_id, device_id) DO UPDATE SET last_seen_at = excluded.last_seen_at \
+             WHERE member_id = excluded.member_id \
+             RETURNING member_id",
+        )
+        .bind(circle.to_string())
+        .bind(device.to_string())
+        .bind(member.to_string())
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?
+        .unwrap_or_default();
+        if owner != member.to_string() {
+            return Ok(false);
+        }
+        sqlx::query(
+            "DELETE FROM device_owners WHERE member_id = ?1 AND device_id != ?2 \
+             AND device_id NOT IN (SELECT device_id FROM device_owners WHERE member_id = ?1 \
+             ORDER BY last_seen_at DESC LIMIT ?3)",
+        )
+        .bind(member.to_string())
+        .bind(device.to_string())
+        .bind(super::DEVICES_PER_MEMBER)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn delete_session(&self, token_hash: &Digest) -> StoreResult<()> {

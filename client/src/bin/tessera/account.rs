@@ -247,7 +247,7 @@ pub async fn join(
             device,
             circle: granted.circle,
             role: granted.role,
-            session: Some(granted.session),
+            session: granted.session,
             key_file: Some(key_file.display().to_string()),
             root: Some(root),
         })
@@ -295,7 +295,7 @@ pub async fn login(settings: &Settings) -> Result<()> {
             profile.member
         );
     }
-    profile.session = Some(granted.session);
+    profile.session = granted.session;
     profile.role = granted.role;
     store.save_profile(&profile).await?;
     println!(
