@@ -103,6 +103,7 @@ impl Application {
         listener: TcpListener,
     ) -> Result<Application, BuildError> {
         let webauthn = relying_party(&config)?;
+        let attestation = crate::attestation::admitted(&config).map_err(BuildError::Config)?;
         crate::turn::check_urls(&config.ice_urls, config.turn_secret.as_ref())
             .map_err(BuildError::Config)?;
         let store: Arc<dyn Store> = Arc::new(
@@ -120,6 +121,7 @@ impl Application {
         let state = AppState {
             store,
             webauthn: Arc::new(webauthn),
+            attestation: attestation.map(Arc::new),
             clock,
             limits: Arc::new(RateLimits::new(
                 config.ceremony_rate_per_minute,

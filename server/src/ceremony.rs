@@ -4,8 +4,8 @@ use serde::{Deserialize, Serialize};
 use tessera_wire::{PasskeyInfo, PublicKeyInfo, RegisterPublicKeyCredential, Role};
 use uuid::Uuid;
 use webauthn_rs::prelude::{
-    COSEAlgorithm, COSEKeyType, CreationChallengeResponse, CredentialID,
-    DiscoverableAuthentication, ECDSACurve, Passkey, PasskeyRegistration,
+    AttestedPasskeyRegistration, COSEAlgorithm, COSEKeyType, CreationChallengeResponse,
+    CredentialID, DiscoverableAuthentication, ECDSACurve, Passkey, PasskeyRegistration,
 };
 
 use crate::client_addr::ClientAddr;
@@ -32,20 +32,60 @@ pub enum CeremonyState {
         /// Whether the member is new.
         new_member: bool,
         /// The registration state.
-        registration: PasskeyRegistration,
+        registration: Registration,
     },
     /// A logged-in member adding a key.
     AddKey {
         /// The member.
         member: Uuid,
         /// The registration state.
-        registration: PasskeyRegistration,
+        registration: Registration,
     },
     /// A discoverable login.
     Login {
         /// The authentication state.
         authentication: DiscoverableAuthentication,
     },
+}
+
+/// The webauthn-rs state of a key's registration: any model, or (with an AAGUID list) only a
+/// model whose attestation verifies up to a vendor's root.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "policy", rename_all = "snake_case")]
+pub enum Registration {
+    /// Any authenticator that verifies its user.
+    Any {
+        /// The state.
+        state: PasskeyRegistration,
+    },
+    /// Only the admitted models, proven by their attestation.
+    Attested {
+        /// The state (it holds the roots and models admitted).
+        state: AttestedPasskeyRegistration,
+    },
+}
+
+/// Finishes a key's registration: the key, once webauthn-rs has verified the answer (and, for an
+/// attested registration, the attestation up to an admitted root).
+///
+/// # Errors
+/// [`ApiError::AttestationRefused`] for an attestation that does not prove an admitted model;
+/// [`ApiError::WebauthnRejected`] for any other refusal.
+pub fn finish_registration(
+    state: &AppState,
+    credential: &RegisterPublicKeyCredential,
+    registration: &Registration,
+) -> ApiResult<Passkey> {
+    match registration {
+        Registration::Any { state: pending } => Ok(state
+            .webauthn
+            .finish_passkey_registration(credential, pending)?),
+        Registration::Attested { state: pending } => state
+            .webauthn
+            .finish_attested_passkey_registration(credential, pending)
+            .map(Passkey::from)
+            .map_err(crate::attestation::refusal),
+    }
 }
 
 /// Stores a ceremony's state, counted against the share of the client's address range, and
@@ -192,14 +232,30 @@ pub async fn start_registration(
     state: &AppState,
     member: Uuid,
     label: &str,
-) -> ApiResult<(CreationChallengeResponse, PasskeyRegistration)> {
+) -> ApiResult<(CreationChallengeResponse, Registration)> {
     let exclude = registered_ids(state, member).await?;
-    let (mut options, registration) = state.webauthn.start_passkey_registration(
-        member,
-        STATE_USER_NAME,
-        STATE_USER_NAME,
-        Some(exclude),
-    )?;
+    let (mut options, registration) = match &state.attestation {
+        None => {
+            let (options, pending) = state.webauthn.start_passkey_registration(
+                member,
+                STATE_USER_NAME,
+                STATE_USER_NAME,
+                Some(exclude),
+            )?;
+            (options, Registration::Any { state: pending })
+        }
+        Some(admitted) => {
+            let (options, pending) = state.webauthn.start_attested_passkey_registration(
+                member,
+                STATE_USER_NAME,
+                STATE_USER_NAME,
+                Some(exclude),
+                admitted.as_ref().clone(),
+                Some(webauthn_rs_proto::AuthenticatorAttachment::CrossPlatform),
+            )?;
+            (options, Registration::Attested { state: pending })
+        }
+    };
     show_label(&mut options, label);
     require_discoverable_roaming_key(&mut options);
     // Only what devices verify is asked for (checked again at the end: `devices_verify`).

@@ -89,7 +89,8 @@ pub struct Config {
         global = true
     )]
     pub origin: Url,
-    /// Which keys may enroll: `none` (any key with user verification) or a comma-separated list of AAGUIDs.
+    /// Which keys may enroll: `none` (any key with user verification) or a comma-separated list of
+    /// AAGUIDs, the admitted models, each proven by an attestation up to an `--attestation-ca` root.
     #[arg(
         long,
         env = "TESSERA_ATTESTATION",
@@ -97,6 +98,15 @@ pub struct Config {
         global = true
     )]
     pub attestation: AttestationPolicy,
+    /// The attestation roots of the admitted models' vendors: PEM files, comma-separated (needed
+    /// with an AAGUID list).
+    #[arg(
+        long = "attestation-ca",
+        env = "TESSERA_ATTESTATION_CAS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub attestation_cas: Vec<PathBuf>,
     /// Lifetime of a login session, in seconds (60 to 2592000, 30 days).
     #[arg(
         long,
@@ -293,6 +303,7 @@ impl Config {
             data_dir,
             origin,
             attestation: AttestationPolicy::None,
+            attestation_cas: Vec::new(),
             session_ttl_secs: 12 * 3600,
             ceremony_ttl_secs: 300,
             ceremony_rate_per_minute: 10_000,

@@ -3,6 +3,7 @@
 //! The server holds only random ids, roles, public passkeys and hashes of secrets; see `docs/architecture.md`.
 
 pub mod app;
+pub mod attestation;
 pub mod auth;
 pub mod ceremony;
 pub mod circle;

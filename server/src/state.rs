@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use webauthn_rs::prelude::Webauthn;
+use webauthn_rs::prelude::{AttestationCaList, Webauthn};
 
 use crate::clock::Clock;
 use crate::config::Config;
@@ -20,6 +20,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// The relying party: origin and RP id checks, challenge generation.
     pub webauthn: Arc<Webauthn>,
+    /// The vendors' roots and the models they vouch for, when only listed models may enroll.
+    pub attestation: Option<Arc<AttestationCaList>>,
     /// Now.
     pub clock: Arc<Clock>,
     /// Settings.

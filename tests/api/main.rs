@@ -2,6 +2,7 @@
 //! real client and software authenticators, through every flow and every abuse case.
 
 mod assets;
+mod attestation;
 mod authorization;
 mod bodies;
 mod connections;

@@ -19,7 +19,9 @@
 //! stands for a key whose owner has already unlocked it (the key file is the
 //! factor). With the `danger-tamper` feature, `Tamper` lets tests play a
 //! hostile or broken client instead; with `testing`, [`testing`] has keys
-//! registered through webauthn-rs, the relying party the server runs.
+//! registered through webauthn-rs, the relying party the server runs, and
+//! [`SoftKey::register_attested`] answers with a `packed` attestation as a
+//! vendor's model would (`Attester`).
 
 use std::fmt;
 use std::io::Write as _;
@@ -170,6 +172,79 @@ mod tamper {
         /// instead of the key's own, as a key of another algorithm (RS256,
         /// ES384) would. The key still signs with its own P-256 key later.
         pub cose_key: Option<Vec<u8>>,
+    }
+}
+
+/// Who vouches for a new credential's authenticator model in its `packed` attestation statement
+/// (feature `testing`): a vendor's attestation key with its certificate chain, or the credential's
+/// own key (self attestation, which proves nothing about the model).
+#[cfg(feature = "testing")]
+#[derive(Clone)]
+pub enum Attester {
+    /// Signed by an attestation key whose certificate chain (leaf first, as `x5c`) leads to a
+    /// vendor's root, for authenticators of model `aaguid`.
+    Vendor {
+        /// The attestation key.
+        key: SigningKey,
+        /// The certificates, DER, leaf first.
+        chain: Vec<Vec<u8>>,
+        /// The model the authenticator reports.
+        aaguid: [u8; 16],
+    },
+    /// Signed by the credential's own key, reporting `aaguid`.
+    SelfAttested {
+        /// The model the authenticator claims.
+        aaguid: [u8; 16],
+    },
+}
+
+#[cfg(feature = "testing")]
+impl Attester {
+    fn aaguid(&self) -> [u8; 16] {
+        match self {
+            Attester::Vendor { aaguid, .. } | Attester::SelfAttested { aaguid } => *aaguid,
+        }
+    }
+
+    /// The `packed` statement over authenticator data ‖ SHA-256(client data): ES256, with the
+    /// chain for a vendor's key (WebAuthn §8.2).
+    fn statement(
+        &self,
+        credential_key: &SigningKey,
+        auth_data: &[u8],
+        client_data_json: &[u8],
+    ) -> Result<Value, AuthenticatorError> {
+        let mut signed = auth_data.to_vec();
+        signed.extend_from_slice(&Sha256::digest(client_data_json));
+        let (key, chain) = match self {
+            Attester::Vendor { key, chain, .. } => (key, Some(chain)),
+            Attester::SelfAttested { .. } => (credential_key, None),
+        };
+        let signature: DerSignature = key.try_sign(&signed).map_err(crypto)?;
+        let mut statement = vec![
+            (
+                Value::Text("alg".into()),
+                Value::Integer(COSE_ALG_ES256.into()),
+            ),
+            (
+                Value::Text("sig".into()),
+                Value::Bytes(signature.as_bytes().to_vec()),
+            ),
+        ];
+        if let Some(chain) = chain {
+            let chain = chain.iter().cloned().map(Value::Bytes).collect();
+            statement.push((Value::Text("x5c".into()), Value::Array(chain)));
+        }
+        Ok(Value::Map(statement))
+    }
+}
+
+#[cfg(feature = "testing")]
+impl fmt::Debug for Attester {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Attester")
+            .field("aaguid", &Base64Url::encode(&self.aaguid()))
+            .finish_non_exhaustive()
     }
 }
 
@@ -414,7 +489,29 @@ impl SoftKey {
         tamper: &Tamper,
     ) -> Result<(SoftKey, RegisterPublicKeyCredential), AuthenticatorError> {
         let signing_key = SigningKey::try_generate().map_err(crypto)?;
-        Self::create(signing_key, options, origin, tamper)
+        Self::create(signing_key, options, origin, (tamper, None))
+    }
+
+    /// [`SoftKey::register`] with a `packed` attestation statement made by `attester`, as a
+    /// hardware key of a vendor's model answers a relying party that asks for attestation
+    /// (feature `testing`).
+    ///
+    /// # Errors
+    ///
+    /// As [`SoftKey::register`].
+    #[cfg(feature = "testing")]
+    pub fn register_attested(
+        options: &CreationChallengeResponse,
+        origin: &str,
+        attester: &Attester,
+    ) -> Result<(SoftKey, RegisterPublicKeyCredential), AuthenticatorError> {
+        let signing_key = SigningKey::try_generate().map_err(crypto)?;
+        Self::create(
+            signing_key,
+            options,
+            origin,
+            (&Tamper::default(), Some(attester)),
+        )
     }
 
     /// A key holding no credential yet, as `tessera soft-key new` writes it: the first registration
@@ -459,18 +556,19 @@ impl SoftKey {
             self.signing_key.clone(),
             options,
             origin,
-            &Tamper::default(),
+            (&Tamper::default(), None),
         )?;
         *self = key;
         Ok(credential)
     }
 
-    /// A credential for `options` made with `signing_key`.
+    /// A credential for `options` made with `signing_key`, attested by `attester` (`none` without
+    /// one).
     fn create(
         signing_key: SigningKey,
         options: &CreationChallengeResponse,
         origin: &str,
-        tamper: &Tamper,
+        (tamper, attester): (&Tamper, Option<&Attester>),
     ) -> Result<(SoftKey, RegisterPublicKeyCredential), AuthenticatorError> {
         let opts = &options.public_key;
         let es256_offered = opts
@@ -495,7 +593,10 @@ impl SoftKey {
             rp_id,
             user_handle: opts.user.id.clone(),
             counter: 0,
-            aaguid: tamper.aaguid.unwrap_or([0; 16]),
+            aaguid: tamper
+                .aaguid
+                .or_else(|| attester.map(Attester::aaguid))
+                .unwrap_or([0; 16]),
         };
 
         let client_data_json =
@@ -512,9 +613,16 @@ impl SoftKey {
             key.counter,
             Some(&attested),
         );
+        let (format, statement) = match attester {
+            None => ("none", Value::Map(Vec::new())),
+            Some(attester) => (
+                "packed",
+                attester.statement(&key.signing_key, &auth_data, &client_data_json)?,
+            ),
+        };
         let attestation_object = cbor(&Value::Map(vec![
-            (Value::Text("fmt".into()), Value::Text("none".into())),
-            (Value::Text("attStmt".into()), Value::Map(Vec::new())),
+            (Value::Text("fmt".into()), Value::Text(format.into())),
+            (Value::Text("attStmt".into()), statement),
             (Value::Text("authData".into()), Value::Bytes(auth_data)),
         ]))?;
 

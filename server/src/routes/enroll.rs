@@ -99,9 +99,7 @@ async fn finish(
     else {
         return Err(ApiError::CeremonyMismatch);
     };
-    let passkey = state
-        .webauthn
-        .finish_passkey_registration(&request.credential, &registration)?;
+    let passkey = ceremony::finish_registration(&state, &request.credential, &registration)?;
     let passkey = ceremony::passkey_record(&state, member, &passkey, &request.credential)?;
     let now = state.clock.now();
     let member = MemberRecord {

@@ -98,9 +98,7 @@ async fn add_finish(
     if member != caller.member.id {
         return Err(ApiError::CeremonyMismatch);
     }
-    let passkey = state
-        .webauthn
-        .finish_passkey_registration(&request.credential, &registration)?;
+    let passkey = ceremony::finish_registration(&state, &request.credential, &registration)?;
     let record = ceremony::passkey_record(&state, member, &passkey, &request.credential)?;
     let proof = proof.ok_or_else(|| {
         ApiError::ConsentRefused("a new key is endorsed by one of your keys".into())
