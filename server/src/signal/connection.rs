@@ -37,6 +37,33 @@ pub(crate) fn error_frame(code: FrameErrorCode, message: &str) -> Utf8Bytes {
     })
 }
 
+/// A device's text frame as the server reads it, or the refusal's code and message.
+///
+/// # Errors
+/// Not a JSON object with a type ([`FrameErrorCode::InvalidJson`]), an unknown type, or a known
+/// type without its fields.
+pub fn parse_client_frame(frame: &str) -> Result<ClientFrame, (FrameErrorCode, String)> {
+    // Only objects: serde would also read a struct from an array of its fields.
+    let envelope = frame
+        .trim_start()
+        .starts_with('{')
+        .then(|| serde_json::from_str::<Envelope>(frame).ok())
+        .flatten()
+        .ok_or_else(|| {
+            (
+                FrameErrorCode::InvalidJson,
+                "the frame is not a JSON object with a type".to_owned(),
+            )
+        })?;
+    ClientFrame::try_from(envelope).map_err(|error| {
+        let code = match error {
+            tessera_wire::signal::FrameError::UnknownType(_) => FrameErrorCode::UnknownType,
+            _ => FrameErrorCode::MalformedFrame,
+        };
+        (code, error.to_string())
+    })
+}
+
 /// The reading half of a connection: what it needs to take the device's frames (the router, its
 /// limits, its strikes).
 struct Reader {
@@ -51,7 +78,7 @@ struct Reader {
 /// The frame of a signal this device relays, serialised once around a mark where each payload
 /// goes: the sender's ids are the same in every one, and serialising them (UUIDs, escaped keys)
 /// was most of the cost of a relay.
-struct SignalFrame {
+pub struct SignalFrame {
     json: String,
     mark_at: usize,
 }
@@ -60,7 +87,9 @@ impl SignalFrame {
     /// A JSON string no payload is compared with: it is only found, once, in the template.
     const MARK: &'static str = r#""\u0000payload\u0000""#;
 
-    fn new(from: Uuid, member: Uuid) -> SignalFrame {
+    /// The template for signals from `from`, a device of `member`.
+    #[must_use]
+    pub fn new(from: Uuid, member: Uuid) -> SignalFrame {
         let mark = serde_json::value::RawValue::from_string(Self::MARK.to_owned())
             .unwrap_or_else(|_| unreachable!("the mark is a JSON string"));
         let json = serde_json::to_string(&ServerFrame::Signal {
@@ -74,7 +103,8 @@ impl SignalFrame {
     }
 
     /// The frame carrying `payload` (the same text `ServerFrame::Signal` serialises to).
-    fn around(&self, payload: &serde_json::value::RawValue) -> Utf8Bytes {
+    #[must_use]
+    pub fn around(&self, payload: &serde_json::value::RawValue) -> Utf8Bytes {
         let (before, after) = self.json.split_at(self.mark_at);
         let after = after.get(Self::MARK.len()..).unwrap_or_default();
         let mut frame = String::with_capacity(before.len() + payload.get().len() + after.len());
@@ -123,29 +153,10 @@ impl Reader {
             );
             return;
         }
-        // Only objects: serde would also read a struct from an array of its fields.
-        let envelope = frame
-            .trim_start()
-            .starts_with('{')
-            .then(|| serde_json::from_str::<Envelope>(frame).ok())
-            .flatten();
-        let Some(envelope) = envelope else {
-            self.refuse(
-                FrameErrorCode::InvalidJson,
-                "the frame is not a JSON object with a type",
-            );
-            return;
-        };
-        match ClientFrame::try_from(envelope) {
+        match parse_client_frame(frame) {
             Ok(ClientFrame::Signal { to, payload }) => self.relay(to, payload),
             Ok(ClientFrame::Commit { slot, payload }) => self.commit(slot, payload).await,
-            Err(error) => {
-                let code = match error {
-                    tessera_wire::signal::FrameError::UnknownType(_) => FrameErrorCode::UnknownType,
-                    _ => FrameErrorCode::MalformedFrame,
-                };
-                self.refuse(code, &error.to_string());
-            }
+            Err((code, message)) => self.refuse(code, &message),
         }
     }
 
