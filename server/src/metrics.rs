@@ -1,4 +1,4 @@
-//! Prometheus metrics (`/metrics`): signalling connections, relayed frames, refusals by reason, commits by result. Counts only, never ids.
+//! Prometheus metrics (`/metrics`): signalling connections, relayed frames, refusals by reason, commits by result, the runtime's live tasks. Counts only, never ids.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -21,6 +21,8 @@ pub struct Metrics {
     refusals: Family<Labels, Counter>,
     /// Commits proposed to the sequencer, by result.
     commits: Family<Labels, Counter>,
+    /// The runtime's live tasks (connections, their writers, timers), taken at each scrape.
+    tasks: Gauge,
 }
 
 impl Default for Metrics {
@@ -30,6 +32,12 @@ impl Default for Metrics {
         let frames_relayed = Counter::default();
         let refusals = Family::<Labels, Counter>::default();
         let commits = Family::<Labels, Counter>::default();
+        let tasks = Gauge::default();
+        registry.register(
+            "runtime_tasks",
+            "Live tasks of the server's runtime (flat when nothing leaks)",
+            tasks.clone(),
+        );
         registry.register(
             "ws_connections",
             "Open signalling connections",
@@ -56,6 +64,7 @@ impl Default for Metrics {
             frames_relayed,
             refusals,
             commits,
+            tasks,
         }
     }
 }
@@ -75,6 +84,10 @@ impl Metrics {
     /// The Prometheus text exposition.
     #[must_use]
     pub fn render(&self) -> String {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let alive = runtime.metrics().num_alive_tasks();
+            self.tasks.set(i64::try_from(alive).unwrap_or(i64::MAX));
+        }
         let mut text = String::new();
         if encode(&mut text, &self.registry).is_err() {
             text.clear();

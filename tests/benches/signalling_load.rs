@@ -7,10 +7,15 @@
 //! - relayed messages per server CPU-second (pairs of connections sending as fast as they can),
 //! - p50/p99 latency at a fixed offered load.
 //!
+//! With `SOAK_SECS` set it runs a soak instead, Tessera only: `SOAK_CONNECTIONS` (10,000) held
+//! for that long while signals flow (`OFFERED_PER_SECOND`) and `SOAK_CHURN` connections a second
+//! close and reconnect; the server's RSS, open file descriptors, threads and tasks are printed
+//! every minute, at the end, and once every connection is closed again.
+//!
 //! Bounded in count and time; every process it starts is ended by its PID.
 //! Run: `cargo build --release --bin tessera-server && cargo bench -p tessera-tests --bench signalling_load`
 //! (environment: `CONNECTIONS=1000,10000`, `PAIRS`, `MESSAGES`, `OFFERED_PER_SECOND`, `CIRCLE_SIZE`,
-//! `TARGETS=tessera` to skip PeerJS, `TESSERA_SERVER_BIN`).
+//! `TARGETS=tessera` to skip PeerJS, `TESSERA_SERVER_BIN`; `SOAK_SECS=600` for the soak).
 
 use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;
@@ -93,6 +98,22 @@ impl Server {
             .collect();
         let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
         Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux.
+    }
+
+    /// Open file descriptors.
+    fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map_or(0, Iterator::count)
+    }
+
+    /// Threads.
+    fn threads(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
     }
 
     /// Resident memory in bytes.
@@ -531,6 +552,98 @@ async fn measure(target: &Target, counts: &[usize], pairs: usize, messages: usiz
     }
 }
 
+/// The server's live tasks, from its `/metrics`.
+async fn tasks(port: u16) -> u64 {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)).await else {
+        return 0;
+    };
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let request = "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return 0;
+    }
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text).await;
+    text.lines()
+        .find_map(|l| l.strip_prefix("tessera_runtime_tasks "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// One line of the soak's report.
+#[allow(clippy::cast_precision_loss)]
+async fn soak_report(target: &Target, when: &str, observed: &Observed, started: Instant) {
+    println!(
+        "{when:<18} {:>5.0} s | relayed {:>9} | RSS {:>7.1} MB | fds {:>6} | threads {:>3} | tasks {:>6} | server CPU {:>6.1} s",
+        started.elapsed().as_secs_f64(),
+        observed.relayed.load(Ordering::Relaxed),
+        target.server.rss() as f64 / 1_048_576.0,
+        target.server.fds(),
+        target.server.threads(),
+        tasks(target.port).await,
+        target.server.cpu().as_secs_f64(),
+    );
+}
+
+/// The soak: `connections` held for `secs` while `rate` signals a second flow between pairs of
+/// them and `churn` connections a second close and open again.
+async fn soak(target: &Target, connections: usize, secs: u64, rate: usize, churn: usize) {
+    let observed = Arc::new(Observed::new(connections));
+    let epoch = Instant::now();
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    warm_up(target, &observed, epoch).await;
+    soak_report(target, "before", &observed, started).await;
+    let mut sinks = Vec::new();
+    open(target, 0..connections, &observed, epoch, &mut sinks).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    soak_report(target, "connected", &observed, started).await;
+    let pairs = connections / 2;
+    let per_tick = (rate / 100).max(1);
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let (mut next_pair, mut next_churn, mut sent) = (0, 0, 0u64);
+    let mut last_report = Instant::now();
+    let soak_started = Instant::now();
+    while soak_started.elapsed() < Duration::from_secs(secs) {
+        tick.tick().await;
+        for _ in 0..per_tick {
+            let p = next_pair % pairs;
+            next_pair += 1;
+            let frame = target.message(2 * p + 1, 0);
+            let mut sink = sinks[2 * p].lock().await;
+            if sink.send(Message::text(frame)).await.is_ok() {
+                sent += 1;
+            }
+        }
+        // Every second, `churn` connections (never a sender this tick) close and come back.
+        if next_pair % (per_tick * 100) < per_tick {
+            for _ in 0..churn {
+                let index = next_churn % connections;
+                next_churn += 1;
+                let _ = sinks[index].lock().await.close().await;
+                let mut fresh = Vec::new();
+                open(target, index..index + 1, &observed, epoch, &mut fresh).await;
+                if let Some(sink) = fresh.pop() {
+                    sinks[index] = sink;
+                }
+            }
+        }
+        if last_report.elapsed() >= Duration::from_secs(60) {
+            last_report = Instant::now();
+            soak_report(target, "soaking", &observed, started).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    soak_report(target, "end of the soak", &observed, started).await;
+    println!("signals sent {sent}, connections churned {next_churn}");
+    for sink in &sinks {
+        let _ = sink.lock().await.close().await;
+    }
+    drop(sinks);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    soak_report(target, "all closed", &observed, started).await;
+}
+
 /// A bare relay, the floor to compare against: tokio-tungstenite with a 4 KiB read buffer, one
 /// task per connection, no authentication, no limits. Speaks the PeerJS flavour (`id` in the query,
 /// `dst` in the frame). Runs in a child process of this generator (`bare-relay PORT`).
@@ -655,6 +768,30 @@ fn main() {
         "signalling relay load: {pairs} sending pairs, {messages} messages per throughput run, ~100-byte payloads, Tessera circles of {} devices",
         circle_size()
     );
+    if let Some(secs) = std::env::var("SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        let connections = env_number("SOAK_CONNECTIONS", 10_000);
+        let churn = env_number("SOAK_CHURN", 10);
+        let rate = env_number("OFFERED_PER_SECOND", 1000);
+        println!(
+            "signalling soak: {connections} connections for {secs} s, {rate} signals/s, {churn} reconnections/s"
+        );
+        runtime.block_on(async {
+            let data = tempfile::tempdir().expect("temp dir");
+            let (server, port, first) = start_tessera(&binary, data.path());
+            let sessions = tessera_sessions(&binary, data.path(), port, first, connections).await;
+            let tessera = Target {
+                name: "tessera",
+                server,
+                port,
+                flavour: Flavour::Tessera { sessions },
+            };
+            soak(&tessera, connections, secs, rate, churn).await;
+        });
+        return;
+    }
     runtime.block_on(async {
         let data = tempfile::tempdir().expect("temp dir");
         let (server, port, first) = start_tessera(&binary, data.path());
