@@ -783,6 +783,18 @@ async fn event(
         .expect("an event in time")
 }
 
+/// `member`'s device `device` online, its hello read.
+async fn online_as(app: &TestApp, member: &TestMember, device: Uuid) -> WsClient {
+    let mut online = WsClient::connect_with(app, member.client.session(), Some(device), &[])
+        .await
+        .expect("the device connects");
+    assert!(matches!(
+        online.next().await,
+        Some(ServerFrame::Hello { .. })
+    ));
+    online
+}
+
 /// The status a device's connection attempt with `device` gets: 101, or the refusal's.
 async fn upgrade_status(app: &TestApp, member: &TestMember, device: Uuid) -> StatusCode {
     match WsClient::connect_with(app, member.client.session(), Some(device), &[]).await {
@@ -812,13 +824,7 @@ async fn a_device_id_is_its_members_alone_online_or_not_and_means_nothing_in_ano
     .expect("another circle");
     let outsider = app.enroll(&other.url, "Outsider").await;
     let device = Uuid::new_v4();
-    let mut online = WsClient::connect_with(&app, admin.client.session(), Some(device), &[])
-        .await
-        .expect("the admin's device connects");
-    assert!(matches!(
-        online.next().await,
-        Some(ServerFrame::Hello { .. })
-    ));
+    let mut online = online_as(&app, &admin, device).await;
 
     // Another member of the circle: refused while the device is online, and the same while it
     // is offline, so the answer says nothing of its presence and cannot lock its owner out.
@@ -840,13 +846,7 @@ async fn a_device_id_is_its_members_alone_online_or_not_and_means_nothing_in_ano
 
     // In another circle the id is another device: no refusal to learn anything from, and the
     // owner's connection is not disturbed.
-    let mut online = WsClient::connect_with(&app, admin.client.session(), Some(device), &[])
-        .await
-        .expect("the admin's device connects again");
-    assert!(matches!(
-        online.next().await,
-        Some(ServerFrame::Hello { .. })
-    ));
+    let mut online = online_as(&app, &admin, device).await;
     assert_eq!(
         upgrade_status(&app, &outsider, device).await,
         StatusCode::SWITCHING_PROTOCOLS
