@@ -129,37 +129,29 @@ pub fn granted(
 /// https `Secure` and `__Host-` prefixed).
 #[must_use]
 fn session_cookie(config: &Config, token: &str) -> (HeaderName, HeaderValue) {
-    let secure = if config.secure_cookies() {
-        "; Secure"
-    } else {
-        ""
-    };
-    let value = format!(
-        "{}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
-        config.session_cookie(),
-        config.session_ttl_secs
-    );
-    (
-        SET_COOKIE,
-        HeaderValue::from_str(&value).unwrap_or(HeaderValue::from_static("")),
-    )
+    set_cookie(config, token, config.session_ttl_secs)
 }
 
 /// The `Set-Cookie` header that removes the session cookie.
 #[must_use]
 pub fn clearing_cookie(config: &Config) -> (HeaderName, HeaderValue) {
+    set_cookie(config, "", 0)
+}
+
+/// The session cookie holding `value` for `max_age` seconds, with the attributes it always has.
+fn set_cookie(config: &Config, value: &str, max_age: i64) -> (HeaderName, HeaderValue) {
     let secure = if config.secure_cookies() {
         "; Secure"
     } else {
         ""
     };
+    let cookie = format!(
+        "{}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}",
+        config.session_cookie()
+    );
     (
         SET_COOKIE,
-        HeaderValue::from_str(&format!(
-            "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}",
-            config.session_cookie()
-        ))
-        .unwrap_or(HeaderValue::from_static("")),
+        HeaderValue::from_str(&cookie).unwrap_or(HeaderValue::from_static("")),
     )
 }
 

@@ -330,6 +330,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_trusted_proxy_is_an_address_or_a_range_and_nothing_else() {
+        assert_eq!(
+            parse_proxy(" 127.0.0.1 "),
+            Ok("127.0.0.1/32".parse().expect("net"))
+        );
+        assert_eq!(parse_proxy("::1"), Ok("::1/128".parse().expect("net")));
+        assert_eq!(
+            parse_proxy("10.0.0.0/8"),
+            Ok("10.0.0.0/8".parse().expect("net"))
+        );
+        for wrong in ["", "localhost", "10.0.0.0/33", "1.2.3", "proxy.example.org"] {
+            let refused = parse_proxy(wrong).expect_err(wrong);
+            assert!(
+                refused.contains("not an address or a CIDR range"),
+                "{refused}"
+            );
+        }
+    }
+
+    #[test]
     fn attestation_policy_parses() {
         assert_eq!(
             "none".parse::<AttestationPolicy>(),
