@@ -2,7 +2,6 @@
 
 use reqwest::StatusCode;
 use tessera_engine::decision::{Decision, SignedDecision};
-use tessera_server::circle;
 use tessera_server::store::{SqliteStore, Store as _};
 use tessera_tests::TestApp;
 use tessera_wire::{Role, SESSION_COOKIE};
@@ -212,14 +211,7 @@ async fn circles_never_see_each_other() {
     let member_a = app.invite(&mut admin_a, Role::Member, "Grace").await;
     let pending_a = admin_a.issue(Role::Member, 3600).await;
 
-    let second = circle::create_circle(
-        app.store.as_ref(),
-        app.origin.as_str().trim_end_matches('/'),
-        app.clock.now(),
-    )
-    .await
-    .expect("a second circle");
-    let mut admin_b = app.enroll(&second.url, "Other Admin").await;
+    let mut admin_b = app.admin_of_another_circle("Other Admin").await;
     assert_ne!(admin_b.granted.circle, admin_a.granted.circle);
 
     let b = admin_b.client.clone();

@@ -3,7 +3,6 @@
 
 use reqwest::StatusCode;
 use serde_json::json;
-use tessera_server::circle;
 use tessera_tests::{TestApp, TestMember, WsClient};
 use tessera_wire::Role;
 use tessera_wire::signal::{FrameErrorCode, Limits, ServerFrame};
@@ -349,14 +348,7 @@ async fn a_stopping_server_closes_every_socket_politely_and_stops() {
 async fn signals_never_cross_circles_or_reach_unknown_devices() {
     let app = TestApp::spawn().await;
     let (admin, grace, _) = circle_of_three(&app).await;
-    let other = circle::create_circle(
-        app.store.as_ref(),
-        app.origin.as_str().trim_end_matches('/'),
-        app.clock.now(),
-    )
-    .await
-    .expect("another circle");
-    let outsider = app.enroll(&other.url, "Outsider").await;
+    let outsider = app.admin_of_another_circle("Outsider").await;
     let (mut a, _) = WsClient::connect(&app, &admin).await;
     let (mut o, o_hello) = WsClient::connect(&app, &outsider).await;
     let ServerFrame::Hello { peers, .. } = &o_hello else {
@@ -815,14 +807,7 @@ async fn upgrade_status(app: &TestApp, member: &TestMember, device: Uuid) -> Sta
 async fn a_device_id_is_its_members_alone_online_or_not_and_means_nothing_in_another_circle() {
     let app = TestApp::spawn().await;
     let (admin, grace, _) = circle_of_three(&app).await;
-    let other = circle::create_circle(
-        app.store.as_ref(),
-        app.origin.as_str().trim_end_matches('/'),
-        app.clock.now(),
-    )
-    .await
-    .expect("another circle");
-    let outsider = app.enroll(&other.url, "Outsider").await;
+    let outsider = app.admin_of_another_circle("Outsider").await;
     let device = Uuid::new_v4();
     let mut online = online_as(&app, &admin, device).await;
 

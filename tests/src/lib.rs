@@ -367,6 +367,20 @@ impl TestApp {
         self.enroll(&link, "Founding Admin").await
     }
 
+    /// Creates another circle on the same server (as `tessera-server new-circle` does) and
+    /// enrolls its first admin as `label`.
+    ///
+    /// # Panics
+    /// When the circle cannot be created or enrollment fails.
+    pub async fn admin_of_another_circle(&self, label: &str) -> TestMember {
+        let origin = self.origin.as_str().trim_end_matches('/');
+        let other =
+            tessera_server::circle::create_circle(self.store.as_ref(), origin, self.clock.now())
+                .await
+                .expect("another circle");
+        self.enroll(&other.url, label).await
+    }
+
     /// Has `admin` invite a newcomer with `role`, who then enrolls.
     ///
     /// # Panics
