@@ -14,13 +14,13 @@ use crate::support::{
 };
 
 /// A circle: the server (behind the relay) and its members' devices, the first one its admin.
-struct Circle {
+pub(crate) struct Circle {
     root: tempfile::TempDir,
     server: Option<Server>,
     relay: Relay,
     port: u16,
     origin: String,
-    devices: Vec<Device>,
+    pub(crate) devices: Vec<Device>,
     /// Display names, one per device, unique to this run.
     names: Vec<String>,
 }
@@ -28,7 +28,7 @@ struct Circle {
 impl Circle {
     /// A server and `count` members, each enrolled with a software key through an invitation
     /// (the first from the server's admin link, the others from links the admin issued).
-    fn new(count: usize) -> Circle {
+    pub(crate) fn new(count: usize) -> Circle {
         let root = tempfile::tempdir().expect("temp dir");
         let (port, relay_port) = (free_port(), free_port());
         // Devices see the relay as the server: the origin is the relay's.
@@ -57,12 +57,12 @@ impl Circle {
     }
 
     /// An invitation link issued by the admin's device (`tessera admin invite`).
-    fn invite(&self) -> String {
+    pub(crate) fn invite(&self) -> String {
         self.devices[0].ok(&["admin", "invite"]).trim().to_owned()
     }
 
     /// A new device enrolled with `link`; its index.
-    fn enroll(&mut self, link: &str) -> usize {
+    pub(crate) fn enroll(&mut self, link: &str) -> usize {
         let index = self.devices.len();
         let name = format!("Name{index}x{}", unique());
         let device = Device::new(self.root.path(), &format!("device{index}"));
@@ -72,17 +72,17 @@ impl Circle {
         index
     }
 
-    fn chat(&self, index: usize) -> Chat {
+    pub(crate) fn chat(&self, index: usize) -> Chat {
         self.devices[index].chat()
     }
 
-    fn stop_server(&mut self) {
+    pub(crate) fn stop_server(&mut self) {
         if let Some(server) = self.server.take() {
             server.stop();
         }
     }
 
-    fn start_server(&mut self) {
+    pub(crate) fn start_server(&mut self) {
         let (server, link) = Server::start(&self.server_dir(), self.port, &self.origin);
         assert!(link.is_none(), "a restart prints no admin link");
         self.server = Some(server);

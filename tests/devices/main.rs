@@ -1,6 +1,7 @@
 //! Devices as members use them: peer links over real UDP, and `tessera` CLI processes with the
 //! real server, each test inside a network namespace of its own.
 
+mod chaos;
 mod circle;
 mod hostile;
 mod links;

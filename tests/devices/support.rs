@@ -2,6 +2,7 @@
 //! `tessera` binaries as processes (killed by their own PID), and readers of what they print.
 
 use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
@@ -141,6 +142,9 @@ pub fn unique() -> String {
 pub struct Device {
     pub dir: PathBuf,
     pub key: PathBuf,
+    /// The address its peer-link socket binds (`--bind`): loopback unless a test gives each
+    /// device an address of its own.
+    pub bind: IpAddr,
     /// Global flags every command of this device gets (e.g. `--relay-only`).
     pub flags: Vec<String>,
 }
@@ -151,6 +155,7 @@ impl Device {
         let device = Device {
             dir: root.join(name),
             key: root.join(format!("{name}.key")),
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             flags: Vec::new(),
         };
         let out = device.run(&[
@@ -173,7 +178,8 @@ impl Device {
             .arg(&self.dir)
             .arg("--key-file")
             .arg(&self.key)
-            .args(["--bind", "127.0.0.1"])
+            .arg("--bind")
+            .arg(self.bind.to_string())
             .args(&self.flags);
         command
     }
@@ -353,6 +359,14 @@ impl Chat {
         self.say("/quit");
         self.stdin = None;
         self.wait_exit()
+    }
+
+    /// Kills the process (SIGKILL, as a crash or a pulled plug would) and keeps what it printed
+    /// before it died.
+    pub fn kill(&mut self) {
+        end(&mut self.child);
+        self.stdin = None;
+        self.drain(Duration::from_millis(200));
     }
 
     /// Waits (up to `PATIENCE`) for the process to end by itself.
