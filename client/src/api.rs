@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 #[cfg(feature = "danger-tamper")]
 use crate::authenticator::Tamper;
-use crate::authenticator::{AuthenticatorError, SoftKey};
+use crate::authenticator::{Authenticator, AuthenticatorError, SoftKey};
 
 /// Why an API call failed.
 #[derive(Debug, thiserror::Error)]
@@ -282,10 +282,10 @@ impl ApiClient {
         &mut self,
         token: &str,
         label: Option<&str>,
-        key: &mut SoftKey,
+        key: &mut dyn Authenticator,
     ) -> ApiClientResult<SessionGranted> {
         let options = self.enroll_start(token, label).await?;
-        let credential = key.register_blank(&options.options, self.origin.as_str())?;
+        let credential = key.register(&options.options, self.origin.as_str())?;
         self.enroll_finish(&options.ceremony, credential).await
     }
 
@@ -321,7 +321,7 @@ impl ApiClient {
     ///
     /// # Errors
     /// When the server or the authenticator refuses.
-    pub async fn login(&mut self, key: &mut SoftKey) -> ApiClientResult<SessionGranted> {
+    pub async fn login(&mut self, key: &mut dyn Authenticator) -> ApiClientResult<SessionGranted> {
         let options = self.login_start().await?;
         let credential = key.sign_in(&options.options, self.origin.as_str())?;
         self.login_finish(&options.ceremony, credential).await

@@ -10,5 +10,6 @@ pub mod device;
 pub mod gather;
 pub mod membership;
 pub mod rtc;
+pub mod security_key;
 pub mod signal;
 pub mod store;

@@ -8,7 +8,7 @@ use tessera_engine::trust::{
     Endorsement, KeyProof, LinkError, LinkSecrets, RootFingerprint, UsedInvitations, member_id_for,
     own_key_revocation, revocation, verify_directory,
 };
-use tessera_softkey::{AuthenticatorError, SoftKey};
+use tessera_softkey::{Authenticator, AuthenticatorError};
 use tessera_wire::{CreatedInvitation, PasskeyInfo, Role, SessionGranted};
 use url::Url;
 use uuid::Uuid;
@@ -95,7 +95,7 @@ pub async fn join(
     api: &mut ApiClient,
     link: &InvitationLink,
     label: Option<&str>,
-    key: &mut SoftKey,
+    key: &mut dyn Authenticator,
     now: i64,
 ) -> Result<Joined, MembershipError> {
     let derived = link
@@ -132,7 +132,7 @@ pub async fn join(
             "the server enrolls the key under another member id",
         ));
     }
-    let credential = key.register_blank(&options.options, &link.origin)?;
+    let credential = key.register(&options.options, &link.origin)?;
     let passkey = key.public_key_info();
     let proof = match (signed, member, &link.secrets) {
         (Some(signed), Some(member), Some(secrets)) => Some(
@@ -171,7 +171,6 @@ pub async fn join(
 }
 
 /// A member acting with their own key: who they are and what their device pinned.
-#[derive(Debug)]
 pub struct Signer<'k> {
     /// The member's circle.
     pub circle: Uuid,
@@ -180,7 +179,7 @@ pub struct Signer<'k> {
     /// The circle's root the member's device pinned.
     pub root: RootFingerprint,
     /// The member's key.
-    pub key: &'k mut SoftKey,
+    pub key: &'k mut dyn Authenticator,
 }
 
 /// An invitation as its issuer hands it over: the server's record and the whole link.
@@ -304,12 +303,12 @@ pub async fn revoke_key(
 pub async fn add_key(
     api: &ApiClient,
     member: Signer<'_>,
-    new_key: &mut SoftKey,
+    new_key: &mut dyn Authenticator,
     label: Option<&str>,
 ) -> Result<PasskeyInfo, MembershipError> {
     let origin = api.origin().origin().ascii_serialization();
     let options = api.add_passkey_start(label).await?;
-    let credential = new_key.register_blank(&options.options, &origin)?;
+    let credential = new_key.register(&options.options, &origin)?;
     let rp_id = member.key.rp_id().to_owned();
     let endorsement = Endorsement::sign(member.member, new_key.public_key_info(), &rp_id, |r| {
         member.key.sign_in(r, &origin)

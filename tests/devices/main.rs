@@ -3,6 +3,8 @@
 
 mod chaos;
 mod circle;
+#[cfg(feature = "vm")]
+mod hardware_key;
 mod hostile;
 mod links;
 mod relay;

@@ -22,11 +22,16 @@ pub fn inside_namespace(test: &str) -> bool {
     let _serial = ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    match tessera_tests::netns::run_inside(&["--exact", test, "--nocapture", "--test-threads", "1"])
-    {
+    run_inside(test, "the namespace", tessera_tests::netns::run_inside)
+}
+
+/// Runs the named test again through `runner` (a namespace, a VM), which answers `None` when
+/// this process is the one inside; returns whether the caller should run the test body.
+pub fn run_inside(test: &str, place: &str, runner: fn(&[&str]) -> Option<bool>) -> bool {
+    match runner(&["--exact", test, "--nocapture", "--test-threads", "1"]) {
         None => true,
         Some(passed) => {
-            assert!(passed, "{test} failed inside the namespace");
+            assert!(passed, "{test} failed inside {place}");
             false
         }
     }

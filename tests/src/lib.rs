@@ -2,6 +2,7 @@
 
 pub mod loopback;
 pub mod netns;
+pub mod vm;
 
 use std::io::Write;
 use std::path::Path;

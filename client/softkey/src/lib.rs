@@ -93,6 +93,49 @@ pub enum AuthenticatorError {
     /// The signature counter has reached `u32::MAX`; the key can sign no more.
     #[error("the signature counter is exhausted")]
     CounterExhausted,
+    /// No FIDO2 security key is plugged in.
+    #[error(
+        "no security key found: plug in your FIDO2 key (a YubiKey, say), or pass --key-file to use \
+         a software key"
+    )]
+    NoSecurityKey,
+    /// The PIN was wrong; the key allows `retries` more tries before it blocks itself.
+    #[error("wrong PIN: {retries} tries left before the key blocks its PIN")]
+    PinInvalid {
+        /// Tries left.
+        retries: u32,
+    },
+    /// Too many wrong PINs in a row: the key refuses PINs until it is plugged in again.
+    #[error("too many wrong PINs in a row: unplug the key, plug it in again and retry")]
+    PinAuthBlocked,
+    /// The PIN is blocked for good: only a reset of the key (which erases its credentials) helps.
+    #[error(
+        "the key's PIN is blocked after too many wrong tries: only a reset of the key helps, and a \
+         reset erases its credentials (enroll a new key with `tessera keys add` from another of \
+         your devices, or ask an admin for a recovery invitation)"
+    )]
+    PinBlocked,
+    /// The key has no PIN, and Tessera asks for user verification.
+    #[error(
+        "the key has no PIN yet: set one first (`ykman fido access change-pin` for a YubiKey, or \
+         `fido2-token -S` from Debian's fido2-tools), then retry"
+    )]
+    PinNotSet,
+    /// Nobody touched the key in time.
+    #[error("the key was not touched in time: retry, and touch the key when it blinks")]
+    TouchTimeout,
+    /// The key refused (its owner declined on the key).
+    #[error("the key refused the request")]
+    Denied,
+    /// The key went away during the ceremony.
+    #[error("the key was removed during the ceremony: plug it in again and retry")]
+    Removed,
+    /// The key holds a credential for this circle already.
+    #[error("this key is already enrolled here: use another key, or `tessera login` with this one")]
+    AlreadyEnrolled,
+    /// The key answered with something else.
+    #[error("the security key failed: {0}")]
+    Device(String),
     /// The key file holds a credential already (one per software key file).
     #[error(
         "this key file already holds a credential (for {0}); create another with `tessera soft-key new`"
@@ -112,8 +155,65 @@ pub enum AuthenticatorError {
     Crypto(String),
 }
 
+pub mod client;
 #[cfg(feature = "testing")]
 pub mod testing;
+
+/// What a ceremony needs of a member's key, whichever kind it is: a [`SoftKey`] in a file, or a
+/// security key spoken to over CTAP2 (the CLI's `tessera_client::security_key`).
+pub trait Authenticator: Send {
+    /// Creates the key's credential for the relying party's registration `options` at `origin`.
+    ///
+    /// # Errors
+    /// When a browser would refuse the request, or the key does.
+    fn register(
+        &mut self,
+        options: &CreationChallengeResponse,
+        origin: &str,
+    ) -> Result<RegisterPublicKeyCredential, AuthenticatorError>;
+
+    /// Answers the relying party's authentication `options` at `origin` with an assertion.
+    ///
+    /// # Errors
+    /// When a browser would refuse the request, or the key does.
+    fn sign_in(
+        &mut self,
+        options: &RequestChallengeResponse,
+        origin: &str,
+    ) -> Result<PublicKeyCredential, AuthenticatorError>;
+
+    /// The public key of the credential registered last, as the circle directory lists it.
+    fn public_key_info(&self) -> tessera_wire::PublicKeyInfo;
+
+    /// The relying party id of that credential.
+    fn rp_id(&self) -> &str;
+}
+
+impl Authenticator for SoftKey {
+    fn register(
+        &mut self,
+        options: &CreationChallengeResponse,
+        origin: &str,
+    ) -> Result<RegisterPublicKeyCredential, AuthenticatorError> {
+        self.register_blank(options, origin)
+    }
+
+    fn sign_in(
+        &mut self,
+        options: &RequestChallengeResponse,
+        origin: &str,
+    ) -> Result<PublicKeyCredential, AuthenticatorError> {
+        SoftKey::sign_in(self, options, origin)
+    }
+
+    fn public_key_info(&self) -> tessera_wire::PublicKeyInfo {
+        SoftKey::public_key_info(self)
+    }
+
+    fn rp_id(&self) -> &str {
+        SoftKey::rp_id(self)
+    }
+}
 
 #[cfg(feature = "danger-tamper")]
 pub use tamper::Tamper;
@@ -196,6 +296,22 @@ pub enum Attester {
         /// The model the authenticator claims.
         aaguid: [u8; 16],
     },
+}
+
+/// Without the `testing` feature there is no attester: a key attests `none`.
+#[cfg(not(feature = "testing"))]
+#[derive(Clone, Debug)]
+enum Attester {}
+
+#[cfg(not(feature = "testing"))]
+impl Attester {
+    fn aaguid(&self) -> [u8; 16] {
+        match *self {}
+    }
+
+    fn statement(&self, _: &SigningKey, _: &[u8], _: &[u8]) -> Result<Value, AuthenticatorError> {
+        match *self {}
+    }
 }
 
 #[cfg(feature = "testing")]

@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use tessera_client::api::{ApiClient, ApiClientError};
-use tessera_client::authenticator::{AuthenticatorError, SoftKey};
+use tessera_client::authenticator::{Authenticator, AuthenticatorError, SoftKey};
+
+use crate::keys::{MemberKey, member_key, save_key, security_key};
 use tessera_client::identity::{certify, key_fingerprint};
 use tessera_client::membership::{self, InvitationLink, Joined, MembershipError, Signer};
 use tessera_client::store::{DeviceStore, Profile};
@@ -49,33 +51,6 @@ pub fn explain(error: ApiClientError, origin: &str) -> anyhow::Error {
         }
         _ => anyhow::Error::new(error),
     }
-}
-
-/// Loads the software key file, with the member's way out when it is missing.
-pub fn load_key(path: &Path) -> Result<SoftKey> {
-    match SoftKey::load(path) {
-        Ok(key) => Ok(key),
-        Err(AuthenticatorError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => bail!(
-            "no key: {} does not exist; create a software key with `tessera soft-key new --file {}` \
-             (a hardware key is stronger: anyone who copies a key file can act as you)",
-            path.display(),
-            path.display()
-        ),
-        Err(e) => Err(e).with_context(|| format!("cannot use the key file {}", path.display())),
-    }
-}
-
-fn save_key(key: &SoftKey, path: &Path) -> Result<()> {
-    key.save(path)
-        .with_context(|| format!("cannot write the key file {}", path.display()))
-}
-
-/// The key file named by the settings.
-fn key_path(settings: &Settings) -> Result<&Path> {
-    settings.key_file.as_deref().context(
-        "no key given: pass --key-file (or TESSERA_KEY_FILE) naming a software key made with \
-         `tessera soft-key new`",
-    )
 }
 
 /// `tessera soft-key new`.
@@ -178,14 +153,15 @@ pub async fn join(
             origin_of(server)
         );
     }
-    let key_file = key_path(settings)?;
-    let mut key = load_key(key_file)?;
-    if !key.is_blank() {
+    let mut key = member_key(settings, None, "the key to enroll")?;
+    if let MemberKey::File { key: soft, path } = &key
+        && !soft.is_blank()
+    {
         bail!(
             "{} already holds a credential (for {}): a software key file enrolls once; create \
              another with `tessera soft-key new`",
-            key_file.display(),
-            key.rp_id()
+            path.display(),
+            soft.rp_id()
         );
     }
     let lock = settings.lock()?;
@@ -200,11 +176,9 @@ pub async fn join(
 
     let mut api = api_client(&origin)?;
     println!("Enrolling the key at {origin}…");
-    let enrolled = membership::join(&mut api, &link, label, &mut key, now_secs()).await;
+    let enrolled = membership::join(&mut api, &link, label, key.authenticator(), now_secs()).await;
     // The credential exists on the key once the key answered: keep it even if the server refused.
-    if !key.is_blank() {
-        save_key(&key, key_file)?;
-    }
+    key.save()?;
     let Joined { granted, root } = enrolled.map_err(|e| match e {
         MembershipError::Api(e) if e.code() == Some(ErrorCode::InvitationUnusable) => anyhow!(
             "the invitation cannot be used (expired, used or revoked): ask an admin for a new one"
@@ -215,13 +189,13 @@ pub async fn join(
 
     let device = Uuid::new_v4();
     let device_key = DeviceKey::generate()?;
-    let rp_id = key.rp_id().to_owned();
+    let rp_id = key.authenticator().rp_id().to_owned();
     let certificate = certify(&rp_id, granted.member, device, device_key.public(), |r| {
-        key.sign_in(r, &origin)
+        key.authenticator().sign_in(r, &origin)
     })
     .context("the key refused to certify this device")?;
-    save_key(&key, key_file)?;
-    let config = EngineConfig::new(origin.clone(), key.rp_id());
+    key.save()?;
+    let config = EngineConfig::new(origin.clone(), &rp_id);
     let trust = Trust {
         circle: granted.circle,
         root: RootPin::Pinned(root),
@@ -238,17 +212,19 @@ pub async fn join(
         engine.set_display_name(Instant::now(), name)?;
     }
     store.save_offline(&mut engine).await?;
-    let key_file = std::path::absolute(key_file).unwrap_or_else(|_| key_file.to_path_buf());
+    let key_file = key
+        .file()
+        .map(|f| std::path::absolute(f).unwrap_or_else(|_| f.to_path_buf()));
     store
         .save_profile(&Profile {
             origin: origin.clone(),
-            rp_id: key.rp_id().to_owned(),
+            rp_id,
             member: granted.member,
             device,
             circle: granted.circle,
             role: granted.role,
             session: granted.session,
-            key_file: Some(key_file.display().to_string()),
+            key_file: key_file.map(|f| f.display().to_string()),
             root: Some(root),
         })
         .await?;
@@ -266,13 +242,10 @@ pub async fn join(
     Ok(())
 }
 
-/// The key file of an opened device: the one given, else the one it joined with.
-fn device_key_file(settings: &Settings, profile: &Profile) -> Result<std::path::PathBuf> {
-    settings
-        .key_file
-        .clone()
-        .or_else(|| profile.key_file.as_ref().map(std::path::PathBuf::from))
-        .context("no key given: pass --key-file")
+/// The member's enrolled key for an opened device: the one the settings name, else the one it
+/// joined with.
+fn enrolled_key(settings: &Settings, profile: &Profile) -> Result<MemberKey> {
+    member_key(settings, profile.key_file.as_deref(), "your enrolled key")
 }
 
 /// `tessera login`.
@@ -282,11 +255,10 @@ pub async fn login(settings: &Settings) -> Result<()> {
         store,
         mut profile,
     } = open(settings).await?;
-    let key_file = device_key_file(settings, &profile)?;
-    let mut key = load_key(&key_file)?;
+    let mut key = enrolled_key(settings, &profile)?;
     let mut api = api_client(&profile.origin)?;
-    let granted = api.login(&mut key).await;
-    save_key(&key, &key_file)?;
+    let granted = api.login(key.authenticator()).await;
+    key.save()?;
     let granted = granted.map_err(|e| explain(e, &profile.origin))?;
     if granted.member != profile.member {
         bail!(
@@ -366,22 +338,51 @@ pub fn date(seconds: i64) -> String {
 }
 
 /// `tessera keys add`.
-pub async fn add_key(settings: &Settings, file: &Path, label: Option<&str>) -> Result<()> {
+pub async fn add_key(
+    settings: &Settings,
+    file: Option<&Path>,
+    new_key_device: Option<String>,
+    label: Option<&str>,
+) -> Result<()> {
     let (profile, api) = on_server(settings).await?;
-    let mut key = load_key(file)?;
-    if !key.is_blank() {
+    let mut own = enrolled_key(settings, &profile)?;
+    let mut key = match file {
+        Some(path) => {
+            let key = crate::keys::load_key(path)?;
+            if !key.is_blank() {
+                bail!(
+                    "{} already holds a credential: create a new key with `tessera soft-key new`",
+                    path.display()
+                );
+            }
+            MemberKey::File {
+                key,
+                path: path.to_path_buf(),
+            }
+        }
+        None => {
+            let mut new = settings.clone();
+            new.key_device = new_key_device;
+            security_key(&new, "the new key")?
+        }
+    };
+    if let (MemberKey::Security { path: a, .. }, MemberKey::Security { path: b, .. }) = (&own, &key)
+        && a == b
+    {
         bail!(
-            "{} already holds a credential: create a new key with `tessera soft-key new`",
-            file.display()
+            "the new key and your enrolled key are the same key ({a}): plug in both, and name the \
+             new one with --new-key-device"
         );
     }
-    let own_file = device_key_file(settings, &profile)?;
-    let mut own = load_key(&own_file)?;
-    let added = membership::add_key(&api, signer(&profile, &mut own)?, &mut key, label).await;
-    save_key(&own, &own_file)?;
-    if !key.is_blank() {
-        save_key(&key, file)?;
-    }
+    let added = membership::add_key(
+        &api,
+        signer(&profile, own.authenticator())?,
+        key.authenticator(),
+        label,
+    )
+    .await;
+    own.save()?;
+    key.save()?;
     let info = added.map_err(|e| membership_error(e, &profile.origin))?;
     println!(
         "Added key {} (fingerprint {}).",
@@ -394,10 +395,10 @@ pub async fn add_key(settings: &Settings, file: &Path, label: Option<&str>) -> R
 /// `tessera keys revoke`: the revocation is signed with this device's key.
 pub async fn revoke_key(settings: &Settings, id: &str) -> Result<()> {
     let (profile, api) = on_server(settings).await?;
-    let key_file = device_key_file(settings, &profile)?;
-    let mut key = load_key(&key_file)?;
-    let revoked = membership::revoke_key(&api, signer(&profile, &mut key)?, id, now_secs()).await;
-    save_key(&key, &key_file)?;
+    let mut key = enrolled_key(settings, &profile)?;
+    let revoked =
+        membership::revoke_key(&api, signer(&profile, key.authenticator())?, id, now_secs()).await;
+    key.save()?;
     revoked.map_err(|e| membership_error(e, &profile.origin))?;
     println!(
         "Revoked key {id}, signed with your key: it no longer logs in, and your devices (or an \
@@ -407,7 +408,7 @@ pub async fn revoke_key(settings: &Settings, id: &str) -> Result<()> {
 }
 
 /// The member as their device signs: the profile's circle, member and root, and `key`.
-fn signer<'k>(profile: &Profile, key: &'k mut SoftKey) -> Result<Signer<'k>> {
+fn signer<'k>(profile: &Profile, key: &'k mut dyn Authenticator) -> Result<Signer<'k>> {
     let root = profile.root.context(
         "this device joined before invitations were signed and knows no circle root: join again \
          with a new invitation link",
@@ -443,17 +444,16 @@ pub async fn invite(
 ) -> Result<()> {
     let (profile, api) = on_server(settings).await?;
     let role = if admin { Role::Admin } else { Role::Member };
-    let key_file = device_key_file(settings, &profile)?;
-    let mut key = load_key(&key_file)?;
+    let mut key = enrolled_key(settings, &profile)?;
     let issued = membership::invite(
         &api,
-        signer(&profile, &mut key)?,
+        signer(&profile, key.authenticator())?,
         role,
         recovers,
         (ttl_secs, now_secs()),
     )
     .await;
-    save_key(&key, &key_file)?;
+    key.save()?;
     let invitation = issued.map_err(|e| membership_error(e, &profile.origin))?;
     println!("{}", invitation.link);
     let whom = match recovers {
@@ -502,16 +502,15 @@ pub async fn uninvite(settings: &Settings, id: Uuid) -> Result<()> {
 /// `tessera admin revoke` and `tessera admin promote`.
 pub async fn decide(settings: &Settings, decision: Decision, member: Uuid) -> Result<()> {
     let (profile, api) = on_server(settings).await?;
-    let key_file = device_key_file(settings, &profile)?;
-    let mut key = load_key(&key_file)?;
+    let mut key = enrolled_key(settings, &profile)?;
     let decided = membership::decide(
         &api,
-        signer(&profile, &mut key)?,
+        signer(&profile, key.authenticator())?,
         (decision, member),
         now_secs(),
     )
     .await;
-    save_key(&key, &key_file)?;
+    key.save()?;
     decided.map_err(|e| membership_error(e, &profile.origin))?;
     match decision {
         Decision::Revoke => println!(

@@ -3,6 +3,7 @@
 
 mod account;
 mod circle;
+mod keys;
 mod settings;
 
 use std::net::IpAddr;
@@ -18,7 +19,11 @@ use crate::settings::{Given, Settings};
 /// A member's device of a Tessera circle.
 ///
 /// Settings come from a flag, else its environment variable, else the config file
-/// (`$XDG_CONFIG_HOME/tessera/config.toml`, keys `server`, `data_dir`, `key_file`, `bind`, `relay_only`).
+/// (`$XDG_CONFIG_HOME/tessera/config.toml`, keys `server`, `data_dir`, `key_file`, `security_key`,
+/// `key_device`, `bind`, `relay_only`).
+///
+/// The member's key is the USB security key plugged in (a FIDO2 key such as a YubiKey, PIN and
+/// touch) unless a software key file is given or the device joined with one.
 #[derive(Debug, Parser)]
 #[command(name = "tessera", version, propagate_version = true)]
 struct Cli {
@@ -31,9 +36,19 @@ struct Cli {
     /// The config file [default: $XDG_CONFIG_HOME/tessera/config.toml].
     #[arg(long, env = "TESSERA_CONFIG", global = true)]
     config: Option<PathBuf>,
-    /// The software key file to use (see `tessera soft-key new`).
+    /// The software key file to use (see `tessera soft-key new`) instead of a security key.
     #[arg(long, env = "TESSERA_KEY_FILE", global = true)]
     key_file: Option<PathBuf>,
+    /// Use the USB security key even where a key file is set or the device joined with one.
+    #[arg(long, env = "TESSERA_SECURITY_KEY", global = true)]
+    security_key: bool,
+    /// The security key to use when several are plugged in (its /dev/hidrawN path).
+    #[arg(long, env = "TESSERA_KEY_DEVICE", global = true)]
+    key_device: Option<String>,
+    /// Read the security key's PIN from this file descriptor (one line), for scripts; without
+    /// it the PIN is asked on the terminal.
+    #[arg(long, global = true)]
+    pin_fd: Option<i32>,
     /// The local address peer links use [default: the one that routes to the server].
     #[arg(long, env = "TESSERA_BIND", global = true)]
     bind: Option<IpAddr>,
@@ -166,9 +181,13 @@ enum KeysAction {
     List,
     /// Register another key for your membership.
     Add {
-        /// The new key's file (made with `tessera soft-key new`).
+        /// The new key's file (made with `tessera soft-key new`); without it, the new key is a
+        /// security key.
         #[arg(long)]
-        file: PathBuf,
+        file: Option<PathBuf>,
+        /// The new security key's /dev/hidrawN path, when several are plugged in.
+        #[arg(long)]
+        new_key_device: Option<String>,
         /// A label for it.
         #[arg(long)]
         label: Option<String>,
@@ -212,6 +231,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         data_dir: cli.data_dir,
         config: cli.config,
         key_file: cli.key_file,
+        security_key: cli.security_key,
+        key_device: cli.key_device,
+        pin_fd: cli.pin_fd,
         bind: cli.bind,
         relay_only: cli.relay_only,
     })?;
@@ -228,8 +250,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logout => account::logout(&settings).await,
         Command::Keys { action } => match action.unwrap_or(KeysAction::List) {
             KeysAction::List => account::list_keys(&settings).await,
-            KeysAction::Add { file, label } => {
-                account::add_key(&settings, &file, label.as_deref()).await
+            KeysAction::Add {
+                file,
+                new_key_device,
+                label,
+            } => {
+                account::add_key(&settings, file.as_deref(), new_key_device, label.as_deref()).await
             }
             KeysAction::Revoke { id } => account::revoke_key(&settings, &id).await,
         },

@@ -16,6 +16,8 @@ struct ConfigFile {
     server: Option<Url>,
     data_dir: Option<PathBuf>,
     key_file: Option<PathBuf>,
+    security_key: Option<bool>,
+    key_device: Option<String>,
     bind: Option<IpAddr>,
     relay_only: Option<bool>,
 }
@@ -26,6 +28,12 @@ pub struct Settings {
     pub server: Option<Url>,
     pub data_dir: PathBuf,
     pub key_file: Option<PathBuf>,
+    /// Use the security key even where a key file is known.
+    pub security_key: bool,
+    /// The security key's hidraw path, when several are plugged in.
+    pub key_device: Option<String>,
+    /// A file descriptor to read the security key's PIN from (scripts).
+    pub pin_fd: Option<i32>,
     pub bind: Option<IpAddr>,
     pub relay_only: bool,
 }
@@ -37,6 +45,9 @@ pub struct Given {
     pub data_dir: Option<PathBuf>,
     pub config: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+    pub security_key: bool,
+    pub key_device: Option<String>,
+    pub pin_fd: Option<i32>,
     pub bind: Option<IpAddr>,
     pub relay_only: bool,
 }
@@ -84,6 +95,9 @@ impl Settings {
             server: given.server.or(file.server),
             data_dir,
             key_file: given.key_file.or(file.key_file),
+            security_key: given.security_key || file.security_key.unwrap_or(false),
+            key_device: given.key_device.or(file.key_device),
+            pin_fd: given.pin_fd,
             bind: given.bind.or(file.bind),
             relay_only: given.relay_only || file.relay_only.unwrap_or(false),
         })
