@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Instant;
 
-use crate::support::{Server, binary, free_port, run_inside, text};
+use crate::support::{Server, binary, free_port, run_inside, tessera_in, text};
 
 /// Runs the named test inside the VM; true when the caller is inside and should run the body.
 fn inside_vm(test: &str) -> bool {
@@ -73,13 +73,8 @@ struct Cli {
 impl Cli {
     /// Runs `tessera` with `args`, the PIN (when given) on standard input read with `--pin-fd 0`.
     fn run(&self, args: &[&str], pin: Option<&str>) -> Output {
-        let mut command = Command::new(binary("tessera"));
+        let mut command = tessera_in(&self.dir);
         command
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", &self.dir)
-            .arg("--data-dir")
-            .arg(&self.dir)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -174,13 +174,8 @@ impl Device {
     }
 
     fn command(&self) -> Command {
-        let mut command = Command::new(binary("tessera"));
+        let mut command = tessera_in(&self.dir);
         command
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", &self.dir)
-            .arg("--data-dir")
-            .arg(&self.dir)
             .arg("--key-file")
             .arg(&self.key)
             .arg("--bind")
@@ -246,6 +241,19 @@ impl Device {
             name: self.dir.display().to_string(),
         }
     }
+}
+
+/// The `tessera` CLI for the device in `dir`, with nothing of this process's environment but
+/// `PATH` (its home is `dir` too).
+pub fn tessera_in(dir: &Path) -> Command {
+    let mut command = Command::new(binary("tessera"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", dir)
+        .arg("--data-dir")
+        .arg(dir);
+    command
 }
 
 /// A command's output, for failure messages.

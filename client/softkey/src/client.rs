@@ -57,15 +57,7 @@ pub fn create_request(
     origin: &str,
 ) -> Result<CreateRequest, AuthenticatorError> {
     let opts = &options.public_key;
-    let es256_offered = opts
-        .pub_key_cred_params
-        .iter()
-        .any(|p| p.alg == COSE_ALG_ES256 && p.type_ == PUBLIC_KEY_TYPE);
-    if !es256_offered {
-        return Err(AuthenticatorError::UnsupportedAlgorithm);
-    }
-    let page = Page::parse(origin)?;
-    let rp_id = page.resolve_rp_id(&opts.rp.id)?;
+    let (page, rp_id) = creation_page(options, origin)?;
     Ok(CreateRequest {
         rp_id,
         rp_name: opts.rp.name.clone(),
@@ -85,6 +77,25 @@ pub fn create_request(
             .map(|c| c.id.clone())
             .collect(),
     })
+}
+
+/// The page a registration runs on and its rp id, refusing what a browser would refuse (an
+/// origin or rp id it would not use) and what no key of ours can do (anything but ES256).
+pub(crate) fn creation_page(
+    options: &CreationChallengeResponse,
+    origin: &str,
+) -> Result<(Page, String), AuthenticatorError> {
+    let opts = &options.public_key;
+    let es256_offered = opts
+        .pub_key_cred_params
+        .iter()
+        .any(|p| p.alg == COSE_ALG_ES256 && p.type_ == PUBLIC_KEY_TYPE);
+    if !es256_offered {
+        return Err(AuthenticatorError::UnsupportedAlgorithm);
+    }
+    let page = Page::parse(origin)?;
+    let rp_id = page.resolve_rp_id(&opts.rp.id)?;
+    Ok((page, rp_id))
 }
 
 /// Prepares an authentication at `origin`: refuses what a browser would refuse.

@@ -687,15 +687,7 @@ impl SoftKey {
         (tamper, attester): (&Tamper, Option<&Attester>),
     ) -> Result<(SoftKey, RegisterPublicKeyCredential), AuthenticatorError> {
         let opts = &options.public_key;
-        let es256_offered = opts
-            .pub_key_cred_params
-            .iter()
-            .any(|p| p.alg == COSE_ALG_ES256 && p.type_ == PUBLIC_KEY_TYPE);
-        if !es256_offered {
-            return Err(AuthenticatorError::UnsupportedAlgorithm);
-        }
-        let page = Page::parse(origin)?;
-        let rp_id = page.resolve_rp_id(&opts.rp.id)?;
+        let (page, rp_id) = client::creation_page(options, origin)?;
 
         let credential_id = match &tamper.credential_id {
             Some(id) => id.clone(),
