@@ -277,7 +277,7 @@ const STOPPED = {
   revoked: 'Your membership of this circle was revoked. This browser receives nothing more.',
   removed: "This browser was removed from the circle's group. It receives nothing more.",
   replaced: 'This device is open in another tab or window. Close this one, or reload it to use it here.',
-  session_ended: 'Your session ended (you logged out, it expired, or your membership was revoked). Log in again with your key.',
+  session_ended: 'Your session ended (it expired, or you logged out). Log in again with your key.',
 };
 
 // The engine's module (`/static/engine/tessera_web.js`), loaded once.

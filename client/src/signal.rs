@@ -266,6 +266,7 @@ async fn pump(
                     let last = matches!(
                         frame,
                         ServerFrame::Revoked
+                            | ServerFrame::SessionEnded
                             | ServerFrame::Error { code: FrameErrorCode::Replaced, .. }
                     );
                     let event = match frame {

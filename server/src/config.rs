@@ -218,6 +218,15 @@ pub struct Config {
         global = true
     )]
     pub ws_idle_timeout_secs: u64,
+    /// Seconds between each connection's checks that its session is still valid (an expired
+    /// session's connections are closed within this).
+    #[arg(
+        long,
+        env = "TESSERA_WS_SESSION_RECHECK_SECS",
+        default_value_t = 30,
+        global = true
+    )]
+    pub ws_session_recheck_secs: u64,
     /// ICE servers members' devices may use (`stun:`, `turn:`, `turns:` URLs, comma-separated),
     /// handed out by `GET /api/v1/turn`. None by default: peers connect directly.
     #[arg(
@@ -316,6 +325,7 @@ impl Config {
             ws_max_refusals: 100,
             ws_connections_per_member: 8,
             ws_idle_timeout_secs: 60,
+            ws_session_recheck_secs: 30,
             ws_presence_per_minute: 240,
             ice_urls: Vec::new(),
             turn_secret: None,

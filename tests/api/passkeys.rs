@@ -357,7 +357,11 @@ async fn revoking_a_key_ends_the_sessions_it_opened_and_only_those() {
     answered(admin.revoke_key(&admin.client, &mut first, &spare_id).await)
         .expect("the first key revokes the spare");
     admin.key = first;
-    assert!(matches!(socket.next().await, Some(ServerFrame::Revoked)));
+    // The member stays: their session ended, they were not revoked.
+    assert!(matches!(
+        socket.next().await,
+        Some(ServerFrame::SessionEnded)
+    ));
     assert!(socket.next().await.is_none(), "then the server closes");
     assert_refused(
         on_spare.me().await,

@@ -456,7 +456,7 @@ async fn concurrent_commits_for_one_epoch_are_accepted_once() {
 }
 
 #[tokio::test]
-async fn revoking_a_member_or_logging_out_closes_their_sockets() {
+async fn revoking_a_member_or_logging_out_closes_their_sockets_saying_which() {
     let app = TestApp::spawn().await;
     let (mut admin, grace, mut hedy) = circle_of_three(&app).await;
     let (mut g, _) = WsClient::connect(&app, &grace).await;
@@ -466,8 +466,54 @@ async fn revoking_a_member_or_logging_out_closes_their_sockets() {
 
     let (mut h, _) = WsClient::connect(&app, &hedy).await;
     hedy.client.logout().await.expect("logout");
-    assert!(matches!(h.next().await, Some(ServerFrame::Revoked)));
+    assert!(
+        matches!(h.next().await, Some(ServerFrame::SessionEnded)),
+        "a logout is no revocation"
+    );
     assert!(h.next().await.is_none());
+}
+
+#[tokio::test]
+async fn an_expired_session_is_closed_as_ended_and_a_revoked_member_as_revoked() {
+    let app = TestApp::spawn_with(|config| config.ws_session_recheck_secs = 1).await;
+    let (admin, grace, hedy) = circle_of_three(&app).await;
+    let (mut g, _) = WsClient::connect(&app, &grace).await;
+    let (mut h, _) = WsClient::connect(&app, &hedy).await;
+    // Grace is revoked behind the router's back (as on another node): the re-check finds her
+    // session gone and her membership too.
+    let database = app.data_dir().join(tessera_server::store::DATABASE_FILE);
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&database);
+    let mut connection = sqlx::ConnectOptions::connect(&options)
+        .await
+        .expect("the database opens");
+    sqlx::query("UPDATE members SET revoked_at = 1 WHERE id = ?")
+        .bind(grace.granted.member.to_string())
+        .execute(&mut connection)
+        .await
+        .expect("revoked in the database");
+    // Every session expires: the clock moves past their lifetime.
+    app.clock.advance(13 * 3600);
+    let (last_g, last_h) = (last_frame(&mut g).await, last_frame(&mut h).await);
+    assert!(matches!(last_g, Some(ServerFrame::Revoked)), "{last_g:?}");
+    assert!(
+        matches!(last_h, Some(ServerFrame::SessionEnded)),
+        "an expiry is never a revocation: {last_h:?}"
+    );
+    assert!(
+        g.next().await.is_none() && h.next().await.is_none(),
+        "then both close"
+    );
+    drop(admin);
+}
+
+/// The first frame that is not about presence.
+async fn last_frame(socket: &mut WsClient) -> Option<ServerFrame> {
+    loop {
+        match socket.next().await {
+            Some(ServerFrame::Presence { .. }) => {}
+            other => return other,
+        }
+    }
 }
 
 #[tokio::test]

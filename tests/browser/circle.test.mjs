@@ -334,7 +334,7 @@ if (insideNamespace(FILE)) {
     await admin.adminPage.locator(`#members tbody tr[data-member="${bob.member}"]`).getByRole('button', { name: 'Revoke' }).click();
     await admin.adminPage.locator('#status', { hasText: 'Member revoked.' }).waitFor();
     await bob.page.locator('body[data-device="stopped"]').waitFor({ timeout: LINK_WAIT });
-    assert.match(await status(bob.page), /revoked|session ended/);
+    assert.match(await status(bob.page), /membership of this circle was revoked/);
     await shot(bob.page, 'circle-revoked');
     // The admin's device removes the revoked member's device from the group.
     await admin.page.locator(`#members li[data-member="${bob.member}"]`).waitFor({ state: 'detached', timeout: LINK_WAIT });
@@ -381,6 +381,17 @@ if (insideNamespace(FILE)) {
     } finally {
       await mallory.stop();
     }
+  });
+
+  test('h3. a session that ends (logged out elsewhere) is said as such, never as a revocation', async () => {
+    const out = await admin.adminPage.evaluate(async () => (await fetch('/api/v1/logout', {
+      method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}',
+    })).status);
+    assert.equal(out, 204);
+    await admin.page.locator('body[data-device="stopped"]').waitFor({ timeout: LINK_WAIT });
+    const said = await status(admin.page);
+    assert.match(said, /session ended/);
+    assert.doesNotMatch(said, /revoked/);
   });
 
   test('i. no name, message, token or address in the server\'s files or logs', async () => {

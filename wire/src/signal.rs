@@ -220,8 +220,11 @@ pub enum ServerFrame {
         /// A sentence for people.
         message: String,
     },
-    /// The member or session was revoked; the server closes the connection.
+    /// The member was revoked; the server closes the connection.
     Revoked,
+    /// The session ended (logged out, expired, or opened by a key since revoked) while the member
+    /// stays: log in again. The server closes the connection.
+    SessionEnded,
 }
 
 impl TryFrom<Envelope> for ServerFrame {
@@ -261,6 +264,7 @@ impl TryFrom<Envelope> for ServerFrame {
                 message: need(e.message, "error", "message")?,
             },
             "revoked" => ServerFrame::Revoked,
+            "session_ended" => ServerFrame::SessionEnded,
             _ => return Err(FrameError::UnknownType(e.kind)),
         })
     }
@@ -327,6 +331,10 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&ServerFrame::Revoked).expect("serialize"),
             r#"{"type":"revoked"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&ServerFrame::SessionEnded).expect("serialize"),
+            r#"{"type":"session_ended"}"#
         );
         assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"shout","to":"x"}"#).is_err());
     }

@@ -795,11 +795,13 @@ fn a_device_stops_once_and_says_why_when_revoked_replaced_or_its_session_ends() 
         ("revoked", StopReason::Revoked),
         ("replaced", StopReason::Replaced),
         ("session", StopReason::SessionEnded),
+        ("session_ended", StopReason::SessionEnded),
     ] {
         let (mut sim, [a, b, _]) = circle_of_three(32);
         let now = sim.now;
         match case {
             "revoked" => sim.frames.push_back((b, ServerFrame::Revoked)),
+            "session_ended" => sim.frames.push_back((b, ServerFrame::SessionEnded)),
             "replaced" => sim.frames.push_back((
                 b,
                 ServerFrame::Error {

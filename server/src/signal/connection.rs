@@ -22,9 +22,6 @@ use crate::state::AppState;
 
 /// Frames waiting for a device; past this, the device is too slow and is disconnected.
 pub const OUTBOUND_QUEUE: usize = 256;
-/// How often the session is checked again (revocations arrive at once; this catches expiry).
-const SESSION_RECHECK: Duration = Duration::from_secs(30);
-
 /// Serialises a server frame once.
 pub(super) fn text(frame: &ServerFrame) -> Utf8Bytes {
     Utf8Bytes::from(serde_json::to_string(frame).unwrap_or_default())
@@ -236,7 +233,9 @@ async fn read(reader: &mut Reader, mut stream: SplitStream<Socket>) -> SplitStre
     let cancelled = cancel.cancelled();
     let revoked_wait = revoked.cancelled();
     tokio::pin!(cancelled, revoked_wait);
-    let mut recheck = tokio::time::interval(SESSION_RECHECK);
+    let mut recheck = tokio::time::interval(Duration::from_secs(
+        reader.state.config.ws_session_recheck_secs.max(1),
+    ));
     recheck.tick().await;
     let mut last_heard = tokio::time::Instant::now();
     let silence = tokio::time::sleep(idle);
@@ -274,7 +273,18 @@ async fn read(reader: &mut Reader, mut stream: SplitStream<Socket>) -> SplitStre
                 let now = reader.state.clock.now();
                 match reader.state.store.session_member(&reader.endpoint.session, now).await {
                     Ok(Some(_)) => {}
-                    Ok(None) => revoked.cancel(),
+                    Ok(None) => {
+                        // Expired, or ended in a way the router missed: say whether the member
+                        // was revoked too, so that a device never reports an expiry as one.
+                        let member = reader.state.store.member(reader.endpoint.member).await;
+                        if matches!(member, Ok(None)) {
+                            reader
+                                .endpoint
+                                .member_revoked
+                                .store(true, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        revoked.cancel();
+                    }
                     Err(error) => tracing::warn!(%error, "session re-check failed; will retry"),
                 }
             }
@@ -297,6 +307,7 @@ pub async fn serve(socket: Socket, state: AppState, caller: Caller, device: Uuid
         // The server's shutdown cancels it too.
         cancel: state.shutdown.child_token(),
         revoked: CancellationToken::new(),
+        member_revoked: std::sync::Arc::default(),
     };
     let (sink, stream) = socket.split();
     let ping_every = Duration::from_secs((state.config.ws_idle_timeout_secs / 3).max(1));

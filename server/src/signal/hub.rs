@@ -2,7 +2,7 @@
 //! server nodes implements the same [`SignalRouter`] trait.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use tessera_wire::signal::{FrameErrorCode, PeerDevice};
@@ -55,8 +55,11 @@ pub struct Endpoint {
     pub outbound: mpsc::Sender<Outbound>,
     /// Cancelled to drop the connection at once.
     pub cancel: CancellationToken,
-    /// Cancelled when the member or session is revoked: the writer says so ahead of anything queued, then closes.
+    /// Cancelled when the member is revoked or the session ends: the writer says which ahead of
+    /// anything queued (`revoked` when `member_revoked` is set, else `session_ended`), then closes.
     pub revoked: CancellationToken,
+    /// Set before `revoked` is cancelled for the member's revocation (not only the session's end).
+    pub member_revoked: Arc<AtomicBool>,
 }
 
 impl Endpoint {
@@ -133,7 +136,7 @@ pub trait SignalRouter: Send + Sync + 'static {
     fn broadcast(&self, circle: Uuid, except: Uuid, frame: Utf8Bytes) -> usize;
     /// Tells every connection of the member that it was revoked, and closes them.
     fn revoke_member(&self, member: Uuid);
-    /// Tells every connection opened with the session that it was revoked, and closes them.
+    /// Tells every connection opened with the session that it ended, and closes them.
     fn revoke_session(&self, session: &Digest);
     /// How many devices are online.
     fn online(&self) -> usize;
@@ -309,6 +312,7 @@ impl SignalRouter for LocalHub {
         let connected = self.connected();
         for device in connected.members.get(&member).into_iter().flatten() {
             if let Some(endpoint) = connected.devices.get(device) {
+                endpoint.member_revoked.store(true, Ordering::SeqCst);
                 endpoint.revoked.cancel();
             }
         }
@@ -346,6 +350,7 @@ mod tests {
             outbound,
             cancel: CancellationToken::new(),
             revoked: CancellationToken::new(),
+            member_revoked: Arc::default(),
         };
         (endpoint, rx)
     }

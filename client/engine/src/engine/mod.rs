@@ -465,6 +465,7 @@ impl Engine {
             } => self.stop(StopReason::Replaced),
             ServerFrame::Error { code, .. } => self.event(Event::ServerError { code }),
             ServerFrame::Revoked => self.stop(StopReason::Revoked),
+            ServerFrame::SessionEnded => self.stop(StopReason::SessionEnded),
         }
         self.step(now);
     }

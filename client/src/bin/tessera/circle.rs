@@ -88,9 +88,10 @@ async fn stopped(device: DeviceHandle) -> Result<()> {
 fn why_stopped(stopped: Stopped) -> Result<()> {
     match stopped {
         Stopped::Requested => Ok(()),
-        Stopped::By(StopReason::Revoked | StopReason::SessionEnded) => bail!(
-            "the server ended this device's session: the membership was revoked, or the session \
-             expired or was logged out (`tessera login` signs in again if you are still a member)"
+        Stopped::By(StopReason::Revoked) => bail!("your membership of this circle was revoked"),
+        Stopped::By(StopReason::SessionEnded) => bail!(
+            "this device's session ended (it expired, was logged out, or was opened with a key \
+             since revoked): run `tessera login` to sign in again"
         ),
         Stopped::By(StopReason::Removed) => {
             bail!("this device was removed from the circle's group: it receives nothing more")
@@ -584,7 +585,10 @@ async fn online_devices(
                     online.insert(device, member);
                     return Ok(online);
                 }
-                Some(SignalEvent::SessionRefused | SignalEvent::Frame(ServerFrame::Revoked))
+                Some(
+                    SignalEvent::SessionRefused
+                    | SignalEvent::Frame(ServerFrame::Revoked | ServerFrame::SessionEnded),
+                )
                 | None => {
                     return why_stopped(Stopped::By(StopReason::SessionEnded))
                         .map(|()| BTreeMap::new());

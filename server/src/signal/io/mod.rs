@@ -36,6 +36,18 @@ const WRITE_BATCH: usize = 64;
 /// A device's WebSocket, upgraded from its HTTP request.
 pub type Socket = WebSocketStream<BurstIo<TokioIo<hyper::upgrade::Upgraded>>>;
 
+/// The last frame of a connection ended by a revocation: which one ended.
+fn farewell_of(endpoint: &Endpoint) -> Utf8Bytes {
+    if endpoint
+        .member_revoked
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        text(&ServerFrame::Revoked)
+    } else {
+        text(&ServerFrame::SessionEnded)
+    }
+}
+
 /// Writes queued frames and keepalive pings to the device until cancelled; ends the connection on
 /// a failed or slow write. A revocation overtakes everything queued.
 pub(super) async fn write(
@@ -53,7 +65,7 @@ pub(super) async fn write(
     let farewell = loop {
         let first = tokio::select! {
             biased;
-            () = &mut revoked => break Some(text(&ServerFrame::Revoked)),
+            () = &mut revoked => break Some(farewell_of(&endpoint)),
             () = &mut cancelled => break None,
             next = queue.recv() => match next {
                 None => break None,
@@ -69,7 +81,7 @@ pub(super) async fn write(
         let written = tokio::select! {
             biased;
             written = write_ready(&mut sink, first, &mut queue) => written,
-            () = &mut revoked => break Some(text(&ServerFrame::Revoked)),
+            () = &mut revoked => break Some(farewell_of(&endpoint)),
             () = &mut cancelled => break None,
         };
         match written {
