@@ -234,10 +234,19 @@ class CircleView {
   }
 
   #stopped(stopped) {
+    // Said once, in the status line; the device line offers the way back when there is one.
     say(stopped.message, 'error');
     document.body.dataset.device = 'stopped';
     document.body.dataset.stopped = stopped.reason;
-    $('device-state').textContent = stopped.message;
+    const state = $('device-state');
+    state.textContent = 'This browser stopped. ';
+    if (stopped.reason === 'session_ended') {
+      const login = document.createElement('a');
+      login.id = 'log-in-again';
+      login.href = '/';
+      login.textContent = 'Log in again';
+      state.append(login);
+    }
     $('send-button').disabled = true;
     $('message').disabled = true;
     $('name-button').disabled = true;

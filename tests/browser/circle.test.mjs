@@ -392,6 +392,11 @@ if (insideNamespace(FILE)) {
     const said = await status(admin.page);
     assert.match(said, /session ended/);
     assert.doesNotMatch(said, /revoked/);
+    assert.doesNotMatch(await admin.page.locator('#device-state').textContent(), /revoked|session ended/,
+      'said once, not twice');
+    // The way back: the login page.
+    await admin.page.locator('#log-in-again').click();
+    await admin.page.locator('#login').waitFor();
   });
 
   test('i. no name, message, token or address in the server\'s files or logs', async () => {
