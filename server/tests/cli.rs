@@ -208,11 +208,11 @@ async fn signalling_clients_reconnect_by_themselves_after_a_restart() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    // The session survived the restart (it is in SQLite); revoking it stops the client for good.
+    // The session survived the restart (it is in SQLite); ending it stops the client for good.
     admin.logout().await.expect("logout");
     assert!(matches!(
         next(&mut client).await,
-        Some(SignalEvent::Frame(ServerFrame::Revoked))
+        Some(SignalEvent::Frame(ServerFrame::SessionEnded))
     ));
     assert!(next(&mut client).await.is_none(), "the client stopped");
 }
