@@ -491,3 +491,77 @@ fn wait_until(chat: &mut Chat, done: impl Fn(&Value) -> bool) {
         std::thread::sleep(Duration::from_millis(300));
     }
 }
+
+/// Ends a device's session on the server behind its back, as a logout from elsewhere would: the
+/// session token read from its store, then `POST /api/v1/logout` with it.
+fn end_session(device: &Device, origin: &str) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(device.dir.join("device.db"))
+            .read_only(true);
+        let mut store = sqlx::ConnectOptions::connect(&options)
+            .await
+            .expect("the device's store opens");
+        let session: String = sqlx::query_scalar("SELECT session FROM profile")
+            .fetch_one(&mut store)
+            .await
+            .expect("a session");
+        let ended = reqwest::Client::new()
+            .post(format!("{origin}/api/v1/logout"))
+            .bearer_auth(session)
+            .send()
+            .await
+            .expect("the server answers");
+        assert_eq!(ended.status().as_u16(), 204);
+    });
+}
+
+#[test]
+fn an_always_on_serve_device_adds_newcomers_alone_logs_no_text_and_logs_in_again() {
+    if !inside_namespace(
+        "circle::an_always_on_serve_device_adds_newcomers_alone_logs_no_text_and_logs_in_again",
+    ) {
+        return;
+    }
+    let circle = Circle::new(3);
+    let mut serve = circle.devices[0].serve();
+    serve.wait_for("the group it creates", |v| v["event"] == "group_created");
+
+    // A newcomer while only the serving device is online: it is added.
+    let mut b = circle.chat(1);
+    b.wait_for("being added", |v| v["event"] == "joined");
+    let secret = format!("text the mailbox must not log {}", unique());
+    b.say(&secret);
+    b.wait_for("the mailbox's acknowledgement", |v| {
+        v["event"] == "delivered"
+    });
+    let (status, stderr) = b.quit();
+    assert!(status.success(), "{stderr}");
+
+    // Its session ends (a logout from elsewhere): it logs in again with its key file and serves on.
+    end_session(&circle.devices[0], &circle.origin);
+    serve.wait_for("logging in again", |v| v["event"] == "logging_in_again");
+    serve.next_matching("serving again", |v| v["event"] == "serving");
+    let mut c = circle.chat(2);
+    c.wait_for("being added after the re-login", |v| v["event"] == "joined");
+    let (status, stderr) = c.quit();
+    assert!(status.success(), "{stderr}");
+
+    // SIGTERM ends it cleanly; its log held no message text and no name.
+    let (status, stderr) = serve.terminate();
+    assert!(status.success(), "serve ended badly: {stderr}");
+    let log: String = serve
+        .seen
+        .iter()
+        .map(serde_json::Value::to_string)
+        .collect();
+    assert!(
+        log.contains("\"event\":\"message\""),
+        "it logged the message: {log}"
+    );
+    assert!(!log.contains(&secret), "the log holds a message text");
+    for name in &circle.names {
+        assert!(!log.contains(name.as_str()), "the log holds a name");
+    }
+}

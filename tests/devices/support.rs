@@ -211,9 +211,18 @@ impl Device {
 
     /// Starts `tessera chat --json`.
     pub fn chat(&self) -> Chat {
+        self.spawn(&["chat", "--json"])
+    }
+
+    /// Starts `tessera serve` (its log lines are JSON like `chat --json`'s events).
+    pub fn serve(&self) -> Chat {
+        self.spawn(&["serve"])
+    }
+
+    fn spawn(&self, args: &[&str]) -> Chat {
         let mut child = self
             .command()
-            .args(["chat", "--json"])
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -371,6 +380,16 @@ impl Chat {
     pub fn quit(mut self) -> (std::process::ExitStatus, String) {
         self.say("/quit");
         self.stdin = None;
+        self.wait_exit()
+    }
+
+    /// Sends SIGTERM (as systemd stops a service) and waits for the process to end.
+    pub fn terminate(&mut self) -> (std::process::ExitStatus, String) {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "SIGTERM sent");
         self.wait_exit()
     }
 

@@ -250,6 +250,16 @@ fn enrolled_key(settings: &Settings, profile: &Profile) -> Result<MemberKey> {
 
 /// `tessera login`.
 pub async fn login(settings: &Settings) -> Result<()> {
+    let profile = log_in_again(settings).await?;
+    println!(
+        "Logged in to {} as member {}.",
+        profile.origin, profile.member
+    );
+    Ok(())
+}
+
+/// Logs this device in again with its key and keeps the new session; the profile as it is now.
+pub async fn log_in_again(settings: &Settings) -> Result<Profile> {
     let Opened {
         _lock,
         store,
@@ -270,11 +280,7 @@ pub async fn login(settings: &Settings) -> Result<()> {
     profile.session = granted.session;
     profile.role = granted.role;
     store.save_profile(&profile).await?;
-    println!(
-        "Logged in to {} as member {}.",
-        profile.origin, profile.member
-    );
-    Ok(())
+    Ok(profile)
 }
 
 /// `tessera logout`.

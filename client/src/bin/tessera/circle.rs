@@ -374,6 +374,66 @@ fn print_group(status: &Status) {
     }
 }
 
+/// `tessera serve`: the device online without a terminal (an always-on member device), its log one
+/// JSON object per line on standard output with no message text and no name; logs in again with
+/// its key file when its session ends; stops on SIGTERM or Ctrl-C.
+pub async fn serve(settings: &Settings) -> Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        let Running { opened, mut device } = start(settings).await?;
+        let status = device.status().await.map_err(anyhow::Error::msg)?;
+        log_line(&json!({
+            "event": "serving",
+            "origin": opened.profile.origin,
+            "device": status.view.device,
+            "epoch": status.view.epoch,
+        }));
+        let requested = loop {
+            tokio::select! {
+                _ = terminate.recv() => break true,
+                _ = tokio::signal::ctrl_c() => break true,
+                update = device.next_update() => {
+                    let Some(update) = update else { break false };
+                    if let Some(line) = serve_json(&update) {
+                        log_line(&line);
+                    }
+                }
+            }
+        };
+        let stopped = device.stop().await?;
+        drop(opened);
+        match stopped {
+            Stopped::By(StopReason::SessionEnded) if !requested => {
+                log_line(&json!({"event": "logging_in_again"}));
+                account::log_in_again(settings).await.context(
+                    "the session ended and logging in again failed (a security key needs its PIN \
+                     and a touch: run `tessera login`, then `tessera serve` again)",
+                )?;
+            }
+            other => return why_stopped(other),
+        }
+    }
+}
+
+/// One line of `serve`'s log.
+fn log_line(value: &serde_json::Value) {
+    println!("{value}");
+}
+
+/// An update as `serve` logs it: as `chat --json` prints it, without message texts or names.
+fn serve_json(update: &Update) -> Option<serde_json::Value> {
+    if let Update::Engine(Event::Message { message, outgoing }) = update {
+        return Some(json!({
+            "event": "message",
+            "device": message.device,
+            "id": message.id,
+            "outgoing": outgoing,
+        }));
+    }
+    let line = update_json(update, &BTreeMap::new())?;
+    serde_json::from_str(&line).ok()
+}
+
 /// `tessera send`.
 pub async fn send(settings: &Settings, text: &str, wait: Duration) -> Result<()> {
     let Running {

@@ -92,6 +92,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Keep this device online without a terminal (an always-on member device, e.g. under
+    /// systemd): it links with the circle's devices and adds newcomers to the group when no one
+    /// else is online; logs one JSON line per event, without message texts or names; logs in
+    /// again with its key file when its session ends; stops on SIGTERM or Ctrl-C.
+    Serve,
     /// Send one message and wait (up to --wait seconds) until the online devices have it.
     Send {
         /// The message.
@@ -277,6 +282,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Members => circle::members(&settings).await,
         Command::Chat { json } => circle::chat(&settings, json).await,
+        Command::Serve => circle::serve(&settings).await,
         Command::Send { text, wait } => {
             circle::send(&settings, &text, std::time::Duration::from_secs(wait)).await
         }
