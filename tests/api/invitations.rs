@@ -237,11 +237,7 @@ async fn a_revoked_admins_invitations_admit_no_one_even_mid_ceremony() {
     );
     // Even if her invitation were still pending (a revocation racing the enrollment, written
     // back here behind the server's back), it admits no one while she is not an active admin.
-    let database = app.data_dir().join(tessera_server::store::DATABASE_FILE);
-    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&database);
-    let mut connection = sqlx::ConnectOptions::connect(&options)
-        .await
-        .expect("the database opens");
+    let mut connection = app.database().await;
     sqlx::query("UPDATE invitations SET revoked_at = NULL WHERE created_by = ?")
         .bind(bea.granted.member.to_string())
         .execute(&mut connection)

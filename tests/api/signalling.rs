@@ -481,11 +481,7 @@ async fn an_expired_session_is_closed_as_ended_and_a_revoked_member_as_revoked()
     let (mut h, _) = WsClient::connect(&app, &hedy).await;
     // Grace is revoked behind the router's back (as on another node): the re-check finds her
     // session gone and her membership too.
-    let database = app.data_dir().join(tessera_server::store::DATABASE_FILE);
-    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&database);
-    let mut connection = sqlx::ConnectOptions::connect(&options)
-        .await
-        .expect("the database opens");
+    let mut connection = app.database().await;
     sqlx::query("UPDATE members SET revoked_at = 1 WHERE id = ?")
         .bind(grace.granted.member.to_string())
         .execute(&mut connection)

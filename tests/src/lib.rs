@@ -338,6 +338,19 @@ impl TestApp {
         self.data_dir.path()
     }
 
+    /// A connection of its own to the server's database, to write behind the server's back as
+    /// an operator (or another node) would.
+    ///
+    /// # Panics
+    /// When the database cannot be opened.
+    pub async fn database(&self) -> sqlx::SqliteConnection {
+        let database = self.data_dir().join(tessera_server::store::DATABASE_FILE);
+        let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&database);
+        sqlx::ConnectOptions::connect(&options)
+            .await
+            .expect("the database opens")
+    }
+
     /// Enrolls a member with an invitation link and a fresh software key.
     ///
     /// # Panics
