@@ -219,10 +219,10 @@ impl HidKey {
             ctap_hid_fido2::FidoKeyHid::new(&params, &config)
         }))
         .map_err(|_| AuthenticatorError::Device("cannot open the HID device".into()))?;
-        let mut device = opened.map_err(|e| classify(&e))?;
+        let mut device = opened.map_err(|e| classify(&format!("{e:#}")))?;
         device
             .set_pin_uv_auth_protocol_two()
-            .map_err(|e| classify(&e))?;
+            .map_err(|e| classify(&format!("{e:#}")))?;
         Ok(HidKey { device })
     }
 }
@@ -230,22 +230,20 @@ impl HidKey {
 impl HidKey {
     /// The key's refusal, with the tries left after a wrong PIN.
     fn refusal(&self, error: &anyhow::Error) -> AuthenticatorError {
-        match classify(error) {
-            AuthenticatorError::PinInvalid { .. } => {
-                match self.device.get_pin_retries().map(u32::try_from) {
-                    Ok(Ok(0)) => AuthenticatorError::PinBlocked,
-                    Ok(Ok(retries)) => AuthenticatorError::PinInvalid { retries },
-                    _ => AuthenticatorError::PinInvalid { retries: 0 },
-                }
-            }
-            other => other,
+        let text = format!("{error:#}");
+        match status_in(&text) {
+            Some(status) => refusal_of(status, || {
+                let retries = self.device.get_pin_retries().ok()?;
+                u32::try_from(retries).ok()
+            }),
+            None => classify(&text),
         }
     }
 }
 
 impl Ctap2Key for HidKey {
     fn has_pin(&mut self) -> Result<bool, AuthenticatorError> {
-        let info = self.device.get_info().map_err(|e| classify(&e))?;
+        let info = self.device.get_info().map_err(|e| self.refusal(&e))?;
         Ok(info
             .options
             .iter()
@@ -340,36 +338,37 @@ fn statement(
     Value::Map(fields)
 }
 
-/// Names a `ctap-hid-fido2` failure: its CTAP2 status code (which it gives only in its message,
-/// as `0xNN`), or a transport failure (the key went away).
-fn classify(error: &anyhow::Error) -> AuthenticatorError {
-    let text = format!("{error:#}");
-    let status = |code: &str| text.contains(code);
-    if status("0x31") || status("CTAP2_ERR_PIN_INVALID") {
-        // The tries left are asked of the key by `HidKey::refusal`.
-        return AuthenticatorError::PinInvalid { retries: 0 };
+/// The CTAP2 status code a `ctap-hid-fido2` failure reports: it gives it only in its message
+/// (`response_status err = 0x31 CTAP2_ERR_PIN_INVALID …`).
+fn status_in(text: &str) -> Option<u8> {
+    let (_, code) = text.split_once("response_status err = 0x")?;
+    u8::from_str_radix(code.get(..2)?, 16).ok()
+}
+
+/// The refusal a CTAP2 status code names; `retries` asks the key for the PIN tries left (after a
+/// wrong PIN: none left means the PIN is now blocked).
+pub fn refusal_of(status: u8, retries: impl FnOnce() -> Option<u32>) -> AuthenticatorError {
+    match status {
+        0x31 => match retries() {
+            Some(0) => AuthenticatorError::PinBlocked,
+            retries => AuthenticatorError::PinInvalid {
+                retries: retries.unwrap_or(0),
+            },
+        },
+        0x34 => AuthenticatorError::PinAuthBlocked,
+        0x32 => AuthenticatorError::PinBlocked,
+        0x35 => AuthenticatorError::PinNotSet,
+        0x2F => AuthenticatorError::TouchTimeout,
+        0x27 => AuthenticatorError::Denied,
+        0x2E => AuthenticatorError::NoCredential,
+        0x19 => AuthenticatorError::AlreadyEnrolled,
+        other => AuthenticatorError::Device(format!("the key answered CTAP2 status {other:#04x}")),
     }
-    if status("0x34") || status("CTAP2_ERR_PIN_AUTH_BLOCKED") {
-        return AuthenticatorError::PinAuthBlocked;
-    }
-    if status("0x32") || status("CTAP2_ERR_PIN_BLOCKED") {
-        return AuthenticatorError::PinBlocked;
-    }
-    if status("0x35") || status("CTAP2_ERR_PIN_NOT_SET") {
-        return AuthenticatorError::PinNotSet;
-    }
-    if status("0x2F") || status("0x2f") || status("CTAP2_ERR_USER_ACTION_TIMEOUT") {
-        return AuthenticatorError::TouchTimeout;
-    }
-    if status("0x27") || status("CTAP2_ERR_OPERATION_DENIED") {
-        return AuthenticatorError::Denied;
-    }
-    if status("0x2E") || status("0x2e") || status("CTAP2_ERR_NO_CREDENTIALS") {
-        return AuthenticatorError::NoCredential;
-    }
-    if status("0x19") || status("CTAP2_ERR_CREDENTIAL_EXCLUDED") {
-        return AuthenticatorError::AlreadyEnrolled;
-    }
+}
+
+/// Names a `ctap-hid-fido2` failure that carries no CTAP2 status: the key went away, or
+/// something else (said as it is).
+fn classify(text: &str) -> AuthenticatorError {
     let lower = text.to_ascii_lowercase();
     if lower.contains("read err")
         || lower.contains("write err")
@@ -378,5 +377,37 @@ fn classify(error: &anyhow::Error) -> AuthenticatorError {
     {
         return AuthenticatorError::Removed;
     }
-    AuthenticatorError::Device(text)
+    AuthenticatorError::Device(text.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_crates_failure_messages_are_named_by_their_status() {
+        // As ctap-hid-fido2 3.6 words them (`ctaphid.rs`, `ctapdef.rs`).
+        let wrong = "response_status err = 0x31 CTAP2_ERR_PIN_INVALID PIN Invalid.";
+        assert_eq!(status_in(wrong), Some(0x31));
+        assert!(matches!(
+            refusal_of(0x31, || Some(7)),
+            AuthenticatorError::PinInvalid { retries: 7 }
+        ));
+        assert!(matches!(
+            refusal_of(0x31, || Some(0)),
+            AuthenticatorError::PinBlocked
+        ));
+        let timeout = "response_status err = 0x2F CTAP2_ERR_USER_ACTION_TIMEOUT   Timeout";
+        assert!(matches!(
+            refusal_of(status_in(timeout).expect("a status"), || None),
+            AuthenticatorError::TouchTimeout
+        ));
+        let pulled = "read err = 0xFE CTAP2_ERR_... the device went away";
+        assert_eq!(status_in(pulled), None);
+        assert!(matches!(classify(pulled), AuthenticatorError::Removed));
+        assert!(matches!(
+            classify("something else"),
+            AuthenticatorError::Device(_)
+        ));
+    }
 }

@@ -12,7 +12,7 @@ use tessera_client::authenticator::client::{Assertion, Attestation, CreateReques
 use tessera_client::authenticator::{Authenticator as _, AuthenticatorError};
 use tessera_client::identity::certify;
 use tessera_client::membership::{self, InvitationLink, Joined, MembershipError, Signer};
-use tessera_client::security_key::{Ctap2Key, Prompt, SecurityKey};
+use tessera_client::security_key::{Ctap2Key, Prompt, SecurityKey, refusal_of};
 use tessera_tests::TestApp;
 use tessera_virtual_key::ctap2::{self, permission, status};
 use tessera_virtual_key::platform::{
@@ -65,23 +65,9 @@ impl VirtualCtap2Key {
     }
 }
 
-/// The key's refusal, named as `client/src/security_key.rs` names a real key's (`classify`, and
-/// `HidKey::refusal` for the tries left after a wrong PIN).
+/// The key's refusal, named as the CLI names a real key's (`security_key::refusal_of`).
 fn refusal(platform: &mut Platform, code: u8) -> AuthenticatorError {
-    match code {
-        status::PIN_INVALID => match platform.retries().0 {
-            0 => AuthenticatorError::PinBlocked,
-            retries => AuthenticatorError::PinInvalid { retries },
-        },
-        status::PIN_AUTH_BLOCKED => AuthenticatorError::PinAuthBlocked,
-        status::PIN_BLOCKED => AuthenticatorError::PinBlocked,
-        status::PIN_NOT_SET => AuthenticatorError::PinNotSet,
-        status::USER_ACTION_TIMEOUT => AuthenticatorError::TouchTimeout,
-        status::OPERATION_DENIED => AuthenticatorError::Denied,
-        status::NO_CREDENTIALS => AuthenticatorError::NoCredential,
-        status::CREDENTIAL_EXCLUDED => AuthenticatorError::AlreadyEnrolled,
-        other => AuthenticatorError::Device(format!("CTAP2 status {other:#04x}")),
-    }
+    refusal_of(code, || Some(platform.retries().0))
 }
 
 /// getPinUvAuthTokenUsingPinWithPermissions with `pin`, for `permissions` on `rp_id`.
