@@ -79,11 +79,6 @@ impl<K: Ctap2Key, P: Prompt> SecurityKey<K, P> {
         }
     }
 
-    /// The key behind it (for tests).
-    pub fn key_mut(&mut self) -> &mut K {
-        &mut self.key
-    }
-
     /// Runs `request` with the PIN, asking for it (again after a wrong one, while tries are left
     /// and the prompt can ask).
     fn with_pin<T>(
