@@ -214,7 +214,12 @@ impl HidKey {
             ctap_hid_fido2::FidoKeyHid::new(&params, &config)
         }))
         .map_err(|_| AuthenticatorError::Device("cannot open the HID device".into()))?;
-        let mut device = opened.map_err(|e| classify(&format!("{e:#}")))?;
+        let mut device = opened.map_err(|e| {
+            AuthenticatorError::Device(format!(
+                "cannot open the security key at {path} ({e:#}): is it plugged in, and is that its \
+                 /dev/hidrawN path?"
+            ))
+        })?;
         device
             .set_pin_uv_auth_protocol_two()
             .map_err(|e| classify(&format!("{e:#}")))?;

@@ -117,6 +117,18 @@ fn joining_without_a_key_or_a_reachable_server_fails_clearly_and_leaves_no_devic
         stderr(&out)
     );
 
+    // A security key named by a path where there is none: said, with the path.
+    let out = tessera(
+        dir.path(),
+        &["--key-device", "/dev/hidraw-none", "join", link],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cannot open the security key at /dev/hidraw-none"),
+        "{}",
+        stderr(&out)
+    );
+
     let missing = dir.path().join("missing.key").display().to_string();
     let out = tessera(dir.path(), &["--key-file", &missing, "join", link]);
     assert!(!out.status.success());
