@@ -125,7 +125,7 @@ class CircleView {
         this.#message({ ...event, delivered: [] });
         break;
       case 'delivered':
-        this.#delivered(event.id, event.device);
+        this.#delivered(event.id, event.device, event.carried);
         break;
       case 'group_created':
         say('You started the circle\'s encrypted group.');
@@ -196,13 +196,14 @@ class CircleView {
     item.scrollIntoView?.({ block: 'nearest' });
   }
 
-  #delivered(id, device) {
+  #delivered(id, device, carried) {
     const key = `${this.device.id}/${id}`;
     const item = [...$('messages').children].find((li) => li.dataset.key === key);
     if (!item) return;
     const delivered = JSON.parse(item.dataset.delivered);
     if (!delivered.includes(device)) delivered.push(device);
     item.dataset.delivered = JSON.stringify(delivered);
+    if (carried) item.dataset.carried = 'true';
     this.#deliveryState(item);
   }
 
@@ -222,6 +223,8 @@ class CircleView {
       item.dataset.state = 'partly';
       state.textContent = `Delivered to ${delivered} of ${others} devices`;
     }
+    // Another device carried it to some of them while this one was away.
+    if (delivered > 0 && item.dataset.carried === 'true') state.textContent += ' (carried by another device)';
   }
 
   #status({ connected, retryInMs }) {
@@ -322,6 +325,16 @@ class CircleView {
       $('device-state').textContent = view.in_group
         ? `In the circle's encrypted group (epoch ${view.epoch}), ${online}.`
         : `Waiting for one of the circle's online devices to add this browser to the group (${online})…`;
+      // What the devices linked now hold that has not reached this browser: on its way, or waiting
+      // for a device that can carry it.
+      const missing = $('missing');
+      missing.hidden = !view.missing;
+      missing.textContent = view.missing === 1
+        ? '1 message that another device holds has not reached this browser yet.'
+        : `${view.missing} messages that other devices hold have not reached this browser yet.`;
+      const dropped = $('dropped');
+      dropped.hidden = !view.dropped;
+      dropped.textContent = `This browser dropped ${view.dropped} of the circle's messages it kept for others (its limit) before every device was known to have them: a device away that long may miss them.`;
       $('send-button').disabled = !view.in_group;
     }
     const members = new Map();

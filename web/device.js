@@ -31,10 +31,10 @@ function finished(tx) {
 const databaseName = (member) => `tessera-device-${member}`;
 
 // One database per member on this browser: the engine's state, MLS's key-value pairs, the outbox
-// (one record per message and peer) and the history.
+// (one record per message and peer), the history and the messages kept for other devices.
 export class DeviceStore {
   static async open(member) {
-    const req = indexedDB.open(databaseName(member), 2);
+    const req = indexedDB.open(databaseName(member), 3);
     req.onupgradeneeded = ({ oldVersion }) => {
       const db = req.result;
       if (oldVersion < 1) {
@@ -49,6 +49,8 @@ export class DeviceStore {
         history.createIndex('sent_at', 'sent_at');
         return history;
       };
+      // Version 3: the circle's messages this device keeps for other devices, by [stream, seq].
+      if (oldVersion < 3) db.createObjectStore('carried', { keyPath: ['stream', 'seq'] });
       if (oldVersion === 1) {
         const old = req.transaction.objectStore('history').getAll();
         old.onsuccess = () => {
@@ -56,7 +58,7 @@ export class DeviceStore {
           const history = create();
           for (const entry of old.result) history.put(entry);
         };
-      } else {
+      } else if (oldVersion < 1) {
         create();
       }
     };
@@ -69,20 +71,21 @@ export class DeviceStore {
 
   // Every record the engine needs to come back as it was; null for a browser with no device yet.
   async load() {
-    const tx = this.db.transaction(['engine', 'mls', 'outbox'], 'readonly');
-    const [state, mls, outbox] = await Promise.all([
+    const tx = this.db.transaction(['engine', 'mls', 'outbox', 'carried'], 'readonly');
+    const [state, mls, outbox, carried] = await Promise.all([
       request(tx.objectStore('engine').get('state')),
       request(tx.objectStore('mls').getAll()),
       request(tx.objectStore('outbox').getAll()),
+      request(tx.objectStore('carried').getAll()),
     ]);
-    return state ? { state, mls, outbox } : null;
+    return state ? { state, mls, outbox, carried } : null;
   }
 
-  // One write of the engine, in one transaction: its state, MLS's pairs, the outbox and the
-  // history rows, applied as they come.
+  // One write of the engine, in one transaction: its state, MLS's pairs, the outbox, the
+  // history rows and the messages kept for others, applied as they come.
   async save(write) {
     // Strict: the write is on disk when it completes, before anything it led to is acted on.
-    const tx = this.db.transaction(['engine', 'mls', 'outbox', 'history'], 'readwrite', { durability: 'strict' });
+    const tx = this.db.transaction(['engine', 'mls', 'outbox', 'history', 'carried'], 'readwrite', { durability: 'strict' });
     const done = finished(tx);
     tx.objectStore('engine').put(write.state, 'state');
     const mls = tx.objectStore('mls');
@@ -91,6 +94,9 @@ export class DeviceStore {
     const outbox = tx.objectStore('outbox');
     for (const record of write.outbox_put) outbox.put(record);
     for (const { peer, seq } of write.outbox_delete) outbox.delete([peer, seq]);
+    const carried = tx.objectStore('carried');
+    for (const record of write.carried_put) carried.put(record);
+    for (const { stream, seq } of write.carried_delete) carried.delete([stream, seq]);
     const history = tx.objectStore('history');
     for (const row of write.history) {
       if (row.kind === 'add') {

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row as _, SqlitePool};
+use tessera_engine::carry::{CarriedChange, CarriedRow};
 use tessera_engine::delivery::{OutboxChange, Queued};
 use tessera_engine::trust::RootFingerprint;
 use tessera_engine::{
@@ -134,7 +135,28 @@ impl DeviceStore {
                 },
             );
         }
-        Ok(Some(StoredDevice { state, mls, outbox }))
+        let rows = sqlx::query("SELECT stream, seq, epoch, sent_at, id, message FROM carried")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut carried = BTreeMap::new();
+        for r in rows {
+            let malformed = |_: std::num::TryFromIntError| StoreError::Malformed("carried");
+            let row = CarriedRow {
+                stream: stored_id(r.get(0))?,
+                seq: u64::try_from(r.get::<i64, _>(1)).map_err(malformed)?,
+                epoch: u64::try_from(r.get::<i64, _>(2)).map_err(malformed)?,
+                sent_at: r.get(3),
+                id: stored_id(r.get(4))?,
+                message: r.get(5),
+            };
+            carried.insert((row.stream, row.seq), row);
+        }
+        Ok(Some(StoredDevice {
+            state,
+            mls,
+            outbox,
+            carried,
+        }))
     }
 
     /// The engine's next turn, its write stored: the outputs to act on now, or `None` when the
@@ -210,6 +232,31 @@ impl DeviceStore {
                 OutboxChange::Delete { peer, seq } => {
                     sqlx::query("DELETE FROM outbox WHERE peer = ? AND seq = ?")
                         .bind(peer.to_string())
+                        .bind(sql_seq(*seq)?)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
+        for change in &write.carried {
+            match change {
+                CarriedChange::Put(row) => {
+                    sqlx::query(
+                        "INSERT INTO carried (stream, seq, epoch, sent_at, id, message) \
+                         VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (stream, seq) DO NOTHING",
+                    )
+                    .bind(row.stream.to_string())
+                    .bind(sql_seq(row.seq)?)
+                    .bind(sql_seq(row.epoch)?)
+                    .bind(row.sent_at)
+                    .bind(row.id.to_string())
+                    .bind(&row.message)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                CarriedChange::Delete { stream, seq } => {
+                    sqlx::query("DELETE FROM carried WHERE stream = ? AND seq = ?")
+                        .bind(stream.to_string())
                         .bind(sql_seq(*seq)?)
                         .execute(&mut *tx)
                         .await?;
@@ -355,7 +402,7 @@ pub enum TurnError {
 
 /// A sequence number as SQLite's integer.
 fn sql_seq(seq: u64) -> Result<i64, StoreError> {
-    i64::try_from(seq).map_err(|_| StoreError::Malformed("outbox sequence number"))
+    i64::try_from(seq).map_err(|_| StoreError::Malformed("sequence number"))
 }
 
 /// An id as the store keeps it (text).

@@ -5,6 +5,7 @@ mod common;
 
 use common::engine;
 use tessera_client::store::{DeviceStore, StoreError};
+use tessera_engine::carry::{CarriedChange, CarriedRow};
 use tessera_engine::delivery::{OutboxChange, Queued};
 use tessera_engine::{ChatMessage, Engine, EngineConfig, HistoryChange, StoreWrite, StoredDevice};
 use uuid::Uuid;
@@ -258,6 +259,46 @@ async fn the_outbox_is_kept_row_by_row_across_snapshots() {
     assert!(store.write(&twice).await.is_err());
     let stored = store.load().await.expect("load").expect("saved");
     assert_eq!(stored.outbox.len(), 2, "the delete was rolled back too");
+}
+
+#[tokio::test]
+async fn messages_kept_for_others_are_stored_row_by_row_and_read_back_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = DeviceStore::open(&dir.path().join("device.sqlite"))
+        .await
+        .expect("open");
+    let mut engine = engine();
+    let state = first_write(&mut engine);
+    let stream = Uuid::new_v4();
+    let row = |seq: u64| CarriedRow {
+        stream,
+        seq,
+        epoch: 3 + seq,
+        sent_at: 1_700_000_000_000 + i64::try_from(seq).expect("small"),
+        id: Uuid::new_v4(),
+        message: format!("ciphertext {seq}").into_bytes(),
+    };
+    let rows = [row(0), row(1), row(2)];
+    let snapshot = |carried: Vec<CarriedChange>| StoreWrite {
+        carried,
+        ..state.clone()
+    };
+    store
+        .write(&snapshot(
+            rows.iter().cloned().map(CarriedChange::Put).collect(),
+        ))
+        .await
+        .expect("save");
+    store
+        .write(&snapshot(vec![CarriedChange::Delete { stream, seq: 0 }]))
+        .await
+        .expect("save");
+    let stored = store.load().await.expect("load").expect("saved");
+    assert_eq!(
+        stored.carried.into_values().collect::<Vec<_>>(),
+        rows[1..].to_vec(),
+        "the dropped row is gone, the others as written"
+    );
 }
 
 #[tokio::test]

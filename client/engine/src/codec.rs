@@ -98,6 +98,24 @@ where
     T: DeserializeOwned + Default,
     U: DeserializeOwned + Default,
 {
+    decode_with_three_tails::<V, T, U, ()>(bytes, earlier).map(|(v, t, u, ())| (v, t, u))
+}
+
+/// The value and three tails written one after the other (`encode_with_tail(&value, &(t, u,
+/// w))`); each tail's default where the record ends before it (saved by an earlier version).
+///
+/// # Errors
+/// As [`decode`].
+pub fn decode_with_three_tails<V, T, U, W>(
+    bytes: &[u8],
+    earlier: Earlier,
+) -> Result<(V, T, U, W), CodecError>
+where
+    V: DeserializeOwned,
+    T: DeserializeOwned + Default,
+    U: DeserializeOwned + Default,
+    W: DeserializeOwned + Default,
+{
     fn take<X: DeserializeOwned + Default>(rest: &[u8]) -> Result<(X, &[u8]), CodecError> {
         if rest.is_empty() {
             return Ok((X::default(), rest));
@@ -105,16 +123,18 @@ where
         postcard::take_from_bytes(rest).map_err(|e| CodecError::Decode(e.to_string()))
     }
     let Some((&POSTCARD, body)) = bytes.split_first() else {
-        return decode_earlier(bytes, earlier).map(|v| (v, T::default(), U::default()));
+        return decode_earlier(bytes, earlier)
+            .map(|v| (v, T::default(), U::default(), W::default()));
     };
     let (value, rest) =
         postcard::take_from_bytes(body).map_err(|e| CodecError::Decode(e.to_string()))?;
     let (tail, rest) = take(rest)?;
     let (second, rest) = take(rest)?;
+    let (third, rest) = take(rest)?;
     if !rest.is_empty() {
         return Err(CodecError::Decode("bytes left over".into()));
     }
-    Ok((value, tail, second))
+    Ok((value, tail, second, third))
 }
 
 #[cfg(not(target_arch = "wasm32"))]

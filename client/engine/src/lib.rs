@@ -2,6 +2,7 @@
 //! certified by the member's hardware key, the circle's MLS group ordered by the server's
 //! sequencer, peer-link negotiation protected by MLS, and reliable delivery with an outbox.
 
+pub mod carry;
 pub mod codec;
 mod crypto;
 pub mod decision;

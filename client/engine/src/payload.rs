@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use tessera_wire::Base64Url;
 use uuid::Uuid;
 
+use crate::carry::{Holdings, Stream};
 use crate::delivery::Packet;
 
 /// The payload of a `signal` frame. The server relays it without reading it; everything in it is
@@ -121,6 +122,11 @@ pub enum Content {
         text: String,
         /// When it was written, milliseconds since the Unix epoch, by the sender's clock.
         sent_at: i64,
+        /// Its number in its sender's stream ([`crate::carry`]), authenticated here and named
+        /// outside the ciphertext too ([`LinkMessage::Circle`]). Absent in messages of earlier
+        /// versions, which are not carried.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
     },
     /// The sender's display name, chosen by the member and known only inside the group.
     Profile {
@@ -136,6 +142,104 @@ pub struct Malformed(pub &'static str);
 
 const CHUNK: u8 = 1;
 const ACK: u8 = 2;
+const HOLDINGS: u8 = 3;
+
+/// A packet on a data channel: delivery's, or what the sending device holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkPacket {
+    /// A piece or an acknowledgement of a message ([`crate::delivery`]).
+    Delivery(Packet),
+    /// What the sender holds ([`crate::carry`]): `3 ‖ postcard(Holdings)`.
+    Holdings(Holdings),
+}
+
+/// The largest holdings packet sent: one data channel message (16 KiB portably) with room to spare.
+pub const HOLDINGS_BYTES: usize = 15 * 1024;
+
+/// A holdings packet, with as many of its streams and devices as fit [`HOLDINGS_BYTES`] (those
+/// listed first are kept).
+#[must_use]
+pub fn encode_holdings(holdings: &Holdings) -> Vec<u8> {
+    let mut holdings = holdings.clone();
+    loop {
+        let bytes =
+            postcard::to_extend(&holdings, vec![HOLDINGS]).unwrap_or_else(|_| vec![HOLDINGS]);
+        if bytes.len() <= HOLDINGS_BYTES || (holdings.held.is_empty() && holdings.seen.is_empty()) {
+            return bytes;
+        }
+        if holdings.seen.pop().is_none() {
+            holdings.held.pop();
+        }
+    }
+}
+
+/// Reads a packet from a data channel.
+///
+/// # Errors
+/// When the bytes are not a packet.
+pub fn decode_link_packet(bytes: &[u8]) -> Result<LinkPacket, Malformed> {
+    match bytes.split_first() {
+        Some((&HOLDINGS, body)) if body.len() < HOLDINGS_BYTES => {
+            match postcard::take_from_bytes(body) {
+                Ok((holdings, [])) => Ok(LinkPacket::Holdings(holdings)),
+                _ => Err(Malformed("holdings")),
+            }
+        }
+        _ => decode_packet(bytes).map(LinkPacket::Delivery),
+    }
+}
+
+const CIRCLE: u8 = 1;
+
+/// A message delivery carries between two devices: an MLS application message, named for the
+/// circle's history or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkMessage<'a> {
+    /// An MLS message (starting with its version, `0 1`) of the link's own peer: a display name,
+    /// or a message of an earlier version.
+    Own(&'a [u8]),
+    /// A chat message of the circle, named by its stream and number, from its sender or carried
+    /// by another device: `1 ‖ stream (16 bytes) ‖ seq u64 ‖ MLS message`.
+    Circle {
+        /// Its sender's stream.
+        stream: Stream,
+        /// Its number there.
+        seq: u64,
+        /// The MLS application message.
+        mls: &'a [u8],
+    },
+}
+
+/// A chat message named for the circle ([`LinkMessage::Circle`]).
+#[must_use]
+pub fn encode_circle_message(stream: Stream, seq: u64, mls: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(25 + mls.len());
+    out.push(CIRCLE);
+    out.extend_from_slice(stream.as_bytes());
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(mls);
+    out
+}
+
+/// Reads a message delivery carried.
+///
+/// # Errors
+/// When it is neither shape.
+pub fn decode_link_message(bytes: &[u8]) -> Result<LinkMessage<'_>, Malformed> {
+    match bytes.split_first() {
+        Some((&CIRCLE, rest)) if rest.len() > 24 => {
+            let (stream, rest) = rest.split_at(16);
+            let (seq, mls) = rest.split_at(8);
+            Ok(LinkMessage::Circle {
+                stream: Uuid::from_slice(stream).map_err(|_| Malformed("link message"))?,
+                seq: u64::from_be_bytes(seq.try_into().map_err(|_| Malformed("link message"))?),
+                mls,
+            })
+        }
+        Some((0, _)) => Ok(LinkMessage::Own(bytes)),
+        _ => Err(Malformed("link message")),
+    }
+}
 
 /// A packet as it goes on a data channel: `1 ‖ seq u64 ‖ index u32 ‖ count u32 ‖ bytes` for a
 /// chunk, `2 ‖ seq u64` for an acknowledgement (big-endian).
@@ -229,6 +333,58 @@ mod tests {
         let mut ack = encode_packet(&Packet::Ack { seq: 1 });
         ack.push(0);
         assert!(decode_packet(&ack).is_err(), "an ack with trailing bytes");
+    }
+
+    #[test]
+    fn link_messages_and_holdings_round_trip_and_garbage_is_refused() {
+        let stream = Uuid::new_v4();
+        let named = encode_circle_message(stream, 7, &[0, 1, 9]);
+        assert_eq!(
+            decode_link_message(&named),
+            Ok(LinkMessage::Circle {
+                stream,
+                seq: 7,
+                mls: &[0, 1, 9]
+            })
+        );
+        assert_eq!(
+            decode_link_message(&[0, 1, 5]),
+            Ok(LinkMessage::Own(&[0, 1, 5]))
+        );
+        for garbage in [&[][..], &[1; 24], &[2, 0, 0]] {
+            assert!(
+                decode_link_message(garbage).is_err(),
+                "{garbage:?} accepted"
+            );
+        }
+        let mut ranges = crate::carry::Ranges::default();
+        ranges.insert_range(0, 41);
+        let holdings = Holdings {
+            joined: 3,
+            held: vec![(stream, ranges.clone())],
+            seen: vec![(Uuid::new_v4(), ranges)],
+        };
+        assert_eq!(
+            decode_link_packet(&encode_holdings(&holdings)),
+            Ok(LinkPacket::Holdings(holdings.clone()))
+        );
+        let mut trailing = encode_holdings(&holdings);
+        trailing.push(0);
+        assert!(decode_link_packet(&trailing).is_err());
+        // Too many streams for one packet: those listed first are kept, within the bound.
+        let many = Holdings {
+            joined: 0,
+            held: (0..2_000)
+                .map(|_| (Uuid::new_v4(), holdings.held[0].1.clone()))
+                .collect(),
+            seen: Vec::new(),
+        };
+        let bytes = encode_holdings(&many);
+        assert!(bytes.len() <= HOLDINGS_BYTES);
+        let Ok(LinkPacket::Holdings(kept)) = decode_link_packet(&bytes) else {
+            panic!("not holdings");
+        };
+        assert!(!kept.held.is_empty() && kept.held[..] == many.held[..kept.held.len()]);
     }
 
     #[test]

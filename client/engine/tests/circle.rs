@@ -19,7 +19,10 @@ use sim::{ORIGIN, Sim, config, new_member};
 use tessera_engine::decision::{Decision, DecisionStatement, SignedDecision};
 use tessera_engine::delivery::Packet;
 use tessera_engine::identity::certify;
-use tessera_engine::payload::{RtcSignal, SignalPayload, decode_packet, encode_packet};
+use tessera_engine::payload::{
+    LinkMessage, RtcSignal, SignalPayload, decode_link_message, decode_packet,
+    encode_circle_message, encode_packet,
+};
 use tessera_engine::trust::{Endorsement, KeyProof, revocation};
 use tessera_engine::{Engine, Event, HistoryChange, IceOutcome, roster};
 use tessera_softkey::SoftKey;
@@ -139,6 +142,246 @@ fn a_device_that_was_away_receives_every_message_once_on_its_return() {
     expected.sort();
     assert_eq!(sorted, expected, "each once");
     assert_eq!(sim.engine(a).unacknowledged(c), 0);
+}
+
+/// Ada sends `count` messages while Cy is away and Bea is online; then Ada goes away before Cy
+/// comes back. Returns the messages' texts in order.
+fn sent_while_cy_was_away(sim: &mut Sim, [a, _, c]: [Uuid; 3], count: usize) -> Vec<String> {
+    sim.go_offline(c);
+    sim.run(5);
+    let texts: Vec<String> = (0..count).map(|i| format!("carried {i}")).collect();
+    for text in &texts {
+        sim.send(a, text);
+    }
+    sim.run(10);
+    sim.go_offline(a);
+    sim.run(5);
+    texts
+}
+
+/// Restarts `device` as [`Sim::restart_with`] does and runs until every link of the circle is
+/// up again (its peers learn of its dead links only by its asking).
+fn restart_and_relink(
+    sim: &mut Sim,
+    device: Uuid,
+    circle: &[Uuid],
+    change: impl FnOnce(&mut tessera_engine::EngineConfig, &mut tessera_engine::StoredDevice),
+) {
+    sim.restart_with(device, change);
+    for _ in 0..200 {
+        sim.run(1);
+        let all_up = circle.iter().all(|x| {
+            circle
+                .iter()
+                .all(|y| x == y || (sim.engine(*x).link_is_up(*y) && sim.engine(*y).link_is_up(*x)))
+        });
+        if all_up {
+            return;
+        }
+    }
+    panic!("the links did not come back after restarting {device}");
+}
+
+fn from(sender: Uuid, texts: &[String]) -> Vec<(Uuid, String)> {
+    texts.iter().map(|t| (sender, t.clone())).collect()
+}
+
+#[test]
+fn a_message_reaches_a_device_never_online_with_its_sender_through_a_third_once_in_order() {
+    let (mut sim, [a, b, c]) = circle_of_three(31);
+    let texts = sent_while_cy_was_away(&mut sim, [a, b, c], 5);
+    assert_eq!(sim.received(b), from(a, &texts));
+    assert!(sim.received(c).is_empty());
+    assert_eq!(
+        sim.engine(b).view().carrying,
+        5,
+        "Bea keeps Ada's messages for others"
+    );
+    sim.connect(c);
+    sim.run(40);
+    assert_eq!(
+        sim.received(c),
+        from(a, &texts),
+        "through Bea, each once, in Ada's order"
+    );
+    assert_eq!(sim.engine(c).view().missing, 0);
+    assert!(sim.refused(c).is_empty(), "{:?}", sim.refused(c));
+    assert_eq!(sim.engine(a).unacknowledged(c), 5, "Ada has not met Cy");
+    // Ada comes back while Cy is away: Bea tells her who holds her messages.
+    sim.go_offline(c);
+    sim.run(5);
+    sim.connect(a);
+    sim.run(20);
+    let ids: Vec<Uuid> = sim.devices[&a]
+        .history
+        .iter()
+        .filter_map(|h| match h {
+            HistoryChange::Add {
+                message,
+                outgoing: true,
+            } => Some(message.id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids.len(), 5);
+    for id in &ids {
+        assert!(
+            sim.devices[&a].delivered.contains(&(*id, c)),
+            "Ada knows Cy holds {id}"
+        );
+        assert!(
+            sim.devices[&a].events.iter().any(|e| matches!(e,
+                Event::Delivered { id: i, device, carried: true } if i == id && *device == c)),
+            "said to be carried"
+        );
+    }
+    // Ada and Cy meet at last: her own copies are not shown again, and her outbox empties.
+    sim.connect(c);
+    sim.run(40);
+    assert_eq!(sim.received(c), from(a, &texts), "still each once");
+    assert_eq!(sim.engine(a).unacknowledged(c), 0);
+    assert!(sim.refused(c).is_empty(), "{:?}", sim.refused(c));
+}
+
+#[test]
+fn a_device_shows_what_a_linked_device_holds_that_it_lacks_until_it_arrives() {
+    let (mut sim, [a, b, c]) = circle_of_three(32);
+    sim.send(a, "before");
+    sim.run(10);
+    let texts = sent_while_cy_was_away(&mut sim, [a, b, c], 3);
+    // Bea holds them but may not carry them (a setting of hers): Cy learns they exist.
+    sim.restart_with(b, |config, _| config.carry.batch = 0);
+    sim.connect(c);
+    sim.run(20);
+    assert_eq!(sim.received(c), from(a, &["before".to_string()]));
+    assert_eq!(
+        sim.engine(c).view().missing,
+        3,
+        "three of Ada's messages wait"
+    );
+    restart_and_relink(&mut sim, b, &[b, c], |_, _| {});
+    sim.run(40);
+    let mut expected = vec!["before".to_string()];
+    expected.extend(texts);
+    assert_eq!(sim.received(c), from(a, &expected));
+    assert_eq!(sim.engine(c).view().missing, 0);
+}
+
+#[test]
+fn what_a_device_keeps_for_others_stays_within_its_bound_and_it_says_what_it_dropped() {
+    let (mut sim, [a, b, c]) = circle_of_three(33);
+    restart_and_relink(&mut sim, b, &[a, b, c], |config, _| {
+        config.carry.max_messages = 3
+    });
+    let texts = sent_while_cy_was_away(&mut sim, [a, b, c], 5);
+    assert_eq!(
+        sim.devices[&b].store.carried.len(),
+        3,
+        "Bea's store holds three"
+    );
+    assert_eq!(
+        sim.engine(b).view().dropped,
+        2,
+        "two dropped before Cy had them"
+    );
+    sim.connect(c);
+    sim.run(40);
+    assert_eq!(
+        sim.received(c),
+        from(a, &texts[2..]),
+        "the newest three, through Bea"
+    );
+    sim.connect(a);
+    sim.run(40);
+    let mut got = sim.received(c);
+    got.sort();
+    let mut all = from(a, &texts);
+    all.sort();
+    assert_eq!(got, all, "the rest once Ada is back, each once");
+}
+
+/// What a carrier can do to what it carries, by altering its own store.
+#[derive(Debug, Clone, Copy)]
+enum Carrier {
+    /// Flips a byte of a message.
+    Alters,
+    /// Names the first message as the second and the second as the first.
+    Swaps,
+    /// Hands the first message again under a number of its own.
+    Replays,
+    /// Drops a message.
+    Drops,
+}
+
+#[test]
+fn a_carrier_that_alters_renames_replays_or_drops_is_detected_or_harmless() {
+    for (seed, carrier) in [
+        (41, Carrier::Alters),
+        (42, Carrier::Swaps),
+        (43, Carrier::Replays),
+        (44, Carrier::Drops),
+    ] {
+        let (mut sim, [a, b, c]) = circle_of_three(seed);
+        let texts = sent_while_cy_was_away(&mut sim, [a, b, c], 3);
+        sim.restart_with(b, |_, store| {
+            let mut rows: Vec<_> = store.carried.values().cloned().collect();
+            rows.sort_by_key(|r| r.seq);
+            store.carried.clear();
+            match carrier {
+                Carrier::Alters => {
+                    let last = rows[0].message.len() - 1;
+                    rows[0].message[last] ^= 1;
+                }
+                Carrier::Swaps => {
+                    let (first, second) = (rows[0].seq, rows[1].seq);
+                    rows[0].seq = second;
+                    rows[1].seq = first;
+                }
+                Carrier::Replays => {
+                    let mut again = rows[0].clone();
+                    again.seq = 100;
+                    rows.push(again);
+                }
+                Carrier::Drops => {
+                    rows.remove(0);
+                }
+            }
+            for row in rows {
+                store.carried.insert((row.stream, row.seq), row);
+            }
+        });
+        sim.connect(c);
+        sim.run(40);
+        let got = sim.received(c);
+        let shown: BTreeSet<&String> = got.iter().map(|(_, t)| t).collect();
+        assert_eq!(
+            shown.len(),
+            got.len(),
+            "{carrier:?}: nothing shown twice: {got:?}"
+        );
+        assert!(
+            got.iter()
+                .all(|(sender, text)| *sender == a && texts.contains(text)),
+            "{carrier:?}: only Ada's genuine messages: {got:?}"
+        );
+        let refused = sim.refused(c);
+        match carrier {
+            Carrier::Alters | Carrier::Swaps | Carrier::Replays => {
+                assert!(!refused.is_empty(), "{carrier:?} is detected");
+            }
+            Carrier::Drops => {
+                assert_eq!(got, from(a, &texts[1..]), "the rest arrives");
+            }
+        }
+        // Ada comes back: whatever the carrier withheld or spoilt reaches Cy from her.
+        sim.connect(a);
+        sim.run(40);
+        let mut got = sim.received(c);
+        got.sort();
+        let mut all = from(a, &texts);
+        all.sort();
+        assert_eq!(got, all, "{carrier:?}: every message once in the end");
+    }
 }
 
 #[test]
@@ -677,6 +920,15 @@ fn a_flood_of_messages_from_future_epochs_is_kept_within_a_bound() {
             _ => None,
         })
         .expect("a one-chunk message");
+    let Ok(LinkMessage::Circle {
+        stream,
+        seq: sent,
+        mls,
+    }) = decode_link_message(&template)
+    else {
+        panic!("a chat message is named for the circle");
+    };
+    let (stream, sent, template) = (stream, sent, mls.to_vec());
     sim.run(5);
     let epoch = sim.engine(b).epoch().expect("in the group");
     // Ada (a member; only she can speak on her link) sends sequence numbers Bea has not seen,
@@ -687,7 +939,11 @@ fn a_flood_of_messages_from_future_epochs_is_kept_within_a_bound() {
                 seq,
                 index: 0,
                 count: 1,
-                bytes: with_epoch(&template, epoch + 1 + seq),
+                bytes: encode_circle_message(
+                    stream,
+                    sent + 1 + seq,
+                    &with_epoch(&template, epoch + 1 + seq),
+                ),
             });
             let now = sim.now;
             let bea = sim.devices.get_mut(&b).expect("b");

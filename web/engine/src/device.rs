@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
+use tessera_engine::carry::{CarriedChange, CarriedRow, Stream};
 use tessera_engine::codec::from_json;
 use tessera_engine::delivery::{OutboxChange, Queued, Seq};
 use tessera_engine::identity::DeviceCertificate;
@@ -39,6 +40,15 @@ pub struct OutboxKey {
     pub seq: Seq,
 }
 
+/// The key of a record of what the device keeps for others.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CarriedKey {
+    /// The message's stream.
+    pub stream: Stream,
+    /// Its number.
+    pub seq: u64,
+}
+
 /// One engine write as the page applies it to IndexedDB, in one transaction, before it acts on
 /// the turn's outputs: records to put and keys to delete per object store, and the history rows.
 #[derive(Debug, Serialize)]
@@ -56,6 +66,10 @@ pub struct PageWrite {
     /// History rows (`{kind: "add", …message, outgoing}` or `{kind: "delivered", device, id,
     /// peer}`), applied as they come.
     pub history: Vec<HistoryChange>,
+    /// Records of messages kept for others to put (key `[stream, seq]`).
+    pub carried_put: Vec<CarriedRow>,
+    /// Records of messages kept for others to delete.
+    pub carried_delete: Vec<CarriedKey>,
 }
 
 impl From<StoreWrite> for PageWrite {
@@ -67,6 +81,8 @@ impl From<StoreWrite> for PageWrite {
             outbox_put: Vec::new(),
             outbox_delete: Vec::new(),
             history: write.history,
+            carried_put: Vec::new(),
+            carried_delete: Vec::new(),
         };
         for (key, value) in write.mls {
             let key = ByteBuf::from(key);
@@ -86,6 +102,14 @@ impl From<StoreWrite> for PageWrite {
                 }
             }
         }
+        for change in write.carried {
+            match change {
+                CarriedChange::Put(row) => page.carried_put.push(row),
+                CarriedChange::Delete { stream, seq } => {
+                    page.carried_delete.push(CarriedKey { stream, seq });
+                }
+            }
+        }
         page
     }
 }
@@ -99,6 +123,10 @@ pub struct PageRecords {
     pub mls: Vec<MlsRecord>,
     /// Every outbox record.
     pub outbox: Vec<Queued>,
+    /// Every record of what the device keeps for others (none in a database of an earlier
+    /// version).
+    #[serde(default)]
+    pub carried: Vec<CarriedRow>,
 }
 
 impl From<PageRecords> for StoredDevice {
@@ -114,6 +142,11 @@ impl From<PageRecords> for StoredDevice {
                 .outbox
                 .into_iter()
                 .map(|row| ((row.peer, row.seq), row))
+                .collect(),
+            carried: page
+                .carried
+                .into_iter()
+                .map(|row| ((row.stream, row.seq), row))
                 .collect(),
         }
     }
@@ -486,6 +519,7 @@ mod tests {
         state: Vec<u8>,
         mls: BTreeMap<Vec<u8>, Vec<u8>>,
         outbox: BTreeMap<(Uuid, Seq), Queued>,
+        carried: BTreeMap<(Uuid, u64), CarriedRow>,
     }
 
     impl Idb {
@@ -504,6 +538,12 @@ mod tests {
             for k in write.outbox_delete {
                 self.outbox.remove(&(k.peer, k.seq));
             }
+            for r in write.carried_put {
+                self.carried.insert((r.stream, r.seq), r);
+            }
+            for k in write.carried_delete {
+                self.carried.remove(&(k.stream, k.seq));
+            }
         }
 
         /// What `load` reads back.
@@ -519,6 +559,7 @@ mod tests {
                     })
                     .collect(),
                 outbox: self.outbox.values().cloned().collect(),
+                carried: self.carried.values().cloned().collect(),
             }
         }
     }
@@ -607,12 +648,16 @@ mod tests {
         assert_eq!(fetch, json!({"kind": "fetch_directory"}));
         let ice = serde_json::to_value(PageOutput::FetchIceServers).expect("json");
         assert_eq!(ice, json!({"kind": "fetch_ice_servers"}));
-        let event =
-            serde_json::to_value(PageOutput::Event(Event::Delivered { id: device, device }))
-                .expect("json");
+        let event = serde_json::to_value(PageOutput::Event(Event::Delivered {
+            id: device,
+            device,
+            carried: false,
+        }))
+        .expect("json");
         assert_eq!(
             event,
-            json!({"kind": "event", "event": "delivered", "id": device, "device": device})
+            json!({"kind": "event", "event": "delivered", "id": device, "device": device,
+                "carried": false})
         );
         let rtc = serde_json::to_value(PageOutput::Link(LinkCommand::Rtc {
             device,
@@ -659,7 +704,18 @@ mod tests {
                     peer: device,
                 },
             ],
+            carried: vec![CarriedChange::Delete {
+                stream: device,
+                seq: 2,
+            }],
         });
+        assert_eq!(
+            snapshot.carried_delete,
+            vec![CarriedKey {
+                stream: device,
+                seq: 2
+            }]
+        );
         assert_eq!(snapshot.mls_put.len(), 1);
         assert_eq!(snapshot.mls_delete, vec![ByteBuf::from(vec![4])]);
         assert_eq!(snapshot.outbox_put[0].seq, 7);

@@ -27,12 +27,14 @@ impl Engine {
         }
         self.links.insert(device, Link::Up);
         self.saved.delivery.link_up(now, device);
+        self.carry.link_up(device);
         self.step(now);
     }
 
     /// The link to `device` closed or failed.
     pub fn handle_link_down(&mut self, now: Instant, device: Uuid) {
         self.saved.delivery.link_down(device);
+        self.carry.link_down(device);
         if self.links.contains_key(&device) {
             self.links.insert(
                 device,
@@ -109,6 +111,7 @@ impl Engine {
                     // open a new one now rather than when this side notices.
                     Some(Link::Up) => {
                         self.saved.delivery.link_down(from);
+                        self.carry.link_down(from);
                         self.links.insert(from, Link::Down { retry_at: None });
                     }
                     Some(Link::Down { .. }) => {

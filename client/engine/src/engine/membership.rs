@@ -14,6 +14,7 @@ use tessera_wire::{Base64Url, MemberInfo};
 use uuid::Uuid;
 use web_time::Instant;
 
+use crate::carry::{Stream, stream_of};
 use crate::payload::{Content, SignalPayload};
 use crate::roster::{Directory, Refusal, certificate_of, verify_leaf, verify_leaf_node};
 use crate::safety::safety_words;
@@ -37,6 +38,8 @@ pub(super) struct GroupDevice {
     pub(super) member: Uuid,
     pub(super) leaf: LeafNodeIndex,
     pub(super) key: Base64Url,
+    /// Its message stream ([`crate::carry`]), from its leaf's signature key.
+    pub(super) stream: Stream,
 }
 
 /// A KeyPackage not checked yet: kept until this device is in the group and knows the directory,
@@ -258,20 +261,24 @@ impl Engine {
                         member: c.member,
                         leaf: m.index,
                         key: c.credential_id,
+                        stream: stream_of(&m.signature_key),
                     };
                     (c.device, device)
                 })
             })
             .collect();
         let after: BTreeSet<Uuid> = self.roster.keys().copied().collect();
+        let me = self.saved.device;
+        self.carry
+            .set_devices(after.iter().copied().filter(|d| *d != me));
         if before != after {
             for gone in before.difference(&after) {
                 self.saved.delivery.forget(*gone);
+                self.carry.forget(*gone);
                 if self.links.remove(gone).is_some() {
                     self.link(LinkCommand::Close { device: *gone });
                 }
             }
-            let me = self.saved.device;
             for new in after.difference(&before).filter(|d| **d != me) {
                 self.links
                     .entry(*new)
@@ -438,6 +445,7 @@ impl Engine {
                 return;
             }
         };
+        self.carry.joined_at(group.epoch().as_u64());
         self.group = Some(group);
         self.saved.next_slot = Some(next);
         self.saved.key_package = None;
@@ -594,6 +602,7 @@ impl Engine {
             .stage_commit(&self.provider)
             .map_err(mls_error)?;
         let commit = bundle.into_commit().to_bytes().map_err(mls_error)?;
+        self.carry.joined_at(group.epoch().as_u64());
         self.group = Some(group);
         self.saved.next_slot = Some(0);
         self.propose(0, commit, None, Vec::new(), true);

@@ -1,14 +1,21 @@
 //! Application messages: chat text and display names encrypted for the group, handed to the
-//! outbox for each peer, and opened as they arrive over links.
+//! outbox for each peer, opened as they arrive over links, and carried on to the devices that
+//! lack them ([`crate::carry`]).
+
+use std::collections::BTreeMap;
 
 use openmls::prelude::ProcessedMessageContent;
 use openmls::prelude::Sender;
 use uuid::Uuid;
 use web_time::Instant;
 
+use crate::carry::{CarriedRow, GroupNow, Stream, stream_of};
 use crate::codec::{self};
 use crate::identity::DeviceCertificate;
-use crate::payload::{Content, decode_packet, encode_packet};
+use crate::payload::{
+    Content, LinkMessage, LinkPacket, decode_link_message, decode_link_packet,
+    encode_circle_message, encode_holdings, encode_packet,
+};
 use crate::roster::{Refusal, certificate_of};
 
 use super::{
@@ -31,10 +38,18 @@ impl Engine {
         if !self.roster.contains_key(&device) {
             return;
         }
-        match decode_packet(bytes) {
-            Ok(packet) => {
+        match decode_link_packet(bytes) {
+            Ok(LinkPacket::Delivery(packet)) => {
                 self.saved.delivery.handle_packet(now, device, packet);
             }
+            Ok(LinkPacket::Holdings(holdings)) if holdings.within_bounds() => {
+                let own = self.own_stream();
+                self.carry.handle_holdings(now, device, holdings, own);
+            }
+            Ok(LinkPacket::Holdings(_)) => self.event(Event::Refused {
+                what: "link packet",
+                reason: Refusal::Malformed("holdings beyond their bounds"),
+            }),
             Err(_) => self.event(Event::Refused {
                 what: "link packet",
                 reason: Refusal::Malformed("link packet"),
@@ -62,15 +77,29 @@ impl Engine {
             text: text.to_owned(),
             sent_at: unix_ms.clamp(0, LATEST_SENT_AT),
         };
-        self.broadcast(
+        let epoch = self.epoch().ok_or(EngineError::NotInGroup)?;
+        let seq = self.carry.next_own_seq();
+        let content = Content::Text {
+            id,
+            text: message.text.clone(),
+            sent_at: message.sent_at,
+            seq: Some(seq),
+        };
+        let bytes = serde_json::to_vec(&content).map_err(|e| EngineError::Mls(e.to_string()))?;
+        let msg = self.encrypt(&bytes)?;
+        let stream = self.own_stream();
+        self.send_to_all(now, &encode_circle_message(stream, seq, &msg), Some(id))?;
+        self.carry.keep(
             now,
-            &Content::Text {
-                id,
-                text: message.text.clone(),
+            CarriedRow {
+                stream,
+                seq,
+                epoch,
                 sent_at: message.sent_at,
+                id,
+                message: msg,
             },
-            Some(id),
-        )?;
+        );
         self.record_message(message, true);
         self.step(now);
         Ok(id)
@@ -114,6 +143,16 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let bytes = serde_json::to_vec(content).map_err(|e| EngineError::Mls(e.to_string()))?;
         let msg = self.encrypt(&bytes)?;
+        self.send_to_all(now, &msg, id)
+    }
+
+    /// Queues `msg` for every other device of the group.
+    fn send_to_all(
+        &mut self,
+        now: Instant,
+        msg: &[u8],
+        id: Option<Uuid>,
+    ) -> Result<(), EngineError> {
         let peers: Vec<Uuid> = self
             .roster
             .keys()
@@ -121,7 +160,7 @@ impl Engine {
             .filter(|d| *d != self.saved.device)
             .collect();
         for device in peers {
-            self.send_to(now, device, &msg, id)?;
+            self.send_to(now, device, msg, id)?;
         }
         Ok(())
     }
@@ -162,35 +201,98 @@ impl Engine {
         }
     }
 
-    pub(super) fn receive_link_message(&mut self, device: Uuid, msg: Vec<u8>) {
+    /// A message delivery brought over the link to `device`: a chat message of the circle (from
+    /// its sender or carried), or something of the peer's own.
+    pub(super) fn receive_link_message(&mut self, now: Instant, device: Uuid, bytes: Vec<u8>) {
+        let (label, msg) = match decode_link_message(&bytes) {
+            Ok(LinkMessage::Circle { stream, seq, mls }) => (Some((stream, seq)), mls),
+            Ok(LinkMessage::Own(mls)) => (None, mls),
+            Err(reason) => {
+                self.event(Event::Refused {
+                    what: "link message",
+                    reason: Refusal::Malformed(reason.0),
+                });
+                return;
+            }
+        };
+        if let Some((stream, seq)) = label
+            && self.carry.holds(stream, seq)
+        {
+            // Another copy of a message this device has: MLS would refuse to open it twice.
+            return;
+        }
         let ahead = self
             .group
             .as_ref()
-            .is_some_and(|g| protocol_message(&msg).is_ok_and(|m| m.epoch() > g.epoch()));
+            .is_some_and(|g| protocol_message(msg).is_ok_and(|m| m.epoch() > g.epoch()));
         if ahead {
             // Made after a commit this device has not processed yet: keep it until then.
-            push_bounded(&mut self.saved.future, (device, msg));
+            push_bounded(&mut self.saved.future, (device, bytes));
             return;
         }
-        let opened = self.decrypt(&msg).and_then(|(sender, bytes)| {
-            if sender.device != device {
+        let epoch = protocol_message(msg).map_or(0, |m| m.epoch().as_u64());
+        let opened = self.decrypt(msg).and_then(|(sender, plain)| {
+            if label.is_none() && sender.device != device {
                 return Err(Refusal::WrongSender);
             }
             let content: Content =
-                codec::from_json(&bytes).map_err(|_| Refusal::Malformed("content"))?;
+                codec::from_json(&plain).map_err(|_| Refusal::Malformed("content"))?;
             Ok((sender, content))
         });
         match opened {
-            Ok((sender, Content::Text { id, text, sent_at })) => self.record_message(
-                ChatMessage {
+            Ok((
+                sender,
+                Content::Text {
                     id,
-                    member: sender.member,
-                    device: sender.device,
                     text,
-                    sent_at: sent_at.clamp(0, LATEST_SENT_AT),
+                    sent_at,
+                    seq,
                 },
-                false,
-            ),
+            )) => {
+                let sent_at = sent_at.clamp(0, LATEST_SENT_AT);
+                let stream = stream_of(sender.device_key_bytes());
+                if let Some(seq) = seq {
+                    if label.is_some_and(|named| named != (stream, seq)) {
+                        // Named as another message than it is: a carrier altered the name. The
+                        // message itself is genuine (MLS opened it) and is kept as what it is.
+                        self.event(Event::Refused {
+                            what: "carried message",
+                            reason: Refusal::Malformed("a message named as another"),
+                        });
+                    }
+                    let row = CarriedRow {
+                        stream,
+                        seq,
+                        epoch,
+                        sent_at,
+                        id,
+                        message: msg.to_vec(),
+                    };
+                    if !self.carry.keep(now, row) {
+                        return;
+                    }
+                } else if label.is_some() {
+                    self.event(Event::Refused {
+                        what: "carried message",
+                        reason: Refusal::Malformed("a carried message without its number"),
+                    });
+                    return;
+                }
+                self.record_message(
+                    ChatMessage {
+                        id,
+                        member: sender.member,
+                        device: sender.device,
+                        text,
+                        sent_at,
+                    },
+                    false,
+                );
+            }
+            Ok((_, Content::Profile { .. })) if label.is_some() => self.event(Event::Refused {
+                what: "carried message",
+                reason: Refusal::Malformed("a display name is not carried"),
+            }),
             Ok((sender, Content::Profile { name })) => {
                 self.saved.names.insert(sender.member, name);
                 self.event(Event::MembersChanged);
@@ -202,25 +304,80 @@ impl Engine {
         }
     }
 
-    pub(super) fn drain_delivery(&mut self) {
+    /// Hands linked peers what they lack and tells them what this device holds; returns whether
+    /// anything was queued for delivery.
+    pub(super) fn circulate(&mut self, now: Instant) -> bool {
+        if self.group.is_none() {
+            return false;
+        }
+        let streams: BTreeMap<Uuid, Stream> =
+            self.roster.iter().map(|(d, g)| (*d, g.stream)).collect();
+        for (peer, holdings) in self.carry.poll_summaries(now, &streams) {
+            if self.link_is_up(peer) {
+                self.outputs.push_back(Output::Link(LinkCommand::Data {
+                    device: peer,
+                    bytes: encode_holdings(&holdings),
+                }));
+            }
+        }
+        let by_stream: BTreeMap<Stream, Uuid> = streams.iter().map(|(d, s)| (*s, *d)).collect();
+        let online = &self.online;
+        let is_online = |device: Uuid| online.contains_key(&device);
+        let group = GroupNow {
+            streams: &by_stream,
+            online: &is_online,
+            own: self.own_stream(),
+        };
+        let handovers = self.carry.poll_handovers(now, &group);
+        let queued = !handovers.is_empty();
+        for h in handovers {
+            let bytes = encode_circle_message(h.stream, h.seq, &h.message);
+            if let Ok(delivery_seq) = self.saved.delivery.send(now, h.peer, &bytes, None) {
+                self.carry.handed(h.peer, delivery_seq, h.stream, h.seq);
+            }
+        }
+        let own = self.own_stream();
+        for (id, device) in self.carry.receipts(own) {
+            self.history.push(HistoryChange::Delivered {
+                device: self.saved.device,
+                id,
+                peer: device,
+            });
+            self.event(Event::Delivered {
+                id,
+                device,
+                carried: true,
+            });
+        }
+        queued
+    }
+
+    pub(super) fn drain_delivery(&mut self, now: Instant) {
         while let Some((device, packet)) = self.saved.delivery.poll_transmit() {
             self.outputs.push_back(Output::Link(LinkCommand::Data {
                 device,
                 bytes: encode_packet(&packet),
             }));
         }
-        while let Some((device, _, tag)) = self.saved.delivery.poll_acknowledged() {
+        while let Some((device, seq, tag)) = self.saved.delivery.poll_acknowledged() {
+            self.carry.acknowledged(device, seq);
             if let Some(id) = tag {
                 self.history.push(HistoryChange::Delivered {
                     device: self.saved.device,
                     id,
                     peer: device,
                 });
-                self.event(Event::Delivered { id, device });
+                if self.carry.told(device, id) {
+                    self.event(Event::Delivered {
+                        id,
+                        device,
+                        carried: false,
+                    });
+                }
             }
         }
         while let Some((device, _, msg)) = self.saved.delivery.poll_delivered() {
-            self.receive_link_message(device, msg);
+            self.receive_link_message(now, device, msg);
         }
     }
 }

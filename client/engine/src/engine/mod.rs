@@ -32,12 +32,13 @@ use tessera_wire::{Base64Url, MemberInfo};
 use uuid::Uuid;
 use web_time::Instant;
 
+use crate::carry::{Carry, Stream, stream_of};
 use crate::codec::{self, Earlier};
 use crate::crypto::DeviceSigner;
 use crate::delivery::Delivery;
 use crate::identity::DeviceCertificate;
 use crate::pacer::Pacer;
-use crate::payload::{CommitPayload, SignalPayload};
+use crate::payload::{CommitPayload, LinkMessage, SignalPayload, decode_link_message};
 use crate::pieces::Assembler;
 use crate::provider::Provider;
 use crate::roster::{Directory, Refusal};
@@ -75,6 +76,9 @@ pub struct Engine {
     trust: SavedTrust,
     /// Members' keys as first seen and members revoked (saved after `trust`).
     remembered: Remembered,
+    /// The circle's messages this device holds and carries for others (saved after
+    /// `remembered`; its messages row by row).
+    carry: Carry,
     /// The proofs whose signatures this device checked in the last directory.
     checked: CheckedProofs,
     /// The circle's safety number as of the last directory.
@@ -210,10 +214,22 @@ impl Engine {
     /// # Errors
     /// [`EngineError::Corrupt`] when the parts do not fit together.
     pub fn restore(config: EngineConfig, stored: StoredDevice) -> Result<Engine, EngineError> {
-        let StoredDevice { state, mls, outbox } = stored;
-        let (mut saved, trust, remembered): (SavedState, SavedTrust, Remembered) =
-            codec::decode_with_tails(&state, Earlier::Cbor)
+        let StoredDevice {
+            state,
+            mls,
+            outbox,
+            carried,
+        } = stored;
+        let (mut saved, trust, remembered, mut carry): (SavedState, SavedTrust, Remembered, Carry) =
+            codec::decode_with_three_tails(&state, Earlier::Cbor)
                 .map_err(|e| EngineError::Corrupt(e.to_string()))?;
+        carry.set_config(config.carry.clone());
+        carry.restore(carried.into_values());
+        for row in outbox.values().filter(|row| row.tag.is_none()) {
+            if let Ok(LinkMessage::Circle { stream, seq, .. }) = decode_link_message(&row.message) {
+                carry.handed(row.peer, row.seq, stream, seq);
+            }
+        }
         saved.delivery.set_config(config.delivery.clone());
         saved.delivery.restore_outbox(outbox.into_values());
         let saved_mls = mls.clone();
@@ -231,6 +247,7 @@ impl Engine {
         let mut engine = Engine::assemble(config, provider, signer, (saved, trust), group);
         engine.saved_mls = saved_mls;
         engine.remembered = remembered;
+        engine.carry = carry;
         engine.refresh_roster();
         Ok(engine)
     }
@@ -242,7 +259,10 @@ impl Engine {
         (saved, trust): (SavedState, SavedTrust),
         group: Option<MlsGroup>,
     ) -> Engine {
+        let mut carry = Carry::default();
+        carry.set_config(config.carry.clone());
         Engine {
+            carry,
             config,
             provider,
             signer,
@@ -425,6 +445,7 @@ impl Engine {
                 } else {
                     self.online.remove(&device);
                     self.announced.remove(&device);
+                    self.carry.sender_left(now);
                     // A group device going away may be a revoked member's: look again.
                     if self.roster.contains_key(&device) {
                         self.fetch_directory();
@@ -537,6 +558,7 @@ impl Engine {
             .map(|w| w.since + self.config.add_fallback_after);
         [
             self.saved.delivery.poll_timeout(),
+            self.carry.poll_timeout(),
             self.announce_at,
             self.catch_up.as_ref().map(|c| c.answer_by),
             self.directory_due.filter(|_| self.connected),
@@ -589,6 +611,7 @@ impl Engine {
                 waiting: self.unacknowledged(*device),
             })
             .collect();
+        let (carrying, _) = self.carry.kept();
         DeviceView {
             member: self.saved.member,
             device: me,
@@ -598,7 +621,21 @@ impl Engine {
             names: self.display_names(),
             devices,
             safety: self.safety.clone(),
+            missing: self.carry.missing(),
+            carrying,
+            dropped: self.carry.dropped_unconfirmed(),
         }
+    }
+
+    /// This device's message stream ([`crate::carry`]).
+    fn own_stream(&self) -> Stream {
+        stream_of(&self.saved.signature_public)
+    }
+
+    /// Messages this device keeps for others now, and their bytes of ciphertext.
+    #[must_use]
+    pub fn carried(&self) -> (usize, usize) {
+        self.carry.kept()
     }
 
     /// What to write to the local store, if anything changed since the last write.
@@ -611,16 +648,19 @@ impl Engine {
             .group
             .as_ref()
             .map(|g| g.group_id().as_slice().to_vec());
-        let state = codec::encode_with_tail(&self.saved, &(&self.trust, &self.remembered))
-            .map_err(|e| EngineError::Corrupt(e.to_string()))?;
+        let state =
+            codec::encode_with_tail(&self.saved, &(&self.trust, &self.remembered, &self.carry))
+                .map_err(|e| EngineError::Corrupt(e.to_string()))?;
         let mls = self.provider.changes_since(&mut self.saved_mls);
         let outbox = self.saved.delivery.take_outbox_changes();
         let history = std::mem::take(&mut self.history);
+        let carried = self.carry.take_changes();
         Ok(Some(StoreWrite {
             state,
             mls,
             outbox,
             history,
+            carried,
         }))
     }
 
@@ -661,7 +701,10 @@ impl Engine {
             }
         }
         self.drive_links(now);
-        self.drain_delivery();
+        self.drain_delivery(now);
+        if self.circulate(now) {
+            self.drain_delivery(now);
+        }
         self.assembler.expire(now);
         self.release_frames(now);
     }
@@ -731,8 +774,12 @@ mod tests {
                 "text": "hi", "sent_at": 5, "outgoing": true})
         );
         assert_eq!(
-            json(&Event::Delivered { id, device: id }),
-            serde_json::json!({"event": "delivered", "id": id, "device": id})
+            json(&Event::Delivered {
+                id,
+                device: id,
+                carried: true
+            }),
+            serde_json::json!({"event": "delivered", "id": id, "device": id, "carried": true})
         );
         assert_eq!(
             json(&Event::Refused {

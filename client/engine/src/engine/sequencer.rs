@@ -180,7 +180,7 @@ impl Engine {
         // Messages that were ahead of this device may be readable now.
         let future = std::mem::take(&mut self.saved.future);
         for (device, msg) in future {
-            self.receive_link_message(device, msg);
+            self.receive_link_message(now, device, msg);
         }
     }
 

@@ -9,6 +9,7 @@ use serde_bytes::ByteBuf;
 use tessera_wire::Base64Url;
 use uuid::Uuid;
 
+use crate::carry::{CarriedChange, CarriedRow, Stream};
 use crate::delivery::{Delivery, OutboxChange, Queued, Seq};
 use crate::identity::DeviceCertificate;
 use crate::provider::StorageChanges;
@@ -39,6 +40,8 @@ pub struct StoreWrite {
     pub outbox: Vec<OutboxChange>,
     /// Changes to the message history.
     pub history: Vec<HistoryChange>,
+    /// Changes to the messages kept for other devices, one row per message.
+    pub carried: Vec<CarriedChange>,
 }
 
 /// A change to the message history, which the device keeps for its user (the engine forgets
@@ -76,6 +79,8 @@ pub struct StoredDevice {
     pub mls: HashMap<Vec<u8>, Vec<u8>>,
     /// The outbox, by peer and sequence number.
     pub outbox: BTreeMap<(Uuid, Seq), Queued>,
+    /// The messages kept for other devices, by stream and number.
+    pub carried: BTreeMap<(Stream, u64), CarriedRow>,
 }
 
 impl StoredDevice {
@@ -96,6 +101,16 @@ impl StoredDevice {
                 }
                 OutboxChange::Delete { peer, seq } => {
                     self.outbox.remove(&(peer, seq));
+                }
+            }
+        }
+        for change in write.carried {
+            match change {
+                CarriedChange::Put(row) => {
+                    self.carried.insert((row.stream, row.seq), row);
+                }
+                CarriedChange::Delete { stream, seq } => {
+                    self.carried.remove(&(stream, seq));
                 }
             }
         }

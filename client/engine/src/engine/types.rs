@@ -10,6 +10,7 @@ use tessera_wire::signal::{ClientFrame, FrameErrorCode};
 use uuid::Uuid;
 use web_time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::carry::CarryConfig;
 use crate::crypto::DeviceSigner;
 use crate::delivery::DeliveryConfig;
 use crate::payload::RtcSignal;
@@ -68,6 +69,8 @@ pub struct EngineConfig {
     pub ice_retry: Duration,
     /// Delivery limits and timings.
     pub delivery: DeliveryConfig,
+    /// What a device keeps for others and how it hands it on.
+    pub carry: CarryConfig,
 }
 
 impl EngineConfig {
@@ -87,6 +90,7 @@ impl EngineConfig {
             directory_retry: Duration::from_secs(2),
             ice_retry: Duration::from_secs(30),
             delivery: DeliveryConfig::default(),
+            carry: CarryConfig::default(),
         }
     }
 }
@@ -200,12 +204,15 @@ pub enum Event {
         /// Whether this device sent it.
         outgoing: bool,
     },
-    /// A peer device acknowledged one of this device's messages.
+    /// A peer device holds one of this device's messages: it acknowledged it, or (`carried`)
+    /// another device carried it there and says so.
     Delivered {
         /// The message.
         id: Uuid,
         /// The device that holds it now.
         device: Uuid,
+        /// Whether it reached that device through another one (as that one says).
+        carried: bool,
     },
     /// Something from a peer or the server was refused (tampering, a stale directory, a bug).
     Refused {
@@ -280,6 +287,14 @@ pub struct DeviceView {
     pub devices: Vec<GroupDeviceView>,
     /// The circle's safety number as of the last directory (twelve words; none without a root).
     pub safety: Option<String>,
+    /// Messages that linked devices hold and this one does not have yet (in the streams it holds
+    /// some of): they are on their way, or wait for a device that can carry them.
+    pub missing: u64,
+    /// Messages this device keeps for other devices.
+    pub carrying: usize,
+    /// Messages this device dropped from what it keeps (its bounds) before every device was
+    /// known to hold them: a device away for long may miss them.
+    pub dropped: u64,
 }
 
 /// One device of the group, as the view lists it.

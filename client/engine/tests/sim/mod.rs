@@ -516,7 +516,7 @@ impl Sim {
                     message,
                     outgoing: false,
                 } => dev.received.push((message.device, message.text)),
-                Event::Delivered { id, device } => {
+                Event::Delivered { id, device, .. } => {
                     dev.delivered.insert((id, device));
                 }
                 Event::Refused { what, reason } => dev.refused.push(format!("{what}: {reason}")),
@@ -626,9 +626,21 @@ impl Sim {
     /// it connects again. Its links die with the process, but its peers are not told: they learn
     /// it only when their side of the link times out (or when the device asks for a new link).
     pub fn restart(&mut self, device: Uuid) {
+        self.restart_with(device, |_, _| {});
+    }
+
+    /// Restarts a device as [`Sim::restart`] does, with its configuration and what its store
+    /// holds changed by `change` first (another build's settings, or a store someone altered).
+    pub fn restart_with(
+        &mut self,
+        device: Uuid,
+        change: impl FnOnce(&mut EngineConfig, &mut StoredDevice),
+    ) {
         let dev = self.devices.get_mut(&device).expect("device");
+        let mut config = config();
+        change(&mut config, &mut dev.store);
         let stored = dev.store.clone();
-        dev.engine = Engine::restore(config(), stored).expect("restore");
+        dev.engine = Engine::restore(config, stored).expect("restore");
         self.disconnect(device);
         self.links.retain(|(a, b)| *a != device && *b != device);
         self.connect(device);

@@ -162,6 +162,9 @@ fn status_json(status: &Status) -> String {
         "waiting": status.waiting(),
         "relayed": status.relayed,
         "safety": status.view.safety,
+        "missing": status.view.missing,
+        "carrying": status.view.carrying,
+        "dropped": status.view.dropped,
     })
     .to_string()
 }
@@ -371,6 +374,26 @@ fn print_group(status: &Status) {
             " offline"
         };
         println!("  {}{this}", name_of(&status.view.names, d.member));
+    }
+    let view = &status.view;
+    if view.missing > 0 {
+        println!(
+            "  {} messages that other devices hold have not reached this device yet",
+            view.missing
+        );
+    }
+    if view.carrying > 0 {
+        println!(
+            "  This device keeps {} of the circle's messages for devices that lack them",
+            view.carrying
+        );
+    }
+    if view.dropped > 0 {
+        println!(
+            "  It dropped {} of them (its limit) before every device was known to have them: a \
+             device away that long may miss them",
+            view.dropped
+        );
     }
 }
 
