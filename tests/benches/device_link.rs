@@ -17,19 +17,10 @@ use openmls::prelude::{
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use openmls_traits::OpenMlsProvider as _;
-use tessera_client::device::{Connection, DeviceHandle, Update};
-use tessera_client::identity::certify;
-use tessera_client::signal::Backoff;
-use tessera_client::store::DeviceStore;
-use tessera_engine::{DeviceKey, Engine, EngineConfig, Event};
 use tessera_tests::loopback::{Side, run};
-use tessera_tests::{TestApp, TestMember, env_number};
+use tessera_tests::native::{Counting, new_device, restart, wait_in_group};
+use tessera_tests::{TestApp, env_number};
 use tessera_wire::Role;
-use tokio::sync::watch;
-use uuid::Uuid;
-
-/// The most time any phase may take.
-const TIME_LIMIT: Duration = Duration::from_secs(60);
 
 /// 100-byte application messages per second through raw openmls: encrypt at one member, serialise,
 /// parse and decrypt at the other, on one thread (the ciphersuite the engine uses).
@@ -133,82 +124,6 @@ fn megabytes(bytes: usize, elapsed: Duration) -> f64 {
     bytes / 1e6 / elapsed.as_secs_f64()
 }
 
-/// A device of `member` with a fresh certified key, its store under `dir`.
-async fn new_device(app: &TestApp, member: &mut TestMember, dir: &std::path::Path) -> DeviceHandle {
-    let origin = app.origin.origin().ascii_serialization();
-    let device = Uuid::new_v4();
-    let key = DeviceKey::generate().expect("device key");
-    let certificate = certify(
-        "localhost",
-        member.granted.member,
-        device,
-        key.public(),
-        |r| member.key.sign_in(r, &origin),
-    )
-    .expect("certify");
-    let engine = Engine::new(
-        EngineConfig::new(origin, "localhost"),
-        member.trust(),
-        member.granted.member,
-        device,
-        key,
-        certificate,
-    )
-    .expect("engine");
-    let store = DeviceStore::open(&dir.join(format!("{device}.db")))
-        .await
-        .expect("store");
-    start(engine, store, member).await
-}
-
-async fn start(engine: Engine, store: DeviceStore, member: &TestMember) -> DeviceHandle {
-    DeviceHandle::start(
-        engine,
-        store,
-        Connection {
-            api: member.client.clone(),
-            bind: [127, 0, 0, 1].into(),
-            backoff: Backoff::default(),
-            relay_only: false,
-        },
-    )
-    .await
-    .expect("the device starts")
-}
-
-/// Counts the messages a device receives, on a task of its own.
-fn count_received(mut device: DeviceHandle) -> watch::Receiver<usize> {
-    let (count, counted) = watch::channel(0);
-    tokio::spawn(async move {
-        let mut received = 0;
-        while let Some(update) = device.next_update().await {
-            if let Update::Engine(Event::Message {
-                outgoing: false, ..
-            }) = update
-            {
-                received += 1;
-                let _ = count.send(received);
-            }
-        }
-    });
-    counted
-}
-
-async fn wait_count(counted: &mut watch::Receiver<usize>, at_least: usize) {
-    tokio::time::timeout(TIME_LIMIT, counted.wait_for(|n| *n >= at_least))
-        .await
-        .expect("the messages arrive in time")
-        .expect("the receiving device runs");
-}
-
-async fn wait_in_group(device: &DeviceHandle) {
-    let deadline = Instant::now() + TIME_LIMIT;
-    while device.status().await.expect("status").view.epoch.is_none() {
-        assert!(Instant::now() < deadline, "the device never joined");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 async fn devices() {
     let dir = tempfile::tempdir().expect("temp dir");
     let app = TestApp::spawn().await;
@@ -216,7 +131,7 @@ async fn devices() {
     let mut bob = app.invite(&mut admin, Role::Member, "bob").await;
     let a = new_device(&app, &mut admin, dir.path()).await;
     wait_in_group(&a).await;
-    let mut received = count_received(a);
+    let mut received = Counting::start(a);
 
     // A new device: login, be added to the group, open the link, send.
     let started = Instant::now();
@@ -224,26 +139,16 @@ async fn devices() {
     let b = new_device(&app, &mut bob, dir.path()).await;
     wait_in_group(&b).await;
     b.send_text("first").await.expect("send");
-    wait_count(&mut received, 1).await;
+    received.wait_count(1).await;
     let first_new = started.elapsed();
 
     // A device already in the group, restarted from its store.
     let device = b.status().await.expect("status").view.device;
     b.stop().await.expect("stop");
-    let store = DeviceStore::open(&dir.path().join(format!("{device}.db")))
-        .await
-        .expect("store");
-    let stored = store.load().await.expect("load").expect("saved");
     let started = Instant::now();
-    bob.client.login(&mut bob.key).await.expect("login");
-    let engine = Engine::restore(
-        EngineConfig::new(app.origin.origin().ascii_serialization(), "localhost"),
-        stored,
-    )
-    .expect("restore");
-    let b = start(engine, store, &bob).await;
+    let b = restart(&app, &mut bob, dir.path(), device).await;
     b.send_text("again").await.expect("send");
-    wait_count(&mut received, 2).await;
+    received.wait_count(2).await;
     let first_existing = started.elapsed();
 
     let small = env_number("MESSAGES", 1_000);
@@ -252,7 +157,7 @@ async fn devices() {
     for _ in 0..small {
         b.send_text(&text).await.expect("send");
     }
-    wait_count(&mut received, 2 + small).await;
+    received.wait_count(2 + small).await;
     let small_elapsed = started.elapsed();
 
     let large = env_number("LARGE", 100);
@@ -261,7 +166,7 @@ async fn devices() {
     for _ in 0..large {
         b.send_text(&text).await.expect("send");
     }
-    wait_count(&mut received, 2 + small + large).await;
+    received.wait_count(2 + small + large).await;
     let large_elapsed = started.elapsed();
 
     println!(

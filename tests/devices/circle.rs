@@ -565,3 +565,99 @@ fn an_always_on_serve_device_adds_newcomers_alone_logs_no_text_and_logs_in_again
         assert!(!log.contains(name.as_str()), "the log holds a name");
     }
 }
+
+/// Waits until the device's group has `size` devices.
+fn wait_for_group(chat: &mut Chat, size: usize) {
+    let deadline = std::time::Instant::now() + crate::support::PATIENCE;
+    loop {
+        let status = chat.status();
+        if status["group"].as_object().is_some_and(|g| g.len() == size) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no group of {size}: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_message_reaches_a_member_never_online_with_its_sender_through_a_serve_device() {
+    if !inside_namespace(
+        "circle::a_message_reaches_a_member_never_online_with_its_sender_through_a_serve_device",
+    ) {
+        return;
+    }
+    let mut circle = Circle::new(3);
+    let mut serve = circle.devices[0].serve();
+    serve.wait_for("the group it creates", |v| v["event"] == "group_created");
+    // The sender and the recipient join one after the other, each alone with the mailbox.
+    for index in [1, 2] {
+        let mut chat = circle.chat(index);
+        chat.wait_for("being added", |v| v["event"] == "joined");
+        let (status, stderr) = chat.quit();
+        assert!(status.success(), "{stderr}");
+    }
+
+    let mut sender = circle.chat(1);
+    // A message is for the group its sender knows: the sender first learns that the recipient
+    // joined while it was away.
+    wait_for_group(&mut sender, 3);
+    let texts: Vec<String> = (0..3)
+        .map(|i| format!("carried {i} {}", unique()))
+        .collect();
+    for text in &texts {
+        sender.say(text);
+    }
+    for _ in &texts {
+        sender.next_matching("the mailbox's acknowledgement", |v| {
+            v["event"] == "delivered" && v["carried"] == false
+        });
+    }
+    let (status, stderr) = sender.quit();
+    assert!(status.success(), "{stderr}");
+
+    // The mailbox and the server restart while no member's device is online.
+    let (status, stderr) = serve.terminate();
+    assert!(status.success(), "serve ended badly: {stderr}");
+    circle.stop_server();
+    circle.start_server();
+    let mut serve = circle.devices[0].serve();
+
+    let mut recipient = circle.chat(2);
+    for text in &texts {
+        recipient.wait_for("a carried message", message_with(text));
+    }
+    recipient.drain(Duration::from_secs(2));
+    let got = counts(&recipient);
+    for text in &texts {
+        assert_eq!(got.get(text), Some(&1), "{text} exactly once: {got:?}");
+    }
+    assert_eq!(
+        recipient.received(),
+        texts,
+        "in the order sent, and nothing else"
+    );
+    let status = recipient.status();
+    assert_eq!(status["missing"], 0, "nothing left waiting: {status}");
+    let recipient_device = status["device"].clone();
+    let (status, stderr) = recipient.quit();
+    assert!(status.success(), "{stderr}");
+
+    // The sender, back, learns from the mailbox that the recipient holds its messages.
+    let mut sender = circle.chat(1);
+    for _ in &texts {
+        sender.next_matching("a receipt carried by the mailbox", |v| {
+            v["event"] == "delivered" && v["carried"] == true && v["device"] == recipient_device
+        });
+    }
+    let (status, stderr) = sender.quit();
+    assert!(status.success(), "{stderr}");
+    let (status, stderr) = serve.terminate();
+    assert!(status.success(), "serve ended badly: {stderr}");
+    let history = circle.devices[2].ok(&["history"]);
+    for text in &texts {
+        assert_eq!(history.matches(text.as_str()).count(), 1, "{history}");
+    }
+}

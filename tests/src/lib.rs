@@ -1,6 +1,7 @@
 //! Test helpers: spawn the real server on port 0 with a fresh database, and drive it with real clients and software keys.
 
 pub mod loopback;
+pub mod native;
 pub mod netns;
 pub mod vm;
 

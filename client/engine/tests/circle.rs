@@ -244,6 +244,19 @@ fn a_message_reaches_a_device_never_online_with_its_sender_through_a_third_once_
 }
 
 #[test]
+fn a_carrier_restarted_from_its_store_still_carries_what_it_kept() {
+    let (mut sim, [a, b, c]) = circle_of_three(35);
+    let texts = sent_while_cy_was_away(&mut sim, [a, b, c], 3);
+    sim.restart(b);
+    sim.run(20);
+    assert_eq!(sim.engine(b).view().carrying, 3, "kept across the restart");
+    sim.connect(c);
+    sim.run(40);
+    assert_eq!(sim.received(c), from(a, &texts), "through Bea, restarted");
+    assert!(sim.refused(c).is_empty(), "{:?}", sim.refused(c));
+}
+
+#[test]
 fn a_device_shows_what_a_linked_device_holds_that_it_lacks_until_it_arrives() {
     let (mut sim, [a, b, c]) = circle_of_three(32);
     sim.send(a, "before");

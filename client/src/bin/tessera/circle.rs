@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::json;
 use tessera_client::device::{Connection, DeviceHandle, Status, Stopped, Update};
 use tessera_client::signal::{Backoff, SignalClient, SignalEvent};
-use tessera_client::store::{DeviceStore, HistoryEntry};
+use tessera_client::store::{DeviceStore, HistoryEntry, Profile};
 use tessera_client::trust::{TrustError, UsedInvitations, distrust_all, verify_directory};
 use tessera_engine::safety::safety_words;
 use tessera_engine::{ChatMessage, Engine, EngineConfig, Event, StopReason};
@@ -23,11 +23,13 @@ use crate::account::{self, Opened, explain, fingerprint, logged_in};
 use crate::settings::Settings;
 
 /// The engine as this device last stored it.
-async fn restore(store: &DeviceStore, origin: &str, rp_id: &str) -> Result<Engine> {
+async fn restore(store: &DeviceStore, profile: &Profile, settings: &Settings) -> Result<Engine> {
     let stored = store.load().await?.context(
         "this device's state is missing from its store: join again with a new --data-dir",
     )?;
-    Ok(Engine::restore(EngineConfig::new(origin, rp_id), stored)?)
+    let mut config = EngineConfig::new(&profile.origin, &profile.rp_id);
+    config.carry = settings.carry.clone();
+    Ok(Engine::restore(config, stored)?)
 }
 
 /// The local address that routes to the server: the host candidate peers are offered.
@@ -61,7 +63,7 @@ struct Running {
 async fn start(settings: &Settings) -> Result<Running> {
     let opened = account::open(settings).await?;
     let api = logged_in(&opened.profile)?;
-    let engine = restore(&opened.store, &opened.profile.origin, &opened.profile.rp_id).await?;
+    let engine = restore(&opened.store, &opened.profile, settings).await?;
     let bind = match settings.bind {
         Some(bind) => bind,
         None => route_to(&opened.profile.origin).await?,
@@ -519,7 +521,7 @@ async fn next_status(device: &mut DeviceHandle) -> Result<Status> {
 pub async fn set_name(settings: &Settings, name: &str) -> Result<()> {
     let opened = account::open(settings).await?;
     let profile = &opened.profile;
-    let mut engine = restore(&opened.store, &profile.origin, &profile.rp_id).await?;
+    let mut engine = restore(&opened.store, profile, settings).await?;
     engine.set_display_name(Instant::now(), name)?;
     opened.store.save_offline(&mut engine).await?;
     println!(
@@ -532,9 +534,7 @@ pub async fn set_name(settings: &Settings, name: &str) -> Result<()> {
 /// `tessera history` (needs no lock: it only reads).
 pub async fn history(settings: &Settings, limit: u32) -> Result<()> {
     let Opened { store, profile, .. } = account::open_profile(settings).await?;
-    let names = restore(&store, &profile.origin, &profile.rp_id)
-        .await?
-        .display_names();
+    let names = restore(&store, &profile, settings).await?.display_names();
     for HistoryEntry {
         message,
         outgoing,
@@ -561,7 +561,7 @@ pub async fn members(settings: &Settings) -> Result<()> {
         .members()
         .await
         .map_err(|e| explain(e, &profile.origin))?;
-    let engine = restore(&opened.store, &profile.origin, &profile.rp_id).await?;
+    let engine = restore(&opened.store, profile, settings).await?;
     let names = engine.display_names();
     let online = online_devices(&api, profile.device).await?;
     let trusted = match &profile.root {

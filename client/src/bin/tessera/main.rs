@@ -56,6 +56,16 @@ struct Cli {
     /// (needs a server configured with a TURN server).
     #[arg(long, env = "TESSERA_RELAY_ONLY", global = true)]
     relay_only: bool,
+    /// The most of the circle's messages this device keeps to carry to devices that lack them;
+    /// the oldest go first [default: 10000].
+    #[arg(long, env = "TESSERA_CARRY_MESSAGES", global = true, value_name = "N")]
+    carry_messages: Option<usize>,
+    /// The most MiB of them kept [default: 64].
+    #[arg(long, env = "TESSERA_CARRY_MIB", global = true, value_name = "MIB")]
+    carry_mib: Option<usize>,
+    /// How many days of them are kept, by their senders' clocks [default: 30].
+    #[arg(long, env = "TESSERA_CARRY_DAYS", global = true, value_name = "DAYS")]
+    carry_days: Option<u32>,
     #[command(subcommand)]
     command: Command,
 }
@@ -241,6 +251,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         pin_fd: cli.pin_fd,
         bind: cli.bind,
         relay_only: cli.relay_only,
+        carry_messages: cli.carry_messages,
+        carry_mib: cli.carry_mib,
+        carry_days: cli.carry_days,
     })?;
     match cli.command {
         Command::SoftKey {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use serde::Deserialize;
+use tessera_engine::carry::CarryConfig;
 use url::Url;
 
 /// The config file (TOML); every key is optional.
@@ -20,6 +21,9 @@ struct ConfigFile {
     key_device: Option<String>,
     bind: Option<IpAddr>,
     relay_only: Option<bool>,
+    carry_messages: Option<usize>,
+    carry_mib: Option<usize>,
+    carry_days: Option<u32>,
 }
 
 /// The settings as resolved.
@@ -36,6 +40,8 @@ pub struct Settings {
     pub pin_fd: Option<i32>,
     pub bind: Option<IpAddr>,
     pub relay_only: bool,
+    /// How much the device keeps of the circle's messages to carry to other devices.
+    pub carry: CarryConfig,
 }
 
 /// What the flags and the environment gave (clap merges those two).
@@ -50,6 +56,9 @@ pub struct Given {
     pub pin_fd: Option<i32>,
     pub bind: Option<IpAddr>,
     pub relay_only: bool,
+    pub carry_messages: Option<usize>,
+    pub carry_mib: Option<usize>,
+    pub carry_days: Option<u32>,
 }
 
 fn home() -> Option<PathBuf> {
@@ -91,6 +100,18 @@ impl Settings {
             .or(file.data_dir)
             .or_else(|| xdg("XDG_DATA_HOME", ".local/share"))
             .context("no data directory: set --data-dir, TESSERA_DATA_DIR or HOME")?;
+        let mut carry = CarryConfig::default();
+        if let Some(messages) = given.carry_messages.or(file.carry_messages) {
+            carry.max_messages = messages;
+        }
+        if let Some(mib) = given.carry_mib.or(file.carry_mib) {
+            carry.max_bytes = mib
+                .checked_mul(1024 * 1024)
+                .context("carry_mib is too large")?;
+        }
+        if let Some(days) = given.carry_days.or(file.carry_days) {
+            carry.max_age_ms = i64::from(days) * 24 * 3600 * 1000;
+        }
         Ok(Settings {
             server: given.server.or(file.server),
             data_dir,
@@ -100,6 +121,7 @@ impl Settings {
             pin_fd: given.pin_fd,
             bind: given.bind.or(file.bind),
             relay_only: given.relay_only || file.relay_only.unwrap_or(false),
+            carry,
         })
     }
 

@@ -1,0 +1,166 @@
+//! Native devices for load generators: the real driver (`DeviceHandle`) over str0m and a SQLite
+//! store on disk, certified by a test member's software key and started against a `TestApp`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tessera_client::device::{Connection, DeviceHandle, Update};
+use tessera_client::identity::certify;
+use tessera_client::signal::Backoff;
+use tessera_client::store::DeviceStore;
+use tessera_engine::{DeviceKey, Engine, EngineConfig, Event};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::{TestApp, TestMember};
+
+/// The most time any one wait may take.
+pub const TIME_LIMIT: Duration = Duration::from_secs(60);
+
+/// Where a device's store is: `dir/<device>.db`.
+#[must_use]
+pub fn store_path(dir: &Path, device: Uuid) -> PathBuf {
+    dir.join(format!("{device}.db"))
+}
+
+fn config(app: &TestApp) -> EngineConfig {
+    EngineConfig::new(app.origin.origin().ascii_serialization(), "localhost")
+}
+
+/// A device of `member` with a fresh certified key, its store under `dir`.
+///
+/// # Panics
+/// When any step fails: this is for load generators.
+pub async fn new_device(app: &TestApp, member: &mut TestMember, dir: &Path) -> DeviceHandle {
+    let origin = app.origin.origin().ascii_serialization();
+    let device = Uuid::new_v4();
+    let key = DeviceKey::generate().expect("device key");
+    let certificate = certify(
+        "localhost",
+        member.granted.member,
+        device,
+        key.public(),
+        |r| member.key.sign_in(r, &origin),
+    )
+    .expect("certify");
+    let engine = Engine::new(
+        config(app),
+        member.trust(),
+        member.granted.member,
+        device,
+        key,
+        certificate,
+    )
+    .expect("engine");
+    let store = DeviceStore::open(&store_path(dir, device))
+        .await
+        .expect("store");
+    start(engine, store, member).await
+}
+
+/// The device `device` of `member` restarted from its store under `dir`, after a login.
+///
+/// # Panics
+/// When any step fails.
+pub async fn restart(
+    app: &TestApp,
+    member: &mut TestMember,
+    dir: &Path,
+    device: Uuid,
+) -> DeviceHandle {
+    let store = DeviceStore::open(&store_path(dir, device))
+        .await
+        .expect("store");
+    let stored = store.load().await.expect("load").expect("saved");
+    member.client.login(&mut member.key).await.expect("login");
+    let engine = Engine::restore(config(app), stored).expect("restore");
+    start(engine, store, member).await
+}
+
+async fn start(engine: Engine, store: DeviceStore, member: &TestMember) -> DeviceHandle {
+    DeviceHandle::start(
+        engine,
+        store,
+        Connection {
+            api: member.client.clone(),
+            bind: [127, 0, 0, 1].into(),
+            backoff: Backoff::default(),
+            relay_only: false,
+        },
+    )
+    .await
+    .expect("the device starts")
+}
+
+/// A device whose received messages are counted on a task of its own.
+#[derive(Debug)]
+pub struct Counting {
+    /// How many messages from other devices it has shown.
+    pub counted: watch::Receiver<usize>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Counting {
+    /// Starts counting what `device` receives.
+    #[must_use]
+    pub fn start(mut device: DeviceHandle) -> Counting {
+        let (count, counted) = watch::channel(0);
+        let (stop, mut stopped) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut received = 0;
+            loop {
+                tokio::select! {
+                    update = device.next_update() => match update {
+                        Some(Update::Engine(Event::Message { outgoing: false, .. })) => {
+                            received += 1;
+                            let _ = count.send(received);
+                        }
+                        Some(_) => {}
+                        None => return,
+                    },
+                    _ = &mut stopped => break,
+                }
+            }
+            device.stop().await.expect("the device stops");
+        });
+        Counting {
+            counted,
+            stop,
+            task,
+        }
+    }
+
+    /// Waits until it has shown `at_least` messages.
+    ///
+    /// # Panics
+    /// After [`TIME_LIMIT`].
+    pub async fn wait_count(&mut self, at_least: usize) {
+        tokio::time::timeout(TIME_LIMIT, self.counted.wait_for(|n| *n >= at_least))
+            .await
+            .expect("the messages arrive in time")
+            .expect("the receiving device runs");
+    }
+
+    /// Stops the device and waits until it has.
+    ///
+    /// # Panics
+    /// When the device fails to stop.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.expect("the counting task ends");
+    }
+}
+
+/// Waits until the device is in the group.
+///
+/// # Panics
+/// After [`TIME_LIMIT`].
+pub async fn wait_in_group(device: &DeviceHandle) {
+    let deadline = Instant::now() + TIME_LIMIT;
+    while device.status().await.expect("status").view.epoch.is_none() {
+        assert!(Instant::now() < deadline, "the device never joined");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
