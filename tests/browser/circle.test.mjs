@@ -306,6 +306,50 @@ if (insideNamespace(FILE)) {
     await admin.page.locator(`#messages li.outgoing[data-state="delivered"]:has-text("${away}")`).waitFor({ timeout: LINK_WAIT });
   });
 
+  test('f2. a message whose sender closed the tab before the recipient opened theirs arrives through a third device', async () => {
+    const bobKey = await run.unplugKey(bob);
+    await bob.page.close();
+    await admin.page.locator(`#members li[data-device="${bob.device}"][data-linked="false"]`).waitFor({ timeout: LINK_WAIT });
+    const carried = secret('carried');
+    await send(admin, carried);
+    await native.waitFor('the message to carry', (e) => e.event === 'message' && e.text === carried);
+    // The sender's tab closes: only the native device has the message for Bob now.
+    const adminKey = await run.unplugKey(admin);
+    await admin.page.close();
+    await native.waitFor('the sender gone', (e) => e.event === 'link_down' && e.device === admin.device);
+
+    bob.page = await bob.context.newPage();
+    await run.plugKey(bob, bobKey);
+    await bob.page.goto('/circle');
+    await joined(bob);
+    await received(bob, carried);
+    assert.equal(await bob.page.locator(`#messages li:has-text("${carried}")`).count(), 1, 'shown once');
+    assert.equal(await bob.page.locator(`#members li[data-device="${admin.device}"][data-linked="true"]`).count(), 0,
+      'the sender was not there to send it');
+    await bob.page.locator('#missing').waitFor({ state: 'hidden' });
+
+    // The sender, back while Bob is away, learns through the native device that Bob holds it.
+    const bobKeyAgain = await run.unplugKey(bob);
+    await bob.page.close();
+    await native.waitFor('Bob gone', (e) => e.event === 'link_down' && e.device === bob.device
+      && native.lines.indexOf(e) > native.lines.findIndex((m) => m.event === 'message' && m.text === carried));
+    admin.page = await admin.context.newPage();
+    await run.plugKey(admin, adminKey);
+    await admin.page.goto('/circle');
+    await joined(admin);
+    await admin.page.locator(`#messages li.outgoing:has-text("${carried}")`, { hasText: 'carried by another device' })
+      .waitFor({ timeout: LINK_WAIT });
+    const direct = secrets.find((t) => t.startsWith('from-admin'));
+    await admin.page.locator(`#messages li.outgoing[data-state="delivered"]:has-text("${direct}")`).waitFor();
+    assert.equal(await admin.page.locator(`#messages li.outgoing:has-text("${direct}")`, { hasText: 'carried by another device' }).count(),
+      0, 'a message every device acknowledged itself is not said to be carried');
+    await shot(admin.page, 'circle-carried');
+    bob.page = await bob.context.newPage();
+    await run.plugKey(bob, bobKeyAgain);
+    await bob.page.goto('/circle');
+    await joined(bob);
+  });
+
   test('g. login tap to the first peer-to-peer message', async (t) => {
     await bob.context.clearCookies();
     await bob.page.goto('/');

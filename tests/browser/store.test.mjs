@@ -26,7 +26,7 @@ test('the engine\'s history rows leave the same history in IndexedDB as in the n
       for (const history of writes) {
         // The engine's state and other rows are the engine's business: one byte stands for them.
         await store.save({
-          state: new Uint8Array([1]), mls_put: [], mls_delete: [], outbox_put: [], outbox_delete: [], history,
+          state: new Uint8Array([1]), mls_put: [], mls_delete: [], outbox_put: [], outbox_delete: [], carried_put: [], carried_delete: [], history,
         });
       }
       return await store.history();

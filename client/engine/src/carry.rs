@@ -159,6 +159,10 @@ pub struct Holdings {
     /// What other devices hold of the receiver's own stream, as far as the sender knows: the
     /// receiver's messages that reached them through other devices.
     pub seen: Vec<(Uuid, Ranges)>,
+    /// How many messages the sender keeps that the receiver lacks and can read (made since it
+    /// joined), by the receiver's last holdings; 0 while those are unknown. It counts what the
+    /// receiver cannot count itself: the messages of a stream it holds nothing of yet.
+    pub owed: u64,
 }
 
 impl Holdings {
@@ -314,6 +318,9 @@ pub struct Carry {
     /// Receipts already told, by peer and message id.
     #[serde(skip)]
     told: HashSet<(Uuid, Uuid)>,
+    /// The `owed` count each linked peer was last sent.
+    #[serde(skip)]
+    told_owed: HashMap<Uuid, u64>,
 }
 
 /// What the engine knows of the group when the store is looked through.
@@ -463,6 +470,7 @@ impl Carry {
     pub fn link_up(&mut self, peer: Uuid) {
         self.linked.insert(peer, None);
         self.summary_owed.insert(peer);
+        self.told_owed.remove(&peer);
     }
 
     /// The link to `peer` closed.
@@ -497,6 +505,22 @@ impl Carry {
         }
         self.peers.insert(peer, holdings);
         self.check_at = Some(now);
+        if self.told_owed.get(&peer) != Some(&self.owed_to(peer)) {
+            self.summary_owed.insert(peer);
+        }
+    }
+
+    /// How many kept messages `peer` lacks and can read, by its last holdings.
+    fn owed_to(&self, peer: Uuid) -> u64 {
+        let Some(holdings) = self.peers.get(&peer) else {
+            return 0;
+        };
+        let theirs: HashMap<Stream, &Ranges> = holdings.held.iter().map(|(s, r)| (*s, r)).collect();
+        let lacking = self.kept.iter().filter(|((stream, seq), kept)| {
+            kept.row.epoch >= holdings.joined
+                && !theirs.get(stream).is_some_and(|r| r.contains(*seq))
+        });
+        u64::try_from(lacking.count()).unwrap_or(u64::MAX)
     }
 
     /// A handover was acknowledged by `peer`.
@@ -566,7 +590,9 @@ impl Carry {
             self.summary_owed.remove(&peer);
             self.linked
                 .insert(peer, Some(now + self.config.summary_every));
-            out.push((peer, self.holdings_for(peer, streams)));
+            let holdings = self.holdings_for(peer, streams);
+            self.told_owed.insert(peer, holdings.owed);
+            out.push((peer, holdings));
         }
         out
     }
@@ -605,6 +631,7 @@ impl Carry {
             joined: self.joined.unwrap_or(0),
             held,
             seen,
+            owed: self.owed_to(peer),
         }
     }
 
@@ -684,8 +711,9 @@ impl Carry {
         self.dropped_unconfirmed
     }
 
-    /// Messages linked peers hold that this device lacks, in streams it holds some of (so that a
-    /// stream from before this device joined counts for nothing).
+    /// Messages linked peers hold that this device lacks: counted here in the streams it holds
+    /// some of (so that a stream from before this device joined counts for nothing), and as the
+    /// peers count them ([`Holdings::owed`]), whichever is more.
     #[must_use]
     pub fn missing(&self) -> u64 {
         let mut known: BTreeMap<Stream, Ranges> = BTreeMap::new();
@@ -696,13 +724,22 @@ impl Carry {
                 }
             }
         }
-        known
+        let known = known
             .iter()
             .map(|(stream, ranges)| {
                 let mine = &self.held[stream];
                 ranges.count_missing_from(mine, mine.first().unwrap_or(0))
             })
-            .fold(0, u64::saturating_add)
+            .fold(0, u64::saturating_add);
+        // What a linked peer says it keeps for this device, counting streams it holds none of.
+        let owed = self
+            .linked
+            .keys()
+            .filter_map(|p| self.peers.get(p))
+            .map(|h| h.owed)
+            .max()
+            .unwrap_or(0);
+        known.max(owed)
     }
 }
 
@@ -828,6 +865,7 @@ mod tests {
                 joined: 0,
                 held: vec![(sender_stream, theirs)],
                 seen: Vec::new(),
+                owed: 0,
             },
             own,
         );

@@ -4,7 +4,7 @@
 //! flooding the link. Sans-IO: it is fed packets and time, and drained for packets to send,
 //! messages to show and the outbox rows to store.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use web_time::{Duration, Instant};
 
@@ -425,6 +425,15 @@ impl Delivery {
     #[must_use]
     pub fn unacknowledged(&self, peer: Uuid) -> usize {
         self.peers.get(&peer).map_or(0, |p| p.outbox.len())
+    }
+
+    /// The tags of the messages for `peer` not yet acknowledged.
+    #[must_use]
+    pub fn awaiting(&self, peer: Uuid) -> HashSet<Uuid> {
+        self.peers
+            .get(&peer)
+            .map(|p| p.outbox.values().filter_map(|o| o.tag).collect())
+            .unwrap_or_default()
     }
 }
 

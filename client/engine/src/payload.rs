@@ -363,6 +363,7 @@ mod tests {
             joined: 3,
             held: vec![(stream, ranges.clone())],
             seen: vec![(Uuid::new_v4(), ranges)],
+            owed: 7,
         };
         assert_eq!(
             decode_link_packet(&encode_holdings(&holdings)),
@@ -378,6 +379,7 @@ mod tests {
                 .map(|_| (Uuid::new_v4(), holdings.held[0].1.clone()))
                 .collect(),
             seen: Vec::new(),
+            owed: 0,
         };
         let bytes = encode_holdings(&many);
         assert!(bytes.len() <= HOLDINGS_BYTES);

@@ -241,6 +241,22 @@ fn a_message_reaches_a_device_never_online_with_its_sender_through_a_third_once_
     assert_eq!(sim.received(c), from(a, &texts), "still each once");
     assert_eq!(sim.engine(a).unacknowledged(c), 0);
     assert!(sim.refused(c).is_empty(), "{:?}", sim.refused(c));
+    // Once Cy acknowledged them herself, a restart of Ada tells no receipt again.
+    let carried_receipts = |sim: &Sim| {
+        sim.devices[&a]
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::Delivered { carried: true, .. }))
+            .count()
+    };
+    let before = carried_receipts(&sim);
+    restart_and_relink(&mut sim, a, &[a, b, c], |_, _| {});
+    sim.run(20);
+    assert_eq!(
+        carried_receipts(&sim),
+        before,
+        "no receipt for what Cy acknowledged"
+    );
 }
 
 #[test]
@@ -277,6 +293,35 @@ fn a_device_shows_what_a_linked_device_holds_that_it_lacks_until_it_arrives() {
     let mut expected = vec!["before".to_string()];
     expected.extend(texts);
     assert_eq!(sim.received(c), from(a, &expected));
+    assert_eq!(sim.engine(c).view().missing, 0);
+}
+
+#[test]
+fn a_device_counts_what_waits_from_a_sender_it_never_heard_from_but_not_from_before_it_joined() {
+    let mut sim = Sim::new(36);
+    let a = sim.member(Role::Admin, "Ada L.");
+    sim.run(5);
+    let b = sim.member(Role::Member, "Bea K.");
+    sim.run(40);
+    sim.send(a, "before Cy");
+    sim.send(a, "before Cy again");
+    sim.run(10);
+    let c = sim.member(Role::Member, "Cy D.");
+    sim.run(40);
+    sim.assert_one_group(&[a, b, c]);
+    let texts = sent_while_cy_was_away(&mut sim, [a, b, c], 3);
+    sim.restart_with(b, |config, _| config.carry.batch = 0);
+    sim.connect(c);
+    sim.run(20);
+    assert!(sim.received(c).is_empty());
+    assert_eq!(
+        sim.engine(c).view().missing,
+        3,
+        "the three sent since Cy joined wait; the two before do not count"
+    );
+    restart_and_relink(&mut sim, b, &[b, c], |_, _| {});
+    sim.run(40);
+    assert_eq!(sim.received(c), from(a, &texts));
     assert_eq!(sim.engine(c).view().missing, 0);
 }
 

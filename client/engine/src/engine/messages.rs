@@ -2,7 +2,7 @@
 //! outbox for each peer, opened as they arrive over links, and carried on to the devices that
 //! lack them ([`crate::carry`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use openmls::prelude::ProcessedMessageContent;
 use openmls::prelude::Sender;
@@ -337,7 +337,16 @@ impl Engine {
             }
         }
         let own = self.own_stream();
+        let mut awaiting: HashMap<Uuid, HashSet<Uuid>> = HashMap::new();
         for (id, device) in self.carry.receipts(own) {
+            // News only while the device has not acknowledged it itself: a message it took
+            // directly, or was never sent, is no receipt to tell.
+            let awaited = awaiting
+                .entry(device)
+                .or_insert_with(|| self.saved.delivery.awaiting(device));
+            if !awaited.contains(&id) {
+                continue;
+            }
             self.history.push(HistoryChange::Delivered {
                 device: self.saved.device,
                 id,
