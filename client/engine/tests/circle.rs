@@ -56,10 +56,6 @@ fn three_devices_join_one_group_and_every_message_reaches_every_other_device_onc
     sim.send(b, "from Bea");
     sim.send(c, "from Cy");
     sim.run(20);
-    let sorted = |mut v: Vec<(Uuid, String)>| {
-        v.sort();
-        v
-    };
     assert_eq!(
         sorted(sim.received(a)),
         sorted(vec![(b, "from Bea".into()), (c, "from Cy".into())])
@@ -184,6 +180,11 @@ fn restart_and_relink(
 
 fn from(sender: Uuid, texts: &[String]) -> Vec<(Uuid, String)> {
     texts.iter().map(|t| (sender, t.clone())).collect()
+}
+
+fn sorted(mut messages: Vec<(Uuid, String)>) -> Vec<(Uuid, String)> {
+    messages.sort();
+    messages
 }
 
 #[test]
@@ -351,11 +352,11 @@ fn what_a_device_keeps_for_others_stays_within_its_bound_and_it_says_what_it_dro
     );
     sim.connect(a);
     sim.run(40);
-    let mut got = sim.received(c);
-    got.sort();
-    let mut all = from(a, &texts);
-    all.sort();
-    assert_eq!(got, all, "the rest once Ada is back, each once");
+    assert_eq!(
+        sorted(sim.received(c)),
+        sorted(from(a, &texts)),
+        "the rest once Ada is back, each once"
+    );
 }
 
 /// What a carrier can do to what it carries, by altering its own store.
@@ -434,11 +435,11 @@ fn a_carrier_that_alters_renames_replays_or_drops_is_detected_or_harmless() {
         // Ada comes back: whatever the carrier withheld or spoilt reaches Cy from her.
         sim.connect(a);
         sim.run(40);
-        let mut got = sim.received(c);
-        got.sort();
-        let mut all = from(a, &texts);
-        all.sort();
-        assert_eq!(got, all, "{carrier:?}: every message once in the end");
+        assert_eq!(
+            sorted(sim.received(c)),
+            sorted(from(a, &texts)),
+            "{carrier:?}: every message once in the end"
+        );
     }
 }
 
