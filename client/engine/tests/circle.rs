@@ -16,12 +16,13 @@ use openmls_traits::OpenMlsProvider as _;
 use openmls_traits::types::SignatureScheme;
 use serde_json::value::to_raw_value;
 use sim::{ORIGIN, Sim, config, new_member};
+use tessera_engine::carry::{Holdings, Ranges};
 use tessera_engine::decision::{Decision, DecisionStatement, SignedDecision};
 use tessera_engine::delivery::Packet;
 use tessera_engine::identity::certify;
 use tessera_engine::payload::{
     LinkMessage, RtcSignal, SignalPayload, decode_link_message, decode_packet,
-    encode_circle_message, encode_packet,
+    encode_circle_message, encode_holdings, encode_packet,
 };
 use tessera_engine::trust::{Endorsement, KeyProof, revocation};
 use tessera_engine::{Engine, Event, HistoryChange, IceOutcome, roster};
@@ -324,6 +325,60 @@ fn a_device_counts_what_waits_from_a_sender_it_never_heard_from_but_not_from_bef
     sim.run(40);
     assert_eq!(sim.received(c), from(a, &texts));
     assert_eq!(sim.engine(c).view().missing, 0);
+}
+
+#[test]
+fn holdings_beyond_their_bounds_or_out_of_order_are_refused_and_change_nothing() {
+    let (mut sim, [a, b, c]) = circle_of_three(37);
+    let stream = Uuid::new_v4();
+    // Seventeen separate ranges of one stream: one more than a summary may hold.
+    let mut scattered = Ranges::default();
+    for n in 0..17 {
+        scattered.insert(n * 2);
+    }
+    let too_many = encode_holdings(&Holdings {
+        joined: 0,
+        held: vec![(stream, scattered)],
+        seen: Vec::new(),
+        owed: 5,
+    });
+    // A range that ends before it starts, written as a hostile peer would.
+    let mut backwards = vec![3u8];
+    backwards.extend(
+        postcard::to_allocvec(&(
+            0u64,
+            vec![(stream, vec![(5u64, 3u64)])],
+            Vec::<(Uuid, Vec<(u64, u64)>)>::new(),
+            5u64,
+        ))
+        .expect("encode"),
+    );
+    for bytes in [too_many, backwards] {
+        let now = sim.now;
+        sim.devices
+            .get_mut(&c)
+            .expect("Cy")
+            .engine
+            .handle_link_data(now, b, &bytes);
+        sim.run(2);
+    }
+    let refused = sim.refused(c);
+    assert_eq!(
+        refused
+            .iter()
+            .filter(|r| r.contains("holdings beyond their bounds"))
+            .count(),
+        2,
+        "{refused:?}"
+    );
+    assert_eq!(
+        sim.engine(c).view().missing,
+        0,
+        "the claims counted for nothing"
+    );
+    sim.send(a, "still working");
+    sim.run(10);
+    sim.assert_last_received(&[b, c], a, "still working");
 }
 
 #[test]
