@@ -135,6 +135,24 @@ impl Ranges {
                 .all(|w| w[0].1.checked_add(1).is_some_and(|next| next < w[1].0))
     }
 
+    /// The numbers not in, as inclusive ranges, lowest first.
+    fn gaps(&self) -> Vec<(u64, u64)> {
+        let mut gaps = Vec::with_capacity(self.0.len() + 1);
+        let mut next = Some(0);
+        for &(first, last) in &self.0 {
+            if let Some(n) = next
+                && n < first
+            {
+                gaps.push((n, first - 1));
+            }
+            next = last.checked_add(1);
+        }
+        if let Some(n) = next {
+            gaps.push((n, u64::MAX));
+        }
+        gaps
+    }
+
     /// Keeps at most `most` ranges: the lowest are merged into one, counting the gaps between
     /// them as held (given up on).
     fn cap(&mut self, most: usize) {
@@ -288,6 +306,9 @@ pub struct Carry {
     kept: BTreeMap<(Stream, u64), Kept>,
     #[serde(skip)]
     kept_bytes: usize,
+    /// The kept messages by their senders' time, oldest first: what [`Carry::trim`] drops.
+    #[serde(skip)]
+    by_age: BTreeSet<(i64, Stream, u64)>,
     /// The store's rows to write (`true`) or delete (`false`).
     #[serde(skip)]
     changes: BTreeMap<(Stream, u64), bool>,
@@ -321,6 +342,27 @@ pub struct Carry {
     /// The `owed` count each linked peer was last sent.
     #[serde(skip)]
     told_owed: HashMap<Uuid, u64>,
+    /// Whether holdings arrived since receipts were last looked for.
+    #[serde(skip)]
+    receipts_due: bool,
+}
+
+/// The messages of `kept` that `holdings` lack, by stream and number: only the gaps in the
+/// holdings are looked through, so a peer that holds nearly everything costs nearly nothing.
+fn lacking<'a>(
+    held: &'a BTreeMap<Stream, Ranges>,
+    kept: &'a BTreeMap<(Stream, u64), Kept>,
+    holdings: &'a Holdings,
+) -> impl Iterator<Item = (&'a (Stream, u64), &'a Kept)> + 'a {
+    held.keys().flat_map(move |stream| {
+        let gaps = holdings
+            .held
+            .iter()
+            .find(|(s, _)| s == stream)
+            .map_or_else(|| vec![(0, u64::MAX)], |(_, r)| r.gaps());
+        gaps.into_iter()
+            .flat_map(move |(first, last)| kept.range((*stream, first)..=(*stream, last)))
+    })
 }
 
 /// What the engine knows of the group when the store is looked through.
@@ -343,6 +385,7 @@ impl Carry {
     pub fn restore(&mut self, rows: impl IntoIterator<Item = CarriedRow>) {
         for row in rows {
             self.kept_bytes += row.message.len();
+            self.by_age.insert((row.sent_at, row.stream, row.seq));
             self.kept
                 .insert((row.stream, row.seq), Kept { row, taken: None });
         }
@@ -386,6 +429,7 @@ impl Carry {
         self.check_at = Some(now);
         let key = (row.stream, row.seq);
         self.kept_bytes += row.message.len();
+        self.by_age.insert((row.sent_at, row.stream, row.seq));
         self.kept.insert(
             key,
             Kept {
@@ -412,30 +456,23 @@ impl Carry {
 
     /// Drops the oldest messages beyond the bounds.
     fn trim(&mut self) {
-        let newest = self.kept.values().map(|k| k.row.sent_at).max();
+        let newest = self.by_age.last().map(|(sent_at, _, _)| *sent_at);
         let oldest_allowed = newest.map(|n| n.saturating_sub(self.config.max_age_ms));
-        loop {
+        while let Some(&(sent_at, stream, seq)) = self.by_age.first() {
             let over = self.kept.len() > self.config.max_messages
                 || self.kept_bytes > self.config.max_bytes;
-            let Some((key, sent_at)) = self
-                .kept
-                .iter()
-                .map(|(key, k)| (*key, k.row.sent_at))
-                .min_by_key(|(key, sent_at)| (*sent_at, *key))
-            else {
-                return;
-            };
             let too_old = oldest_allowed.is_some_and(|limit| sent_at < limit);
             if !over && !too_old {
                 return;
             }
-            self.drop_kept(key);
+            self.drop_kept((stream, seq));
         }
     }
 
     fn drop_kept(&mut self, key: (Stream, u64)) {
         if let Some(kept) = self.kept.remove(&key) {
             self.kept_bytes -= kept.row.message.len();
+            self.by_age.remove(&(kept.row.sent_at, key.0, key.1));
             // A device whose holdings are unknown here may lack it.
             let everyone_has = self.devices.iter().all(|d| {
                 self.peers
@@ -505,6 +542,7 @@ impl Carry {
         }
         self.peers.insert(peer, holdings);
         self.check_at = Some(now);
+        self.receipts_due = true;
         if self.told_owed.get(&peer) != Some(&self.owed_to(peer)) {
             self.summary_owed.insert(peer);
         }
@@ -515,12 +553,9 @@ impl Carry {
         let Some(holdings) = self.peers.get(&peer) else {
             return 0;
         };
-        let theirs: HashMap<Stream, &Ranges> = holdings.held.iter().map(|(s, r)| (*s, r)).collect();
-        let lacking = self.kept.iter().filter(|((stream, seq), kept)| {
-            kept.row.epoch >= holdings.joined
-                && !theirs.get(stream).is_some_and(|r| r.contains(*seq))
-        });
-        u64::try_from(lacking.count()).unwrap_or(u64::MAX)
+        let readable = lacking(&self.held, &self.kept, holdings)
+            .filter(|(_, kept)| kept.row.epoch >= holdings.joined);
+        u64::try_from(readable.count()).unwrap_or(u64::MAX)
     }
 
     /// A handover was acknowledged by `peer`.
@@ -553,6 +588,9 @@ impl Carry {
     /// (message id, device).
     pub fn receipts(&mut self, own: Stream) -> Vec<(Uuid, Uuid)> {
         let mut out = Vec::new();
+        if !std::mem::take(&mut self.receipts_due) {
+            return out;
+        }
         for (device, ranges) in &self.seen {
             for ((_, seq), kept) in self.kept.range((own, 0)..=(own, u64::MAX)) {
                 if ranges.contains(*seq) && self.told.insert((*device, kept.row.id)) {
@@ -648,11 +686,9 @@ impl Carry {
             let Some(holdings) = self.peers.get(&peer) else {
                 continue;
             };
-            let theirs: HashMap<Stream, &Ranges> =
-                holdings.held.iter().map(|(s, r)| (*s, r)).collect();
             let in_flight = self.in_flight.entry(peer).or_default();
             let mut room = self.config.batch.saturating_sub(in_flight.len());
-            for (key, kept) in &self.kept {
+            for (key, kept) in lacking(&self.held, &self.kept, holdings) {
                 if room == 0 {
                     break;
                 }
@@ -662,7 +698,6 @@ impl Carry {
                 if stream == group.own
                     || sender == Some(peer)
                     || kept.row.epoch < holdings.joined
-                    || theirs.get(&stream).is_some_and(|r| r.contains(seq))
                     || in_flight.contains(key)
                 {
                     continue;
@@ -687,6 +722,19 @@ impl Carry {
             }
         }
         out
+    }
+
+    /// Whether [`Carry::poll_summaries`], [`Carry::poll_handovers`] or [`Carry::receipts`] has
+    /// work now (cheap: the engine asks after every input).
+    #[must_use]
+    pub fn due(&self, now: Instant) -> bool {
+        self.receipts_due
+            || self.check_at.is_some_and(|at| at <= now)
+            || self.summary_owed.iter().any(|p| {
+                self.linked
+                    .get(p)
+                    .is_some_and(|next| next.is_none_or(|at| at <= now))
+            })
     }
 
     /// When [`Carry::poll_summaries`] or [`Carry::poll_handovers`] next has work.
@@ -759,6 +807,8 @@ mod tests {
         assert!(r.contains(0) && r.contains(5) && r.contains(10));
         assert!(!r.contains(6) && !r.contains(8) && !r.contains(12));
         assert!(r.well_formed());
+        assert_eq!(r.gaps(), [(6, 8), (12, u64::MAX)]);
+        assert_eq!(Ranges::default().gaps(), [(0, u64::MAX)]);
         let mut gappy = Ranges::default();
         for n in (0..40).step_by(2) {
             gappy.insert(n);
@@ -771,12 +821,14 @@ mod tests {
         let mut top = Ranges::default();
         assert!(top.insert(u64::MAX) && top.insert(u64::MAX - 1));
         assert_eq!(top.ranges(), &[(u64::MAX - 1, u64::MAX)]);
+        assert_eq!(top.gaps(), [(0, u64::MAX - 2)], "none past the top");
         let mut all = Ranges::default();
         assert!(
             all.insert_range(0, u64::MAX),
             "a peer's widest claim costs one step"
         );
         assert!(!all.insert_range(7, 9_000));
+        assert!(all.gaps().is_empty());
         assert_eq!(all.count(), u64::MAX, "saturates");
         assert_eq!(all.count_missing_from(&r, 0), u64::MAX - 9, "saturates too");
         let mut joined = Ranges(vec![(0, 2), (5, 6), (9, 9)]);

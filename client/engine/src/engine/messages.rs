@@ -43,8 +43,8 @@ impl Engine {
                 self.saved.delivery.handle_packet(now, device, packet);
             }
             Ok(LinkPacket::Holdings(holdings)) if holdings.within_bounds() => {
-                let own = self.own_stream();
-                self.carry.handle_holdings(now, device, holdings, own);
+                self.carry
+                    .handle_holdings(now, device, holdings, self.own_stream);
             }
             Ok(LinkPacket::Holdings(_)) => self.event(Event::Refused {
                 what: "link packet",
@@ -85,9 +85,8 @@ impl Engine {
             sent_at: message.sent_at,
             seq: Some(seq),
         };
-        let bytes = serde_json::to_vec(&content).map_err(|e| EngineError::Mls(e.to_string()))?;
-        let msg = self.encrypt(&bytes)?;
-        let stream = self.own_stream();
+        let msg = self.seal(&content)?;
+        let stream = self.own_stream;
         self.send_to_all(now, &encode_circle_message(stream, seq, &msg), Some(id))?;
         self.carry.keep(
             now,
@@ -141,9 +140,14 @@ impl Engine {
         content: &Content,
         id: Option<Uuid>,
     ) -> Result<(), EngineError> {
-        let bytes = serde_json::to_vec(content).map_err(|e| EngineError::Mls(e.to_string()))?;
-        let msg = self.encrypt(&bytes)?;
+        let msg = self.seal(content)?;
         self.send_to_all(now, &msg, id)
+    }
+
+    /// `content` as an MLS application message for the group.
+    fn seal(&mut self, content: &Content) -> Result<Vec<u8>, EngineError> {
+        let bytes = serde_json::to_vec(content).map_err(|e| EngineError::Mls(e.to_string()))?;
+        self.encrypt(&bytes)
     }
 
     /// Queues `msg` for every other device of the group.
@@ -307,7 +311,7 @@ impl Engine {
     /// Hands linked peers what they lack and tells them what this device holds; returns whether
     /// anything was queued for delivery.
     pub(super) fn circulate(&mut self, now: Instant) -> bool {
-        if self.group.is_none() {
+        if self.group.is_none() || !self.carry.due(now) {
             return false;
         }
         let streams: BTreeMap<Uuid, Stream> =
@@ -326,7 +330,7 @@ impl Engine {
         let group = GroupNow {
             streams: &by_stream,
             online: &is_online,
-            own: self.own_stream(),
+            own: self.own_stream,
         };
         let handovers = self.carry.poll_handovers(now, &group);
         let queued = !handovers.is_empty();
@@ -336,7 +340,7 @@ impl Engine {
                 self.carry.handed(h.peer, delivery_seq, h.stream, h.seq);
             }
         }
-        let own = self.own_stream();
+        let own = self.own_stream;
         let mut awaiting: HashMap<Uuid, HashSet<Uuid>> = HashMap::new();
         for (id, device) in self.carry.receipts(own) {
             // News only while the device has not acknowledged it itself: a message it took

@@ -79,6 +79,8 @@ pub struct Engine {
     /// The circle's messages this device holds and carries for others (saved after
     /// `remembered`; its messages row by row).
     carry: Carry,
+    /// This device's message stream ([`crate::carry`]), from its signature key.
+    own_stream: Stream,
     /// The proofs whose signatures this device checked in the last directory.
     checked: CheckedProofs,
     /// The circle's safety number as of the last directory.
@@ -263,6 +265,7 @@ impl Engine {
         carry.set_config(config.carry.clone());
         Engine {
             carry,
+            own_stream: stream_of(&saved.signature_public),
             config,
             provider,
             signer,
@@ -625,11 +628,6 @@ impl Engine {
             carrying,
             dropped: self.carry.dropped_unconfirmed(),
         }
-    }
-
-    /// This device's message stream ([`crate::carry`]).
-    fn own_stream(&self) -> Stream {
-        stream_of(&self.saved.signature_public)
     }
 
     /// Messages this device keeps for others now, and their bytes of ciphertext.
