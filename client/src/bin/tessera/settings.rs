@@ -173,3 +173,62 @@ fn create_private_dir(path: &Path) -> Result<()> {
         .create(path)
         .with_context(|| format!("cannot create the data directory {}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(given: Given, file: &str) -> Result<Settings> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, file).expect("write the config file");
+        Settings::resolve(Given {
+            config: Some(config),
+            data_dir: Some(dir.path().join("data")),
+            ..given
+        })
+    }
+
+    #[test]
+    fn carrying_limits_come_from_the_flag_else_the_config_file_else_the_default() {
+        let default = CarryConfig::default();
+        let none = resolve(Given::default(), "").expect("settings");
+        assert_eq!(
+            (none.carry.max_messages, none.carry.max_bytes),
+            (default.max_messages, default.max_bytes)
+        );
+        let file = "carry_messages = 50000\ncarry_mib = 256\ncarry_days = 90\n";
+        let from_file = resolve(Given::default(), file).expect("settings");
+        assert_eq!(from_file.carry.max_messages, 50_000);
+        assert_eq!(from_file.carry.max_bytes, 256 * 1024 * 1024);
+        assert_eq!(from_file.carry.max_age_ms, 90 * 24 * 3600 * 1000);
+        let flagged = resolve(
+            Given {
+                carry_messages: Some(10),
+                ..Given::default()
+            },
+            file,
+        )
+        .expect("settings");
+        assert_eq!(flagged.carry.max_messages, 10, "the flag wins");
+        assert_eq!(flagged.carry.max_bytes, 256 * 1024 * 1024);
+    }
+
+    #[test]
+    fn carrying_limits_out_of_range_are_refused_with_the_setting_named() {
+        let too_large = resolve(
+            Given {
+                carry_mib: Some(usize::MAX),
+                ..Given::default()
+            },
+            "",
+        )
+        .expect_err("refused");
+        assert!(too_large.to_string().contains("carry_mib"), "{too_large}");
+        let negative = resolve(Given::default(), "carry_days = -1\n").expect_err("refused");
+        assert!(
+            format!("{negative:#}").contains("carry_days"),
+            "{negative:#}"
+        );
+    }
+}
