@@ -630,12 +630,6 @@ impl Engine {
         }
     }
 
-    /// Messages this device keeps for others now, and their bytes of ciphertext.
-    #[must_use]
-    pub fn carried(&self) -> (usize, usize) {
-        self.carry.kept()
-    }
-
     /// What to write to the local store, if anything changed since the last write.
     fn take_write(&mut self) -> Result<Option<StoreWrite>, EngineError> {
         if !self.dirty {
