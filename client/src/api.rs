@@ -3,12 +3,13 @@
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tessera_engine::renewal::SessionRenewal;
 use tessera_wire::{
     API_PREFIX, AddPasskeyStartRequest, AuthenticationOptions, Base64Url, CreateInvitationRequest,
     CreateRecoveryRequest, CreatedInvitation, EnrollStartRequest, ErrorBody, ErrorCode,
     InvitationInfo, LoginFinishRequest, Me, MemberDecisionRequest, MemberInfo, PasskeyInfo,
     PublicKeyCredential, RegisterPublicKeyCredential, RegistrationFinishRequest,
-    RegistrationOptions, Role, SessionGranted, TurnCredentials,
+    RegistrationOptions, RenewalCeremony, Role, SessionGranted, TurnCredentials,
 };
 use url::Url;
 use uuid::Uuid;
@@ -341,6 +342,35 @@ impl ApiClient {
         let options = self.login_start().await?;
         let credential = key.sign_in_with(&options.options, self.origin.as_str(), tamper)?;
         self.login_finish(&options.ceremony, credential).await
+    }
+
+    /// `POST /session/renew/start`: the ceremony id a device key signs to renew its session.
+    ///
+    /// # Errors
+    /// When the server refuses or cannot be reached.
+    pub async fn renewal_start(&self) -> ApiClientResult<String> {
+        let started: RenewalCeremony = self
+            .call(
+                Method::POST,
+                "/session/renew/start",
+                Some(&serde_json::json!({})),
+            )
+            .await?;
+        Ok(started.ceremony)
+    }
+
+    /// `POST /session/renew` with the device's signed renewal; keeps the new session.
+    ///
+    /// # Errors
+    /// When the server refuses or cannot be reached.
+    pub async fn renew_session(
+        &mut self,
+        renewal: &SessionRenewal,
+    ) -> ApiClientResult<SessionGranted> {
+        let granted: SessionGranted = self
+            .call(Method::POST, "/session/renew", Some(renewal))
+            .await?;
+        self.keep_session(granted)
     }
 
     /// `POST /logout`; forgets the session.

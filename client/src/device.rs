@@ -8,10 +8,11 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
+use tessera_engine::renewal::RenewalOutcome;
 use tessera_engine::{
     DeviceView, Engine, EngineError, Event, IceOutcome, LinkCommand, Output, StopReason, unix_ms,
 };
-use tessera_wire::{ErrorCode, MemberInfo};
+use tessera_wire::{ErrorCode, MemberInfo, SessionGranted};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -274,24 +275,27 @@ impl DeviceHandle {
             connection.api.origin().clone(),
             session,
             engine.device(),
-            connection.backoff,
+            connection.backoff.clone(),
         );
         let (commands, commands_rx) = mpsc::channel(COMMAND_QUEUE);
         let (updates_tx, updates) = mpsc::unbounded_channel();
         let (directory_tx, directory_rx) = mpsc::channel(4);
         let (ice_tx, ice_rx) = mpsc::channel(1);
+        let (renewal_tx, renewal_rx) = mpsc::channel(2);
         let driver = Driver {
             engine,
             store,
             api: connection.api,
             links: Links::with_ice(local, &ice, Instant::now()),
             socket,
-            signal,
+            signal: Some(signal),
+            backoff: connection.backoff,
             updates: updates_tx,
             directory_tx,
             ice_tx,
+            renewal_tx,
         };
-        let task = tokio::spawn(driver.run(commands_rx, directory_rx, ice_rx));
+        let task = tokio::spawn(driver.run(commands_rx, directory_rx, ice_rx, renewal_rx));
         Ok(DeviceHandle {
             commands,
             updates,
@@ -380,16 +384,47 @@ type Fetched = Result<Vec<MemberInfo>, ApiClientError>;
 /// Fresh ICE servers, and what came of asking.
 type IceRenewal = (Vec<IceServer>, IceOutcome);
 
+/// A step of renewing the session with the device key, as the server answered it.
+enum RenewalStep {
+    /// The ceremony id to sign (`POST /session/renew/start`).
+    Ceremony(Result<String, ApiClientError>),
+    /// The new session (`POST /session/renew`).
+    Granted(Result<SessionGranted, ApiClientError>),
+}
+
+/// What a refused or failed renewal means for the device.
+fn renewal_failure(error: &ApiClientError) -> RenewalOutcome {
+    match error.status() {
+        _ if error.code() == Some(ErrorCode::MemberRevoked) => RenewalOutcome::Revoked,
+        None => RenewalOutcome::Unavailable,
+        Some(status) if status.is_server_error() || status.as_u16() == 429 => {
+            RenewalOutcome::Unavailable
+        }
+        Some(_) => RenewalOutcome::Refused,
+    }
+}
+
 struct Driver {
     engine: Engine,
     store: DeviceStore,
     api: ApiClient,
     links: Links,
     socket: UdpSocket,
-    signal: SignalClient,
+    /// The signalling connection; none once it ended, until a renewed session starts another.
+    signal: Option<SignalClient>,
+    backoff: Backoff,
     updates: mpsc::UnboundedSender<Update>,
     directory_tx: mpsc::Sender<Fetched>,
     ice_tx: mpsc::Sender<IceRenewal>,
+    renewal_tx: mpsc::Sender<RenewalStep>,
+}
+
+/// The next event of the signalling connection, or never while there is none.
+async fn next_signal(signal: &mut Option<SignalClient>) -> Option<SignalEvent> {
+    match signal {
+        Some(client) => client.next_event().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Driver {
@@ -398,6 +433,7 @@ impl Driver {
         mut commands: mpsc::Receiver<Command>,
         mut directory: mpsc::Receiver<Fetched>,
         mut ice: mpsc::Receiver<IceRenewal>,
+        mut renewals: mpsc::Receiver<RenewalStep>,
     ) -> Result<Stopped, DeviceError> {
         let mut buffer = vec![0u8; DATAGRAM];
         loop {
@@ -422,7 +458,12 @@ impl Driver {
                         self.links.handle_datagram(Instant::now(), source, &buffer[..length]);
                     }
                 }
-                event = self.signal.next_event() => self.handle_signal_event(event),
+                event = next_signal(&mut self.signal) => self.handle_signal_event(event),
+                step = renewals.recv() => {
+                    if let Some(step) = step {
+                        self.handle_renewal(step).await?;
+                    }
+                }
                 fetched = directory.recv() => {
                     let now = Instant::now();
                     match fetched {
@@ -483,9 +524,49 @@ impl Driver {
                 self.engine.handle_disconnected(now);
                 self.report(Update::Disconnected { reason, retry_in });
             }
-            // The signalling client ended on its own: nothing more will come.
-            Some(SignalEvent::SessionRefused) | None => self.engine.handle_session_ended(now),
+            // The signalling client ended on its own: nothing more will come from it.
+            Some(SignalEvent::SessionRefused) | None => {
+                self.signal = None;
+                self.engine.handle_session_ended(now);
+            }
         }
+    }
+
+    /// A step of the renewal the engine asked for ([`Output::RenewSession`]): signs the ceremony,
+    /// or takes the new session (kept in the profile, used by the API client and a new
+    /// signalling connection), or tells the engine why it failed.
+    async fn handle_renewal(&mut self, step: RenewalStep) -> Result<(), DeviceError> {
+        let now = Instant::now();
+        match step {
+            RenewalStep::Ceremony(Ok(ceremony)) => {
+                let renewal = self.engine.session_renewal(&ceremony)?;
+                let (mut api, answer) = (self.api.clone(), self.renewal_tx.clone());
+                api.set_session(None);
+                tokio::spawn(async move {
+                    let granted = api.renew_session(&renewal).await;
+                    let _ = answer.send(RenewalStep::Granted(granted)).await;
+                });
+            }
+            RenewalStep::Granted(Ok(granted)) => {
+                let session = granted.session.unwrap_or_default();
+                self.store.save_session(&session, granted.role).await?;
+                self.api.set_session(Some(session.clone()));
+                self.signal = Some(SignalClient::start(
+                    self.api.origin().clone(),
+                    session,
+                    self.engine.device(),
+                    self.backoff.clone(),
+                ));
+                self.engine
+                    .handle_session_renewal(now, RenewalOutcome::Renewed);
+            }
+            RenewalStep::Ceremony(Err(error)) | RenewalStep::Granted(Err(error)) => {
+                tracing::info!(%error, "the session was not renewed");
+                self.engine
+                    .handle_session_renewal(now, renewal_failure(&error));
+            }
+        }
+        Ok(())
     }
 
     fn handle_command(&mut self, command: Command) {
@@ -542,7 +623,9 @@ impl Driver {
             Output::Send(frame) => {
                 if let Ok(text) = serde_json::to_string(&frame) {
                     // Queued while the server is away; the engine repeats what still matters.
-                    let _ = self.signal.try_send(text);
+                    if let Some(signal) = &self.signal {
+                        let _ = signal.try_send(text);
+                    }
                 }
             }
             Output::Link(LinkCommand::Open { device }) => {
@@ -572,6 +655,16 @@ impl Driver {
                 let (api, answer) = (self.api.clone(), self.ice_tx.clone());
                 tokio::spawn(async move {
                     let _ = answer.send(offered_ice(&api).await).await;
+                });
+            }
+            Output::RenewSession => {
+                // The ended session is not sent along.
+                let mut api = self.api.clone();
+                api.set_session(None);
+                let answer = self.renewal_tx.clone();
+                tokio::spawn(async move {
+                    let ceremony = api.renewal_start().await;
+                    let _ = answer.send(RenewalStep::Ceremony(ceremony)).await;
                 });
             }
         }

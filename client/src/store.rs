@@ -355,6 +355,19 @@ impl DeviceStore {
         Ok(())
     }
 
+    /// Keeps the session (and role) a renewal granted in the profile, if there is one.
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub async fn save_session(&self, session: &str, role: Role) -> Result<(), StoreError> {
+        sqlx::query("UPDATE profile SET session = ?, role = ? WHERE id = 1")
+            .bind(session)
+            .bind(role.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// The last `limit` messages, oldest first.
     ///
     /// # Errors

@@ -46,6 +46,8 @@ pub enum CeremonyState {
         /// The authentication state.
         authentication: DiscoverableAuthentication,
     },
+    /// A device renewing its session with its key: the ceremony id is what it signs.
+    Renew,
 }
 
 /// The webauthn-rs state of a key's registration: any model, or (with an AAGUID list) only a

@@ -42,6 +42,9 @@ pub enum ApiError {
     /// The key's member was revoked.
     #[error("this membership was revoked")]
     MemberRevoked,
+    /// A session renewal that does not prove a device certified by one of the member's keys.
+    #[error("this device cannot renew its session ({0}); log in with your hardware key")]
+    DeviceNotCertified(String),
     /// The key's signature counter went backwards: a possible clone.
     #[error("the key's signature counter went backwards; it may have been cloned")]
     CounterRegression,
@@ -128,6 +131,9 @@ impl ApiError {
                 (StatusCode::UNAUTHORIZED, ErrorCode::UserHandleMismatch)
             }
             ApiError::MemberRevoked => (StatusCode::FORBIDDEN, ErrorCode::MemberRevoked),
+            ApiError::DeviceNotCertified(_) => {
+                (StatusCode::UNAUTHORIZED, ErrorCode::DeviceNotCertified)
+            }
             ApiError::CounterRegression => (StatusCode::UNAUTHORIZED, ErrorCode::CounterRegression),
             ApiError::CredentialExists => (StatusCode::CONFLICT, ErrorCode::CredentialExists),
             ApiError::AttestationRefused => (StatusCode::FORBIDDEN, ErrorCode::AttestationRefused),

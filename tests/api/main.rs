@@ -13,6 +13,7 @@ mod login;
 mod passkeys;
 mod privacy;
 mod rate_limits;
+mod renewal;
 mod security_key;
 mod signalling;
 mod support;

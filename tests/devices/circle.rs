@@ -517,10 +517,27 @@ fn end_session(device: &Device, origin: &str) {
     });
 }
 
+/// The session a device's store holds.
+fn session_of(device: &Device) -> String {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(device.dir.join("device.db"))
+            .read_only(true);
+        let mut store = sqlx::ConnectOptions::connect(&options)
+            .await
+            .expect("the device's store opens");
+        sqlx::query_scalar("SELECT session FROM profile")
+            .fetch_one(&mut store)
+            .await
+            .expect("a session")
+    })
+}
+
 #[test]
-fn an_always_on_serve_device_adds_newcomers_alone_logs_no_text_and_logs_in_again() {
+fn an_always_on_serve_device_adds_newcomers_alone_logs_no_text_and_renews_its_session() {
     if !inside_namespace(
-        "circle::an_always_on_serve_device_adds_newcomers_alone_logs_no_text_and_logs_in_again",
+        "circle::an_always_on_serve_device_adds_newcomers_alone_logs_no_text_and_renews_its_session",
     ) {
         return;
     }
@@ -539,14 +556,32 @@ fn an_always_on_serve_device_adds_newcomers_alone_logs_no_text_and_logs_in_again
     let (status, stderr) = b.quit();
     assert!(status.success(), "{stderr}");
 
-    // Its session ends (a logout from elsewhere): it logs in again with its key file and serves on.
+    // Its session ends (as one expires): it renews it with its device key, no key file touched,
+    // keeps the new one, and serves on.
+    let before = session_of(&circle.devices[0]);
+    let key_file = std::fs::read(&circle.devices[0].key).ok();
     end_session(&circle.devices[0], &circle.origin);
-    serve.wait_for("logging in again", |v| v["event"] == "logging_in_again");
-    serve.next_matching("serving again", |v| v["event"] == "serving");
+    serve.wait_for("its session renewed", |v| v["event"] == "session_renewed");
     let mut c = circle.chat(2);
-    c.wait_for("being added after the re-login", |v| v["event"] == "joined");
+    c.wait_for("being added after the renewal", |v| v["event"] == "joined");
     let (status, stderr) = c.quit();
     assert!(status.success(), "{stderr}");
+    assert_ne!(
+        session_of(&circle.devices[0]),
+        before,
+        "the new session is kept"
+    );
+    assert_eq!(
+        std::fs::read(&circle.devices[0].key).ok(),
+        key_file,
+        "the key was not used"
+    );
+    assert!(serve.events("logging_in_again").is_empty());
+
+    // A command run alone renews an ended session the same way.
+    end_session(&circle.devices[1], &circle.origin);
+    let keys = circle.devices[1].ok(&["keys", "list"]);
+    assert!(!keys.is_empty(), "the member's keys are listed");
 
     // SIGTERM ends it cleanly; its log held no message text and no name.
     let (status, stderr) = serve.terminate();

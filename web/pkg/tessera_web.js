@@ -359,10 +359,26 @@ export class WebDevice {
         }
     }
     /**
-     * The server refused the session (401): the device stops.
+     * The server refused the session (401): the device asks to renew it (`renew_session`).
      */
     handleSessionEnded() {
         wasm.webdevice_handleSessionEnded(this.__wbg_ptr);
+    }
+    /**
+     * What came of renewing the session: `"renewed"`, `"refused"` (the page asks to log in),
+     * `"revoked"` or `"unavailable"` (asked again shortly).
+     *
+     * # Errors
+     * When `outcome` is none of these.
+     * @param {string} outcome
+     */
+    handleSessionRenewal(outcome) {
+        const ptr0 = passStringToWasm0(outcome, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+        const len0 = WASM_VECTOR_LEN;
+        const ret = wasm.webdevice_handleSessionRenewal(this.__wbg_ptr, ptr0, len0);
+        if (ret[1]) {
+            throw takeFromExternrefTable0(ret[0]);
+        }
     }
     /**
      * Time passed.
@@ -483,6 +499,35 @@ export class WebDevice {
             const ptr0 = passStringToWasm0(text, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
             const len0 = WASM_VECTOR_LEN;
             const ret = wasm.webdevice_sendText(this.__wbg_ptr, ptr0, len0);
+            var ptr2 = ret[0];
+            var len2 = ret[1];
+            if (ret[3]) {
+                ptr2 = 0; len2 = 0;
+                throw takeFromExternrefTable0(ret[2]);
+            }
+            deferred3_0 = ptr2;
+            deferred3_1 = len2;
+            return getStringFromWasm0(ptr2, len2);
+        } finally {
+            wasm.__wbindgen_free(deferred3_0, deferred3_1, 1);
+        }
+    }
+    /**
+     * The request (JSON) for a new session in the server's ceremony `ceremony`, signed by this
+     * device's key (for `renew_session`).
+     *
+     * # Errors
+     * When the key cannot sign.
+     * @param {string} ceremony
+     * @returns {string}
+     */
+    sessionRenewal(ceremony) {
+        let deferred3_0;
+        let deferred3_1;
+        try {
+            const ptr0 = passStringToWasm0(ceremony, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            const len0 = WASM_VECTOR_LEN;
+            const ret = wasm.webdevice_sessionRenewal(this.__wbg_ptr, ptr0, len0);
             var ptr2 = ret[0];
             var len2 = ret[1];
             if (ret[3]) {

@@ -83,6 +83,9 @@ code::codes! {
         UserHandleMismatch = "user_handle_mismatch",
         /// The key's member was revoked.
         MemberRevoked = "member_revoked",
+        /// A session renewal's device certificate or device-key signature does not hold (the
+        /// key that certified the device was revoked, or the request was forged).
+        DeviceNotCertified = "device_not_certified",
         /// The key's signature counter went backwards.
         CounterRegression = "counter_regression",
         /// The credential is already registered.
@@ -181,6 +184,14 @@ pub struct AuthenticationOptions {
     /// `{"publicKey": {…}}`: the request options (no allowed credentials: discoverable login).
     #[serde(flatten)]
     pub options: RequestChallengeResponse,
+}
+
+/// The answer to `POST /api/v1/session/renew/start`: the single-use ceremony id a device key signs
+/// to renew its member's session (the request is `tessera_engine::renewal::SessionRenewal`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenewalCeremony {
+    /// The ceremony id; single use, expires in minutes.
+    pub ceremony: String,
 }
 
 /// `POST …/enroll/finish` and `POST …/me/passkeys/finish`: the new credential.

@@ -15,6 +15,7 @@ mod pacer;
 pub mod payload;
 pub mod pieces;
 pub mod provider;
+pub mod renewal;
 pub mod roster;
 pub mod safety;
 pub mod signed;

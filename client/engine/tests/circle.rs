@@ -24,6 +24,7 @@ use tessera_engine::payload::{
     LinkMessage, RtcSignal, SignalPayload, decode_link_message, decode_packet,
     encode_circle_message, encode_holdings, encode_packet,
 };
+use tessera_engine::renewal::RenewalOutcome;
 use tessera_engine::trust::{Endorsement, KeyProof, revocation};
 use tessera_engine::{Engine, Event, HistoryChange, IceOutcome, roster};
 use tessera_softkey::SoftKey;
@@ -1158,7 +1159,7 @@ fn ice_servers_are_asked_for_again_a_third_through_their_lifetime_or_after_a_fai
 }
 
 #[test]
-fn a_device_stops_once_and_says_why_when_revoked_replaced_or_its_session_ends() {
+fn a_device_stops_once_and_says_why_when_revoked_replaced_or_its_session_cannot_be_renewed() {
     use tessera_engine::StopReason;
     use tessera_wire::signal::{FrameErrorCode, ServerFrame};
     for (case, reason) in [
@@ -1168,6 +1169,8 @@ fn a_device_stops_once_and_says_why_when_revoked_replaced_or_its_session_ends() 
         ("session_ended", StopReason::SessionEnded),
     ] {
         let (mut sim, [a, b, _]) = circle_of_three(32);
+        // The server refuses to renew the session (the device was logged out, say).
+        sim.renewal = Some(RenewalOutcome::Refused);
         let now = sim.now;
         match case {
             "revoked" => sim.frames.push_back((b, ServerFrame::Revoked)),
@@ -1596,4 +1599,92 @@ fn a_lost_keys_devices_are_removed_by_its_members_other_device_on_the_revocation
         "the phone read {:?}",
         sim.received(b2)
     );
+}
+
+/// The device whose session the server ends, as an expired session ends: by the socket's
+/// `session_ended` frame, or a 401 on a fetch.
+fn end_session(sim: &mut Sim, device: Uuid, by_frame: bool) {
+    use tessera_wire::signal::ServerFrame;
+    if by_frame {
+        sim.frames.push_back((device, ServerFrame::SessionEnded));
+    } else {
+        let now = sim.now;
+        sim.devices
+            .get_mut(&device)
+            .expect("device")
+            .engine
+            .handle_session_ended(now);
+    }
+}
+
+#[test]
+fn an_ended_session_is_renewed_by_the_device_key_and_the_device_carries_on() {
+    for by_frame in [true, false] {
+        let (mut sim, [a, b, c]) = circle_of_three(60);
+        end_session(&mut sim, b, by_frame);
+        // A second refusal while renewing asks for nothing more.
+        end_session(&mut sim, b, false);
+        sim.run(20);
+        assert_eq!(sim.devices[&b].renewals, 1, "by frame: {by_frame}");
+        assert_eq!(sim.engine(b).stopped(), None, "by frame: {by_frame}");
+        assert!(
+            sim.devices[&b]
+                .events
+                .iter()
+                .any(|e| matches!(e, Event::SessionRenewed)),
+            "by frame: {by_frame}"
+        );
+        // The renewed device is back online and in the group: it sends and receives.
+        sim.send(a, "after the renewal");
+        sim.run(40);
+        sim.assert_last_received(&[b, c], a, "after the renewal");
+        sim.send(b, "renewed, still here");
+        sim.run(40);
+        sim.assert_last_received(&[a, c], b, "renewed, still here");
+        // Later, the session ends again: renewed again.
+        end_session(&mut sim, b, by_frame);
+        sim.run(20);
+        assert_eq!(sim.devices[&b].renewals, 2, "by frame: {by_frame}");
+        assert_eq!(sim.engine(b).stopped(), None, "by frame: {by_frame}");
+    }
+}
+
+#[test]
+fn a_device_whose_certifying_key_was_revoked_cannot_renew_and_says_its_session_ended() {
+    use tessera_engine::StopReason;
+    let (mut sim, [_, b, _]) = circle_of_three(61);
+    // The server no longer lists the key that certified the device: the honest check refuses.
+    let member = sim.devices[&b].member;
+    let listed = sim
+        .directory
+        .iter_mut()
+        .find(|m| m.id == member)
+        .expect("listed");
+    listed.passkeys.clear();
+    end_session(&mut sim, b, true);
+    sim.run(20);
+    assert_eq!(sim.devices[&b].renewals, 1);
+    assert_eq!(sim.engine(b).stopped(), Some(StopReason::SessionEnded));
+}
+
+#[test]
+fn a_revoked_member_renewing_is_told_revoked_and_an_unreachable_server_is_asked_again() {
+    use tessera_engine::StopReason;
+    let (mut sim, [_, b, c]) = circle_of_three(62);
+    sim.revoke(sim.devices[&b].member);
+    end_session(&mut sim, b, false);
+    sim.run(20);
+    assert_eq!(sim.engine(b).stopped(), Some(StopReason::Revoked));
+
+    sim.renewal = Some(RenewalOutcome::Unavailable);
+    end_session(&mut sim, c, false);
+    sim.run(2);
+    assert_eq!(sim.devices[&c].renewals, 1);
+    // Asked again after the retry delay (2 s), not before.
+    sim.run(20);
+    assert_eq!(sim.devices[&c].renewals, 1);
+    sim.renewal = None;
+    sim.run(20 * 2);
+    assert_eq!(sim.devices[&c].renewals, 2);
+    assert_eq!(sim.engine(c).stopped(), None);
 }

@@ -1,11 +1,15 @@
-//! Login with a discoverable credential (no user name typed), and logout.
+//! Sessions: login with a discoverable credential (no user name typed), renewal by a device key
+//! its member's hardware key certified (no touch), and logout.
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::{Json, Router};
-use tessera_wire::{AuthenticationOptions, LoginFinishRequest, PublicKeyCredential};
+use tessera_engine::renewal::SessionRenewal;
+use tessera_wire::{
+    AuthenticationOptions, LoginFinishRequest, PublicKeyCredential, RenewalCeremony,
+};
 use webauthn_rs::prelude::WebauthnError;
 
 use crate::auth::{self, Caller};
@@ -18,6 +22,8 @@ pub(super) fn router() -> Router<AppState> {
     Router::new()
         .route("/login/start", post(start))
         .route("/login/finish", post(finish))
+        .route("/session/renew/start", post(renew_start))
+        .route("/session/renew", post(renew))
         .route("/logout", post(logout))
 }
 
@@ -81,6 +87,56 @@ async fn finish(
         )
         .await?;
     tracing::info!("logged in");
+    Ok(auth::granted(&state, &headers, granted))
+}
+
+#[tracing::instrument(skip_all)]
+async fn renew_start(
+    State(state): State<AppState>,
+    client: ClientAddr,
+) -> ApiResult<Json<RenewalCeremony>> {
+    state.limits.ceremony(client)?;
+    let ceremony = ceremony::begin(&state, client, &CeremonyState::Renew).await?;
+    Ok(Json(RenewalCeremony { ceremony }))
+}
+
+/// A new session for a device that proves, with its certified key, that it is still its
+/// member's: the key that certified it must still be the member's, and the member unrevoked.
+#[tracing::instrument(skip_all)]
+async fn renew(
+    State(state): State<AppState>,
+    client: ClientAddr,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<SessionRenewal>,
+) -> ApiResult<impl IntoResponse> {
+    state.limits.ceremony(client)?;
+    let CeremonyState::Renew = ceremony::take(&state, &request.ceremony).await? else {
+        return Err(ApiError::CeremonyMismatch);
+    };
+    let refused = |why: &str| ApiError::DeviceNotCertified(why.to_owned());
+    let certificate = &request.certificate;
+    let (record, member) = state
+        .store
+        .login_key(certificate.credential_id.as_slice())
+        .await?
+        .ok_or_else(|| refused("the key that certified it is not registered here"))?;
+    if record.member != certificate.member {
+        return Err(refused("the key that certified it is another member's"));
+    }
+    let member = member.ok_or(ApiError::MemberRevoked)?;
+    let rp_id = state.config.rp_id().map_err(ApiError::Internal)?;
+    request
+        .verify(
+            &[ceremony::public_key_info(&record)?],
+            &state.config.origin_base(),
+            &rp_id,
+        )
+        .map_err(|e| refused(&e.to_string()))?;
+    let (session, granted) = auth::new_session(&state, &member, &record.credential_id);
+    if !state.store.renew_session(&session).await? {
+        return Err(refused("the key that certified it was revoked meanwhile"));
+    }
+    tracing::info!("session renewed by a device key");
     Ok(auth::granted(&state, &headers, granted))
 }
 

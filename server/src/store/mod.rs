@@ -284,6 +284,10 @@ pub trait Store: Send + Sync + 'static {
         device: Uuid,
         now: i64,
     ) -> StoreResult<bool>;
+    /// Opens a session renewed by a device key: only while the key that certified the device
+    /// (`session.credential_id`) is still one of the member's and the member is unrevoked, checked
+    /// in the same write; false otherwise.
+    async fn renew_session(&self, session: &SessionRecord) -> StoreResult<bool>;
     /// Ends a session.
     async fn delete_session(&self, token_hash: &Digest) -> StoreResult<()>;
 

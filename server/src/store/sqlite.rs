@@ -749,6 +749,22 @@ impl Store for SqliteStore {
         row.as_ref().map(member_of).transpose()
     }
 
+    async fn renew_session(&self, session: &SessionRecord) -> StoreResult<bool> {
+        let written = sqlx::query(
+            "INSERT INTO sessions (token_hash, member_id, expires_at, credential_id) \
+             SELECT ?, m.id, ?, p.credential_id \
+             FROM members m JOIN passkeys p ON p.member_id = m.id \
+             WHERE m.id = ? AND m.revoked_at IS NULL AND p.credential_id = ?",
+        )
+        .bind(&session.token_hash[..])
+        .bind(session.expires_at)
+        .bind(session.member.to_string())
+        .bind(&session.credential_id[..])
+        .execute(&self.pool)
+        .await?;
+        Ok(written.rows_affected() == 1)
+    }
+
     async fn claim_device(
         &self,
         (circle, member): (Uuid, Uuid),

@@ -9,6 +9,7 @@ use tessera_engine::codec::from_json;
 use tessera_engine::delivery::{OutboxChange, Queued, Seq};
 use tessera_engine::identity::DeviceCertificate;
 use tessera_engine::payload::RtcSignal;
+use tessera_engine::renewal::RenewalOutcome;
 use tessera_engine::trust::{RootFingerprint, RootPin, Trust};
 use tessera_engine::{
     Engine, EngineConfig, Event, HistoryChange, IceOutcome, LinkCommand, Output, StoreWrite,
@@ -167,6 +168,10 @@ pub enum PageOutput {
     /// Fetch `GET /api/v1/turn`, use the servers for links opened from now on, and hand what came
     /// of it to `handleIceServers`.
     FetchIceServers,
+    /// The session ended: `POST /api/v1/session/renew/start`, sign its ceremony with
+    /// `sessionRenewal`, `POST /api/v1/session/renew` (the server sets the new cookie), connect
+    /// again, and hand what came of it to `handleSessionRenewal`.
+    RenewSession,
     /// Show this (`{kind:"event", event:"message", …}`, the CLI's `--json` shapes); messages and
     /// deliveries also go into the history.
     Event(Event),
@@ -186,6 +191,7 @@ impl From<Output> for PageOutput {
             Output::Link(command) => PageOutput::Link(command),
             Output::FetchDirectory => PageOutput::FetchDirectory,
             Output::FetchIceServers => PageOutput::FetchIceServers,
+            Output::RenewSession => PageOutput::RenewSession,
             Output::Event(event) => PageOutput::Event(event),
         }
     }
@@ -222,6 +228,17 @@ fn ice_outcome(outcome: &str, relay_ttl_secs: Option<f64>) -> Result<IceOutcome,
                 .map(|t| Duration::from_secs_f64(t.min(1e9))),
         }),
         other => Err(format!("not an ICE outcome: {other:?}")),
+    }
+}
+
+/// What came of renewing the session, as the page words it.
+fn renewal_outcome(outcome: &str) -> Result<RenewalOutcome, String> {
+    match outcome {
+        "renewed" => Ok(RenewalOutcome::Renewed),
+        "refused" => Ok(RenewalOutcome::Refused),
+        "revoked" => Ok(RenewalOutcome::Revoked),
+        "unavailable" => Ok(RenewalOutcome::Unavailable),
+        other => Err(format!("not a renewal outcome: {other:?}")),
     }
 }
 
@@ -365,10 +382,36 @@ impl WebDevice {
         Ok(())
     }
 
-    /// The server refused the session (401): the device stops.
+    /// The server refused the session (401): the device asks to renew it (`renew_session`).
     #[wasm_bindgen(js_name = handleSessionEnded)]
     pub fn handle_session_ended(&mut self) {
         self.0.handle_session_ended(Instant::now());
+    }
+
+    /// The request (JSON) for a new session in the server's ceremony `ceremony`, signed by this
+    /// device's key (for `renew_session`).
+    ///
+    /// # Errors
+    /// When the key cannot sign.
+    #[wasm_bindgen(js_name = sessionRenewal)]
+    pub fn session_renewal(&self, ceremony: &str) -> Result<String, String> {
+        let renewal = self
+            .0
+            .session_renewal(ceremony)
+            .map_err(|e| e.to_string())?;
+        serde_json::to_string(&renewal).map_err(|e| e.to_string())
+    }
+
+    /// What came of renewing the session: `"renewed"`, `"refused"` (the page asks to log in),
+    /// `"revoked"` or `"unavailable"` (asked again shortly).
+    ///
+    /// # Errors
+    /// When `outcome` is none of these.
+    #[wasm_bindgen(js_name = handleSessionRenewal)]
+    pub fn handle_session_renewal(&mut self, outcome: &str) -> Result<(), String> {
+        let outcome = renewal_outcome(outcome)?;
+        self.0.handle_session_renewal(Instant::now(), outcome);
+        Ok(())
     }
 
     /// The signalling socket closed.
@@ -750,6 +793,9 @@ mod tests {
             Ok(IceOutcome::NotConfigured)
         );
         assert!(ice_outcome("sometimes", None).is_err());
+        assert_eq!(renewal_outcome("renewed"), Ok(RenewalOutcome::Renewed));
+        assert_eq!(renewal_outcome("revoked"), Ok(RenewalOutcome::Revoked));
+        assert!(renewal_outcome("maybe").is_err());
     }
 
     #[test]

@@ -41,6 +41,7 @@ use crate::pacer::Pacer;
 use crate::payload::{CommitPayload, LinkMessage, SignalPayload, decode_link_message};
 use crate::pieces::Assembler;
 use crate::provider::Provider;
+use crate::renewal::{RenewalOutcome, SessionRenewal, SessionState, SessionStep};
 use crate::roster::{Directory, Refusal};
 use crate::trust::{
     CheckedProofs, RootFingerprint, RootPin, Trust, TrustedDirectory, UsedInvitations,
@@ -107,6 +108,8 @@ pub struct Engine {
     ice_due: Option<Instant>,
     /// Why the device stopped, once it has.
     stopped: Option<StopReason>,
+    /// Where renewing the server session stands.
+    session: SessionState,
     /// History changes since the last write.
     history: Vec<HistoryChange>,
     connected: bool,
@@ -287,6 +290,7 @@ impl Engine {
             directory_retry_at: None,
             ice_due: None,
             stopped: None,
+            session: SessionState::default(),
             history: Vec::new(),
             connected: false,
             server_slot: None,
@@ -416,6 +420,7 @@ impl Engine {
                     return;
                 }
                 self.connected = true;
+                self.session.accepted();
                 self.limits = limits;
                 self.pacer.set_limits(limits);
                 self.server_slot = Some(slot);
@@ -489,7 +494,7 @@ impl Engine {
             } => self.stop(StopReason::Replaced),
             ServerFrame::Error { code, .. } => self.event(Event::ServerError { code }),
             ServerFrame::Revoked => self.stop(StopReason::Revoked),
-            ServerFrame::SessionEnded => self.stop(StopReason::SessionEnded),
+            ServerFrame::SessionEnded => self.session_refused(now),
         }
         self.step(now);
     }
@@ -522,11 +527,51 @@ impl Engine {
         };
     }
 
-    /// The server refused this device's session (logged out, expired, or the member revoked while
-    /// the device was away): the device stops.
+    /// The server refused this device's session (expired, logged out, or the member revoked while
+    /// the device was away): the device asks its driver to renew it ([`Output::RenewSession`]),
+    /// once; a refusal soon after a renewal (of a request made with the old session) renews
+    /// again only after a while, and not once a connection was accepted.
     pub fn handle_session_ended(&mut self, now: Instant) {
-        self.stop(StopReason::SessionEnded);
+        self.session_refused(now);
         self.step(now);
+    }
+
+    /// What came of the renewal [`Output::RenewSession`] asked for: renewed (the driver uses the
+    /// new session and connects again), refused (the device stops: the member logs in with their
+    /// key), revoked, or unavailable (asked again after [`EngineConfig::directory_retry`]).
+    pub fn handle_session_renewal(&mut self, now: Instant, outcome: RenewalOutcome) {
+        if self.session != SessionState::Renewing {
+            return;
+        }
+        self.session
+            .outcome(outcome, now, now + self.config.directory_retry);
+        match outcome {
+            RenewalOutcome::Renewed => self.event(Event::SessionRenewed),
+            RenewalOutcome::Refused => self.stop(StopReason::SessionEnded),
+            RenewalOutcome::Revoked => self.stop(StopReason::Revoked),
+            RenewalOutcome::Unavailable => {}
+        }
+        self.step(now);
+    }
+
+    /// This device's request for a new session in the server's ceremony `ceremony` (for
+    /// [`Output::RenewSession`]): its certificate and its key's signature.
+    ///
+    /// # Errors
+    /// When the device key cannot sign.
+    pub fn session_renewal(&self, ceremony: &str) -> Result<SessionRenewal, EngineError> {
+        SessionRenewal::sign(
+            &self.signer,
+            &self.saved.certificate,
+            &self.config.origin,
+            ceremony,
+        )
+    }
+
+    fn session_refused(&mut self, now: Instant) {
+        if self.session.refused(now) == SessionStep::Renew {
+            self.outputs.push_back(Output::RenewSession);
+        }
     }
 
     /// Time passed.
@@ -543,6 +588,9 @@ impl Engine {
         if self.ice_due.is_some_and(|at| at <= now) {
             self.ice_due = None;
             self.outputs.push_back(Output::FetchIceServers);
+        }
+        if self.session.due(now) == SessionStep::Renew {
+            self.outputs.push_back(Output::RenewSession);
         }
         self.step(now);
     }
@@ -567,6 +615,7 @@ impl Engine {
             self.directory_due.filter(|_| self.connected),
             self.directory_retry_at,
             self.ice_due,
+            self.session.poll_timeout(),
             self.pacer.next_at(),
             self.assembler.next_expiry(),
         ]

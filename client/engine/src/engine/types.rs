@@ -261,6 +261,8 @@ pub enum Event {
         /// Why, in words.
         reason: String,
     },
+    /// The server session had ended and the device renewed it with its key: no touch was needed.
+    SessionRenewed,
     /// The device stopped for good: its driver ends it (once, the engine's last event).
     Stopped {
         /// Why.
@@ -320,8 +322,8 @@ pub struct GroupDeviceView {
 pub enum StopReason {
     /// The server says the membership (or this session) was revoked.
     Revoked,
-    /// The session is no longer valid: logged out, expired, or the member revoked while this
-    /// device was away.
+    /// The session is no longer valid and the device key could not renew it: logged out, or the
+    /// key that certified this device was revoked. The member logs in with a hardware key.
     SessionEnded,
     /// This device was removed from the circle's group.
     Removed,
@@ -369,4 +371,8 @@ pub enum Output {
     /// Fetch the ICE servers, use them for links opened from now on, and hand the outcome to
     /// [`crate::Engine::handle_ice_servers`].
     FetchIceServers,
+    /// The session ended: renew it with the device key (`POST /session/renew/start`, then
+    /// [`crate::Engine::session_renewal`] to `POST /session/renew`), use the new session and
+    /// connect again, and hand the outcome to [`crate::Engine::handle_session_renewal`].
+    RenewSession,
 }

@@ -11,6 +11,7 @@ use tessera_engine::decision::SignedDecision;
 use tessera_engine::identity::certify;
 use tessera_engine::invitation::{InvitationSecret, InvitationStatement, SignedInvitation};
 use tessera_engine::payload::RtcSignal;
+use tessera_engine::renewal::RenewalOutcome;
 use tessera_engine::trust::{KeyProof, RootFingerprint, RootPin, Trust, member_id_for, revocation};
 use tessera_engine::{
     DeviceKey, Engine, EngineConfig, Event, HistoryChange, IceOutcome, LinkCommand, Output,
@@ -62,6 +63,8 @@ pub struct Device {
     pub events: Vec<Event>,
     /// Its frame allowance at the relay: tokens, and when last counted.
     pub allowance: (f64, Instant),
+    /// How many times it asked to renew its session.
+    pub renewals: usize,
 }
 
 impl Device {
@@ -102,6 +105,9 @@ pub struct Sim {
     pub directory_down: bool,
     /// What fetching the ICE servers brings.
     pub ice: IceOutcome,
+    /// What the server answers a session renewal: none checks the device's signed renewal
+    /// against the directory as the server does; some forces an outcome.
+    pub renewal: Option<RenewalOutcome>,
     /// The circle's id.
     pub circle: Uuid,
     /// The founder's key and the circle's root, once the first member is made.
@@ -132,6 +138,7 @@ impl Sim {
             redirect: None,
             directory_down: false,
             ice: IceOutcome::NotConfigured,
+            renewal: None,
             circle: Uuid::new_v4(),
             founder: None,
         }
@@ -252,6 +259,7 @@ impl Sim {
                 history: Vec::new(),
                 events: Vec::new(),
                 allowance: (f64::from(self.limits.burst), self.now),
+                renewals: 0,
             },
         );
         self.connect(device);
@@ -499,6 +507,32 @@ impl Sim {
                 dev.fetched_at.push(now);
                 dev.engine
                     .handle_directory_unavailable(now, "the server is down".into());
+            }
+            Output::RenewSession => {
+                dev.renewals += 1;
+                let outcome = self.renewal.unwrap_or_else(|| {
+                    let listed = self.directory.iter().find(|m| m.id == dev.member);
+                    match listed {
+                        Some(m) if m.revocation.is_some() => RenewalOutcome::Revoked,
+                        Some(m) => {
+                            let renewal = dev
+                                .engine
+                                .session_renewal("sim-ceremony")
+                                .expect("the device key signs");
+                            match renewal.verify(&m.passkeys, ORIGIN, "localhost") {
+                                Ok(_) => RenewalOutcome::Renewed,
+                                Err(_) => RenewalOutcome::Refused,
+                            }
+                        }
+                        None => RenewalOutcome::Refused,
+                    }
+                });
+                dev.engine.handle_session_renewal(now, outcome);
+                // The renewed session connects again, as a driver does.
+                if outcome == RenewalOutcome::Renewed {
+                    self.disconnect(device);
+                    self.connect(device);
+                }
             }
             Output::FetchDirectory => {
                 dev.fetches += 1;

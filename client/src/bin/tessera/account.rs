@@ -1,5 +1,5 @@
 //! The member's account on the server: software key files, enrolling with an invitation, logging
-//! in and out, and the member's own keys.
+//! in and out (and sessions renewed by the device key), and the member's own keys.
 
 use std::path::Path;
 use std::time::Instant;
@@ -129,10 +129,39 @@ pub fn logged_in(profile: &Profile) -> Result<ApiClient> {
     Ok(api)
 }
 
+/// The API client of an opened device, logged in: a session that ended is renewed with the
+/// device key (no touch) and kept in the profile.
+pub async fn session(opened: &mut Opened) -> Result<ApiClient> {
+    let mut api = logged_in(&opened.profile)?;
+    match api.me().await {
+        Err(error) if error.status().is_some_and(|s| s == 401) => {}
+        _ => return Ok(api),
+    }
+    let profile = &mut opened.profile;
+    let Some(stored) = opened.store.load().await? else {
+        return Ok(api);
+    };
+    let engine = Engine::restore(EngineConfig::new(&profile.origin, &profile.rp_id), stored)?;
+    api.set_session(None);
+    let ceremony = api
+        .renewal_start()
+        .await
+        .map_err(|e| explain(e, &profile.origin))?;
+    let granted = api
+        .renew_session(&engine.session_renewal(&ceremony)?)
+        .await
+        .map_err(|e| explain(e, &profile.origin))?;
+    let token = granted.session.unwrap_or_default();
+    opened.store.save_session(&token, granted.role).await?;
+    profile.session = Some(token);
+    profile.role = granted.role;
+    Ok(api)
+}
+
 /// This device's profile and its logged-in API client, for calls that leave the engine alone.
 async fn on_server(settings: &Settings) -> Result<(Profile, ApiClient)> {
-    let opened = open_profile(settings).await?;
-    let api = logged_in(&opened.profile)?;
+    let mut opened = open_profile(settings).await?;
+    let api = session(&mut opened).await?;
     Ok((opened.profile, api))
 }
 

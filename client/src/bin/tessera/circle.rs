@@ -19,7 +19,7 @@ use tokio::io::AsyncBufReadExt as _;
 use url::Url;
 use uuid::Uuid;
 
-use crate::account::{self, Opened, explain, fingerprint, logged_in};
+use crate::account::{self, Opened, explain, fingerprint};
 use crate::settings::Settings;
 
 /// The engine as this device last stored it.
@@ -61,8 +61,8 @@ struct Running {
 }
 
 async fn start(settings: &Settings) -> Result<Running> {
-    let opened = account::open(settings).await?;
-    let api = logged_in(&opened.profile)?;
+    let mut opened = account::open(settings).await?;
+    let api = account::session(&mut opened).await?;
     let engine = restore(&opened.store, &opened.profile, settings).await?;
     let bind = match settings.bind {
         Some(bind) => bind,
@@ -92,8 +92,8 @@ fn why_stopped(stopped: Stopped) -> Result<()> {
         Stopped::Requested => Ok(()),
         Stopped::By(StopReason::Revoked) => bail!("your membership of this circle was revoked"),
         Stopped::By(StopReason::SessionEnded) => bail!(
-            "this device's session ended (it expired, was logged out, or was opened with a key \
-             since revoked): run `tessera login` to sign in again"
+            "this device's session ended and its key could not renew it (the key that certified \
+             this device was revoked): run `tessera login` to sign in again"
         ),
         Stopped::By(StopReason::Removed) => {
             bail!("this device was removed from the circle's group: it receives nothing more")
@@ -554,9 +554,9 @@ pub async fn history(settings: &Settings, limit: u32) -> Result<()> {
 /// `tessera members`: the directory from the server, names from the group, who is online from a
 /// short signalling connection.
 pub async fn members(settings: &Settings) -> Result<()> {
-    let opened = account::open(settings).await?;
+    let mut opened = account::open(settings).await?;
+    let api = account::session(&mut opened).await?;
     let profile = &opened.profile;
-    let api = logged_in(profile)?;
     let directory = api
         .members()
         .await
