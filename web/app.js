@@ -174,8 +174,9 @@ function actionCell(row, label, action) {
   row.append(td);
 }
 
-// Loads the caller; sends them to the login page when their session is gone.
-async function whoAmI() {
+// Loads the caller. A session that ended is renewed by the device this browser keeps (no touch);
+// without one, the caller goes to the login page.
+async function whoAmI(renewed = false) {
   try {
     const me = await api('GET', '/me');
     document.getElementById('nav').hidden = false;
@@ -183,11 +184,19 @@ async function whoAmI() {
     return me;
   } catch (error) {
     if (error instanceof ApiError && error.status === 401) {
+      const { renewWithKeptDevice } = await import('/static/device.js');
+      if (!renewed && (await renewWithKeptDevice())) return whoAmI(true);
       window.location.assign('/');
       return null;
     }
     throw error;
   }
+}
+
+// Logging in or enrolling with a key lets the device renew the session again.
+async function signedIn() {
+  const { signedOut } = await import('/static/device.js');
+  signedOut(false);
 }
 
 const pages = {
@@ -198,6 +207,7 @@ const pages = {
       say('Touch your key…');
       try {
         await logIn();
+        await signedIn();
         window.location.assign('/circle');
       } catch (error) {
         say(explain(error), 'error');
@@ -243,6 +253,7 @@ const pages = {
         if (!members.some((m) => m.member === granted.member)) {
           throw new Error('Your key is enrolled, but the circle named in this link does not admit you: the link was altered on its way, or the server is not honest. Ask the admin for a new link and tell them.');
         }
+        await signedIn();
         // The invitation is used up: keep the link out of the history.
         window.history.replaceState(null, '', '/account');
         window.location.assign('/account');
@@ -434,6 +445,9 @@ const pages = {
 async function main() {
   document.getElementById('logout')?.addEventListener('click', async () => {
     try {
+      // Said first: a device in another tab must not renew the session this ends.
+      const { signedOut } = await import('/static/device.js');
+      signedOut(true);
       await api('POST', '/logout');
     } finally {
       window.location.assign('/');

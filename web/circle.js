@@ -145,6 +145,10 @@ class CircleView {
       case 'keys_changed':
         this.#keysChanged(event);
         break;
+      case 'session_renewed':
+        // Nothing to say: the member stays logged in. Counted for the tests.
+        document.body.dataset.sessionRenewals = String(Number(document.body.dataset.sessionRenewals ?? 0) + 1);
+        break;
       default:
     }
   }

@@ -276,6 +276,71 @@ class Links {
   }
 }
 
+// ---------------------------------------------------------------- sessions
+
+// Where this browser remembers which member's device it runs (to renew that member's session when
+// a page opens with an ended one), and that the member logged out (then nothing renews it).
+const DEVICE_MEMBER = 'tessera-device-member';
+const SIGNED_OUT = 'tessera-signed-out';
+
+// The member logged out on purpose: their device does not renew the session.
+export function signedOut(out) {
+  if (out) localStorage.setItem(SIGNED_OUT, '1');
+  else localStorage.removeItem(SIGNED_OUT);
+}
+
+// What a refused renewal means: 'revoked', 'unavailable' (asked again) or 'refused'.
+async function refusal(response) {
+  if (response.status >= 500 || response.status === 429) return 'unavailable';
+  const body = await response.json().catch(() => null);
+  return body?.error === 'member_revoked' ? 'revoked' : 'refused';
+}
+
+function post(path, body) {
+  return fetch(`${API}${path}`, {
+    method: 'POST',
+    credentials: 'same-origin',
+    headers: { 'Content-Type': 'application/json' },
+    body,
+  });
+}
+
+// Renews the member's session with the device key `engine` holds (no touch): the server sets the
+// new cookie. Returns the outcome as the engine takes it: 'renewed', 'refused' (also when the member
+// logged out), 'revoked' or 'unavailable'.
+async function renewSession(engine) {
+  if (localStorage.getItem(SIGNED_OUT)) return 'refused';
+  try {
+    const start = await post('/session/renew/start', '{}');
+    if (!start.ok) return refusal(start);
+    const { ceremony } = await start.json();
+    const renewed = await post('/session/renew', engine.sessionRenewal(ceremony));
+    return renewed.ok ? 'renewed' : refusal(renewed);
+  } catch {
+    return 'unavailable';
+  }
+}
+
+// A page opened with an ended session: renews it with the device this browser keeps for the
+// member it last ran, if any. True when the session was renewed.
+export async function renewWithKeptDevice() {
+  const member = localStorage.getItem(DEVICE_MEMBER);
+  if (!member || localStorage.getItem(SIGNED_OUT)) return false;
+  const engine = await loadEngine();
+  const store = await DeviceStore.open(member);
+  try {
+    const stored = await store.load();
+    if (!stored) return false;
+    const device = engine.WebDevice.restore(window.location.origin, window.location.hostname, stored);
+    return (await renewSession(device)) === 'renewed';
+  } catch (error) {
+    console.warn(`the kept device did not renew the session: ${error?.message ?? error}`);
+    return false;
+  } finally {
+    store.close();
+  }
+}
+
 // ---------------------------------------------------------------- the device
 
 // What the page says when the engine stops the device, by its reason.
@@ -283,7 +348,7 @@ const STOPPED = {
   revoked: 'Your membership of this circle was revoked. This browser receives nothing more.',
   removed: "This browser was removed from the circle's group. It receives nothing more.",
   replaced: 'This device is open in another tab or window. Close this one, or reload it to use it here.',
-  session_ended: 'Your session ended (it expired, or you logged out). Log in again with your key.',
+  session_ended: "Your session ended and this browser's key could not renew it (you logged out, or the hardware key that certified this browser was removed from your account). Log in again with your key.",
 };
 
 // The engine's module (`/static/engine/tessera_web.js`), loaded once.
@@ -311,6 +376,7 @@ export class DeviceStopped extends Error {
 export class Device extends EventTarget {
   static async start(store, engine) {
     const device = new Device(store, engine);
+    localStorage.setItem(DEVICE_MEMBER, device.member);
     // Closing the links as the page goes lets peers see them end at once, not after ICE gives up.
     window.addEventListener('pagehide', () => {
       device.links.closeAll();
@@ -448,6 +514,9 @@ export class Device extends EventTarget {
       case 'fetch_ice_servers':
         this.#fetchIceServers();
         break;
+      case 'renew_session':
+        this.#renewSession();
+        break;
       case 'event':
         this.#take(output);
         break;
@@ -538,6 +607,25 @@ export class Device extends EventTarget {
       this.dispatchEvent(new CustomEvent('status', { detail: { connected: false, retryInMs } }));
       this.reconnectTimer = setTimeout(() => this.#connect(), retryInMs);
     };
+  }
+
+  // The engine asks for a new session: renewed with the device key, then connected with it.
+  async #renewSession() {
+    if (this.stopped) return;
+    const outcome = await renewSession(this.engine);
+    this.input((engine) => engine.handleSessionRenewal(outcome));
+    if (outcome !== 'renewed' || this.stopped) return;
+    // Connect again at once with the new session; a socket still open holds the old one.
+    clearTimeout(this.reconnectTimer);
+    const old = this.socket;
+    this.socket = null;
+    if (old) {
+      old.close();
+      this.connected = false;
+      this.input((engine) => engine.handleDisconnected());
+    }
+    this.failures = 0;
+    this.#connect();
   }
 
   // A refused upgrade does not say why: asks the API whether the session is still good.

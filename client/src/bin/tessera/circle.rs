@@ -92,8 +92,9 @@ fn why_stopped(stopped: Stopped) -> Result<()> {
         Stopped::Requested => Ok(()),
         Stopped::By(StopReason::Revoked) => bail!("your membership of this circle was revoked"),
         Stopped::By(StopReason::SessionEnded) => bail!(
-            "this device's session ended and its key could not renew it (the key that certified \
-             this device was revoked): run `tessera login` to sign in again"
+            "this device's session ended and its key could not renew it (the hardware key that \
+             certified this device was removed from your account): run `tessera login` to sign in \
+             again"
         ),
         Stopped::By(StopReason::Removed) => {
             bail!("this device was removed from the circle's group: it receives nothing more")
