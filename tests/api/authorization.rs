@@ -4,9 +4,9 @@ use reqwest::StatusCode;
 use tessera_engine::decision::{Decision, SignedDecision};
 use tessera_server::store::{SqliteStore, Store as _};
 use tessera_tests::TestApp;
-use tessera_wire::{Role, SESSION_COOKIE};
+use tessera_wire::Role;
 
-use crate::support::{assert_deletes_refused, assert_refused};
+use crate::support::{assert_browser_session, assert_deletes_refused, assert_refused};
 
 #[tokio::test]
 async fn without_a_session_everything_but_login_is_refused() {
@@ -58,35 +58,7 @@ async fn the_browser_gets_its_session_as_an_http_only_strict_cookie_and_never_in
         .send()
         .await
         .expect("finish");
-    assert_eq!(response.status(), StatusCode::OK);
-    let cookie = response
-        .headers()
-        .get(reqwest::header::SET_COOKIE)
-        .expect("a session cookie")
-        .to_str()
-        .expect("ascii")
-        .to_owned();
-    assert!(cookie.starts_with(&format!("{SESSION_COOKIE}=")));
-    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
-        assert!(
-            cookie.contains(attribute),
-            "cookie lacks {attribute}: {cookie}"
-        );
-    }
-    let body: serde_json::Value = response.json().await.expect("a JSON body");
-    assert!(body.get("member").is_some(), "{body}");
-    assert!(
-        body.get("session").is_none(),
-        "a browser's scripts never see the token: {body}"
-    );
-    let pair = cookie.split(';').next().expect("name=value");
-    let me = reqwest::Client::new()
-        .get(format!("{}api/v1/me", app.origin))
-        .header(reqwest::header::COOKIE, pair)
-        .send()
-        .await
-        .expect("me");
-    assert_eq!(me.status(), StatusCode::OK);
+    assert_browser_session(&app, response).await;
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 //! forged, replayed or misdirected renewal is refused and opens no session.
 
 use reqwest::StatusCode;
-use tessera_client::api::ApiClient;
+use tessera_client::api::{ApiClient, ApiClientResult};
 use tessera_engine::identity::certify;
 use tessera_engine::renewal::SessionRenewal;
 use tessera_engine::{DeviceKey, Engine, EngineConfig};
@@ -12,7 +12,7 @@ use tessera_tests::{TestApp, TestMember};
 use tessera_wire::{Base64Url, Role};
 use uuid::Uuid;
 
-use crate::support::assert_refused;
+use crate::support::{assert_browser_session, assert_refused};
 
 /// A device of `member` certified by `key` (one of theirs), as `tessera join` or the page make it.
 fn certified_by(app: &TestApp, member: &TestMember, key: &mut SoftKey) -> Engine {
@@ -46,12 +46,22 @@ fn device_of(app: &TestApp, member: &mut TestMember) -> Engine {
     device
 }
 
-/// Renews with `device`'s key in a fresh ceremony: the client holding the new session.
-async fn renew(app: &TestApp, device: &Engine) -> (ApiClient, Result<Role, StatusCode>) {
+/// Renews with `device`'s key in a fresh ceremony: the client holding the new session, and the
+/// server's answer.
+async fn renewed(
+    app: &TestApp,
+    device: &Engine,
+) -> (ApiClient, ApiClientResult<tessera_wire::SessionGranted>) {
     let mut client = app.client();
     let ceremony = client.renewal_start().await.expect("a ceremony");
     let renewal = device.session_renewal(&ceremony).expect("signed");
     let result = client.renew_session(&renewal).await;
+    (client, result)
+}
+
+/// Renews with `device`'s key: the client, and the role granted or the status refused.
+async fn renew(app: &TestApp, device: &Engine) -> (ApiClient, Result<Role, StatusCode>) {
+    let (client, result) = renewed(app, device).await;
     let outcome = result
         .as_ref()
         .map(|g| g.role)
@@ -107,7 +117,7 @@ async fn revoking_the_key_that_certified_a_device_ends_its_renewed_session_and_i
     let (mut spare, _) = admin.add_spare(Some("spare")).await.expect("a spare");
     let certified_by_first = device_of(&app, &mut admin);
     let certified_by_spare = certified_by(&app, &admin, &mut spare);
-    let (renewed, outcome) = renew(&app, &certified_by_first).await;
+    let (first_session, outcome) = renew(&app, &certified_by_first).await;
     assert_eq!(outcome, Ok(Role::Admin));
 
     let first_id = Base64Url::encode(admin.key.credential_id());
@@ -129,15 +139,14 @@ async fn revoking_the_key_that_certified_a_device_ends_its_renewed_session_and_i
     .await
     .expect("the spare revokes the first key");
 
-    assert_refused(renewed.me().await, StatusCode::UNAUTHORIZED, "unauthorized");
-    let before = sessions(&app).await;
-    let mut client = app.client();
-    let ceremony = client.renewal_start().await.expect("a ceremony");
-    let renewal = certified_by_first
-        .session_renewal(&ceremony)
-        .expect("signed");
     assert_refused(
-        client.renew_session(&renewal).await,
+        first_session.me().await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+    let before = sessions(&app).await;
+    assert_refused(
+        renewed(&app, &certified_by_first).await.1,
         StatusCode::UNAUTHORIZED,
         "device_not_certified",
     );
@@ -155,11 +164,8 @@ async fn a_revoked_member_is_told_so_and_renews_nothing() {
     let device = device_of(&app, &mut member);
     admin.revoke(member.granted.member).await.expect("revoked");
     let before = sessions(&app).await;
-    let mut client = app.client();
-    let ceremony = client.renewal_start().await.expect("a ceremony");
-    let renewal = device.session_renewal(&ceremony).expect("signed");
     assert_refused(
-        client.renew_session(&renewal).await,
+        renewed(&app, &device).await.1,
         StatusCode::FORBIDDEN,
         "member_revoked",
     );
@@ -289,23 +295,5 @@ async fn a_browsers_renewal_sets_the_cookie_and_never_names_the_token() {
         .send()
         .await
         .expect("renew");
-    assert_eq!(response.status(), StatusCode::OK);
-    let cookie = response
-        .headers()
-        .get(reqwest::header::SET_COOKIE)
-        .expect("a session cookie")
-        .to_str()
-        .expect("ascii")
-        .to_owned();
-    assert!(cookie.contains("HttpOnly"), "{cookie}");
-    let body: serde_json::Value = response.json().await.expect("json");
-    assert!(body.get("session").is_none(), "{body}");
-    let pair = cookie.split(';').next().expect("name=value");
-    let me = reqwest::Client::new()
-        .get(format!("{}api/v1/me", app.origin))
-        .header(reqwest::header::COOKIE, pair)
-        .send()
-        .await
-        .expect("me");
-    assert_eq!(me.status(), StatusCode::OK);
+    assert_browser_session(&app, response).await;
 }

@@ -26,6 +26,43 @@ pub fn assert_refused<T: std::fmt::Debug>(
     }
 }
 
+/// Asserts that a browser's answer granting a session (enrollment, login, renewal) carries it as
+/// an HttpOnly, SameSite=Strict cookie and never in the body, and that the cookie opens `GET /me`.
+pub async fn assert_browser_session(app: &tessera_tests::TestApp, response: reqwest::Response) {
+    assert_eq!(response.status(), StatusCode::OK);
+    let cookie = response
+        .headers()
+        .get(reqwest::header::SET_COOKIE)
+        .expect("a session cookie")
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(
+        cookie.starts_with(&format!("{}=", tessera_wire::SESSION_COOKIE)),
+        "{cookie}"
+    );
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(
+            cookie.contains(attribute),
+            "cookie lacks {attribute}: {cookie}"
+        );
+    }
+    let body: serde_json::Value = response.json().await.expect("a JSON body");
+    assert!(body.get("member").is_some(), "{body}");
+    assert!(
+        body.get("session").is_none(),
+        "a browser's scripts never see the token: {body}"
+    );
+    let pair = cookie.split(';').next().expect("name=value");
+    let me = reqwest::Client::new()
+        .get(format!("{}api/v1/me", app.origin))
+        .header(reqwest::header::COOKIE, pair)
+        .send()
+        .await
+        .expect("me");
+    assert_eq!(me.status(), StatusCode::OK);
+}
+
 /// Authenticator responses wrong in one way each, which verification must refuse. `other_type` is
 /// the client-data type of the other ceremony (`webauthn.get` for a registration and vice versa).
 pub fn tampered_responses(other_type: &str) -> Vec<(&'static str, Tamper)> {

@@ -495,18 +495,9 @@ fn wait_until(chat: &mut Chat, done: impl Fn(&Value) -> bool) {
 /// Ends a device's session on the server behind its back, as a logout from elsewhere would: the
 /// session token read from its store, then `POST /api/v1/logout` with it.
 fn end_session(device: &Device, origin: &str) {
+    let session = session_of(device);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
-        let options = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(device.dir.join("device.db"))
-            .read_only(true);
-        let mut store = sqlx::ConnectOptions::connect(&options)
-            .await
-            .expect("the device's store opens");
-        let session: String = sqlx::query_scalar("SELECT session FROM profile")
-            .fetch_one(&mut store)
-            .await
-            .expect("a session");
         let ended = reqwest::Client::new()
             .post(format!("{origin}/api/v1/logout"))
             .bearer_auth(session)
