@@ -145,6 +145,9 @@ class CircleView {
       case 'keys_changed':
         this.#keysChanged(event);
         break;
+      case 'history_progress':
+        this.#historyProgress(event);
+        break;
       case 'session_renewed':
         // Nothing to say: the member stays logged in. Counted for the tests.
         document.body.dataset.sessionRenewals = String(Number(document.body.dataset.sessionRenewals ?? 0) + 1);
@@ -165,6 +168,32 @@ class CircleView {
     return this.names.get(member) ?? `Member ${short(member)}`;
   }
 
+  // A page of this member's history came from another of their devices: said, and the messages
+  // shown again from the store in their order.
+  async #historyProgress({ device, received, total, done }) {
+    const line = $('history-progress');
+    line.hidden = false;
+    line.dataset.done = String(done);
+    line.textContent = done
+      ? `Your history from your device ${short(device)}: ${received} messages, all here.`
+      : `Receiving your history from your device ${short(device)}: ${received} of ${total} messages…`;
+    const list = $('messages');
+    const entries = await this.store.history();
+    list.replaceChildren();
+    for (const entry of entries) {
+      try {
+        this.#message(entry);
+      } catch (error) {
+        console.warn(`a stored message could not be shown: ${error?.message ?? error}`);
+      }
+    }
+  }
+
+  // Who sent a message this browser did not send: the member's name, or their own other device.
+  #sender(member) {
+    return member === this.me.member ? 'You (another device)' : this.#name(member);
+  }
+
   // A message is known by its sending device and its id (the id alone is the sender's to choose).
   #message(entry) {
     const key = `${entry.device}/${entry.id}`;
@@ -179,7 +208,7 @@ class CircleView {
     item.className = entry.outgoing ? 'outgoing' : 'incoming';
     const who = document.createElement('span');
     who.className = 'who';
-    who.textContent = entry.outgoing ? 'You' : this.#name(entry.member);
+    who.textContent = entry.outgoing ? 'You' : this.#sender(entry.member);
     const at = document.createElement('time');
     const written = new Date(entry.sent_at);
     if (!Number.isNaN(written.getTime())) {
@@ -390,7 +419,7 @@ class CircleView {
     }
     for (const item of $('messages').querySelectorAll('li.outgoing')) this.#deliveryState(item);
     for (const item of $('messages').querySelectorAll('li.incoming .who')) {
-      item.textContent = this.#name(item.closest('li').dataset.member);
+      item.textContent = this.#sender(item.closest('li').dataset.member);
     }
   }
 }

@@ -149,6 +149,41 @@ export class DeviceStore {
     return entries.reverse();
   }
 
+  // A page of the history for another device of this member: up to `limit` rows strictly older
+  // than `before` ({sent_at, device, id}; from the newest when null) in that order, newest first
+  // (the sent_at index lists ties by [device, id]), and how many rows are older than `before`.
+  async historyPage(before, limit) {
+    const tx = this.db.transaction('history', 'readonly');
+    const index = tx.objectStore('history').index('sent_at');
+    const older = (row) => !before || row.sent_at < before.sent_at
+      || (row.sent_at === before.sent_at
+        && (row.device < before.device || (row.device === before.device && row.id < before.id)));
+    const walk = (range, visit) => new Promise((resolve, reject) => {
+      const cursor = index.openCursor(range, 'prev');
+      cursor.onerror = () => reject(cursor.error);
+      cursor.onsuccess = () => {
+        const at = cursor.result;
+        if (!at || visit(at.value) === false) return resolve();
+        at.continue();
+      };
+    });
+    const rows = [];
+    await walk(before ? IDBKeyRange.upperBound(before.sent_at) : null, (row) => {
+      if (older(row)) rows.push(row);
+      return rows.length < limit;
+    });
+    let count;
+    if (before) {
+      count = await request(index.count(IDBKeyRange.upperBound(before.sent_at, true)));
+      await walk(IDBKeyRange.only(before.sent_at), (row) => {
+        if (older(row)) count += 1;
+      });
+    } else {
+      count = await request(index.count());
+    }
+    return { rows, older: count };
+  }
+
   close() {
     this.db.close();
   }
@@ -517,6 +552,9 @@ export class Device extends EventTarget {
       case 'renew_session':
         this.#renewSession();
         break;
+      case 'read_history':
+        this.#readHistory(output);
+        break;
       case 'event':
         this.#take(output);
         break;
@@ -607,6 +645,17 @@ export class Device extends EventTarget {
       this.dispatchEvent(new CustomEvent('status', { detail: { connected: false, retryInMs } }));
       this.reconnectTimer = setTimeout(() => this.#connect(), retryInMs);
     };
+  }
+
+  // Another device of this member asked for a page of the history this browser holds.
+  async #readHistory({ peer, before, limit }) {
+    try {
+      const { rows, older } = await this.store.historyPage(before, limit);
+      this.input((engine) => engine.handleHistoryRead(peer, rows, older));
+    } catch (error) {
+      // Not answered: the other device asks again when its link comes back.
+      console.warn(`the history could not be read: ${error?.message ?? error}`);
+    }
   }
 
   // The engine asks for a new session: renewed with the device key, then connected with it.

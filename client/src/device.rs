@@ -10,7 +10,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tessera_engine::renewal::RenewalOutcome;
 use tessera_engine::{
-    DeviceView, Engine, EngineError, Event, IceOutcome, LinkCommand, Output, StopReason, unix_ms,
+    ChatMessage, DeviceView, Engine, EngineError, Event, IceOutcome, LinkCommand, Output,
+    StopReason, unix_ms,
 };
 use tessera_wire::{ErrorCode, MemberInfo, SessionGranted};
 use tokio::net::UdpSocket;
@@ -282,6 +283,7 @@ impl DeviceHandle {
         let (directory_tx, directory_rx) = mpsc::channel(4);
         let (ice_tx, ice_rx) = mpsc::channel(1);
         let (renewal_tx, renewal_rx) = mpsc::channel(2);
+        let (history_tx, history_rx) = mpsc::channel(4);
         let driver = Driver {
             engine,
             store,
@@ -294,8 +296,10 @@ impl DeviceHandle {
             directory_tx,
             ice_tx,
             renewal_tx,
+            history_tx,
         };
-        let task = tokio::spawn(driver.run(commands_rx, directory_rx, ice_rx, renewal_rx));
+        let task =
+            tokio::spawn(driver.run(commands_rx, directory_rx, ice_rx, (renewal_rx, history_rx)));
         Ok(DeviceHandle {
             commands,
             updates,
@@ -392,6 +396,10 @@ enum RenewalStep {
     Granted(Result<SessionGranted, ApiClientError>),
 }
 
+/// A page of the history read for another device of this member: the device, the rows and how
+/// many are older than the ask's start.
+type HistoryRead = (Uuid, Result<(Vec<ChatMessage>, u64), StoreError>);
+
 /// What a refused or failed renewal means for the device.
 fn renewal_failure(error: &ApiClientError) -> RenewalOutcome {
     match error.status() {
@@ -417,6 +425,7 @@ struct Driver {
     directory_tx: mpsc::Sender<Fetched>,
     ice_tx: mpsc::Sender<IceRenewal>,
     renewal_tx: mpsc::Sender<RenewalStep>,
+    history_tx: mpsc::Sender<HistoryRead>,
 }
 
 /// The next event of the signalling connection, or never while there is none.
@@ -433,7 +442,7 @@ impl Driver {
         mut commands: mpsc::Receiver<Command>,
         mut directory: mpsc::Receiver<Fetched>,
         mut ice: mpsc::Receiver<IceRenewal>,
-        mut renewals: mpsc::Receiver<RenewalStep>,
+        (mut renewals, mut history): (mpsc::Receiver<RenewalStep>, mpsc::Receiver<HistoryRead>),
     ) -> Result<Stopped, DeviceError> {
         let mut buffer = vec![0u8; DATAGRAM];
         loop {
@@ -462,6 +471,12 @@ impl Driver {
                 step = renewals.recv() => {
                     if let Some(step) = step {
                         self.handle_renewal(step).await?;
+                    }
+                }
+                read = history.recv() => {
+                    if let Some((peer, read)) = read {
+                        let (rows, older) = read?;
+                        self.engine.handle_history_read(Instant::now(), peer, rows, older);
                     }
                 }
                 fetched = directory.recv() => {
@@ -655,6 +670,17 @@ impl Driver {
                 let (api, answer) = (self.api.clone(), self.ice_tx.clone());
                 tokio::spawn(async move {
                     let _ = answer.send(offered_ice(&api).await).await;
+                });
+            }
+            Output::ReadHistory {
+                peer,
+                before,
+                limit,
+            } => {
+                let (store, answer) = (self.store.clone(), self.history_tx.clone());
+                tokio::spawn(async move {
+                    let read = store.history_page(before, limit).await;
+                    let _ = answer.send((peer, read)).await;
                 });
             }
             Output::RenewSession => {

@@ -10,6 +10,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row as _, SqlitePool};
 use tessera_engine::carry::{CarriedChange, CarriedRow};
 use tessera_engine::delivery::{OutboxChange, Queued};
+use tessera_engine::history::Cursor;
 use tessera_engine::trust::RootFingerprint;
 use tessera_engine::{
     ChatMessage, Engine, EngineError, HistoryChange, Output, StoreWrite, StoredDevice,
@@ -353,6 +354,60 @@ impl DeviceStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// A page of the history for another device of this member ([`Output::ReadHistory`]): up to
+    /// `limit` messages strictly older than `before` in the order `(sent_at, device, id)`, newest
+    /// first, and how many messages are older than `before` in all.
+    ///
+    /// # Errors
+    /// When SQLite fails or a row is malformed.
+    pub async fn history_page(
+        &self,
+        before: Option<Cursor>,
+        limit: usize,
+    ) -> Result<(Vec<ChatMessage>, u64), StoreError> {
+        let (sent_at, device, id) = before.map_or((None, None, None), |c| {
+            (
+                Some(c.sent_at),
+                Some(c.device.to_string()),
+                Some(c.id.to_string()),
+            )
+        });
+        let rows = sqlx::query(
+            "SELECT id, member, device, text, sent_at FROM history \
+             WHERE ? IS NULL OR (sent_at, device, id) < (?, ?, ?) \
+             ORDER BY sent_at DESC, device DESC, id DESC LIMIT ?",
+        )
+        .bind(sent_at)
+        .bind(sent_at)
+        .bind(&device)
+        .bind(&id)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        let older: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM history WHERE ? IS NULL OR (sent_at, device, id) < (?, ?, ?)",
+        )
+        .bind(sent_at)
+        .bind(sent_at)
+        .bind(&device)
+        .bind(&id)
+        .fetch_one(&self.pool)
+        .await?;
+        let rows = rows
+            .into_iter()
+            .map(|r| {
+                Ok(ChatMessage {
+                    id: stored_id(r.get(0))?,
+                    member: stored_id(r.get(1))?,
+                    device: stored_id(r.get(2))?,
+                    text: r.get(3),
+                    sent_at: r.get(4),
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok((rows, u64::try_from(older).unwrap_or(0)))
     }
 
     /// Keeps the session (and role) a renewal granted in the profile, if there is one.

@@ -7,6 +7,7 @@ use common::engine;
 use tessera_client::store::{DeviceStore, StoreError};
 use tessera_engine::carry::{CarriedChange, CarriedRow};
 use tessera_engine::delivery::{OutboxChange, Queued};
+use tessera_engine::history::Cursor;
 use tessera_engine::{ChatMessage, Engine, EngineConfig, HistoryChange, StoreWrite, StoredDevice};
 use uuid::Uuid;
 use web_time::Instant;
@@ -384,4 +385,49 @@ async fn the_engines_history_rows_leave_the_history_both_stores_hold() {
         })
         .collect();
     assert_eq!(serde_json::Value::from(held), fixture["history"]);
+}
+
+#[tokio::test]
+async fn history_pages_list_newest_first_in_one_order_and_count_what_is_older() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = DeviceStore::open(&dir.path().join("device.sqlite"))
+        .await
+        .expect("open");
+    let snapshot = first_write(&mut engine());
+    // Five messages, three written in the same millisecond (their devices and ids break the tie).
+    let messages = [
+        message("a", 10),
+        message("b", 20),
+        message("c", 20),
+        message("d", 20),
+        message("e", 30),
+    ];
+    let history: Vec<HistoryChange> = messages
+        .iter()
+        .map(|m| HistoryChange::Add {
+            message: m.clone(),
+            outgoing: false,
+        })
+        .collect();
+    store
+        .write(&with_history(&snapshot, &history))
+        .await
+        .expect("save");
+    let mut expected: Vec<ChatMessage> = messages.to_vec();
+    expected.sort_by_key(|m| std::cmp::Reverse(Cursor::of(m)));
+
+    let mut pages = Vec::new();
+    let mut before = None;
+    loop {
+        let (rows, older) = store.history_page(before, 2).await.expect("page");
+        let already: usize = pages.iter().map(Vec::len).sum();
+        assert_eq!(older as usize, expected.len() - already, "counted from {before:?}");
+        if rows.is_empty() {
+            break;
+        }
+        before = rows.last().map(Cursor::of);
+        pages.push(rows);
+    }
+    assert_eq!(pages.len(), 3);
+    assert_eq!(pages.concat(), expected, "each once, newest first");
 }

@@ -286,6 +286,25 @@ export class WebDevice {
         }
     }
     /**
+     * The history rows IndexedDB read for `read_history` (newest first: `{id, member, device,
+     * text, sent_at, …}`), and how many rows it holds older than the ask's start.
+     *
+     * # Errors
+     * When `peer` is not a UUID or the rows are not history rows.
+     * @param {string} peer
+     * @param {any} rows
+     * @param {number} older
+     */
+    handleHistoryRead(peer, rows, older) {
+        const val2 = +older;
+        const ptr0 = passStringToWasm0(peer, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+        const len0 = WASM_VECTOR_LEN;
+        const ret = wasm.webdevice_handleHistoryRead(this.__wbg_ptr, ptr0, len0, rows, val2);
+        if (ret[1]) {
+            throw takeFromExternrefTable0(ret[0]);
+        }
+    }
+    /**
      * What came of fetching the ICE servers (`"not_configured"`, `"unavailable"`, or
      * `"offered"` with the TURN credentials' lifetime in seconds): decides the next fetch.
      *

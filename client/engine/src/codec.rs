@@ -116,25 +116,45 @@ where
     U: DeserializeOwned + Default,
     W: DeserializeOwned + Default,
 {
-    fn take<X: DeserializeOwned + Default>(rest: &[u8]) -> Result<(X, &[u8]), CodecError> {
+    decode_with_four_tails::<V, T, U, W, ()>(bytes, earlier).map(|(v, t, u, w, ())| (v, t, u, w))
+}
+
+/// The value and four tails written one after the other (`encode_with_tail(&value, &(t, u, w,
+/// x))`); each tail's default where the record ends before it (saved by an earlier version).
+///
+/// # Errors
+/// As [`decode`].
+pub fn decode_with_four_tails<V, T, U, W, X>(
+    bytes: &[u8],
+    earlier: Earlier,
+) -> Result<(V, T, U, W, X), CodecError>
+where
+    V: DeserializeOwned,
+    T: DeserializeOwned + Default,
+    U: DeserializeOwned + Default,
+    W: DeserializeOwned + Default,
+    X: DeserializeOwned + Default,
+{
+    fn take<Y: DeserializeOwned + Default>(rest: &[u8]) -> Result<(Y, &[u8]), CodecError> {
         if rest.is_empty() {
-            return Ok((X::default(), rest));
+            return Ok((Y::default(), rest));
         }
         postcard::take_from_bytes(rest).map_err(|e| CodecError::Decode(e.to_string()))
     }
     let Some((&POSTCARD, body)) = bytes.split_first() else {
         return decode_earlier(bytes, earlier)
-            .map(|v| (v, T::default(), U::default(), W::default()));
+            .map(|v| (v, T::default(), U::default(), W::default(), X::default()));
     };
     let (value, rest) =
         postcard::take_from_bytes(body).map_err(|e| CodecError::Decode(e.to_string()))?;
     let (tail, rest) = take(rest)?;
     let (second, rest) = take(rest)?;
     let (third, rest) = take(rest)?;
+    let (fourth, rest) = take(rest)?;
     if !rest.is_empty() {
         return Err(CodecError::Decode("bytes left over".into()));
     }
-    Ok((value, tail, second, third))
+    Ok((value, tail, second, third, fourth))
 }
 
 #[cfg(not(target_arch = "wasm32"))]

@@ -8,6 +8,7 @@ mod crypto;
 pub mod decision;
 pub mod delivery;
 mod engine;
+pub mod history;
 pub mod identity;
 pub mod invitation;
 mod mls_store;

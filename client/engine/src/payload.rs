@@ -190,6 +190,7 @@ pub fn decode_link_packet(bytes: &[u8]) -> Result<LinkPacket, Malformed> {
 }
 
 const CIRCLE: u8 = 1;
+const HISTORY: u8 = 2;
 
 /// A message delivery carries between two devices: an MLS application message, named for the
 /// circle's history or not.
@@ -208,6 +209,15 @@ pub enum LinkMessage<'a> {
         /// The MLS application message.
         mls: &'a [u8],
     },
+    /// History between two devices of one member ([`crate::history`]): `2 ‖
+    /// postcard(HistoryMessage)`; the body after the type.
+    History(&'a [u8]),
+}
+
+/// A history message between two devices of one member ([`LinkMessage::History`]).
+#[must_use]
+pub fn encode_history_message(message: &crate::history::HistoryMessage) -> Vec<u8> {
+    postcard::to_extend(message, vec![HISTORY]).unwrap_or_else(|_| vec![HISTORY])
 }
 
 /// A chat message named for the circle ([`LinkMessage::Circle`]).
@@ -236,6 +246,7 @@ pub fn decode_link_message(bytes: &[u8]) -> Result<LinkMessage<'_>, Malformed> {
                 mls,
             })
         }
+        Some((&HISTORY, body)) => Ok(LinkMessage::History(body)),
         Some((0, _)) => Ok(LinkMessage::Own(bytes)),
         _ => Err(Malformed("link message")),
     }
@@ -351,7 +362,13 @@ mod tests {
             decode_link_message(&[0, 1, 5]),
             Ok(LinkMessage::Own(&[0, 1, 5]))
         );
-        for garbage in [&[][..], &[1; 24], &[2, 0, 0]] {
+        let ask = crate::history::HistoryMessage::Ask { before: None };
+        let history = encode_history_message(&ask);
+        let Ok(LinkMessage::History(body)) = decode_link_message(&history) else {
+            panic!("a history message");
+        };
+        assert_eq!(postcard::from_bytes(body), Ok(ask));
+        for garbage in [&[][..], &[1; 24], &[3, 0, 0]] {
             assert!(
                 decode_link_message(garbage).is_err(),
                 "{garbage:?} accepted"

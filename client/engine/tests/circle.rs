@@ -4,7 +4,7 @@
 
 mod sim;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::{
@@ -19,14 +19,15 @@ use sim::{ORIGIN, Sim, config, new_member};
 use tessera_engine::carry::{Holdings, Ranges};
 use tessera_engine::decision::{Decision, DecisionStatement, SignedDecision};
 use tessera_engine::delivery::Packet;
+use tessera_engine::history::HistoryMessage;
 use tessera_engine::identity::certify;
 use tessera_engine::payload::{
     LinkMessage, RtcSignal, SignalPayload, decode_link_message, decode_packet,
-    encode_circle_message, encode_holdings, encode_packet,
+    encode_circle_message, encode_history_message, encode_holdings, encode_packet,
 };
 use tessera_engine::renewal::RenewalOutcome;
 use tessera_engine::trust::{Endorsement, KeyProof, revocation};
-use tessera_engine::{Engine, Event, HistoryChange, IceOutcome, roster};
+use tessera_engine::{ChatMessage, Engine, Event, HistoryChange, IceOutcome, roster};
 use tessera_softkey::SoftKey;
 use tessera_wire::{Base64Url, MemberInfo, Role};
 use uuid::Uuid;
@@ -1687,4 +1688,200 @@ fn a_revoked_member_renewing_is_told_revoked_and_an_unreachable_server_is_asked_
     sim.run(20 * 2);
     assert_eq!(sim.devices[&c].renewals, 2);
     assert_eq!(sim.engine(c).stopped(), None);
+}
+
+/// A circle of Ada (admin) and Bea, who sent `ada` and `bea` messages from their devices; Bea's
+/// key, to make her another device.
+fn history_circle(seed: u64, ada: usize, bea: usize) -> (Sim, Uuid, Uuid, Uuid, SoftKey) {
+    let mut sim = Sim::new(seed);
+    let a = sim.member(Role::Admin, "Ada L.");
+    sim.run(5);
+    let (mut bea_key, info) = sim.admit(Role::Member);
+    let bea_id = info.id;
+    sim.directory.push(info);
+    let b1 = sim.device(&mut bea_key, bea_id, "Bea K.");
+    sim.run(40);
+    sim.assert_one_group(&[a, b1]);
+    for i in 0..ada {
+        sim.send(a, &format!("from Ada {i}"));
+        if i % 20 == 19 {
+            sim.run(5);
+        }
+    }
+    for i in 0..bea {
+        sim.send(b1, &format!("from Bea {i}"));
+    }
+    sim.run(60);
+    (sim, a, b1, bea_id, bea_key)
+}
+
+/// The texts of the history rows a device wrote, each (device, id) counted.
+fn history_texts(sim: &Sim, device: Uuid) -> BTreeMap<String, usize> {
+    let mut seen = BTreeSet::new();
+    let mut texts = BTreeMap::new();
+    for change in &sim.devices[&device].history {
+        if let HistoryChange::Add { message, .. } = change
+            && seen.insert((message.device, message.id))
+        {
+            *texts.entry(message.text.clone()).or_insert(0) += 1;
+        }
+    }
+    texts
+}
+
+fn progress(sim: &Sim, device: Uuid) -> Vec<(Uuid, u64, u64, bool)> {
+    sim.devices[&device]
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::HistoryProgress {
+                device,
+                received,
+                total,
+                done,
+            } => Some((*device, *received, *total, *done)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_members_new_device_gets_their_history_from_their_own_devices_only_with_progress() {
+    let (mut sim, a, b1, bea, mut bea_key) = history_circle(70, 120, 30);
+    let before = history_texts(&sim, b1);
+    assert_eq!(before.len(), 150);
+    // Bea's new device joins: it asks her other device, page by page, never Ada's.
+    let b2 = sim.device(&mut bea_key, bea, "Bea K.");
+    sim.run(120);
+    sim.assert_one_group(&[a, b1, b2]);
+    assert_eq!(history_texts(&sim, b2), before, "every message once");
+    assert_eq!(
+        sim.devices[&a].history_reads, 0,
+        "Ada's device is not asked"
+    );
+    assert_eq!(sim.devices[&b1].history_reads, 2, "two pages of 100");
+    let told = progress(&sim, b2);
+    assert_eq!(
+        told,
+        [(b1, 100, 150, false), (b1, 150, 150, true)],
+        "progress by page"
+    );
+    // The old device takes the new one's history too (what it lacks: nothing here).
+    assert_eq!(progress(&sim, b1).last().map(|p| p.3), Some(true));
+    assert_eq!(history_texts(&sim, b1), before);
+    // Taken whole: a restart asks for nothing more.
+    sim.restart(b2);
+    sim.run(40);
+    assert_eq!(progress(&sim, b2).len(), 2);
+    assert_eq!(sim.devices[&b1].history_reads, 2);
+}
+
+#[test]
+fn a_history_import_cut_short_resumes_after_a_restart_and_takes_each_message_once() {
+    let (mut sim, _, b1, bea, mut bea_key) = history_circle(71, 250, 0);
+    let b2 = sim.device(&mut bea_key, bea, "Bea K.");
+    // Run until the first page is in, then restart the new device mid-import.
+    for _ in 0..200 {
+        sim.run(1);
+        if !progress(&sim, b2).is_empty() {
+            break;
+        }
+    }
+    assert_eq!(
+        progress(&sim, b2).len(),
+        1,
+        "one page in before the restart"
+    );
+    sim.restart(b2);
+    sim.run(120);
+    let texts = history_texts(&sim, b2);
+    assert_eq!(texts.len(), 250);
+    assert!(texts.values().all(|n| *n == 1), "each message once");
+    let told = progress(&sim, b2);
+    assert_eq!(told.last(), Some(&(b1, 250, 250, true)), "{told:?}");
+}
+
+/// A link message from `from` as `to` receives it over their link: as the next chunk in order
+/// (the chunks before are already held, and only acknowledged again), until `to` says something.
+fn inject_link_message(sim: &mut Sim, from: Uuid, to: Uuid, message: &[u8]) {
+    let said = sim.devices[&to].events.len();
+    for seq in 0..10_000 {
+        let packet = encode_packet(&Packet::Chunk {
+            seq,
+            index: 0,
+            count: 1,
+            bytes: message.to_vec(),
+        });
+        let now = sim.now;
+        let dev = sim.devices.get_mut(&to).expect("device");
+        dev.engine.handle_link_data(now, from, &packet);
+        sim.drain(to);
+        if sim.devices[&to].events.len() > said {
+            return;
+        }
+    }
+    panic!("the message was never taken");
+}
+
+#[test]
+fn history_to_or_from_another_members_device_or_out_of_order_is_refused_and_changes_nothing() {
+    let (mut sim, a, b1, bea, mut bea_key) = history_circle(72, 3, 3);
+    let b2 = sim.device(&mut bea_key, bea, "Bea K.");
+    sim.run(120);
+    let held = history_texts(&sim, b1);
+    let forged = ChatMessage {
+        id: Uuid::new_v4(),
+        member: bea,
+        device: b2,
+        text: "a message Bea never wrote".into(),
+        sent_at: 1,
+    };
+    let page = |rows: Vec<ChatMessage>| {
+        encode_history_message(&HistoryMessage::Page { rows, remaining: 0 })
+    };
+    // Ada's device (another member) hands Bea's device history, and asks for hers: refused.
+    inject_link_message(&mut sim, a, b1, &page(vec![forged.clone()]));
+    let reads = sim.devices[&b1].history_reads;
+    inject_link_message(
+        &mut sim,
+        a,
+        b1,
+        &encode_history_message(&HistoryMessage::Ask { before: None }),
+    );
+    sim.run(5);
+    assert_eq!(
+        sim.devices[&b1].history_reads, reads,
+        "nothing read for Ada"
+    );
+    let refusals: Vec<String> = sim
+        .refused(b1)
+        .into_iter()
+        .filter(|r| r.starts_with("history"))
+        .collect();
+    assert_eq!(refusals.len(), 2, "{refusals:?}");
+    assert!(
+        refusals.iter().all(|r| r.contains("own devices only")),
+        "{refusals:?}"
+    );
+    // Bea's own device sends rows out of order, or a row from before 1970: refused whole.
+    let later = ChatMessage {
+        sent_at: 2,
+        id: Uuid::new_v4(),
+        ..forged.clone()
+    };
+    inject_link_message(&mut sim, b2, b1, &page(vec![forged.clone(), later]));
+    let ancient = ChatMessage {
+        sent_at: -5,
+        ..forged.clone()
+    };
+    inject_link_message(&mut sim, b2, b1, &page(vec![ancient]));
+    inject_link_message(&mut sim, b2, b1, &[2, 0xff, 0xff]);
+    sim.run(5);
+    let refusals: Vec<String> = sim
+        .refused(b1)
+        .into_iter()
+        .filter(|r| r.starts_with("history"))
+        .collect();
+    assert_eq!(refusals.len(), 5, "{refusals:?}");
+    assert_eq!(history_texts(&sim, b1), held, "no row taken");
 }

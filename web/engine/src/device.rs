@@ -7,13 +7,14 @@ use serde_bytes::ByteBuf;
 use tessera_engine::carry::{CarriedChange, CarriedRow, Stream};
 use tessera_engine::codec::from_json;
 use tessera_engine::delivery::{OutboxChange, Queued, Seq};
+use tessera_engine::history::Cursor;
 use tessera_engine::identity::DeviceCertificate;
 use tessera_engine::payload::RtcSignal;
 use tessera_engine::renewal::RenewalOutcome;
 use tessera_engine::trust::{RootFingerprint, RootPin, Trust};
 use tessera_engine::{
-    Engine, EngineConfig, Event, HistoryChange, IceOutcome, LinkCommand, Output, StoreWrite,
-    StoredDevice, Turn, unix_ms,
+    ChatMessage, Engine, EngineConfig, Event, HistoryChange, IceOutcome, LinkCommand, Output,
+    StoreWrite, StoredDevice, Turn, unix_ms,
 };
 use tessera_wire::MemberInfo;
 use tessera_wire::signal::ServerFrame;
@@ -168,6 +169,17 @@ pub enum PageOutput {
     /// Fetch `GET /api/v1/turn`, use the servers for links opened from now on, and hand what came
     /// of it to `handleIceServers`.
     FetchIceServers,
+    /// Read up to `limit` history rows strictly older than `before` (`{sent_at, device, id}`, in
+    /// that order; from the newest when `null`), newest first, count the rows older than
+    /// `before`, and hand both to `handleHistoryRead` for `peer` (another device of this member).
+    ReadHistory {
+        /// The device that asked.
+        peer: Uuid,
+        /// Where the page starts.
+        before: Option<Cursor>,
+        /// The most rows to read.
+        limit: usize,
+    },
     /// The session ended: `POST /api/v1/session/renew/start`, sign its ceremony with
     /// `sessionRenewal`, `POST /api/v1/session/renew` (the server sets the new cookie), connect
     /// again, and hand what came of it to `handleSessionRenewal`.
@@ -192,6 +204,15 @@ impl From<Output> for PageOutput {
             Output::FetchDirectory => PageOutput::FetchDirectory,
             Output::FetchIceServers => PageOutput::FetchIceServers,
             Output::RenewSession => PageOutput::RenewSession,
+            Output::ReadHistory {
+                peer,
+                before,
+                limit,
+            } => PageOutput::ReadHistory {
+                peer,
+                before,
+                limit,
+            },
             Output::Event(event) => PageOutput::Event(event),
         }
     }
@@ -386,6 +407,28 @@ impl WebDevice {
     #[wasm_bindgen(js_name = handleSessionEnded)]
     pub fn handle_session_ended(&mut self) {
         self.0.handle_session_ended(Instant::now());
+    }
+
+    /// The history rows IndexedDB read for `read_history` (newest first: `{id, member, device,
+    /// text, sent_at, …}`), and how many rows it holds older than the ask's start.
+    ///
+    /// # Errors
+    /// When `peer` is not a UUID or the rows are not history rows.
+    #[wasm_bindgen(js_name = handleHistoryRead)]
+    pub fn handle_history_read(
+        &mut self,
+        peer: &str,
+        rows: JsValue,
+        older: f64,
+    ) -> Result<(), String> {
+        let rows: Vec<ChatMessage> =
+            serde_wasm_bindgen::from_value(rows).map_err(|e| format!("not history rows: {e}"))?;
+        // A count from the page: a whole number, at most 2^53.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let older = older.max(0.0) as u64;
+        self.0
+            .handle_history_read(Instant::now(), uuid(peer, "device")?, rows, older);
+        Ok(())
     }
 
     /// The request (JSON) for a new session in the server's ceremony `ceremony`, signed by this

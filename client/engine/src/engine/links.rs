@@ -28,6 +28,11 @@ impl Engine {
         self.links.insert(device, Link::Up);
         self.saved.delivery.link_up(now, device);
         self.carry.link_up(device);
+        if self.is_own_device(device)
+            && let Some(ask) = self.history_import.link_up(device)
+        {
+            self.send_history(now, device, &ask);
+        }
         self.step(now);
     }
 
@@ -35,6 +40,7 @@ impl Engine {
     pub fn handle_link_down(&mut self, now: Instant, device: Uuid) {
         self.saved.delivery.link_down(device);
         self.carry.link_down(device);
+        self.history_import.link_down(device);
         if self.links.contains_key(&device) {
             self.links.insert(
                 device,

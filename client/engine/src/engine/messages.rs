@@ -11,10 +11,11 @@ use web_time::Instant;
 
 use crate::carry::{CarriedRow, GroupNow, Stream, stream_of};
 use crate::codec::{self};
+use crate::history::{self, HistoryMessage, PAGE_ROWS};
 use crate::identity::DeviceCertificate;
 use crate::payload::{
     Content, LinkMessage, LinkPacket, decode_link_message, decode_link_packet,
-    encode_circle_message, encode_holdings, encode_packet,
+    encode_circle_message, encode_history_message, encode_holdings, encode_packet,
 };
 use crate::roster::{Refusal, certificate_of};
 
@@ -211,6 +212,10 @@ impl Engine {
         let (label, msg) = match decode_link_message(&bytes) {
             Ok(LinkMessage::Circle { stream, seq, mls }) => (Some((stream, seq)), mls),
             Ok(LinkMessage::Own(mls)) => (None, mls),
+            Ok(LinkMessage::History(body)) => {
+                self.receive_history(now, device, body);
+                return;
+            }
             Err(reason) => {
                 self.event(Event::Refused {
                     what: "link message",
@@ -392,5 +397,88 @@ impl Engine {
         while let Some((device, _, msg)) = self.saved.delivery.poll_delivered() {
             self.receive_link_message(now, device, msg);
         }
+    }
+}
+
+impl Engine {
+    /// Whether `device` is another device of this member, in the group (its certificate checked
+    /// against the member's keys when it joined).
+    pub(super) fn is_own_device(&self, device: Uuid) -> bool {
+        device != self.saved.device
+            && self
+                .roster
+                .get(&device)
+                .is_some_and(|d| d.member == self.saved.member)
+    }
+
+    /// Queues a history message for `device` (another device of this member) in its outbox.
+    pub(super) fn send_history(&mut self, now: Instant, device: Uuid, message: &HistoryMessage) {
+        // A page holds at most what the outbox takes: no history message is too large.
+        let _ = self.send_to(now, device, &encode_history_message(message), None);
+    }
+
+    /// A history message over the link to `device`: an ask from another device of this member
+    /// (answered from the store, [`Output::ReadHistory`]), or a page of that device's history.
+    fn receive_history(&mut self, now: Instant, device: Uuid, body: &[u8]) {
+        let Ok(message) = postcard::from_bytes::<HistoryMessage>(body) else {
+            self.event(Event::Refused {
+                what: "history message",
+                reason: Refusal::Malformed("history message"),
+            });
+            return;
+        };
+        if !self.is_own_device(device) {
+            self.event(Event::Refused {
+                what: "history message",
+                reason: Refusal::NotAllowed("history goes between a member's own devices only"),
+            });
+            return;
+        }
+        match message {
+            HistoryMessage::Ask { before } => self.outputs.push_back(Output::ReadHistory {
+                peer: device,
+                before,
+                limit: PAGE_ROWS,
+            }),
+            HistoryMessage::Page { rows, remaining } => {
+                match self.history_import.take(device, rows, remaining) {
+                    Ok(taken) => {
+                        for message in taken.rows {
+                            let outgoing = message.device == self.saved.device;
+                            self.history.push(HistoryChange::Add { message, outgoing });
+                        }
+                        self.event(Event::HistoryProgress {
+                            device,
+                            received: taken.received,
+                            total: taken.total,
+                            done: taken.done,
+                        });
+                        if let Some(ask) = taken.ask_again {
+                            self.send_history(now, device, &ask);
+                        }
+                    }
+                    Err(error) => self.event(Event::Refused {
+                        what: "history page",
+                        reason: Refusal::Malformed(error.what()),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// The rows the store read for [`Output::ReadHistory`] (newest first, older than the ask's
+    /// start) and how many it holds older than that start: the page goes to `peer`, if it is still
+    /// another device of this member.
+    pub fn handle_history_read(
+        &mut self,
+        now: Instant,
+        peer: Uuid,
+        rows: Vec<ChatMessage>,
+        older: u64,
+    ) {
+        if self.is_own_device(peer) {
+            self.send_history(now, peer, &history::page(rows, older));
+        }
+        self.step(now);
     }
 }

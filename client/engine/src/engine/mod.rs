@@ -36,6 +36,7 @@ use crate::carry::{Carry, Stream, stream_of};
 use crate::codec::{self, Earlier};
 use crate::crypto::DeviceSigner;
 use crate::delivery::Delivery;
+use crate::history::HistoryImport;
 use crate::identity::DeviceCertificate;
 use crate::pacer::Pacer;
 use crate::payload::{CommitPayload, LinkMessage, SignalPayload, decode_link_message};
@@ -82,6 +83,8 @@ pub struct Engine {
     carry: Carry,
     /// This device's message stream ([`crate::carry`]), from its signature key.
     own_stream: Stream,
+    /// History taken from this member's other devices (saved after `carry`).
+    history_import: HistoryImport,
     /// The proofs whose signatures this device checked in the last directory.
     checked: CheckedProofs,
     /// The circle's safety number as of the last directory.
@@ -225,9 +228,14 @@ impl Engine {
             outbox,
             carried,
         } = stored;
-        let (mut saved, trust, remembered, mut carry): (SavedState, SavedTrust, Remembered, Carry) =
-            codec::decode_with_three_tails(&state, Earlier::Cbor)
-                .map_err(|e| EngineError::Corrupt(e.to_string()))?;
+        let (mut saved, trust, remembered, mut carry, history_import): (
+            SavedState,
+            SavedTrust,
+            Remembered,
+            Carry,
+            HistoryImport,
+        ) = codec::decode_with_four_tails(&state, Earlier::Cbor)
+            .map_err(|e| EngineError::Corrupt(e.to_string()))?;
         carry.set_config(config.carry.clone());
         carry.restore(carried.into_values());
         for row in outbox.values().filter(|row| row.tag.is_none()) {
@@ -253,6 +261,7 @@ impl Engine {
         engine.saved_mls = saved_mls;
         engine.remembered = remembered;
         engine.carry = carry;
+        engine.history_import = history_import;
         engine.refresh_roster();
         Ok(engine)
     }
@@ -269,6 +278,7 @@ impl Engine {
         Engine {
             carry,
             own_stream: stream_of(&saved.signature_public),
+            history_import: HistoryImport::default(),
             config,
             provider,
             signer,
@@ -689,9 +699,16 @@ impl Engine {
             .group
             .as_ref()
             .map(|g| g.group_id().as_slice().to_vec());
-        let state =
-            codec::encode_with_tail(&self.saved, &(&self.trust, &self.remembered, &self.carry))
-                .map_err(|e| EngineError::Corrupt(e.to_string()))?;
+        let state = codec::encode_with_tail(
+            &self.saved,
+            &(
+                &self.trust,
+                &self.remembered,
+                &self.carry,
+                &self.history_import,
+            ),
+        )
+        .map_err(|e| EngineError::Corrupt(e.to_string()))?;
         let mls = self.provider.changes_since(&mut self.saved_mls);
         let outbox = self.saved.delivery.take_outbox_changes();
         let history = std::mem::take(&mut self.history);

@@ -263,6 +263,18 @@ pub enum Event {
     },
     /// The server session had ended and the device renewed it with its key: no touch was needed.
     SessionRenewed,
+    /// A page of this member's history came from another of their devices (already in the
+    /// history rows of this write).
+    HistoryProgress {
+        /// The device it comes from.
+        device: Uuid,
+        /// Rows taken from it so far.
+        received: u64,
+        /// Rows it holds in all (so far and remaining).
+        total: u64,
+        /// Whether its history is taken whole.
+        done: bool,
+    },
     /// The device stopped for good: its driver ends it (once, the engine's last event).
     Stopped {
         /// Why.
@@ -371,6 +383,17 @@ pub enum Output {
     /// Fetch the ICE servers, use them for links opened from now on, and hand the outcome to
     /// [`crate::Engine::handle_ice_servers`].
     FetchIceServers,
+    /// Read up to `limit` rows of the history, newest first, strictly older than `before` in the
+    /// order `(sent_at, device, id)` (from the newest when none), and count the rows older than
+    /// `before`; hand both to [`crate::Engine::handle_history_read`] for `peer`.
+    ReadHistory {
+        /// The device of this member that asked.
+        peer: Uuid,
+        /// Where the page starts.
+        before: Option<crate::history::Cursor>,
+        /// The most rows to read.
+        limit: usize,
+    },
     /// The session ended: renew it with the device key (`POST /session/renew/start`, then
     /// [`crate::Engine::session_renewal`] to `POST /session/renew`), use the new session and
     /// connect again, and hand the outcome to [`crate::Engine::handle_session_renewal`].

@@ -8,14 +8,15 @@ use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::value::to_raw_value;
 use tessera_engine::decision::SignedDecision;
+use tessera_engine::history::Cursor;
 use tessera_engine::identity::certify;
 use tessera_engine::invitation::{InvitationSecret, InvitationStatement, SignedInvitation};
 use tessera_engine::payload::RtcSignal;
 use tessera_engine::renewal::RenewalOutcome;
 use tessera_engine::trust::{KeyProof, RootFingerprint, RootPin, Trust, member_id_for, revocation};
 use tessera_engine::{
-    DeviceKey, Engine, EngineConfig, Event, HistoryChange, IceOutcome, LinkCommand, Output,
-    StopReason, StoredDevice,
+    ChatMessage, DeviceKey, Engine, EngineConfig, Event, HistoryChange, IceOutcome, LinkCommand,
+    Output, StopReason, StoredDevice,
 };
 use tessera_softkey::SoftKey;
 use tessera_wire::signal::{ClientFrame, FrameErrorCode, Limits, PeerDevice, ServerFrame};
@@ -65,6 +66,8 @@ pub struct Device {
     pub allowance: (f64, Instant),
     /// How many times it asked to renew its session.
     pub renewals: usize,
+    /// How many pages of its history it read for another device.
+    pub history_reads: usize,
 }
 
 impl Device {
@@ -260,6 +263,7 @@ impl Sim {
                 events: Vec::new(),
                 allowance: (f64::from(self.limits.burst), self.now),
                 renewals: 0,
+                history_reads: 0,
             },
         );
         self.connect(device);
@@ -507,6 +511,28 @@ impl Sim {
                 dev.fetched_at.push(now);
                 dev.engine
                     .handle_directory_unavailable(now, "the server is down".into());
+            }
+            // Read from the history rows the device wrote, as a store lists them.
+            Output::ReadHistory {
+                peer,
+                before,
+                limit,
+            } => {
+                dev.history_reads += 1;
+                let mut rows: Vec<ChatMessage> = dev
+                    .history
+                    .iter()
+                    .filter_map(|h| match h {
+                        HistoryChange::Add { message, .. } => Some(message.clone()),
+                        HistoryChange::Delivered { .. } => None,
+                    })
+                    .filter(|m| before.is_none_or(|b| Cursor::of(m) < b))
+                    .collect();
+                rows.sort_by_key(|m| std::cmp::Reverse(Cursor::of(m)));
+                rows.dedup_by_key(|m| (m.device, m.id));
+                let older = rows.len() as u64;
+                rows.truncate(limit);
+                dev.timed(|d| d.engine.handle_history_read(now, peer, rows, older));
             }
             Output::RenewSession => {
                 dev.renewals += 1;

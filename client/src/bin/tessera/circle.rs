@@ -260,6 +260,22 @@ fn update_text(
             key_changes(added, removed)
         ),
         Update::Engine(Event::ServerError { code }) => format!("! The server refused: {code}"),
+        Update::Engine(Event::HistoryProgress {
+            received,
+            total,
+            done: false,
+            ..
+        }) => format!("* Receiving your history from your other device: {received} of {total}."),
+        Update::Engine(Event::HistoryProgress {
+            received,
+            done: true,
+            ..
+        }) => format!(
+            "* Your history from your other device is here: {received} messages (`tessera history`)."
+        ),
+        Update::Engine(Event::SessionRenewed) => {
+            "* The session had ended; this device renewed it with its key.".to_owned()
+        }
         Update::Disconnected { reason, retry_in } => format!(
             "* Lost the server ({reason}); retrying in {} s. Peer links keep working.",
             retry_in.as_secs().max(1)
