@@ -427,6 +427,36 @@ if (insideNamespace(FILE)) {
     }
   });
 
+  test('h2b. the admin\'s new browser receives their history from their other browser, with progress', async () => {
+    const laptop = await run.person('admin-laptop');
+    // The admin's hardware key, in the new browser too (a virtual key is per page).
+    for (const credential of await run.unplugKey(admin)) {
+      await laptop.cdp.send('WebAuthn.addCredential', { authenticatorId: laptop.authenticatorId, credential });
+    }
+    try {
+      await laptop.page.goto('/');
+      await laptop.page.locator('#login').click();
+      await laptop.page.waitForURL(`${run.base}/circle`);
+      await laptop.page.locator('body[data-device="new"]').waitFor();
+      await laptop.page.locator('#certify').click();
+      await laptop.page.locator('body[data-device="joined"]').waitFor({ timeout: LINK_WAIT });
+      await laptop.page.locator('#history-progress[data-done="true"]').waitFor({ timeout: LINK_WAIT });
+      assert.match(await laptop.page.locator('#history-progress').textContent(), /all here/);
+      const texts = (page) => page.locator('#messages li .text').allTextContents();
+      const had = await texts(admin.page);
+      const got = new Set(await texts(laptop.page));
+      assert.ok(had.length >= 5, `the admin's browser shows ${had.length} messages`);
+      for (const text of had) assert.ok(got.has(text), `"${text}" is missing in the new browser`);
+      // The admin's own earlier messages show as sent from another of their devices.
+      const mine = secrets.find((t) => t.startsWith('from-admin'));
+      const row = laptop.page.locator('#messages li.incoming', { hasText: mine });
+      assert.equal(await row.locator('.who').textContent(), 'You (another device)');
+      await shot(laptop.page, 'circle-history');
+    } finally {
+      await laptop.context.close();
+    }
+  });
+
   test('h3. a session that expires while the page is open is renewed by the device key, and a reload too', async () => {
     // Every session of this browser's member ends on the server, as one expires: the open page's
     // socket is closed within the recheck (2 s here), and the device renews it with its key.
