@@ -254,6 +254,17 @@ fn reading_the_history_of_no_device_creates_nothing() {
 }
 
 #[test]
+fn logging_in_where_no_device_is_asks_for_the_server_or_an_invitation() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = tessera(dir.path(), &["login"]);
+    assert!(!out.status.success());
+    let said = stderr(&out);
+    assert!(said.contains("holds no device yet"), "{said}");
+    assert!(said.contains("--server"), "{said}");
+    assert!(said.contains("tessera join"), "{said}");
+}
+
+#[test]
 fn a_key_id_that_starts_with_a_dash_is_taken_as_the_id() {
     // Key ids are base64url: one in 64 starts with `-`.
     let dir = tempfile::tempdir().expect("temp dir");

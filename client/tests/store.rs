@@ -421,7 +421,11 @@ async fn history_pages_list_newest_first_in_one_order_and_count_what_is_older() 
     loop {
         let (rows, older) = store.history_page(before, 2).await.expect("page");
         let already: usize = pages.iter().map(Vec::len).sum();
-        assert_eq!(older as usize, expected.len() - already, "counted from {before:?}");
+        assert_eq!(
+            older as usize,
+            expected.len() - already,
+            "counted from {before:?}"
+        );
         if rows.is_empty() {
             break;
         }

@@ -687,3 +687,61 @@ fn a_message_reaches_a_member_never_online_with_its_sender_through_a_serve_devic
         assert_eq!(history.matches(text.as_str()).count(), 1, "{history}");
     }
 }
+
+#[test]
+fn a_members_new_cli_device_made_by_login_receives_their_history_from_their_other_device() {
+    if !inside_namespace(
+        "circle::a_members_new_cli_device_made_by_login_receives_their_history_from_their_other_device",
+    ) {
+        return;
+    }
+    let circle = Circle::new(2);
+    let (mut a, mut b) = (circle.chat(0), circle.chat(1));
+    wait_converged(&mut [&mut a, &mut b], 2);
+    let texts: Vec<String> = (0..6)
+        .map(|i| format!("before the new device {i} {}", unique()))
+        .collect();
+    for (i, text) in texts.iter().enumerate() {
+        let (sender, other) = if i % 2 == 0 {
+            (&mut a, &mut b)
+        } else {
+            (&mut b, &mut a)
+        };
+        sender.say(text);
+        other.wait_for("the message", message_with(text));
+    }
+
+    // The second member's new device: a data directory of its own, her key file, `login`.
+    let first = &circle.devices[1];
+    let second = Device {
+        dir: circle.root.path().join("device1-second"),
+        key: first.key.clone(),
+        bind: first.bind,
+        flags: vec!["--server".into(), circle.origin.clone()],
+    };
+    let said = second.ok(&["login"]);
+    assert!(said.contains("is now your device"), "{said}");
+    let mut b2 = second.chat();
+    let done = b2.wait_for("her history, whole", |v| {
+        v["event"] == "history_progress" && v["done"] == true
+    });
+    assert!(done["received"].as_u64().is_some_and(|n| n >= 6), "{done}");
+    assert!(
+        b2.events("refused").is_empty(),
+        "{:?}",
+        b2.events("refused")
+    );
+    let (status, stderr) = b2.quit();
+    assert!(status.success(), "{stderr}");
+    let history = second.ok(&["history"]);
+    for text in &texts {
+        assert_eq!(history.matches(text.as_str()).count(), 1, "{history}");
+    }
+    // It found the circle's root from her key, and keeps it: the safety number shows.
+    let members = second.ok(&["members"]);
+    assert!(members.contains("Safety number"), "{members}");
+    for chat in [a, b] {
+        let (status, stderr) = chat.quit();
+        assert!(status.success(), "{stderr}");
+    }
+}

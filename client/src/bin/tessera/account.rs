@@ -158,9 +158,28 @@ pub async fn session(opened: &mut Opened) -> Result<ApiClient> {
     Ok(api)
 }
 
+/// A device made by `tessera login` finds its circle's root from its member's key at its first
+/// directory (while `tessera chat` runs); the profile keeps it from then on.
+pub async fn remember_root(opened: &mut Opened) -> Result<()> {
+    if opened.profile.root.is_some() {
+        return Ok(());
+    }
+    let Some(stored) = opened.store.load().await? else {
+        return Ok(());
+    };
+    let profile = &mut opened.profile;
+    let engine = Engine::restore(EngineConfig::new(&profile.origin, &profile.rp_id), stored)?;
+    if let Some(root) = engine.root() {
+        profile.root = Some(root);
+        opened.store.save_profile(profile).await?;
+    }
+    Ok(())
+}
+
 /// This device's profile and its logged-in API client, for calls that leave the engine alone.
 async fn on_server(settings: &Settings) -> Result<(Profile, ApiClient)> {
     let mut opened = open_profile(settings).await?;
+    remember_root(&mut opened).await?;
     let api = session(&mut opened).await?;
     Ok((opened.profile, api))
 }
@@ -216,18 +235,49 @@ pub async fn join(
         e => anyhow!("{e}"),
     })?;
 
+    let device = make_device(
+        &store,
+        &mut key,
+        (&origin, &granted),
+        RootPin::Pinned(root),
+        name,
+    )
+    .await?;
+    drop(lock);
+    println!(
+        "Joined {origin} as {} (member {}), device {device}.\nRun `tessera chat` to talk to the \
+         circle: a member's device online adds this one to the circle's encrypted group.",
+        if granted.role == Role::Admin {
+            "an admin"
+        } else {
+            "a member"
+        },
+        granted.member
+    );
+    Ok(())
+}
+
+/// Makes this data directory a device of the member `granted` names: a new device key certified
+/// by `key` (one touch), the engine (named `name`, trusting `root`) and the profile, saved; its id.
+async fn make_device(
+    store: &DeviceStore,
+    key: &mut MemberKey,
+    (origin, granted): (&str, &tessera_wire::SessionGranted),
+    root: RootPin,
+    name: Option<&str>,
+) -> Result<Uuid> {
     let device = Uuid::new_v4();
     let device_key = DeviceKey::generate()?;
     let rp_id = key.authenticator().rp_id().to_owned();
     let certificate = certify(&rp_id, granted.member, device, device_key.public(), |r| {
-        key.authenticator().sign_in(r, &origin)
+        key.authenticator().sign_in(r, origin)
     })
     .context("the key refused to certify this device")?;
     key.save()?;
-    let config = EngineConfig::new(origin.clone(), &rp_id);
+    let config = EngineConfig::new(origin, &rp_id);
     let trust = Trust {
         circle: granted.circle,
-        root: RootPin::Pinned(root),
+        root,
     };
     let mut engine = Engine::new(
         config,
@@ -246,29 +296,21 @@ pub async fn join(
         .map(|f| std::path::absolute(f).unwrap_or_else(|_| f.to_path_buf()));
     store
         .save_profile(&Profile {
-            origin: origin.clone(),
+            origin: origin.to_owned(),
             rp_id,
             member: granted.member,
             device,
             circle: granted.circle,
             role: granted.role,
-            session: granted.session,
+            session: granted.session.clone(),
             key_file: key_file.map(|f| f.display().to_string()),
-            root: Some(root),
+            root: match root {
+                RootPin::Pinned(root) => Some(root),
+                RootPin::FromOwnKey => None,
+            },
         })
         .await?;
-    drop(lock);
-    println!(
-        "Joined {origin} as {} (member {}), device {device}.\nRun `tessera chat` to talk to the \
-         circle: a member's device online adds this one to the circle's encrypted group.",
-        if granted.role == Role::Admin {
-            "an admin"
-        } else {
-            "a member"
-        },
-        granted.member
-    );
-    Ok(())
+    Ok(device)
 }
 
 /// The member's enrolled key for an opened device: the one the settings name, else the one it
@@ -279,10 +321,57 @@ fn enrolled_key(settings: &Settings, profile: &Profile) -> Result<MemberKey> {
 
 /// `tessera login`.
 pub async fn login(settings: &Settings) -> Result<()> {
+    let holds_device = settings.store_path().exists()
+        && DeviceStore::open(&settings.store_path())
+            .await?
+            .profile()
+            .await?
+            .is_some();
+    if !holds_device {
+        return login_as_new_device(settings).await;
+    }
     let profile = log_in_again(settings).await?;
     println!(
         "Logged in to {} as member {}.",
         profile.origin, profile.member
+    );
+    Ok(())
+}
+
+/// `tessera login` in a data directory that holds no device: logs in with the member's enrolled
+/// key at `--server` and makes the directory a new device of theirs (a second touch certifies
+/// it). One of their devices online adds it to the group and hands it their history.
+async fn login_as_new_device(settings: &Settings) -> Result<()> {
+    let Some(server) = &settings.server else {
+        bail!(
+            "this data directory ({}) holds no device yet: pass --server URL (with your enrolled \
+             key) to make it a new device of yours, or run `tessera join <invitation-link>`",
+            settings.data_dir.display()
+        );
+    };
+    let origin = origin_of(server);
+    let mut key = member_key(settings, None, "your enrolled key")?;
+    let lock = settings.lock()?;
+    let store = DeviceStore::open(&settings.store_path()).await?;
+    let mut api = api_client(&origin)?;
+    let granted = api.login(key.authenticator()).await;
+    key.save()?;
+    let granted = granted.map_err(|e| explain(e, &origin))?;
+    // The circle's root is found from the member's own key at the first directory.
+    let device = make_device(
+        &store,
+        &mut key,
+        (&origin, &granted),
+        RootPin::FromOwnKey,
+        None,
+    )
+    .await?;
+    drop(lock);
+    println!(
+        "Logged in to {origin} as member {}; this directory is now your device {device}.\nRun \
+         `tessera chat`: one of your devices online adds it to the circle's encrypted group and \
+         hands it your history.",
+        granted.member
     );
     Ok(())
 }
@@ -445,8 +534,9 @@ pub async fn revoke_key(settings: &Settings, id: &str) -> Result<()> {
 /// The member as their device signs: the profile's circle, member and root, and `key`.
 fn signer<'k>(profile: &Profile, key: &'k mut dyn Authenticator) -> Result<Signer<'k>> {
     let root = profile.root.context(
-        "this device joined before invitations were signed and knows no circle root: join again \
-         with a new invitation link",
+        "this device knows no circle root yet: run `tessera chat` once, so that it finds it from \
+         your key (a device made by `tessera login`), or join again with a new invitation link (a \
+         device that joined before invitations were signed)",
     )?;
     Ok(Signer {
         circle: profile.circle,

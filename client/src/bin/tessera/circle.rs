@@ -62,6 +62,7 @@ struct Running {
 
 async fn start(settings: &Settings) -> Result<Running> {
     let mut opened = account::open(settings).await?;
+    account::remember_root(&mut opened).await?;
     let api = account::session(&mut opened).await?;
     let engine = restore(&opened.store, &opened.profile, settings).await?;
     let bind = match settings.bind {
@@ -572,6 +573,7 @@ pub async fn history(settings: &Settings, limit: u32) -> Result<()> {
 /// short signalling connection.
 pub async fn members(settings: &Settings) -> Result<()> {
     let mut opened = account::open(settings).await?;
+    account::remember_root(&mut opened).await?;
     let api = account::session(&mut opened).await?;
     let profile = &opened.profile;
     let directory = api

@@ -90,7 +90,10 @@ enum Command {
         #[arg(long)]
         label: Option<String>,
     },
-    /// Log in again with the key (after `logout` or when the session expired).
+    /// Log in again with the key (after `logout`; an expired session is renewed with the device
+    /// key by itself). In a data directory with no device yet, with `--server`: log in with your
+    /// enrolled key and make the directory a new device of yours (your devices hand it your
+    /// history).
     Login,
     /// End this device's session on the server; its keys and history stay.
     Logout,
@@ -104,8 +107,9 @@ enum Command {
     },
     /// Keep this device online without a terminal (an always-on member device, e.g. under
     /// systemd): it links with the circle's devices and adds newcomers to the group when no one
-    /// else is online; logs one JSON line per event, without message texts or names; logs in
-    /// again with its key file when its session ends; stops on SIGTERM or Ctrl-C.
+    /// else is online; logs one JSON line per event, without message texts or names; renews an
+    /// ended session with its device key (or logs in again with its key file when that is
+    /// refused); stops on SIGTERM or Ctrl-C.
     Serve,
     /// Send one message and wait (up to --wait seconds) until the online devices have it.
     Send {
