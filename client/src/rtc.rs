@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::ChannelId;
@@ -115,7 +115,26 @@ pub struct Links {
     peers: BTreeMap<Uuid, Peer>,
     transmit: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<LinkEvent>,
+    /// Datagrams no link claimed yet, kept briefly (see [`Unclaimed`]).
+    unclaimed: VecDeque<Unclaimed>,
 }
+
+/// A datagram no link claimed when it came: at the start of a link, the peer's first DTLS flight
+/// can overtake the ICE check that makes its address this side's, and str0m would only resend it
+/// after its one-second DTLS timer. It is offered to the links again after each datagram they
+/// take, for [`UNCLAIMED_FOR`], and at most [`UNCLAIMED`] are kept.
+struct Unclaimed {
+    at: Instant,
+    source: SocketAddr,
+    destination: SocketAddr,
+    bytes: Vec<u8>,
+}
+
+/// How many unclaimed datagrams are kept.
+const UNCLAIMED: usize = 16;
+
+/// How long an unclaimed datagram is kept.
+const UNCLAIMED_FOR: Duration = Duration::from_millis(500);
 
 impl std::fmt::Debug for Links {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -144,6 +163,7 @@ impl Links {
             peers: BTreeMap::new(),
             transmit: VecDeque::new(),
             events: VecDeque::new(),
+            unclaimed: VecDeque::new(),
         }
     }
 
@@ -351,8 +371,32 @@ impl Links {
 
     /// A datagram from `source` to our `destination` (the socket, or the relayed address).
     fn receive(&mut self, now: Instant, source: SocketAddr, destination: SocketAddr, bytes: &[u8]) {
+        if self.deliver(now, source, destination, bytes) {
+            self.offer_unclaimed(now);
+        } else {
+            if self.unclaimed.len() == UNCLAIMED {
+                self.unclaimed.pop_front();
+            }
+            self.unclaimed.push_back(Unclaimed {
+                at: now,
+                source,
+                destination,
+                bytes: bytes.to_vec(),
+            });
+        }
+    }
+
+    /// Hands a datagram to the link that claims it; false when none does.
+    fn deliver(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        bytes: &[u8],
+    ) -> bool {
         let Ok(contents) = bytes.try_into() else {
-            return;
+            // Not a datagram str0m reads: nothing will ever claim it.
+            return true;
         };
         let input = Input::Receive(
             now,
@@ -369,9 +413,25 @@ impl Links {
             .find(|(_, p)| p.rtc.accepts(&input))
             .map(|(d, _)| *d)
         else {
-            return;
+            return false;
         };
         self.feed(device, input);
+        true
+    }
+
+    /// Offers the unclaimed datagrams to the links again (a link just took one, which may have
+    /// made their source its own); drops those kept too long.
+    fn offer_unclaimed(&mut self, now: Instant) {
+        self.unclaimed
+            .retain(|u| now.saturating_duration_since(u.at) < UNCLAIMED_FOR);
+        for _ in 0..self.unclaimed.len() {
+            let Some(held) = self.unclaimed.pop_front() else {
+                break;
+            };
+            if !self.deliver(now, held.source, held.destination, &held.bytes) {
+                self.unclaimed.push_back(held);
+            }
+        }
     }
 
     /// Hands `input` to the peer's `Rtc`; one that fails is disconnected.
@@ -496,5 +556,85 @@ impl Links {
             }
             self.events.push_back(LinkEvent::Down(device));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One end of a link on a made-up address, its datagrams passed by hand.
+    struct End {
+        id: Uuid,
+        links: Links,
+        up: bool,
+    }
+
+    impl End {
+        fn new(address: &str, now: Instant) -> End {
+            End {
+                id: Uuid::new_v4(),
+                links: Links::with_ice(
+                    address.parse().expect("address"),
+                    &IcePolicy::default(),
+                    now,
+                ),
+                up: false,
+            }
+        }
+
+        /// What it sends now, and what it says (negotiation steps go to `other` at once).
+        fn sent(&mut self, other: &mut End, now: Instant) -> Vec<(SocketAddr, Vec<u8>)> {
+            while let Some(event) = self.links.poll_event() {
+                match event {
+                    LinkEvent::Negotiate { signal, .. } => {
+                        other.links.apply(now, self.id, signal).expect("applied");
+                    }
+                    LinkEvent::Up(_) => self.up = true,
+                    LinkEvent::Down(_) => self.up = false,
+                    LinkEvent::Data(..) => {}
+                }
+            }
+            std::iter::from_fn(|| self.links.poll_transmit()).collect()
+        }
+    }
+
+    /// STUN messages start with two zero bits; DTLS records with a content type of 20 to 63.
+    fn is_stun(datagram: &[u8]) -> bool {
+        datagram.first().is_some_and(|b| *b < 2)
+    }
+
+    #[test]
+    fn a_dtls_flight_that_overtakes_the_ice_check_is_kept_until_the_check_lands() {
+        let start = Instant::now();
+        let a_address: SocketAddr = "127.0.0.1:40001".parse().expect("address");
+        let b_address: SocketAddr = "127.0.0.1:40002".parse().expect("address");
+        let mut a = End::new("127.0.0.1:40001", start);
+        let mut b = End::new("127.0.0.1:40002", start);
+        a.links.open(start, b.id).expect("offer");
+        // Every millisecond of a simulated clock, each side's datagrams reach the other with the
+        // non-STUN ones first: a DTLS flight always overtakes the STUN sent with it.
+        for ms in 0..200 {
+            let now = start + Duration::from_millis(ms);
+            for end in [&mut a, &mut b] {
+                if end.links.poll_timeout().is_some_and(|t| t <= now) {
+                    end.links.handle_timeout(now);
+                }
+            }
+            let from_a = a.sent(&mut b, now);
+            let from_b = b.sent(&mut a, now);
+            for (to, from, datagrams) in [(&mut b, a_address, from_a), (&mut a, b_address, from_b)]
+            {
+                let (stun, other): (Vec<_>, Vec<_>) =
+                    datagrams.into_iter().partition(|(_, d)| is_stun(d));
+                for (_, datagram) in other.into_iter().chain(stun) {
+                    to.links.handle_datagram(now, from, &datagram);
+                }
+            }
+            if a.up && b.up {
+                return;
+            }
+        }
+        panic!("no link within 200 ms: a DTLS flight was lost and waits for its resend timer");
     }
 }

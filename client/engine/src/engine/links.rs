@@ -154,17 +154,12 @@ impl Engine {
                     *link = Link::Connecting { since: now };
                     opens.push(*device);
                 }
-            } else {
-                // The other side opens: give it time to, then ask (it may hold a link this
-                // device lost, and would not notice for many seconds).
-                match retry_at {
-                    None => *retry_at = Some(now + self.config.relink_after),
-                    Some(at) if *at <= now => {
-                        *link = Link::Connecting { since: now };
-                        asks.push(*device);
-                    }
-                    Some(_) => {}
-                }
+            } else if retry_at.is_none_or(|at| at <= now) {
+                // The other side opens; ask it to at once: it may hold a link this device lost
+                // (this device restarted) and would not notice for many seconds. When it is
+                // opening already, the ask is ignored.
+                *link = Link::Connecting { since: now };
+                asks.push(*device);
             }
         }
         for device in opens {
