@@ -234,6 +234,19 @@ fn links_keep_delivering_while_the_server_is_down_and_devices_reconnect_after() 
     b.wait_for("the newcomer's message", message_with(&hello));
 }
 
+/// Sends `texts` in turn from `a` and from `b`, each received by the other before the next.
+fn exchange(a: &mut Chat, b: &mut Chat, texts: &[String]) {
+    for (i, text) in texts.iter().enumerate() {
+        let (sender, other) = if i % 2 == 0 {
+            (&mut *a, &mut *b)
+        } else {
+            (&mut *b, &mut *a)
+        };
+        sender.say(text);
+        other.wait_for("the message", message_with(text));
+    }
+}
+
 #[test]
 fn a_device_that_was_away_receives_every_missed_message_exactly_once() {
     if !inside_namespace(
@@ -248,15 +261,7 @@ fn a_device_that_was_away_receives_every_missed_message_exactly_once() {
     assert!(status.success(), "{stderr}");
 
     let missed: Vec<String> = (0..4).map(|i| format!("missed {i} {}", unique())).collect();
-    for (i, text) in missed.iter().enumerate() {
-        let (sender, other) = if i % 2 == 0 {
-            (&mut a, &mut b)
-        } else {
-            (&mut b, &mut a)
-        };
-        sender.say(text);
-        other.wait_for("the message", message_with(text));
-    }
+    exchange(&mut a, &mut b, &missed);
 
     let mut c = circle.chat(2);
     for text in &missed {
@@ -701,15 +706,7 @@ fn a_members_new_cli_device_made_by_login_receives_their_history_from_their_othe
     let texts: Vec<String> = (0..6)
         .map(|i| format!("before the new device {i} {}", unique()))
         .collect();
-    for (i, text) in texts.iter().enumerate() {
-        let (sender, other) = if i % 2 == 0 {
-            (&mut a, &mut b)
-        } else {
-            (&mut b, &mut a)
-        };
-        sender.say(text);
-        other.wait_for("the message", message_with(text));
-    }
+    exchange(&mut a, &mut b, &texts);
 
     // The second member's new device: a data directory of its own, her key file, `login`.
     let first = &circle.devices[1];
