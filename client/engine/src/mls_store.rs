@@ -8,7 +8,7 @@
 //! One value stays JSON: a group's join configuration, whose past-epoch policy openmls decodes
 //! from either of two shapes, which only a self-describing format can tell apart.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use openmls_traits::storage::{CURRENT_VERSION, Key, StorageProvider, traits};
@@ -22,6 +22,9 @@ type Result<T> = std::result::Result<T, CodecError>;
 #[derive(Debug, Default)]
 pub struct MlsStore {
     values: RwLock<HashMap<Vec<u8>, Vec<u8>>>,
+    /// The keys written or deleted since [`MlsStore::take_touched`]: what a turn's write looks
+    /// at, rather than every value.
+    touched: RwLock<HashSet<Vec<u8>>>,
 }
 
 impl MlsStore {
@@ -30,7 +33,20 @@ impl MlsStore {
     pub fn with_values(values: HashMap<Vec<u8>, Vec<u8>>) -> MlsStore {
         MlsStore {
             values: RwLock::new(values),
+            touched: RwLock::default(),
         }
+    }
+
+    /// The keys written or deleted since the last call.
+    pub fn take_touched(&self) -> HashSet<Vec<u8>> {
+        std::mem::take(&mut *self.touched.write().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn touch(&self, key: &[u8]) {
+        self.touched
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.to_vec());
     }
 
     /// Every value, read-locked.
@@ -40,7 +56,11 @@ impl MlsStore {
 
     /// Puts every value back as `values` holds them.
     pub fn replace(&self, values: HashMap<Vec<u8>, Vec<u8>>) {
-        *self.values_mut() = values;
+        let mut current = self.values_mut();
+        for key in current.keys().chain(values.keys()) {
+            self.touch(key);
+        }
+        *current = values;
     }
 
     fn values_mut(&self) -> RwLockWriteGuard<'_, HashMap<Vec<u8>, Vec<u8>>> {
@@ -56,12 +76,16 @@ impl MlsStore {
 
     fn write<V: Serialize + ?Sized>(&self, label: &[u8], id: &[u8], value: &V) -> Result<()> {
         let bytes = encode(value)?;
-        self.values_mut().insert(slot(label, id), bytes);
+        let slot = slot(label, id);
+        self.touch(&slot);
+        self.values_mut().insert(slot, bytes);
         Ok(())
     }
 
     fn delete(&self, label: &[u8], id: &[u8]) -> Result<()> {
-        self.values_mut().remove(&slot(label, id));
+        let slot = slot(label, id);
+        self.touch(&slot);
+        self.values_mut().remove(&slot);
         Ok(())
     }
 
@@ -91,6 +115,7 @@ impl MlsStore {
             None => Vec::new(),
         };
         change(&mut list);
+        self.touch(&slot);
         values.insert(slot, encode(&list)?);
         Ok(())
     }
@@ -173,8 +198,9 @@ impl StorageProvider<CURRENT_VERSION> for MlsStore {
         config: &MlsGroupJoinConfig,
     ) -> Result<()> {
         let json = serde_json::to_vec(config).map_err(|e| CodecError::Encode(e.to_string()))?;
-        self.values_mut()
-            .insert(slot(label::JOIN_CONFIG, &id(group_id)?), json);
+        let slot = slot(label::JOIN_CONFIG, &id(group_id)?);
+        self.touch(&slot);
+        self.values_mut().insert(slot, json);
         Ok(())
     }
 

@@ -44,26 +44,26 @@ impl Provider {
     }
 
     /// What changed since `saved` (the values last written to the local store); `saved` is
-    /// brought up to date in place (only changed values are copied: the store of a large
-    /// group holds megabytes).
+    /// brought up to date in place. Only the keys written or deleted since the last call are
+    /// looked at (the store of a large group holds megabytes, and a turn changes a few values).
     #[must_use]
     pub fn changes_since(&self, saved: &mut HashMap<Vec<u8>, Vec<u8>>) -> StorageChanges {
+        let touched = self.storage.take_touched();
         let values = self.storage.values();
         let mut changes = Vec::new();
-        for (key, value) in values.iter() {
-            if saved.get(key) != Some(value) {
-                saved.insert(key.clone(), value.clone());
-                changes.push((key.clone(), Some(value.clone())));
-            }
-        }
-        if saved.len() > values.len() {
-            saved.retain(|key, _| {
-                let kept = values.contains_key(key);
-                if !kept {
-                    changes.push((key.clone(), None));
+        for key in touched {
+            match values.get(&key) {
+                Some(value) if saved.get(&key) != Some(value) => {
+                    saved.insert(key.clone(), value.clone());
+                    changes.push((key, Some(value.clone())));
                 }
-                kept
-            });
+                Some(_) => {}
+                None => {
+                    if saved.remove(&key).is_some() {
+                        changes.push((key, None));
+                    }
+                }
+            }
         }
         changes
     }
