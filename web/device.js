@@ -324,11 +324,11 @@ export function signedOut(out) {
   else localStorage.removeItem(SIGNED_OUT);
 }
 
-// What a refused renewal means: 'revoked', 'unavailable' (asked again) or 'refused'.
+// What a refused renewal means, as the engine reads the server's answer: 'revoked',
+// 'unavailable' (asked again) or 'refused'.
 async function refusal(response) {
-  if (response.status >= 500 || response.status === 429) return 'unavailable';
   const body = await response.json().catch(() => null);
-  return body?.error === 'member_revoked' ? 'revoked' : 'refused';
+  return (await loadEngine()).renewalOutcome(response.status, body?.error ?? null);
 }
 
 function post(path, body) {

@@ -400,18 +400,6 @@ enum RenewalStep {
 /// many are older than the ask's start.
 type HistoryRead = (Uuid, Result<(Vec<ChatMessage>, u64), StoreError>);
 
-/// What a refused or failed renewal means for the device.
-fn renewal_failure(error: &ApiClientError) -> RenewalOutcome {
-    match error.status() {
-        _ if error.code() == Some(ErrorCode::MemberRevoked) => RenewalOutcome::Revoked,
-        None => RenewalOutcome::Unavailable,
-        Some(status) if status.is_server_error() || status.as_u16() == 429 => {
-            RenewalOutcome::Unavailable
-        }
-        Some(_) => RenewalOutcome::Refused,
-    }
-}
-
 struct Driver {
     engine: Engine,
     store: DeviceStore,
@@ -577,8 +565,9 @@ impl Driver {
             }
             RenewalStep::Ceremony(Err(error)) | RenewalStep::Granted(Err(error)) => {
                 tracing::info!(%error, "the session was not renewed");
-                self.engine
-                    .handle_session_renewal(now, renewal_failure(&error));
+                let outcome =
+                    RenewalOutcome::of_answer(error.status().map(|s| s.as_u16()), error.code());
+                self.engine.handle_session_renewal(now, outcome);
             }
         }
         Ok(())

@@ -8,7 +8,7 @@
 use ed25519_dalek::{Signature, VerifyingKey};
 use openmls_traits::signatures::Signer as _;
 use serde::{Deserialize, Serialize};
-use tessera_wire::{Base64Url, PublicKeyInfo};
+use tessera_wire::{Base64Url, ErrorCode, PublicKeyInfo};
 use uuid::Uuid;
 use web_time::{Duration, Instant};
 
@@ -128,6 +128,20 @@ pub enum RenewalOutcome {
     Revoked,
     /// The server could not be asked (network, a server error): asked again shortly.
     Unavailable,
+}
+
+impl RenewalOutcome {
+    /// What the server's answer to a renewal (either of its two requests) means: its HTTP
+    /// `status`, none when it could not be reached, and the error `code` of a refusal.
+    #[must_use]
+    pub fn of_answer(status: Option<u16>, code: Option<ErrorCode>) -> RenewalOutcome {
+        match status {
+            None | Some(429 | 500..) => RenewalOutcome::Unavailable,
+            Some(200..=299) => RenewalOutcome::Renewed,
+            _ if code == Some(ErrorCode::MemberRevoked) => RenewalOutcome::Revoked,
+            Some(_) => RenewalOutcome::Refused,
+        }
+    }
 }
 
 /// The least time between two renewals while no connection is accepted with the first: a refusal
@@ -290,6 +304,28 @@ mod tests {
             garbled.verify(&passkeys, ORIGIN, "localhost"),
             Err(RenewalError::BadSignature)
         );
+    }
+
+    #[test]
+    fn the_servers_answer_says_renewed_refused_revoked_or_ask_again() {
+        let of = RenewalOutcome::of_answer;
+        assert_eq!(of(Some(200), None), RenewalOutcome::Renewed);
+        assert_eq!(
+            of(Some(403), Some(ErrorCode::MemberRevoked)),
+            RenewalOutcome::Revoked
+        );
+        for refused in [
+            (401, ErrorCode::DeviceNotCertified),
+            (400, ErrorCode::CeremonyUnknown),
+        ] {
+            assert_eq!(
+                of(Some(refused.0), Some(refused.1)),
+                RenewalOutcome::Refused
+            );
+        }
+        for unavailable in [None, Some(429), Some(500), Some(503)] {
+            assert_eq!(of(unavailable, None), RenewalOutcome::Unavailable);
+        }
     }
 
     #[test]

@@ -16,8 +16,8 @@ use tessera_engine::{
     ChatMessage, Engine, EngineConfig, Event, HistoryChange, IceOutcome, LinkCommand, Output,
     StoreWrite, StoredDevice, Turn, unix_ms,
 };
-use tessera_wire::MemberInfo;
 use tessera_wire::signal::ServerFrame;
+use tessera_wire::{ErrorCode, MemberInfo};
 use uuid::Uuid;
 use wasm_bindgen::prelude::{JsValue, wasm_bindgen};
 use web_time::{Duration, Instant, SystemTime};
@@ -253,14 +253,32 @@ fn ice_outcome(outcome: &str, relay_ttl_secs: Option<f64>) -> Result<IceOutcome,
 }
 
 /// What came of renewing the session, as the page words it.
+const RENEWAL_OUTCOMES: [(&str, RenewalOutcome); 4] = [
+    ("renewed", RenewalOutcome::Renewed),
+    ("refused", RenewalOutcome::Refused),
+    ("revoked", RenewalOutcome::Revoked),
+    ("unavailable", RenewalOutcome::Unavailable),
+];
+
 fn renewal_outcome(outcome: &str) -> Result<RenewalOutcome, String> {
-    match outcome {
-        "renewed" => Ok(RenewalOutcome::Renewed),
-        "refused" => Ok(RenewalOutcome::Refused),
-        "revoked" => Ok(RenewalOutcome::Revoked),
-        "unavailable" => Ok(RenewalOutcome::Unavailable),
-        other => Err(format!("not a renewal outcome: {other:?}")),
-    }
+    RENEWAL_OUTCOMES
+        .iter()
+        .find(|(word, _)| *word == outcome)
+        .map(|(_, o)| *o)
+        .ok_or_else(|| format!("not a renewal outcome: {outcome:?}"))
+}
+
+/// What the server's answer to a renewal means, as the page words it (`handleSessionRenewal`):
+/// its HTTP `status` (none when it could not be reached) and the `error` of a refusal.
+#[wasm_bindgen(js_name = renewalOutcome)]
+#[must_use]
+pub fn renewal_outcome_of(status: Option<u16>, error: Option<String>) -> String {
+    let outcome = RenewalOutcome::of_answer(status, error.as_deref().map(ErrorCode::parse));
+    RENEWAL_OUTCOMES
+        .iter()
+        .find(|(_, o)| *o == outcome)
+        .map_or("unavailable", |(word, _)| word)
+        .to_owned()
 }
 
 /// Turns a Rust value into the plain JavaScript value the page uses: objects, not `Map`s (what a
@@ -839,6 +857,11 @@ mod tests {
         assert_eq!(renewal_outcome("renewed"), Ok(RenewalOutcome::Renewed));
         assert_eq!(renewal_outcome("revoked"), Ok(RenewalOutcome::Revoked));
         assert!(renewal_outcome("maybe").is_err());
+        assert_eq!(
+            renewal_outcome_of(Some(403), Some("member_revoked".into())),
+            "revoked"
+        );
+        assert_eq!(renewal_outcome_of(None, None), "unavailable");
     }
 
     #[test]
