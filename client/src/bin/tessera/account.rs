@@ -13,6 +13,7 @@ use tessera_client::identity::{certify, key_fingerprint};
 use tessera_client::membership::{self, InvitationLink, Joined, MembershipError, Signer};
 use tessera_client::store::{DeviceStore, Profile};
 use tessera_client::trust::{RootPin, Trust};
+use tessera_engine::carry::CarryConfig;
 use tessera_engine::decision::Decision;
 use tessera_engine::{DeviceKey, Engine, EngineConfig};
 use tessera_wire::{Base64Url, ErrorCode, Role};
@@ -137,11 +138,8 @@ pub async fn session(opened: &mut Opened) -> Result<ApiClient> {
         Err(error) if error.status().is_some_and(|s| s == 401) => {}
         _ => return Ok(api),
     }
+    let engine = restore(&opened.store, &opened.profile, &CarryConfig::default()).await?;
     let profile = &mut opened.profile;
-    let Some(stored) = opened.store.load().await? else {
-        return Ok(api);
-    };
-    let engine = Engine::restore(EngineConfig::new(&profile.origin, &profile.rp_id), stored)?;
     api.set_session(None);
     let ceremony = api
         .renewal_start()
@@ -158,17 +156,28 @@ pub async fn session(opened: &mut Opened) -> Result<ApiClient> {
     Ok(api)
 }
 
+/// The engine as this device last stored it, keeping for others what `carry` allows.
+pub async fn restore(
+    store: &DeviceStore,
+    profile: &Profile,
+    carry: &CarryConfig,
+) -> Result<Engine> {
+    let stored = store.load().await?.context(
+        "this device's state is missing from its store: join again with a new --data-dir",
+    )?;
+    let mut config = EngineConfig::new(&profile.origin, &profile.rp_id);
+    config.carry = carry.clone();
+    Ok(Engine::restore(config, stored)?)
+}
+
 /// A device made by `tessera login` finds its circle's root from its member's key at its first
 /// directory (while `tessera chat` runs); the profile keeps it from then on.
 pub async fn remember_root(opened: &mut Opened) -> Result<()> {
     if opened.profile.root.is_some() {
         return Ok(());
     }
-    let Some(stored) = opened.store.load().await? else {
-        return Ok(());
-    };
+    let engine = restore(&opened.store, &opened.profile, &CarryConfig::default()).await?;
     let profile = &mut opened.profile;
-    let engine = Engine::restore(EngineConfig::new(&profile.origin, &profile.rp_id), stored)?;
     if let Some(root) = engine.root() {
         profile.root = Some(root);
         opened.store.save_profile(profile).await?;

@@ -9,10 +9,10 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::json;
 use tessera_client::device::{Connection, DeviceHandle, Status, Stopped, Update};
 use tessera_client::signal::{Backoff, SignalClient, SignalEvent};
-use tessera_client::store::{DeviceStore, HistoryEntry, Profile};
+use tessera_client::store::HistoryEntry;
 use tessera_client::trust::{TrustError, UsedInvitations, distrust_all, verify_directory};
 use tessera_engine::safety::safety_words;
-use tessera_engine::{ChatMessage, Engine, EngineConfig, Event, StopReason};
+use tessera_engine::{ChatMessage, Event, StopReason};
 use tessera_wire::Base64Url;
 use tessera_wire::signal::ServerFrame;
 use tokio::io::AsyncBufReadExt as _;
@@ -21,16 +21,6 @@ use uuid::Uuid;
 
 use crate::account::{self, Opened, explain, fingerprint};
 use crate::settings::Settings;
-
-/// The engine as this device last stored it.
-async fn restore(store: &DeviceStore, profile: &Profile, settings: &Settings) -> Result<Engine> {
-    let stored = store.load().await?.context(
-        "this device's state is missing from its store: join again with a new --data-dir",
-    )?;
-    let mut config = EngineConfig::new(&profile.origin, &profile.rp_id);
-    config.carry = settings.carry.clone();
-    Ok(Engine::restore(config, stored)?)
-}
 
 /// The local address that routes to the server: the host candidate peers are offered.
 async fn route_to(origin: &str) -> Result<IpAddr> {
@@ -64,7 +54,7 @@ async fn start(settings: &Settings) -> Result<Running> {
     let mut opened = account::open(settings).await?;
     account::remember_root(&mut opened).await?;
     let api = account::session(&mut opened).await?;
-    let engine = restore(&opened.store, &opened.profile, settings).await?;
+    let engine = account::restore(&opened.store, &opened.profile, &settings.carry).await?;
     let bind = match settings.bind {
         Some(bind) => bind,
         None => route_to(&opened.profile.origin).await?,
@@ -539,7 +529,7 @@ async fn next_status(device: &mut DeviceHandle) -> Result<Status> {
 pub async fn set_name(settings: &Settings, name: &str) -> Result<()> {
     let opened = account::open(settings).await?;
     let profile = &opened.profile;
-    let mut engine = restore(&opened.store, profile, settings).await?;
+    let mut engine = account::restore(&opened.store, profile, &settings.carry).await?;
     engine.set_display_name(Instant::now(), name)?;
     opened.store.save_offline(&mut engine).await?;
     println!(
@@ -552,7 +542,9 @@ pub async fn set_name(settings: &Settings, name: &str) -> Result<()> {
 /// `tessera history` (needs no lock: it only reads).
 pub async fn history(settings: &Settings, limit: u32) -> Result<()> {
     let Opened { store, profile, .. } = account::open_profile(settings).await?;
-    let names = restore(&store, &profile, settings).await?.display_names();
+    let names = account::restore(&store, &profile, &settings.carry)
+        .await?
+        .display_names();
     for HistoryEntry {
         message,
         outgoing,
@@ -580,7 +572,7 @@ pub async fn members(settings: &Settings) -> Result<()> {
         .members()
         .await
         .map_err(|e| explain(e, &profile.origin))?;
-    let engine = restore(&opened.store, profile, settings).await?;
+    let engine = account::restore(&opened.store, profile, &settings.carry).await?;
     let names = engine.display_names();
     let online = online_devices(&api, profile.device).await?;
     let trusted = match &profile.root {
