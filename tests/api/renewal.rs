@@ -4,46 +4,27 @@
 
 use reqwest::StatusCode;
 use tessera_client::api::{ApiClient, ApiClientResult};
-use tessera_engine::identity::certify;
+use tessera_engine::Engine;
 use tessera_engine::renewal::SessionRenewal;
-use tessera_engine::{DeviceKey, Engine, EngineConfig};
 use tessera_softkey::SoftKey;
+use tessera_tests::native::certified_engine;
 use tessera_tests::{TestApp, TestMember};
 use tessera_wire::{Base64Url, Role};
-use uuid::Uuid;
 
 use crate::support::{assert_browser_session, assert_refused};
 
 /// A device of `member` certified by `key` (one of theirs), as `tessera join` or the page make it.
 fn certified_by(app: &TestApp, member: &TestMember, key: &mut SoftKey) -> Engine {
-    let origin = app.origin.origin().ascii_serialization();
-    let device_key = DeviceKey::generate().expect("a device key");
-    let device = Uuid::new_v4();
-    let certificate = certify(
-        "localhost",
-        member.granted.member,
-        device,
-        device_key.public(),
-        |r| key.sign_in(r, &origin),
-    )
-    .expect("the key certifies the device");
-    Engine::new(
-        EngineConfig::new(origin, "localhost"),
-        member.trust(),
-        member.granted.member,
-        device,
-        device_key,
-        certificate,
-    )
-    .expect("the device")
+    certified_engine(app, (member.granted.member, member.trust()), key)
 }
 
 /// A device of `member` certified by their first key.
 fn device_of(app: &TestApp, member: &mut TestMember) -> Engine {
-    let mut key = std::mem::replace(&mut member.key, SoftKey::blank().expect("blank"));
-    let device = certified_by(app, member, &mut key);
-    member.key = key;
-    device
+    certified_engine(
+        app,
+        (member.granted.member, member.trust()),
+        &mut member.key,
+    )
 }
 
 /// Renews with `device`'s key in a fresh ceremony: the client holding the new session, and the

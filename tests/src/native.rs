@@ -4,10 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use tessera_client::authenticator::SoftKey;
 use tessera_client::device::{Connection, DeviceHandle, Update};
 use tessera_client::identity::certify;
 use tessera_client::signal::Backoff;
 use tessera_client::store::DeviceStore;
+use tessera_client::trust::Trust;
 use tessera_engine::{DeviceKey, Engine, EngineConfig, Event};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -28,31 +30,37 @@ fn config(app: &TestApp) -> EngineConfig {
     EngineConfig::new(app.origin.origin().ascii_serialization(), "localhost")
 }
 
+/// A new device of `member` (their id and what their devices trust), its fresh device key
+/// certified by `key`, one of the member's keys: the engine, not started.
+///
+/// # Panics
+/// When the key refuses.
+pub fn certified_engine(
+    app: &TestApp,
+    (member, trust): (Uuid, Trust),
+    key: &mut SoftKey,
+) -> Engine {
+    let origin = app.origin.origin().ascii_serialization();
+    let device = Uuid::new_v4();
+    let device_key = DeviceKey::generate().expect("device key");
+    let certificate = certify("localhost", member, device, device_key.public(), |r| {
+        key.sign_in(r, &origin)
+    })
+    .expect("the key certifies the device");
+    Engine::new(config(app), trust, member, device, device_key, certificate).expect("engine")
+}
+
 /// A device of `member` with a fresh certified key, its store under `dir`.
 ///
 /// # Panics
 /// When any step fails: this is for load generators.
 pub async fn new_device(app: &TestApp, member: &mut TestMember, dir: &Path) -> DeviceHandle {
-    let origin = app.origin.origin().ascii_serialization();
-    let device = Uuid::new_v4();
-    let key = DeviceKey::generate().expect("device key");
-    let certificate = certify(
-        "localhost",
-        member.granted.member,
-        device,
-        key.public(),
-        |r| member.key.sign_in(r, &origin),
-    )
-    .expect("certify");
-    let engine = Engine::new(
-        config(app),
-        member.trust(),
-        member.granted.member,
-        device,
-        key,
-        certificate,
-    )
-    .expect("engine");
+    let engine = certified_engine(
+        app,
+        (member.granted.member, member.trust()),
+        &mut member.key,
+    );
+    let device = engine.device();
     let store = DeviceStore::open(&store_path(dir, device))
         .await
         .expect("store");
