@@ -422,6 +422,9 @@ impl Links {
     /// Offers the unclaimed datagrams to the links again (a link just took one, which may have
     /// made their source its own); drops those kept too long.
     fn offer_unclaimed(&mut self, now: Instant) {
+        if self.unclaimed.is_empty() {
+            return;
+        }
         self.unclaimed
             .retain(|u| now.saturating_duration_since(u.at) < UNCLAIMED_FOR);
         for _ in 0..self.unclaimed.len() {

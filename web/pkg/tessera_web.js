@@ -1218,6 +1218,29 @@ export function qrSvg(text) {
 }
 
 /**
+ * What the server's answer to a renewal means, as the page words it (`handleSessionRenewal`):
+ * its HTTP `status` (none when it could not be reached) and the `error` of a refusal.
+ * @param {number | null} [status]
+ * @param {string | null} [error]
+ * @returns {string}
+ */
+export function renewalOutcome(status, error) {
+    let deferred3_0;
+    let deferred3_1;
+    try {
+        const val2 = +(isLikeNone(status) ? 0xFFFFFF : status);
+        var ptr0 = isLikeNone(error) ? 0 : passStringToWasm0(error, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+        var len0 = WASM_VECTOR_LEN;
+        const ret = wasm.renewalOutcome(val2, ptr0, len0);
+        deferred3_0 = ret[0];
+        deferred3_1 = ret[1];
+        return getStringFromWasm0(ret[0], ret[1]);
+    } finally {
+        wasm.__wbindgen_free(deferred3_0, deferred3_1, 1);
+    }
+}
+
+/**
  * The circle's root when `member`'s `passkey` (JSON) founded it (the operator's first link).
  *
  * # Errors

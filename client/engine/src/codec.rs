@@ -98,25 +98,7 @@ where
     T: DeserializeOwned + Default,
     U: DeserializeOwned + Default,
 {
-    decode_with_three_tails::<V, T, U, ()>(bytes, earlier).map(|(v, t, u, ())| (v, t, u))
-}
-
-/// The value and three tails written one after the other (`encode_with_tail(&value, &(t, u,
-/// w))`); each tail's default where the record ends before it (saved by an earlier version).
-///
-/// # Errors
-/// As [`decode`].
-pub fn decode_with_three_tails<V, T, U, W>(
-    bytes: &[u8],
-    earlier: Earlier,
-) -> Result<(V, T, U, W), CodecError>
-where
-    V: DeserializeOwned,
-    T: DeserializeOwned + Default,
-    U: DeserializeOwned + Default,
-    W: DeserializeOwned + Default,
-{
-    decode_with_four_tails::<V, T, U, W, ()>(bytes, earlier).map(|(v, t, u, w, ())| (v, t, u, w))
+    decode_with_four_tails::<V, T, U, (), ()>(bytes, earlier).map(|(v, t, u, (), ())| (v, t, u))
 }
 
 /// The value and four tails written one after the other (`encode_with_tail(&value, &(t, u, w,
