@@ -417,6 +417,12 @@ export class Device extends EventTarget {
       device.links.closeAll();
       device.socket?.close();
     });
+    // Logging out in another tab ends this tab's session too, whichever session its socket
+    // holds (tabs that renewed may hold different ones): the engine asks to renew, and a
+    // signed-out browser refuses.
+    window.addEventListener('storage', ({ key, newValue }) => {
+      if (key === SIGNED_OUT && newValue) device.input((engine) => engine.handleSessionEnded());
+    });
     await device.#fetchIceServers();
     device.#connect();
     await device.#settle();
