@@ -297,6 +297,7 @@ impl DeviceHandle {
             ice_tx,
             renewal_tx,
             history_tx,
+            replies: Vec::new(),
         };
         let task =
             tokio::spawn(driver.run(commands_rx, directory_rx, ice_rx, (renewal_rx, history_rx)));
@@ -414,6 +415,30 @@ struct Driver {
     ice_tx: mpsc::Sender<IceRenewal>,
     renewal_tx: mpsc::Sender<RenewalStep>,
     history_tx: mpsc::Sender<HistoryRead>,
+    /// Answers to commands of the user interface, sent once the turn they changed is stored.
+    replies: Vec<Reply>,
+}
+
+/// An answer to a command, held until the engine's state it reports on is written.
+enum Reply {
+    Sent(
+        oneshot::Sender<Result<Uuid, EngineError>>,
+        Result<Uuid, EngineError>,
+    ),
+    Named(
+        oneshot::Sender<Result<(), EngineError>>,
+        Result<(), EngineError>,
+    ),
+}
+
+impl Reply {
+    fn send(self) {
+        // The interface may have stopped waiting; the command took effect all the same.
+        match self {
+            Reply::Sent(reply, answer) => drop(reply.send(answer)),
+            Reply::Named(reply, answer) => drop(reply.send(answer)),
+        }
+    }
 }
 
 /// The next event of the signalling connection, or never while there is none.
@@ -577,13 +602,14 @@ impl Driver {
         let now = Instant::now();
         match command {
             Command::Send(text, reply) => {
-                let _ = reply.send(
-                    self.engine
-                        .send_text(now, unix_ms(SystemTime::now()), &text),
-                );
+                let sent = self
+                    .engine
+                    .send_text(now, unix_ms(SystemTime::now()), &text);
+                self.replies.push(Reply::Sent(reply, sent));
             }
             Command::SetName(name, reply) => {
-                let _ = reply.send(self.engine.set_display_name(now, &name));
+                let named = self.engine.set_display_name(now, &name);
+                self.replies.push(Reply::Named(reply, named));
             }
             Command::Status(reply) => {
                 let _ = reply.send(Status {
@@ -597,7 +623,7 @@ impl Driver {
 
     /// Runs the engine and the links until neither has anything left to do: every turn of the
     /// engine is written before its outputs are acted on; link events go back to the engine;
-    /// datagrams go out.
+    /// datagrams go out. Then the commands taken are answered: what they changed is stored.
     async fn settle(&mut self) -> Result<(), DeviceError> {
         loop {
             let mut busy = false;
@@ -616,6 +642,9 @@ impl Driver {
                 let _ = self.socket.send_to(&datagram, destination).await;
             }
             if !busy {
+                for reply in self.replies.drain(..) {
+                    reply.send();
+                }
                 return Ok(());
             }
         }

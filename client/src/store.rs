@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row as _, SqlitePool};
+use sqlx::{QueryBuilder, Row as _, SqlitePool};
 use tessera_engine::carry::{CarriedChange, CarriedRow};
 use tessera_engine::delivery::{OutboxChange, Queued};
 use tessera_engine::history::Cursor;
@@ -186,7 +186,9 @@ impl DeviceStore {
         Ok(())
     }
 
-    /// Applies one write of the engine, in one transaction.
+    /// Applies one write of the engine, in one transaction: a statement per table and kind of
+    /// change, each with many rows (a statement costs a round trip to SQLite's thread, a row
+    /// little more than its bytes).
     ///
     /// # Errors
     /// When SQLite fails (nothing is written).
@@ -199,99 +201,113 @@ impl DeviceStore {
         .bind(&write.state)
         .execute(&mut *tx)
         .await?;
-        for (key, value) in &write.mls {
-            match value {
-                Some(value) => {
-                    sqlx::query(
-                        "INSERT INTO mls (key, value) VALUES (?, ?) \
-                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    )
-                    .bind(key)
-                    .bind(value)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                None => {
-                    sqlx::query("DELETE FROM mls WHERE key = ?")
-                        .bind(key)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-            }
+        let (puts, deletes): (Vec<_>, Vec<_>) = write.mls.iter().partition(|(_, v)| v.is_some());
+        for rows in puts.chunks(ROWS_PER_STATEMENT) {
+            QueryBuilder::new("INSERT INTO mls (key, value) ")
+                .push_values(rows, |mut b, (key, value)| {
+                    b.push_bind(key).push_bind(value);
+                })
+                .push(" ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+                .build()
+                .execute(&mut *tx)
+                .await?;
         }
+        for rows in deletes.chunks(ROWS_PER_STATEMENT) {
+            let mut query = QueryBuilder::new("DELETE FROM mls WHERE key IN (");
+            let mut keys = query.separated(", ");
+            for (key, _) in rows {
+                keys.push_bind(key);
+            }
+            query.push(")").build().execute(&mut *tx).await?;
+        }
+
+        let mut outbox_puts = Vec::new();
+        let mut outbox_deletes = Vec::new();
         for change in &write.outbox {
             match change {
-                OutboxChange::Put(row) => {
-                    sqlx::query("INSERT INTO outbox (peer, seq, tag, message) VALUES (?, ?, ?, ?)")
-                        .bind(row.peer.to_string())
-                        .bind(sql_seq(row.seq)?)
-                        .bind(row.tag.map(|t| t.to_string()))
-                        .bind(&row.message)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                OutboxChange::Delete { peer, seq } => {
-                    sqlx::query("DELETE FROM outbox WHERE peer = ? AND seq = ?")
-                        .bind(peer.to_string())
-                        .bind(sql_seq(*seq)?)
-                        .execute(&mut *tx)
-                        .await?;
-                }
+                OutboxChange::Put(row) => outbox_puts.push((row, sql_seq(row.seq)?)),
+                OutboxChange::Delete { peer, seq } => outbox_deletes.push((*peer, sql_seq(*seq)?)),
             }
         }
+        for rows in outbox_puts.chunks(ROWS_PER_STATEMENT) {
+            QueryBuilder::new("INSERT INTO outbox (peer, seq, tag, message) ")
+                .push_values(rows, |mut b, (row, seq)| {
+                    b.push_bind(row.peer.to_string())
+                        .push_bind(*seq)
+                        .push_bind(row.tag.map(|t| t.to_string()))
+                        .push_bind(&row.message);
+                })
+                .build()
+                .execute(&mut *tx)
+                .await?;
+        }
+        delete_keyed(&mut tx, "outbox", "peer, seq", &outbox_deletes).await?;
+
+        let mut carried_puts = Vec::new();
+        let mut carried_deletes = Vec::new();
         for change in &write.carried {
             match change {
                 CarriedChange::Put(row) => {
-                    sqlx::query(
-                        "INSERT INTO carried (stream, seq, epoch, sent_at, id, message) \
-                         VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (stream, seq) DO NOTHING",
-                    )
-                    .bind(row.stream.to_string())
-                    .bind(sql_seq(row.seq)?)
-                    .bind(sql_seq(row.epoch)?)
-                    .bind(row.sent_at)
-                    .bind(row.id.to_string())
-                    .bind(&row.message)
-                    .execute(&mut *tx)
-                    .await?;
+                    carried_puts.push((row, sql_seq(row.seq)?, sql_seq(row.epoch)?));
                 }
                 CarriedChange::Delete { stream, seq } => {
-                    sqlx::query("DELETE FROM carried WHERE stream = ? AND seq = ?")
-                        .bind(stream.to_string())
-                        .bind(sql_seq(*seq)?)
-                        .execute(&mut *tx)
-                        .await?;
+                    carried_deletes.push((*stream, sql_seq(*seq)?));
                 }
             }
         }
+        for rows in carried_puts.chunks(ROWS_PER_STATEMENT) {
+            QueryBuilder::new("INSERT INTO carried (stream, seq, epoch, sent_at, id, message) ")
+                .push_values(rows, |mut b, (row, seq, epoch)| {
+                    b.push_bind(row.stream.to_string())
+                        .push_bind(*seq)
+                        .push_bind(*epoch)
+                        .push_bind(row.sent_at)
+                        .push_bind(row.id.to_string())
+                        .push_bind(&row.message);
+                })
+                .push(" ON CONFLICT (stream, seq) DO NOTHING")
+                .build()
+                .execute(&mut *tx)
+                .await?;
+        }
+        delete_keyed(&mut tx, "carried", "stream, seq", &carried_deletes).await?;
+
+        let mut added = Vec::new();
+        let mut delivered = Vec::new();
         for change in &write.history {
             match change {
-                HistoryChange::Add { message, outgoing } => {
-                    sqlx::query(
-                        "INSERT INTO history (id, member, device, text, sent_at, outgoing) \
-                         VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device, id) DO NOTHING",
-                    )
-                    .bind(message.id.to_string())
-                    .bind(message.member.to_string())
-                    .bind(message.device.to_string())
-                    .bind(&message.text)
-                    .bind(message.sent_at)
-                    .bind(i64::from(*outgoing))
-                    .execute(&mut *tx)
-                    .await?;
-                }
+                HistoryChange::Add { message, outgoing } => added.push((message, *outgoing)),
                 HistoryChange::Delivered { device, id, peer } => {
-                    sqlx::query(
-                        "INSERT INTO delivered_to (device, id, peer) VALUES (?, ?, ?) \
-                         ON CONFLICT (device, id, peer) DO NOTHING",
-                    )
-                    .bind(device.to_string())
-                    .bind(id.to_string())
-                    .bind(peer.to_string())
-                    .execute(&mut *tx)
-                    .await?;
+                    delivered.push((*device, *id, *peer));
                 }
             }
+        }
+        for rows in added.chunks(ROWS_PER_STATEMENT) {
+            QueryBuilder::new("INSERT INTO history (id, member, device, text, sent_at, outgoing) ")
+                .push_values(rows, |mut b, (message, outgoing)| {
+                    b.push_bind(message.id.to_string())
+                        .push_bind(message.member.to_string())
+                        .push_bind(message.device.to_string())
+                        .push_bind(&message.text)
+                        .push_bind(message.sent_at)
+                        .push_bind(i64::from(*outgoing));
+                })
+                .push(" ON CONFLICT (device, id) DO NOTHING")
+                .build()
+                .execute(&mut *tx)
+                .await?;
+        }
+        for rows in delivered.chunks(ROWS_PER_STATEMENT) {
+            QueryBuilder::new("INSERT INTO delivered_to (device, id, peer) ")
+                .push_values(rows, |mut b, (device, id, peer)| {
+                    b.push_bind(device.to_string())
+                        .push_bind(id.to_string())
+                        .push_bind(peer.to_string());
+                })
+                .push(" ON CONFLICT (device, id, peer) DO NOTHING")
+                .build()
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -471,6 +487,30 @@ pub enum TurnError {
 /// A sequence number as SQLite's integer.
 fn sql_seq(seq: u64) -> Result<i64, StoreError> {
     i64::try_from(seq).map_err(|_| StoreError::Malformed("sequence number"))
+}
+
+/// Rows in one statement: far below SQLite's 32,766 bound parameters at six a row.
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// Deletes the rows of `table` whose two-column key `columns` (an id kept as text, a number) is
+/// one of `keys`.
+async fn delete_keyed(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    table: &str,
+    columns: &str,
+    keys: &[(Uuid, i64)],
+) -> Result<(), StoreError> {
+    for rows in keys.chunks(ROWS_PER_STATEMENT) {
+        QueryBuilder::new(format!("DELETE FROM {table} WHERE ({columns}) IN ("))
+            .push_values(rows, |mut b, (id, number)| {
+                b.push_bind(id.to_string()).push_bind(*number);
+            })
+            .push(")")
+            .build()
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
 }
 
 /// An id as the store keeps it (text).

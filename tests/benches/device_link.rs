@@ -9,6 +9,8 @@
 
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt as _;
+
 use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::{
     BasicCredential, Ciphersuite, CredentialWithKey, KeyPackage, MlsGroup, MlsGroupCreateConfig,
@@ -17,6 +19,7 @@ use openmls::prelude::{
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use openmls_traits::OpenMlsProvider as _;
+use tessera_client::device::DeviceHandle;
 use tessera_tests::loopback::{Side, run};
 use tessera_tests::native::{Counting, new_device, restart, wait_in_group};
 use tessera_tests::{TestApp, env_number};
@@ -94,17 +97,17 @@ fn openmls_messages_per_second() -> f64 {
     f64::from(count) / started.elapsed().as_secs_f64()
 }
 
-/// MB/s of 15 KiB messages over one raw str0m data channel on loopback (both ends on this thread).
-fn str0m_megabytes_per_second() -> f64 {
+/// Messages of `size` bytes over one raw str0m data channel on loopback (both ends on this
+/// thread), `count` of them or ten seconds' worth: how many arrived, and in what time.
+fn str0m_messages(size: usize, count: usize) -> (usize, Duration) {
     let (mut a, mut b) = (Side::new(), Side::new());
     a.links.open(Instant::now(), b.id).expect("offer");
     run(&mut a, &mut b, |a, b| a.up && b.up);
     assert!(a.up && b.up, "the raw link did not open");
-    let message = vec![9u8; 15 * 1024];
-    let total = 4_000 * message.len();
+    let message = vec![9u8; size];
     let mut received = 0;
     let started = Instant::now();
-    while received < total && started.elapsed() < Duration::from_secs(10) {
+    while received < count && started.elapsed() < Duration::from_secs(10) {
         for _ in 0..16 {
             if !a.links.send(b.id, &message) {
                 break;
@@ -114,15 +117,29 @@ fn str0m_megabytes_per_second() -> f64 {
             a.turn().is_empty() && b.turn().is_empty(),
             "no renegotiation"
         );
-        received += b.received.drain(..).map(|m| m.len()).sum::<usize>();
+        received += b.received.drain(..).count();
     }
-    megabytes(received, started.elapsed())
+    (received, started.elapsed())
 }
 
 fn megabytes(bytes: usize, elapsed: Duration) -> f64 {
     let bytes = u32::try_from(bytes).map_or(f64::from(u32::MAX), f64::from);
     bytes / 1e6 / elapsed.as_secs_f64()
 }
+
+/// Sends `text` `count` times as a program relaying a feed would: up to [`IN_FLIGHT`] sends
+/// awaiting their answer at once, each answered once it is stored.
+async fn send_many(device: &DeviceHandle, count: usize, text: &str) {
+    let mut answers = futures_util::stream::iter(0..count)
+        .map(|_| device.send_text(text))
+        .buffered(IN_FLIGHT);
+    while let Some(answer) = answers.next().await {
+        answer.expect("send");
+    }
+}
+
+/// Sends a sender keeps waiting for their answer at once.
+const IN_FLIGHT: usize = 64;
 
 async fn devices() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -154,18 +171,14 @@ async fn devices() {
     let small = env_number("MESSAGES", 1_000);
     let text = "x".repeat(100);
     let started = Instant::now();
-    for _ in 0..small {
-        b.send_text(&text).await.expect("send");
-    }
+    send_many(&b, small, &text).await;
     received.wait_count(2 + small).await;
     let small_elapsed = started.elapsed();
 
     let large = env_number("LARGE", 100);
     let text = "y".repeat(16 * 1024);
     let started = Instant::now();
-    for _ in 0..large {
-        b.send_text(&text).await.expect("send");
-    }
+    send_many(&b, large, &text).await;
     received.wait_count(2 + small + large).await;
     let large_elapsed = started.elapsed();
 
@@ -198,9 +211,15 @@ fn main() {
         "raw openmls, 100-byte messages (encrypt + decrypt): {:.0} msgs/s",
         openmls_messages_per_second()
     );
+    let (count, elapsed) = str0m_messages(15 * 1024, 4_000);
     println!(
         "raw str0m, 15 KiB messages over one data channel: {:.1} MB/s",
-        str0m_megabytes_per_second()
+        megabytes(count * 15 * 1024, elapsed)
+    );
+    let (count, elapsed) = str0m_messages(300, 50_000);
+    println!(
+        "raw str0m, 300-byte messages over one data channel: {:.0} msgs/s",
+        count as f64 / elapsed.as_secs_f64()
     );
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

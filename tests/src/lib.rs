@@ -57,7 +57,9 @@ fn capture_logs() -> Arc<Mutex<Vec<u8>>> {
         let buffer = Arc::new(Mutex::new(Vec::new()));
         let sink = LogSink(buffer.clone());
         let _ = tracing_subscriber::fmt()
-            .with_env_filter("debug,sqlx=warn,hyper=warn,h2=warn,reqwest=warn,tower=warn")
+            .with_env_filter(
+                "debug,openmls=warn,sqlx=warn,hyper=warn,h2=warn,reqwest=warn,tower=warn",
+            )
             .with_ansi(false)
             .with_writer(move || sink.clone())
             .try_init();

@@ -353,16 +353,19 @@ fn lacking<'a>(
     held: &'a BTreeMap<Stream, Ranges>,
     kept: &'a BTreeMap<(Stream, u64), Kept>,
     holdings: &'a Holdings,
+    streams: impl Fn(&Stream) -> bool + 'a,
 ) -> impl Iterator<Item = (&'a (Stream, u64), &'a Kept)> + 'a {
-    held.keys().flat_map(move |stream| {
-        let gaps = holdings
-            .held
-            .iter()
-            .find(|(s, _)| s == stream)
-            .map_or_else(|| vec![(0, u64::MAX)], |(_, r)| r.gaps());
-        gaps.into_iter()
-            .flat_map(move |(first, last)| kept.range((*stream, first)..=(*stream, last)))
-    })
+    held.keys()
+        .filter(move |s| streams(s))
+        .flat_map(move |stream| {
+            let gaps = holdings
+                .held
+                .iter()
+                .find(|(s, _)| s == stream)
+                .map_or_else(|| vec![(0, u64::MAX)], |(_, r)| r.gaps());
+            gaps.into_iter()
+                .flat_map(move |(first, last)| kept.range((*stream, first)..=(*stream, last)))
+        })
 }
 
 /// What the engine knows of the group when the store is looked through.
@@ -553,7 +556,7 @@ impl Carry {
         let Some(holdings) = self.peers.get(&peer) else {
             return 0;
         };
-        let readable = lacking(&self.held, &self.kept, holdings)
+        let readable = lacking(&self.held, &self.kept, holdings, |_| true)
             .filter(|(_, kept)| kept.row.epoch >= holdings.joined);
         u64::try_from(readable.count()).unwrap_or(u64::MAX)
     }
@@ -688,18 +691,16 @@ impl Carry {
             };
             let in_flight = self.in_flight.entry(peer).or_default();
             let mut room = self.config.batch.saturating_sub(in_flight.len());
-            for (key, kept) in lacking(&self.held, &self.kept, holdings) {
+            // Its sender's own outbox hands it on; a peer holds its own messages.
+            let carried =
+                |stream: &Stream| *stream != group.own && group.streams.get(stream) != Some(&peer);
+            for (key, kept) in lacking(&self.held, &self.kept, holdings, carried) {
                 if room == 0 {
                     break;
                 }
                 let (stream, seq) = *key;
                 let sender = group.streams.get(&stream).copied();
-                // Its sender's own outbox hands it on; a peer holds its own messages.
-                if stream == group.own
-                    || sender == Some(peer)
-                    || kept.row.epoch < holdings.joined
-                    || in_flight.contains(key)
-                {
+                if kept.row.epoch < holdings.joined || in_flight.contains(key) {
                     continue;
                 }
                 // While its sender is online, it is left to the sender for a while.

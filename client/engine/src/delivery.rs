@@ -4,7 +4,7 @@
 //! flooding the link. Sans-IO: it is fed packets and time, and drained for packets to send,
 //! messages to show and the outbox rows to store.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use web_time::{Duration, Instant};
 
@@ -127,6 +127,14 @@ struct Peer {
     /// Bytes of the outbox sent and not yet acknowledged.
     #[serde(skip)]
     in_flight: usize,
+    /// The outbox's messages waiting to be sent (due `None`), in order: a send looks at these
+    /// only, not at every message in flight.
+    #[serde(skip)]
+    waiting: BTreeSet<Seq>,
+    /// No message of the outbox is due before this (it may be earlier than the earliest due
+    /// still there: an acknowledgement does not move it; [`Delivery::handle_timeout`] does).
+    #[serde(skip)]
+    next_due: Option<Instant>,
     #[serde(skip)]
     link_up: bool,
     next_expected: Seq,
@@ -140,9 +148,11 @@ impl Peer {
     /// Counts nothing as sent any more: every unacknowledged message waits to go (again).
     fn recall(&mut self) {
         self.in_flight = 0;
+        self.next_due = None;
         for outgoing in self.outbox.values_mut() {
             outgoing.due = None;
         }
+        self.waiting = self.outbox.keys().copied().collect();
     }
 }
 
@@ -197,6 +207,7 @@ impl Delivery {
                     due: None,
                 },
             );
+            state.waiting.insert(row.seq);
         }
     }
 
@@ -265,6 +276,7 @@ impl Delivery {
                 due: None,
             },
         );
+        state.waiting.insert(seq);
         self.outbox_changes.insert((peer, seq), true);
         self.fill(now, peer);
         Ok(seq)
@@ -277,14 +289,21 @@ impl Delivery {
         let Some(state) = self.peers.get_mut(&peer).filter(|s| s.link_up) else {
             return;
         };
-        for (seq, outgoing) in state.outbox.iter_mut().filter(|(_, o)| o.due.is_none()) {
+        while let Some(&seq) = state.waiting.first() {
+            let Some(outgoing) = state.outbox.get_mut(&seq) else {
+                state.waiting.remove(&seq);
+                continue;
+            };
             let size = outgoing.message.len();
             if state.in_flight > 0 && state.in_flight + size > config.window_bytes {
                 break;
             }
+            state.waiting.remove(&seq);
             state.in_flight += size;
-            outgoing.due = Some(now + resend_delay(config, size));
-            emit(&mut self.transmit, config, peer, *seq, &outgoing.message);
+            let due = now + resend_delay(config, size);
+            outgoing.due = Some(due);
+            state.next_due = Some(state.next_due.map_or(due, |d| d.min(due)));
+            emit(&mut self.transmit, config, peer, seq, &outgoing.message);
         }
     }
 
@@ -310,21 +329,32 @@ impl Delivery {
     pub fn handle_timeout(&mut self, now: Instant) {
         let config = &self.config;
         for (peer, state) in self.peers.iter_mut().filter(|(_, p)| p.link_up) {
+            if state.next_due.is_none_or(|d| d > now) {
+                continue;
+            }
+            state.next_due = None;
             for (seq, outgoing) in &mut state.outbox {
-                if outgoing.due.is_some_and(|d| d <= now) {
-                    outgoing.due = Some(now + resend_delay(config, outgoing.message.len()));
+                let Some(mut due) = outgoing.due else {
+                    continue;
+                };
+                if due <= now {
+                    due = now + resend_delay(config, outgoing.message.len());
+                    outgoing.due = Some(due);
                     emit(&mut self.transmit, config, *peer, *seq, &outgoing.message);
                 }
+                state.next_due = Some(state.next_due.map_or(due, |d| d.min(due)));
             }
         }
     }
 
-    /// When [`Delivery::handle_timeout`] next has work.
+    /// When [`Delivery::handle_timeout`] next has work (or may have: it is not moved on by
+    /// acknowledgements, so it may come early and find nothing due).
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.peers
             .values()
-            .flat_map(|p| p.outbox.values().filter_map(|o| o.due))
+            .filter(|p| p.link_up)
+            .filter_map(|p| p.next_due)
             .min()
     }
 
@@ -338,6 +368,7 @@ impl Delivery {
                 let Some(outgoing) = state.outbox.remove(&seq) else {
                     return;
                 };
+                state.waiting.remove(&seq);
                 if outgoing.due.is_some() {
                     state.in_flight = state.in_flight.saturating_sub(outgoing.message.len());
                 }

@@ -143,6 +143,10 @@ pub struct Malformed(pub &'static str);
 const CHUNK: u8 = 1;
 const ACK: u8 = 2;
 const HOLDINGS: u8 = 3;
+const BUNDLE: u8 = 4;
+
+/// The largest data channel message a device sends: 16 KiB, what every WebRTC stack takes.
+pub const LINK_MESSAGE_BYTES: usize = 16 * 1024;
 
 /// A packet on a data channel: delivery's, or what the sending device holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,6 +175,77 @@ pub fn encode_holdings(holdings: &Holdings) -> Vec<u8> {
             holdings.held.pop();
         }
     }
+}
+
+/// Packets for one peer put together in as few data channel messages as hold them: one packet
+/// goes as it is, several as a bundle `4 ‖ (length u16 ‖ packet)…` (big-endian) of at most
+/// [`LINK_MESSAGE_BYTES`]. Every link message costs the WebRTC stack the same work whatever its
+/// size; a burst of small messages and their acknowledgements travel in a few.
+#[derive(Debug, Default)]
+pub struct Bundler {
+    packets: Vec<Vec<u8>>,
+    /// The packets' bytes with their length fields.
+    bytes: usize,
+}
+
+impl Bundler {
+    /// Adds `packet`; returns the data channel message the packets before it fill, if it does not
+    /// fit with them.
+    pub fn push(&mut self, packet: Vec<u8>) -> Option<Vec<u8>> {
+        let full =
+            !self.packets.is_empty() && 1 + self.bytes + 2 + packet.len() > LINK_MESSAGE_BYTES;
+        let message = if full { self.take() } else { None };
+        self.bytes += 2 + packet.len();
+        self.packets.push(packet);
+        message
+    }
+
+    /// The data channel message of the packets added since the last, if any.
+    pub fn take(&mut self) -> Option<Vec<u8>> {
+        self.bytes = 0;
+        let mut packets = std::mem::take(&mut self.packets);
+        if packets.len() <= 1 {
+            return packets.pop();
+        }
+        let mut out = Vec::with_capacity(LINK_MESSAGE_BYTES);
+        out.push(BUNDLE);
+        for packet in &packets {
+            // A packet too long for the length field is never bundled: it stands alone above.
+            let length = u16::try_from(packet.len()).unwrap_or(u16::MAX);
+            out.extend_from_slice(&length.to_be_bytes());
+            out.extend_from_slice(packet);
+        }
+        Some(out)
+    }
+}
+
+/// Reads a data channel message: one packet, or the packets of a bundle ([`Bundler`]), in order.
+/// A bundle with anything malformed in it is refused whole.
+///
+/// # Errors
+/// When the bytes are not a packet or a bundle of packets.
+pub fn decode_link_data(bytes: &[u8]) -> Result<Vec<LinkPacket>, Malformed> {
+    let Some((&BUNDLE, mut rest)) = bytes.split_first() else {
+        return decode_link_packet(bytes).map(|packet| vec![packet]);
+    };
+    if bytes.len() > LINK_MESSAGE_BYTES {
+        return Err(Malformed("bundle"));
+    }
+    let mut packets = Vec::new();
+    while !rest.is_empty() {
+        let (length, body) = rest.split_at_checked(2).ok_or(Malformed("bundle"))?;
+        let length = usize::from(u16::from_be_bytes([length[0], length[1]]));
+        let (packet, after) = body.split_at_checked(length).ok_or(Malformed("bundle"))?;
+        if packet.first() == Some(&BUNDLE) {
+            return Err(Malformed("a bundle inside a bundle"));
+        }
+        packets.push(decode_link_packet(packet)?);
+        rest = after;
+    }
+    if packets.len() < 2 {
+        return Err(Malformed("bundle"));
+    }
+    Ok(packets)
 }
 
 /// Reads a packet from a data channel.
@@ -344,6 +419,70 @@ mod tests {
         let mut ack = encode_packet(&Packet::Ack { seq: 1 });
         ack.push(0);
         assert!(decode_packet(&ack).is_err(), "an ack with trailing bytes");
+    }
+
+    #[test]
+    fn packets_are_bundled_within_one_link_message_in_order_and_bad_bundles_are_refused() {
+        let acks: Vec<Packet> = (0..3_000).map(|seq| Packet::Ack { seq }).collect();
+        let mut bundler = Bundler::default();
+        let mut messages: Vec<Vec<u8>> = acks
+            .iter()
+            .filter_map(|ack| bundler.push(encode_packet(ack)))
+            .collect();
+        messages.extend(bundler.take());
+        assert!(bundler.take().is_none(), "nothing is left over");
+        // 3,000 acks of 9 bytes (11 with their length) fill three link messages, not 3,000.
+        assert_eq!(messages.len(), 3);
+        assert!(messages.iter().all(|m| m.len() <= LINK_MESSAGE_BYTES));
+        let read: Vec<LinkPacket> = messages
+            .iter()
+            .flat_map(|m| decode_link_data(m).expect("a bundle"))
+            .collect();
+        let sent: Vec<LinkPacket> = acks.into_iter().map(LinkPacket::Delivery).collect();
+        assert_eq!(read, sent);
+
+        // One packet goes as it is; a packet as large as a link message goes alone.
+        let chunk = Packet::Chunk {
+            seq: 1,
+            index: 0,
+            count: 1,
+            bytes: vec![7; LINK_MESSAGE_BYTES - 17],
+        };
+        let ack = encode_packet(&Packet::Ack { seq: 9 });
+        assert_eq!(bundler.push(ack.clone()), None);
+        assert_eq!(bundler.push(encode_packet(&chunk)), Some(ack.clone()));
+        assert_eq!(bundler.take(), Some(encode_packet(&chunk)));
+        assert_eq!(
+            decode_link_data(&ack),
+            Ok(vec![LinkPacket::Delivery(Packet::Ack { seq: 9 })])
+        );
+
+        let bundle = |parts: &[&[u8]]| {
+            let mut out = vec![BUNDLE];
+            for part in parts {
+                out.extend_from_slice(&u16::try_from(part.len()).expect("short").to_be_bytes());
+                out.extend_from_slice(part);
+            }
+            out
+        };
+        let good = bundle(&[&ack, &ack]);
+        assert_eq!(decode_link_data(&good).map(|p| p.len()), Ok(2));
+        let mut truncated = good.clone();
+        truncated.pop();
+        let mut oversized = bundle(&[&ack, &ack]);
+        oversized.resize(LINK_MESSAGE_BYTES + 1, 0);
+        for garbage in [
+            truncated,
+            oversized,
+            vec![BUNDLE],
+            vec![BUNDLE, 0],
+            bundle(&[&ack]),
+            bundle(&[&ack, &[2, 0]]),
+            bundle(&[&ack, &good]),
+            bundle(&[&ack, &[]]),
+        ] {
+            assert!(decode_link_data(&garbage).is_err(), "{garbage:?} accepted");
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tessera_engine::delivery::Packet;
 use tessera_engine::history::HistoryMessage;
 use tessera_engine::identity::certify;
 use tessera_engine::payload::{
-    LinkMessage, RtcSignal, SignalPayload, decode_link_message, decode_packet,
+    LinkMessage, LinkPacket, RtcSignal, SignalPayload, decode_link_data, decode_link_message,
     encode_circle_message, encode_history_message, encode_holdings, encode_packet,
 };
 use tessera_engine::renewal::RenewalOutcome;
@@ -1027,9 +1027,10 @@ fn a_flood_of_messages_from_future_epochs_is_kept_within_a_bound() {
     let template = sim
         .in_flight
         .iter()
-        .find(|(from, to, _)| *from == a && *to == b)
-        .and_then(|(_, _, bytes)| match decode_packet(bytes) {
-            Ok(Packet::Chunk {
+        .filter(|(from, to, _)| *from == a && *to == b)
+        .flat_map(|(_, _, bytes)| decode_link_data(bytes).unwrap_or_default())
+        .find_map(|packet| match packet {
+            LinkPacket::Delivery(Packet::Chunk {
                 bytes, count: 1, ..
             }) => Some(bytes),
             _ => None,

@@ -1,14 +1,47 @@
 //! Peer links as the engine sees them: which device opens, when to retry, and the WebRTC
 //! negotiation carried MLS-protected through the server.
 
+use std::collections::BTreeMap;
+
 use uuid::Uuid;
 use web_time::Instant;
 
 use crate::codec::{self};
-use crate::payload::{RtcSignal, Sealed, SignalPayload};
+use crate::payload::{Bundler, RtcSignal, Sealed, SignalPayload};
 use crate::roster::Refusal;
 
-use super::{Engine, EngineError, LinkCommand};
+use super::{Engine, EngineError, LinkCommand, Output};
+
+/// A turn's outputs with the packets for each peer bundled into as few data channel messages as
+/// hold them ([`Bundler`]). A peer's packets keep their order, and none moves past another
+/// command for links or a frame for the server; events may come before packets queued earlier.
+pub(super) fn bundled(outputs: impl IntoIterator<Item = Output>) -> Vec<Output> {
+    fn flush(out: &mut Vec<Output>, bundlers: &mut BTreeMap<Uuid, Bundler>) {
+        for (device, mut bundler) in std::mem::take(bundlers) {
+            if let Some(bytes) = bundler.take() {
+                out.push(Output::Link(LinkCommand::Data { device, bytes }));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut bundlers: BTreeMap<Uuid, Bundler> = BTreeMap::new();
+    for output in outputs {
+        match output {
+            Output::Link(LinkCommand::Data { device, bytes }) => {
+                if let Some(bytes) = bundlers.entry(device).or_default().push(bytes) {
+                    out.push(Output::Link(LinkCommand::Data { device, bytes }));
+                }
+            }
+            Output::Event(_) => out.push(output),
+            other => {
+                flush(&mut out, &mut bundlers);
+                out.push(other);
+            }
+        }
+    }
+    flush(&mut out, &mut bundlers);
+    out
+}
 
 /// The state of a link as the engine sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,8 +14,8 @@ use crate::codec::{self};
 use crate::history::{self, HistoryMessage, PAGE_ROWS};
 use crate::identity::DeviceCertificate;
 use crate::payload::{
-    Content, LinkMessage, LinkPacket, decode_link_message, decode_link_packet,
-    encode_circle_message, encode_history_message, encode_holdings, encode_packet,
+    Content, LinkMessage, LinkPacket, decode_link_data, decode_link_message, encode_circle_message,
+    encode_history_message, encode_holdings, encode_packet,
 };
 use crate::roster::{Refusal, certificate_of};
 
@@ -34,29 +34,39 @@ impl Engine {
         self.event(Event::Message { message, outgoing });
     }
 
-    /// Bytes from the link to `device`.
+    /// Bytes from the link to `device`: a packet, or a bundle of them.
     pub fn handle_link_data(&mut self, now: Instant, device: Uuid, bytes: &[u8]) {
         if !self.roster.contains_key(&device) {
             return;
         }
-        match decode_link_packet(bytes) {
-            Ok(LinkPacket::Delivery(packet)) => {
-                self.saved.delivery.handle_packet(now, device, packet);
+        match decode_link_data(bytes) {
+            Ok(packets) => {
+                for packet in packets {
+                    self.handle_link_packet(now, device, packet);
+                }
             }
-            Ok(LinkPacket::Holdings(holdings)) if holdings.within_bounds() => {
-                self.carry
-                    .handle_holdings(now, device, holdings, self.own_stream);
-            }
-            Ok(LinkPacket::Holdings(_)) => self.event(Event::Refused {
+            Err(reason) => self.event(Event::Refused {
                 what: "link packet",
-                reason: Refusal::Malformed("holdings beyond their bounds"),
-            }),
-            Err(_) => self.event(Event::Refused {
-                what: "link packet",
-                reason: Refusal::Malformed("link packet"),
+                reason: Refusal::Malformed(reason.0),
             }),
         }
         self.step(now);
+    }
+
+    fn handle_link_packet(&mut self, now: Instant, device: Uuid, packet: LinkPacket) {
+        match packet {
+            LinkPacket::Delivery(packet) => {
+                self.saved.delivery.handle_packet(now, device, packet);
+            }
+            LinkPacket::Holdings(holdings) if holdings.within_bounds() => {
+                self.carry
+                    .handle_holdings(now, device, holdings, self.own_stream);
+            }
+            LinkPacket::Holdings(_) => self.event(Event::Refused {
+                what: "link packet",
+                reason: Refusal::Malformed("holdings beyond their bounds"),
+            }),
+        }
     }
 
     /// Sends `text` to every other device of the group, peer to peer; it waits in the outbox for

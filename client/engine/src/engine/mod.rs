@@ -643,7 +643,7 @@ impl Engine {
     /// # Errors
     /// When the state cannot be encoded.
     pub fn next_turn(&mut self) -> Result<Option<Turn>, EngineError> {
-        let outputs: Vec<Output> = self.outputs.drain(..).collect();
+        let outputs = links::bundled(self.outputs.drain(..));
         let write = self.take_write()?;
         if outputs.is_empty() && write.is_none() {
             return Ok(None);

@@ -158,7 +158,8 @@ pub enum LinkCommand {
     Data {
         /// The peer.
         device: Uuid,
-        /// One packet.
+        /// One data channel message: a packet, or a bundle of them
+        /// ([`crate::payload::Bundler`]).
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
