@@ -1,8 +1,9 @@
 //! The native device: a thin tokio driver around the sans-IO engine. It moves bytes and does the
 //! IO the engine asks for: the signalling connection, the circle directory and ICE server fetches,
 //! one UDP socket carrying every WebRTC link, user commands and time. Each of the engine's turns
-//! is written to the local store before its outputs are acted on. The device's policy (what to
-//! retry and when, what to keep, why it stops) is the engine's.
+//! is written to the local store (by the writer, `crate::writer`, while the engine goes on) before
+//! its outputs are acted on. The device's policy (what to retry and when, what to keep, why it
+//! stops) is the engine's.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -24,6 +25,7 @@ use crate::gather::{IcePolicy, IceServer, IceUrl, parse_ice_url};
 use crate::rtc::{LinkEvent, Links};
 use crate::signal::{Backoff, SignalClient, SignalEvent};
 use crate::store::{DeviceStore, StoreError, TurnError};
+use crate::writer::Writer;
 
 /// Why the device stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -286,6 +288,7 @@ impl DeviceHandle {
         let (history_tx, history_rx) = mpsc::channel(4);
         let driver = Driver {
             engine,
+            writer: Writer::start(store.clone()),
             store,
             api: connection.api,
             links: Links::with_ice(local, &ice, Instant::now()),
@@ -375,10 +378,10 @@ impl DeviceHandle {
 /// How many datagrams (or commands) that are ready at once are taken before the engine's state is
 /// written: under load, one transaction covers a batch instead of each packet. Smaller than
 /// [`COMMAND_QUEUE`], so a full queue is served in more than one batch.
-const BATCH: usize = 32;
+const BATCH: usize = 128;
 
 /// Commands of the user interface waiting for the device; past this, senders wait.
-const COMMAND_QUEUE: usize = 64;
+const COMMAND_QUEUE: usize = 256;
 
 /// The largest datagram read from the socket (WebRTC keeps under the path MTU).
 const DATAGRAM: usize = 2048;
@@ -417,6 +420,16 @@ struct Driver {
     history_tx: mpsc::Sender<HistoryRead>,
     /// Answers to commands of the user interface, sent once the turn they changed is stored.
     replies: Vec<Reply>,
+    /// The engine's writes, and what waits for each: a turn's outputs, answers to commands.
+    writer: Writer<Durable>,
+}
+
+/// What waits for the engine's writes before it happens.
+enum Durable {
+    /// A turn's outputs.
+    Outputs(Vec<Output>),
+    /// Answers to the commands taken before.
+    Replies(Vec<Reply>),
 }
 
 /// An answer to a command, held until the engine's state it reports on is written.
@@ -461,6 +474,7 @@ impl Driver {
         loop {
             self.settle().await?;
             if let Some(reason) = self.engine.stopped() {
+                self.finish().await?;
                 return Ok(Stopped::By(reason));
             }
             let wake = [self.engine.poll_timeout(), self.links.poll_timeout()]
@@ -480,6 +494,7 @@ impl Driver {
                         self.links.handle_datagram(Instant::now(), source, &buffer[..length]);
                     }
                 }
+                durable = self.writer.durable() => durable?,
                 event = next_signal(&mut self.signal) => self.handle_signal_event(event),
                 step = renewals.recv() => {
                     if let Some(step) = step {
@@ -517,7 +532,7 @@ impl Driver {
                     let mut next = command;
                     for taken in 1..=BATCH {
                         let Some(command) = next.filter(|c| !matches!(c, Command::Stop)) else {
-                            self.settle().await?;
+                            self.finish().await?;
                             return Ok(Stopped::Requested);
                         };
                         self.handle_command(command);
@@ -622,15 +637,31 @@ impl Driver {
     }
 
     /// Runs the engine and the links until neither has anything left to do: every turn of the
-    /// engine is written before its outputs are acted on; link events go back to the engine;
-    /// datagrams go out. Then the commands taken are answered: what they changed is stored.
+    /// engine is handed to the writer, and its outputs are acted on once its write is durable;
+    /// link events go back to the engine; datagrams go out. The commands taken are answered once
+    /// what they changed is durable.
     async fn settle(&mut self) -> Result<(), DeviceError> {
         loop {
             let mut busy = false;
-            while let Some(outputs) = self.store.next_turn(&mut self.engine).await? {
+            while let Some(turn) = self.engine.next_turn()? {
                 busy = true;
-                for output in outputs {
-                    self.act(output);
+                self.writer
+                    .submit(turn.write, Durable::Outputs(turn.outputs))
+                    .await?;
+            }
+            if !self.replies.is_empty() {
+                let replies = std::mem::take(&mut self.replies);
+                self.writer.submit(None, Durable::Replies(replies)).await?;
+            }
+            while let Some(durable) = self.writer.released() {
+                match durable {
+                    Durable::Outputs(outputs) => {
+                        busy = true;
+                        for output in outputs {
+                            self.act(output);
+                        }
+                    }
+                    Durable::Replies(replies) => replies.into_iter().for_each(Reply::send),
                 }
             }
             while let Some(event) = self.links.poll_event() {
@@ -642,11 +673,19 @@ impl Driver {
                 let _ = self.socket.send_to(&datagram, destination).await;
             }
             if !busy {
-                for reply in self.replies.drain(..) {
-                    reply.send();
-                }
                 return Ok(());
             }
+        }
+    }
+
+    /// Settles until every write is durable and nothing waits for one: the device may stop.
+    async fn finish(&mut self) -> Result<(), DeviceError> {
+        loop {
+            self.settle().await?;
+            if self.writer.idle() {
+                return Ok(());
+            }
+            self.writer.flush().await?;
         }
     }
 

@@ -13,3 +13,4 @@ pub mod rtc;
 pub mod security_key;
 pub mod signal;
 pub mod store;
+pub mod writer;

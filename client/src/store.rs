@@ -33,6 +33,9 @@ pub enum StoreError {
     /// A stored value is not what it should be.
     #[error("the local store holds a malformed {0}")]
     Malformed(&'static str),
+    /// The task writing the engine's turns stopped after a failure it reported.
+    #[error("the local store's writer has stopped")]
+    Stopped,
 }
 
 /// A message in the history.
@@ -186,128 +189,23 @@ impl DeviceStore {
         Ok(())
     }
 
-    /// Applies one write of the engine, in one transaction: a statement per table and kind of
-    /// change, each with many rows (a statement costs a round trip to SQLite's thread, a row
-    /// little more than its bytes).
+    /// Applies one write of the engine, in one transaction.
     ///
     /// # Errors
     /// When SQLite fails (nothing is written).
     pub async fn write(&self, write: &StoreWrite) -> Result<(), StoreError> {
+        self.write_all(std::slice::from_ref(write)).await
+    }
+
+    /// Applies writes of the engine in their order, all in one transaction (one sync to disk for
+    /// all of them).
+    ///
+    /// # Errors
+    /// When SQLite fails (nothing is written).
+    pub async fn write_all(&self, writes: &[StoreWrite]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO engine (id, state) VALUES (1, ?) \
-             ON CONFLICT (id) DO UPDATE SET state = excluded.state",
-        )
-        .bind(&write.state)
-        .execute(&mut *tx)
-        .await?;
-        let (puts, deletes): (Vec<_>, Vec<_>) = write.mls.iter().partition(|(_, v)| v.is_some());
-        for rows in puts.chunks(ROWS_PER_STATEMENT) {
-            QueryBuilder::new("INSERT INTO mls (key, value) ")
-                .push_values(rows, |mut b, (key, value)| {
-                    b.push_bind(key).push_bind(value);
-                })
-                .push(" ON CONFLICT (key) DO UPDATE SET value = excluded.value")
-                .build()
-                .execute(&mut *tx)
-                .await?;
-        }
-        for rows in deletes.chunks(ROWS_PER_STATEMENT) {
-            let mut query = QueryBuilder::new("DELETE FROM mls WHERE key IN (");
-            let mut keys = query.separated(", ");
-            for (key, _) in rows {
-                keys.push_bind(key);
-            }
-            query.push(")").build().execute(&mut *tx).await?;
-        }
-
-        let mut outbox_puts = Vec::new();
-        let mut outbox_deletes = Vec::new();
-        for change in &write.outbox {
-            match change {
-                OutboxChange::Put(row) => outbox_puts.push((row, sql_seq(row.seq)?)),
-                OutboxChange::Delete { peer, seq } => outbox_deletes.push((*peer, sql_seq(*seq)?)),
-            }
-        }
-        for rows in outbox_puts.chunks(ROWS_PER_STATEMENT) {
-            QueryBuilder::new("INSERT INTO outbox (peer, seq, tag, message) ")
-                .push_values(rows, |mut b, (row, seq)| {
-                    b.push_bind(row.peer.to_string())
-                        .push_bind(*seq)
-                        .push_bind(row.tag.map(|t| t.to_string()))
-                        .push_bind(&row.message);
-                })
-                .build()
-                .execute(&mut *tx)
-                .await?;
-        }
-        delete_keyed(&mut tx, "outbox", "peer, seq", &outbox_deletes).await?;
-
-        let mut carried_puts = Vec::new();
-        let mut carried_deletes = Vec::new();
-        for change in &write.carried {
-            match change {
-                CarriedChange::Put(row) => {
-                    carried_puts.push((row, sql_seq(row.seq)?, sql_seq(row.epoch)?));
-                }
-                CarriedChange::Delete { stream, seq } => {
-                    carried_deletes.push((*stream, sql_seq(*seq)?));
-                }
-            }
-        }
-        for rows in carried_puts.chunks(ROWS_PER_STATEMENT) {
-            QueryBuilder::new("INSERT INTO carried (stream, seq, epoch, sent_at, id, message) ")
-                .push_values(rows, |mut b, (row, seq, epoch)| {
-                    b.push_bind(row.stream.to_string())
-                        .push_bind(*seq)
-                        .push_bind(*epoch)
-                        .push_bind(row.sent_at)
-                        .push_bind(row.id.to_string())
-                        .push_bind(&row.message);
-                })
-                .push(" ON CONFLICT (stream, seq) DO NOTHING")
-                .build()
-                .execute(&mut *tx)
-                .await?;
-        }
-        delete_keyed(&mut tx, "carried", "stream, seq", &carried_deletes).await?;
-
-        let mut added = Vec::new();
-        let mut delivered = Vec::new();
-        for change in &write.history {
-            match change {
-                HistoryChange::Add { message, outgoing } => added.push((message, *outgoing)),
-                HistoryChange::Delivered { device, id, peer } => {
-                    delivered.push((*device, *id, *peer));
-                }
-            }
-        }
-        for rows in added.chunks(ROWS_PER_STATEMENT) {
-            QueryBuilder::new("INSERT INTO history (id, member, device, text, sent_at, outgoing) ")
-                .push_values(rows, |mut b, (message, outgoing)| {
-                    b.push_bind(message.id.to_string())
-                        .push_bind(message.member.to_string())
-                        .push_bind(message.device.to_string())
-                        .push_bind(&message.text)
-                        .push_bind(message.sent_at)
-                        .push_bind(i64::from(*outgoing));
-                })
-                .push(" ON CONFLICT (device, id) DO NOTHING")
-                .build()
-                .execute(&mut *tx)
-                .await?;
-        }
-        for rows in delivered.chunks(ROWS_PER_STATEMENT) {
-            QueryBuilder::new("INSERT INTO delivered_to (device, id, peer) ")
-                .push_values(rows, |mut b, (device, id, peer)| {
-                    b.push_bind(device.to_string())
-                        .push_bind(id.to_string())
-                        .push_bind(peer.to_string());
-                })
-                .push(" ON CONFLICT (device, id, peer) DO NOTHING")
-                .build()
-                .execute(&mut *tx)
-                .await?;
+        for write in writes {
+            apply(&mut tx, write).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -487,6 +385,130 @@ pub enum TurnError {
 /// A sequence number as SQLite's integer.
 fn sql_seq(seq: u64) -> Result<i64, StoreError> {
     i64::try_from(seq).map_err(|_| StoreError::Malformed("sequence number"))
+}
+
+/// One write of the engine inside `tx`: a statement per table and kind of change, each with many
+/// rows (a statement costs a round trip to SQLite's thread, a row little more than its bytes).
+async fn apply(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    write: &StoreWrite,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO engine (id, state) VALUES (1, ?) \
+         ON CONFLICT (id) DO UPDATE SET state = excluded.state",
+    )
+    .bind(&write.state)
+    .execute(&mut **tx)
+    .await?;
+    let (puts, deletes): (Vec<_>, Vec<_>) = write.mls.iter().partition(|(_, v)| v.is_some());
+    for rows in puts.chunks(ROWS_PER_STATEMENT) {
+        QueryBuilder::new("INSERT INTO mls (key, value) ")
+            .push_values(rows, |mut b, (key, value)| {
+                b.push_bind(key).push_bind(value);
+            })
+            .push(" ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+            .build()
+            .execute(&mut **tx)
+            .await?;
+    }
+    for rows in deletes.chunks(ROWS_PER_STATEMENT) {
+        let mut query = QueryBuilder::new("DELETE FROM mls WHERE key IN (");
+        let mut keys = query.separated(", ");
+        for (key, _) in rows {
+            keys.push_bind(key);
+        }
+        query.push(")").build().execute(&mut **tx).await?;
+    }
+
+    let mut outbox_puts = Vec::new();
+    let mut outbox_deletes = Vec::new();
+    for change in &write.outbox {
+        match change {
+            OutboxChange::Put(row) => outbox_puts.push((row, sql_seq(row.seq)?)),
+            OutboxChange::Delete { peer, seq } => outbox_deletes.push((*peer, sql_seq(*seq)?)),
+        }
+    }
+    for rows in outbox_puts.chunks(ROWS_PER_STATEMENT) {
+        QueryBuilder::new("INSERT INTO outbox (peer, seq, tag, message) ")
+            .push_values(rows, |mut b, (row, seq)| {
+                b.push_bind(row.peer.to_string())
+                    .push_bind(*seq)
+                    .push_bind(row.tag.map(|t| t.to_string()))
+                    .push_bind(&row.message);
+            })
+            .build()
+            .execute(&mut **tx)
+            .await?;
+    }
+    delete_keyed(tx, "outbox", "peer, seq", &outbox_deletes).await?;
+
+    let mut carried_puts = Vec::new();
+    let mut carried_deletes = Vec::new();
+    for change in &write.carried {
+        match change {
+            CarriedChange::Put(row) => {
+                carried_puts.push((row, sql_seq(row.seq)?, sql_seq(row.epoch)?));
+            }
+            CarriedChange::Delete { stream, seq } => {
+                carried_deletes.push((*stream, sql_seq(*seq)?));
+            }
+        }
+    }
+    for rows in carried_puts.chunks(ROWS_PER_STATEMENT) {
+        QueryBuilder::new("INSERT INTO carried (stream, seq, epoch, sent_at, id, message) ")
+            .push_values(rows, |mut b, (row, seq, epoch)| {
+                b.push_bind(row.stream.to_string())
+                    .push_bind(*seq)
+                    .push_bind(*epoch)
+                    .push_bind(row.sent_at)
+                    .push_bind(row.id.to_string())
+                    .push_bind(&row.message);
+            })
+            .push(" ON CONFLICT (stream, seq) DO NOTHING")
+            .build()
+            .execute(&mut **tx)
+            .await?;
+    }
+    delete_keyed(tx, "carried", "stream, seq", &carried_deletes).await?;
+
+    let mut added = Vec::new();
+    let mut delivered = Vec::new();
+    for change in &write.history {
+        match change {
+            HistoryChange::Add { message, outgoing } => added.push((message, *outgoing)),
+            HistoryChange::Delivered { device, id, peer } => {
+                delivered.push((*device, *id, *peer));
+            }
+        }
+    }
+    for rows in added.chunks(ROWS_PER_STATEMENT) {
+        QueryBuilder::new("INSERT INTO history (id, member, device, text, sent_at, outgoing) ")
+            .push_values(rows, |mut b, (message, outgoing)| {
+                b.push_bind(message.id.to_string())
+                    .push_bind(message.member.to_string())
+                    .push_bind(message.device.to_string())
+                    .push_bind(&message.text)
+                    .push_bind(message.sent_at)
+                    .push_bind(i64::from(*outgoing));
+            })
+            .push(" ON CONFLICT (device, id) DO NOTHING")
+            .build()
+            .execute(&mut **tx)
+            .await?;
+    }
+    for rows in delivered.chunks(ROWS_PER_STATEMENT) {
+        QueryBuilder::new("INSERT INTO delivered_to (device, id, peer) ")
+            .push_values(rows, |mut b, (device, id, peer)| {
+                b.push_bind(device.to_string())
+                    .push_bind(id.to_string())
+                    .push_bind(peer.to_string());
+            })
+            .push(" ON CONFLICT (device, id, peer) DO NOTHING")
+            .build()
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Rows in one statement: far below SQLite's 32,766 bound parameters at six a row.

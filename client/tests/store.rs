@@ -5,6 +5,7 @@ mod common;
 
 use common::engine;
 use tessera_client::store::{DeviceStore, StoreError};
+use tessera_client::writer::Writer;
 use tessera_engine::carry::{CarriedChange, CarriedRow};
 use tessera_engine::delivery::{OutboxChange, Queued};
 use tessera_engine::history::Cursor;
@@ -434,4 +435,76 @@ async fn history_pages_list_newest_first_in_one_order_and_count_what_is_older() 
     }
     assert_eq!(pages.len(), 3);
     assert_eq!(pages.concat(), expected, "each once, newest first");
+}
+
+#[tokio::test]
+async fn the_writer_applies_writes_in_order_and_releases_only_what_is_durable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = DeviceStore::open(&dir.path().join("device.sqlite"))
+        .await
+        .expect("open");
+    let mut engine = engine();
+    let state = first_write(&mut engine);
+    let peer = Uuid::new_v4();
+    let row = |seq: u64| Queued {
+        peer,
+        seq,
+        tag: None,
+        message: vec![7; 100],
+    };
+    let with_outbox = |outbox: Vec<OutboxChange>| StoreWrite {
+        outbox,
+        ..state.clone()
+    };
+    let mut writer: Writer<u32> = Writer::start(store.clone());
+    // Nothing waits for a write: released at once.
+    writer.submit(None, 0).await.expect("submit");
+    assert_eq!(writer.released(), Some(0));
+    // A hundred writes, each queuing a row and deleting the one before: in order, the last stays.
+    for seq in 0..100u64 {
+        let mut changes = vec![OutboxChange::Put(row(seq))];
+        if seq > 0 {
+            changes.push(OutboxChange::Delete { peer, seq: seq - 1 });
+        }
+        writer
+            .submit(
+                Some(with_outbox(changes)),
+                u32::try_from(seq).expect("small") + 1,
+            )
+            .await
+            .expect("submit");
+    }
+    writer.submit(None, 1_000).await.expect("submit");
+    let mut released = Vec::new();
+    while !writer.idle() {
+        while let Some(then) = writer.released() {
+            // Whatever is released, its write is in the file (or a later one is).
+            let stored = store.load().await.expect("load").expect("saved");
+            if (1..=100).contains(&then) {
+                let newest = stored.outbox.keys().map(|(_, seq)| *seq).max();
+                assert!(newest >= Some(u64::from(then) - 1), "{then} released early");
+            }
+            released.push(then);
+        }
+        if !writer.idle() {
+            writer.durable().await.expect("durable");
+        }
+    }
+    assert_eq!(released, (1..=100).chain([1_000]).collect::<Vec<_>>());
+    let stored = store.load().await.expect("load").expect("saved");
+    assert_eq!(
+        stored.outbox.into_values().collect::<Vec<_>>(),
+        vec![row(99)]
+    );
+
+    // A write that fails (the same row put twice) releases nothing after it, and the writer says so.
+    let twice = with_outbox(vec![OutboxChange::Put(row(99))]);
+    writer.submit(Some(twice), 2_000).await.expect("submit");
+    writer.submit(None, 2_001).await.expect("submit");
+    assert!(writer.flush().await.is_err());
+    assert_eq!(writer.released(), None);
+    // The writing task has stopped: nothing more becomes durable.
+    assert!(matches!(writer.flush().await, Err(StoreError::Stopped)));
+    let stored = store.load().await.expect("load").expect("saved");
+    assert_eq!(stored.outbox.len(), 1, "the failed write left nothing");
 }

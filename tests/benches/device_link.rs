@@ -139,7 +139,7 @@ async fn send_many(device: &DeviceHandle, count: usize, text: &str) {
 }
 
 /// Sends a sender keeps waiting for their answer at once.
-const IN_FLIGHT: usize = 64;
+const IN_FLIGHT: usize = 256;
 
 async fn devices() {
     let dir = tempfile::tempdir().expect("temp dir");
