@@ -18,10 +18,12 @@ import os from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { Harness, NAMESPACE_ADDRESS, binary, insideNamespace, openAdmin, shot, status, watch } from './support.mjs';
+import {
+  Harness, LINK_WAIT, NAMESPACE_ADDRESS, becomeDevice, binary, deviceId, insideNamespace, joined, linkedTo, openAdmin, shot,
+  status, watch,
+} from './support.mjs';
 
 const FILE = fileURLToPath(import.meta.url);
-const LINK_WAIT = 30_000; // joining and linking take a few engine rounds
 
 // The native device: `tessera chat --json` in a directory of its own, a software key.
 class NativeDevice {
@@ -101,17 +103,6 @@ function secret(prefix) {
   return value;
 }
 
-// Opens the circle page and waits until this browser's device is in the group.
-async function joined(who) {
-  await who.page.locator('body[data-device="joined"]').waitFor({ timeout: LINK_WAIT });
-}
-
-async function becomeDevice(who) {
-  await who.page.goto('/circle');
-  await who.page.locator('body[data-device="new"]').waitFor();
-  await who.page.locator('#certify').click();
-  await who.page.locator('body[data-device="waiting"], body[data-device="joined"]').waitFor();
-}
 
 async function setName(who, name) {
   await who.page.locator('#display-name').fill(name);
@@ -129,22 +120,6 @@ async function received(who, text, timeout = LINK_WAIT) {
   await who.page.locator(`#messages li.incoming:has-text("${text}")`).waitFor({ timeout });
 }
 
-async function linkedTo(who, device) {
-  await who.page.locator(`#members li[data-device="${device}"][data-linked="true"]`).waitFor({ timeout: LINK_WAIT });
-}
-
-async function issueInvitation(adminPage) {
-  await openAdmin(adminPage);
-  await adminPage.locator('#invite-button').click();
-  await adminPage.locator('#new-invitation').waitFor();
-  const link = await adminPage.locator('#invitation-url').inputValue();
-  run.tokenOf(link);
-  return link;
-}
-
-async function deviceId(who) {
-  return who.page.locator('body').getAttribute('data-device-id');
-}
 
 if (insideNamespace(FILE)) {
   before(async () => {
@@ -173,7 +148,7 @@ if (insideNamespace(FILE)) {
   });
 
   test('b. a member enrolls with an invitation and an online device adds their browser', async () => {
-    const link = await issueInvitation(admin.adminPage);
+    const link = await run.issueInvitation(admin.adminPage);
     bob = await run.person('bob');
     bob.member = (await run.enroll(bob, link, run.label('bob'))).member;
     await becomeDevice(bob);
@@ -186,7 +161,7 @@ if (insideNamespace(FILE)) {
   });
 
   test('c. a native CLI device joins with a third invitation', async () => {
-    const link = await issueInvitation(admin.adminPage);
+    const link = await run.issueInvitation(admin.adminPage);
     native = new NativeDevice(root);
     native.ok(['soft-key', 'new', '--file', native.key]);
     native.name = secret('Cleo');

@@ -19,6 +19,7 @@ export const REPO = path.resolve(HERE, '../..');
 export const SCREENSHOTS = path.join(HERE, 'screenshots');
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 export const WAIT = 20_000; // every single wait is bounded
+export const LINK_WAIT = 30_000; // joining and linking take a few engine rounds
 export const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const TOKEN_IN_LINK = /\/join\/([A-Za-z0-9_-]{43})(?![A-Za-z0-9_-])/;
 const TARGET = process.env.CARGO_TARGET_DIR ?? path.join(os.homedir(), '.cache/tessera/target');
@@ -309,6 +310,16 @@ export class Harness {
     }
   }
 
+  // A new invitation made in the admin panel `adminPage`; its link.
+  async issueInvitation(adminPage) {
+    await openAdmin(adminPage);
+    await adminPage.locator('#invite-button').click();
+    await adminPage.locator('#new-invitation').waitFor();
+    const link = await adminPage.locator('#invitation-url').inputValue();
+    this.tokenOf(link);
+    return link;
+  }
+
   // Every file the server wrote, to be searched for what must not be there.
   async dataFiles() {
     const files = [];
@@ -377,4 +388,27 @@ export async function status(page) {
 export async function openAdmin(page) {
   await page.goto('/admin');
   await page.locator('#members tbody tr').first().waitFor();
+}
+
+// Makes `who`'s browser a device of theirs (the circle page, one tap of their key).
+export async function becomeDevice(who) {
+  await who.page.goto('/circle');
+  await who.page.locator('body[data-device="new"]').waitFor();
+  await who.page.locator('#certify').click();
+  await who.page.locator('body[data-device="waiting"], body[data-device="joined"]').waitFor();
+}
+
+// Waits until this browser's device is in the group.
+export async function joined(who) {
+  await who.page.locator('body[data-device="joined"]').waitFor({ timeout: LINK_WAIT });
+}
+
+// Waits until `who`'s page shows its link to `device` up.
+export async function linkedTo(who, device) {
+  await who.page.locator(`#members li[data-device="${device}"][data-linked="true"]`).waitFor({ timeout: LINK_WAIT });
+}
+
+// The id of the device this page runs.
+export async function deviceId(who) {
+  return who.page.locator('body').getAttribute('data-device-id');
 }
