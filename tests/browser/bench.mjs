@@ -186,8 +186,9 @@ if (insideNamespace(FILE)) {
     await linkedTo(admin, bob.device);
     await linkedTo(bob, admin.device);
 
-    // 1. Enter in one page → shown in the other, one message at a time: with the admin panel
-    // open in a second tab of the sender's browser, then with it closed.
+    // 1. Enter in one page → shown in the other, one message at a time: first with the sending
+    // page behind the admin panel's tab (Chromium runs a background tab's tasks later), then with
+    // the sending page in front, as when someone types in it.
     await admin.page.evaluate(() => {
       window.typed = new Map();
       document.getElementById('message').addEventListener('keydown', (event) => {
@@ -211,9 +212,9 @@ if (insideNamespace(FILE)) {
       t.diagnostic(`Enter → shown at the other browser, ${MESSAGES} messages, ${what}: median ${ms(median(latencies))}, `
         + `fastest ${ms(sorted[0])}, 90th percentile ${ms(sorted[Math.floor(sorted.length * 0.9)])}`);
     };
-    await latency('the admin panel open in a second tab');
-    await admin.adminPage.close();
-    await latency('one tab each');
+    await latency('the sending page behind another tab');
+    await admin.page.bringToFront();
+    await latency('the sending page in front');
 
     // 2. Login tap → the first peer-to-peer message at the other browser.
     const logins = [];
