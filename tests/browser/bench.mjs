@@ -228,10 +228,20 @@ if (insideNamespace(FILE)) {
       await bob.page.waitForURL(`${run.base}/circle`);
       await joined(bob);
       await bob.page.locator('#send-button:enabled').waitFor();
+      const ready = Date.now() - tapped;
       await bob.page.locator('#message').fill(`${firstTag}-0`);
       await bob.page.locator('#message').press('Enter');
       await admin.page.waitForFunction(() => window.arrivals.count >= 1, null, { timeout: LINK_WAIT });
-      logins.push((await arrivals(admin.page))['0'] - tapped);
+      const total = (await arrivals(admin.page))['0'] - tapped;
+      logins.push(total);
+      // The circle page's own marks, from its navigation's start (web/circle.js, mark()).
+      const marks = await bob.page.evaluate(() => ({
+        landed: performance.timeOrigin,
+        ...Object.fromEntries(Object.entries(document.body.dataset).filter(([k]) => k.endsWith('Ms'))),
+      }));
+      t.diagnostic(`login ${round + 1}: ${ms(total)}; circle page started ${ms(marks.landed - tapped)} after the tap, `
+        + `then engine ready ${marks.engineReadyMs} ms, device restored ${marks.deviceReadyMs} ms, `
+        + `started ${marks.deviceStartedMs} ms; able to send ${ready} ms after the tap`);
     }
     t.diagnostic(`login tap → first peer-to-peer message at the other browser: ${logins.map(ms).join(', ')} `
       + `(median ${ms(median(logins))})`);
