@@ -22,6 +22,16 @@ fn first_write(engine: &mut Engine) -> StoreWrite {
         .expect("changed")
 }
 
+/// A new store in a temporary directory (kept while the first value lives) and a new engine's
+/// first write.
+async fn fresh_store() -> (tempfile::TempDir, DeviceStore, StoreWrite) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = DeviceStore::open(&dir.path().join("device.sqlite"))
+        .await
+        .expect("open");
+    (dir, store, first_write(&mut engine()))
+}
+
 /// `write` with these history rows.
 fn with_history(write: &StoreWrite, history: &[HistoryChange]) -> StoreWrite {
     StoreWrite {
@@ -218,12 +228,7 @@ async fn a_corrupt_saved_state_is_refused_not_half_restored() {
 
 #[tokio::test]
 async fn the_outbox_is_kept_row_by_row_across_snapshots() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = DeviceStore::open(&dir.path().join("device.sqlite"))
-        .await
-        .expect("open");
-    let mut engine = engine();
-    let state = first_write(&mut engine);
+    let (_dir, store, state) = fresh_store().await;
     let (peer, tag) = (Uuid::new_v4(), Uuid::new_v4());
     let row = |seq: u64, tag: Option<Uuid>| Queued {
         peer,
@@ -265,12 +270,7 @@ async fn the_outbox_is_kept_row_by_row_across_snapshots() {
 
 #[tokio::test]
 async fn messages_kept_for_others_are_stored_row_by_row_and_read_back_whole() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = DeviceStore::open(&dir.path().join("device.sqlite"))
-        .await
-        .expect("open");
-    let mut engine = engine();
-    let state = first_write(&mut engine);
+    let (_dir, store, state) = fresh_store().await;
     let stream = Uuid::new_v4();
     let row = |seq: u64| CarriedRow {
         stream,
@@ -439,12 +439,7 @@ async fn history_pages_list_newest_first_in_one_order_and_count_what_is_older() 
 
 #[tokio::test]
 async fn the_writer_applies_writes_in_order_and_releases_only_what_is_durable() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = DeviceStore::open(&dir.path().join("device.sqlite"))
-        .await
-        .expect("open");
-    let mut engine = engine();
-    let state = first_write(&mut engine);
+    let (_dir, store, state) = fresh_store().await;
     let peer = Uuid::new_v4();
     let row = |seq: u64| Queued {
         peer,
