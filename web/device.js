@@ -495,7 +495,8 @@ export class Device extends EventTarget {
   }
 
   // Takes the engine's turns until it has none: each turn's write is in IndexedDB before its
-  // outputs are acted on. One run at a time; input that arrives meanwhile runs again.
+  // outputs are acted on (its asks go at once). One run at a time; input that arrives meanwhile
+  // runs again.
   async #settle() {
     if (this.settling) {
       this.again = true;
@@ -506,6 +507,8 @@ export class Device extends EventTarget {
       do {
         this.again = false;
         for (let turn = this.engine.nextTurn(); turn !== undefined && !this.stopped; turn = this.engine.nextTurn()) {
+          // Asks (fetches, opening a link here) reveal nothing of the write: they go at once.
+          for (const output of turn.asks) this.#act(output);
           if (turn.write) await this.store.save(turn.write);
           for (const output of turn.outputs) {
             if (this.stopped) break;

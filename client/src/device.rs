@@ -645,8 +645,18 @@ impl Driver {
             let mut busy = false;
             while let Some(turn) = self.engine.next_turn()? {
                 busy = true;
+                // What may go before the write does, unless an earlier turn's outputs still wait
+                // (an open must not overtake a close held for its write).
+                let (asks, outputs) = if self.writer.idle() {
+                    turn.outputs.into_iter().partition(|o| !o.waits_for_write())
+                } else {
+                    (Vec::new(), turn.outputs)
+                };
+                for output in asks {
+                    self.act(output);
+                }
                 self.writer
-                    .submit(turn.write, Durable::Outputs(turn.outputs))
+                    .submit(turn.write, Durable::Outputs(outputs))
                     .await?;
             }
             if !self.replies.is_empty() {

@@ -218,23 +218,43 @@ impl From<Output> for PageOutput {
     }
 }
 
-/// One turn of the engine as the page takes it: `{write, outputs}`, the write (or `null`) to put
-/// in IndexedDB before acting on the outputs.
+/// One turn of the engine as the page takes it: `{asks, write, outputs}`: what may be done at
+/// once ([`tessera_engine::Output::waits_for_write`]), the write (or `null`) to put in IndexedDB,
+/// and what to do once it is there.
 #[derive(Debug, Serialize)]
 pub struct PageTurn {
-    /// What to write first.
+    /// What may be done before the write.
+    pub asks: Vec<PageOutput>,
+    /// What to write.
     pub write: Option<PageWrite>,
-    /// What to do then.
+    /// What to do once it is written.
     pub outputs: Vec<PageOutput>,
 }
 
 impl From<Turn> for PageTurn {
     fn from(turn: Turn) -> PageTurn {
+        let (asks, outputs): (Vec<_>, Vec<_>) =
+            turn.outputs.into_iter().partition(|o| !o.waits_for_write());
         PageTurn {
+            asks: asks.into_iter().map(PageOutput::from).collect(),
             write: turn.write.map(PageWrite::from),
-            outputs: turn.outputs.into_iter().map(PageOutput::from).collect(),
+            outputs: outputs.into_iter().map(PageOutput::from).collect(),
         }
     }
+}
+
+/// Outputs as JavaScript values; one that cannot become one is skipped (and said).
+fn js_outputs(outputs: &[PageOutput]) -> js_sys::Array {
+    let array = js_sys::Array::new();
+    for output in outputs {
+        match to_js(output) {
+            Ok(value) => {
+                array.push(&value);
+            }
+            Err(error) => console_warn(&format!("an engine output was skipped: {error}")),
+        }
+    }
+    array
 }
 
 /// What came of fetching the ICE servers, as the page words it: `"not_configured"` (404),
@@ -583,18 +603,12 @@ impl WebDevice {
             Some(write) => to_js(write)?,
             None => JsValue::NULL,
         };
-        let outputs = js_sys::Array::new();
-        for output in &turn.outputs {
-            match to_js(output) {
-                Ok(value) => {
-                    outputs.push(&value);
-                }
-                Err(error) => console_warn(&format!("an engine output was skipped: {error}")),
-            }
-        }
         let value = js_sys::Object::new();
+        js_sys::Reflect::set(&value, &"asks".into(), &js_outputs(&turn.asks))
+            .map_err(|_| "no turn object")?;
         js_sys::Reflect::set(&value, &"write".into(), &write).map_err(|_| "no turn object")?;
-        js_sys::Reflect::set(&value, &"outputs".into(), &outputs).map_err(|_| "no turn object")?;
+        js_sys::Reflect::set(&value, &"outputs".into(), &js_outputs(&turn.outputs))
+            .map_err(|_| "no turn object")?;
         Ok(value.into())
     }
 
@@ -676,12 +690,14 @@ mod tests {
             .0
     }
 
-    /// The engine's next turn as the page takes it: the write, and the outputs as JSON.
+    /// The engine's next turn as the page takes it: the write, and the outputs (its asks first)
+    /// as JSON.
     fn turn(engine: &mut Engine) -> (Option<PageWrite>, Vec<Value>) {
         let turn = PageTurn::from(engine.next_turn().expect("encodes").expect("a turn"));
         let outputs = turn
-            .outputs
+            .asks
             .iter()
+            .chain(&turn.outputs)
             .map(|o| serde_json::to_value(o).expect("json"))
             .collect();
         (turn.write, outputs)

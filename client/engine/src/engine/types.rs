@@ -400,3 +400,53 @@ pub enum Output {
     /// connect again, and hand the outcome to [`crate::Engine::handle_session_renewal`].
     RenewSession,
 }
+
+impl Output {
+    /// Whether acting on this output waits until its turn's write is durable. Everything that
+    /// tells anyone anything waits: frames, link packets, events shown, reads of the store. Asking
+    /// the server for the directory or ICE servers, and opening a link here (its offer goes out
+    /// later, through [`crate::Engine::send_rtc`] and a turn of its own), reveal nothing of what the
+    /// write holds and may go at once, so a chain of turns does not wait for the disk at each ask.
+    #[must_use]
+    pub fn waits_for_write(&self) -> bool {
+        !matches!(
+            self,
+            Output::FetchDirectory
+                | Output::FetchIceServers
+                | Output::Link(LinkCommand::Open { .. })
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_asks_go_before_their_turns_write() {
+        let device = Uuid::new_v4();
+        for ask in [
+            Output::FetchDirectory,
+            Output::FetchIceServers,
+            Output::Link(LinkCommand::Open { device }),
+        ] {
+            assert!(!ask.waits_for_write(), "{ask:?} waits");
+        }
+        for told in [
+            Output::Link(LinkCommand::Data {
+                device,
+                bytes: vec![2, 0, 0, 0, 0, 0, 0, 0, 1],
+            }),
+            Output::Link(LinkCommand::Close { device }),
+            Output::Event(Event::MembersChanged),
+            Output::ReadHistory {
+                peer: device,
+                before: None,
+                limit: 1,
+            },
+            Output::RenewSession,
+        ] {
+            assert!(told.waits_for_write(), "{told:?} goes before its write");
+        }
+    }
+}
