@@ -375,8 +375,8 @@ impl DeviceHandle {
     }
 }
 
-/// How many datagrams (or commands) that are ready at once are taken before the engine's state is
-/// written: under load, one transaction covers a batch instead of each packet. Smaller than
+/// How many datagrams (or commands) that are ready at once are fed to the engine before it
+/// settles: under load, one write covers a batch instead of each packet. Smaller than
 /// [`COMMAND_QUEUE`], so a full queue is served in more than one batch.
 const BATCH: usize = 128;
 

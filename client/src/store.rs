@@ -12,9 +12,7 @@ use tessera_engine::carry::{CarriedChange, CarriedRow};
 use tessera_engine::delivery::{OutboxChange, Queued};
 use tessera_engine::history::Cursor;
 use tessera_engine::trust::RootFingerprint;
-use tessera_engine::{
-    ChatMessage, Engine, EngineError, HistoryChange, Output, StoreWrite, StoredDevice,
-};
+use tessera_engine::{ChatMessage, Engine, EngineError, HistoryChange, StoreWrite, StoredDevice};
 use tessera_wire::Role;
 use uuid::Uuid;
 
@@ -163,29 +161,17 @@ impl DeviceStore {
         }))
     }
 
-    /// The engine's next turn, its write stored: the outputs to act on now, or `None` when the
-    /// engine has nothing to do. Every native driver (the device, the one-shot commands) takes
-    /// turns through this.
-    ///
-    /// # Errors
-    /// When the engine cannot encode its state, or SQLite fails (nothing is written).
-    pub async fn next_turn(&self, engine: &mut Engine) -> Result<Option<Vec<Output>>, TurnError> {
-        let Some(turn) = engine.next_turn()? else {
-            return Ok(None);
-        };
-        if let Some(write) = &turn.write {
-            self.write(write).await?;
-        }
-        Ok(Some(turn.outputs))
-    }
-
     /// Stores what the engine has to store, for a command that runs it without a connection: the
     /// outputs are dropped (the engine repeats what still matters when the device next runs).
     ///
     /// # Errors
     /// When the engine cannot encode its state, or SQLite fails.
     pub async fn save_offline(&self, engine: &mut Engine) -> Result<(), TurnError> {
-        while self.next_turn(engine).await?.is_some() {}
+        while let Some(turn) = engine.next_turn()? {
+            if let Some(write) = &turn.write {
+                self.write(write).await?;
+            }
+        }
         Ok(())
     }
 
@@ -270,7 +256,7 @@ impl DeviceStore {
         Ok(())
     }
 
-    /// A page of the history for another device of this member ([`Output::ReadHistory`]): up to
+    /// A page of the history for another device of this member ([`tessera_engine::Output::ReadHistory`]): up to
     /// `limit` messages strictly older than `before` in the order `(sent_at, device, id)`, newest
     /// first, and how many messages are older than `before` in all.
     ///
