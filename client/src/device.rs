@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tessera_engine::renewal::RenewalOutcome;
 use tessera_engine::{
     ChatMessage, DeviceView, Engine, EngineError, Event, IceOutcome, LinkCommand, Output,
-    StopReason, unix_ms,
+    StopReason, StoredFile, unix_ms,
 };
 use tessera_wire::{ErrorCode, MemberInfo, SessionGranted};
 use tokio::net::UdpSocket;
@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::api::{ApiClient, ApiClientError};
+use crate::files::{FileDir, FileDone, FileWorker};
 use crate::gather::{IcePolicy, IceServer, IceUrl, parse_ice_url};
 use crate::rtc::{LinkEvent, Links};
 use crate::signal::{Backoff, SignalClient, SignalEvent};
@@ -136,6 +137,8 @@ impl Status {
 
 enum Command {
     Send(String, oneshot::Sender<Result<Uuid, EngineError>>),
+    SendFile(StoredFile, oneshot::Sender<Result<Uuid, EngineError>>),
+    DeleteFile(Uuid, oneshot::Sender<Result<(), EngineError>>),
     SetName(String, oneshot::Sender<Result<(), EngineError>>),
     Status(oneshot::Sender<Status>),
     Stop,
@@ -245,6 +248,7 @@ pub async fn offered_ice(api: &ApiClient) -> (Vec<IceServer>, IceOutcome) {
 #[derive(Debug)]
 pub struct DeviceHandle {
     commands: mpsc::Sender<Command>,
+    files: FileDir,
     updates: mpsc::UnboundedReceiver<Update>,
     task: Option<JoinHandle<Result<Stopped, DeviceError>>>,
 }
@@ -267,6 +271,7 @@ impl DeviceHandle {
     pub async fn start(
         mut engine: Engine,
         store: DeviceStore,
+        files: FileDir,
         connection: Connection,
     ) -> Result<DeviceHandle, DeviceError> {
         let socket = UdpSocket::bind(SocketAddr::new(connection.bind, 0)).await?;
@@ -286,7 +291,9 @@ impl DeviceHandle {
         let (ice_tx, ice_rx) = mpsc::channel(1);
         let (renewal_tx, renewal_rx) = mpsc::channel(2);
         let (history_tx, history_rx) = mpsc::channel(4);
+        let (file_worker, file_done) = FileWorker::start(files.clone());
         let driver = Driver {
+            files: file_worker,
             engine,
             writer: Writer::start(store.clone()),
             store,
@@ -302,10 +309,15 @@ impl DeviceHandle {
             history_tx,
             replies: Vec::new(),
         };
-        let task =
-            tokio::spawn(driver.run(commands_rx, directory_rx, ice_rx, (renewal_rx, history_rx)));
+        let task = tokio::spawn(driver.run(
+            commands_rx,
+            directory_rx,
+            ice_rx,
+            (renewal_rx, history_rx, file_done),
+        ));
         Ok(DeviceHandle {
             commands,
+            files,
             updates,
             task: Some(task),
         })
@@ -317,6 +329,44 @@ impl DeviceHandle {
     /// The engine's refusal (not in the group yet, too large), or the device stopped.
     pub async fn send_text(&self, text: &str) -> Result<Uuid, String> {
         self.ask(|reply| Command::Send(text.to_owned(), reply))
+            .await?
+            .map_err(|e| e.to_string())
+    }
+
+    /// Shares the file at `path` with the circle: stores a copy in the data directory (telling
+    /// `progress` the bytes copied), then offers it; its id once the offer is in the outbox (and
+    /// stored). The content goes to each device that asks for it while this device runs.
+    ///
+    /// # Errors
+    /// The file cannot be read or stored, the engine's refusal (not in the group yet, over the
+    /// cap, a name that cannot be sent), or the device stopped.
+    pub async fn send_file(
+        &self,
+        path: &std::path::Path,
+        progress: impl FnMut(u64) + Send + 'static,
+    ) -> Result<Uuid, String> {
+        let (files, path) = (self.files.clone(), path.to_owned());
+        let stored = tokio::task::spawn_blocking(move || files.store(&path, progress))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let id = stored.id;
+        let sent = self
+            .ask(|reply| Command::SendFile(stored, reply))
+            .await
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        if sent.is_err() {
+            let _ = std::fs::remove_file(self.files.path(id));
+        }
+        sent
+    }
+
+    /// Deletes a file from this device (its message stays).
+    ///
+    /// # Errors
+    /// The engine's refusal (no such file), or the device stopped.
+    pub async fn delete_file(&self, id: Uuid) -> Result<(), String> {
+        self.ask(|reply| Command::DeleteFile(id, reply))
             .await?
             .map_err(|e| e.to_string())
     }
@@ -406,6 +456,8 @@ type HistoryRead = (Uuid, Result<(Vec<ChatMessage>, u64), StoreError>);
 
 struct Driver {
     engine: Engine,
+    /// The thread doing the engine's file IO.
+    files: FileWorker,
     store: DeviceStore,
     api: ApiClient,
     links: Links,
@@ -438,7 +490,7 @@ enum Reply {
         oneshot::Sender<Result<Uuid, EngineError>>,
         Result<Uuid, EngineError>,
     ),
-    Named(
+    Done(
         oneshot::Sender<Result<(), EngineError>>,
         Result<(), EngineError>,
     ),
@@ -449,7 +501,7 @@ impl Reply {
         // The interface may have stopped waiting; the command took effect all the same.
         match self {
             Reply::Sent(reply, answer) => drop(reply.send(answer)),
-            Reply::Named(reply, answer) => drop(reply.send(answer)),
+            Reply::Done(reply, answer) => drop(reply.send(answer)),
         }
     }
 }
@@ -468,7 +520,11 @@ impl Driver {
         mut commands: mpsc::Receiver<Command>,
         mut directory: mpsc::Receiver<Fetched>,
         mut ice: mpsc::Receiver<IceRenewal>,
-        (mut renewals, mut history): (mpsc::Receiver<RenewalStep>, mpsc::Receiver<HistoryRead>),
+        (mut renewals, mut history, mut file_done): (
+            mpsc::Receiver<RenewalStep>,
+            mpsc::Receiver<HistoryRead>,
+            mpsc::UnboundedReceiver<FileDone>,
+        ),
     ) -> Result<Stopped, DeviceError> {
         let mut buffer = vec![0u8; DATAGRAM];
         loop {
@@ -495,6 +551,14 @@ impl Driver {
                     }
                 }
                 durable = self.writer.durable() => durable?,
+                done = file_done.recv() => {
+                    let mut next = done;
+                    for _ in 0..BATCH {
+                        let Some(done) = next else { break };
+                        self.handle_file_done(done);
+                        next = file_done.try_recv().ok();
+                    }
+                }
                 event = next_signal(&mut self.signal) => self.handle_signal_event(event),
                 step = renewals.recv() => {
                     if let Some(step) = step {
@@ -622,9 +686,21 @@ impl Driver {
                     .send_text(now, unix_ms(SystemTime::now()), &text);
                 self.replies.push(Reply::Sent(reply, sent));
             }
+            Command::SendFile(file, reply) => {
+                let sent = self.engine.send_file(now, unix_ms(SystemTime::now()), file);
+                self.replies.push(Reply::Sent(reply, sent));
+            }
+            Command::DeleteFile(file, reply) => {
+                let deleted = if self.engine.delete_file(now, file) {
+                    Ok(())
+                } else {
+                    Err(EngineError::BadFile("file id: no such file here"))
+                };
+                self.replies.push(Reply::Done(reply, deleted));
+            }
             Command::SetName(name, reply) => {
                 let named = self.engine.set_display_name(now, &name);
-                self.replies.push(Reply::Named(reply, named));
+                self.replies.push(Reply::Done(reply, named));
             }
             Command::Status(reply) => {
                 let _ = reply.send(Status {
@@ -750,6 +826,7 @@ impl Driver {
                     let _ = answer.send((peer, read)).await;
                 });
             }
+            Output::File(command) => self.files.submit(command),
             Output::RenewSession => {
                 // The ended session is not sent along.
                 let mut api = self.api.clone();
@@ -759,6 +836,23 @@ impl Driver {
                     let ceremony = api.renewal_start().await;
                     let _ = answer.send(RenewalStep::Ceremony(ceremony)).await;
                 });
+            }
+        }
+    }
+
+    fn handle_file_done(&mut self, done: FileDone) {
+        let now = Instant::now();
+        match done {
+            FileDone::Read {
+                peer,
+                file,
+                index,
+                bytes,
+            } => self.engine.handle_file_read(now, peer, file, index, &bytes),
+            FileDone::Synced { file, chunks } => self.engine.handle_file_synced(now, file, chunks),
+            FileDone::Failed { file, reason } => {
+                tracing::warn!(%file, %reason, "file IO failed");
+                self.engine.handle_file_failed(now, file, &reason);
             }
         }
     }

@@ -7,6 +7,7 @@ pub use tessera_softkey as authenticator;
 
 pub mod api;
 pub mod device;
+pub mod files;
 pub mod gather;
 pub mod membership;
 pub mod rtc;

@@ -10,6 +10,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{QueryBuilder, Row as _, SqlitePool};
 use tessera_engine::carry::{CarriedChange, CarriedRow};
 use tessera_engine::delivery::{OutboxChange, Queued};
+use tessera_engine::files::{FileChange, FileInfo, FileRow};
 use tessera_engine::history::Cursor;
 use tessera_engine::trust::RootFingerprint;
 use tessera_engine::{ChatMessage, Engine, EngineError, HistoryChange, StoreWrite, StoredDevice};
@@ -153,12 +154,32 @@ impl DeviceStore {
             };
             carried.insert((row.stream, row.seq), row);
         }
+        let files = self
+            .files()
+            .await?
+            .into_iter()
+            .map(|row| (row.id, row))
+            .collect();
         Ok(Some(StoredDevice {
             state,
             mls,
             outbox,
             carried,
+            files,
         }))
+    }
+
+    /// Every file this device knows of (sent, received, being received or refused).
+    ///
+    /// # Errors
+    /// When SQLite fails or a row is malformed.
+    pub async fn files(&self) -> Result<Vec<FileRow>, StoreError> {
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar("SELECT row FROM files")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|bytes| FileRow::decode(bytes).map_err(|_| StoreError::Malformed("file row")))
+            .collect()
     }
 
     /// Stores what the engine has to store, for a command that runs it without a connection: the
@@ -275,7 +296,7 @@ impl DeviceStore {
             )
         });
         let rows = sqlx::query(
-            "SELECT id, member, device, text, sent_at FROM history \
+            "SELECT id, member, device, text, sent_at, file FROM history \
              WHERE ? IS NULL OR (sent_at, device, id) < (?, ?, ?) \
              ORDER BY sent_at DESC, device DESC, id DESC LIMIT ?",
         )
@@ -304,6 +325,7 @@ impl DeviceStore {
                     device: stored_id(r.get(2))?,
                     text: r.get(3),
                     sent_at: r.get(4),
+                    file: stored_file(r.get(5))?,
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
@@ -330,7 +352,7 @@ impl DeviceStore {
     pub async fn history(&self, limit: u32) -> Result<Vec<HistoryEntry>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, member, device, text, sent_at, outgoing, delivered + \
-             (SELECT COUNT(*) FROM delivered_to d WHERE d.device = h.device AND d.id = h.id) FROM \
+             (SELECT COUNT(*) FROM delivered_to d WHERE d.device = h.device AND d.id = h.id), file FROM \
              (SELECT rowid AS seq, * FROM history ORDER BY sent_at DESC, seq DESC LIMIT ?) AS h \
              ORDER BY sent_at, seq",
         )
@@ -346,6 +368,7 @@ impl DeviceStore {
                         device: stored_id(r.get(2))?,
                         text: r.get(3),
                         sent_at: r.get(4),
+                        file: stored_file(r.get(7))?,
                     },
                     outgoing: r.get::<i64, _>(5) != 0,
                     delivered: u32::try_from(r.get::<i64, _>(6))
@@ -468,19 +491,27 @@ async fn apply(
         }
     }
     for rows in added.chunks(ROWS_PER_STATEMENT) {
-        QueryBuilder::new("INSERT INTO history (id, member, device, text, sent_at, outgoing) ")
-            .push_values(rows, |mut b, (message, outgoing)| {
-                b.push_bind(message.id.to_string())
-                    .push_bind(message.member.to_string())
-                    .push_bind(message.device.to_string())
-                    .push_bind(&message.text)
-                    .push_bind(message.sent_at)
-                    .push_bind(i64::from(*outgoing));
-            })
-            .push(" ON CONFLICT (device, id) DO NOTHING")
-            .build()
-            .execute(&mut **tx)
-            .await?;
+        QueryBuilder::new(
+            "INSERT INTO history (id, member, device, text, sent_at, outgoing, file) ",
+        )
+        .push_values(rows, |mut b, (message, outgoing)| {
+            b.push_bind(message.id.to_string())
+                .push_bind(message.member.to_string())
+                .push_bind(message.device.to_string())
+                .push_bind(&message.text)
+                .push_bind(message.sent_at)
+                .push_bind(i64::from(*outgoing))
+                .push_bind(
+                    message
+                        .file
+                        .as_ref()
+                        .and_then(|f| serde_json::to_string(f).ok()),
+                );
+        })
+        .push(" ON CONFLICT (device, id) DO NOTHING")
+        .build()
+        .execute(&mut **tx)
+        .await?;
     }
     for rows in delivered.chunks(ROWS_PER_STATEMENT) {
         QueryBuilder::new("INSERT INTO delivered_to (device, id, peer) ")
@@ -494,7 +525,40 @@ async fn apply(
             .execute(&mut **tx)
             .await?;
     }
+
+    let mut file_puts = Vec::new();
+    let mut file_deletes = Vec::new();
+    for change in &write.files {
+        match change {
+            FileChange::Put(row) => file_puts.push((row.id.to_string(), row.encode())),
+            FileChange::Delete(id) => file_deletes.push(id.to_string()),
+        }
+    }
+    for rows in file_puts.chunks(ROWS_PER_STATEMENT) {
+        QueryBuilder::new("INSERT INTO files (id, row) ")
+            .push_values(rows, |mut b, (id, row)| {
+                b.push_bind(id).push_bind(row);
+            })
+            .push(" ON CONFLICT (id) DO UPDATE SET row = excluded.row")
+            .build()
+            .execute(&mut **tx)
+            .await?;
+    }
+    for rows in file_deletes.chunks(ROWS_PER_STATEMENT) {
+        let mut query = QueryBuilder::new("DELETE FROM files WHERE id IN (");
+        let mut ids = query.separated(", ");
+        for id in rows {
+            ids.push_bind(id);
+        }
+        query.push(")").build().execute(&mut **tx).await?;
+    }
     Ok(())
+}
+
+/// The file a history row shares, kept as JSON.
+fn stored_file(json: Option<String>) -> Result<Option<FileInfo>, StoreError> {
+    json.map(|text| serde_json::from_str(&text).map_err(|_| StoreError::Malformed("file")))
+        .transpose()
 }
 
 /// Rows in one statement: far below SQLite's 32,766 bound parameters at six a row.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use tessera_client::api::ApiClient;
 use tessera_client::device::{Connection, DeviceHandle, Stopped};
+use tessera_client::files::FileDir;
 use tessera_client::signal::Backoff;
 use tessera_client::store::DeviceStore;
 
@@ -24,6 +25,7 @@ async fn every_command_of_a_burst_is_answered() {
     let handle = DeviceHandle::start(
         engine,
         store,
+        FileDir::in_data_dir(dir.path()),
         Connection {
             api,
             bind: [127, 0, 0, 1].into(),

@@ -8,6 +8,7 @@ use tessera_client::store::{DeviceStore, StoreError};
 use tessera_client::writer::Writer;
 use tessera_engine::carry::{CarriedChange, CarriedRow};
 use tessera_engine::delivery::{OutboxChange, Queued};
+use tessera_engine::files::{CHUNK_BYTES, FileChange, FileInfo, FileOffer, FileRow, FileState};
 use tessera_engine::history::Cursor;
 use tessera_engine::{ChatMessage, Engine, EngineConfig, HistoryChange, StoreWrite, StoredDevice};
 use uuid::Uuid;
@@ -47,6 +48,7 @@ fn message(text: &str, sent_at: i64) -> ChatMessage {
         device: Uuid::new_v4(),
         text: text.into(),
         sent_at,
+        file: None,
     }
 }
 
@@ -301,6 +303,88 @@ async fn messages_kept_for_others_are_stored_row_by_row_and_read_back_whole() {
         rows[1..].to_vec(),
         "the dropped row is gone, the others as written"
     );
+}
+
+#[tokio::test]
+async fn files_are_stored_row_by_row_and_a_file_message_keeps_what_it_shares() {
+    let (_dir, store, state) = fresh_store().await;
+    let row = |name: &str, state: FileState| FileRow {
+        id: Uuid::new_v4(),
+        member: Uuid::new_v4(),
+        device: Uuid::new_v4(),
+        sent_at: 1_700_000_000_000,
+        offer: FileOffer {
+            name: name.into(),
+            size: 40_000,
+            mime: "application/pdf".into(),
+            sha256: vec![1; 32].into(),
+            key: vec![2; 32].into(),
+            chunk: CHUNK_BYTES,
+        },
+        state,
+    };
+    let held = row("minutes.pdf", FileState::Held);
+    let mut receiving = row(
+        "scan.pdf",
+        FileState::Receiving {
+            chunks: 1,
+            hash: vec![9; 40],
+        },
+    );
+    let deleted = row("gone.pdf", FileState::Held);
+    let snapshot = |files: Vec<FileChange>| StoreWrite {
+        files,
+        ..state.clone()
+    };
+    store
+        .write(&snapshot(
+            [&held, &receiving, &deleted]
+                .into_iter()
+                .cloned()
+                .map(FileChange::Put)
+                .collect(),
+        ))
+        .await
+        .expect("save");
+    receiving.state = FileState::Receiving {
+        chunks: 2,
+        hash: vec![8; 40],
+    };
+    store
+        .write(&snapshot(vec![
+            FileChange::Put(receiving.clone()),
+            FileChange::Delete(deleted.id),
+        ]))
+        .await
+        .expect("save");
+    let stored = store.load().await.expect("load").expect("saved");
+    let mut expected = vec![held.clone(), receiving.clone()];
+    expected.sort_by_key(|r| r.id);
+    assert_eq!(stored.files.into_values().collect::<Vec<_>>(), expected);
+
+    // A file's message: its history row keeps what it shares.
+    let mut message = message("", 5);
+    message.id = held.id;
+    message.file = Some(FileInfo {
+        name: held.offer.name.clone(),
+        size: held.offer.size,
+        mime: held.offer.mime.clone(),
+    });
+    store
+        .write(&with_history(
+            &state,
+            &[HistoryChange::Add {
+                message: message.clone(),
+                outgoing: false,
+            }],
+        ))
+        .await
+        .expect("save");
+    let history = store.history(10).await.expect("history");
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].message, message);
+    let (page, _) = store.history_page(None, 10).await.expect("page");
+    assert_eq!(page, vec![message]);
 }
 
 #[tokio::test]

@@ -2,9 +2,12 @@
 //! disk, str0m over UDP — with the real server in this process, inside a network namespace this
 //! benchmark makes. Measures the time from login to the first peer-to-peer message (a new device,
 //! which must first be added to the group, and a device already in it), then application messages
-//! per second and MB/s over one link; next to raw openmls and raw str0m in the same run.
+//! per second and MB/s over one link, then a file (stored, then fetched chunk by chunk) with the
+//! process's peak memory above what it used before; next to raw openmls and raw str0m in the same
+//! run.
 //!
-//! Run: `cargo bench -p tessera-tests --bench device_link` (environment: `MESSAGES`, `LARGE`).
+//! Run: `cargo bench -p tessera-tests --bench device_link` (environment: `MESSAGES`, `LARGE`,
+//! `FILE_MB`).
 //! Every phase is bounded in count and time.
 
 use std::time::{Duration, Instant};
@@ -141,6 +144,39 @@ async fn send_many(device: &DeviceHandle, count: usize, text: &str) {
 /// Sends a sender keeps waiting for their answer at once.
 const IN_FLIGHT: usize = 256;
 
+/// Writes `mib` MiB that do not compress to `path`.
+fn write_file(path: &std::path::Path, mib: usize) {
+    use std::io::Write as _;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).expect("create"));
+    let mut state = 0x2545_F491_4F6C_DD1D_u64;
+    let mut block = vec![0u8; 1024 * 1024];
+    for _ in 0..mib {
+        for word in block.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes());
+        }
+        file.write_all(&block).expect("write");
+    }
+    file.flush().expect("flush");
+}
+
+/// A figure of this process's memory from `/proc/self/status` (`VmRSS`, `VmHWM`), in bytes.
+fn memory(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Starts this process's peak memory (`VmHWM`) afresh from what it uses now.
+fn reset_peak_memory() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 async fn devices() {
     let dir = tempfile::tempdir().expect("temp dir");
     let app = TestApp::spawn().await;
@@ -182,6 +218,19 @@ async fn devices() {
     received.wait_count(2 + small + large).await;
     let large_elapsed = started.elapsed();
 
+    let file_mib = env_number("FILE_MB", 64);
+    let path = dir.path().join("bench-file.bin");
+    write_file(&path, file_mib);
+    reset_peak_memory();
+    let idle = memory("VmRSS");
+    let started = Instant::now();
+    b.send_file(&path, |_| {}).await.expect("send file");
+    let stored = started.elapsed();
+    let started = Instant::now();
+    received.wait_files(1, Duration::from_secs(600)).await;
+    let fetched = started.elapsed();
+    let peak_above_idle = memory("VmHWM").saturating_sub(idle);
+
     println!(
         "login → first peer-to-peer message, new device (joins the group first): {:.0} ms",
         first_new.as_secs_f64() * 1e3
@@ -197,6 +246,14 @@ async fn devices() {
     println!(
         "engine over one link, {large} × 16 KiB messages: {:.2} MB/s",
         megabytes(large * 16 * 1024, large_elapsed)
+    );
+    let file_bytes = file_mib * 1024 * 1024;
+    println!(
+        "a {file_mib} MiB file: stored and hashed at {:.1} MB/s, then over one link at {:.2} MB/s; \
+         peak memory {:.1} MB above idle (both devices and the server, one process)",
+        megabytes(file_bytes, stored),
+        megabytes(file_bytes, fetched),
+        peak_above_idle as f64 / 1e6
     );
     b.stop().await.expect("stop");
 }

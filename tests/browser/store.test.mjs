@@ -26,7 +26,7 @@ test('the engine\'s history rows leave the same history in IndexedDB as in the n
       for (const history of writes) {
         // The engine's state and other rows are the engine's business: one byte stands for them.
         await store.save({
-          state: new Uint8Array([1]), mls_put: [], mls_delete: [], outbox_put: [], outbox_delete: [], carried_put: [], carried_delete: [], history,
+          state: new Uint8Array([1]), mls_put: [], mls_delete: [], outbox_put: [], outbox_delete: [], carried_put: [], carried_delete: [], files_put: [], files_delete: [], history,
         });
       }
       return await store.history();
@@ -35,8 +35,8 @@ test('the engine\'s history rows leave the same history in IndexedDB as in the n
       await DeviceStore.destroy(member);
     }
   }, fixture.writes);
-  const rows = held.map(({ id, member, device, text, sent_at, outgoing, delivered }) => ({
-    id, member, device, text, sent_at, outgoing, delivered: delivered.length,
+  const rows = held.map(({ id, member, device, text, sent_at, outgoing, delivered, file }) => ({
+    id, member, device, text, sent_at, outgoing, delivered: delivered.length, file: file ?? null,
   }));
   assert.deepEqual(rows, fixture.history);
   await visitor.context.close();

@@ -7,14 +7,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 
 use crate::circle::Circle;
-use crate::support::{Chat, PATIENCE, inside_namespace, unique, wait_converged};
+use crate::support::{Chat, Net, PATIENCE, inside_namespace, unique, wait_converged};
 
 /// Devices in the circle.
 const DEVICES: usize = 4;
@@ -22,52 +21,6 @@ const DEVICES: usize = 4;
 /// How often each device may type, and the chance that it does at each chance.
 const TICK: Duration = Duration::from_millis(150);
 const TYPING: f64 = 0.2;
-
-/// The namespace's packet filter: one nftables table whose set of (from, to) address pairs is
-/// dropped, so that a pair of devices loses every datagram between them while both keep the
-/// server. Lives as long as the namespace (which the test deletes).
-struct Net;
-
-impl Net {
-    fn new() -> Net {
-        nft(
-            &["-f", "-"],
-            Some(
-                "table inet chaos {\n\
-               set cut { type ipv4_addr . ipv4_addr; }\n\
-               chain input { type filter hook input priority 0; ip saddr . ip daddr @cut drop; }\n\
-             }\n",
-            ),
-        );
-        Net
-    }
-
-    fn set(&self, verb: &str, a: IpAddr, b: IpAddr) {
-        let elements = format!("{{ {a} . {b}, {b} . {a} }}");
-        nft(&[verb, "element", "inet", "chaos", "cut", &elements], None);
-    }
-}
-
-/// Runs `nft` (Debian's `nftables`, which `tests/run` installs).
-fn nft(args: &[&str], input: Option<&str>) {
-    let mut child = Command::new("nft")
-        .args(args)
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .spawn()
-        .expect("nft runs (tests/run installs Debian's nftables)");
-    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-        use std::io::Write as _;
-        stdin
-            .write_all(text.as_bytes())
-            .expect("nft reads its rules");
-    }
-    let status = child.wait().expect("nft ends");
-    assert!(status.success(), "nft {args:?} failed");
-}
 
 /// A message's text: the run, its sender and its place in what the sender typed.
 fn text_of(run: &str, sender: usize, n: u32) -> String {

@@ -17,7 +17,7 @@ use crate::support::{
 pub(crate) struct Circle {
     root: tempfile::TempDir,
     server: Option<Server>,
-    relay: Relay,
+    pub(crate) relay: Relay,
     port: u16,
     origin: String,
     pub(crate) devices: Vec<Device>,
@@ -54,6 +54,11 @@ impl Circle {
             circle.enroll(&link);
         }
         circle
+    }
+
+    /// The directory the circle's server and devices keep their data under.
+    pub(crate) fn dir(&self) -> &Path {
+        self.root.path()
     }
 
     /// An invitation link issued by the admin's device (`tessera admin invite`).
@@ -93,7 +98,7 @@ impl Circle {
     }
 
     /// Everything the server wrote: its log and its data directory's files.
-    fn server_traces(&self) -> Vec<(String, Vec<u8>)> {
+    pub(crate) fn server_traces(&self) -> Vec<(String, Vec<u8>)> {
         let mut traces = Vec::new();
         let mut read_dir = |dir: &Path, pick: &dyn Fn(&str) -> bool| {
             for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
@@ -121,7 +126,7 @@ fn counts(chat: &Chat) -> BTreeMap<String, usize> {
 }
 
 /// Asserts that no trace holds any of `secrets`.
-fn assert_absent(traces: &[(String, Vec<u8>)], secrets: &[&str]) {
+pub(crate) fn assert_absent(traces: &[(String, Vec<u8>)], secrets: &[&str]) {
     for (name, bytes) in traces {
         let text = String::from_utf8_lossy(bytes);
         for secret in secrets {

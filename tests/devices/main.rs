@@ -3,6 +3,7 @@
 
 mod chaos;
 mod circle;
+mod files;
 #[cfg(feature = "vm")]
 mod hardware_key;
 mod hostile;

@@ -460,3 +460,50 @@ pub fn free_port() -> u16 {
         .expect("a free port")
         .port()
 }
+
+/// The namespace's packet filter: one nftables table whose set of (from, to) address pairs is
+/// dropped, so that a pair of devices loses every datagram between them while both keep the
+/// server. Lives as long as the namespace (which the test deletes).
+pub struct Net;
+
+impl Net {
+    pub fn new() -> Net {
+        nft(
+            &["-f", "-"],
+            Some(
+                "table inet chaos {\n\
+               set cut { type ipv4_addr . ipv4_addr; }\n\
+               chain input { type filter hook input priority 0; ip saddr . ip daddr @cut drop; }\n\
+             }\n",
+            ),
+        );
+        Net
+    }
+
+    /// Adds (`"add"`) or removes (`"delete"`) the pair `a`, `b` from the cut set, both ways.
+    pub fn set(&self, verb: &str, a: IpAddr, b: IpAddr) {
+        let elements = format!("{{ {a} . {b}, {b} . {a} }}");
+        nft(&[verb, "element", "inet", "chaos", "cut", &elements], None);
+    }
+}
+
+/// Runs `nft` (Debian's `nftables`, which `tests/run` installs).
+fn nft(args: &[&str], input: Option<&str>) {
+    let mut child = Command::new("nft")
+        .args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .spawn()
+        .expect("nft runs (tests/run installs Debian's nftables)");
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        use std::io::Write as _;
+        stdin
+            .write_all(text.as_bytes())
+            .expect("nft reads its rules");
+    }
+    let status = child.wait().expect("nft ends");
+    assert!(status.success(), "nft {args:?} failed");
+}

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use tessera_client::authenticator::SoftKey;
 use tessera_client::device::{Connection, DeviceHandle, Update};
+use tessera_client::files::FileDir;
 use tessera_client::identity::certify;
 use tessera_client::signal::Backoff;
 use tessera_client::store::DeviceStore;
@@ -64,7 +65,7 @@ pub async fn new_device(app: &TestApp, member: &mut TestMember, dir: &Path) -> D
     let store = DeviceStore::open(&store_path(dir, device))
         .await
         .expect("store");
-    start(engine, store, member).await
+    start(engine, store, dir, member).await
 }
 
 /// The device `device` of `member` restarted from its store under `dir`, after a login.
@@ -83,13 +84,20 @@ pub async fn restart(
     let stored = store.load().await.expect("load").expect("saved");
     member.client.login(&mut member.key).await.expect("login");
     let engine = Engine::restore(config(app), stored).expect("restore");
-    start(engine, store, member).await
+    start(engine, store, dir, member).await
 }
 
-async fn start(engine: Engine, store: DeviceStore, member: &TestMember) -> DeviceHandle {
+async fn start(
+    engine: Engine,
+    store: DeviceStore,
+    dir: &Path,
+    member: &TestMember,
+) -> DeviceHandle {
+    let files = FileDir::in_data_dir(&dir.join(engine.device().to_string()));
     DeviceHandle::start(
         engine,
         store,
+        files,
         Connection {
             api: member.client.clone(),
             bind: [127, 0, 0, 1].into(),
@@ -101,11 +109,13 @@ async fn start(engine: Engine, store: DeviceStore, member: &TestMember) -> Devic
     .expect("the device starts")
 }
 
-/// A device whose received messages are counted on a task of its own.
+/// A device whose received messages (and files) are counted on a task of its own.
 #[derive(Debug)]
 pub struct Counting {
     /// How many messages from other devices it has shown.
     pub counted: watch::Receiver<usize>,
+    /// How many files it received whole.
+    pub files: watch::Receiver<usize>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
 }
@@ -115,6 +125,7 @@ impl Counting {
     #[must_use]
     pub fn start(mut device: DeviceHandle) -> Counting {
         let (count, counted) = watch::channel(0);
+        let (file_count, files) = watch::channel(0);
         let (stop, mut stopped) = oneshot::channel();
         let task = tokio::spawn(async move {
             let mut received = 0;
@@ -124,6 +135,9 @@ impl Counting {
                         Some(Update::Engine(Event::Message { outgoing: false, .. })) => {
                             received += 1;
                             let _ = count.send(received);
+                        }
+                        Some(Update::Engine(Event::FileReceived { .. })) => {
+                            file_count.send_modify(|n| *n += 1);
                         }
                         Some(_) => {}
                         None => return,
@@ -135,6 +149,7 @@ impl Counting {
         });
         Counting {
             counted,
+            files,
             stop,
             task,
         }
@@ -148,6 +163,17 @@ impl Counting {
         tokio::time::timeout(TIME_LIMIT, self.counted.wait_for(|n| *n >= at_least))
             .await
             .expect("the messages arrive in time")
+            .expect("the receiving device runs");
+    }
+
+    /// Waits until it has received `at_least` files whole, for at most `limit`.
+    ///
+    /// # Panics
+    /// After `limit`.
+    pub async fn wait_files(&mut self, at_least: usize, limit: Duration) {
+        tokio::time::timeout(limit, self.files.wait_for(|n| *n >= at_least))
+            .await
+            .expect("the files arrive in time")
             .expect("the receiving device runs");
     }
 

@@ -254,6 +254,7 @@ mod tests {
             device: Uuid::nil(),
             text: text.to_owned(),
             sent_at,
+            file: None,
         }
     }
 

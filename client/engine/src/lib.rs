@@ -8,6 +8,7 @@ mod crypto;
 pub mod decision;
 pub mod delivery;
 mod engine;
+pub mod files;
 pub mod history;
 pub mod identity;
 pub mod invitation;
@@ -25,5 +26,5 @@ pub mod trust;
 pub use engine::{
     CIPHERSUITE, ChatMessage, DeviceKey, DeviceView, Engine, EngineConfig, EngineError, Event,
     GroupDeviceView, HistoryChange, IceOutcome, LATEST_SENT_AT, LinkCommand, Output, StopReason,
-    StoreWrite, StoredDevice, Turn, unix_ms,
+    StoreWrite, StoredDevice, StoredFile, Turn, unix_ms,
 };

@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use crate::carry::{Holdings, Stream};
 use crate::delivery::Packet;
+use crate::files::{FileControl, FileOffer};
 
 /// The payload of a `signal` frame. The server relays it without reading it; everything in it is
 /// either public by nature (a KeyPackage, a commit the server already relayed, a slot number) or
@@ -128,6 +129,19 @@ pub enum Content {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         seq: Option<u64>,
     },
+    /// A file shared with the circle: what it is and its key ([`crate::files`]); the content
+    /// follows over the links, sealed under that key. Named and carried like a text.
+    File {
+        /// The message's id, which is also the file's.
+        id: Uuid,
+        /// The file.
+        #[serde(flatten)]
+        offer: FileOffer,
+        /// When it was sent, milliseconds since the Unix epoch, by the sender's clock.
+        sent_at: i64,
+        /// Its number in its sender's stream.
+        seq: u64,
+    },
     /// The sender's display name, chosen by the member and known only inside the group.
     Profile {
         /// The name.
@@ -144,6 +158,8 @@ const CHUNK: u8 = 1;
 const ACK: u8 = 2;
 const HOLDINGS: u8 = 3;
 const BUNDLE: u8 = 4;
+const FILE_CONTROL: u8 = 5;
+const FILE_CHUNK: u8 = 6;
 
 /// The largest data channel message a device sends: 16 KiB, what every WebRTC stack takes.
 pub const LINK_MESSAGE_BYTES: usize = 16 * 1024;
@@ -155,6 +171,37 @@ pub enum LinkPacket {
     Delivery(Packet),
     /// What the sender holds ([`crate::carry`]): `3 ‖ postcard(Holdings)`.
     Holdings(Holdings),
+    /// About a file ([`crate::files`]): `5 ‖ postcard(FileControl)`.
+    FileControl(FileControl),
+    /// A chunk of a file, sealed under its key: `6 ‖ file (16 bytes) ‖ index u64 ‖ sealed`.
+    FileChunk {
+        /// The file.
+        file: Uuid,
+        /// Which chunk.
+        index: u64,
+        /// The chunk, sealed.
+        sealed: Vec<u8>,
+    },
+}
+
+/// The largest file control packet: far more than any takes.
+const FILE_CONTROL_BYTES: usize = 256;
+
+/// A file control packet ([`LinkPacket::FileControl`]).
+#[must_use]
+pub fn encode_file_control(control: &FileControl) -> Vec<u8> {
+    postcard::to_extend(control, vec![FILE_CONTROL]).unwrap_or_else(|_| vec![FILE_CONTROL])
+}
+
+/// A chunk packet ([`LinkPacket::FileChunk`]).
+#[must_use]
+pub fn encode_file_chunk(file: Uuid, index: u64, sealed: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(25 + sealed.len());
+    out.push(FILE_CHUNK);
+    out.extend_from_slice(file.as_bytes());
+    out.extend_from_slice(&index.to_be_bytes());
+    out.extend_from_slice(sealed);
+    out
 }
 
 /// The largest holdings packet sent: one data channel message (16 KiB portably) with room to spare.
@@ -260,6 +307,22 @@ pub fn decode_link_packet(bytes: &[u8]) -> Result<LinkPacket, Malformed> {
                 _ => Err(Malformed("holdings")),
             }
         }
+        Some((&FILE_CONTROL, body)) if body.len() < FILE_CONTROL_BYTES => {
+            match postcard::take_from_bytes(body) {
+                Ok((control, [])) => Ok(LinkPacket::FileControl(control)),
+                _ => Err(Malformed("file control")),
+            }
+        }
+        Some((&FILE_CHUNK, body)) if body.len() > 24 && bytes.len() <= LINK_MESSAGE_BYTES => {
+            let (file, rest) = body.split_at(16);
+            let (index, sealed) = rest.split_at(8);
+            Ok(LinkPacket::FileChunk {
+                file: Uuid::from_slice(file).map_err(|_| Malformed("file chunk"))?,
+                index: u64::from_be_bytes(index.try_into().map_err(|_| Malformed("file chunk"))?),
+                sealed: sealed.to_vec(),
+            })
+        }
+        Some((&(FILE_CONTROL | FILE_CHUNK), _)) => Err(Malformed("file packet")),
         _ => decode_packet(bytes).map(LinkPacket::Delivery),
     }
 }

@@ -2,6 +2,8 @@
 //! rules (first commit per slot wins), simulated data channels that can lose and reorder packets,
 //! simulated time. The real server and real WebRTC are exercised by the cross-component tests.
 
+// Shared with the files tests, which use parts this file does not.
+#[allow(dead_code)]
 mod sim;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -1835,6 +1837,7 @@ fn history_to_or_from_another_members_device_or_out_of_order_is_refused_and_chan
         device: b2,
         text: "a message Bea never wrote".into(),
         sent_at: 1,
+        file: None,
     };
     let page = |rows: Vec<ChatMessage>| {
         encode_history_message(&HistoryMessage::Page { rows, remaining: 0 })

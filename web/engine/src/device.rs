@@ -7,6 +7,7 @@ use serde_bytes::ByteBuf;
 use tessera_engine::carry::{CarriedChange, CarriedRow, Stream};
 use tessera_engine::codec::from_json;
 use tessera_engine::delivery::{OutboxChange, Queued, Seq};
+use tessera_engine::files::{FileChange, FileCommand, FileRow};
 use tessera_engine::history::Cursor;
 use tessera_engine::identity::DeviceCertificate;
 use tessera_engine::payload::RtcSignal;
@@ -72,6 +73,19 @@ pub struct PageWrite {
     pub carried_put: Vec<CarriedRow>,
     /// Records of messages kept for others to delete.
     pub carried_delete: Vec<CarriedKey>,
+    /// File records to put (key `id`).
+    pub files_put: Vec<FileRecord>,
+    /// Ids of file records to delete.
+    pub files_delete: Vec<Uuid>,
+}
+
+/// One file as the page's `files` object store keeps it: its id and the engine's encoded row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    /// The file.
+    pub id: Uuid,
+    /// The engine's row ([`FileRow::encode`]).
+    pub row: ByteBuf,
 }
 
 impl From<StoreWrite> for PageWrite {
@@ -85,6 +99,8 @@ impl From<StoreWrite> for PageWrite {
             history: write.history,
             carried_put: Vec::new(),
             carried_delete: Vec::new(),
+            files_put: Vec::new(),
+            files_delete: Vec::new(),
         };
         for (key, value) in write.mls {
             let key = ByteBuf::from(key);
@@ -112,6 +128,15 @@ impl From<StoreWrite> for PageWrite {
                 }
             }
         }
+        for change in write.files {
+            match change {
+                FileChange::Put(row) => page.files_put.push(FileRecord {
+                    id: row.id,
+                    row: ByteBuf::from(row.encode()),
+                }),
+                FileChange::Delete(id) => page.files_delete.push(id),
+            }
+        }
         page
     }
 }
@@ -129,6 +154,9 @@ pub struct PageRecords {
     /// version).
     #[serde(default)]
     pub carried: Vec<CarriedRow>,
+    /// Every file record (none in a database of an earlier version).
+    #[serde(default)]
+    pub files: Vec<FileRecord>,
 }
 
 impl From<PageRecords> for StoredDevice {
@@ -149,6 +177,13 @@ impl From<PageRecords> for StoredDevice {
                 .carried
                 .into_iter()
                 .map(|row| ((row.stream, row.seq), row))
+                .collect(),
+            // A record that does not read is left out: the file is as if never offered.
+            files: page
+                .files
+                .iter()
+                .filter_map(|r| FileRow::decode(&r.row).ok())
+                .map(|row| (row.id, row))
                 .collect(),
         }
     }
@@ -192,6 +227,10 @@ pub enum PageOutput {
     /// `addIceCandidate` take), `data` (put the bytes on the data channel), `close`.
     #[serde(untagged)]
     Link(LinkCommand),
+    /// File IO as the engine words it: `read` (chunks to hand to `handleFileRead`), `write`,
+    /// `sync` (then `handleFileSynced`), `discard`.
+    #[serde(untagged)]
+    File(FileCommand),
 }
 
 impl From<Output> for PageOutput {
@@ -214,6 +253,7 @@ impl From<Output> for PageOutput {
                 limit,
             },
             Output::Event(event) => PageOutput::Event(event),
+            Output::File(command) => PageOutput::File(command),
         }
     }
 }
@@ -315,6 +355,93 @@ extern "C" {
     /// `console.warn`.
     #[wasm_bindgen(js_namespace = console, js_name = warn)]
     fn console_warn(message: &str);
+}
+
+/// A count or an offset from the page: a whole number, at most 2^53.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+fn whole_number(value: f64) -> u64 {
+    value.max(0.0) as u64
+}
+
+/// One file as the page lists it.
+#[derive(Debug, Serialize)]
+pub struct PageFile {
+    /// The file (and its message).
+    pub id: Uuid,
+    /// Its name.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its media type, or empty.
+    pub mime: String,
+    /// Who sent it.
+    pub member: Uuid,
+    /// From which device.
+    pub device: Uuid,
+    /// When (ms since the Unix epoch, by the sender's clock).
+    pub sent_at: i64,
+    /// `"here"` (whole), `"receiving"` or `"failed"`.
+    pub state: &'static str,
+    /// Bytes synced so far (the whole size once here).
+    pub received: u64,
+    /// Why it failed.
+    pub reason: Option<String>,
+}
+
+impl From<&FileRow> for PageFile {
+    fn from(row: &FileRow) -> PageFile {
+        use tessera_engine::files::FileState;
+        let (state, received, reason) = match &row.state {
+            FileState::Held => ("here", row.offer.size, None),
+            FileState::Receiving { chunks, .. } => (
+                "receiving",
+                chunks
+                    .saturating_mul(u64::from(row.offer.chunk))
+                    .min(row.offer.size),
+                None,
+            ),
+            FileState::Failed { reason } => ("failed", 0, Some(reason.clone())),
+        };
+        PageFile {
+            id: row.id,
+            name: row.offer.name.clone(),
+            size: row.offer.size,
+            mime: row.offer.mime.clone(),
+            member: row.member,
+            device: row.device,
+            sent_at: row.sent_at,
+            state,
+            received,
+            reason,
+        }
+    }
+}
+
+/// SHA-256 of a file's content, fed slice by slice as the page reads it (the engine's
+/// [`tessera_engine::files::ContentHash`]).
+#[wasm_bindgen]
+#[derive(Default)]
+pub struct ContentHasher(tessera_engine::files::ContentHash);
+
+#[wasm_bindgen]
+impl ContentHasher {
+    /// A hash of nothing yet.
+    #[wasm_bindgen(constructor)]
+    #[must_use]
+    pub fn new() -> ContentHasher {
+        ContentHasher::default()
+    }
+
+    /// Adds the next bytes.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// The hash of everything added (32 bytes).
+    #[must_use]
+    pub fn finish(self) -> Vec<u8> {
+        self.0.finish()
+    }
 }
 
 /// This browser as a member device.
@@ -461,9 +588,7 @@ impl WebDevice {
     ) -> Result<(), String> {
         let rows: Vec<ChatMessage> =
             serde_wasm_bindgen::from_value(rows).map_err(|e| format!("not history rows: {e}"))?;
-        // A count from the page: a whole number, at most 2^53.
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let older = older.max(0.0) as u64;
+        let older = whole_number(older);
         self.0
             .handle_history_read(Instant::now(), uuid(peer, "device")?, rows, older);
         Ok(())
@@ -569,6 +694,93 @@ impl WebDevice {
         self.0
             .set_display_name(Instant::now(), name)
             .map_err(|e| e.to_string())
+    }
+
+    /// Shares a file the page stored (in the origin's private file system) under `id`, of
+    /// `size` bytes whose content hashes to `sha256` ([`ContentHasher`]); returns its id.
+    ///
+    /// # Errors
+    /// When this device is not in the group yet, the file is over the cap, or its name is not a
+    /// plain file name.
+    #[wasm_bindgen(js_name = sendFile)]
+    pub fn send_file(
+        &mut self,
+        id: &str,
+        name: &str,
+        mime: &str,
+        size: f64,
+        sha256: &[u8],
+    ) -> Result<String, String> {
+        let file = tessera_engine::StoredFile {
+            id: uuid(id, "file")?,
+            name: name.to_owned(),
+            mime: mime.to_owned(),
+            size: whole_number(size),
+            sha256: sha256.to_vec(),
+        };
+        self.0
+            .send_file(Instant::now(), unix_ms(SystemTime::now()), file)
+            .map(|id| id.to_string())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Deletes a file from this browser (its message stays); false when there is none.
+    ///
+    /// # Errors
+    /// When `id` is not a UUID.
+    #[wasm_bindgen(js_name = deleteFile)]
+    pub fn delete_file(&mut self, id: &str) -> Result<bool, String> {
+        Ok(self.0.delete_file(Instant::now(), uuid(id, "file")?))
+    }
+
+    /// A chunk the page read for `peer` (the `read` file command).
+    ///
+    /// # Errors
+    /// When an id is not a UUID.
+    #[wasm_bindgen(js_name = handleFileRead)]
+    pub fn handle_file_read(
+        &mut self,
+        peer: &str,
+        file: &str,
+        index: f64,
+        bytes: &[u8],
+    ) -> Result<(), String> {
+        let (peer, file) = (uuid(peer, "device")?, uuid(file, "file")?);
+        self.0
+            .handle_file_read(Instant::now(), peer, file, whole_number(index), bytes);
+        Ok(())
+    }
+
+    /// The page made a file's writes durable up to `chunks` (the `sync` file command).
+    ///
+    /// # Errors
+    /// When `file` is not a UUID.
+    #[wasm_bindgen(js_name = handleFileSynced)]
+    pub fn handle_file_synced(&mut self, file: &str, chunks: f64) -> Result<(), String> {
+        self.0
+            .handle_file_synced(Instant::now(), uuid(file, "file")?, whole_number(chunks));
+        Ok(())
+    }
+
+    /// The page could not read or write a file (`reason`, in words): it is given up.
+    ///
+    /// # Errors
+    /// When `file` is not a UUID.
+    #[wasm_bindgen(js_name = handleFileFailed)]
+    pub fn handle_file_failed(&mut self, file: &str, reason: &str) -> Result<(), String> {
+        self.0
+            .handle_file_failed(Instant::now(), uuid(file, "file")?, reason);
+        Ok(())
+    }
+
+    /// The files this device knows of, for the page: `[{id, name, size, mime, member, device,
+    /// sent_at, state: "here"|"receiving"|"failed", received, reason}]`.
+    ///
+    /// # Errors
+    /// When the list cannot be converted.
+    pub fn files(&self) -> Result<JsValue, String> {
+        let files: Vec<PageFile> = self.0.files().map(PageFile::from).collect();
+        to_js(&files)
     }
 
     /// Time passed.
@@ -678,6 +890,7 @@ mod tests {
                     .collect(),
                 outbox: self.outbox.values().cloned().collect(),
                 carried: self.carried.values().cloned().collect(),
+                files: Vec::new(),
             }
         }
     }
@@ -795,6 +1008,7 @@ mod tests {
             device,
             text: "hi".into(),
             sent_at: 5,
+            file: None,
         };
         let snapshot = PageWrite::from(StoreWrite {
             state: vec![1],
@@ -828,6 +1042,7 @@ mod tests {
                 stream: device,
                 seq: 2,
             }],
+            files: Vec::new(),
         });
         assert_eq!(
             snapshot.carried_delete,

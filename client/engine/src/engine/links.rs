@@ -74,6 +74,7 @@ impl Engine {
         self.saved.delivery.link_down(device);
         self.carry.link_down(device);
         self.history_import.link_down(device);
+        self.files.link_down(device);
         if self.links.contains_key(&device) {
             self.links.insert(
                 device,

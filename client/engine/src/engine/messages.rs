@@ -14,8 +14,8 @@ use crate::codec::{self};
 use crate::history::{self, HistoryMessage, PAGE_ROWS};
 use crate::identity::DeviceCertificate;
 use crate::payload::{
-    Content, LinkMessage, LinkPacket, decode_link_data, decode_link_message, encode_circle_message,
-    encode_history_message, encode_holdings, encode_packet,
+    Content, LinkMessage, LinkPacket, Malformed, decode_link_data, decode_link_message,
+    encode_circle_message, encode_history_message, encode_holdings, encode_packet,
 };
 use crate::roster::{Refusal, certificate_of};
 
@@ -26,7 +26,7 @@ use super::{
 
 impl Engine {
     /// A message sent or received: kept in the history and shown.
-    fn record_message(&mut self, message: ChatMessage, outgoing: bool) {
+    pub(super) fn record_message(&mut self, message: ChatMessage, outgoing: bool) {
         self.history.push(HistoryChange::Add {
             message: message.clone(),
             outgoing,
@@ -41,8 +41,18 @@ impl Engine {
         }
         match decode_link_data(bytes) {
             Ok(packets) => {
+                // A file's chunks and asks change nothing of the saved state (their rows are
+                // written when a sync makes them durable): they move the files alone, with no
+                // write of the state for each.
+                let files_only = packets.iter().all(|p| {
+                    matches!(p, LinkPacket::FileChunk { .. } | LinkPacket::FileControl(_))
+                });
                 for packet in packets {
                     self.handle_link_packet(now, device, packet);
+                }
+                if files_only {
+                    self.move_files(now);
+                    return;
                 }
             }
             Err(reason) => self.event(Event::Refused {
@@ -66,6 +76,12 @@ impl Engine {
                 what: "link packet",
                 reason: Refusal::Malformed("holdings beyond their bounds"),
             }),
+            LinkPacket::FileControl(control) => self.handle_file_control(now, device, control),
+            LinkPacket::FileChunk {
+                file,
+                index,
+                sealed,
+            } => self.handle_file_chunk(now, device, (file, index, &sealed)),
         }
     }
 
@@ -87,6 +103,7 @@ impl Engine {
             device: self.saved.device,
             text: text.to_owned(),
             sent_at: unix_ms.clamp(0, LATEST_SENT_AT),
+            file: None,
         };
         let epoch = self.epoch().ok_or(EngineError::NotInGroup)?;
         let seq = self.carry.next_own_seq();
@@ -96,7 +113,21 @@ impl Engine {
             sent_at: message.sent_at,
             seq: Some(seq),
         };
-        let msg = self.seal(&content)?;
+        self.send_circle(now, (id, message.sent_at, seq, epoch), &content)?;
+        self.record_message(message, true);
+        self.step(now);
+        Ok(id)
+    }
+
+    /// Seals a message of the circle, `seq` in this device's stream and made in `epoch`, queues
+    /// it for every other device and keeps it for carrying.
+    pub(super) fn send_circle(
+        &mut self,
+        now: Instant,
+        (id, sent_at, seq, epoch): (Uuid, i64, u64, u64),
+        content: &Content,
+    ) -> Result<(), EngineError> {
+        let msg = self.seal(content)?;
         let stream = self.own_stream;
         self.send_to_all(now, &encode_circle_message(stream, seq, &msg), Some(id))?;
         self.carry.keep(
@@ -105,14 +136,12 @@ impl Engine {
                 stream,
                 seq,
                 epoch,
-                sent_at: message.sent_at,
+                sent_at,
                 id,
                 message: msg,
             },
         );
-        self.record_message(message, true);
-        self.step(now);
-        Ok(id)
+        Ok(())
     }
 
     /// Sets this member's display name on this device and tells the group.
@@ -271,23 +300,8 @@ impl Engine {
                 let sent_at = sent_at.clamp(0, LATEST_SENT_AT);
                 let stream = stream_of(sender.device_key_bytes());
                 if let Some(seq) = seq {
-                    if label.is_some_and(|named| named != (stream, seq)) {
-                        // Named as another message than it is: a carrier altered the name. The
-                        // message itself is genuine (MLS opened it) and is kept as what it is.
-                        self.event(Event::Refused {
-                            what: "carried message",
-                            reason: Refusal::Malformed("a message named as another"),
-                        });
-                    }
-                    let row = CarriedRow {
-                        stream,
-                        seq,
-                        epoch,
-                        sent_at,
-                        id,
-                        message: msg.to_vec(),
-                    };
-                    if !self.carry.keep(now, row) {
+                    let named = (stream, seq, epoch, label);
+                    if !self.keep_circle_message(now, named, (id, sent_at), msg) {
                         return;
                     }
                 } else if label.is_some() {
@@ -304,9 +318,34 @@ impl Engine {
                         device: sender.device,
                         text,
                         sent_at,
+                        file: None,
                     },
                     false,
                 );
+            }
+            Ok((
+                sender,
+                Content::File {
+                    id,
+                    offer,
+                    sent_at,
+                    seq,
+                },
+            )) => {
+                if let Err(Malformed(what)) = offer.check() {
+                    self.event(Event::Refused {
+                        what: "file offer",
+                        reason: Refusal::Malformed(what),
+                    });
+                    return;
+                }
+                let sent_at = sent_at.clamp(0, LATEST_SENT_AT);
+                let stream = stream_of(sender.device_key_bytes());
+                let named = (stream, seq, epoch, label);
+                if !self.keep_circle_message(now, named, (id, sent_at), msg) {
+                    return;
+                }
+                self.receive_file_offer((sender.member, sender.device), id, offer, sent_at);
             }
             Ok((_, Content::Profile { .. })) if label.is_some() => self.event(Event::Refused {
                 what: "carried message",
@@ -321,6 +360,35 @@ impl Engine {
                 reason,
             }),
         }
+    }
+
+    /// Keeps a message of the circle opened from `msg` for carrying, as `(stream, seq)` made in
+    /// `epoch`, having come under the name `label` (none when its sender sent it as its own).
+    /// Says so when the name was another's; false when it was kept already.
+    fn keep_circle_message(
+        &mut self,
+        now: Instant,
+        (stream, seq, epoch, label): (Stream, u64, u64, Option<(Stream, u64)>),
+        (id, sent_at): (Uuid, i64),
+        msg: &[u8],
+    ) -> bool {
+        if label.is_some_and(|named| named != (stream, seq)) {
+            // Named as another message than it is: a carrier altered the name. The message
+            // itself is genuine (MLS opened it) and is kept as what it is.
+            self.event(Event::Refused {
+                what: "carried message",
+                reason: Refusal::Malformed("a message named as another"),
+            });
+        }
+        let row = CarriedRow {
+            stream,
+            seq,
+            epoch,
+            sent_at,
+            id,
+            message: msg.to_vec(),
+        };
+        self.carry.keep(now, row)
     }
 
     /// Hands linked peers what they lack and tells them what this device holds; returns whether

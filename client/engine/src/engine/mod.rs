@@ -2,6 +2,7 @@
 //! events and time; drained for frames to send, link commands and events to show. One MLS group
 //! per circle, ordered by the server's sequencer (docs/protocol.md §7, docs/engine.md).
 
+mod files;
 mod links;
 mod membership;
 mod messages;
@@ -10,6 +11,7 @@ mod signalling;
 mod state;
 mod types;
 
+pub use files::StoredFile;
 use links::Link;
 use membership::{GroupDevice, UncheckedKeyPackage, UncheckedWelcome, Waiting};
 use sequencer::{CatchUp, Staged, commit_frame};
@@ -36,6 +38,7 @@ use crate::carry::{Carry, Stream, stream_of};
 use crate::codec::{self, Earlier};
 use crate::crypto::DeviceSigner;
 use crate::delivery::Delivery;
+use crate::files::Files;
 use crate::history::HistoryImport;
 use crate::identity::DeviceCertificate;
 use crate::pacer::Pacer;
@@ -85,6 +88,8 @@ pub struct Engine {
     own_stream: Stream,
     /// History taken from this member's other devices (saved after `carry`).
     history_import: HistoryImport,
+    /// The files this device holds, receives and serves (saved row by row).
+    files: Files,
     /// The proofs whose signatures this device checked in the last directory.
     checked: CheckedProofs,
     /// The circle's safety number as of the last directory.
@@ -227,6 +232,7 @@ impl Engine {
             mls,
             outbox,
             carried,
+            files,
         } = stored;
         let (mut saved, trust, remembered, mut carry, history_import): (
             SavedState,
@@ -262,6 +268,7 @@ impl Engine {
         engine.remembered = remembered;
         engine.carry = carry;
         engine.history_import = history_import;
+        engine.files = Files::new(engine.config.files.clone(), files.into_values());
         engine.refresh_roster();
         Ok(engine)
     }
@@ -277,6 +284,7 @@ impl Engine {
         carry.set_config(config.carry.clone());
         Engine {
             carry,
+            files: Files::new(config.files.clone(), []),
             own_stream: stream_of(&saved.signature_public),
             history_import: HistoryImport::default(),
             config,
@@ -620,6 +628,7 @@ impl Engine {
         [
             self.saved.delivery.poll_timeout(),
             self.carry.poll_timeout(),
+            self.files.poll_timeout(),
             self.announce_at,
             self.catch_up.as_ref().map(|c| c.answer_by),
             self.directory_due.filter(|_| self.connected),
@@ -691,7 +700,7 @@ impl Engine {
 
     /// What to write to the local store, if anything changed since the last write.
     fn take_write(&mut self) -> Result<Option<StoreWrite>, EngineError> {
-        if !self.dirty {
+        if !self.dirty && !self.files.changed() {
             return Ok(None);
         }
         self.dirty = false;
@@ -713,12 +722,14 @@ impl Engine {
         let outbox = self.saved.delivery.take_outbox_changes();
         let history = std::mem::take(&mut self.history);
         let carried = self.carry.take_changes();
+        let files = self.files.take_changes();
         Ok(Some(StoreWrite {
             state,
             mls,
             outbox,
             history,
             carried,
+            files,
         }))
     }
 
@@ -763,6 +774,7 @@ impl Engine {
         if self.circulate(now) {
             self.drain_delivery(now);
         }
+        self.move_files(now);
         self.assembler.expire(now);
         self.release_frames(now);
     }
@@ -822,6 +834,7 @@ mod tests {
             device: id,
             text: "hi".into(),
             sent_at: 5,
+            file: None,
         };
         assert_eq!(
             json(&Event::Message {
@@ -829,7 +842,7 @@ mod tests {
                 outgoing: true
             }),
             serde_json::json!({"event": "message", "id": id, "member": id, "device": id,
-                "text": "hi", "sent_at": 5, "outgoing": true})
+                "text": "hi", "sent_at": 5, "file": null, "outgoing": true})
         );
         assert_eq!(
             json(&Event::Delivered {

@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use crate::carry::{CarriedChange, CarriedRow, Stream};
 use crate::delivery::{Delivery, OutboxChange, Queued, Seq};
+use crate::files::{FileChange, FileRow};
 use crate::identity::DeviceCertificate;
 use crate::provider::StorageChanges;
 use crate::trust::{Trust, UsedInvitations};
@@ -42,6 +43,8 @@ pub struct StoreWrite {
     pub history: Vec<HistoryChange>,
     /// Changes to the messages kept for other devices, one row per message.
     pub carried: Vec<CarriedChange>,
+    /// Changes to the files, one row per file.
+    pub files: Vec<FileChange>,
 }
 
 /// A change to the message history, which the device keeps for its user (the engine forgets
@@ -81,6 +84,8 @@ pub struct StoredDevice {
     pub outbox: BTreeMap<(Uuid, Seq), Queued>,
     /// The messages kept for other devices, by stream and number.
     pub carried: BTreeMap<(Stream, u64), CarriedRow>,
+    /// The files, by id.
+    pub files: BTreeMap<Uuid, FileRow>,
 }
 
 impl StoredDevice {
@@ -111,6 +116,16 @@ impl StoredDevice {
                 }
                 CarriedChange::Delete { stream, seq } => {
                     self.carried.remove(&(stream, seq));
+                }
+            }
+        }
+        for change in write.files {
+            match change {
+                FileChange::Put(row) => {
+                    self.files.insert(row.id, row);
+                }
+                FileChange::Delete(id) => {
+                    self.files.remove(&id);
                 }
             }
         }

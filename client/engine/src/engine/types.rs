@@ -13,6 +13,7 @@ use web_time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::carry::CarryConfig;
 use crate::crypto::DeviceSigner;
 use crate::delivery::DeliveryConfig;
+use crate::files::{FileCommand, FileInfo, FilesConfig};
 use crate::payload::RtcSignal;
 use crate::roster::Refusal;
 use crate::trust::TrustError;
@@ -71,6 +72,8 @@ pub struct EngineConfig {
     pub delivery: DeliveryConfig,
     /// What a device keeps for others and how it hands it on.
     pub carry: CarryConfig,
+    /// File transfers: the cap on a file's size, windows and timings.
+    pub files: FilesConfig,
 }
 
 impl EngineConfig {
@@ -91,6 +94,7 @@ impl EngineConfig {
             ice_retry: Duration::from_secs(30),
             delivery: DeliveryConfig::default(),
             carry: CarryConfig::default(),
+            files: FilesConfig::default(),
         }
     }
 }
@@ -108,6 +112,9 @@ pub enum EngineError {
     /// The message is too large.
     #[error("the message is too large")]
     TooLarge,
+    /// The file cannot be sent as it is.
+    #[error("the file cannot be sent: malformed {0}")]
+    BadFile(&'static str),
     /// The saved state cannot be read.
     #[error("the saved state cannot be read: {0}")]
     Corrupt(String),
@@ -183,6 +190,9 @@ pub struct ChatMessage {
     pub text: String,
     /// When it was written (ms since the Unix epoch, by the sender's clock).
     pub sent_at: i64,
+    /// The file it shares, for a file message (`text` is then empty); its content is the
+    /// files machine's ([`crate::files`]).
+    pub file: Option<FileInfo>,
 }
 
 /// What happened, for the user interface and the history. Serialized as the CLI's `--json` lines
@@ -274,6 +284,46 @@ pub enum Event {
         /// Rows it holds in all (so far and remaining).
         total: u64,
         /// Whether its history is taken whole.
+        done: bool,
+    },
+    /// A file is on its way here: `received` bytes of `size` are written (told a few times a
+    /// second, and once whole).
+    FileProgress {
+        /// The file (the id of the message that offered it).
+        id: Uuid,
+        /// Bytes received and written.
+        received: u64,
+        /// The file's size.
+        size: u64,
+    },
+    /// A file is here whole: its content matches its sender's hash and is on disk.
+    FileReceived {
+        /// The file.
+        id: Uuid,
+        /// Its name.
+        name: String,
+        /// Its size.
+        size: u64,
+    },
+    /// A file was not taken, or cannot be sent: why, in words. Nothing of it is shown as whole.
+    FileFailed {
+        /// The file.
+        id: Uuid,
+        /// Why.
+        reason: String,
+    },
+    /// This device sent `sent` bytes of a file to `device` (told a few times a second); `done`
+    /// once that device says it holds it whole.
+    FileSent {
+        /// The file.
+        id: Uuid,
+        /// The device it goes to.
+        device: Uuid,
+        /// Bytes sent so far.
+        sent: u64,
+        /// The file's size.
+        size: u64,
+        /// Whether the device holds it whole.
         done: bool,
     },
     /// The device stopped for good: its driver ends it (once, the engine's last event).
@@ -399,6 +449,8 @@ pub enum Output {
     /// [`crate::Engine::session_renewal`] to `POST /session/renew`), use the new session and
     /// connect again, and hand the outcome to [`crate::Engine::handle_session_renewal`].
     RenewSession,
+    /// File IO: read chunks to send, write and sync chunks received, delete a file.
+    File(FileCommand),
 }
 
 impl Output {
@@ -407,6 +459,9 @@ impl Output {
     /// the server for the directory or ICE servers, and opening a link here (its offer goes out
     /// later, through [`crate::Engine::send_rtc`] and a turn of its own), reveal nothing of what the
     /// write holds and may go at once, so a chain of turns does not wait for the disk at each ask.
+    /// So may file IO but deletion: reading chunks (they go out through a turn of their own),
+    /// writing and syncing received ones (the row that counts them is written only once they are
+    /// synced).
     #[must_use]
     pub fn waits_for_write(&self) -> bool {
         !matches!(
@@ -414,6 +469,9 @@ impl Output {
             Output::FetchDirectory
                 | Output::FetchIceServers
                 | Output::Link(LinkCommand::Open { .. })
+                | Output::File(
+                    FileCommand::Read { .. } | FileCommand::Write { .. } | FileCommand::Sync { .. }
+                )
         )
     }
 }

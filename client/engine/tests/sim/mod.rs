@@ -8,6 +8,7 @@ use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::value::to_raw_value;
 use tessera_engine::decision::SignedDecision;
+use tessera_engine::files::{ContentHash, FileCommand};
 use tessera_engine::history::Cursor;
 use tessera_engine::identity::certify;
 use tessera_engine::invitation::{InvitationSecret, InvitationStatement, SignedInvitation};
@@ -16,7 +17,7 @@ use tessera_engine::renewal::RenewalOutcome;
 use tessera_engine::trust::{KeyProof, RootFingerprint, RootPin, Trust, member_id_for, revocation};
 use tessera_engine::{
     ChatMessage, DeviceKey, Engine, EngineConfig, Event, HistoryChange, IceOutcome, LinkCommand,
-    Output, StopReason, StoredDevice,
+    Output, StopReason, StoredDevice, StoredFile,
 };
 use tessera_softkey::SoftKey;
 use tessera_wire::signal::{ClientFrame, FrameErrorCode, Limits, PeerDevice, ServerFrame};
@@ -30,6 +31,8 @@ pub fn config() -> EngineConfig {
     let mut config = EngineConfig::new(ORIGIN, "localhost");
     config.delivery.resend_after = Duration::from_millis(300);
     config.link_timeout = Duration::from_millis(500);
+    config.files.stall_after = Duration::from_millis(300);
+    config.files.sync_every = 16;
     config
 }
 
@@ -68,6 +71,11 @@ pub struct Device {
     pub renewals: usize,
     /// How many pages of its history it read for another device.
     pub history_reads: usize,
+    /// Its files folder: what was written of each file, and how much of it is synced (what a
+    /// restart keeps).
+    pub disk: BTreeMap<Uuid, (Vec<u8>, usize)>,
+    /// Chunks it read from its disk for peers.
+    pub reads: u64,
 }
 
 impl Device {
@@ -264,6 +272,8 @@ impl Sim {
                 allowance: (f64::from(self.limits.burst), self.now),
                 renewals: 0,
                 history_reads: 0,
+                disk: BTreeMap::new(),
+                reads: 0,
             },
         );
         self.connect(device);
@@ -628,6 +638,7 @@ impl Sim {
                     self.in_flight.push((device, peer, bytes));
                 }
             }
+            Output::File(command) => Self::file_io(now, dev, command),
             Output::Link(LinkCommand::Close { device: peer }) => {
                 if self.links.remove(&pair(device, peer))
                     && let Some(other) = self.devices.get_mut(&peer)
@@ -636,6 +647,81 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// Does a device's file IO on its simulated disk, as its driver would.
+    fn file_io(now: Instant, dev: &mut Device, command: FileCommand) {
+        match command {
+            FileCommand::Read {
+                file,
+                peer,
+                index,
+                count,
+                chunk,
+                size,
+            } => {
+                let content = dev
+                    .disk
+                    .get(&file)
+                    .map(|(c, _)| c.clone())
+                    .unwrap_or_default();
+                for index in index..index + u64::from(count) {
+                    let start = usize::try_from(index * u64::from(chunk)).expect("offset");
+                    let end = (start + chunk as usize).min(usize::try_from(size).expect("size"));
+                    let Some(bytes) = content.get(start..end) else {
+                        dev.engine.handle_file_failed(now, file, "short read");
+                        return;
+                    };
+                    dev.reads += 1;
+                    dev.timed(|d| d.engine.handle_file_read(now, peer, file, index, bytes));
+                }
+            }
+            FileCommand::Write {
+                file,
+                offset,
+                bytes,
+            } => {
+                let (content, _) = dev.disk.entry(file).or_default();
+                let offset = usize::try_from(offset).expect("offset");
+                if content.len() < offset + bytes.len() {
+                    content.resize(offset + bytes.len(), 0);
+                }
+                content[offset..offset + bytes.len()].copy_from_slice(&bytes);
+            }
+            FileCommand::Sync { file, chunks, size } => {
+                let (content, synced) = dev.disk.entry(file).or_default();
+                if let Some(size) = size {
+                    content.truncate(usize::try_from(size).expect("size"));
+                }
+                *synced = content.len();
+                dev.timed(|d| d.engine.handle_file_synced(now, file, chunks));
+            }
+            FileCommand::Discard { file } => {
+                dev.disk.remove(&file);
+            }
+        }
+    }
+
+    /// Shares `content` as a file named `name` from `device`, stored on its disk first.
+    pub fn send_file(&mut self, device: Uuid, name: &str, content: &[u8]) -> Uuid {
+        let now = self.now;
+        let dev = self.devices.get_mut(&device).expect("device");
+        let id = Uuid::new_v4();
+        dev.disk.insert(id, (content.to_vec(), content.len()));
+        let mut hash = ContentHash::default();
+        hash.update(content);
+        let stored = StoredFile {
+            id,
+            name: name.to_owned(),
+            mime: String::new(),
+            size: content.len() as u64,
+            sha256: hash.finish(),
+        };
+        dev.engine
+            .send_file(now, 1_700_000_000_000, stored)
+            .expect("the file is sent");
+        self.drain(device);
+        id
     }
 
     /// Runs the circle for `rounds` steps of 50 ms.
@@ -700,6 +786,10 @@ impl Sim {
         let mut config = config();
         change(&mut config, &mut dev.store);
         let stored = dev.store.clone();
+        // What was written and not synced is lost with the process.
+        for (content, synced) in dev.disk.values_mut() {
+            content.truncate(*synced);
+        }
         dev.engine = Engine::restore(config, stored).expect("restore");
         self.disconnect(device);
         self.links.retain(|(a, b)| *a != device && *b != device);

@@ -13,7 +13,6 @@ use tessera_client::identity::{certify, key_fingerprint};
 use tessera_client::membership::{self, InvitationLink, Joined, MembershipError, Signer};
 use tessera_client::store::{DeviceStore, Profile};
 use tessera_client::trust::{RootPin, Trust};
-use tessera_engine::carry::CarryConfig;
 use tessera_engine::decision::Decision;
 use tessera_engine::{DeviceKey, Engine, EngineConfig};
 use tessera_wire::{Base64Url, ErrorCode, Role};
@@ -138,7 +137,7 @@ pub async fn session(opened: &mut Opened) -> Result<ApiClient> {
         Err(error) if error.status().is_some_and(|s| s == 401) => {}
         _ => return Ok(api),
     }
-    let engine = restore(&opened.store, &opened.profile, &CarryConfig::default()).await?;
+    let engine = restore(&opened.store, &opened.profile, None).await?;
     let profile = &mut opened.profile;
     api.set_session(None);
     let ceremony = api
@@ -160,13 +159,15 @@ pub async fn session(opened: &mut Opened) -> Result<ApiClient> {
 pub async fn restore(
     store: &DeviceStore,
     profile: &Profile,
-    carry: &CarryConfig,
+    settings: Option<&Settings>,
 ) -> Result<Engine> {
     let stored = store.load().await?.context(
         "this device's state is missing from its store: join again with a new --data-dir",
     )?;
     let mut config = EngineConfig::new(&profile.origin, &profile.rp_id);
-    config.carry = carry.clone();
+    if let Some(settings) = settings {
+        settings.tune(&mut config);
+    }
     Ok(Engine::restore(config, stored)?)
 }
 
@@ -176,7 +177,7 @@ pub async fn remember_root(opened: &mut Opened) -> Result<()> {
     if opened.profile.root.is_some() {
         return Ok(());
     }
-    let engine = restore(&opened.store, &opened.profile, &CarryConfig::default()).await?;
+    let engine = restore(&opened.store, &opened.profile, None).await?;
     let profile = &mut opened.profile;
     if let Some(root) = engine.root() {
         profile.root = Some(root);

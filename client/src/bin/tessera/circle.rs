@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use serde_json::json;
 use tessera_client::device::{Connection, DeviceHandle, Status, Stopped, Update};
+use tessera_client::files::FileDir;
 use tessera_client::signal::{Backoff, SignalClient, SignalEvent};
 use tessera_client::store::HistoryEntry;
 use tessera_client::trust::{TrustError, UsedInvitations, distrust_all, verify_directory};
@@ -45,16 +46,16 @@ async fn route_to(origin: &str) -> Result<IpAddr> {
 }
 
 /// This device, running.
-struct Running {
-    opened: Opened,
-    device: DeviceHandle,
+pub(crate) struct Running {
+    pub(crate) opened: Opened,
+    pub(crate) device: DeviceHandle,
 }
 
-async fn start(settings: &Settings) -> Result<Running> {
+pub(crate) async fn start(settings: &Settings) -> Result<Running> {
     let mut opened = account::open(settings).await?;
     account::remember_root(&mut opened).await?;
     let api = account::session(&mut opened).await?;
-    let engine = account::restore(&opened.store, &opened.profile, &settings.carry).await?;
+    let engine = account::restore(&opened.store, &opened.profile, Some(settings)).await?;
     let bind = match settings.bind {
         Some(bind) => bind,
         None => route_to(&opened.profile.origin).await?,
@@ -62,6 +63,7 @@ async fn start(settings: &Settings) -> Result<Running> {
     let device = DeviceHandle::start(
         engine,
         opened.store.clone(),
+        FileDir::in_data_dir(&settings.data_dir),
         Connection {
             api,
             bind,
@@ -74,7 +76,7 @@ async fn start(settings: &Settings) -> Result<Running> {
 }
 
 /// Why the device stopped, as an error for the member when it was not asked to.
-async fn stopped(device: DeviceHandle) -> Result<()> {
+pub(crate) async fn stopped(device: DeviceHandle) -> Result<()> {
     why_stopped(device.stop().await?)
 }
 
@@ -97,7 +99,7 @@ fn why_stopped(stopped: Stopped) -> Result<()> {
 }
 
 /// A name for a member: the display name it shared in the group, else the start of its id.
-fn name_of(names: &BTreeMap<Uuid, String>, member: Uuid) -> String {
+pub(crate) fn name_of(names: &BTreeMap<Uuid, String>, member: Uuid) -> String {
     names.get(&member).cloned().unwrap_or_else(|| {
         let id = member.simple().to_string();
         format!("member-{}", &id[..8])
@@ -120,11 +122,14 @@ fn clock(ms: i64) -> String {
 }
 
 fn message_line(message: &ChatMessage, names: &BTreeMap<Uuid, String>) -> String {
+    let body = match &message.file {
+        Some(file) => crate::files::file_line(message.id, file),
+        None => message.text.clone(),
+    };
     format!(
-        "[{}] {}: {}",
+        "[{}] {}: {body}",
         clock(message.sent_at),
         name_of(names, message.member),
-        message.text
     )
 }
 
@@ -136,6 +141,7 @@ fn message_json(message: &ChatMessage, outgoing: bool, names: &BTreeMap<Uuid, St
         "device": message.device,
         "name": names.get(&message.member),
         "text": message.text,
+        "file": message.file,
         "sent_at": message.sent_at,
         "outgoing": outgoing,
     })
@@ -264,6 +270,27 @@ fn update_text(
         }) => format!(
             "* Your history from your other device is here: {received} messages (`tessera history`)."
         ),
+        Update::Engine(Event::FileReceived { id, name, size }) => format!(
+            "* {name} ({}) is here: /get {} saves it.",
+            crate::files::human(*size),
+            crate::files::short(*id)
+        ),
+        Update::Engine(Event::FileFailed { id, reason }) => {
+            format!(
+                "! File {} was not taken: {reason}",
+                crate::files::short(*id)
+            )
+        }
+        Update::Engine(Event::FileSent {
+            id,
+            device,
+            done: true,
+            ..
+        }) => format!(
+            "* {} holds file {} whole.",
+            device_name(device),
+            crate::files::short(*id)
+        ),
         Update::Engine(Event::SessionRenewed) => {
             "* The session had ended; this device renewed it with its key.".to_owned()
         }
@@ -289,6 +316,9 @@ fn key_changes(added: &[Base64Url], removed: &[Base64Url]) -> String {
 }
 
 const CHAT_HELP: &str = "Type a message and press Enter to send it to the circle.\n\
+    /file PATH  share a file with the circle\n\
+    /files      the files shared with the circle\n\
+    /get ID [PATH]  save a file that is here\n\
     /members  who is in the group and linked\n\
     /name N   set your display name\n\
     /status   this device's state (JSON)\n\
@@ -314,6 +344,7 @@ pub async fn chat(settings: &Settings, json_lines: bool) -> Result<()> {
         }
     }
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut arriving = crate::files::Arriving::default();
     loop {
         tokio::select! {
             line = lines.next_line() => {
@@ -330,6 +361,43 @@ pub async fn chat(settings: &Settings, json_lines: bool) -> Result<()> {
                     ("/members", _) => {
                         status = device.status().await.map_err(anyhow::Error::msg)?;
                         print_group(&status);
+                    }
+                    ("/file", path) if !path.is_empty() => {
+                        let path = std::path::PathBuf::from(path);
+                        match device.send_file(&path, |_| {}).await {
+                            Ok(id) if json_lines => println!(
+                                "{}",
+                                json!({"event": "file_shared", "id": id,
+                                    "path": path.display().to_string()})
+                            ),
+                            Ok(id) => println!(
+                                "* Shared {} (id {}).",
+                                path.display(),
+                                crate::files::short(id)
+                            ),
+                            Err(e) => eprintln!("! Not sent: {e}"),
+                        }
+                    }
+                    ("/files", _) => {
+                        let listed = if json_lines {
+                            crate::files::list_json(&opened.store).await.map(|l| println!("{l}"))
+                        } else {
+                            crate::files::list(settings).await
+                        };
+                        if let Err(e) = listed {
+                            eprintln!("! {e:#}");
+                        }
+                    }
+                    ("/get", args) if !args.is_empty() => {
+                        let (id, out) = args
+                            .split_once(' ')
+                            .map_or((args, None), |(i, o)| (i, Some(o.trim().into())));
+                        let saved = crate::files::save_held(
+                            settings, &opened.store, (id, out), json_lines,
+                        );
+                        if let Err(e) = saved.await {
+                            eprintln!("! {e:#}");
+                        }
                     }
                     ("/name", name) if !name.is_empty() => {
                         if let Err(e) = device.set_display_name(name).await {
@@ -358,6 +426,8 @@ pub async fn chat(settings: &Settings, json_lines: bool) -> Result<()> {
                 }
                 let line = if json_lines {
                     update_json(&update, &status.view.names)
+                } else if let Update::Engine(Event::FileProgress { id, received, size }) = &update {
+                    arriving.line(*id, *received, *size)
                 } else {
                     update_text(&update, &status.view.names, &status.group())
                 };
@@ -471,23 +541,10 @@ fn serve_json(update: &Update) -> Option<serde_json::Value> {
 pub async fn send(settings: &Settings, text: &str, wait: Duration) -> Result<()> {
     let Running {
         opened: _lock,
-        mut device,
+        device,
     } = start(settings).await?;
     let deadline = Instant::now() + wait;
-    let mut status = device.status().await.map_err(anyhow::Error::msg)?;
-    while !(status.view.connected && status.view.epoch.is_some()) {
-        if Instant::now() >= deadline {
-            let why = if status.view.connected {
-                "this device is not in the circle's encrypted group yet: a member's device \
-                 online adds it (keep `tessera chat` running until it says so)"
-            } else {
-                "the server cannot be reached, so no peer link can be set up"
-            };
-            stopped(device).await?;
-            bail!("not sent: {why}");
-        }
-        status = next_status(&mut device).await?;
-    }
+    let (mut device, mut status) = ready(device, deadline).await?;
     let id = device.send_text(text).await.map_err(anyhow::Error::msg)?;
     let online_waiting = |s: &Status| {
         s.waiting()
@@ -515,8 +572,31 @@ pub async fn send(settings: &Settings, text: &str, wait: Duration) -> Result<()>
     stopped(device).await
 }
 
+/// Waits until the device is connected and in the group, or until `deadline` (then it stops
+/// and says why it could not send).
+pub(crate) async fn ready(
+    mut device: DeviceHandle,
+    deadline: Instant,
+) -> Result<(DeviceHandle, Status)> {
+    let mut status = device.status().await.map_err(anyhow::Error::msg)?;
+    while !(status.view.connected && status.view.epoch.is_some()) {
+        if Instant::now() >= deadline {
+            let why = if status.view.connected {
+                "this device is not in the circle's encrypted group yet: a member's device \
+                 online adds it (keep `tessera chat` running until it says so)"
+            } else {
+                "the server cannot be reached, so no peer link can be set up"
+            };
+            stopped(device).await?;
+            bail!("not sent: {why}");
+        }
+        status = next_status(&mut device).await?;
+    }
+    Ok((device, status))
+}
+
 /// The device's status after the next update (or a short pause).
-async fn next_status(device: &mut DeviceHandle) -> Result<Status> {
+pub(crate) async fn next_status(device: &mut DeviceHandle) -> Result<Status> {
     let update = tokio::time::timeout(Duration::from_millis(250), device.next_update()).await;
     if let Ok(None) = update {
         // The device stopped by itself.
@@ -529,7 +609,7 @@ async fn next_status(device: &mut DeviceHandle) -> Result<Status> {
 pub async fn set_name(settings: &Settings, name: &str) -> Result<()> {
     let opened = account::open(settings).await?;
     let profile = &opened.profile;
-    let mut engine = account::restore(&opened.store, profile, &settings.carry).await?;
+    let mut engine = account::restore(&opened.store, profile, Some(settings)).await?;
     engine.set_display_name(Instant::now(), name)?;
     opened.store.save_offline(&mut engine).await?;
     println!(
@@ -542,7 +622,7 @@ pub async fn set_name(settings: &Settings, name: &str) -> Result<()> {
 /// `tessera history` (needs no lock: it only reads).
 pub async fn history(settings: &Settings, limit: u32) -> Result<()> {
     let Opened { store, profile, .. } = account::open_profile(settings).await?;
-    let names = account::restore(&store, &profile, &settings.carry)
+    let names = account::restore(&store, &profile, Some(settings))
         .await?
         .display_names();
     for HistoryEntry {
@@ -572,7 +652,7 @@ pub async fn members(settings: &Settings) -> Result<()> {
         .members()
         .await
         .map_err(|e| explain(e, &profile.origin))?;
-    let engine = account::restore(&opened.store, profile, &settings.carry).await?;
+    let engine = account::restore(&opened.store, profile, Some(settings)).await?;
     let names = engine.display_names();
     let online = online_devices(&api, profile.device).await?;
     let trusted = match &profile.root {

@@ -3,6 +3,7 @@
 
 mod account;
 mod circle;
+mod files;
 mod keys;
 mod settings;
 
@@ -66,6 +67,9 @@ struct Cli {
     /// How many days of them are kept, by their senders' clocks [default: 30].
     #[arg(long, env = "TESSERA_CARRY_DAYS", global = true, value_name = "DAYS")]
     carry_days: Option<u32>,
+    /// The largest file this device sends or takes, in MiB [default: 2048].
+    #[arg(long, env = "TESSERA_MAX_FILE_MIB", global = true, value_name = "MIB")]
+    max_file_mib: Option<u64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -118,6 +122,35 @@ enum Command {
         /// How long to wait for delivery, in seconds.
         #[arg(long, default_value_t = 30)]
         wait: u64,
+    },
+    /// Share a file with the circle, end-to-end encrypted and peer to peer: a copy is kept in the
+    /// data directory, and the devices online get it now (progress is shown); the others get it
+    /// from this device or any that holds it when they are online together.
+    SendFile {
+        /// The file.
+        path: PathBuf,
+        /// How long to wait for the online devices to have it, in seconds.
+        #[arg(long, default_value_t = 600)]
+        wait: u64,
+    },
+    /// List the files shared with the circle that this device knows of.
+    Files,
+    /// Save a file shared with the circle (waiting for it to arrive, with progress, if it is on
+    /// its way).
+    Get {
+        /// The file's id (or the start of it, as `files` shows it).
+        id: String,
+        /// Where to save it [default: its name, in the current directory].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// How long to wait for it to arrive, in seconds.
+        #[arg(long, default_value_t = 600)]
+        wait: u64,
+    },
+    /// Delete a file from this device (its message stays in the history).
+    DeleteFile {
+        /// The file's id (or the start of it).
+        id: String,
     },
     /// Set your display name (shared inside the circle's group only).
     Name {
@@ -258,6 +291,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         carry_messages: cli.carry_messages,
         carry_mib: cli.carry_mib,
         carry_days: cli.carry_days,
+        max_file_mib: cli.max_file_mib,
     })?;
     match cli.command {
         Command::SoftKey {
@@ -304,6 +338,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             circle::send(&settings, &text, std::time::Duration::from_secs(wait)).await
         }
         Command::Name { name } => circle::set_name(&settings, &name).await,
+        Command::SendFile { path, wait } => {
+            files::send_file(&settings, &path, std::time::Duration::from_secs(wait)).await
+        }
+        Command::Files => files::list(&settings).await,
+        Command::Get { id, out, wait } => {
+            files::get(&settings, &id, out, std::time::Duration::from_secs(wait)).await
+        }
+        Command::DeleteFile { id } => files::delete(&settings, &id).await,
         Command::History { limit } => circle::history(&settings, limit).await,
     }
 }

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use serde::Deserialize;
+use tessera_engine::EngineConfig;
 use tessera_engine::carry::CarryConfig;
+use tessera_engine::files::DEFAULT_MAX_BYTES;
 use url::Url;
 
 /// The config file (TOML); every key is optional.
@@ -24,6 +26,7 @@ struct ConfigFile {
     carry_messages: Option<usize>,
     carry_mib: Option<usize>,
     carry_days: Option<u32>,
+    max_file_mib: Option<u64>,
 }
 
 /// The settings as resolved.
@@ -42,6 +45,8 @@ pub struct Settings {
     pub relay_only: bool,
     /// How much the device keeps of the circle's messages to carry to other devices.
     pub carry: CarryConfig,
+    /// The largest file the device sends or takes, in bytes.
+    pub max_file_bytes: u64,
 }
 
 /// What the flags and the environment gave (clap merges those two).
@@ -59,6 +64,7 @@ pub struct Given {
     pub carry_messages: Option<usize>,
     pub carry_mib: Option<usize>,
     pub carry_days: Option<u32>,
+    pub max_file_mib: Option<u64>,
 }
 
 fn home() -> Option<PathBuf> {
@@ -112,7 +118,14 @@ impl Settings {
         if let Some(days) = given.carry_days.or(file.carry_days) {
             carry.max_age_ms = i64::from(days) * 24 * 3600 * 1000;
         }
+        let max_file_bytes = match given.max_file_mib.or(file.max_file_mib) {
+            Some(mib) => mib
+                .checked_mul(1024 * 1024)
+                .context("max_file_mib is too large")?,
+            None => DEFAULT_MAX_BYTES,
+        };
         Ok(Settings {
+            max_file_bytes,
             server: given.server.or(file.server),
             data_dir,
             key_file: given.key_file.or(file.key_file),
@@ -123,6 +136,13 @@ impl Settings {
             relay_only: given.relay_only || file.relay_only.unwrap_or(false),
             carry,
         })
+    }
+
+    /// Applies what the member set to the engine's configuration: how much it carries, the
+    /// largest file.
+    pub fn tune(&self, config: &mut EngineConfig) {
+        config.carry = self.carry.clone();
+        config.files.max_bytes = self.max_file_bytes;
     }
 
     /// The local store's path.
