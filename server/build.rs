@@ -9,6 +9,7 @@ fn main() {
         "../web/app.js",
         "../web/circle.js",
         "../web/device.js",
+        "../web/files-worker.js",
         "../web/style.css",
         "../web/templates",
     ] {

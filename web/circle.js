@@ -21,6 +21,22 @@ function grouped(text) {
   return text.match(/.{1,4}/g).join(' ');
 }
 
+// A size for people: "3.1 MB".
+function human(bytes) {
+  const units = ['B', 'kB', 'MB', 'GB', 'TB'];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1000 && unit < units.length - 1) {
+    value /= 1000;
+    unit += 1;
+  }
+  return unit === 0 ? `${bytes} B` : `${value.toFixed(1)} ${units[unit]}`;
+}
+
+// Pictures up to this size get a thumbnail, made on this device.
+const THUMBNAIL_MAX_BYTES = 64 * 1024 * 1024;
+const THUMBNAIL_WIDTH = 240;
+
 // The member's browser becomes a device: a fresh MLS device key, certified by their hardware key
 // (the engine makes the WebAuthn request and checks the answer as every peer will).
 async function makeDevice(engine, me, store) {
@@ -53,6 +69,7 @@ class CircleView {
     this.names = new Map(); // member -> display name, as of the last view
     this.others = 0; // the group's devices besides this one, as of the last view
     this.drawPending = false;
+    this.transfers = new Map(); // file id -> { started, from }: what the rate is counted from
   }
 
   async start() {
@@ -66,6 +83,7 @@ class CircleView {
     $('people').hidden = false;
     this.#view();
     this.#wireSend();
+    this.#wireFiles();
     this.#wireName();
     for (const entry of await this.store.history()) {
       try {
@@ -101,6 +119,190 @@ class CircleView {
         say(`Not sent: ${error?.message ?? error}`, 'error');
       }
     });
+  }
+
+  // Files are shared from the attach button, by dropping them on the chat, or by pasting a
+  // picture into the message box.
+  #wireFiles() {
+    const input = $('attach');
+    $('attach-button').addEventListener('click', () => input.click());
+    input.addEventListener('change', () => {
+      for (const file of input.files) this.#share(file);
+      input.value = '';
+    });
+    const chat = $('chat');
+    chat.addEventListener('dragover', (event) => {
+      if (![...event.dataTransfer.types].includes('Files')) return;
+      event.preventDefault();
+      chat.classList.add('dropping');
+    });
+    chat.addEventListener('dragleave', () => chat.classList.remove('dropping'));
+    chat.addEventListener('drop', (event) => {
+      chat.classList.remove('dropping');
+      if (!event.dataTransfer.files.length) return;
+      event.preventDefault();
+      for (const file of event.dataTransfer.files) this.#share(file);
+    });
+    $('message').addEventListener('paste', (event) => {
+      const files = [...(event.clipboardData?.files ?? [])];
+      if (!files.length) return;
+      event.preventDefault();
+      for (const file of files) this.#share(file);
+    });
+  }
+
+  async #share(file) {
+    if (this.device.stopped) return;
+    const line = $('share-progress') ?? (() => {
+      const p = document.createElement('p');
+      p.id = 'share-progress';
+      p.className = 'hint';
+      p.setAttribute('role', 'status');
+      $('send').append(p);
+      return p;
+    })();
+    const started = performance.now();
+    const show = (bytes) => {
+      line.textContent = `Encrypting and storing ${file.name}: ${this.#progressText(bytes, file.size, started)}`;
+    };
+    show(0);
+    try {
+      await this.device.sendFile(file, show);
+      line.textContent = '';
+    } catch (error) {
+      line.textContent = '';
+      say(`${file.name} not shared: ${error?.message ?? error}`, 'error');
+    }
+  }
+
+  // "12.0 MB of 100.0 MB (12%), 8.1 MB/s, 11 s left".
+  #progressText(done, total, started) {
+    const share = total ? Math.floor((done * 100) / total) : 100;
+    const seconds = Math.max(0.001, (performance.now() - started) / 1000);
+    const rate = done / seconds;
+    const left = rate > 0 && done < total ? `, ${Math.ceil((total - done) / rate)} s left` : '';
+    return `${human(done)} of ${human(total)} (${share}%), ${human(Math.round(rate))}/s${left}`;
+  }
+
+  // The card of a file message: its name, size and type, then where it stands here.
+  #fileCard(entry) {
+    const card = document.createElement('div');
+    card.className = 'file-card';
+    card.dataset.file = entry.id;
+    const name = document.createElement('p');
+    name.className = 'file-name';
+    name.textContent = entry.file.name;
+    const meta = document.createElement('p');
+    meta.className = 'file-meta';
+    meta.textContent = [human(entry.file.size), entry.file.mime].filter(Boolean).join(' · ');
+    const bar = document.createElement('progress');
+    bar.max = Math.max(1, entry.file.size);
+    bar.value = 0;
+    const status = document.createElement('p');
+    status.className = 'file-status';
+    status.setAttribute('role', 'status');
+    const download = document.createElement('button');
+    download.type = 'button';
+    download.className = 'download';
+    download.textContent = `Download ${entry.file.name}`;
+    download.hidden = true;
+    download.addEventListener('click', () => this.#download(entry.id, entry.file.name));
+    card.append(name, meta, bar, status, download);
+    return card;
+  }
+
+  #card(id) {
+    return document.querySelector(`.file-card[data-file="${CSS.escape(id)}"]`);
+  }
+
+  // Shows where a file stands here: `here` (a download, a thumbnail for a picture),
+  // `receiving` (how far), `failed` (why).
+  #fileState(id, { state, received = 0, reason = null }) {
+    const card = this.#card(id);
+    if (!card) return;
+    const size = Number(card.querySelector('progress').max);
+    card.dataset.state = state;
+    const bar = card.querySelector('progress');
+    const status = card.querySelector('.file-status');
+    if (state === 'here') {
+      bar.hidden = true;
+      status.textContent = '';
+      const download = card.querySelector('.download');
+      if (download.hidden) {
+        download.hidden = false;
+        this.#thumbnail(card, id);
+      }
+    } else if (state === 'failed') {
+      bar.hidden = true;
+      status.textContent = `Not received: ${reason}`;
+    } else {
+      bar.value = received;
+      const transfer = this.transfers.get(id);
+      status.textContent = transfer
+        ? `Receiving: ${this.#progressText(received - transfer.from, size - transfer.from, transfer.started)}`
+        : `Waiting for a device that holds it (${human(received)} of ${human(size)} here)`;
+    }
+  }
+
+  async #thumbnail(card, id) {
+    const meta = card.querySelector('.file-meta').textContent;
+    const size = Number(card.querySelector('progress').max);
+    if (!/ · image\//.test(meta) || size > THUMBNAIL_MAX_BYTES) return;
+    try {
+      const file = await this.device.fileContent(id);
+      const bitmap = await createImageBitmap(file, { resizeWidth: THUMBNAIL_WIDTH, resizeQuality: 'medium' });
+      const canvas = document.createElement('canvas');
+      canvas.width = bitmap.width;
+      canvas.height = bitmap.height;
+      canvas.getContext('2d').drawImage(bitmap, 0, 0);
+      bitmap.close();
+      const blob = await new Promise((resolve) => canvas.toBlob(resolve, 'image/png'));
+      const img = document.createElement('img');
+      img.className = 'thumbnail';
+      img.alt = `Picture: ${card.querySelector('.file-name').textContent}`;
+      img.src = URL.createObjectURL(blob);
+      card.prepend(img);
+    } catch (error) {
+      console.warn(`no thumbnail: ${error?.message ?? error}`);
+    }
+  }
+
+  async #download(id, name) {
+    try {
+      const file = await this.device.fileContent(id);
+      const url = URL.createObjectURL(file);
+      const link = document.createElement('a');
+      link.href = url;
+      link.download = name;
+      document.body.append(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 60_000);
+    } catch (error) {
+      say(`${name} cannot be opened: ${error?.message ?? error}`, 'error');
+    }
+  }
+
+  #fileProgress({ id, received, size }) {
+    if (!this.transfers.has(id)) this.transfers.set(id, { started: performance.now(), from: received });
+    // Whole only once received, checked and synced (`file_received`).
+    this.#fileState(id, { state: 'receiving', received: Math.min(received, size) });
+  }
+
+  // This device sending a file: how far to each device, and who holds it whole.
+  #fileSent({ id, device, sent, size, done }) {
+    const card = this.#card(id);
+    if (!card) return;
+    const sending = JSON.parse(card.dataset.sending ?? '{}');
+    sending[device] = done ? size : sent;
+    card.dataset.sending = JSON.stringify(sending);
+    const holders = Object.values(sending).filter((n) => n >= size).length;
+    if (done) card.dataset.holders = String(holders);
+    const status = card.querySelector('.file-status');
+    const total = Object.keys(sending).length;
+    status.textContent = holders === total
+      ? `Sent: ${holders} ${holders === 1 ? 'device holds' : 'devices hold'} it`
+      : `Sending to ${total - holders} ${total - holders === 1 ? 'device' : 'devices'}: ${human(Object.values(sending).reduce((a, b) => a + b, 0))} sent`;
   }
 
   #wireName() {
@@ -147,6 +349,19 @@ class CircleView {
         break;
       case 'history_progress':
         this.#historyProgress(event);
+        break;
+      case 'file_progress':
+        this.#fileProgress(event);
+        break;
+      case 'file_received':
+        this.transfers.delete(event.id);
+        this.#fileState(event.id, { state: 'here' });
+        break;
+      case 'file_failed':
+        this.#fileState(event.id, { state: 'failed', reason: event.reason });
+        break;
+      case 'file_sent':
+        this.#fileSent(event);
         break;
       case 'session_renewed':
         // Nothing to say: the member stays logged in. Counted for the tests.
@@ -215,10 +430,15 @@ class CircleView {
       at.dateTime = written.toISOString();
       at.textContent = written.toLocaleTimeString();
     }
-    const text = document.createElement('p');
-    text.className = 'text';
-    text.textContent = entry.text;
-    item.append(who, ' ', at, text);
+    if (entry.file) {
+      item.classList.add('file');
+      item.append(who, ' ', at, this.#fileCard(entry));
+    } else {
+      const text = document.createElement('p');
+      text.className = 'text';
+      text.textContent = entry.text;
+      item.append(who, ' ', at, text);
+    }
     if (entry.outgoing) {
       const state = document.createElement('span');
       state.className = 'delivery';
@@ -226,6 +446,10 @@ class CircleView {
     }
     list.append(item);
     this.#deliveryState(item);
+    if (entry.file) {
+      const known = this.device.fileList().find((f) => f.id === entry.id);
+      if (known) this.#fileState(entry.id, known);
+    }
     item.scrollIntoView?.({ block: 'nearest' });
   }
 
@@ -284,6 +508,7 @@ class CircleView {
       state.append(login);
     }
     $('send-button').disabled = true;
+    $('attach-button').disabled = true;
     $('message').disabled = true;
     $('name-button').disabled = true;
   }
@@ -369,6 +594,7 @@ class CircleView {
       dropped.hidden = !view.dropped;
       dropped.textContent = `This browser dropped ${view.dropped} of the circle's messages it kept for others (its limit) before every device was known to have them: a device away that long may miss them.`;
       $('send-button').disabled = !view.in_group;
+      $('attach-button').disabled = !view.in_group;
     }
     const members = new Map();
     for (const d of view.devices) {

@@ -6,7 +6,10 @@
 
 const API = '/api/v1';
 const LABEL = 'tessera'; // the data channel's label, as the native client names it
-const CHANNEL_BUFFER_LIMIT = 8 * 1024 * 1024; // past this a packet waits for the outbox to resend it
+const CHANNEL_BUFFER_HIGH = 1024 * 1024; // past this what goes on a channel waits in its queue
+const CHANNEL_BUFFER_LOW = 256 * 1024; // the queue is written again when the channel is below this
+const CHANNEL_QUEUE_LIMIT = 8 * 1024 * 1024; // past this a packet is dropped: the outbox resends it
+const FILE_SLICE = 1024 * 1024; // a file the member shares is stored and hashed this much at a time
 const BACKOFF_FIRST_MS = 500;
 const BACKOFF_MAX_MS = 30_000;
 const BACKOFF_RESET_MS = 60_000; // a connection up this long starts the backoff afresh
@@ -34,7 +37,7 @@ const databaseName = (member) => `tessera-device-${member}`;
 // (one record per message and peer), the history and the messages kept for other devices.
 export class DeviceStore {
   static async open(member) {
-    const req = indexedDB.open(databaseName(member), 3);
+    const req = indexedDB.open(databaseName(member), 4);
     req.onupgradeneeded = ({ oldVersion }) => {
       const db = req.result;
       if (oldVersion < 1) {
@@ -51,6 +54,9 @@ export class DeviceStore {
       };
       // Version 3: the circle's messages this device keeps for other devices, by [stream, seq].
       if (oldVersion < 3) db.createObjectStore('carried', { keyPath: ['stream', 'seq'] });
+      // Version 4: the files this device sends, holds or receives, one record per file (the
+      // engine's row); their content lives apart.
+      if (oldVersion < 4) db.createObjectStore('files', { keyPath: 'id' });
       if (oldVersion === 1) {
         const old = req.transaction.objectStore('history').getAll();
         old.onsuccess = () => {
@@ -71,21 +77,22 @@ export class DeviceStore {
 
   // Every record the engine needs to come back as it was; null for a browser with no device yet.
   async load() {
-    const tx = this.db.transaction(['engine', 'mls', 'outbox', 'carried'], 'readonly');
-    const [state, mls, outbox, carried] = await Promise.all([
+    const tx = this.db.transaction(['engine', 'mls', 'outbox', 'carried', 'files'], 'readonly');
+    const [state, mls, outbox, carried, files] = await Promise.all([
       request(tx.objectStore('engine').get('state')),
       request(tx.objectStore('mls').getAll()),
       request(tx.objectStore('outbox').getAll()),
       request(tx.objectStore('carried').getAll()),
+      request(tx.objectStore('files').getAll()),
     ]);
-    return state ? { state, mls, outbox, carried } : null;
+    return state ? { state, mls, outbox, carried, files } : null;
   }
 
   // One write of the engine, in one transaction: its state, MLS's pairs, the outbox, the
   // history rows and the messages kept for others, applied as they come.
   async save(write) {
     // Strict: the write is on disk when it completes, before anything it led to is acted on.
-    const tx = this.db.transaction(['engine', 'mls', 'outbox', 'history', 'carried'], 'readwrite', { durability: 'strict' });
+    const tx = this.db.transaction(['engine', 'mls', 'outbox', 'history', 'carried', 'files'], 'readwrite', { durability: 'strict' });
     const done = finished(tx);
     tx.objectStore('engine').put(write.state, 'state');
     const mls = tx.objectStore('mls');
@@ -97,12 +104,15 @@ export class DeviceStore {
     const carried = tx.objectStore('carried');
     for (const record of write.carried_put) carried.put(record);
     for (const { stream, seq } of write.carried_delete) carried.delete([stream, seq]);
+    const files = tx.objectStore('files');
+    for (const record of write.files_put) files.put(record);
+    for (const id of write.files_delete) files.delete(id);
     const history = tx.objectStore('history');
     for (const row of write.history) {
       if (row.kind === 'add') {
         history.add({
           id: row.id, member: row.member, device: row.device, text: row.text,
-          sent_at: row.sent_at, outgoing: row.outgoing, delivered: [],
+          sent_at: row.sent_at, outgoing: row.outgoing, file: row.file, delivered: [],
         }).onerror = (e) => { e.preventDefault(); e.stopPropagation(); }; // a duplicate: kept once
       } else if (row.kind === 'delivered') {
         const get = history.get([row.device, row.id]);
@@ -230,7 +240,11 @@ class Links {
 
   #wire(id, peer, channel) {
     peer.channel = channel;
+    peer.queue = [];
+    peer.queued = 0;
     channel.binaryType = 'arraybuffer';
+    channel.bufferedAmountLowThreshold = CHANNEL_BUFFER_LOW;
+    channel.onbufferedamountlow = () => this.#drain(peer);
     channel.onopen = () => {
       if (!this.#current(id, peer)) return;
       peer.up = true;
@@ -291,10 +305,26 @@ class Links {
     }
   }
 
-  // Puts a packet on the channel; one the channel cannot take now is resent by the outbox.
+  // Puts a packet on the channel, or in its queue while the channel holds more than it should
+  // (written as the channel's buffer runs low: a file's chunks never pile up in the browser);
+  // one the queue cannot take is dropped, and the outbox (or the file's receiver) asks again.
   send(id, bytes) {
-    const channel = this.peers.get(id)?.channel;
-    if (channel?.readyState === 'open' && channel.bufferedAmount < CHANNEL_BUFFER_LIMIT) {
+    const peer = this.peers.get(id);
+    const channel = peer?.channel;
+    if (channel?.readyState !== 'open') return;
+    if (peer.queue.length === 0 && channel.bufferedAmount < CHANNEL_BUFFER_HIGH) {
+      channel.send(bytes);
+    } else if (peer.queued + bytes.length <= CHANNEL_QUEUE_LIMIT) {
+      peer.queue.push(bytes);
+      peer.queued += bytes.length;
+    }
+  }
+
+  #drain(peer) {
+    const { channel } = peer;
+    while (peer.queue.length > 0 && channel.readyState === 'open' && channel.bufferedAmount < CHANNEL_BUFFER_HIGH) {
+      const bytes = peer.queue.shift();
+      peer.queued -= bytes.length;
       channel.send(bytes);
     }
   }
@@ -308,6 +338,89 @@ class Links {
 
   closeAll() {
     for (const id of [...this.peers.keys()]) this.close(id);
+  }
+}
+
+// ---------------------------------------------------------------- files
+
+// The device's files: their content in the origin's private file system, through a worker
+// (web/files-worker.js) that does the engine's file commands in order and answers with inputs.
+class Files {
+  constructor(device) {
+    this.device = device;
+    this.tickets = new Map(); // ticket -> { resolve, reject }
+    this.nextTicket = 0;
+    this.worker = new Worker('/static/files-worker.js');
+    this.worker.onmessage = ({ data }) => this.#reply(data);
+    this.ready = this.#ask({ op: 'start', member: device.member });
+  }
+
+  // A request of the page's own, answered once the worker did it.
+  #ask(message) {
+    const ticket = this.nextTicket;
+    this.nextTicket += 1;
+    return new Promise((resolve, reject) => {
+      this.tickets.set(ticket, { resolve, reject });
+      this.worker.postMessage({ ...message, ticket });
+    });
+  }
+
+  #reply(data) {
+    switch (data.op) {
+      case 'done': {
+        const waiting = this.tickets.get(data.ticket);
+        this.tickets.delete(data.ticket);
+        if (data.error) waiting?.reject(new Error(data.error));
+        else waiting?.resolve();
+        break;
+      }
+      case 'read':
+        this.device.input((engine) => engine.handleFileRead(data.peer, data.file, data.index, data.bytes));
+        break;
+      case 'synced':
+        this.device.input((engine) => engine.handleFileSynced(data.file, data.chunks));
+        break;
+      case 'failed':
+        this.device.input((engine) => engine.handleFileFailed(data.file, data.reason));
+        break;
+      default:
+    }
+  }
+
+  // One of the engine's file commands: `read`, `write`, `sync` or `discard`.
+  command({ kind, ...command }) {
+    this.worker.postMessage({ op: kind, ...command });
+  }
+
+  // Stores a file the member picked under `id`, slice by slice (never whole in memory), feeding
+  // each slice to `hasher`; `progress(bytes)` after each.
+  async store(id, file, hasher, progress) {
+    await this.ready;
+    for (let offset = 0; offset < file.size; offset += FILE_SLICE) {
+      const bytes = new Uint8Array(await file.slice(offset, offset + FILE_SLICE).arrayBuffer());
+      hasher.update(bytes);
+      await this.#ask({ op: 'write', file: id, offset, bytes });
+      progress?.(Math.min(offset + FILE_SLICE, file.size));
+    }
+    await this.#ask({ op: 'sync', file: id, size: file.size });
+  }
+
+  discard(id) {
+    this.worker.postMessage({ op: 'discard', file: id });
+  }
+
+  // The file's content as a File the page can hand out (a download, a thumbnail): the worker
+  // lets go of it first.
+  async file(id) {
+    await this.ready;
+    await this.#ask({ op: 'release', file: id });
+    const folder = await (await navigator.storage.getDirectory())
+      .getDirectoryHandle(`tessera-files-${this.device.member}`);
+    return (await folder.getFileHandle(id)).getFile();
+  }
+
+  stop() {
+    this.worker.terminate();
   }
 }
 
@@ -434,6 +547,7 @@ export class Device extends EventTarget {
     this.store = store;
     this.engine = engine;
     this.links = new Links(this);
+    this.files = new Files(this);
     this.socket = null;
     this.connected = false;
     this.stopped = null;
@@ -484,12 +598,47 @@ export class Device extends EventTarget {
     this.#settle();
   }
 
+  // Shares a file the member picked (a File): stored in this browser and hashed first
+  // (`progress(bytes)` meanwhile), then offered to the circle. Its id.
+  async sendFile(file, progress) {
+    const engine = await loadEngine();
+    const id = crypto.randomUUID();
+    const hasher = new engine.ContentHasher();
+    try {
+      await this.files.store(id, file, hasher, progress);
+      const sent = this.engine.sendFile(id, file.name, file.type, file.size, hasher.finish());
+      this.#settle();
+      return sent;
+    } catch (error) {
+      this.files.discard(id);
+      throw error;
+    }
+  }
+
+  // Deletes a file from this browser (its message stays).
+  deleteFile(id) {
+    const deleted = this.engine.deleteFile(id);
+    this.#settle();
+    return deleted;
+  }
+
+  // The files this device knows of (`[{id, name, size, mime, state, received, reason, …}]`).
+  fileList() {
+    return this.engine.files();
+  }
+
+  // A file held whole, as a File (for a download or a thumbnail).
+  fileContent(id) {
+    return this.files.file(id);
+  }
+
   stop(stopped) {
     if (this.stopped) return;
     this.stopped = stopped;
     clearTimeout(this.timer);
     clearTimeout(this.reconnectTimer);
     this.links.closeAll();
+    this.files.stop();
     this.socket?.close();
     this.dispatchEvent(new CustomEvent('stopped', { detail: stopped }));
   }
@@ -566,6 +715,12 @@ export class Device extends EventTarget {
         break;
       case 'event':
         this.#take(output);
+        break;
+      case 'read':
+      case 'write':
+      case 'sync':
+      case 'discard':
+        this.files.command(output);
         break;
       default:
         console.warn(`unknown engine output ${output.kind}`);

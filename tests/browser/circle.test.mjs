@@ -231,6 +231,72 @@ if (insideNamespace(FILE)) {
     assert.match(await admin.page.locator('#root').textContent(), /^Circle root: /);
   });
 
+  test('d4. files go browser to browser and to and from the CLI: a picture as a thumbnail, 50 MB downloaded whole, progress shown', async (t) => {
+    const sha256 = (bytes) => createHash('sha256').update(bytes).digest('hex');
+    const card = (who, name) => who.page.locator(`#messages li.file:has(.file-name:text-is("${name}"))`);
+    // A picture the admin shares (made by the page's own canvas): a thumbnail at Bob's, the same
+    // bytes at the CLI.
+    const picture = Buffer.from(await admin.page.evaluate(async () => {
+      const canvas = document.createElement('canvas');
+      canvas.width = 640;
+      canvas.height = 400;
+      const g = canvas.getContext('2d');
+      g.fillStyle = '#2d5fa8';
+      g.fillRect(0, 0, 640, 400);
+      g.fillStyle = '#f5c518';
+      g.beginPath();
+      g.arc(320, 200, 150, 0, Math.PI * 2);
+      g.fill();
+      const blob = await new Promise((resolve) => canvas.toBlob(resolve, 'image/png'));
+      return [...new Uint8Array(await blob.arrayBuffer())];
+    }));
+    const pictureName = `${secret('harbour')}.png`;
+    await admin.page.locator('#attach').setInputFiles({ name: pictureName, mimeType: 'image/png', buffer: picture });
+    await card(admin, pictureName).waitFor({ timeout: LINK_WAIT });
+    const thumbnail = card(bob, pictureName).locator('img.thumbnail');
+    await thumbnail.waitFor({ timeout: LINK_WAIT });
+    assert.ok(await thumbnail.evaluate((img) => img.complete && img.naturalWidth === 240), 'a 240-pixel thumbnail');
+    await shot(bob.page, 'file-thumbnail');
+    const atNative = await native.waitFor('the picture', (e) => e.event === 'file_received' && e.name === pictureName);
+    const savedPicture = path.join(root, 'picture.png');
+    native.say(`/get ${atNative.id} ${savedPicture}`);
+    await native.waitFor('the picture saved', (e) => e.event === 'file_saved' && e.id === atNative.id);
+    assert.equal(sha256(await fs.readFile(savedPicture)), sha256(picture), 'the CLI holds the same picture');
+
+    // 50 MB from Bob to the admin: progress on the way, then a download with its name and hash.
+    const bigName = `${secret('archive')}.bin`;
+    const bigPath = path.join(root, bigName);
+    const big = randomBytes(50 * 1024 * 1024);
+    await fs.writeFile(bigPath, big);
+    const started = Date.now();
+    await bob.page.locator('#attach').setInputFiles(bigPath);
+    const arriving = card(admin, bigName);
+    await arriving.waitFor({ timeout: LINK_WAIT });
+    await arriving.locator('.file-status:has-text("Receiving")').waitFor({ timeout: LINK_WAIT });
+    t.diagnostic(`progress at the admin's: ${await arriving.locator('.file-status').textContent()}`);
+    const download = arriving.locator('button.download');
+    await download.waitFor({ timeout: 4 * LINK_WAIT });
+    t.diagnostic(`50 MB browser → browser: ${Date.now() - started} ms (stored, sent, checked)`);
+    const [saved] = await Promise.all([admin.page.waitForEvent('download'), download.click()]);
+    assert.equal(saved.suggestedFilename(), bigName);
+    assert.equal(sha256(await fs.readFile(await saved.path())), sha256(big), 'the download is the file Bob shared');
+    await card(bob, bigName).locator('.file-status:has-text("Sent")').waitFor({ timeout: LINK_WAIT });
+
+    // From the CLI to both browsers.
+    const noteName = `${secret('minutes')}.txt`;
+    const note = Buffer.from(`Minutes of the meeting ${randomUUID()}\n`.repeat(2000));
+    const notePath = path.join(root, noteName);
+    await fs.writeFile(notePath, note);
+    native.say(`/file ${notePath}`);
+    for (const who of [admin, bob]) {
+      const button = card(who, noteName).locator('button.download');
+      await button.waitFor({ timeout: LINK_WAIT });
+      const [got] = await Promise.all([who.page.waitForEvent('download'), button.click()]);
+      assert.equal(got.suggestedFilename(), noteName);
+      assert.equal(sha256(await fs.readFile(await got.path())), sha256(note));
+    }
+  });
+
   test('d2. while the server is down, the pages say so and links keep carrying messages', async () => {
     await run.stopServer();
     for (const who of [admin, bob]) {

@@ -1,3 +1,50 @@
+/**
+ * SHA-256 of a file's content, fed slice by slice as the page reads it (the engine's
+ * [`tessera_engine::files::ContentHash`]).
+ */
+export class ContentHasher {
+    __destroy_into_raw() {
+        const ptr = this.__wbg_ptr;
+        this.__wbg_ptr = 0;
+        ContentHasherFinalization.unregister(this);
+        return ptr;
+    }
+    free() {
+        const ptr = this.__destroy_into_raw();
+        wasm.__wbg_contenthasher_free(ptr, 0);
+    }
+    /**
+     * The hash of everything added (32 bytes).
+     * @returns {Uint8Array}
+     */
+    finish() {
+        const ptr = this.__destroy_into_raw();
+        const ret = wasm.contenthasher_finish(ptr);
+        var v1 = getArrayU8FromWasm0(ret[0], ret[1]).slice();
+        wasm.__wbindgen_free(ret[0], ret[1] * 1, 1);
+        return v1;
+    }
+    /**
+     * A hash of nothing yet.
+     */
+    constructor() {
+        const ret = wasm.contenthasher_new();
+        this.__wbg_ptr = ret;
+        ContentHasherFinalization.register(this, this.__wbg_ptr, this);
+        return this;
+    }
+    /**
+     * Adds the next bytes.
+     * @param {Uint8Array | number[]} bytes
+     */
+    update(bytes) {
+        const ptr0 = passArray8ToWasm0(bytes, wasm.__wbindgen_malloc);
+        const len0 = WASM_VECTOR_LEN;
+        wasm.contenthasher_update(this.__wbg_ptr, ptr0, len0);
+    }
+}
+if (Symbol.dispose) ContentHasher.prototype[Symbol.dispose] = ContentHasher.prototype.free;
+
 export class WebDecision {
     static __wrap(ptr) {
         const obj = Object.create(WebDecision.prototype);
@@ -225,6 +272,23 @@ export class WebDevice {
         return WebDevice.__wrap(ret[0]);
     }
     /**
+     * Deletes a file from this browser (its message stays); false when there is none.
+     *
+     * # Errors
+     * When `id` is not a UUID.
+     * @param {string} id
+     * @returns {boolean}
+     */
+    deleteFile(id) {
+        const ptr0 = passStringToWasm0(id, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+        const len0 = WASM_VECTOR_LEN;
+        const ret = wasm.webdevice_deleteFile(this.__wbg_ptr, ptr0, len0);
+        if (ret[2]) {
+            throw takeFromExternrefTable0(ret[1]);
+        }
+        return ret[0] !== 0;
+    }
+    /**
      * This device's id.
      * @returns {string}
      */
@@ -239,6 +303,21 @@ export class WebDevice {
         } finally {
             wasm.__wbindgen_free(deferred1_0, deferred1_1, 1);
         }
+    }
+    /**
+     * The files this device knows of, for the page: `[{id, name, size, mime, member, device,
+     * sent_at, state: "here"|"receiving"|"failed", received, reason}]`.
+     *
+     * # Errors
+     * When the list cannot be converted.
+     * @returns {any}
+     */
+    files() {
+        const ret = wasm.webdevice_files(this.__wbg_ptr);
+        if (ret[2]) {
+            throw takeFromExternrefTable0(ret[1]);
+        }
+        return takeFromExternrefTable0(ret[0]);
     }
     /**
      * The circle directory could not be fetched (`reason`, in words): the engine asks again.
@@ -269,6 +348,79 @@ export class WebDevice {
      */
     handleDisconnected() {
         wasm.webdevice_handleDisconnected(this.__wbg_ptr);
+    }
+    /**
+     * The page could not read or write a file (`reason`, in words): it is given up.
+     *
+     * # Errors
+     * When `file` is not a UUID.
+     * @param {string} file
+     * @param {string} reason
+     */
+    handleFileFailed(file, reason) {
+        let ptr0, len0, ptr1, len1;
+        try {
+            ptr0 = passStringToWasm0(file, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len0 = WASM_VECTOR_LEN;
+            ptr1 = passStringToWasm0(reason, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len1 = WASM_VECTOR_LEN;
+        } catch (e) {
+            if (ptr1) { wasm.__wbindgen_free(ptr1, len1 * 1, 1); }
+            if (ptr0) { wasm.__wbindgen_free(ptr0, len0 * 1, 1); }
+            throw e;
+        }
+        const ret = wasm.webdevice_handleFileFailed(this.__wbg_ptr, ptr0, len0, ptr1, len1);
+        if (ret[1]) {
+            throw takeFromExternrefTable0(ret[0]);
+        }
+    }
+    /**
+     * A chunk the page read for `peer` (the `read` file command).
+     *
+     * # Errors
+     * When an id is not a UUID.
+     * @param {string} peer
+     * @param {string} file
+     * @param {number} index
+     * @param {Uint8Array | number[]} bytes
+     */
+    handleFileRead(peer, file, index, bytes) {
+        const val4 = +index;
+        let ptr0, len0, ptr1, len1, ptr2, len2;
+        try {
+            ptr0 = passStringToWasm0(peer, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len0 = WASM_VECTOR_LEN;
+            ptr1 = passStringToWasm0(file, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len1 = WASM_VECTOR_LEN;
+            ptr2 = passArray8ToWasm0(bytes, wasm.__wbindgen_malloc);
+            len2 = WASM_VECTOR_LEN;
+        } catch (e) {
+            if (ptr2) { wasm.__wbindgen_free(ptr2, len2 * 1, 1); }
+            if (ptr1) { wasm.__wbindgen_free(ptr1, len1 * 1, 1); }
+            if (ptr0) { wasm.__wbindgen_free(ptr0, len0 * 1, 1); }
+            throw e;
+        }
+        const ret = wasm.webdevice_handleFileRead(this.__wbg_ptr, ptr0, len0, ptr1, len1, val4, ptr2, len2);
+        if (ret[1]) {
+            throw takeFromExternrefTable0(ret[0]);
+        }
+    }
+    /**
+     * The page made a file's writes durable up to `chunks` (the `sync` file command).
+     *
+     * # Errors
+     * When `file` is not a UUID.
+     * @param {string} file
+     * @param {number} chunks
+     */
+    handleFileSynced(file, chunks) {
+        const val2 = +chunks;
+        const ptr0 = passStringToWasm0(file, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+        const len0 = WASM_VECTOR_LEN;
+        const ret = wasm.webdevice_handleFileSynced(this.__wbg_ptr, ptr0, len0, val2);
+        if (ret[1]) {
+            throw takeFromExternrefTable0(ret[0]);
+        }
     }
     /**
      * A text frame from the signalling socket.
@@ -485,6 +637,56 @@ export class WebDevice {
             wasm.__wbindgen_free(ret[0], ret[1] * 1, 1);
         }
         return v1;
+    }
+    /**
+     * Shares a file the page stored (in the origin's private file system) under `id`, of
+     * `size` bytes whose content hashes to `sha256` ([`ContentHasher`]); returns its id.
+     *
+     * # Errors
+     * When this device is not in the group yet, the file is over the cap, or its name is not a
+     * plain file name.
+     * @param {string} id
+     * @param {string} name
+     * @param {string} mime
+     * @param {number} size
+     * @param {Uint8Array | number[]} sha256
+     * @returns {string}
+     */
+    sendFile(id, name, mime, size, sha256) {
+        let deferred7_0;
+        let deferred7_1;
+        try {
+            const val5 = +size;
+            let ptr0, len0, ptr1, len1, ptr2, len2, ptr3, len3;
+            try {
+                ptr0 = passStringToWasm0(id, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+                len0 = WASM_VECTOR_LEN;
+                ptr1 = passStringToWasm0(name, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+                len1 = WASM_VECTOR_LEN;
+                ptr2 = passStringToWasm0(mime, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+                len2 = WASM_VECTOR_LEN;
+                ptr3 = passArray8ToWasm0(sha256, wasm.__wbindgen_malloc);
+                len3 = WASM_VECTOR_LEN;
+            } catch (e) {
+                if (ptr3) { wasm.__wbindgen_free(ptr3, len3 * 1, 1); }
+                if (ptr2) { wasm.__wbindgen_free(ptr2, len2 * 1, 1); }
+                if (ptr1) { wasm.__wbindgen_free(ptr1, len1 * 1, 1); }
+                if (ptr0) { wasm.__wbindgen_free(ptr0, len0 * 1, 1); }
+                throw e;
+            }
+            const ret = wasm.webdevice_sendFile(this.__wbg_ptr, ptr0, len0, ptr1, len1, ptr2, len2, val5, ptr3, len3);
+            var ptr6 = ret[0];
+            var len6 = ret[1];
+            if (ret[3]) {
+                ptr6 = 0; len6 = 0;
+                throw takeFromExternrefTable0(ret[2]);
+            }
+            deferred7_0 = ptr6;
+            deferred7_1 = len6;
+            return getStringFromWasm0(ptr6, len6);
+        } finally {
+            wasm.__wbindgen_free(deferred7_0, deferred7_1, 1);
+        }
     }
     /**
      * A negotiation step of this side of the link to `device` (`{type:"offer"|"answer", sdp}`
@@ -1621,6 +1823,9 @@ function __wbg_get_imports() {
     };
 }
 
+const ContentHasherFinalization = (typeof FinalizationRegistry === 'undefined')
+    ? { register: () => {}, unregister: () => {} }
+    : new FinalizationRegistry(ptr => wasm.__wbg_contenthasher_free(ptr, 1));
 const WebDecisionFinalization = (typeof FinalizationRegistry === 'undefined')
     ? { register: () => {}, unregister: () => {} }
     : new FinalizationRegistry(ptr => wasm.__wbg_webdecision_free(ptr, 1));

@@ -41,6 +41,7 @@ const ASSETS: &[Asset] = &[
     asset!("/static/app.js", JAVASCRIPT, "app.js"),
     asset!("/static/circle.js", JAVASCRIPT, "circle.js"),
     asset!("/static/device.js", JAVASCRIPT, "device.js"),
+    asset!("/static/files-worker.js", JAVASCRIPT, "files-worker.js"),
     asset!("/static/style.css", "text/css; charset=utf-8", "style.css"),
     // The engine: wasm-bindgen's glue and the module, built by `web/build` into `web/pkg`.
     asset!(

@@ -1042,7 +1042,7 @@ mod tests {
                 stream: device,
                 seq: 2,
             }],
-            files: Vec::new(),
+            files: vec![FileChange::Delete(device)],
         });
         assert_eq!(
             snapshot.carried_delete,
@@ -1061,12 +1061,34 @@ mod tests {
                 seq: 6
             }]
         );
+        assert_eq!(snapshot.files_delete, vec![device]);
+        // File commands in the shapes device.js hands its worker.
+        let write = serde_json::to_value(PageOutput::File(FileCommand::Write {
+            file: device,
+            offset: 16_320,
+            bytes: vec![1, 2],
+        }))
+        .expect("json");
+        assert_eq!(
+            write,
+            json!({"kind": "write", "file": device, "offset": 16_320, "bytes": [1, 2]})
+        );
+        let sync = serde_json::to_value(PageOutput::File(FileCommand::Sync {
+            file: device,
+            chunks: 3,
+            size: None,
+        }))
+        .expect("json");
+        assert_eq!(
+            sync,
+            json!({"kind": "sync", "file": device, "chunks": 3, "size": null})
+        );
         // History rows in the shapes device.js applies.
         assert_eq!(
             serde_json::to_value(&snapshot.history).expect("json"),
             json!([
                 {"kind": "add", "id": device, "member": device, "device": device, "text": "hi",
-                    "sent_at": 5, "outgoing": true},
+                    "sent_at": 5, "outgoing": true, "file": null},
                 {"kind": "delivered", "device": device, "id": device, "peer": device},
             ])
         );
