@@ -207,7 +207,22 @@ class CircleView {
     download.textContent = `Download ${entry.file.name}`;
     download.hidden = true;
     download.addEventListener('click', () => this.#download(entry.id, entry.file.name));
-    card.append(name, meta, bar, status, download);
+    const remove = document.createElement('button');
+    remove.type = 'button';
+    remove.className = 'delete';
+    remove.textContent = 'Delete from this browser';
+    remove.hidden = true;
+    remove.addEventListener('click', () => {
+      // eslint-disable-next-line no-alert
+      if (!window.confirm(`Delete ${entry.file.name} from this browser? The message stays; the circle's other devices keep their copies.`)) return;
+      try {
+        this.device.deleteFile(entry.id);
+        this.#fileState(entry.id, { state: 'deleted' });
+      } catch (error) {
+        say(`${entry.file.name} not deleted: ${error?.message ?? error}`, 'error');
+      }
+    });
+    card.append(name, meta, bar, status, download, remove);
     return card;
   }
 
@@ -230,8 +245,13 @@ class CircleView {
       const download = card.querySelector('.download');
       if (download.hidden) {
         download.hidden = false;
+        card.querySelector('.delete').hidden = false;
         this.#thumbnail(card, id);
       }
+    } else if (state === 'deleted') {
+      bar.hidden = true;
+      for (const hide of card.querySelectorAll('.download, .delete, img.thumbnail')) hide.hidden = true;
+      status.textContent = 'Not on this browser.';
     } else if (state === 'failed') {
       bar.hidden = true;
       status.textContent = `Not received: ${reason}`;
@@ -448,7 +468,7 @@ class CircleView {
     this.#deliveryState(item);
     if (entry.file) {
       const known = this.device.fileList().find((f) => f.id === entry.id);
-      if (known) this.#fileState(entry.id, known);
+      this.#fileState(entry.id, known ?? { state: 'deleted' });
     }
     item.scrollIntoView?.({ block: 'nearest' });
   }

@@ -277,29 +277,20 @@ impl OpenFiles {
             }]
         };
         match command {
-            FileCommand::Read {
-                file,
-                peer,
-                index,
-                count,
-                chunk,
-                size,
-            } => {
+            FileCommand::Read(asked) => {
                 let mut read = Vec::new();
-                for index in index..index + u64::from(count) {
-                    let offset = index * u64::from(chunk);
-                    let len = size.saturating_sub(offset).min(u64::from(chunk));
-                    let mut bytes = vec![0u8; usize::try_from(len).unwrap_or(0)];
+                for (index, offset, len) in asked.chunks() {
+                    let mut bytes = vec![0u8; len];
                     // A read never creates the file.
                     let done = self
-                        .file(file, false)
+                        .file(asked.file, false)
                         .and_then(|f| f.read_exact_at(&mut bytes, offset));
                     if let Err(error) = done {
-                        return failed(file, error);
+                        return failed(asked.file, error);
                     }
                     read.push(FileDone::Read {
-                        peer,
-                        file,
+                        peer: asked.peer,
+                        file: asked.file,
                         index,
                         bytes,
                     });

@@ -409,25 +409,16 @@ async fn apply(
     .bind(&write.state)
     .execute(&mut **tx)
     .await?;
-    let (puts, deletes): (Vec<_>, Vec<_>) = write.mls.iter().partition(|(_, v)| v.is_some());
-    for rows in puts.chunks(ROWS_PER_STATEMENT) {
-        QueryBuilder::new("INSERT INTO mls (key, value) ")
-            .push_values(rows, |mut b, (key, value)| {
-                b.push_bind(key).push_bind(value);
-            })
-            .push(" ON CONFLICT (key) DO UPDATE SET value = excluded.value")
-            .build()
-            .execute(&mut **tx)
-            .await?;
-    }
-    for rows in deletes.chunks(ROWS_PER_STATEMENT) {
-        let mut query = QueryBuilder::new("DELETE FROM mls WHERE key IN (");
-        let mut keys = query.separated(", ");
-        for (key, _) in rows {
-            keys.push_bind(key);
+    let mut mls_puts = Vec::new();
+    let mut mls_deletes = Vec::new();
+    for (key, value) in &write.mls {
+        match value {
+            Some(value) => mls_puts.push((key, value)),
+            None => mls_deletes.push(key),
         }
-        query.push(")").build().execute(&mut **tx).await?;
     }
+    put_pairs(tx, ("mls", "key", "value"), &mls_puts).await?;
+    delete_keys(tx, ("mls", "key"), &mls_deletes).await?;
 
     let mut outbox_puts = Vec::new();
     let mut outbox_deletes = Vec::new();
@@ -534,21 +525,50 @@ async fn apply(
             FileChange::Delete(id) => file_deletes.push(id.to_string()),
         }
     }
-    for rows in file_puts.chunks(ROWS_PER_STATEMENT) {
-        QueryBuilder::new("INSERT INTO files (id, row) ")
-            .push_values(rows, |mut b, (id, row)| {
-                b.push_bind(id).push_bind(row);
+    put_pairs(tx, ("files", "id", "row"), &file_puts).await?;
+    delete_keys(tx, ("files", "id"), &file_deletes).await?;
+    Ok(())
+}
+
+/// Puts `(key, value)` rows into `table` (`key` its primary key), replacing a key's value there.
+async fn put_pairs<'a, K, V>(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    (table, key, value): (&str, &str, &str),
+    rows: &'a [(K, V)],
+) -> Result<(), StoreError>
+where
+    &'a K: sqlx::Encode<'a, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite> + Send,
+    &'a V: sqlx::Encode<'a, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite> + Send,
+{
+    for rows in rows.chunks(ROWS_PER_STATEMENT) {
+        QueryBuilder::new(format!("INSERT INTO {table} ({key}, {value}) "))
+            .push_values(rows, |mut b, (k, v)| {
+                b.push_bind(k).push_bind(v);
             })
-            .push(" ON CONFLICT (id) DO UPDATE SET row = excluded.row")
+            .push(format!(
+                " ON CONFLICT ({key}) DO UPDATE SET {value} = excluded.{value}"
+            ))
             .build()
             .execute(&mut **tx)
             .await?;
     }
-    for rows in file_deletes.chunks(ROWS_PER_STATEMENT) {
-        let mut query = QueryBuilder::new("DELETE FROM files WHERE id IN (");
-        let mut ids = query.separated(", ");
-        for id in rows {
-            ids.push_bind(id);
+    Ok(())
+}
+
+/// Deletes the rows of `table` whose `column` is one of `keys`.
+async fn delete_keys<'a, K>(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    (table, column): (&str, &str),
+    keys: &'a [K],
+) -> Result<(), StoreError>
+where
+    &'a K: sqlx::Encode<'a, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite> + Send,
+{
+    for rows in keys.chunks(ROWS_PER_STATEMENT) {
+        let mut query = QueryBuilder::new(format!("DELETE FROM {table} WHERE {column} IN ("));
+        let mut separated = query.separated(", ");
+        for key in rows {
+            separated.push_bind(key);
         }
         query.push(")").build().execute(&mut **tx).await?;
     }

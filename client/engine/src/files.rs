@@ -355,22 +355,9 @@ pub enum FileChange {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum FileCommand {
-    /// Read `count` chunks of `chunk` bytes from chunk `index` on (the file is `size` bytes; the
-    /// last chunk may be shorter) and hand each to [`crate::Engine::handle_file_read`] for `peer`.
-    Read {
-        /// The file.
-        file: Uuid,
-        /// The device that asked.
-        peer: Uuid,
-        /// The first chunk.
-        index: u64,
-        /// How many.
-        count: u32,
-        /// The chunk size.
-        chunk: u32,
-        /// The file's size.
-        size: u64,
-    },
+    /// Read the chunks asked for and hand each to [`crate::Engine::handle_file_read`] for the
+    /// device that asked.
+    Read(ReadChunks),
     /// Write these bytes at `offset` of the file (creating it).
     Write {
         /// The file.
@@ -396,6 +383,36 @@ pub enum FileCommand {
         /// The file.
         file: Uuid,
     },
+}
+
+/// Chunks of a file to read for a peer: `count` chunks of `chunk` bytes from chunk `index` on,
+/// of a file of `size` bytes (the last chunk may be shorter).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReadChunks {
+    /// The file.
+    pub file: Uuid,
+    /// The device that asked.
+    pub peer: Uuid,
+    /// The first chunk.
+    pub index: u64,
+    /// How many.
+    pub count: u32,
+    /// The chunk size.
+    pub chunk: u32,
+    /// The file's size.
+    pub size: u64,
+}
+
+impl ReadChunks {
+    /// Each chunk asked for: its index, where it starts in the file, and its length.
+    pub fn chunks(&self) -> impl Iterator<Item = (u64, u64, usize)> + use<> {
+        let (chunk, size) = (u64::from(self.chunk), self.size);
+        (self.index..self.index + u64::from(self.count)).map(move |index| {
+            let offset = index * chunk;
+            let len = size.saturating_sub(offset).min(chunk);
+            (index, offset, usize::try_from(len).unwrap_or(0))
+        })
+    }
 }
 
 /// Between two devices about files: `5 ‖ postcard(FileControl)` on the link.
@@ -668,14 +685,14 @@ impl Files {
             return Err(Malformed("file ask (more than a window ahead)"));
         }
         serving.asked += u64::from(count);
-        self.command(FileCommand::Read {
+        self.command(FileCommand::Read(ReadChunks {
             file,
             peer,
             index: from,
             count,
             chunk,
             size,
-        });
+        }));
         Ok(())
     }
 

@@ -74,6 +74,12 @@ fn run_until_held(sim: &mut Sim, device: Uuid, file: Uuid, rounds: usize) {
     );
 }
 
+/// Runs until `device` holds `file` whole and checks it holds `bytes`.
+fn arrives_whole(sim: &mut Sim, device: Uuid, file: Uuid, bytes: &[u8], rounds: usize) {
+    run_until_held(sim, device, file, rounds);
+    assert_eq!(on_disk(sim, device, file).as_deref(), Some(bytes));
+}
+
 #[test]
 fn files_of_every_size_reach_every_device_intact_exactly_once_over_lossy_links() {
     let (mut sim, devices) = circle(1, 3);
@@ -173,8 +179,7 @@ fn a_device_restarted_mid_file_resumes_at_the_chunk() {
     assert!(synced > 0 && synced < chunks, "synced {synced} of {chunks}");
     let read_before = sim.devices[&a].reads;
     sim.restart(b);
-    run_until_held(&mut sim, b, file, 2_000);
-    assert_eq!(on_disk(&sim, b, file).as_deref(), Some(&bytes[..]));
+    arrives_whole(&mut sim, b, file, &bytes, 2_000);
     assert_eq!(received(&sim, b, file), 1);
     // After the restart the sender read only what b had not synced (and what was in flight).
     let read_after = sim.devices[&a].reads - read_before;
@@ -200,8 +205,7 @@ fn a_device_that_comes_later_gets_the_file_from_any_device_holding_it() {
     sim.run(10);
     let a_reads = sim.devices[&a].reads;
     sim.connect(c);
-    run_until_held(&mut sim, c, file, 1_000);
-    assert_eq!(on_disk(&sim, c, file).as_deref(), Some(&bytes[..]));
+    arrives_whole(&mut sim, c, file, &bytes, 1_000);
     assert_eq!(sim.devices[&a].reads, a_reads, "the sender was offline");
     assert!(sim.devices[&b].reads > 0, "b served it");
     assert_eq!(offers_shown(&sim, c, file), 1);
@@ -227,8 +231,7 @@ fn a_sender_that_stops_mid_way_leaves_the_file_unfinished_until_it_returns() {
         "shown as whole without its content"
     );
     sim.connect(a);
-    run_until_held(&mut sim, b, file, 1_000);
-    assert_eq!(on_disk(&sim, b, file).as_deref(), Some(&bytes[..]));
+    arrives_whole(&mut sim, b, file, &bytes, 1_000);
 }
 
 #[test]
@@ -338,8 +341,7 @@ fn chunks_and_asks_out_of_bounds_are_refused_and_change_nothing() {
         "{refused:?}"
     );
     // The genuine file still arrives whole.
-    run_until_held(&mut sim, b, file, 2_000);
-    assert_eq!(on_disk(&sim, b, file).as_deref(), Some(&bytes[..]));
+    arrives_whole(&mut sim, b, file, &bytes, 2_000);
 }
 
 #[test]
@@ -389,7 +391,6 @@ fn a_chunk_out_of_range_or_that_does_not_open_is_refused_and_the_file_still_arri
     );
     // Nothing of it was written; the genuine file still arrives whole (from the same device,
     // once it is asked again).
-    run_until_held(&mut sim, b, file, 2_000);
-    assert_eq!(on_disk(&sim, b, file).as_deref(), Some(&bytes[..]));
+    arrives_whole(&mut sim, b, file, &bytes, 2_000);
     assert_eq!(received(&sim, b, file), 1);
 }

@@ -470,7 +470,7 @@ impl Output {
                 | Output::FetchIceServers
                 | Output::Link(LinkCommand::Open { .. })
                 | Output::File(
-                    FileCommand::Read { .. } | FileCommand::Write { .. } | FileCommand::Sync { .. }
+                    FileCommand::Read(_) | FileCommand::Write { .. } | FileCommand::Sync { .. }
                 )
         )
     }

@@ -652,27 +652,20 @@ impl Sim {
     /// Does a device's file IO on its simulated disk, as its driver would.
     fn file_io(now: Instant, dev: &mut Device, command: FileCommand) {
         match command {
-            FileCommand::Read {
-                file,
-                peer,
-                index,
-                count,
-                chunk,
-                size,
-            } => {
+            FileCommand::Read(read) => {
                 let content = dev
                     .disk
-                    .get(&file)
+                    .get(&read.file)
                     .map(|(c, _)| c.clone())
                     .unwrap_or_default();
-                for index in index..index + u64::from(count) {
-                    let start = usize::try_from(index * u64::from(chunk)).expect("offset");
-                    let end = (start + chunk as usize).min(usize::try_from(size).expect("size"));
-                    let Some(bytes) = content.get(start..end) else {
-                        dev.engine.handle_file_failed(now, file, "short read");
+                for (index, offset, len) in read.chunks() {
+                    let start = usize::try_from(offset).expect("offset");
+                    let Some(bytes) = content.get(start..start + len) else {
+                        dev.engine.handle_file_failed(now, read.file, "short read");
                         return;
                     };
                     dev.reads += 1;
+                    let (peer, file) = (read.peer, read.file);
                     dev.timed(|d| d.engine.handle_file_read(now, peer, file, index, bytes));
                 }
             }
