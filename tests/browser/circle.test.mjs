@@ -262,8 +262,8 @@ if (insideNamespace(FILE)) {
     native.say(`/get ${atNative.id} ${savedPicture}`);
     await native.waitFor('the picture saved', (e) => e.event === 'file_saved' && e.id === atNative.id);
     assert.equal(sha256(await fs.readFile(savedPicture)), sha256(picture), 'the CLI holds the same picture');
-    // Bob deletes it from his browser: the message stays, the file is gone from there.
-    bob.page.once('dialog', (dialog) => dialog.accept());
+    // Bob deletes it from his browser (the harness accepts the confirmation): the message stays,
+    // the file is gone from there.
     await card(bob, pictureName).locator('button.delete').click();
     await card(bob, pictureName).locator('.file-status:has-text("Not on this browser")').waitFor();
     assert.equal(await card(bob, pictureName).locator('button.download').isHidden(), true);
