@@ -375,7 +375,9 @@ class Files {
         break;
       }
       case 'read':
-        this.device.input((engine) => engine.handleFileRead(data.peer, data.file, data.index, data.bytes));
+        this.device.input((engine) => {
+          for (const { index, bytes } of data.pieces) engine.handleFileRead(data.peer, data.file, index, bytes);
+        });
         break;
       case 'synced':
         this.device.input((engine) => engine.handleFileSynced(data.file, data.chunks));

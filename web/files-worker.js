@@ -2,7 +2,7 @@
 // private file system (OPFS), under a folder per member, named by its id, read and written at
 // offsets through a synchronous access handle (which only a worker may open) and flushed when the
 // engine asks for a sync. The engine's file commands come in order as messages; what they give
-// goes back as messages: {op:'read', peer, file, index, bytes}, {op:'synced', file, chunks},
+// goes back as messages: {op:'read', peer, file, pieces: [{index, bytes}]}, {op:'synced', file, chunks},
 // {op:'failed', file, reason}, and {op:'done', ticket} for the page's own requests.
 
 const MAX_OPEN = 16;
@@ -54,7 +54,8 @@ async function run(message) {
     }
     case 'read': {
       const access = await handle(message.file);
-      const replies = [];
+      // Every chunk asked for in one reply: the page feeds them to its engine in one input.
+      const pieces = [];
       for (let i = 0; i < message.count; i += 1) {
         const index = message.index + i;
         const offset = index * message.chunk;
@@ -62,9 +63,9 @@ async function run(message) {
         const bytes = new Uint8Array(Math.max(0, length));
         const read = access.read(bytes, { at: offset });
         if (read !== bytes.length) throw new Error(`the stored file is shorter than ${message.size} bytes`);
-        replies.push({ op: 'read', peer: message.peer, file: message.file, index, bytes });
+        pieces.push({ index, bytes });
       }
-      return replies;
+      return { op: 'read', peer: message.peer, file: message.file, pieces };
     }
     case 'discard':
       release(message.file);
@@ -85,7 +86,7 @@ self.onmessage = ({ data }) => {
     try {
       const replies = await run(data);
       for (const reply of [replies].flat()) {
-        if (reply) self.postMessage(reply, reply.bytes ? [reply.bytes.buffer] : []);
+        if (reply) self.postMessage(reply, (reply.pieces ?? []).map((piece) => piece.bytes.buffer));
       }
     } catch (error) {
       const reason = error?.message ?? String(error);
