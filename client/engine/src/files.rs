@@ -205,20 +205,16 @@ pub fn seal_chunk(
     index: u64,
     plain: &[u8],
 ) -> Result<Vec<u8>, Malformed> {
-    let count = offer.chunks();
-    if index >= count || plain.len() != offer.chunk_len(index) {
-        return Err(Malformed("file chunk"));
+    let (cipher, nonce, aad) = chunk_key(offer, file, index)?;
+    if plain.len() != offer.chunk_len(index) {
+        return Err(Malformed("file chunk (of the wrong size)"));
     }
-    let cipher = offer.cipher().ok_or(Malformed("file key"))?;
-    let aad = aad(file, index, count);
+    let payload = Payload {
+        msg: plain,
+        aad: &aad,
+    };
     cipher
-        .encrypt(
-            &nonce(index),
-            Payload {
-                msg: plain,
-                aad: &aad,
-            },
-        )
+        .encrypt(&nonce, payload)
         .map_err(|_| Malformed("file chunk"))
 }
 
@@ -233,21 +229,32 @@ pub fn open_chunk(
     index: u64,
     sealed: &[u8],
 ) -> Result<Vec<u8>, Malformed> {
+    let (cipher, nonce, aad) = chunk_key(offer, file, index)?;
+    if sealed.len() != offer.chunk_len(index) + TAG_BYTES {
+        return Err(Malformed("file chunk (of the wrong size)"));
+    }
+    let payload = Payload {
+        msg: sealed,
+        aad: &aad,
+    };
+    cipher
+        .decrypt(&nonce, payload)
+        .map_err(|_| Malformed("file chunk (it does not open under the file's key)"))
+}
+
+/// What chunk `index` of `file` is sealed with: the file's cipher, the chunk's nonce and its
+/// additional data.
+fn chunk_key(
+    offer: &FileOffer,
+    file: Uuid,
+    index: u64,
+) -> Result<(Aes256Gcm, Nonce<Aes256Gcm>, [u8; 53]), Malformed> {
     let count = offer.chunks();
-    if index >= count || sealed.len() != offer.chunk_len(index) + TAG_BYTES {
-        return Err(Malformed("file chunk (out of range or of the wrong size)"));
+    if index >= count {
+        return Err(Malformed("file chunk (out of range)"));
     }
     let cipher = offer.cipher().ok_or(Malformed("file key"))?;
-    let aad = aad(file, index, count);
-    cipher
-        .decrypt(
-            &nonce(index),
-            Payload {
-                msg: sealed,
-                aad: &aad,
-            },
-        )
-        .map_err(|_| Malformed("file chunk (it does not open under the file's key)"))
+    Ok((cipher, nonce(index), aad(file, index, count)))
 }
 
 /// A fresh key for a file.
