@@ -33,6 +33,15 @@ fn circle(seed: u64, n: usize) -> (Sim, Vec<Uuid>) {
     (sim, devices)
 }
 
+/// Two devices in one group, the first sharing `bytes` as `name`: the circle, both devices,
+/// the bytes and the file's id.
+fn sharing(seed: u64, name: &str, bytes: Vec<u8>) -> (Sim, Uuid, Uuid, Vec<u8>, Uuid) {
+    let (mut sim, devices) = circle(seed, 2);
+    let (a, b) = (devices[0], devices[1]);
+    let file = sim.send_file(a, name, &bytes);
+    (sim, a, b, bytes, file)
+}
+
 /// How many times `device` said it received `file` whole.
 fn received(sim: &Sim, device: Uuid, file: Uuid) -> usize {
     sim.devices[&device]
@@ -49,6 +58,18 @@ fn offers_shown(sim: &Sim, device: Uuid, file: Uuid) -> usize {
         .iter()
         .filter(|e| matches!(e, Event::Message { message, .. } if message.id == file && message.file.is_some()))
         .count()
+}
+
+/// The content `device` stored of `file`, to alter under it.
+fn stored(sim: &mut Sim, device: Uuid, file: Uuid) -> &mut Vec<u8> {
+    &mut sim
+        .devices
+        .get_mut(&device)
+        .expect("device")
+        .disk
+        .get_mut(&file)
+        .expect("stored")
+        .0
 }
 
 /// What `device` holds of `file` on its disk.
@@ -129,9 +150,7 @@ fn files_of_every_size_reach_every_device_intact_exactly_once_over_lossy_links()
 
 #[test]
 fn text_keeps_flowing_while_a_large_file_moves() {
-    let (mut sim, devices) = circle(2, 2);
-    let (a, b) = (devices[0], devices[1]);
-    let file = sim.send_file(a, "big.bin", &content(6 * 1024 * 1024, 9));
+    let (mut sim, a, b, _, file) = sharing(2, "big.bin", content(6 * 1024 * 1024, 9));
     sim.run(2);
     sim.send(a, "while it moves");
     sim.run(3);
@@ -155,11 +174,8 @@ fn text_keeps_flowing_while_a_large_file_moves() {
 
 #[test]
 fn a_device_restarted_mid_file_resumes_at_the_chunk() {
-    let (mut sim, devices) = circle(3, 2);
-    let (a, b) = (devices[0], devices[1]);
-    let bytes = content(3 * 1024 * 1024, 4);
+    let (mut sim, a, b, bytes, file) = sharing(3, "scan.tiff", content(3 * 1024 * 1024, 4));
     let chunks = bytes.len().div_ceil(CHUNK_BYTES as usize) as u64;
-    let file = sim.send_file(a, "scan.tiff", &bytes);
     // Until some chunks are synced at b, then it restarts (losing what was not synced).
     let mut synced = 0;
     for _ in 0..500 {
@@ -213,10 +229,7 @@ fn a_device_that_comes_later_gets_the_file_from_any_device_holding_it() {
 
 #[test]
 fn a_sender_that_stops_mid_way_leaves_the_file_unfinished_until_it_returns() {
-    let (mut sim, devices) = circle(5, 2);
-    let (a, b) = (devices[0], devices[1]);
-    let bytes = content(2 * 1024 * 1024, 3);
-    let file = sim.send_file(a, "video.mp4", &bytes);
+    let (mut sim, a, b, bytes, file) = sharing(5, "video.mp4", content(2 * 1024 * 1024, 3));
     sim.run(3);
     sim.go_offline(a);
     sim.run(100);
@@ -236,19 +249,10 @@ fn a_sender_that_stops_mid_way_leaves_the_file_unfinished_until_it_returns() {
 
 #[test]
 fn content_that_does_not_match_its_hash_is_refused_and_deleted() {
-    let (mut sim, devices) = circle(6, 2);
-    let (a, b) = (devices[0], devices[1]);
-    let bytes = content(100_000, 1);
-    let file = sim.send_file(a, "contract.pdf", &bytes);
+    let (mut sim, a, b, _, file) = sharing(6, "contract.pdf", content(100_000, 1));
     // The sender's stored copy changes under it (a member serving other content does the same):
     // every chunk opens, the whole does not hash to what the offer says.
-    sim.devices
-        .get_mut(&a)
-        .expect("a")
-        .disk
-        .get_mut(&file)
-        .expect("stored")
-        .0[500] ^= 1;
+    stored(&mut sim, a, file)[500] ^= 1;
     sim.run(100);
     assert!(
         matches!(state(&sim, b, file), Some(FileState::Failed { ref reason }) if reason.contains("hash")),
@@ -264,17 +268,8 @@ fn content_that_does_not_match_its_hash_is_refused_and_deleted() {
 
 #[test]
 fn a_stored_file_shorter_than_offered_is_not_served() {
-    let (mut sim, devices) = circle(7, 2);
-    let (a, b) = (devices[0], devices[1]);
-    let file = sim.send_file(a, "notes.txt", &content(50_000, 2));
-    sim.devices
-        .get_mut(&a)
-        .expect("a")
-        .disk
-        .get_mut(&file)
-        .expect("stored")
-        .0
-        .truncate(10_000);
+    let (mut sim, a, b, _, file) = sharing(7, "notes.txt", content(50_000, 2));
+    stored(&mut sim, a, file).truncate(10_000);
     sim.run(60);
     assert!(matches!(
         state(&sim, a, file),
@@ -306,10 +301,7 @@ fn a_file_over_the_receivers_cap_is_shown_refused_and_never_fetched() {
 
 #[test]
 fn chunks_and_asks_out_of_bounds_are_refused_and_change_nothing() {
-    let (mut sim, devices) = circle(9, 2);
-    let (a, b) = (devices[0], devices[1]);
-    let bytes = content(40_000, 8);
-    let file = sim.send_file(a, "plan.odt", &bytes);
+    let (mut sim, a, b, bytes, file) = sharing(9, "plan.odt", content(40_000, 8));
     let now = sim.now;
     let refusals = |sim: &Sim, device: Uuid| sim.refused(device).len();
     // At the holder: an ask past the end, an empty one, one far more than a window ahead.
@@ -346,10 +338,7 @@ fn chunks_and_asks_out_of_bounds_are_refused_and_change_nothing() {
 
 #[test]
 fn a_chunk_out_of_range_or_that_does_not_open_is_refused_and_the_file_still_arrives() {
-    let (mut sim, devices) = circle(10, 2);
-    let (a, b) = (devices[0], devices[1]);
-    let bytes = content(2 * 1024 * 1024, 6);
-    let file = sim.send_file(a, "ledger.xlsx", &bytes);
+    let (mut sim, a, b, bytes, file) = sharing(10, "ledger.xlsx", content(2 * 1024 * 1024, 6));
     // Until a has read chunks for b: they are on their way, b waits for chunk 0 onwards.
     for _ in 0..100 {
         if sim.devices[&a].reads > 0 {
