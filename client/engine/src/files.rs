@@ -520,12 +520,6 @@ impl Files {
         }
     }
 
-    /// The configuration.
-    #[must_use]
-    pub fn config(&self) -> &FilesConfig {
-        &self.config
-    }
-
     /// A file's row.
     #[must_use]
     pub fn row(&self, file: Uuid) -> Option<&FileRow> {
@@ -655,11 +649,11 @@ impl Files {
             FileControl::Holds { file } => {
                 if let Some(row) = self.rows.get(&file) {
                     let size = row.offer.size;
-                    let serving = self.serving.remove(&(peer, file)).unwrap_or_default();
+                    self.serving.remove(&(peer, file));
                     self.event(Event::FileSent {
                         id: file,
                         device: peer,
-                        sent: serving.sent.max(size),
+                        sent: size,
                         size,
                         done: true,
                     });
@@ -940,6 +934,13 @@ impl Files {
             id: file,
             reason: reason.to_owned(),
         });
+    }
+
+    /// Whether nothing is under way: no file waits to be fetched or is being fetched, and nothing
+    /// waits to be taken from [`Files::poll_out`] (then [`Files::poll`] has nothing to do).
+    #[must_use]
+    pub fn idle(&self) -> bool {
+        self.transfers.is_empty() && self.queued.is_empty() && self.out.is_empty()
     }
 
     /// Starts transfers (oldest files first, a few at a time) from a linked device that may hold

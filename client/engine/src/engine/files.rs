@@ -204,6 +204,10 @@ impl Engine {
     /// Starts and keeps up transfers over the links that are up, and takes what the files
     /// machine asks for.
     pub(super) fn move_files(&mut self, now: Instant) {
+        // Run after every input: most inputs are no file's business.
+        if self.files.idle() {
+            return;
+        }
         let linked: Vec<Uuid> = self
             .links
             .keys()

@@ -398,7 +398,7 @@ pub async fn save_held(
     (id, out): (&str, Option<PathBuf>),
     json_line: bool,
 ) -> Result<()> {
-    let row = find(&rows(store).await?, id)?;
+    let row = find(&store.files().await?, id)?;
     match &row.state {
         FileState::Held => {
             let saved = save(settings, &row, out)?;
@@ -419,10 +419,6 @@ pub async fn save_held(
     }
 }
 
-async fn rows(store: &DeviceStore) -> Result<Vec<FileRow>> {
-    Ok(store.files().await?)
-}
-
 /// `tessera get`.
 pub async fn get(
     settings: &Settings,
@@ -432,7 +428,7 @@ pub async fn get(
 ) -> Result<()> {
     let row = {
         let opened = account::open_profile(settings).await?;
-        find(&rows(&opened.store).await?, id)?
+        find(&opened.store.files().await?, id)?
     };
     match &row.state {
         FileState::Held => {
@@ -482,7 +478,7 @@ pub async fn get(
     if let Err(why) = outcome {
         bail!("{} is not here yet: {why}", row.offer.name);
     }
-    let row = find(&rows(&store).await?, &row.id.to_string())?;
+    let row = find(&store.files().await?, &row.id.to_string())?;
     print_saved(&row, &save(settings, &row, out)?);
     Ok(())
 }
@@ -490,7 +486,7 @@ pub async fn get(
 /// `tessera delete-file`.
 pub async fn delete(settings: &Settings, id: &str) -> Result<()> {
     let opened = account::open(settings).await?;
-    let row = find(&rows(&opened.store).await?, id)?;
+    let row = find(&opened.store.files().await?, id)?;
     let mut engine = account::restore(&opened.store, &opened.profile, Some(settings)).await?;
     engine.delete_file(Instant::now(), row.id);
     opened.store.save_offline(&mut engine).await?;
