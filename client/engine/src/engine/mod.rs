@@ -613,11 +613,20 @@ impl Engine {
         self.step(now);
     }
 
-    /// When [`Engine::handle_timeout`] next has work.
+    /// When [`Engine::handle_timeout`] next has work. Only deadlines it acts on now count (none
+    /// once the device stopped; announcing only while connected outside the group, carrying only
+    /// inside it, links only to devices online): one it would leave in the past would wake the
+    /// driver, and have it write the state, without end.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let relinks = self.links.values().filter_map(|l| match l {
-            Link::Down { retry_at } => *retry_at,
+        if self.stopped.is_some() {
+            return None;
+        }
+        let in_group = self.group.is_some();
+        // What `step` announces from: connected, with the directory, outside the group.
+        let announcing = !in_group && self.connected && self.directory.is_some();
+        let relinks = self.links.iter().filter_map(|(device, link)| match link {
+            Link::Down { retry_at } => retry_at.filter(|_| self.online.contains_key(device)),
             Link::Connecting { since } => Some(*since + self.config.link_timeout),
             Link::Up => None,
         });
@@ -627,9 +636,9 @@ impl Engine {
             .map(|w| w.since + self.config.add_fallback_after);
         [
             self.saved.delivery.poll_timeout(),
-            self.carry.poll_timeout(),
+            self.carry.poll_timeout().filter(|_| in_group),
             self.files.poll_timeout(),
-            self.announce_at,
+            self.announce_at.filter(|_| announcing),
             self.catch_up.as_ref().map(|c| c.answer_by),
             self.directory_due.filter(|_| self.connected),
             self.directory_retry_at,

@@ -756,6 +756,12 @@ impl Sim {
                     && dev.engine.poll_timeout().is_some_and(|t| t <= now)
                 {
                     dev.timed(|d| d.engine.handle_timeout(now));
+                    // Whatever was due is done: a deadline left in the past would have its
+                    // driver wake (and write) without end.
+                    assert!(
+                        dev.engine.poll_timeout().is_none_or(|t| t > now),
+                        "a deadline of {id} stays past after handle_timeout"
+                    );
                 }
             }
         }
