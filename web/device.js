@@ -344,12 +344,15 @@ class Links {
 // ---------------------------------------------------------------- files
 
 // The device's files: their content in the origin's private file system, through a worker
-// (web/files-worker.js) that does the engine's file commands in order and answers with inputs.
+// (web/files-worker.js) that does the engine's file commands in order and answers with inputs;
+// chunks sealed and opened here with WebCrypto (the hardware's AES), as the engine's
+// construction says (`chunkNonce`, `chunkAad`).
 class Files {
   constructor(device) {
     this.device = device;
     this.tickets = new Map(); // ticket -> { resolve, reject }
     this.nextTicket = 0;
+    this.keys = new Map(); // file id -> Promise<CryptoKey>
     this.worker = new Worker('/static/files-worker.js');
     this.worker.onmessage = ({ data }) => this.#reply(data);
     this.ready = this.#ask({ op: 'start', member: device.member });
@@ -365,6 +368,44 @@ class Files {
     });
   }
 
+  // What chunk `index` of the file `seal` names is sealed with: the file's key (imported once)
+  // and AES-GCM's parameters.
+  async #cipher(seal, index) {
+    let key = this.keys.get(seal.file);
+    if (!key) {
+      key = crypto.subtle.importKey('raw', seal.key, 'AES-GCM', false, ['encrypt', 'decrypt']);
+      this.keys.set(seal.file, key);
+    }
+    const engine = await loadEngine();
+    const params = {
+      name: 'AES-GCM',
+      iv: engine.chunkNonce(index),
+      additionalData: engine.chunkAad(seal.file, index, seal.count),
+    };
+    return [params, await key];
+  }
+
+  // Chunks read for a peer, sealed (when the engine asked for it).
+  async #sealed({ seal, pieces }) {
+    if (!seal) return pieces;
+    return Promise.all(pieces.map(async ({ index, bytes }) => {
+      const [params, key] = await this.#cipher(seal, index);
+      return { index, bytes: new Uint8Array(await crypto.subtle.encrypt(params, key, bytes)) };
+    }));
+  }
+
+  // Opens a chunk received and hands the engine its content (or that it did not open).
+  async #open({ peer, index, seal, sealed }) {
+    let plain;
+    try {
+      const [params, key] = await this.#cipher(seal, index);
+      plain = new Uint8Array(await crypto.subtle.decrypt(params, key, sealed));
+    } catch {
+      plain = undefined; // forged, or of another chunk or file: the engine refuses it
+    }
+    this.device.input((engine) => engine.handleFileOpened(peer, seal.file, index, plain));
+  }
+
   #reply(data) {
     switch (data.op) {
       case 'done': {
@@ -375,9 +416,12 @@ class Files {
         break;
       }
       case 'read':
-        this.device.input((engine) => {
-          for (const { index, bytes } of data.pieces) engine.handleFileRead(data.peer, data.file, index, bytes);
-        });
+        this.#sealed(data).then(
+          (pieces) => this.device.input((engine) => {
+            for (const { index, bytes } of pieces) engine.handleFileRead(data.peer, data.file, index, bytes);
+          }),
+          (error) => this.device.input((engine) => engine.handleFileFailed(data.file, `sealing failed: ${error?.message ?? error}`)),
+        );
         break;
       case 'synced':
         this.device.input((engine) => engine.handleFileSynced(data.file, data.chunks));
@@ -389,8 +433,14 @@ class Files {
     }
   }
 
-  // One of the engine's file commands: `read`, `write`, `sync` or `discard`.
+  // One of the engine's file commands: `open_chunk` here, `read`, `write`, `sync` or `discard`
+  // in the worker.
   command({ kind, ...command }) {
+    if (kind === 'open_chunk') {
+      this.#open(command);
+      return;
+    }
+    if (kind === 'discard') this.keys.delete(command.file);
     this.worker.postMessage({ op: kind, ...command });
   }
 
@@ -719,6 +769,7 @@ export class Device extends EventTarget {
         this.#take(output);
         break;
       case 'read':
+      case 'open_chunk':
       case 'write':
       case 'sync':
       case 'discard':

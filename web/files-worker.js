@@ -2,7 +2,8 @@
 // private file system (OPFS), under a folder per member, named by its id, read and written at
 // offsets through a synchronous access handle (which only a worker may open) and flushed when the
 // engine asks for a sync. The engine's file commands come in order as messages; what they give
-// goes back as messages: {op:'read', peer, file, pieces: [{index, bytes}]}, {op:'synced', file, chunks},
+// goes back as messages: {op:'read', peer, file, seal, pieces: [{index, bytes}]} (the page seals
+// the pieces with `seal`), {op:'synced', file, chunks},
 // {op:'failed', file, reason}, and {op:'done', ticket} for the page's own requests.
 
 const MAX_OPEN = 16;
@@ -65,7 +66,7 @@ async function run(message) {
         if (read !== bytes.length) throw new Error(`the stored file is shorter than ${message.size} bytes`);
         pieces.push({ index, bytes });
       }
-      return { op: 'read', peer: message.peer, file: message.file, pieces };
+      return { op: 'read', peer: message.peer, file: message.file, seal: message.seal, pieces };
     }
     case 'discard':
       release(message.file);

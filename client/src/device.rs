@@ -849,6 +849,14 @@ impl Driver {
                 index,
                 bytes,
             } => self.engine.handle_file_read(now, peer, file, index, &bytes),
+            FileDone::Opened {
+                peer,
+                file,
+                index,
+                plain,
+            } => self
+                .engine
+                .handle_file_opened(now, peer, file, index, plain.as_deref()),
             FileDone::Synced { file, chunks } => self.engine.handle_file_synced(now, file, chunks),
             FileDone::Failed { file, reason } => {
                 tracing::warn!(%file, %reason, "file IO failed");

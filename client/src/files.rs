@@ -12,6 +12,7 @@ use std::sync::mpsc as std_mpsc;
 
 use tessera_engine::StoredFile;
 use tessera_engine::files::{ContentHash, FileCommand, check_name};
+use tessera_engine::payload::Malformed;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -186,6 +187,18 @@ pub enum FileDone {
         /// Its bytes.
         bytes: Vec<u8>,
     },
+    /// A chunk received from a peer, opened (`None`: it did not open)
+    /// ([`tessera_engine::Engine::handle_file_opened`]).
+    Opened {
+        /// The peer.
+        peer: Uuid,
+        /// The file.
+        file: Uuid,
+        /// The chunk.
+        index: u64,
+        /// Its content.
+        plain: Option<Vec<u8>>,
+    },
     /// A file's writes are durable up to `chunks` ([`tessera_engine::Engine::handle_file_synced`]).
     Synced {
         /// The file.
@@ -288,6 +301,14 @@ impl OpenFiles {
                     if let Err(error) = done {
                         return failed(asked.file, error);
                     }
+                    if let Some(seal) = &asked.seal {
+                        match seal.seal(index, &bytes) {
+                            Ok(sealed) => bytes = sealed,
+                            Err(Malformed(what)) => {
+                                return failed(asked.file, io::Error::other(what));
+                            }
+                        }
+                    }
                     read.push(FileDone::Read {
                         peer: asked.peer,
                         file: asked.file,
@@ -297,6 +318,12 @@ impl OpenFiles {
                 }
                 read
             }
+            FileCommand::Open(chunk) => vec![FileDone::Opened {
+                peer: chunk.peer,
+                file: chunk.seal.file,
+                index: chunk.index,
+                plain: chunk.seal.open(chunk.index, &chunk.sealed).ok(),
+            }],
             FileCommand::Write {
                 file,
                 offset,

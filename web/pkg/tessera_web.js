@@ -375,6 +375,38 @@ export class WebDevice {
         }
     }
     /**
+     * A chunk from `peer` the page opened (the `open` file command): its content, or
+     * `undefined` when it did not open.
+     *
+     * # Errors
+     * When an id is not a UUID.
+     * @param {string} peer
+     * @param {string} file
+     * @param {number} index
+     * @param {Uint8Array | number[] | null} [plain]
+     */
+    handleFileOpened(peer, file, index, plain) {
+        const val4 = +index;
+        let ptr0, len0, ptr1, len1, ptr2, len2;
+        try {
+            ptr0 = passStringToWasm0(peer, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len0 = WASM_VECTOR_LEN;
+            ptr1 = passStringToWasm0(file, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len1 = WASM_VECTOR_LEN;
+            ptr2 = isLikeNone(plain) ? 0 : passArray8ToWasm0(plain, wasm.__wbindgen_malloc);
+            len2 = WASM_VECTOR_LEN;
+        } catch (e) {
+            if (ptr2) { wasm.__wbindgen_free(ptr2, len2 * 1, 1); }
+            if (ptr1) { wasm.__wbindgen_free(ptr1, len1 * 1, 1); }
+            if (ptr0) { wasm.__wbindgen_free(ptr0, len0 * 1, 1); }
+            throw e;
+        }
+        const ret = wasm.webdevice_handleFileOpened(this.__wbg_ptr, ptr0, len0, ptr1, len1, val4, ptr2, len2);
+        if (ret[1]) {
+            throw takeFromExternrefTable0(ret[0]);
+        }
+    }
+    /**
      * A chunk the page read for `peer` (the `read` file command).
      *
      * # Errors
@@ -1163,6 +1195,44 @@ export function checkStatement(fragment, statement, user_handle) {
     if (ret[1]) {
         throw takeFromExternrefTable0(ret[0]);
     }
+}
+
+/**
+ * The additional data chunk `index` of a file of `count` chunks is sealed with
+ * ([`tessera_engine::files::chunk_aad`]).
+ *
+ * # Errors
+ * When `file` is not a UUID.
+ * @param {string} file
+ * @param {number} index
+ * @param {number} count
+ * @returns {Uint8Array}
+ */
+export function chunkAad(file, index, count) {
+    const val2 = +index;
+    const val3 = +count;
+    const ptr0 = passStringToWasm0(file, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+    const len0 = WASM_VECTOR_LEN;
+    const ret = wasm.chunkAad(ptr0, len0, val2, val3);
+    if (ret[3]) {
+        throw takeFromExternrefTable0(ret[2]);
+    }
+    var v4 = getArrayU8FromWasm0(ret[0], ret[1]).slice();
+    wasm.__wbindgen_free(ret[0], ret[1] * 1, 1);
+    return v4;
+}
+
+/**
+ * The nonce chunk `index` of a file is sealed with (12 bytes,
+ * [`tessera_engine::files::chunk_nonce`]).
+ * @param {number} index
+ * @returns {Uint8Array}
+ */
+export function chunkNonce(index) {
+    const ret = wasm.chunkNonce(index);
+    var v1 = getArrayU8FromWasm0(ret[0], ret[1]).slice();
+    wasm.__wbindgen_free(ret[0], ret[1] * 1, 1);
+    return v1;
 }
 
 /**

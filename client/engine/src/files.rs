@@ -53,6 +53,22 @@ pub struct FilesConfig {
     pub progress_every: Duration,
     /// Files received at once; the others wait their turn, oldest first.
     pub concurrent: usize,
+    /// Who seals and opens chunks: the engine, or its driver.
+    pub sealing: Sealing,
+}
+
+/// Who seals and opens a file's chunks. The construction is the same either way
+/// ([`ChunkSeal`]); a driver that has the hardware's AES where the engine has none (a browser
+/// page's WebCrypto, where WebAssembly runs AES in software) does it itself: then chunks read for
+/// a peer come back sealed ([`ReadChunks::seal`]), and chunks received go to the driver to open
+/// ([`FileCommand::Open`]) before the engine hashes and writes them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Sealing {
+    /// The engine seals and opens.
+    #[default]
+    Engine,
+    /// The driver seals and opens.
+    Driver,
 }
 
 impl Default for FilesConfig {
@@ -65,6 +81,7 @@ impl Default for FilesConfig {
             lacking_for: Duration::from_secs(30),
             progress_every: Duration::from_millis(250),
             concurrent: 2,
+            sealing: Sealing::Engine,
         }
     }
 }
@@ -153,8 +170,14 @@ impl FileOffer {
         self.size > max_bytes
     }
 
-    fn cipher(&self) -> Option<Aes256Gcm> {
-        Aes256Gcm::new_from_slice(self.key.as_slice()).ok()
+    /// What the chunks of `file` (the file this offer names) are sealed with.
+    #[must_use]
+    pub fn chunk_seal(&self, file: Uuid) -> ChunkSeal {
+        ChunkSeal {
+            file,
+            key: self.key.as_slice().to_vec(),
+            count: self.chunks(),
+        }
     }
 }
 
@@ -178,21 +201,91 @@ pub fn check_name(name: &str) -> Result<(), Malformed> {
     Ok(())
 }
 
-/// The additional data a chunk is sealed with: the file, the chunk's place and the count, so
-/// that a chunk cannot stand for another one or for a chunk of a shorter file.
-fn aad(file: Uuid, index: u64, count: u64) -> [u8; 21 + 16 + 16] {
-    let mut out = [0u8; 21 + 16 + 16];
-    out[..21].copy_from_slice(AAD_TAG);
-    out[21..37].copy_from_slice(file.as_bytes());
-    out[37..45].copy_from_slice(&index.to_be_bytes());
-    out[45..].copy_from_slice(&count.to_be_bytes());
+/// The length of a chunk's additional data ([`chunk_aad`]).
+pub const AAD_BYTES: usize = AAD_TAG.len() + 16 + 8 + 8;
+
+/// The additional data chunk `index` of a file of `count` chunks is sealed with: a tag, the
+/// file, the chunk's place and the count, so that a chunk cannot stand for another one or for a
+/// chunk of a shorter file.
+#[must_use]
+pub fn chunk_aad(file: Uuid, index: u64, count: u64) -> [u8; AAD_BYTES] {
+    let mut out = [0u8; AAD_BYTES];
+    let tag = AAD_TAG.len();
+    out[..tag].copy_from_slice(AAD_TAG);
+    out[tag..tag + 16].copy_from_slice(file.as_bytes());
+    out[tag + 16..tag + 24].copy_from_slice(&index.to_be_bytes());
+    out[tag + 24..].copy_from_slice(&count.to_be_bytes());
     out
 }
 
-fn nonce(index: u64) -> Nonce<Aes256Gcm> {
+/// The nonce chunk `index` is sealed with: its index (each file has a key of its own).
+#[must_use]
+pub fn chunk_nonce(index: u64) -> [u8; 12] {
     let mut bytes = [0u8; 12];
     bytes[4..].copy_from_slice(&index.to_be_bytes());
-    Nonce::<Aes256Gcm>::from(bytes)
+    bytes
+}
+
+/// What a file's chunks are sealed with: AES-256-GCM under the file's key, chunk `index` with
+/// the nonce [`chunk_nonce`] and the additional data [`chunk_aad`]. Handed to a driver that seals
+/// and opens chunks itself ([`Sealing::Driver`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChunkSeal {
+    /// The file.
+    pub file: Uuid,
+    /// Its key.
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    /// How many chunks it has.
+    pub count: u64,
+}
+
+impl ChunkSeal {
+    /// Seals chunk `index`.
+    ///
+    /// # Errors
+    /// When the chunk is out of range or the key is malformed.
+    pub fn seal(&self, index: u64, plain: &[u8]) -> Result<Vec<u8>, Malformed> {
+        let (cipher, nonce, aad) = self.cipher(index)?;
+        cipher
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plain,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| Malformed("file chunk"))
+    }
+
+    /// Opens chunk `index`: its content, if it is that chunk of that file, sealed under its key.
+    ///
+    /// # Errors
+    /// When it is not.
+    pub fn open(&self, index: u64, sealed: &[u8]) -> Result<Vec<u8>, Malformed> {
+        let (cipher, nonce, aad) = self.cipher(index)?;
+        cipher
+            .decrypt(
+                &nonce,
+                Payload {
+                    msg: sealed,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| Malformed("file chunk (it does not open under the file's key)"))
+    }
+
+    fn cipher(
+        &self,
+        index: u64,
+    ) -> Result<(Aes256Gcm, Nonce<Aes256Gcm>, [u8; AAD_BYTES]), Malformed> {
+        if index >= self.count {
+            return Err(Malformed("file chunk (out of range)"));
+        }
+        let cipher = Aes256Gcm::new_from_slice(&self.key).map_err(|_| Malformed("file key"))?;
+        let nonce = Nonce::<Aes256Gcm>::from(chunk_nonce(index));
+        Ok((cipher, nonce, chunk_aad(self.file, index, self.count)))
+    }
 }
 
 /// Seals chunk `index` of `file` under the offer's key.
@@ -205,17 +298,12 @@ pub fn seal_chunk(
     index: u64,
     plain: &[u8],
 ) -> Result<Vec<u8>, Malformed> {
-    let (cipher, nonce, aad) = chunk_key(offer, file, index)?;
+    let seal = offer.chunk_seal(file);
+    seal.cipher(index)?;
     if plain.len() != offer.chunk_len(index) {
         return Err(Malformed("file chunk (of the wrong size)"));
     }
-    let payload = Payload {
-        msg: plain,
-        aad: &aad,
-    };
-    cipher
-        .encrypt(&nonce, payload)
-        .map_err(|_| Malformed("file chunk"))
+    seal.seal(index, plain)
 }
 
 /// Opens chunk `index` of `file`: the content, if the chunk is that chunk of that file, sealed
@@ -229,32 +317,17 @@ pub fn open_chunk(
     index: u64,
     sealed: &[u8],
 ) -> Result<Vec<u8>, Malformed> {
-    let (cipher, nonce, aad) = chunk_key(offer, file, index)?;
-    if sealed.len() != offer.chunk_len(index) + TAG_BYTES {
+    let seal = offer.chunk_seal(file);
+    seal.cipher(index)?;
+    if !sealed_size(offer, index, sealed) {
         return Err(Malformed("file chunk (of the wrong size)"));
     }
-    let payload = Payload {
-        msg: sealed,
-        aad: &aad,
-    };
-    cipher
-        .decrypt(&nonce, payload)
-        .map_err(|_| Malformed("file chunk (it does not open under the file's key)"))
+    seal.open(index, sealed)
 }
 
-/// What chunk `index` of `file` is sealed with: the file's cipher, the chunk's nonce and its
-/// additional data.
-fn chunk_key(
-    offer: &FileOffer,
-    file: Uuid,
-    index: u64,
-) -> Result<(Aes256Gcm, Nonce<Aes256Gcm>, [u8; 53]), Malformed> {
-    let count = offer.chunks();
-    if index >= count {
-        return Err(Malformed("file chunk (out of range)"));
-    }
-    let cipher = offer.cipher().ok_or(Malformed("file key"))?;
-    Ok((cipher, nonce(index), aad(file, index, count)))
+/// Whether `sealed` is the size chunk `index` of the offer's file has sealed.
+fn sealed_size(offer: &FileOffer, index: u64, sealed: &[u8]) -> bool {
+    sealed.len() == offer.chunk_len(index) + TAG_BYTES
 }
 
 /// A fresh key for a file.
@@ -363,8 +436,13 @@ pub enum FileChange {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum FileCommand {
     /// Read the chunks asked for and hand each to [`crate::Engine::handle_file_read`] for the
-    /// device that asked.
+    /// device that asked (sealed first, when [`ReadChunks::seal`] says so).
     Read(ReadChunks),
+    /// Open a chunk received ([`Sealing::Driver`]) and hand its content, or that it did not
+    /// open, to [`crate::Engine::handle_file_opened`]. (`open_chunk` for the page, whose
+    /// outputs have an `open` of links.)
+    #[serde(rename = "open_chunk")]
+    Open(OpenChunk),
     /// Write these bytes at `offset` of the file (creating it).
     Write {
         /// The file.
@@ -408,6 +486,23 @@ pub struct ReadChunks {
     pub chunk: u32,
     /// The file's size.
     pub size: u64,
+    /// What to seal each chunk with before handing it back, when the driver seals
+    /// ([`Sealing::Driver`]).
+    pub seal: Option<ChunkSeal>,
+}
+
+/// A chunk received from `peer`, for the driver to open ([`Sealing::Driver`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OpenChunk {
+    /// The device it came from.
+    pub peer: Uuid,
+    /// Its place in the file.
+    pub index: u64,
+    /// What it is sealed with (the file is `seal.file`).
+    pub seal: ChunkSeal,
+    /// The sealed chunk.
+    #[serde(with = "serde_bytes")]
+    pub sealed: Vec<u8>,
 }
 
 impl ReadChunks {
@@ -477,6 +572,24 @@ struct Transfer {
     syncing: Option<(u64, Vec<u8>)>,
     synced: u64,
     told_at: Option<Instant>,
+}
+
+impl Transfer {
+    /// Asks again from the first chunk not received: what was asked after it is forgotten.
+    fn ask_again(&mut self) {
+        self.asked = self.next;
+        self.ahead.clear();
+    }
+
+    /// `peer` lacks the file or sent what does not open: not asked again until `until`, and
+    /// another source is found if it was this one.
+    fn give_up(&mut self, peer: Uuid, until: Instant) {
+        self.lacking.insert(peer, until);
+        if self.source == Some(peer) {
+            self.source = None;
+            self.ask_again();
+        }
+    }
 }
 
 /// What a device sends a peer of a file it holds.
@@ -617,8 +730,7 @@ impl Files {
         for transfer in self.transfers.values_mut() {
             if transfer.source == Some(peer) {
                 transfer.source = None;
-                transfer.asked = transfer.next;
-                transfer.ahead.clear();
+                transfer.ask_again();
             }
         }
     }
@@ -637,12 +749,7 @@ impl Files {
             FileControl::Want { file, from, count } => self.handle_want(peer, file, from, count),
             FileControl::Lacks { file } => {
                 if let Some(t) = self.transfers.get_mut(&file) {
-                    t.lacking.insert(peer, now + self.config.lacking_for);
-                    if t.source == Some(peer) {
-                        t.source = None;
-                        t.asked = t.next;
-                        t.ahead.clear();
-                    }
+                    t.give_up(peer, now + self.config.lacking_for);
                 }
                 Ok(())
             }
@@ -680,6 +787,7 @@ impl Files {
             return Err(Malformed("file ask (chunks out of range)"));
         }
         let (chunk, size) = (offer.chunk, offer.size);
+        let seal = (self.config.sealing == Sealing::Driver).then(|| offer.chunk_seal(file));
         let bound = 4 * u64::from(self.config.window);
         let serving = self.serving.entry((peer, file)).or_default();
         if serving.asked + u64::from(count) > bound {
@@ -693,11 +801,13 @@ impl Files {
             count,
             chunk,
             size,
+            seal,
         }));
         Ok(())
     }
 
-    /// A chunk the driver read for `peer` ([`FileCommand::Read`]): sealed and sent.
+    /// A chunk the driver read for `peer` ([`FileCommand::Read`]): sealed (by the driver
+    /// already, when it seals) and sent.
     pub fn handle_read(&mut self, now: Instant, peer: Uuid, file: Uuid, index: u64, bytes: &[u8]) {
         let Some(row) = self.rows.get(&file) else {
             return;
@@ -707,7 +817,11 @@ impl Files {
             return;
         };
         serving.asked = serving.asked.saturating_sub(1);
-        let Ok(sealed) = seal_chunk(&row.offer, file, index, bytes) else {
+        let sealed = match self.config.sealing {
+            Sealing::Engine => seal_chunk(&row.offer, file, index, bytes).ok(),
+            Sealing::Driver => sealed_size(&row.offer, index, bytes).then(|| bytes.to_vec()),
+        };
+        let Some(sealed) = sealed else {
             // The stored file is not what was offered (changed under the device): say so once.
             let size = row.offer.size;
             self.serving.remove(&(peer, file));
@@ -718,7 +832,7 @@ impl Files {
             });
             return;
         };
-        serving.sent += bytes.len() as u64;
+        serving.sent += row.offer.chunk_len(index) as u64;
         let (sent, size) = (serving.sent, row.offer.size);
         let due = serving
             .told_at
@@ -766,19 +880,81 @@ impl Files {
             // Late, repeated, or from a source given up: the transfer asked again elsewhere.
             return Ok(());
         }
-        let plain = match open_chunk(&row.offer, file, index, sealed) {
-            Ok(plain) => plain,
-            Err(error) => {
-                t.lacking.insert(peer, now + self.config.lacking_for);
-                t.source = None;
-                t.asked = t.next;
-                t.ahead.clear();
-                return Err(error);
+        if self.config.sealing == Sealing::Driver {
+            if !sealed_size(&row.offer, index, sealed) {
+                t.give_up(peer, now + self.config.lacking_for);
+                return Err(Malformed("file chunk (of the wrong size)"));
             }
+            t.heard = now;
+            let seal = row.offer.chunk_seal(file);
+            self.command(FileCommand::Open(OpenChunk {
+                peer,
+                index,
+                seal,
+                sealed: sealed.to_vec(),
+            }));
+            return Ok(());
+        }
+        match open_chunk(&row.offer, file, index, sealed) {
+            Ok(plain) => {
+                self.accept(now, file, index, plain);
+                Ok(())
+            }
+            Err(error) => {
+                t.give_up(peer, now + self.config.lacking_for);
+                Err(error)
+            }
+        }
+    }
+
+    /// A chunk from `peer` the driver opened ([`FileCommand::Open`]): its content, or `None`
+    /// when it did not open.
+    ///
+    /// # Errors
+    /// When it did not open, or is not the size of that chunk.
+    pub fn handle_opened(
+        &mut self,
+        now: Instant,
+        peer: Uuid,
+        file: Uuid,
+        index: u64,
+        plain: Option<&[u8]>,
+    ) -> Result<(), Malformed> {
+        let Some(row) = self.rows.get(&file) else {
+            return Ok(());
+        };
+        let len = row.offer.chunk_len(index);
+        let Some(t) = self.transfers.get_mut(&file) else {
+            return Ok(());
+        };
+        if t.source != Some(peer) || index < t.next || index >= t.asked {
+            // The transfer asked again since (elsewhere, or from a gap).
+            return Ok(());
+        }
+        match plain {
+            Some(plain) if plain.len() == len => {
+                self.accept(now, file, index, plain.to_vec());
+                Ok(())
+            }
+            _ => {
+                t.give_up(peer, now + self.config.lacking_for);
+                Err(Malformed(
+                    "file chunk (it does not open under the file's key)",
+                ))
+            }
+        }
+    }
+
+    /// Chunk `index` of `file`, opened: hashed and written in order, with what follows it.
+    fn accept(&mut self, now: Instant, file: Uuid, index: u64, plain: Vec<u8>) {
+        let Some(chunk) = self.rows.get(&file).map(|r| u64::from(r.offer.chunk)) else {
+            return;
+        };
+        let Some(t) = self.transfers.get_mut(&file) else {
+            return;
         };
         t.heard = now;
         t.ahead.insert(index, plain);
-        let chunk = u64::from(row.offer.chunk);
         let mut writes = Vec::new();
         while let Some(plain) = t.ahead.remove(&t.next) {
             t.hash.update(&plain);
@@ -793,7 +969,6 @@ impl Files {
             self.command(write);
         }
         self.progress(now, file);
-        Ok(())
     }
 
     /// The driver made a file's writes durable up to `chunks` ([`FileCommand::Sync`]).
@@ -968,13 +1143,11 @@ impl Files {
             match t.source {
                 Some(source) if !linked.contains(&source) => {
                     t.source = None;
-                    t.asked = t.next;
-                    t.ahead.clear();
+                    t.ask_again();
                 }
                 Some(_) if t.asked > t.next && now >= t.heard + self.config.stall_after => {
                     // Lost on the way (or the source is slow): ask again from the gap.
-                    t.asked = t.next;
-                    t.ahead.clear();
+                    t.ask_again();
                 }
                 _ => {}
             }

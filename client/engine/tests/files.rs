@@ -8,7 +8,7 @@ mod sim;
 
 use sim::Sim;
 use tessera_engine::Event;
-use tessera_engine::files::{CHUNK_BYTES, FileControl, FileState};
+use tessera_engine::files::{CHUNK_BYTES, FileControl, FileState, Sealing};
 use tessera_engine::payload::{encode_file_chunk, encode_file_control};
 use tessera_wire::Role;
 use uuid::Uuid;
@@ -382,4 +382,69 @@ fn a_chunk_out_of_range_or_that_does_not_open_is_refused_and_the_file_still_arri
     // once it is asked again).
     arrives_whole(&mut sim, b, file, &bytes, 2_000);
     assert_eq!(received(&sim, b, file), 1);
+}
+
+#[test]
+fn chunks_sealed_and_opened_by_the_drivers_arrive_intact_and_a_forged_one_is_refused() {
+    // a seals and opens in its engine (a native device); b and c leave it to their drivers (as
+    // a browser page does, with WebCrypto): every pairing moves files, over lossy links.
+    let (mut sim, devices) = circle(12, 3);
+    let (a, b, c) = (devices[0], devices[1], devices[2]);
+    for device in [b, c] {
+        sim.restart_with(device, |config, _| config.files.sealing = Sealing::Driver);
+    }
+    sim.run(60);
+    sim.loss = 0.2;
+    let from_a = content(1024 * 1024 + 5, 7);
+    let from_b = content(700 * 1024, 8);
+    let file_a = sim.send_file(a, "from-a.bin", &from_a);
+    let file_b = sim.send_file(b, "from-b.bin", &from_b);
+    // A chunk c's driver cannot open, in the window c asked of b: refused, asked again.
+    for _ in 0..200 {
+        if sim.devices[&b].reads > 0 {
+            break;
+        }
+        sim.run(1);
+    }
+    assert!(sim.devices[&b].reads > 0, "no device asked b for its file");
+    let now = sim.now;
+    let forged = encode_file_chunk(file_b, 40, &vec![7; CHUNK_BYTES as usize + 16]);
+    sim.devices
+        .get_mut(&c)
+        .expect("c")
+        .engine
+        .handle_link_data(now, b, &forged);
+    sim.drain(c);
+    for (file, bytes) in [(file_a, &from_a), (file_b, &from_b)] {
+        for device in devices.iter().copied() {
+            arrives_whole(&mut sim, device, file, bytes, 3_000);
+        }
+    }
+    sim.run(40);
+    for device in [b, c] {
+        assert!(
+            sim.devices[&device].opens > 0,
+            "{device}'s driver opened nothing"
+        );
+    }
+    assert_eq!(sim.devices[&a].opens, 0, "a's engine opens its own chunks");
+    let refused = sim.refused(c);
+    assert!(!refused.is_empty(), "the forged chunk was taken");
+    assert!(
+        refused
+            .iter()
+            .all(|r| r.starts_with("file chunk") && r.contains("does not open")),
+        "{refused:?}"
+    );
+    for device in [a, b] {
+        assert!(sim.refused(device).is_empty(), "{:?}", sim.refused(device));
+    }
+    for device in devices.iter().copied() {
+        for file in [file_a, file_b] {
+            let here = sim.engine(device).file(file).expect("row");
+            if here.device != device {
+                assert_eq!(received(&sim, device, file), 1);
+            }
+        }
+    }
 }

@@ -7,7 +7,7 @@ use serde_bytes::ByteBuf;
 use tessera_engine::carry::{CarriedChange, CarriedRow, Stream};
 use tessera_engine::codec::from_json;
 use tessera_engine::delivery::{OutboxChange, Queued, Seq};
-use tessera_engine::files::{FileChange, FileCommand, FileRow};
+use tessera_engine::files::{self, FileChange, FileCommand, FileRow, Sealing};
 use tessera_engine::history::Cursor;
 use tessera_engine::identity::DeviceCertificate;
 use tessera_engine::payload::RtcSignal;
@@ -444,6 +444,34 @@ impl ContentHasher {
     }
 }
 
+/// The engine's configuration in a page: its defaults, but chunks of files sealed and opened by
+/// the page with WebCrypto (the hardware's AES; WebAssembly's is software, a third of a transfer's
+/// time).
+fn page_config(origin: &str, rp_id: &str) -> EngineConfig {
+    let mut config = EngineConfig::new(origin, rp_id);
+    config.files.sealing = Sealing::Driver;
+    config
+}
+
+/// The nonce chunk `index` of a file is sealed with (12 bytes,
+/// [`tessera_engine::files::chunk_nonce`]).
+#[wasm_bindgen(js_name = chunkNonce)]
+#[must_use]
+pub fn chunk_nonce(index: f64) -> Vec<u8> {
+    files::chunk_nonce(whole_number(index)).to_vec()
+}
+
+/// The additional data chunk `index` of a file of `count` chunks is sealed with
+/// ([`tessera_engine::files::chunk_aad`]).
+///
+/// # Errors
+/// When `file` is not a UUID.
+#[wasm_bindgen(js_name = chunkAad)]
+pub fn chunk_aad(file: &str, index: f64, count: f64) -> Result<Vec<u8>, String> {
+    let file = uuid(file, "file")?;
+    Ok(files::chunk_aad(file, whole_number(index), whole_number(count)).to_vec())
+}
+
 /// This browser as a member device.
 #[wasm_bindgen]
 pub struct WebDevice(Engine);
@@ -480,7 +508,7 @@ impl WebDevice {
             root,
         };
         Engine::new(
-            EngineConfig::new(origin, rp_id),
+            page_config(origin, rp_id),
             trust,
             member,
             device,
@@ -498,7 +526,7 @@ impl WebDevice {
     pub fn restore(origin: &str, rp_id: &str, stored: JsValue) -> Result<WebDevice, String> {
         let stored: PageRecords = serde_wasm_bindgen::from_value(stored)
             .map_err(|e| format!("the saved device cannot be read: {e}"))?;
-        Engine::restore(EngineConfig::new(origin, rp_id), stored.into())
+        Engine::restore(page_config(origin, rp_id), stored.into())
             .map(WebDevice)
             .map_err(|e| e.to_string())
     }
@@ -748,6 +776,30 @@ impl WebDevice {
         let (peer, file) = (uuid(peer, "device")?, uuid(file, "file")?);
         self.0
             .handle_file_read(Instant::now(), peer, file, whole_number(index), bytes);
+        Ok(())
+    }
+
+    /// A chunk from `peer` the page opened (the `open` file command): its content, or
+    /// `undefined` when it did not open.
+    ///
+    /// # Errors
+    /// When an id is not a UUID.
+    #[wasm_bindgen(js_name = handleFileOpened)]
+    pub fn handle_file_opened(
+        &mut self,
+        peer: &str,
+        file: &str,
+        index: f64,
+        plain: Option<Vec<u8>>,
+    ) -> Result<(), String> {
+        let (peer, file) = (uuid(peer, "device")?, uuid(file, "file")?);
+        self.0.handle_file_opened(
+            Instant::now(),
+            peer,
+            file,
+            whole_number(index),
+            plain.as_deref(),
+        );
         Ok(())
     }
 

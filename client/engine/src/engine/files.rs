@@ -124,6 +124,26 @@ impl Engine {
         self.move_files(now);
     }
 
+    /// A chunk from `peer` the driver opened ([`crate::files::FileCommand::Open`]): its content,
+    /// or `None` when it did not open (then it is refused, and the file asked for elsewhere).
+    pub fn handle_file_opened(
+        &mut self,
+        now: Instant,
+        peer: Uuid,
+        file: Uuid,
+        index: u64,
+        plain: Option<&[u8]>,
+    ) {
+        if let Err(Malformed(what)) = self.files.handle_opened(now, peer, file, index, plain) {
+            self.event(Event::Refused {
+                what: "file chunk",
+                reason: Refusal::Malformed(what),
+            });
+        }
+        // As for a chunk opened here: nothing saved changes until its sync.
+        self.move_files(now);
+    }
+
     /// The driver made a file's writes durable up to `chunks`
     /// ([`crate::files::FileCommand::Sync`]).
     pub fn handle_file_synced(&mut self, now: Instant, file: Uuid, chunks: u64) {

@@ -460,8 +460,8 @@ impl Output {
     /// later, through [`crate::Engine::send_rtc`] and a turn of its own), reveal nothing of what the
     /// write holds and may go at once, so a chain of turns does not wait for the disk at each ask.
     /// So may file IO but deletion: reading chunks (they go out through a turn of their own),
-    /// writing and syncing received ones (the row that counts them is written only once they are
-    /// synced).
+    /// opening received ones, writing and syncing them (the row that counts them is written only
+    /// once they are synced).
     #[must_use]
     pub fn waits_for_write(&self) -> bool {
         !matches!(
@@ -470,7 +470,10 @@ impl Output {
                 | Output::FetchIceServers
                 | Output::Link(LinkCommand::Open { .. })
                 | Output::File(
-                    FileCommand::Read(_) | FileCommand::Write { .. } | FileCommand::Sync { .. }
+                    FileCommand::Read(_)
+                        | FileCommand::Open(_)
+                        | FileCommand::Write { .. }
+                        | FileCommand::Sync { .. }
                 )
         )
     }

@@ -76,6 +76,8 @@ pub struct Device {
     pub disk: BTreeMap<Uuid, (Vec<u8>, usize)>,
     /// Chunks it read from its disk for peers.
     pub reads: u64,
+    /// Chunks its driver opened for it (when the driver seals).
+    pub opens: u64,
 }
 
 impl Device {
@@ -274,6 +276,7 @@ impl Sim {
                 history_reads: 0,
                 disk: BTreeMap::new(),
                 reads: 0,
+                opens: 0,
             },
         );
         self.connect(device);
@@ -666,8 +669,21 @@ impl Sim {
                     };
                     dev.reads += 1;
                     let (peer, file) = (read.peer, read.file);
-                    dev.timed(|d| d.engine.handle_file_read(now, peer, file, index, bytes));
+                    let bytes = match &read.seal {
+                        Some(seal) => seal.seal(index, bytes).expect("sealed"),
+                        None => bytes.to_vec(),
+                    };
+                    dev.timed(|d| d.engine.handle_file_read(now, peer, file, index, &bytes));
                 }
+            }
+            FileCommand::Open(chunk) => {
+                dev.opens += 1;
+                let plain = chunk.seal.open(chunk.index, &chunk.sealed).ok();
+                let (peer, file, index) = (chunk.peer, chunk.seal.file, chunk.index);
+                dev.timed(|d| {
+                    d.engine
+                        .handle_file_opened(now, peer, file, index, plain.as_deref());
+                });
             }
             FileCommand::Write {
                 file,
