@@ -266,10 +266,15 @@ const pages = {
   },
 
   async circle() {
+    // The page's module and the engine load while the server says who this is (the engine's
+    // failure, if any, is met in show()).
+    const page = import('/static/circle.js');
+    page.catch(() => {});
+    engine().catch(() => {});
     const me = await whoAmI();
     if (!me) return;
     try {
-      const circle = await import('/static/circle.js');
+      const circle = await page;
       await circle.show(me);
     } catch (error) {
       document.getElementById('device-state').textContent = 'The engine did not load in this browser.';
