@@ -329,7 +329,10 @@ if (insideNamespace(FILE)) {
     assert.equal(await deviceId(bob), before, 'the same device after the reload');
     assert.equal(await bob.page.locator('body[data-device="new"]').count(), 0, 'no new device made');
     for (const text of secrets.filter((s) => s.startsWith('from-'))) {
-      assert.equal(await bob.page.locator(`#messages li:has-text("${text}")`).count(), 1, `${text} in the history once`);
+      // The history is read from IndexedDB beside the device's start: wait for it, then count.
+      const shown = bob.page.locator(`#messages li:has-text("${text}")`);
+      await shown.first().waitFor({ timeout: LINK_WAIT });
+      assert.equal(await shown.count(), 1, `${text} in the history once`);
     }
     await linkedTo(bob, admin.device);
     const after = secret('after-reload');
