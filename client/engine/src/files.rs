@@ -275,13 +275,19 @@ impl ChunkSeal {
             .map_err(|_| Malformed("file chunk (it does not open under the file's key)"))
     }
 
+    /// Checks that chunk `index` is one of the file's.
+    fn in_range(&self, index: u64) -> Result<(), Malformed> {
+        if index >= self.count {
+            return Err(Malformed("file chunk (out of range)"));
+        }
+        Ok(())
+    }
+
     fn cipher(
         &self,
         index: u64,
     ) -> Result<(Aes256Gcm, Nonce<Aes256Gcm>, [u8; AAD_BYTES]), Malformed> {
-        if index >= self.count {
-            return Err(Malformed("file chunk (out of range)"));
-        }
+        self.in_range(index)?;
         let cipher = Aes256Gcm::new_from_slice(&self.key).map_err(|_| Malformed("file key"))?;
         let nonce = Nonce::<Aes256Gcm>::from(chunk_nonce(index));
         Ok((cipher, nonce, chunk_aad(self.file, index, self.count)))
@@ -299,7 +305,7 @@ pub fn seal_chunk(
     plain: &[u8],
 ) -> Result<Vec<u8>, Malformed> {
     let seal = offer.chunk_seal(file);
-    seal.cipher(index)?;
+    seal.in_range(index)?;
     if plain.len() != offer.chunk_len(index) {
         return Err(Malformed("file chunk (of the wrong size)"));
     }
@@ -318,7 +324,7 @@ pub fn open_chunk(
     sealed: &[u8],
 ) -> Result<Vec<u8>, Malformed> {
     let seal = offer.chunk_seal(file);
-    seal.cipher(index)?;
+    seal.in_range(index)?;
     if !sealed_size(offer, index, sealed) {
         return Err(Malformed("file chunk (of the wrong size)"));
     }
