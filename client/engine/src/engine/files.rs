@@ -134,12 +134,8 @@ impl Engine {
         index: u64,
         plain: Option<&[u8]>,
     ) {
-        if let Err(Malformed(what)) = self.files.handle_opened(now, peer, file, index, plain) {
-            self.event(Event::Refused {
-                what: "file chunk",
-                reason: Refusal::Malformed(what),
-            });
-        }
+        let opened = self.files.handle_opened(now, peer, file, index, plain);
+        self.refuse_if_malformed("file chunk", opened);
         // As for a chunk opened here: nothing saved changes until its sync.
         self.move_files(now);
     }
@@ -198,12 +194,8 @@ impl Engine {
 
     /// A file control packet from `device`.
     pub(super) fn handle_file_control(&mut self, now: Instant, device: Uuid, control: FileControl) {
-        if let Err(Malformed(what)) = self.files.handle_control(now, device, control) {
-            self.event(Event::Refused {
-                what: "file ask",
-                reason: Refusal::Malformed(what),
-            });
-        }
+        let handled = self.files.handle_control(now, device, control);
+        self.refuse_if_malformed("file ask", handled);
     }
 
     /// A chunk from `device`.
@@ -213,10 +205,16 @@ impl Engine {
         device: Uuid,
         (file, index, sealed): (Uuid, u64, &[u8]),
     ) {
-        if let Err(Malformed(what)) = self.files.handle_chunk(now, device, file, index, sealed) {
+        let handled = self.files.handle_chunk(now, device, file, index, sealed);
+        self.refuse_if_malformed("file chunk", handled);
+    }
+
+    /// Says that a peer's `what` was refused, when the files machine found it malformed.
+    fn refuse_if_malformed(&mut self, what: &'static str, handled: Result<(), Malformed>) {
+        if let Err(Malformed(reason)) = handled {
             self.event(Event::Refused {
-                what: "file chunk",
-                reason: Refusal::Malformed(what),
+                what,
+                reason: Refusal::Malformed(reason),
             });
         }
     }
