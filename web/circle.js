@@ -3,7 +3,7 @@
 // presence, and the chat with each message's delivery state. The device itself is web/device.js.
 
 import { api, busy, explain, keepRoot, rootOf, say, short } from '/static/app.js';
-import { Device, DeviceStore, loadEngine } from '/static/device.js';
+import { Device, DeviceStore, loadEngine, shownRows } from '/static/device.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -31,6 +31,43 @@ function human(bytes) {
     unit += 1;
   }
   return unit === 0 ? `${bytes} B` : `${value.toFixed(1)} ${units[unit]}`;
+}
+
+// The reactions offered at a tap; any other emoji comes from the CLI or another client.
+const REACTIONS = ['👍', '❤️', '😂', '😮', '😢', '🙏'];
+
+// The day a message was written, as a separator says it ("Monday, 7 December 2026"); null for a
+// time the page cannot show.
+function dayOf(ms) {
+  const at = new Date(ms);
+  if (Number.isNaN(at.getTime())) return null;
+  return at.toLocaleDateString(undefined, { weekday: 'long', year: 'numeric', month: 'long', day: 'numeric' });
+}
+
+// A message's text as nodes: text, with web addresses (http and https only) as links that open
+// apart from this page and tell the site nothing of it.
+function linked(text) {
+  const nodes = [];
+  let last = 0;
+  for (const found of text.matchAll(/\bhttps?:\/\/[^\s<>"]+[^\s<>".,;:!?)\]'"]/g)) {
+    let url;
+    try {
+      url = new URL(found[0]);
+    } catch {
+      continue;
+    }
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') continue;
+    nodes.push(text.slice(last, found.index));
+    const link = document.createElement('a');
+    link.href = url.href;
+    link.textContent = found[0];
+    link.target = '_blank';
+    link.rel = 'noopener noreferrer nofollow';
+    nodes.push(link);
+    last = found.index + found[0].length;
+  }
+  nodes.push(text.slice(last));
+  return nodes;
 }
 
 // Pictures up to this size get a thumbnail, made on this device.
@@ -70,6 +107,9 @@ class CircleView {
     this.others = 0; // the group's devices besides this one, as of the last view
     this.drawPending = false;
     this.transfers = new Map(); // file id -> { started, from }: what the rate is counted from
+    this.items = new Map(); // `${device}/${id}` -> the message's item in the list
+    this.lastDay = null; // the day of the last separator in the list
+    this.composing = null; // { target, editing }: what the message box answers or edits
   }
 
   async start() {
@@ -85,13 +125,7 @@ class CircleView {
     this.#wireSend();
     this.#wireFiles();
     this.#wireName();
-    for (const entry of await this.store.history()) {
-      try {
-        this.#message(entry);
-      } catch (error) {
-        console.warn(`a stored message could not be shown: ${error?.message ?? error}`);
-      }
-    }
+    await this.#showHistory();
     // The roles and key fingerprints (the restored device's first "members changed" came before
     // this view listened).
     await this.#refreshKeys();
@@ -112,13 +146,46 @@ class CircleView {
       const text = input.value.trim();
       if (!text || this.device.stopped) return;
       try {
-        this.device.sendText(text);
+        if (this.composing?.editing) {
+          this.device.changeMessage(this.composing.target, { kind: 'edit', text });
+        } else {
+          this.device.sendText(text, this.composing?.target ?? null);
+        }
         input.value = '';
+        this.#compose(null);
         input.focus();
       } catch (error) {
         say(`Not sent: ${error?.message ?? error}`, 'error');
       }
     });
+    $('compose-cancel').addEventListener('click', () => {
+      if (this.composing?.editing) input.value = '';
+      this.#compose(null);
+      input.focus();
+    });
+    input.addEventListener('keydown', (event) => {
+      if (event.key === 'Escape' && this.composing) {
+        if (this.composing.editing) input.value = '';
+        this.#compose(null);
+      }
+    });
+  }
+
+  // What the message box does next: answer a message, edit one of this member's, or (null) send
+  // a message of its own. Said above the box, with a way to cancel.
+  #compose(composing) {
+    this.composing = composing;
+    const bar = $('composing');
+    bar.hidden = !composing;
+    $('send-button').textContent = composing?.editing ? 'Save' : 'Send';
+    if (!composing) return;
+    const item = this.#item(composing.target);
+    const excerpt = item?.querySelector('.text')?.textContent ?? '';
+    $('composing-text').textContent = composing.editing
+      ? 'Editing your message'
+      : `Replying to ${this.#sender(composing.target.member, true)}: ${excerpt.slice(0, 80)}`;
+    if (composing.editing) $('message').value = excerpt;
+    $('message').focus();
   }
 
   // Files are shared from the attach button, by dropping them on the chat, or by pasting a
@@ -349,6 +416,9 @@ class CircleView {
       case 'delivered':
         this.#delivered(event.id, event.device, event.carried);
         break;
+      case 'message_changed':
+        this.#changed(event);
+        break;
       case 'group_created':
         say('You started the circle\'s encrypted group.');
         break;
@@ -412,10 +482,16 @@ class CircleView {
     line.textContent = done
       ? `Your history from your device ${short(device)}: ${received} messages, all here.`
       : `Receiving your history from your device ${short(device)}: ${received} of ${total} messages…`;
-    const list = $('messages');
-    const entries = await this.store.history();
-    list.replaceChildren();
-    for (const entry of entries) {
+    $('messages').replaceChildren();
+    this.items.clear();
+    this.lastDay = null;
+    await this.#showHistory();
+  }
+
+  // The stored messages, as their changes (reactions, edits, deletions) leave them.
+  async #showHistory() {
+    const history = await this.store.history();
+    for (const entry of shownRows(this.engine, history)) {
       try {
         this.#message(entry);
       } catch (error) {
@@ -424,23 +500,67 @@ class CircleView {
     }
   }
 
-  // Who sent a message this browser did not send: the member's name, or their own other device.
-  #sender(member) {
-    return member === this.me.member ? 'You (another device)' : this.#name(member);
+  // Who sent a message this browser did not send: the member's name, or their own other device
+  // (`you`: simply "you", as in "Replying to you").
+  #sender(member, you = false) {
+    if (member === this.me.member) return you ? 'you' : 'You (another device)';
+    return this.#name(member);
+  }
+
+  // The message's item in the list, by the history's key.
+  #item({ device, id }) {
+    return this.items.get(`${device}/${id}`) ?? null;
+  }
+
+  // A message was reacted to, edited or deleted: shown again as the store now holds it.
+  async #changed(change) {
+    const { target } = change;
+    if (!this.#item(target)) return;
+    const stored = await this.store.message(target.device, target.id);
+    if (!stored) return;
+    const [entry] = shownRows(this.engine, stored);
+    const item = this.#item(target);
+    if (item) this.#fill(item, entry);
+    if (entry.deleted && this.composing?.target.id === target.id
+      && this.composing.target.device === target.device) this.#compose(null);
   }
 
   // A message is known by its sending device and its id (the id alone is the sender's to choose).
   #message(entry) {
     const key = `${entry.device}/${entry.id}`;
     const list = $('messages');
-    if ([...list.children].some((li) => li.dataset.key === key)) return;
+    if (this.items.has(key)) return;
     $('no-messages').hidden = true;
+    const day = dayOf(entry.sent_at);
+    if (day && day !== this.lastDay) {
+      this.lastDay = day;
+      const separator = document.createElement('li');
+      separator.className = 'day';
+      separator.setAttribute('role', 'separator');
+      separator.textContent = day;
+      list.append(separator);
+    }
     const item = document.createElement('li');
+    this.items.set(key, item);
     item.dataset.key = key;
     item.dataset.id = entry.id;
     item.dataset.member = entry.member;
     item.dataset.delivered = JSON.stringify(entry.delivered ?? []);
     item.className = entry.outgoing ? 'outgoing' : 'incoming';
+    this.#fill(item, entry);
+    list.append(item);
+    this.#deliveryState(item);
+    if (entry.file && !entry.deleted) {
+      const known = this.device.fileList().find((f) => f.id === entry.id);
+      this.#fileState(entry.id, known ?? { state: 'deleted' });
+    }
+    item.scrollIntoView?.({ block: 'nearest' });
+  }
+
+  // A message's contents, as its changes leave it (`edited`, `deleted`, `reactions` from the
+  // engine's `showMessages`; a new message has none).
+  #fill(item, entry) {
+    const target = { member: entry.member, device: entry.device, id: entry.id };
     const who = document.createElement('span');
     who.className = 'who';
     who.textContent = entry.outgoing ? 'You' : this.#sender(entry.member);
@@ -450,32 +570,130 @@ class CircleView {
       at.dateTime = written.toISOString();
       at.textContent = written.toLocaleTimeString();
     }
-    if (entry.file) {
+    const parts = [who, ' ', at];
+    if (entry.reply_to && !entry.deleted) parts.push(this.#quote(entry.reply_to));
+    item.dataset.deleted = String(Boolean(entry.deleted));
+    if (entry.deleted) {
+      item.classList.remove('file');
+      const text = document.createElement('p');
+      text.className = 'text deleted';
+      text.textContent = 'This message was deleted.';
+      parts.push(text);
+    } else if (entry.file) {
       item.classList.add('file');
-      item.append(who, ' ', at, this.#fileCard(entry));
+      parts.push(this.#card(entry.id) ?? this.#fileCard(entry));
     } else {
       const text = document.createElement('p');
       text.className = 'text';
-      text.textContent = entry.text;
-      item.append(who, ' ', at, text);
+      text.append(...linked(entry.text));
+      parts.push(text);
+      if (entry.edited) {
+        const edited = document.createElement('span');
+        edited.className = 'edited';
+        edited.textContent = '(edited)';
+        parts.push(edited);
+      }
     }
-    if (entry.outgoing) {
-      const state = document.createElement('span');
+    if (entry.reactions?.length) parts.push(this.#reactions(target, entry.reactions));
+    if (!entry.deleted) parts.push(this.#actions(target, entry));
+    const state = item.querySelector('.delivery') ?? (entry.outgoing ? document.createElement('span') : null);
+    if (state) {
       state.className = 'delivery';
-      item.append(state);
+      parts.push(state);
     }
-    list.append(item);
-    this.#deliveryState(item);
-    if (entry.file) {
-      const known = this.device.fileList().find((f) => f.id === entry.id);
-      this.#fileState(entry.id, known ?? { state: 'deleted' });
+    item.replaceChildren(...parts);
+  }
+
+  // The message a reply answers, quoted from this browser's list (or said to be elsewhere).
+  #quote(to) {
+    const quote = document.createElement('blockquote');
+    quote.className = 'quote';
+    const quoted = this.#item(to);
+    const excerpt = quoted?.querySelector('.text')?.textContent;
+    quote.textContent = excerpt === undefined
+      ? `↪ ${this.#sender(to.member, true)}: a message not on this browser`
+      : `↪ ${this.#sender(to.member, true)}: ${excerpt.slice(0, 120)}`;
+    return quote;
+  }
+
+  // The reactions on a message: one button each, pressed when this member is among them (a
+  // press takes it back), naming who reacted.
+  #reactions(target, reactions) {
+    const row = document.createElement('div');
+    row.className = 'reactions';
+    for (const { emoji, members } of reactions) {
+      const mine = members.includes(this.me.member);
+      const button = document.createElement('button');
+      button.type = 'button';
+      button.className = 'reaction';
+      button.setAttribute('aria-pressed', String(mine));
+      button.dataset.emoji = emoji;
+      button.textContent = `${emoji} ${members.length}`;
+      button.title = members.map((m) => (m === this.me.member ? 'You' : this.#name(m))).join(', ');
+      button.addEventListener('click', () => this.#change(target, { kind: mine ? 'unreact' : 'react', emoji }));
+      row.append(button);
     }
-    item.scrollIntoView?.({ block: 'nearest' });
+    return row;
+  }
+
+  // What can be done to a message: answer it, react to it, and for this member's own messages
+  // edit (not a file) or delete it.
+  #actions(target, entry) {
+    const bar = document.createElement('div');
+    bar.className = 'actions';
+    const action = (name, label, run) => {
+      const button = document.createElement('button');
+      button.type = 'button';
+      button.className = `action ${name}`;
+      button.textContent = label;
+      button.addEventListener('click', run);
+      bar.append(button);
+      return button;
+    };
+    action('reply', 'Reply', () => this.#compose({ target }));
+    const picker = document.createElement('span');
+    picker.className = 'picker';
+    picker.hidden = true;
+    const react = action('react', 'React', () => {
+      picker.hidden = !picker.hidden;
+      react.setAttribute('aria-expanded', String(!picker.hidden));
+    });
+    react.setAttribute('aria-expanded', 'false');
+    for (const emoji of REACTIONS) {
+      const button = document.createElement('button');
+      button.type = 'button';
+      button.className = 'pick';
+      button.textContent = emoji;
+      button.setAttribute('aria-label', `React with ${emoji}`);
+      button.addEventListener('click', () => {
+        picker.hidden = true;
+        this.#change(target, { kind: 'react', emoji });
+      });
+      picker.append(button);
+    }
+    bar.append(picker);
+    if (entry.member === this.me.member) {
+      if (!entry.file) action('edit', 'Edit', () => this.#compose({ target, editing: true }));
+      action('delete', 'Delete', () => {
+        // Said plainly: the devices forget it, people may have read or copied it.
+        if (window.confirm('Delete this message for everyone? The circle\'s devices forget its text; anyone who already read it may remember or have copied it.')) {
+          this.#change(target, { kind: 'delete' });
+        }
+      });
+    }
+    return bar;
+  }
+
+  #change(target, change) {
+    try {
+      this.device.changeMessage(target, change);
+    } catch (error) {
+      say(`Not changed: ${error?.message ?? error}`, 'error');
+    }
   }
 
   #delivered(id, device, carried) {
-    const key = `${this.device.id}/${id}`;
-    const item = [...$('messages').children].find((li) => li.dataset.key === key);
+    const item = this.#item({ device: this.device.id, id });
     if (!item) return;
     const delivered = JSON.parse(item.dataset.delivered);
     if (!delivered.includes(device)) delivered.push(device);

@@ -37,7 +37,7 @@ const databaseName = (member) => `tessera-device-${member}`;
 // (one record per message and peer), the history and the messages kept for other devices.
 export class DeviceStore {
   static async open(member) {
-    const req = indexedDB.open(databaseName(member), 4);
+    const req = indexedDB.open(databaseName(member), 5);
     req.onupgradeneeded = ({ oldVersion }) => {
       const db = req.result;
       if (oldVersion < 1) {
@@ -57,6 +57,12 @@ export class DeviceStore {
       // Version 4: the files this device sends, holds or receives, one record per file (the
       // engine's row); their content lives apart.
       if (oldVersion < 4) db.createObjectStore('files', { keyPath: 'id' });
+      // Version 5: changes to messages (reactions, edits, deletions), by [device, id], kept apart
+      // from the messages they point at (carrying may bring one first), found by their target.
+      if (oldVersion < 5) {
+        db.createObjectStore('changes', { keyPath: ['device', 'id'] })
+          .createIndex('target', ['target.device', 'target.id']);
+      }
       if (oldVersion === 1) {
         const old = req.transaction.objectStore('history').getAll();
         old.onsuccess = () => {
@@ -99,6 +105,7 @@ export class DeviceStore {
     if (write.carried_put.length || write.carried_delete.length) scope.push('carried');
     if (write.files_put.length || write.files_delete.length) scope.push('files');
     if (write.history.length) scope.push('history');
+    if (write.history.some((row) => row.kind === 'change')) scope.push('changes');
     // Strict: the write is on disk when it completes, before anything it led to is acted on.
     const tx = this.db.transaction(scope, 'readwrite', { durability: 'strict' });
     const done = finished(tx);
@@ -121,7 +128,8 @@ export class DeviceStore {
       if (row.kind === 'add') {
         history.add({
           id: row.id, member: row.member, device: row.device, text: row.text,
-          sent_at: row.sent_at, outgoing: row.outgoing, file: row.file, delivered: [],
+          sent_at: row.sent_at, outgoing: row.outgoing, file: row.file, reply_to: row.reply_to,
+          delivered: [],
         }).onerror = (e) => { e.preventDefault(); e.stopPropagation(); }; // a duplicate: kept once
       } else if (row.kind === 'delivered') {
         const get = history.get([row.device, row.id]);
@@ -132,9 +140,38 @@ export class DeviceStore {
             history.put(entry);
           }
         };
+      } else if (row.kind === 'change') {
+        const changes = tx.objectStore('changes');
+        const { kind: _, ...change } = row;
+        changes.add(change).onerror = (e) => { e.preventDefault(); e.stopPropagation(); };
+        // A deletion by the message's author forgets its text, file and their edits here.
+        if (change.change.kind === 'delete' && change.member === change.target.member) {
+          const key = [change.target.device, change.target.id];
+          const get = history.get(key);
+          get.onsuccess = () => {
+            const entry = get.result;
+            if (entry && entry.member === change.member) {
+              history.put({ ...entry, text: '', file: null, reply_to: null });
+            }
+          };
+          const edits = changes.index('target').openCursor(IDBKeyRange.only(key));
+          edits.onsuccess = () => {
+            const at = edits.result;
+            if (!at) return;
+            if (at.value.change.kind === 'edit' && at.value.member === change.member) at.delete();
+            at.continue();
+          };
+        }
       }
     }
     await done;
+  }
+
+  // The changes kept for `rows` (history rows), read in the transaction `tx`.
+  static async changesTo(tx, rows) {
+    const index = tx.objectStore('changes').index('target');
+    const found = await Promise.all(rows.map((row) => request(index.getAll([row.device, row.id]))));
+    return found.flat();
   }
 
   // What the circle view shows of this browser's device key: its public half and the fingerprint of
@@ -151,9 +188,10 @@ export class DeviceStore {
     return (await request(tx.objectStore('engine').get('identity'))) ?? null;
   }
 
-  // The last `limit` messages, oldest first.
+  // The last `limit` messages, oldest first, with the changes kept for them (to show with the
+  // engine's `showMessages`).
   async history(limit = 200) {
-    const tx = this.db.transaction('history', 'readonly');
+    const tx = this.db.transaction(['history', 'changes'], 'readonly');
     const entries = [];
     await new Promise((resolve, reject) => {
       const cursor = tx.objectStore('history').index('sent_at').openCursor(null, 'prev');
@@ -165,14 +203,24 @@ export class DeviceStore {
         at.continue();
       };
     });
-    return entries.reverse();
+    entries.reverse();
+    return { rows: entries, changes: await DeviceStore.changesTo(tx, entries) };
+  }
+
+  // One stored message by its sending device and id, with the changes kept for it; null when
+  // this browser does not hold it.
+  async message(device, id) {
+    const tx = this.db.transaction(['history', 'changes'], 'readonly');
+    const row = await request(tx.objectStore('history').get([device, id]));
+    if (!row) return null;
+    return { rows: [row], changes: await DeviceStore.changesTo(tx, [row]) };
   }
 
   // A page of the history for another device of this member: up to `limit` rows strictly older
   // than `before` ({sent_at, device, id}; from the newest when null) in that order, newest first
   // (the sent_at index lists ties by [device, id]), and how many rows are older than `before`.
   async historyPage(before, limit) {
-    const tx = this.db.transaction('history', 'readonly');
+    const tx = this.db.transaction(['history', 'changes'], 'readonly');
     const index = tx.objectStore('history').index('sent_at');
     const older = (row) => !before || row.sent_at < before.sent_at
       || (row.sent_at === before.sent_at
@@ -200,7 +248,7 @@ export class DeviceStore {
     } else {
       count = await request(index.count());
     }
-    return { rows, older: count };
+    return { rows, changes: await DeviceStore.changesTo(tx, rows), older: count };
   }
 
   close() {
@@ -211,6 +259,12 @@ export class DeviceStore {
   static async destroy(member) {
     await request(indexedDB.deleteDatabase(databaseName(member)));
   }
+}
+
+// Stored history rows as their changes leave them (the engine's `showMessages`: text, edited,
+// deleted, reactions), each keeping the row's own fields (outgoing, delivered).
+export function shownRows(engine, { rows, changes }) {
+  return engine.showMessages(rows, changes).map((message, i) => ({ ...rows[i], ...message }));
 }
 
 // ---------------------------------------------------------------- peer links
@@ -660,8 +714,17 @@ export class Device extends EventTarget {
     this.#settle();
   }
 
-  sendText(text) {
-    const id = this.engine.sendText(text);
+  // Sends `text`, answering `replyTo` ({member, device, id}) when given; its id.
+  sendText(text, replyTo = null) {
+    const id = this.engine.sendText(text, replyTo ? JSON.stringify(replyTo) : undefined);
+    this.#settle();
+    return id;
+  }
+
+  // Reacts to, edits or deletes the message `target` ({member, device, id}): `change` is
+  // {kind: 'react' | 'unreact', emoji}, {kind: 'edit', text} or {kind: 'delete'}. Its id.
+  changeMessage(target, change) {
+    const id = this.engine.changeMessage(JSON.stringify(target), JSON.stringify(change));
     this.#settle();
     return id;
   }
@@ -888,8 +951,8 @@ export class Device extends EventTarget {
   // Another device of this member asked for a page of the history this browser holds.
   async #readHistory({ peer, before, limit }) {
     try {
-      const { rows, older } = await this.store.historyPage(before, limit);
-      this.input((engine) => engine.handleHistoryRead(peer, rows, older));
+      const { rows, changes, older } = await this.store.historyPage(before, limit);
+      this.input((engine) => engine.handleHistoryRead(peer, rows, changes, older));
     } catch (error) {
       // Not answered: the other device asks again when its link comes back.
       console.warn(`the history could not be read: ${error?.message ?? error}`);

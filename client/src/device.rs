@@ -9,10 +9,11 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
+use tessera_engine::changes::{Change, MessageRef};
 use tessera_engine::renewal::RenewalOutcome;
 use tessera_engine::{
-    ChatMessage, DeviceView, Engine, EngineError, Event, IceOutcome, LinkCommand, Output,
-    StopReason, StoredFile, unix_ms,
+    DeviceView, Engine, EngineError, Event, IceOutcome, LinkCommand, Output, StopReason,
+    StoredFile, unix_ms,
 };
 use tessera_wire::{ErrorCode, MemberInfo, SessionGranted};
 use tokio::net::UdpSocket;
@@ -25,7 +26,7 @@ use crate::files::{FileDir, FileDone, FileWorker};
 use crate::gather::{IcePolicy, IceServer, IceUrl, parse_ice_url};
 use crate::rtc::{LinkEvent, Links};
 use crate::signal::{Backoff, SignalClient, SignalEvent};
-use crate::store::{DeviceStore, StoreError, TurnError};
+use crate::store::{DeviceStore, HistoryPage, StoreError, TurnError};
 use crate::writer::Writer;
 
 /// Why the device stopped with an error.
@@ -136,7 +137,16 @@ impl Status {
 }
 
 enum Command {
-    Send(String, oneshot::Sender<Result<Uuid, EngineError>>),
+    Send(
+        String,
+        Option<MessageRef>,
+        oneshot::Sender<Result<Uuid, EngineError>>,
+    ),
+    Change(
+        MessageRef,
+        Change,
+        oneshot::Sender<Result<Uuid, EngineError>>,
+    ),
     SendFile(StoredFile, oneshot::Sender<Result<Uuid, EngineError>>),
     DeleteFile(Uuid, oneshot::Sender<Result<(), EngineError>>),
     SetName(String, oneshot::Sender<Result<(), EngineError>>),
@@ -328,7 +338,32 @@ impl DeviceHandle {
     /// # Errors
     /// The engine's refusal (not in the group yet, too large), or the device stopped.
     pub async fn send_text(&self, text: &str) -> Result<Uuid, String> {
-        self.ask(|reply| Command::Send(text.to_owned(), reply))
+        self.send_reply(text, None).await
+    }
+
+    /// Sends `text` to the circle as an answer to `reply_to` (none: a message of its own); its
+    /// id, once the message is in the outbox (and stored).
+    ///
+    /// # Errors
+    /// The engine's refusal (not in the group yet, too large), or the device stopped.
+    pub async fn send_reply(
+        &self,
+        text: &str,
+        reply_to: Option<MessageRef>,
+    ) -> Result<Uuid, String> {
+        self.ask(|reply| Command::Send(text.to_owned(), reply_to, reply))
+            .await?
+            .map_err(|e| e.to_string())
+    }
+
+    /// Reacts to, edits or deletes the message `target` for the circle; the change's id, once it
+    /// is in the outbox (and stored).
+    ///
+    /// # Errors
+    /// The engine's refusal (a malformed reaction, an empty edit, another member's message, not
+    /// in the group yet), or the device stopped.
+    pub async fn change_message(&self, target: MessageRef, change: Change) -> Result<Uuid, String> {
+        self.ask(|reply| Command::Change(target, change, reply))
             .await?
             .map_err(|e| e.to_string())
     }
@@ -452,7 +487,7 @@ enum RenewalStep {
 
 /// A page of the history read for another device of this member: the device, the rows and how
 /// many are older than the ask's start.
-type HistoryRead = (Uuid, Result<(Vec<ChatMessage>, u64), StoreError>);
+type HistoryRead = (Uuid, Result<HistoryPage, StoreError>);
 
 struct Driver {
     engine: Engine,
@@ -567,8 +602,14 @@ impl Driver {
                 }
                 read = history.recv() => {
                     if let Some((peer, read)) = read {
-                        let (rows, older) = read?;
-                        self.engine.handle_history_read(Instant::now(), peer, rows, older);
+                        let page = read?;
+                        self.engine.handle_history_read(
+                            Instant::now(),
+                            peer,
+                            page.rows,
+                            &page.changes,
+                            page.older,
+                        );
                     }
                 }
                 fetched = directory.recv() => {
@@ -680,11 +721,17 @@ impl Driver {
     fn handle_command(&mut self, command: Command) {
         let now = Instant::now();
         match command {
-            Command::Send(text, reply) => {
+            Command::Send(text, reply_to, reply) => {
                 let sent = self
                     .engine
-                    .send_text(now, unix_ms(SystemTime::now()), &text);
+                    .send_reply(now, unix_ms(SystemTime::now()), &text, reply_to);
                 self.replies.push(Reply::Sent(reply, sent));
+            }
+            Command::Change(target, change, reply) => {
+                let changed =
+                    self.engine
+                        .change_message(now, unix_ms(SystemTime::now()), target, change);
+                self.replies.push(Reply::Sent(reply, changed));
             }
             Command::SendFile(file, reply) => {
                 let sent = self.engine.send_file(now, unix_ms(SystemTime::now()), file);

@@ -6,11 +6,14 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{QueryBuilder, Row as _, SqlitePool};
 use tessera_engine::carry::{CarriedChange, CarriedRow};
+use tessera_engine::changes::{self, Change, MessageChange, MessageRef, ShownMessage};
 use tessera_engine::delivery::{OutboxChange, Queued};
-use tessera_engine::files::{FileChange, FileInfo, FileRow};
+use tessera_engine::files::{FileChange, FileRow};
 use tessera_engine::history::Cursor;
 use tessera_engine::trust::RootFingerprint;
 use tessera_engine::{ChatMessage, Engine, EngineError, HistoryChange, StoreWrite, StoredDevice};
@@ -37,11 +40,11 @@ pub enum StoreError {
     Stopped,
 }
 
-/// A message in the history.
+/// A message in the history, as its changes leave it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryEntry {
-    /// The message.
-    pub message: ChatMessage,
+    /// The message, its text the latest edit's, what its changes made of it.
+    pub shown: ShownMessage,
     /// Whether this device sent it.
     pub outgoing: bool,
     /// How many peer devices acknowledged it (outgoing messages).
@@ -279,7 +282,7 @@ impl DeviceStore {
 
     /// A page of the history for another device of this member ([`tessera_engine::Output::ReadHistory`]): up to
     /// `limit` messages strictly older than `before` in the order `(sent_at, device, id)`, newest
-    /// first, and how many messages are older than `before` in all.
+    /// first, the changes to them, and how many messages are older than `before` in all.
     ///
     /// # Errors
     /// When SQLite fails or a row is malformed.
@@ -287,7 +290,7 @@ impl DeviceStore {
         &self,
         before: Option<Cursor>,
         limit: usize,
-    ) -> Result<(Vec<ChatMessage>, u64), StoreError> {
+    ) -> Result<HistoryPage, StoreError> {
         let (sent_at, device, id) = before.map_or((None, None, None), |c| {
             (
                 Some(c.sent_at),
@@ -296,7 +299,7 @@ impl DeviceStore {
             )
         });
         let rows = sqlx::query(
-            "SELECT id, member, device, text, sent_at, file FROM history \
+            "SELECT id, member, device, text, sent_at, file, reply_to FROM history \
              WHERE ? IS NULL OR (sent_at, device, id) < (?, ?, ?) \
              ORDER BY sent_at DESC, device DESC, id DESC LIMIT ?",
         )
@@ -318,18 +321,49 @@ impl DeviceStore {
         .await?;
         let rows = rows
             .into_iter()
-            .map(|r| {
-                Ok(ChatMessage {
+            .map(|r| stored_message(&r))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let changes = self.changes_to(&rows).await?;
+        Ok(HistoryPage {
+            rows,
+            changes,
+            older: u64::try_from(older).unwrap_or(0),
+        })
+    }
+
+    /// The changes kept for `messages`.
+    async fn changes_to(&self, messages: &[ChatMessage]) -> Result<Vec<MessageChange>, StoreError> {
+        let mut changes = Vec::new();
+        for rows in messages.chunks(ROWS_PER_STATEMENT) {
+            let found = QueryBuilder::new(
+                "SELECT id, member, device, target_member, target_device, target_id, change, \
+                 sent_at FROM changes WHERE (target_device, target_id) IN (",
+            )
+            .push_values(rows, |mut b, m| {
+                b.push_bind(m.device.to_string())
+                    .push_bind(m.id.to_string());
+            })
+            .push(")")
+            .build()
+            .fetch_all(&self.pool)
+            .await?;
+            for r in found {
+                changes.push(MessageChange {
                     id: stored_id(r.get(0))?,
                     member: stored_id(r.get(1))?,
                     device: stored_id(r.get(2))?,
-                    text: r.get(3),
-                    sent_at: r.get(4),
-                    file: stored_file(r.get(5))?,
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok((rows, u64::try_from(older).unwrap_or(0)))
+                    target: MessageRef {
+                        member: stored_id(r.get(3))?,
+                        device: stored_id(r.get(4))?,
+                        id: stored_id(r.get(5))?,
+                    },
+                    change: stored_json(Some(r.get(6)), "change")?
+                        .ok_or(StoreError::Malformed("change"))?,
+                    sent_at: r.get(7),
+                });
+            }
+        }
+        Ok(changes)
     }
 
     /// Keeps the session (and role) a renewal granted in the profile, if there is one.
@@ -345,37 +379,68 @@ impl DeviceStore {
         Ok(())
     }
 
+    /// The stored messages whose id starts with `prefix` (hex digits, hyphens ignored), at most
+    /// `limit` of them, newest first: how people name a message on the command line.
+    ///
+    /// # Errors
+    /// When SQLite fails or a row is malformed.
+    pub async fn messages_named(
+        &self,
+        prefix: &str,
+        limit: u32,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        let digits: String = prefix
+            .chars()
+            .filter(|c| *c != '-')
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
+        if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "SELECT id, member, device, text, sent_at, file, reply_to FROM history \
+             WHERE substr(replace(id, '-', ''), 1, ?) = ? ORDER BY sent_at DESC LIMIT ?",
+        )
+        .bind(i64::try_from(digits.len()).unwrap_or(i64::MAX))
+        .bind(&digits)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(|r| stored_message(&r)).collect()
+    }
+
     /// The last `limit` messages, oldest first.
     ///
     /// # Errors
     /// When SQLite fails or a row is malformed.
     pub async fn history(&self, limit: u32) -> Result<Vec<HistoryEntry>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, member, device, text, sent_at, outgoing, delivered + \
-             (SELECT COUNT(*) FROM delivered_to d WHERE d.device = h.device AND d.id = h.id), file FROM \
+            "SELECT id, member, device, text, sent_at, file, reply_to, outgoing, delivered + \
+             (SELECT COUNT(*) FROM delivered_to d WHERE d.device = h.device AND d.id = h.id) FROM \
              (SELECT rowid AS seq, * FROM history ORDER BY sent_at DESC, seq DESC LIMIT ?) AS h \
              ORDER BY sent_at, seq",
         )
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(HistoryEntry {
-                    message: ChatMessage {
-                        id: stored_id(r.get(0))?,
-                        member: stored_id(r.get(1))?,
-                        device: stored_id(r.get(2))?,
-                        text: r.get(3),
-                        sent_at: r.get(4),
-                        file: stored_file(r.get(7))?,
-                    },
-                    outgoing: r.get::<i64, _>(5) != 0,
-                    delivered: u32::try_from(r.get::<i64, _>(6))
-                        .map_err(|_| StoreError::Malformed("delivered"))?,
-                })
+        let mut messages = Vec::with_capacity(rows.len());
+        let mut kept = Vec::with_capacity(rows.len());
+        for r in rows {
+            messages.push(stored_message(&r)?);
+            let delivered = u32::try_from(r.get::<i64, _>(8))
+                .map_err(|_| StoreError::Malformed("delivered"))?;
+            kept.push((r.get::<i64, _>(7) != 0, delivered));
+        }
+        let changes = self.changes_to(&messages).await?;
+        Ok(changes::show_all(messages, &changes)
+            .into_iter()
+            .zip(kept)
+            .map(|(shown, (outgoing, delivered))| HistoryEntry {
+                shown,
+                outgoing,
+                delivered,
             })
-            .collect()
+            .collect())
     }
 }
 
@@ -473,17 +538,19 @@ async fn apply(
 
     let mut added = Vec::new();
     let mut delivered = Vec::new();
+    let mut changed = Vec::new();
     for change in &write.history {
         match change {
             HistoryChange::Add { message, outgoing } => added.push((message, *outgoing)),
             HistoryChange::Delivered { device, id, peer } => {
                 delivered.push((*device, *id, *peer));
             }
+            HistoryChange::Change { change } => changed.push(change),
         }
     }
     for rows in added.chunks(ROWS_PER_STATEMENT) {
         QueryBuilder::new(
-            "INSERT INTO history (id, member, device, text, sent_at, outgoing, file) ",
+            "INSERT INTO history (id, member, device, text, sent_at, outgoing, file, reply_to) ",
         )
         .push_values(rows, |mut b, (message, outgoing)| {
             b.push_bind(message.id.to_string())
@@ -497,6 +564,12 @@ async fn apply(
                         .file
                         .as_ref()
                         .and_then(|f| serde_json::to_string(f).ok()),
+                )
+                .push_bind(
+                    message
+                        .reply_to
+                        .as_ref()
+                        .and_then(|r| serde_json::to_string(r).ok()),
                 );
         })
         .push(" ON CONFLICT (device, id) DO NOTHING")
@@ -516,6 +589,8 @@ async fn apply(
             .execute(&mut **tx)
             .await?;
     }
+
+    write_changes(tx, &changed).await?;
 
     let mut file_puts = Vec::new();
     let mut file_deletes = Vec::new();
@@ -575,9 +650,94 @@ where
     Ok(())
 }
 
-/// The file a history row shares, kept as JSON.
-fn stored_file(json: Option<String>) -> Result<Option<FileInfo>, StoreError> {
-    json.map(|text| serde_json::from_str(&text).map_err(|_| StoreError::Malformed("file")))
+/// Keeps changes to messages, once each; a deletion by a message's author empties the message's
+/// stored text and file and drops the author's edits to it, where the message is kept.
+async fn write_changes(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    changes: &[&MessageChange],
+) -> Result<(), StoreError> {
+    for rows in changes.chunks(ROWS_PER_STATEMENT) {
+        QueryBuilder::new(
+            "INSERT INTO changes (device, id, member, target_member, target_device, target_id, \
+             change, sent_at) ",
+        )
+        .push_values(rows, |mut b, c| {
+            b.push_bind(c.device.to_string())
+                .push_bind(c.id.to_string())
+                .push_bind(c.member.to_string())
+                .push_bind(c.target.member.to_string())
+                .push_bind(c.target.device.to_string())
+                .push_bind(c.target.id.to_string())
+                .push_bind(serde_json::to_string(&c.change).unwrap_or_default())
+                .push_bind(c.sent_at);
+        })
+        .push(" ON CONFLICT (device, id) DO NOTHING")
+        .build()
+        .execute(&mut **tx)
+        .await?;
+    }
+    for c in changes {
+        if c.change != Change::Delete || c.member != c.target.member {
+            continue;
+        }
+        let (device, id, member) = (
+            c.target.device.to_string(),
+            c.target.id.to_string(),
+            c.member.to_string(),
+        );
+        sqlx::query(
+            "UPDATE history SET text = '', file = NULL, reply_to = NULL \
+             WHERE device = ? AND id = ? AND member = ?",
+        )
+        .bind(&device)
+        .bind(&id)
+        .bind(&member)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM changes WHERE target_device = ? AND target_id = ? AND member = ? \
+             AND json_extract(change, '$.kind') = 'edit'",
+        )
+        .bind(&device)
+        .bind(&id)
+        .bind(&member)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// A page of the history for another device of this member, as [`DeviceStore::history_page`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// The rows, newest first.
+    pub rows: Vec<ChatMessage>,
+    /// The changes kept for them.
+    pub changes: Vec<MessageChange>,
+    /// How many rows are older than the page's start.
+    pub older: u64,
+}
+
+/// A history row's message, from its first seven columns: `id, member, device, text, sent_at,
+/// file, reply_to`.
+fn stored_message(r: &SqliteRow) -> Result<ChatMessage, StoreError> {
+    Ok(ChatMessage {
+        id: stored_id(r.get(0))?,
+        member: stored_id(r.get(1))?,
+        device: stored_id(r.get(2))?,
+        text: r.get(3),
+        sent_at: r.get(4),
+        file: stored_json(r.get(5), "file")?,
+        reply_to: stored_json(r.get(6), "reply")?,
+    })
+}
+
+/// A value kept as JSON in a nullable column.
+fn stored_json<T: serde::de::DeserializeOwned>(
+    json: Option<String>,
+    what: &'static str,
+) -> Result<Option<T>, StoreError> {
+    json.map(|text| serde_json::from_str(&text).map_err(|_| StoreError::Malformed(what)))
         .transpose()
 }
 

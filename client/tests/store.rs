@@ -4,7 +4,7 @@
 mod common;
 
 use common::engine;
-use tessera_client::store::{DeviceStore, StoreError};
+use tessera_client::store::{DeviceStore, HistoryPage, StoreError};
 use tessera_client::writer::Writer;
 use tessera_engine::carry::{CarriedChange, CarriedRow};
 use tessera_engine::delivery::{OutboxChange, Queued};
@@ -49,6 +49,7 @@ fn message(text: &str, sent_at: i64) -> ChatMessage {
         text: text.into(),
         sent_at,
         file: None,
+        reply_to: None,
     }
 }
 
@@ -110,12 +111,15 @@ async fn an_engine_and_its_history_survive_closing_the_store() {
     );
     let history = store.history(10).await.expect("history");
     assert_eq!(history.len(), 2);
-    assert_eq!(history[0].message, first);
+    assert_eq!(history[0].shown.message, first);
     assert!(history[0].outgoing);
     assert_eq!(history[0].delivered, 1);
-    assert_eq!(history[1].message, second);
+    assert_eq!(history[1].shown.message, second);
     assert!(!history[1].outgoing);
-    assert_eq!(store.history(1).await.expect("history")[0].message, second);
+    assert_eq!(
+        store.history(1).await.expect("history")[0].shown.message,
+        second
+    );
 }
 
 #[tokio::test]
@@ -156,7 +160,10 @@ async fn a_message_id_reused_by_another_device_shadows_nothing() {
         .await
         .expect("save");
     let history = store.history(10).await.expect("history");
-    let texts: Vec<&str> = history.iter().map(|h| h.message.text.as_str()).collect();
+    let texts: Vec<&str> = history
+        .iter()
+        .map(|h| h.shown.message.text.as_str())
+        .collect();
     assert_eq!(texts, ["mine", "shadow", "genuine"]);
     let delivered: Vec<u32> = history.iter().map(|h| h.delivered).collect();
     assert_eq!(delivered, [1, 0, 0]);
@@ -207,7 +214,7 @@ async fn a_history_stored_before_it_was_keyed_by_device_is_kept() {
     let history = store.history(10).await.expect("history");
     let kept: Vec<(&ChatMessage, bool, u32)> = history
         .iter()
-        .map(|h| (&h.message, h.outgoing, h.delivered))
+        .map(|h| (&h.shown.message, h.outgoing, h.delivered))
         .collect();
     assert_eq!(
         kept,
@@ -382,9 +389,9 @@ async fn files_are_stored_row_by_row_and_a_file_message_keeps_what_it_shares() {
         .expect("save");
     let history = store.history(10).await.expect("history");
     assert_eq!(history.len(), 1);
-    assert_eq!(history[0].message, message);
-    let (page, _) = store.history_page(None, 10).await.expect("page");
-    assert_eq!(page, vec![message]);
+    assert_eq!(history[0].shown.message, message);
+    let page = store.history_page(None, 10).await.expect("page");
+    assert_eq!(page.rows, vec![message]);
 }
 
 #[tokio::test]
@@ -463,13 +470,21 @@ async fn the_engines_history_rows_leave_the_history_both_stores_hold() {
         .expect("history")
         .into_iter()
         .map(|h| {
-            let mut row = serde_json::to_value(&h.message).expect("json");
+            let mut row = serde_json::to_value(&h.shown).expect("json");
             row["outgoing"] = h.outgoing.into();
             row["delivered"] = h.delivered.into();
             row
         })
         .collect();
     assert_eq!(serde_json::Value::from(held), fixture["history"]);
+    // The deleted message's text is gone from the store itself, not only from what is shown.
+    let page = store.history_page(None, 100).await.expect("page");
+    let deleted = page
+        .rows
+        .iter()
+        .find(|m| m.sent_at == 3000)
+        .expect("the deleted row stays, empty");
+    assert_eq!(deleted.text, "");
 }
 
 #[tokio::test]
@@ -504,7 +519,7 @@ async fn history_pages_list_newest_first_in_one_order_and_count_what_is_older() 
     let mut pages = Vec::new();
     let mut before = None;
     loop {
-        let (rows, older) = store.history_page(before, 2).await.expect("page");
+        let HistoryPage { rows, older, .. } = store.history_page(before, 2).await.expect("page");
         let already: usize = pages.iter().map(Vec::len).sum();
         assert_eq!(
             older as usize,

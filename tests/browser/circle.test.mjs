@@ -92,6 +92,7 @@ class NativeDevice {
 
 const run = new Harness();
 const secrets = []; // names and messages that must not reach the server's files or logs
+const deleted = []; // texts of messages deleted for everyone: no device shows them
 let root = '';
 let admin; // { context, page, cdp, member, adminPage }
 let bob;
@@ -229,6 +230,74 @@ if (insideNamespace(FILE)) {
     assert.ok(await admin.page.locator('#safety-qr').evaluate((img) => img.complete && img.naturalWidth > 0),
       'the QR code image loads');
     assert.match(await admin.page.locator('#root').textContent(), /^Circle root: /);
+  });
+
+  test('d5. replies, reactions, edits and deletions go between the browsers and the CLI', async (t) => {
+    const question = secret('question');
+    await send(admin, question);
+    await received(bob, question);
+    const asked = await native.waitFor('the question', (e) => e.event === 'message' && e.text === question);
+    const item = (who, text) => who.page.locator('#messages li', { has: who.page.locator('.text', { hasText: text }) });
+
+    // Bob answers it: the answer quotes the question at the admin's page and names it at the CLI.
+    const answer = secret('answer');
+    await item(bob, question).locator('button.action.reply').click();
+    assert.match(await bob.page.locator('#composing-text').textContent(), /^Replying to /);
+    await send(bob, answer);
+    const answered = item(admin, answer);
+    await answered.waitFor({ timeout: LINK_WAIT });
+    assert.match(await answered.locator('blockquote.quote').textContent(), new RegExp(`↪ you: ${question}`));
+    const reply = await native.waitFor('the answer', (e) => e.event === 'message' && e.text === answer);
+    assert.equal(reply.reply_to?.id, asked.id, 'the CLI is told which message it answers');
+
+    // The CLI reacts, then Bob: both pages count two, and Bob's own is shown pressed.
+    native.say(`/react ${asked.id.slice(0, 8)} 👍`);
+    await item(admin, question).locator('button.reaction[data-emoji="👍"]', { hasText: '👍 1' }).waitFor({ timeout: LINK_WAIT });
+    await item(bob, question).locator('button.action.react').click();
+    await item(bob, question).locator('button.pick', { hasText: '👍' }).click();
+    await item(admin, question).locator('button.reaction[data-emoji="👍"]', { hasText: '👍 2' }).waitFor({ timeout: LINK_WAIT });
+    assert.equal(await item(bob, question).locator('button.reaction[data-emoji="👍"]').getAttribute('aria-pressed'), 'true');
+    await shot(bob.page, 'circle-reactions');
+
+    // Only the author is offered to edit or delete; the admin edits, and every device has the new text.
+    assert.equal(await item(bob, question).locator('button.action.edit, button.action.delete').count(), 0,
+      'Bob is not offered to change the admin\'s message');
+    const edited = secret('question-edited');
+    await item(admin, question).locator('button.action.edit').click();
+    assert.equal(await admin.page.locator('#message').inputValue(), question);
+    await admin.page.locator('#message').fill(edited);
+    await admin.page.locator('#message').press('Enter');
+    const bobsCopy = item(bob, edited);
+    await bobsCopy.locator('.edited').waitFor({ timeout: LINK_WAIT });
+    await native.waitFor('the edit', (e) => e.event === 'message_changed' && e.change.kind === 'edit' && e.change.text === edited);
+
+    // The admin deletes it: both pages and the CLI's history say so, and no longer hold its text.
+    // The page asks first (every page of these tests accepts its dialogs: support.mjs, watch()).
+    const confirmation = admin.page.waitForEvent('dialog');
+    await item(admin, edited).locator('button.action.delete').click();
+    assert.match((await confirmation).message(), /Delete this message for everyone\?/);
+    await bob.page.locator(`#messages li[data-key="${asked.device}/${asked.id}"][data-deleted="true"]`).waitFor({ timeout: LINK_WAIT });
+    await native.waitFor('the deletion', (e) => e.event === 'message_changed' && e.change.kind === 'delete');
+    for (const who of [admin, bob]) {
+      const row = who.page.locator(`#messages li[data-key="${asked.device}/${asked.id}"]`);
+      assert.equal(await row.locator('.text').textContent(), 'This message was deleted.');
+      assert.equal(await row.locator('.reaction').count(), 0, 'its reactions go with it');
+      const stored = await who.page.evaluate(async ([member, device, id]) => {
+        const { DeviceStore } = await import('/static/device.js');
+        const store = await DeviceStore.open(member);
+        try {
+          return (await store.message(device, id)).rows[0].text;
+        } finally {
+          store.close();
+        }
+      }, [who.member, asked.device, asked.id]);
+      assert.equal(stored, '', 'the browser forgot the text');
+    }
+    const history = native.ok(['history']);
+    assert.match(history, new RegExp(`\\[[^\\]]* ${asked.id.slice(0, 8)}\\] [^\\n]*: \\(deleted\\)`), history);
+    assert.ok(!history.includes(question) && !history.includes(edited), history);
+    deleted.push(question, edited);
+    t.diagnostic('reply, two reactions, an edit and a deletion reached every device');
   });
 
   test('d4. files go browser to browser and to and from the CLI: a picture as a thumbnail, 50 MB downloaded whole, progress shown', async (t) => {
@@ -491,11 +560,14 @@ if (insideNamespace(FILE)) {
       await laptop.page.locator('body[data-device="joined"]').waitFor({ timeout: LINK_WAIT });
       await laptop.page.locator('#history-progress[data-done="true"]').waitFor({ timeout: LINK_WAIT });
       assert.match(await laptop.page.locator('#history-progress').textContent(), /all here/);
-      const texts = (page) => page.locator('#messages li .text').allTextContents();
+      const texts = (page) => page.locator('#messages li[data-deleted="false"] .text').allTextContents();
       const had = await texts(admin.page);
       const got = new Set(await texts(laptop.page));
       assert.ok(had.length >= 5, `the admin's browser shows ${had.length} messages`);
       for (const text of had) assert.ok(got.has(text), `"${text}" is missing in the new browser`);
+      // A message deleted for everyone does not come back through the history.
+      const everything = await laptop.page.locator('#messages').textContent();
+      for (const text of deleted) assert.ok(!everything.includes(text), `"${text}" came back in the new browser`);
       // The admin's own earlier messages show as sent from another of their devices.
       const mine = secrets.find((t) => t.startsWith('from-admin'));
       const row = laptop.page.locator('#messages li.incoming', { hasText: mine });

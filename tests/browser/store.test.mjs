@@ -29,15 +29,23 @@ test('the engine\'s history rows leave the same history in IndexedDB as in the n
           state: new Uint8Array([1]), mls_put: [], mls_delete: [], outbox_put: [], outbox_delete: [], carried_put: [], carried_delete: [], files_put: [], files_delete: [], history,
         });
       }
-      return await store.history();
+      const { loadEngine, shownRows } = await import('/static/device.js');
+      const engine = await loadEngine();
+      const page = await store.historyPage(null, 100);
+      return { shown: shownRows(engine, await store.history()), stored: page.rows };
     } finally {
       store.close();
       await DeviceStore.destroy(member);
     }
   }, fixture.writes);
-  const rows = held.map(({ id, member, device, text, sent_at, outgoing, delivered, file }) => ({
+  const rows = held.shown.map(({
+    id, member, device, text, sent_at, outgoing, delivered, file, reply_to, edited, deleted, reactions,
+  }) => ({
     id, member, device, text, sent_at, outgoing, delivered: delivered.length, file: file ?? null,
+    reply_to: reply_to ?? null, edited, deleted, reactions,
   }));
   assert.deepEqual(rows, fixture.history);
+  // The deleted message's text is gone from the store itself, not only from what is shown.
+  assert.equal(held.stored.find((row) => row.sent_at === 3000).text, '');
   await visitor.context.close();
 });

@@ -747,3 +747,74 @@ fn a_members_new_cli_device_made_by_login_receives_their_history_from_their_othe
         assert!(status.success(), "{stderr}");
     }
 }
+
+#[test]
+fn replies_reactions_edits_and_deletions_from_the_command_line_reach_another_device() {
+    if !inside_namespace(
+        "circle::replies_reactions_edits_and_deletions_from_the_command_line_reach_another_device",
+    ) {
+        return;
+    }
+    let circle = Circle::new(2);
+    let (mut a, mut b) = (circle.chat(0), circle.chat(1));
+    wait_converged(&mut [&mut a, &mut b], 2);
+    let question = format!("Lunch at noon? {}", unique());
+    a.say(&question);
+    let asked = b.wait_for("the question", message_with(&question));
+    let id = asked["id"].as_str().expect("id").to_owned();
+    let short = &id[..8];
+    let (status, stderr) = a.quit();
+    assert!(status.success(), "{stderr}");
+
+    // Ada edits and reacts with one-shot commands, naming the message by the start of its id.
+    let edited = format!("Lunch at one? {}", unique());
+    circle.devices[0].ok(&["edit", short, &edited]);
+    b.wait_for("the edit", |v| {
+        v["event"] == "message_changed"
+            && v["change"]["kind"] == "edit"
+            && v["change"]["text"] == edited
+    });
+    let reacted = circle.devices[0].ok(&["react", short, "🎉"]);
+    assert!(reacted.contains("delivered to 1 of 1"), "{reacted}");
+    b.wait_for("the reaction", |v| {
+        v["event"] == "message_changed" && v["change"]["emoji"] == "🎉"
+    });
+    // Clear refusals, with nothing sent.
+    let unknown = crate::support::text(&circle.devices[0].run(&["react", "ffffffff", "👍"]));
+    assert!(
+        unknown.contains("no message on this device has an id starting with"),
+        "{unknown}"
+    );
+    let words = crate::support::text(&circle.devices[0].run(&["react", short, "two words"]));
+    assert!(words.contains("a reaction is one emoji"), "{words}");
+
+    // Bea answers in her chat, and is not allowed to edit Ada's message.
+    let answer = format!("Yes, the usual place {}", unique());
+    b.say(&format!("/reply {short} {answer}"));
+    let sent = b.wait_for("her answer", message_with(&answer));
+    assert_eq!(sent["reply_to"]["id"], asked["id"]);
+    b.say(&format!("/edit {short} Bea's words"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !b
+        .stderr()
+        .contains("only the member who wrote a message edits or deletes it")
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", b.stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    circle.devices[0].ok(&["delete", short]);
+    b.wait_for("the deletion", |v| {
+        v["event"] == "message_changed" && v["change"]["kind"] == "delete"
+    });
+    let (status, stderr) = b.quit();
+    assert!(status.success(), "{stderr}");
+    let history = circle.devices[1].ok(&["history"]);
+    assert!(history.contains(&format!("{short}] ")), "{history}");
+    assert!(history.contains(": (deleted)"), "{history}");
+    assert!(
+        !history.contains(&question) && !history.contains(&edited),
+        "{history}"
+    );
+    assert!(history.contains(&answer), "{history}");
+}

@@ -225,6 +225,47 @@ export class WebDevice {
         wasm.__wbg_webdevice_free(ptr, 0);
     }
     /**
+     * Reacts to, edits or deletes the message `target` (JSON `{member, device, id}`) for the
+     * circle: `change` (JSON) is `{kind: "react" | "unreact", emoji}`, `{kind: "edit", text}` or
+     * `{kind: "delete"}`. Returns the change's id.
+     *
+     * # Errors
+     * A malformed target or change, a change this member may not make (an edit or deletion of
+     * another member's message), or this device not in the group yet.
+     * @param {string} target
+     * @param {string} change
+     * @returns {string}
+     */
+    changeMessage(target, change) {
+        let deferred4_0;
+        let deferred4_1;
+        try {
+            let ptr0, len0, ptr1, len1;
+            try {
+                ptr0 = passStringToWasm0(target, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+                len0 = WASM_VECTOR_LEN;
+                ptr1 = passStringToWasm0(change, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+                len1 = WASM_VECTOR_LEN;
+            } catch (e) {
+                if (ptr1) { wasm.__wbindgen_free(ptr1, len1 * 1, 1); }
+                if (ptr0) { wasm.__wbindgen_free(ptr0, len0 * 1, 1); }
+                throw e;
+            }
+            const ret = wasm.webdevice_changeMessage(this.__wbg_ptr, ptr0, len0, ptr1, len1);
+            var ptr3 = ret[0];
+            var len3 = ret[1];
+            if (ret[3]) {
+                ptr3 = 0; len3 = 0;
+                throw takeFromExternrefTable0(ret[2]);
+            }
+            deferred4_0 = ptr3;
+            deferred4_1 = len3;
+            return getStringFromWasm0(ptr3, len3);
+        } finally {
+            wasm.__wbindgen_free(deferred4_0, deferred4_1, 1);
+        }
+    }
+    /**
      * A new device of `member` with `key`, certified by the member's hardware key
      * (`certificate`, from [`WebDeviceKey::certify`]), for the server at `origin` / `rp_id`, in
      * `circle`, whose root is `root` (from the invitation link this browser joined with), or
@@ -471,19 +512,21 @@ export class WebDevice {
     }
     /**
      * The history rows IndexedDB read for `read_history` (newest first: `{id, member, device,
-     * text, sent_at, …}`), and how many rows it holds older than the ask's start.
+     * text, sent_at, …}`), the changes it holds to them, and how many rows it holds older than
+     * the ask's start.
      *
      * # Errors
      * When `peer` is not a UUID or the rows are not history rows.
      * @param {string} peer
      * @param {any} rows
+     * @param {any} changes
      * @param {number} older
      */
-    handleHistoryRead(peer, rows, older) {
+    handleHistoryRead(peer, rows, changes, older) {
         const val2 = +older;
         const ptr0 = passStringToWasm0(peer, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
         const len0 = WASM_VECTOR_LEN;
-        const ret = wasm.webdevice_handleHistoryRead(this.__wbg_ptr, ptr0, len0, rows, val2);
+        const ret = wasm.webdevice_handleHistoryRead(this.__wbg_ptr, ptr0, len0, rows, changes, val2);
         if (ret[1]) {
             throw takeFromExternrefTable0(ret[0]);
         }
@@ -743,26 +786,36 @@ export class WebDevice {
      * # Errors
      * When this device is not in the group yet or the text is too large.
      * @param {string} text
+     * @param {string | null} [reply_to]
      * @returns {string}
      */
-    sendText(text) {
-        let deferred3_0;
-        let deferred3_1;
+    sendText(text, reply_to) {
+        let deferred4_0;
+        let deferred4_1;
         try {
-            const ptr0 = passStringToWasm0(text, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-            const len0 = WASM_VECTOR_LEN;
-            const ret = wasm.webdevice_sendText(this.__wbg_ptr, ptr0, len0);
-            var ptr2 = ret[0];
-            var len2 = ret[1];
+            let ptr0, len0, ptr1, len1;
+            try {
+                ptr0 = passStringToWasm0(text, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+                len0 = WASM_VECTOR_LEN;
+                ptr1 = isLikeNone(reply_to) ? 0 : passStringToWasm0(reply_to, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+                len1 = WASM_VECTOR_LEN;
+            } catch (e) {
+                if (ptr1) { wasm.__wbindgen_free(ptr1, len1 * 1, 1); }
+                if (ptr0) { wasm.__wbindgen_free(ptr0, len0 * 1, 1); }
+                throw e;
+            }
+            const ret = wasm.webdevice_sendText(this.__wbg_ptr, ptr0, len0, ptr1, len1);
+            var ptr3 = ret[0];
+            var len3 = ret[1];
             if (ret[3]) {
-                ptr2 = 0; len2 = 0;
+                ptr3 = 0; len3 = 0;
                 throw takeFromExternrefTable0(ret[2]);
             }
-            deferred3_0 = ptr2;
-            deferred3_1 = len2;
-            return getStringFromWasm0(ptr2, len2);
+            deferred4_0 = ptr3;
+            deferred4_1 = len3;
+            return getStringFromWasm0(ptr3, len3);
         } finally {
-            wasm.__wbindgen_free(deferred3_0, deferred3_1, 1);
+            wasm.__wbindgen_free(deferred4_0, deferred4_1, 1);
         }
     }
     /**
@@ -1549,6 +1602,27 @@ export function rootOfKey(member, passkey_json) {
     } finally {
         wasm.__wbindgen_free(deferred4_0, deferred4_1, 1);
     }
+}
+
+/**
+ * The history rows the page read (`{id, member, device, text, sent_at, file, reply_to, …}`) as
+ * the changes it holds to them leave them ([`tessera_engine::changes::show`]), in their order:
+ * each `{id, member, device, text, sent_at, file, reply_to, edited, deleted, reactions}`, its
+ * text the latest edit's, `reactions` as `[{emoji, members}]`. The page keeps the rows' other
+ * fields (`outgoing`, `delivered`) itself.
+ *
+ * # Errors
+ * When the rows or the changes are not what the page stores.
+ * @param {any} rows
+ * @param {any} changes
+ * @returns {any}
+ */
+export function showMessages(rows, changes) {
+    const ret = wasm.showMessages(rows, changes);
+    if (ret[2]) {
+        throw takeFromExternrefTable0(ret[1]);
+    }
+    return takeFromExternrefTable0(ret[0]);
 }
 
 /**

@@ -255,6 +255,7 @@ mod tests {
             text: text.to_owned(),
             sent_at,
             file: None,
+            reply_to: None,
         }
     }
 

@@ -3,6 +3,7 @@
 //! sequencer, peer-link negotiation protected by MLS, and reliable delivery with an outbox.
 
 pub mod carry;
+pub mod changes;
 pub mod codec;
 mod crypto;
 pub mod decision;

@@ -7,6 +7,7 @@ use tessera_wire::Base64Url;
 use uuid::Uuid;
 
 use crate::carry::{Holdings, Stream};
+use crate::changes::{Change, MessageRef};
 use crate::delivery::Packet;
 use crate::files::{FileControl, FileOffer};
 
@@ -128,6 +129,23 @@ pub enum Content {
         /// versions, which are not carried.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         seq: Option<u64>,
+        /// The message it answers, quoted where it is shown.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<MessageRef>,
+    },
+    /// A change to an earlier message of the circle: a reaction, an edit or a deletion
+    /// ([`crate::changes`]). Named and carried like a text.
+    Change {
+        /// The change's id.
+        id: Uuid,
+        /// The message it changes.
+        target: MessageRef,
+        /// What it does.
+        change: Change,
+        /// When it was made, milliseconds since the Unix epoch, by the sender's clock.
+        sent_at: i64,
+        /// Its number in its sender's stream.
+        seq: u64,
     },
     /// A file shared with the circle: what it is and its key ([`crate::files`]); the content
     /// follows over the links, sealed under that key. Named and carried like a text.

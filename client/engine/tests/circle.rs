@@ -1223,7 +1223,7 @@ fn history_rows_keep_each_message_once_and_each_acknowledgement() {
             .iter()
             .filter_map(|h| match h {
                 HistoryChange::Add { message, outgoing } => Some((message.text.clone(), *outgoing)),
-                HistoryChange::Delivered { .. } => None,
+                _ => None,
             })
             .collect()
     };
@@ -1838,6 +1838,7 @@ fn history_to_or_from_another_members_device_or_out_of_order_is_refused_and_chan
         text: "a message Bea never wrote".into(),
         sent_at: 1,
         file: None,
+        reply_to: None,
     };
     let page = |rows: Vec<ChatMessage>| {
         encode_history_message(&HistoryMessage::Page { rows, remaining: 0 })

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use tessera_engine::carry::{CarriedChange, CarriedRow, Stream};
+use tessera_engine::changes::{self, Change, MessageChange, MessageRef};
 use tessera_engine::codec::from_json;
 use tessera_engine::delivery::{OutboxChange, Queued, Seq};
 use tessera_engine::files::{self, FileChange, FileCommand, FileRow, Sealing};
@@ -66,8 +67,9 @@ pub struct PageWrite {
     pub outbox_put: Vec<Queued>,
     /// Outbox records to delete.
     pub outbox_delete: Vec<OutboxKey>,
-    /// History rows (`{kind: "add", …message, outgoing}` or `{kind: "delivered", device, id,
-    /// peer}`), applied as they come.
+    /// History rows (`{kind: "add", …message, outgoing}`, `{kind: "delivered", device, id,
+    /// peer}` or `{kind: "change", id, member, device, target, change, sent_at}`), applied as
+    /// they come.
     pub history: Vec<HistoryChange>,
     /// Records of messages kept for others to put (key `[stream, seq]`).
     pub carried_put: Vec<CarriedRow>,
@@ -341,6 +343,23 @@ pub fn renewal_outcome_of(status: Option<u16>, error: Option<String>) -> String 
         .to_owned()
 }
 
+/// The history rows the page read (`{id, member, device, text, sent_at, file, reply_to, …}`) as
+/// the changes it holds to them leave them ([`tessera_engine::changes::show`]), in their order:
+/// each `{id, member, device, text, sent_at, file, reply_to, edited, deleted, reactions}`, its
+/// text the latest edit's, `reactions` as `[{emoji, members}]`. The page keeps the rows' other
+/// fields (`outgoing`, `delivered`) itself.
+///
+/// # Errors
+/// When the rows or the changes are not what the page stores.
+#[wasm_bindgen(js_name = showMessages)]
+pub fn show_messages(rows: JsValue, changes: JsValue) -> Result<JsValue, String> {
+    let messages: Vec<ChatMessage> =
+        serde_wasm_bindgen::from_value(rows).map_err(|e| format!("not history rows: {e}"))?;
+    let changes: Vec<MessageChange> = serde_wasm_bindgen::from_value(changes)
+        .map_err(|e| format!("not changes to messages: {e}"))?;
+    to_js(&changes::show_all(messages, &changes))
+}
+
 /// Turns a Rust value into the plain JavaScript value the page uses: objects, not `Map`s (what a
 /// flattened struct makes), `null` for nothing, byte strings as `Uint8Array`.
 fn to_js(value: &impl Serialize) -> Result<JsValue, String> {
@@ -603,7 +622,8 @@ impl WebDevice {
     }
 
     /// The history rows IndexedDB read for `read_history` (newest first: `{id, member, device,
-    /// text, sent_at, …}`), and how many rows it holds older than the ask's start.
+    /// text, sent_at, …}`), the changes it holds to them, and how many rows it holds older than
+    /// the ask's start.
     ///
     /// # Errors
     /// When `peer` is not a UUID or the rows are not history rows.
@@ -612,13 +632,16 @@ impl WebDevice {
         &mut self,
         peer: &str,
         rows: JsValue,
+        changes: JsValue,
         older: f64,
     ) -> Result<(), String> {
         let rows: Vec<ChatMessage> =
             serde_wasm_bindgen::from_value(rows).map_err(|e| format!("not history rows: {e}"))?;
+        let changes: Vec<MessageChange> = serde_wasm_bindgen::from_value(changes)
+            .map_err(|e| format!("not changes to messages: {e}"))?;
         let older = whole_number(older);
         self.0
-            .handle_history_read(Instant::now(), uuid(peer, "device")?, rows, older);
+            .handle_history_read(Instant::now(), uuid(peer, "device")?, rows, &changes, older);
         Ok(())
     }
 
@@ -706,9 +729,32 @@ impl WebDevice {
     /// # Errors
     /// When this device is not in the group yet or the text is too large.
     #[wasm_bindgen(js_name = sendText)]
-    pub fn send_text(&mut self, text: &str) -> Result<String, String> {
+    pub fn send_text(&mut self, text: &str, reply_to: Option<String>) -> Result<String, String> {
+        let reply_to: Option<MessageRef> = reply_to
+            .map(|json| from_json(json.as_bytes()))
+            .transpose()
+            .map_err(|e| format!("not a message to answer: {e}"))?;
         self.0
-            .send_text(Instant::now(), unix_ms(SystemTime::now()), text)
+            .send_reply(Instant::now(), unix_ms(SystemTime::now()), text, reply_to)
+            .map(|id| id.to_string())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Reacts to, edits or deletes the message `target` (JSON `{member, device, id}`) for the
+    /// circle: `change` (JSON) is `{kind: "react" | "unreact", emoji}`, `{kind: "edit", text}` or
+    /// `{kind: "delete"}`. Returns the change's id.
+    ///
+    /// # Errors
+    /// A malformed target or change, a change this member may not make (an edit or deletion of
+    /// another member's message), or this device not in the group yet.
+    #[wasm_bindgen(js_name = changeMessage)]
+    pub fn change_message(&mut self, target: &str, change: &str) -> Result<String, String> {
+        let target: MessageRef =
+            from_json(target.as_bytes()).map_err(|e| format!("not a message: {e}"))?;
+        let change: Change =
+            from_json(change.as_bytes()).map_err(|e| format!("not a change: {e}"))?;
+        self.0
+            .change_message(Instant::now(), unix_ms(SystemTime::now()), target, change)
             .map(|id| id.to_string())
             .map_err(|e| e.to_string())
     }
@@ -1061,6 +1107,7 @@ mod tests {
             text: "hi".into(),
             sent_at: 5,
             file: None,
+            reply_to: None,
         };
         let snapshot = PageWrite::from(StoreWrite {
             state: vec![1],
@@ -1088,6 +1135,20 @@ mod tests {
                     device,
                     id: device,
                     peer: device,
+                },
+                HistoryChange::Change {
+                    change: MessageChange {
+                        id: device,
+                        member: device,
+                        device,
+                        target: MessageRef {
+                            member: device,
+                            device,
+                            id: device,
+                        },
+                        change: Change::Delete,
+                        sent_at: 6,
+                    },
                 },
             ],
             carried: vec![CarriedChange::Delete {
@@ -1140,8 +1201,11 @@ mod tests {
             serde_json::to_value(&snapshot.history).expect("json"),
             json!([
                 {"kind": "add", "id": device, "member": device, "device": device, "text": "hi",
-                    "sent_at": 5, "outgoing": true, "file": null},
+                    "sent_at": 5, "outgoing": true, "file": null, "reply_to": null},
                 {"kind": "delivered", "device": device, "id": device, "peer": device},
+                {"kind": "change", "id": device, "member": device, "device": device,
+                    "target": {"member": device, "device": device, "id": device},
+                    "change": {"kind": "delete"}, "sent_at": 6},
             ])
         );
         assert_eq!(
@@ -1235,6 +1299,31 @@ mod tests {
         assert_eq!(device.0.view(), before);
         assert!(device.handle_ice_servers("later", Some(1.0)).is_err());
         // Not in the group yet: nothing is sent.
-        assert!(device.send_text("hello").is_err());
+        assert!(device.send_text("hello", None).is_err());
+        let target = format!(
+            r#"{{"member":"{0}","device":"{0}","id":"{0}"}}"#,
+            Uuid::new_v4()
+        );
+        for (target, change, why) in [
+            ("{}", r#"{"kind":"delete"}"#, "not a message"),
+            (target.as_str(), r#"{"kind":"shout"}"#, "not a change"),
+            (
+                target.as_str(),
+                r#"{"kind":"react","emoji":""}"#,
+                "a reaction is one emoji",
+            ),
+            (
+                target.as_str(),
+                r#"{"kind":"delete"}"#,
+                "only the member who wrote",
+            ),
+        ] {
+            let refused = device.change_message(target, change).expect_err(change);
+            assert!(refused.contains(why), "{change}: {refused}");
+        }
+        let reply = device
+            .send_text("hello", Some("[]".into()))
+            .expect_err("a list");
+        assert!(reply.contains("not a message to answer"), "{reply}");
     }
 }

@@ -83,6 +83,7 @@ impl Engine {
                 text: String::new(),
                 sent_at,
                 file: Some(info),
+                reply_to: None,
             },
             true,
         );
@@ -187,6 +188,7 @@ impl Engine {
                 text: String::new(),
                 sent_at,
                 file: Some(info),
+                reply_to: None,
             },
             false,
         );

@@ -10,8 +10,9 @@ use uuid::Uuid;
 use web_time::Instant;
 
 use crate::carry::{CarriedRow, GroupNow, Stream, stream_of};
+use crate::changes::{self, Change, ChangeError, MessageChange, MessageRef};
 use crate::codec::{self};
-use crate::history::{self, HistoryMessage, PAGE_ROWS};
+use crate::history::{self, Cursor, HistoryMessage, PAGE_ROWS};
 use crate::identity::DeviceCertificate;
 use crate::payload::{
     Content, LinkMessage, LinkPacket, Malformed, decode_link_data, decode_link_message,
@@ -96,6 +97,21 @@ impl Engine {
         unix_ms: i64,
         text: &str,
     ) -> Result<Uuid, EngineError> {
+        self.send_reply(now, unix_ms, text, None)
+    }
+
+    /// Sends `text` as [`Engine::send_text`] does, answering the message `reply_to` (quoted where
+    /// it is shown).
+    ///
+    /// # Errors
+    /// [`EngineError::NotInGroup`], [`EngineError::TooLarge`].
+    pub fn send_reply(
+        &mut self,
+        now: Instant,
+        unix_ms: i64,
+        text: &str,
+        reply_to: Option<MessageRef>,
+    ) -> Result<Uuid, EngineError> {
         let id = Uuid::new_v4();
         let message = ChatMessage {
             id,
@@ -104,6 +120,7 @@ impl Engine {
             text: text.to_owned(),
             sent_at: unix_ms.clamp(0, LATEST_SENT_AT),
             file: None,
+            reply_to,
         };
         let epoch = self.epoch().ok_or(EngineError::NotInGroup)?;
         let seq = self.carry.next_own_seq();
@@ -112,11 +129,83 @@ impl Engine {
             text: message.text.clone(),
             sent_at: message.sent_at,
             seq: Some(seq),
+            reply_to,
         };
         self.send_circle(now, (id, message.sent_at, seq, epoch), &content)?;
         self.record_message(message, true);
         self.step(now);
         Ok(id)
+    }
+
+    /// Reacts to, edits or deletes the message `target` for every device of the group; the change
+    /// is a message of the circle, delivered and carried like a text. Returns the change's id.
+    ///
+    /// # Errors
+    /// [`EngineError::Change`] (a malformed reaction, an empty edit, an edit or deletion of
+    /// another member's message), [`EngineError::NotInGroup`], [`EngineError::TooLarge`].
+    pub fn change_message(
+        &mut self,
+        now: Instant,
+        unix_ms: i64,
+        target: MessageRef,
+        change: Change,
+    ) -> Result<Uuid, EngineError> {
+        change.allowed(self.saved.member, &target)?;
+        self.send_change(now, unix_ms, target, change)
+    }
+
+    /// Sends `change` as a modified client would, unchecked: for tests of the receivers' checks.
+    ///
+    /// # Errors
+    /// [`EngineError::NotInGroup`], [`EngineError::TooLarge`].
+    #[cfg(feature = "danger-hostile-member")]
+    pub fn change_message_unchecked(
+        &mut self,
+        now: Instant,
+        unix_ms: i64,
+        target: MessageRef,
+        change: Change,
+    ) -> Result<Uuid, EngineError> {
+        self.send_change(now, unix_ms, target, change)
+    }
+
+    fn send_change(
+        &mut self,
+        now: Instant,
+        unix_ms: i64,
+        target: MessageRef,
+        change: Change,
+    ) -> Result<Uuid, EngineError> {
+        let id = Uuid::new_v4();
+        let sent_at = unix_ms.clamp(0, LATEST_SENT_AT);
+        let epoch = self.epoch().ok_or(EngineError::NotInGroup)?;
+        let seq = self.carry.next_own_seq();
+        let content = Content::Change {
+            id,
+            target,
+            change: change.clone(),
+            sent_at,
+            seq,
+        };
+        self.send_circle(now, (id, sent_at, seq, epoch), &content)?;
+        self.record_change(MessageChange {
+            id,
+            member: self.saved.member,
+            device: self.saved.device,
+            target,
+            change,
+            sent_at,
+        });
+        self.step(now);
+        Ok(id)
+    }
+
+    /// A change made here or received: kept in the history and shown.
+    fn record_change(&mut self, change: MessageChange) {
+        self.history.push(HistoryChange::Change {
+            change: change.clone(),
+        });
+        self.event(Event::MessageChanged { change });
     }
 
     /// Seals a message of the circle, `seq` in this device's stream and made in `epoch`, queues
@@ -295,6 +384,7 @@ impl Engine {
                     text,
                     sent_at,
                     seq,
+                    reply_to,
                 },
             )) => {
                 let sent_at = sent_at.clamp(0, LATEST_SENT_AT);
@@ -319,9 +409,49 @@ impl Engine {
                         text,
                         sent_at,
                         file: None,
+                        reply_to,
                     },
                     false,
                 );
+            }
+            Ok((
+                sender,
+                Content::Change {
+                    id,
+                    target,
+                    change,
+                    sent_at,
+                    seq,
+                },
+            )) => {
+                if let Err(error) = change.allowed(sender.member, &target) {
+                    let reason = match error {
+                        ChangeError::NotAuthor => Refusal::NotAllowed(
+                            "only the member who wrote a message edits or deletes it",
+                        ),
+                        ChangeError::BadReaction => Refusal::Malformed("reaction"),
+                        ChangeError::EmptyEdit => Refusal::Malformed("edit"),
+                    };
+                    self.event(Event::Refused {
+                        what: "change to a message",
+                        reason,
+                    });
+                    return;
+                }
+                let sent_at = sent_at.clamp(0, LATEST_SENT_AT);
+                let stream = stream_of(sender.device_key_bytes());
+                let named = (stream, seq, epoch, label);
+                if !self.keep_circle_message(now, named, (id, sent_at), msg) {
+                    return;
+                }
+                self.record_change(MessageChange {
+                    id,
+                    member: sender.member,
+                    device: sender.device,
+                    target,
+                    change,
+                    sent_at,
+                });
             }
             Ok((
                 sender,
@@ -545,17 +675,38 @@ impl Engine {
     }
 
     /// The rows the store read for [`Output::ReadHistory`] (newest first, older than the ask's
-    /// start) and how many it holds older than that start: the page goes to `peer`, if it is still
-    /// another device of this member.
+    /// start), the changes it holds to them, and how many rows it holds older than that start:
+    /// the page goes to `peer`, if it is still another device of this member. Rows go as their
+    /// changes leave them: edited text, deleted ones left out (when a whole read was deleted, the
+    /// store is asked for the rows past it).
     pub fn handle_history_read(
         &mut self,
         now: Instant,
         peer: Uuid,
         rows: Vec<ChatMessage>,
+        changes: &[MessageChange],
         older: u64,
     ) {
         if self.is_own_device(peer) {
-            self.send_history(now, peer, &history::page(rows, older));
+            let oldest = rows.last().map(Cursor::of);
+            let read = rows.len() as u64;
+            let shown: Vec<ChatMessage> = changes::show_all(rows, changes)
+                .into_iter()
+                .filter(|s| !s.deleted)
+                .map(|s| s.message)
+                .collect();
+            match oldest {
+                Some(before) if shown.is_empty() => self.outputs.push_back(Output::ReadHistory {
+                    peer,
+                    before: Some(before),
+                    limit: PAGE_ROWS,
+                }),
+                _ => {
+                    let skipped = read - shown.len() as u64;
+                    let page = history::page(shown, older.saturating_sub(skipped));
+                    self.send_history(now, peer, &page);
+                }
+            }
         }
         self.step(now);
     }

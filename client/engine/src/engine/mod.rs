@@ -844,6 +844,7 @@ mod tests {
             text: "hi".into(),
             sent_at: 5,
             file: None,
+            reply_to: None,
         };
         assert_eq!(
             json(&Event::Message {
@@ -851,7 +852,29 @@ mod tests {
                 outgoing: true
             }),
             serde_json::json!({"event": "message", "id": id, "member": id, "device": id,
-                "text": "hi", "sent_at": 5, "file": null, "outgoing": true})
+                "text": "hi", "sent_at": 5, "file": null, "reply_to": null, "outgoing": true})
+        );
+        let target = crate::changes::MessageRef {
+            member: id,
+            device: id,
+            id,
+        };
+        assert_eq!(
+            json(&Event::MessageChanged {
+                change: crate::changes::MessageChange {
+                    id,
+                    member: id,
+                    device: id,
+                    target,
+                    change: crate::changes::Change::React {
+                        emoji: "👍".into()
+                    },
+                    sent_at: 6,
+                }
+            }),
+            serde_json::json!({"event": "message_changed", "id": id, "member": id, "device": id,
+                "target": {"member": id, "device": id, "id": id},
+                "change": {"kind": "react", "emoji": "👍"}, "sent_at": 6})
         );
         assert_eq!(
             json(&Event::Delivered {

@@ -17,6 +17,7 @@ use crate::provider::StorageChanges;
 use crate::trust::{Trust, UsedInvitations};
 
 use super::{ChatMessage, Output};
+use crate::changes::MessageChange;
 
 /// One turn of the engine for its driver: write `write` to the local store (in one transaction),
 /// then act on `outputs` in order. Nothing acknowledged is lost, since nothing is acted on before
@@ -69,6 +70,14 @@ pub enum HistoryChange {
         id: Uuid,
         /// The device that acknowledged it.
         peer: Uuid,
+    },
+    /// Keep this change to a message, once (by its device and id); a deletion also empties the
+    /// target's stored text and file and drops its author's earlier edits, where the target is
+    /// kept already ([`crate::changes`]).
+    Change {
+        /// The change.
+        #[serde(flatten)]
+        change: MessageChange,
     },
 }
 

@@ -11,6 +11,7 @@ use uuid::Uuid;
 use web_time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::carry::CarryConfig;
+use crate::changes::{ChangeError, MessageChange, MessageRef};
 use crate::crypto::DeviceSigner;
 use crate::delivery::DeliveryConfig;
 use crate::files::{FileCommand, FileInfo, FilesConfig};
@@ -112,6 +113,9 @@ pub enum EngineError {
     /// The message is too large.
     #[error("the message is too large")]
     TooLarge,
+    /// The change cannot be made.
+    #[error("{0}")]
+    Change(#[from] ChangeError),
     /// The file cannot be sent as it is.
     #[error("the file cannot be sent: malformed {0}")]
     BadFile(&'static str),
@@ -193,6 +197,9 @@ pub struct ChatMessage {
     /// The file it shares, for a file message (`text` is then empty); its content is the
     /// files machine's ([`crate::files`]).
     pub file: Option<FileInfo>,
+    /// The message it answers ([`crate::changes`]).
+    #[serde(default)]
+    pub reply_to: Option<MessageRef>,
 }
 
 /// What happened, for the user interface and the history. Serialized as the CLI's `--json` lines
@@ -214,6 +221,13 @@ pub enum Event {
         message: ChatMessage,
         /// Whether this device sent it.
         outgoing: bool,
+    },
+    /// A change to a message (a reaction, an edit or a deletion), made here or received: kept in
+    /// the history, to show again with [`crate::changes::show`].
+    MessageChanged {
+        /// The change.
+        #[serde(flatten)]
+        change: MessageChange,
     },
     /// A peer device holds one of this device's messages: it acknowledged it, or (`carried`)
     /// another device carried it there and says so.

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::value::to_raw_value;
+use tessera_engine::changes::{self, MessageChange, ShownMessage};
 use tessera_engine::decision::SignedDecision;
 use tessera_engine::files::{ContentHash, FileCommand};
 use tessera_engine::history::Cursor;
@@ -81,6 +82,35 @@ pub struct Device {
 }
 
 impl Device {
+    /// The changes to messages its writes kept, each once (as a store keeps them).
+    pub fn changes(&self) -> Vec<MessageChange> {
+        let mut seen = BTreeSet::new();
+        self.history
+            .iter()
+            .filter_map(|h| match h {
+                HistoryChange::Change { change } => Some(change.clone()),
+                _ => None,
+            })
+            .filter(|c| seen.insert((c.device, c.id)))
+            .collect()
+    }
+
+    /// Its history as a client shows it: each message once, in the order first written, as the
+    /// changes kept leave it.
+    pub fn shown(&self) -> Vec<ShownMessage> {
+        let mut seen = BTreeSet::new();
+        let messages: Vec<ChatMessage> = self
+            .history
+            .iter()
+            .filter_map(|h| match h {
+                HistoryChange::Add { message, .. } => Some(message.clone()),
+                _ => None,
+            })
+            .filter(|m| seen.insert((m.device, m.id)))
+            .collect();
+        changes::show_all(messages, &self.changes())
+    }
+
     /// Runs `f` on the device (its engine, its store), counting the time it takes as the
     /// device's.
     pub fn timed<R>(&mut self, f: impl FnOnce(&mut Device) -> R) -> R {
@@ -537,7 +567,7 @@ impl Sim {
                     .iter()
                     .filter_map(|h| match h {
                         HistoryChange::Add { message, .. } => Some(message.clone()),
-                        HistoryChange::Delivered { .. } => None,
+                        _ => None,
                     })
                     .filter(|m| before.is_none_or(|b| Cursor::of(m) < b))
                     .collect();
@@ -545,7 +575,11 @@ impl Sim {
                 rows.dedup_by_key(|m| (m.device, m.id));
                 let older = rows.len() as u64;
                 rows.truncate(limit);
-                dev.timed(|d| d.engine.handle_history_read(now, peer, rows, older));
+                let changes = dev.changes();
+                dev.timed(|d| {
+                    d.engine
+                        .handle_history_read(now, peer, rows, &changes, older)
+                });
             }
             Output::RenewSession => {
                 dev.renewals += 1;

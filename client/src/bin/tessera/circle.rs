@@ -12,6 +12,7 @@ use tessera_client::files::FileDir;
 use tessera_client::signal::{Backoff, SignalClient, SignalEvent};
 use tessera_client::store::HistoryEntry;
 use tessera_client::trust::{TrustError, UsedInvitations, distrust_all, verify_directory};
+use tessera_engine::changes::ShownMessage;
 use tessera_engine::safety::safety_words;
 use tessera_engine::{ChatMessage, Event, StopReason};
 use tessera_wire::Base64Url;
@@ -21,6 +22,7 @@ use url::Url;
 use uuid::Uuid;
 
 use crate::account::{self, Opened, explain, fingerprint};
+use crate::messages::Outgoing;
 use crate::settings::Settings;
 
 /// The local address that routes to the server: the host candidate peers are offered.
@@ -122,15 +124,7 @@ fn clock(ms: i64) -> String {
 }
 
 fn message_line(message: &ChatMessage, names: &BTreeMap<Uuid, String>) -> String {
-    let body = match &message.file {
-        Some(file) => crate::files::file_line(message.id, file),
-        None => message.text.clone(),
-    };
-    format!(
-        "[{}] {}: {body}",
-        clock(message.sent_at),
-        name_of(names, message.member),
-    )
+    crate::messages::line(message, names, &clock(message.sent_at))
 }
 
 fn message_json(message: &ChatMessage, outgoing: bool, names: &BTreeMap<Uuid, String>) -> String {
@@ -142,6 +136,7 @@ fn message_json(message: &ChatMessage, outgoing: bool, names: &BTreeMap<Uuid, St
         "name": names.get(&message.member),
         "text": message.text,
         "file": message.file,
+        "reply_to": message.reply_to,
         "sent_at": message.sent_at,
         "outgoing": outgoing,
     })
@@ -202,6 +197,9 @@ fn update_text(
             message,
             outgoing: false,
         }) => message_line(message, names),
+        Update::Engine(Event::MessageChanged { change }) => {
+            crate::messages::change_line(change, names)
+        }
         Update::Engine(Event::GroupCreated) => {
             "* You created the circle's encrypted group.".to_owned()
         }
@@ -320,6 +318,9 @@ const CHAT_HELP: &str = "Type a message and press Enter to send it to the circle
     /files      the files shared with the circle\n\
     /get ID [PATH]  save a file that is here\n\
     /members  who is in the group and linked\n\
+    /reply ID TEXT  answer a message (ids as the lines show them: [12:03 3f2a9c1b])\n\
+    /react ID EMOJI, /unreact ID EMOJI  react to a message, or take it back\n\
+    /edit ID TEXT, /delete ID  edit or delete one of your messages for everyone\n\
     /name N   set your display name\n\
     /status   this device's state (JSON)\n\
     /quit     leave (Ctrl-D too)";
@@ -330,7 +331,7 @@ pub async fn chat(settings: &Settings, json_lines: bool) -> Result<()> {
     let mut status = device.status().await.map_err(anyhow::Error::msg)?;
     if !json_lines {
         for entry in opened.store.history(20).await? {
-            println!("{}", message_line(&entry.message, &status.view.names));
+            println!("{}", message_line(&entry.shown.message, &status.view.names));
         }
         println!(
             "* Chatting as {} on {}. /help lists the commands.",
@@ -350,7 +351,18 @@ pub async fn chat(settings: &Settings, json_lines: bool) -> Result<()> {
             line = lines.next_line() => {
                 let Ok(Some(line)) = line else { break };
                 let line = line.trim();
-                match line.split_once(' ').map_or((line, ""), |(c, rest)| (c, rest.trim())) {
+                let (command, args) = line.split_once(' ').map_or((line, ""), |(c, r)| (c, r.trim()));
+                if let Some(outgoing) = Outgoing::of_chat(command, args) {
+                    let sent = match outgoing {
+                        Ok(outgoing) => outgoing.send(&device, &opened.store).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = sent {
+                        eprintln!("! Not sent: {e:#}");
+                    }
+                    continue;
+                }
+                match (command, args) {
                     ("", _) => {}
                     ("/quit", _) => break,
                     ("/help", _) => println!("{CHAT_HELP}"),
@@ -533,19 +545,34 @@ fn serve_json(update: &Update) -> Option<serde_json::Value> {
             "outgoing": outgoing,
         }));
     }
+    if let Update::Engine(Event::MessageChanged { change }) = update {
+        let kind = serde_json::to_value(&change.change).ok()?["kind"].take();
+        return Some(json!({
+            "event": "message_changed",
+            "device": change.device,
+            "id": change.id,
+            "kind": kind,
+        }));
+    }
     let line = update_json(update, &BTreeMap::new())?;
     serde_json::from_str(&line).ok()
 }
 
-/// `tessera send`.
-pub async fn send(settings: &Settings, text: &str, wait: Duration) -> Result<()> {
-    let Running {
-        opened: _lock,
-        device,
-    } = start(settings).await?;
+/// `tessera send`, `reply`, `react`, `edit` and `delete`: sends `outgoing` and waits up to `wait`
+/// for the devices online to acknowledge it.
+pub async fn send(settings: &Settings, outgoing: Outgoing, wait: Duration) -> Result<()> {
+    let Running { opened, device } = start(settings).await?;
     let deadline = Instant::now() + wait;
-    let (mut device, mut status) = ready(device, deadline).await?;
-    let id = device.send_text(text).await.map_err(anyhow::Error::msg)?;
+    let (mut device, _) = ready(device, deadline).await?;
+    let id = match outgoing.send(&device, &opened.store).await {
+        Ok(id) => id,
+        Err(e) => {
+            stopped(device).await?;
+            return Err(e);
+        }
+    };
+    // What waits now, with this message in the outbox (the status before it counted none).
+    let mut status = device.status().await.map_err(anyhow::Error::msg)?;
     let online_waiting = |s: &Status| {
         s.waiting()
             .iter()
@@ -625,18 +652,22 @@ pub async fn history(settings: &Settings, limit: u32) -> Result<()> {
     let names = account::restore(&store, &profile, Some(settings))
         .await?
         .display_names();
+    let entries = store.history(limit).await?;
+    let shown: Vec<ShownMessage> = entries.iter().map(|e| e.shown.clone()).collect();
     for HistoryEntry {
-        message,
+        shown: entry,
         outgoing,
         delivered,
-    } in store.history(limit).await?
+    } in &entries
     {
-        let state = if outgoing {
+        let state = if *outgoing && !entry.deleted {
             format!("  (delivered to {delivered})")
         } else {
             String::new()
         };
-        println!("{}{state}", message_line(&message, &names));
+        let at = clock(entry.message.sent_at);
+        let line = crate::messages::history_line(entry, &shown, &names, &at);
+        println!("{line}{state}");
     }
     Ok(())
 }

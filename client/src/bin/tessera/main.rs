@@ -5,16 +5,20 @@ mod account;
 mod circle;
 mod files;
 mod keys;
+mod messages;
 mod settings;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use tessera_engine::changes::Change;
 use tessera_engine::decision::Decision;
 use url::Url;
 
+use crate::messages::Outgoing;
 use crate::settings::{Given, Settings};
 
 /// A member's device of a Tessera circle.
@@ -119,6 +123,48 @@ enum Command {
     Send {
         /// The message.
         text: String,
+        /// How long to wait for delivery, in seconds.
+        #[arg(long, default_value_t = 30)]
+        wait: u64,
+    },
+    /// Answer a message (quoted where it is shown) and wait, as `send` does.
+    Reply {
+        /// The message's id, or the start of it (as `history` shows it).
+        id: String,
+        /// The answer.
+        text: String,
+        /// How long to wait for delivery, in seconds.
+        #[arg(long, default_value_t = 30)]
+        wait: u64,
+    },
+    /// React to a message with an emoji (`--remove` takes the reaction back).
+    React {
+        /// The message's id, or the start of it.
+        id: String,
+        /// The emoji.
+        emoji: String,
+        /// Take the reaction back.
+        #[arg(long)]
+        remove: bool,
+        /// How long to wait for delivery, in seconds.
+        #[arg(long, default_value_t = 30)]
+        wait: u64,
+    },
+    /// Edit one of your messages for everyone.
+    Edit {
+        /// The message's id, or the start of it.
+        id: String,
+        /// Its new text.
+        text: String,
+        /// How long to wait for delivery, in seconds.
+        #[arg(long, default_value_t = 30)]
+        wait: u64,
+    },
+    /// Delete one of your messages for everyone (devices that already showed it forget its text;
+    /// what someone copied or keeps on a modified client cannot be taken back).
+    Delete {
+        /// The message's id, or the start of it.
+        id: String,
         /// How long to wait for delivery, in seconds.
         #[arg(long, default_value_t = 30)]
         wait: u64,
@@ -335,15 +381,54 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Chat { json } => circle::chat(&settings, json).await,
         Command::Serve => circle::serve(&settings).await,
         Command::Send { text, wait } => {
-            circle::send(&settings, &text, std::time::Duration::from_secs(wait)).await
+            let text = Outgoing::Text {
+                text,
+                reply_to: None,
+            };
+            circle::send(&settings, text, Duration::from_secs(wait)).await
+        }
+        Command::Reply { id, text, wait } => {
+            let reply = Outgoing::Text {
+                text,
+                reply_to: Some(id),
+            };
+            circle::send(&settings, reply, Duration::from_secs(wait)).await
+        }
+        Command::React {
+            id,
+            emoji,
+            remove,
+            wait,
+        } => {
+            let change = if remove {
+                Change::Unreact { emoji }
+            } else {
+                Change::React { emoji }
+            };
+            let react = Outgoing::Change { target: id, change };
+            circle::send(&settings, react, Duration::from_secs(wait)).await
+        }
+        Command::Edit { id, text, wait } => {
+            let edit = Outgoing::Change {
+                target: id,
+                change: Change::Edit { text },
+            };
+            circle::send(&settings, edit, Duration::from_secs(wait)).await
+        }
+        Command::Delete { id, wait } => {
+            let delete = Outgoing::Change {
+                target: id,
+                change: Change::Delete,
+            };
+            circle::send(&settings, delete, Duration::from_secs(wait)).await
         }
         Command::Name { name } => circle::set_name(&settings, &name).await,
         Command::SendFile { path, wait } => {
-            files::send_file(&settings, &path, std::time::Duration::from_secs(wait)).await
+            files::send_file(&settings, &path, Duration::from_secs(wait)).await
         }
         Command::Files => files::list(&settings).await,
         Command::Get { id, out, wait } => {
-            files::get(&settings, &id, out, std::time::Duration::from_secs(wait)).await
+            files::get(&settings, &id, out, Duration::from_secs(wait)).await
         }
         Command::DeleteFile { id } => files::delete(&settings, &id).await,
         Command::History { limit } => circle::history(&settings, limit).await,
