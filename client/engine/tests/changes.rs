@@ -78,15 +78,7 @@ fn replies_reactions_edits_and_deletions_reach_every_device_and_show_alike() {
     let question = sim.send(a, "Lunch at noon?");
     sim.run(10);
     let lunch = message(&sim, a, question);
-    let now = sim.now;
-    let answer = sim
-        .devices
-        .get_mut(&b)
-        .expect("b")
-        .engine
-        .send_reply(now, 1_700_000_000_500, "Yes, the usual place", Some(lunch))
-        .expect("reply");
-    sim.drain(b);
+    let answer = sim.reply(b, "Yes, the usual place", Some(lunch));
     change(&mut sim, c, lunch, react("👍"));
     change(&mut sim, b, lunch, react("👍"));
     change(

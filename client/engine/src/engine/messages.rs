@@ -388,10 +388,8 @@ impl Engine {
                 },
             )) => {
                 let sent_at = sent_at.clamp(0, LATEST_SENT_AT);
-                let stream = stream_of(sender.device_key_bytes());
                 if let Some(seq) = seq {
-                    let named = (stream, seq, epoch, label);
-                    if !self.keep_circle_message(now, named, (id, sent_at), msg) {
+                    if !self.keep_from(now, &sender, (seq, epoch, label), (id, sent_at), msg) {
                         return;
                     }
                 } else if label.is_some() {
@@ -439,9 +437,7 @@ impl Engine {
                     return;
                 }
                 let sent_at = sent_at.clamp(0, LATEST_SENT_AT);
-                let stream = stream_of(sender.device_key_bytes());
-                let named = (stream, seq, epoch, label);
-                if !self.keep_circle_message(now, named, (id, sent_at), msg) {
+                if !self.keep_from(now, &sender, (seq, epoch, label), (id, sent_at), msg) {
                     return;
                 }
                 self.record_change(MessageChange {
@@ -470,9 +466,7 @@ impl Engine {
                     return;
                 }
                 let sent_at = sent_at.clamp(0, LATEST_SENT_AT);
-                let stream = stream_of(sender.device_key_bytes());
-                let named = (stream, seq, epoch, label);
-                if !self.keep_circle_message(now, named, (id, sent_at), msg) {
+                if !self.keep_from(now, &sender, (seq, epoch, label), (id, sent_at), msg) {
                     return;
                 }
                 self.receive_file_offer((sender.member, sender.device), id, offer, sent_at);
@@ -490,6 +484,20 @@ impl Engine {
                 reason,
             }),
         }
+    }
+
+    /// Keeps a message of the circle that `sender` numbered `seq` in its stream, as
+    /// [`Engine::keep_circle_message`] does; false when it was kept already.
+    fn keep_from(
+        &mut self,
+        now: Instant,
+        sender: &DeviceCertificate,
+        (seq, epoch, label): (u64, u64, Option<(Stream, u64)>),
+        (id, sent_at): (Uuid, i64),
+        msg: &[u8],
+    ) -> bool {
+        let stream = stream_of(sender.device_key_bytes());
+        self.keep_circle_message(now, (stream, seq, epoch, label), (id, sent_at), msg)
     }
 
     /// Keeps a message of the circle opened from `msg` for carrying, as `(stream, seq)` made in

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::value::to_raw_value;
-use tessera_engine::changes::{self, MessageChange, ShownMessage};
+use tessera_engine::changes::{self, MessageChange, MessageRef, ShownMessage};
 use tessera_engine::decision::SignedDecision;
 use tessera_engine::files::{ContentHash, FileCommand};
 use tessera_engine::history::Cursor;
@@ -889,13 +889,18 @@ impl Sim {
     }
 
     pub fn send(&mut self, device: Uuid, text: &str) -> Uuid {
+        self.reply(device, text, None)
+    }
+
+    /// Sends `text` from `device`, answering `to` when given.
+    pub fn reply(&mut self, device: Uuid, text: &str, to: Option<MessageRef>) -> Uuid {
         let now = self.now;
         let id = self
             .devices
             .get_mut(&device)
             .expect("device")
             .engine
-            .send_text(now, 1_700_000_000_000, text)
+            .send_reply(now, 1_700_000_000_000, text, to)
             .expect("send");
         self.drain(device);
         id
