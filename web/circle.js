@@ -393,7 +393,7 @@ class CircleView {
   }
 
   #wireName() {
-    const own = this.names.get(this.me.member);
+    const own = this.device.view().display_name;
     if (own) $('display-name').value = own;
     $('name-form').addEventListener('submit', (event) => {
       event.preventDefault();
@@ -418,6 +418,9 @@ class CircleView {
         break;
       case 'message_changed':
         this.#changed(event);
+        break;
+      case 'renamed':
+        this.#notice(`${event.from} is now known as ${event.to}.`, event.member);
         break;
       case 'group_created':
         say('You started the circle\'s encrypted group.');
@@ -510,6 +513,17 @@ class CircleView {
   // The message's item in the list, by the history's key.
   #item({ device, id }) {
     return this.items.get(`${device}/${id}`) ?? null;
+  }
+
+  // Something about the circle said in the chat's flow, such as a member's new name.
+  #notice(text, member) {
+    const item = document.createElement('li');
+    item.className = 'notice';
+    item.setAttribute('role', 'status');
+    item.dataset.member = member;
+    item.textContent = text;
+    $('messages').append(item);
+    item.scrollIntoView?.({ block: 'nearest' });
   }
 
   // A message was reacted to, edited or deleted: shown again as the store now holds it.

@@ -141,7 +141,8 @@ if (insideNamespace(FILE)) {
     await joined(admin);
     const readyMs = Number(await admin.page.locator('body').getAttribute('data-engine-ready-ms'));
     t.diagnostic(`engine ready ${readyMs} ms after navigation`);
-    await setName(admin, secret('Ada'));
+    admin.name = secret('Ada');
+    await setName(admin, admin.name);
     // The admin panel in a second tab: the circle tab keeps running the device.
     admin.adminPage = await admin.context.newPage();
     watch(admin.adminPage, 'admin-panel');
@@ -154,7 +155,8 @@ if (insideNamespace(FILE)) {
     bob.member = (await run.enroll(bob, link, run.label('bob'))).member;
     await becomeDevice(bob);
     await joined(bob);
-    await setName(bob, secret('Bob'));
+    bob.name = secret('Bob');
+    await setName(bob, bob.name);
     bob.device = await deviceId(bob);
     admin.device = await deviceId(admin);
     await linkedTo(admin, bob.device);
@@ -298,6 +300,30 @@ if (insideNamespace(FILE)) {
     assert.ok(!history.includes(question) && !history.includes(edited), history);
     deleted.push(question, edited);
     t.diagnostic('reply, two reactions, an edit and a deletion reached every device');
+  });
+
+  test('d6. a member who takes the admin\'s name is told apart on every device, and the rename is said', async () => {
+    await setName(bob, admin.name);
+    // Both are shown with two words drawn from their member ids, which no member chooses.
+    const named = admin.page.locator('#members li > strong', { hasText: `${admin.name} (` });
+    await named.nth(1).waitFor({ timeout: LINK_WAIT });
+    const labels = await named.allTextContents();
+    assert.equal(labels.length, 2, labels.join(' | '));
+    assert.notEqual(labels[0].replace(' (you)', ''), labels[1].replace(' (you)', ''), 'told apart');
+    const notice = admin.page.locator('#messages li.notice', { hasText: `${bob.name} is now known as ${admin.name} (` });
+    await notice.waitFor({ timeout: LINK_WAIT });
+    const renamed = await native.waitFor('the rename', (e) => e.event === 'renamed' && e.from === bob.name);
+    assert.match(renamed.to, new RegExp(`^${admin.name} \\(\\w+ \\w+\\)$`));
+    await admin.page.bringToFront();
+    await shot(admin.page, 'circle-lookalike');
+    // A name that is no name is refused on the page that types it.
+    await setName(bob, 'Bob\u202Eevil');
+    await bob.page.locator('#status', { hasText: 'invisible, control or direction-changing' }).waitFor();
+    // Bob takes his own name back: said again, and the admin is shown plainly.
+    await setName(bob, bob.name);
+    await admin.page.locator('#messages li.notice', { hasText: `is now known as ${bob.name}` }).waitFor({ timeout: LINK_WAIT });
+    await admin.page.locator('#members li > strong', { hasText: `${admin.name} (you)` }).waitFor({ timeout: LINK_WAIT });
+    assert.equal(await admin.page.locator('#members li > strong', { hasText: `${admin.name} (` }).count(), 1);
   });
 
   test('d4. files go browser to browser and to and from the CLI: a picture as a thumbnail, 50 MB downloaded whole, progress shown', async (t) => {

@@ -14,6 +14,7 @@ pub mod history;
 pub mod identity;
 pub mod invitation;
 mod mls_store;
+pub mod names;
 mod pacer;
 pub mod payload;
 pub mod pieces;

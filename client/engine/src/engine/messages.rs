@@ -14,6 +14,7 @@ use crate::changes::{self, Change, ChangeError, MessageChange, MessageRef};
 use crate::codec::{self};
 use crate::history::{self, Cursor, HistoryMessage, PAGE_ROWS};
 use crate::identity::DeviceCertificate;
+use crate::names;
 use crate::payload::{
     Content, LinkMessage, LinkPacket, Malformed, decode_link_data, decode_link_message,
     encode_circle_message, encode_history_message, encode_holdings, encode_packet,
@@ -236,22 +237,59 @@ impl Engine {
     /// Sets this member's display name on this device and tells the group.
     ///
     /// # Errors
-    /// MLS failing.
+    /// [`EngineError::Name`] (empty, too long, hidden characters), MLS failing.
     pub fn set_display_name(&mut self, now: Instant, name: &str) -> Result<(), EngineError> {
-        self.saved.display_name = Some(name.to_owned());
+        let name = names::check(name)?;
+        self.saved.display_name = Some(name.clone());
+        self.tell_name(now, name)
+    }
+
+    /// Sends `name` as this member's display name, unchecked, as a modified client would: for
+    /// tests of the receivers' checks.
+    ///
+    /// # Errors
+    /// MLS failing.
+    #[cfg(feature = "danger-hostile-member")]
+    pub fn set_display_name_unchecked(
+        &mut self,
+        now: Instant,
+        name: &str,
+    ) -> Result<(), EngineError> {
+        self.tell_name(now, name.to_owned())
+    }
+
+    fn tell_name(&mut self, now: Instant, name: String) -> Result<(), EngineError> {
         let told = if self.group.is_some() {
-            self.broadcast(
-                now,
-                &Content::Profile {
-                    name: name.to_owned(),
-                },
-                None,
-            )
+            self.broadcast(now, &Content::Profile { name }, None)
         } else {
             Ok(())
         };
         self.step(now);
         told
+    }
+
+    /// A member's display name came from `sender` (one of their devices): kept, a change of it
+    /// said, one that is no name refused.
+    fn receive_name(&mut self, sender: &DeviceCertificate, name: &str) {
+        let Ok(name) = names::check(name) else {
+            self.event(Event::Refused {
+                what: "display name",
+                reason: Refusal::Malformed("display name"),
+            });
+            return;
+        };
+        let member = sender.member;
+        let before = self.display_names().get(&member).cloned();
+        let previous = self.saved.names.insert(member, name);
+        let after = self.display_names().get(&member).cloned();
+        if member != self.saved.member
+            && previous.is_some()
+            && let (Some(from), Some(to)) = (before, after)
+            && from != to
+        {
+            self.event(Event::Renamed { member, from, to });
+        }
+        self.event(Event::MembersChanged);
     }
 
     pub(super) fn encrypt(&mut self, bytes: &[u8]) -> Result<Vec<u8>, EngineError> {
@@ -475,10 +513,7 @@ impl Engine {
                 what: "carried message",
                 reason: Refusal::Malformed("a display name is not carried"),
             }),
-            Ok((sender, Content::Profile { name })) => {
-                self.saved.names.insert(sender.member, name);
-                self.event(Event::MembersChanged);
-            }
+            Ok((sender, Content::Profile { name })) => self.receive_name(&sender, &name),
             Err(reason) => self.event(Event::Refused {
                 what: "link message",
                 reason,

@@ -370,14 +370,15 @@ impl Engine {
         self.roster.iter().map(|(d, g)| (*d, g.member)).collect()
     }
 
-    /// Display names learnt inside the group: member → name.
+    /// Display names learnt inside the group (this member's as set here), as members are shown:
+    /// member → label, told apart when two look alike ([`crate::names::labels`]).
     #[must_use]
     pub fn display_names(&self) -> BTreeMap<Uuid, String> {
         let mut names = self.saved.names.clone();
         if let Some(name) = &self.saved.display_name {
             names.insert(self.saved.member, name.clone());
         }
-        names
+        crate::names::labels(&names)
     }
 
     /// Whether the link to `device` is up.
@@ -699,6 +700,7 @@ impl Engine {
             epoch: self.epoch(),
             connected: self.connected,
             names: self.display_names(),
+            display_name: self.saved.display_name.clone(),
             devices,
             safety: self.safety.clone(),
             missing: self.carry.missing(),

@@ -15,6 +15,7 @@ use crate::changes::{ChangeError, MessageChange, MessageRef};
 use crate::crypto::DeviceSigner;
 use crate::delivery::DeliveryConfig;
 use crate::files::{FileCommand, FileInfo, FilesConfig};
+use crate::names::NameError;
 use crate::payload::RtcSignal;
 use crate::roster::Refusal;
 use crate::trust::TrustError;
@@ -116,6 +117,9 @@ pub enum EngineError {
     /// The change cannot be made.
     #[error("{0}")]
     Change(#[from] ChangeError),
+    /// The display name cannot be used.
+    #[error("{0}")]
+    Name(#[from] NameError),
     /// The file cannot be sent as it is.
     #[error("the file cannot be sent: malformed {0}")]
     BadFile(&'static str),
@@ -228,6 +232,15 @@ pub enum Event {
         /// The change.
         #[serde(flatten)]
         change: MessageChange,
+    },
+    /// Another member changed their display name: `from` and `to` as members are shown.
+    Renamed {
+        /// The member.
+        member: Uuid,
+        /// What they were shown as.
+        from: String,
+        /// What they are shown as now.
+        to: String,
     },
     /// A peer device holds one of this device's messages: it acknowledged it, or (`carried`)
     /// another device carried it there and says so.
@@ -360,8 +373,12 @@ pub struct DeviceView {
     pub epoch: Option<u64>,
     /// Whether the signalling connection is up (as of its `hello`).
     pub connected: bool,
-    /// Display names learnt inside the group: member → name.
+    /// Display names learnt inside the group, as members are shown: member → label (a name, with
+    /// two words from the member's id when another member's name looks the same:
+    /// [`crate::names::labels`]).
     pub names: BTreeMap<Uuid, String>,
+    /// This member's own display name as set on this device.
+    pub display_name: Option<String>,
     /// The group's devices, this one included.
     pub devices: Vec<GroupDeviceView>,
     /// The circle's safety number as of the last directory (twelve words; none without a root).

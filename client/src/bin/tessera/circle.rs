@@ -200,6 +200,9 @@ fn update_text(
         Update::Engine(Event::MessageChanged { change }) => {
             crate::messages::change_line(change, names)
         }
+        Update::Engine(Event::Renamed { from, to, .. }) => {
+            format!("* {from} is now known as {to}.")
+        }
         Update::Engine(Event::GroupCreated) => {
             "* You created the circle's encrypted group.".to_owned()
         }
@@ -544,6 +547,9 @@ fn serve_json(update: &Update) -> Option<serde_json::Value> {
             "id": message.id,
             "outgoing": outgoing,
         }));
+    }
+    if let Update::Engine(Event::Renamed { member, .. }) = update {
+        return Some(json!({"event": "renamed", "member": member}));
     }
     if let Update::Engine(Event::MessageChanged { change }) = update {
         let kind = serde_json::to_value(&change.change).ok()?["kind"].take();

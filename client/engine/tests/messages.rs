@@ -1,7 +1,9 @@
-//! Replies, reactions, edits and deletions between in-memory devices of the simulated circle:
-//! every device shows a message alike once its changes arrive, whatever their order, and what a
-//! member may not do (edit or delete another's message, react with something that is no emoji,
-//! point at a message that does not exist) changes nothing anywhere.
+//! What members say about messages and themselves, between in-memory devices of the simulated
+//! circle: replies, reactions, edits and deletions (every device shows a message alike once its
+//! changes arrive, whatever their order, and what a member may not do, such as editing or
+//! deleting another's message, changes nothing anywhere), and display names (a look-alike of
+//! another member's name is told apart everywhere, a rename is said, a name that is no name is
+//! refused).
 
 #[allow(dead_code)]
 mod sim;
@@ -10,7 +12,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use sim::Sim;
 use tessera_engine::changes::{Change, ChangeError, MessageRef, Reaction, ShownMessage};
-use tessera_engine::{EngineError, HistoryChange};
+use tessera_engine::names::{NameError, member_words};
+use tessera_engine::{EngineError, Event, HistoryChange};
 use tessera_wire::Role;
 use uuid::Uuid;
 
@@ -131,7 +134,7 @@ fn replies_reactions_edits_and_deletions_reach_every_device_and_show_alike() {
         assert_eq!(gone.message.text, "", "at {device}");
         assert!(gone.reactions.is_empty());
         assert!(sim.devices[&device].events.iter().any(|e| matches!(e,
-            tessera_engine::Event::MessageChanged { change } if change.change == Change::Delete)));
+            Event::MessageChanged { change } if change.change == Change::Delete)));
     }
 }
 
@@ -310,6 +313,86 @@ fn changes_sent_by_a_device_that_restarts_between_them_each_arrive() {
             n + 1,
             "{:?}",
             sim.refused(b)
+        );
+    }
+}
+
+#[test]
+fn a_member_who_takes_another_members_name_is_told_apart_everywhere_and_renames_are_said() {
+    let (mut sim, [a, b, c]) = circle(78);
+    let now = sim.now;
+    sim.devices
+        .get_mut(&b)
+        .expect("b")
+        .engine
+        .set_display_name(now, "Ada")
+        .expect("any name a member likes");
+    sim.drain(b);
+    sim.run(10);
+    let (ada, bea) = (member(&sim, a), member(&sim, b));
+    for device in [a, b, c] {
+        let names = sim.engine(device).view().names;
+        assert_eq!(
+            names[&ada],
+            format!("Ada ({})", member_words(ada)),
+            "at {device}"
+        );
+        assert_eq!(
+            names[&bea],
+            format!("Ada ({})", member_words(bea)),
+            "at {device}"
+        );
+    }
+    let renamed = |sim: &Sim, device: Uuid| -> Vec<(String, String)> {
+        sim.devices[&device]
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Renamed { member, from, to } if *member == bea => {
+                    Some((from.clone(), to.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let told = vec![("Bea".to_owned(), format!("Ada ({})", member_words(bea)))];
+    assert_eq!(renamed(&sim, a), told);
+    assert_eq!(renamed(&sim, c), told);
+    assert!(renamed(&sim, b).is_empty(), "her own device is not told");
+}
+
+#[test]
+fn a_name_that_is_no_name_is_refused_by_the_engine_and_by_every_receiver() {
+    let (mut sim, [a, b, c]) = circle(79);
+    let now = sim.now;
+    let bea = &mut sim.devices.get_mut(&b).expect("b").engine;
+    for (name, why) in [
+        ("  ", NameError::Empty),
+        ("Ada\u{202E}ecalevoL", NameError::Hidden),
+        (
+            "a name far longer than sixty-four characters, which no one reads whole",
+            NameError::TooLong,
+        ),
+    ] {
+        assert!(
+            matches!(bea.set_display_name(now, name), Err(EngineError::Name(e)) if e == why),
+            "{name:?}"
+        );
+    }
+    assert_eq!(bea.view().display_name.as_deref(), Some("Bea"));
+    bea.set_display_name_unchecked(now, "Ada\u{200B}")
+        .expect("a modified client sends anything");
+    sim.drain(b);
+    sim.run(10);
+    let bea = member(&sim, b);
+    for device in [a, c] {
+        assert_eq!(sim.engine(device).view().names[&bea], "Bea", "at {device}");
+        assert!(
+            sim.refused(device)
+                .iter()
+                .any(|r| r.starts_with("display name")),
+            "{:?}",
+            sim.refused(device)
         );
     }
 }
