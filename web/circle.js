@@ -519,7 +519,6 @@ class CircleView {
   #notice(text, member) {
     const item = document.createElement('li');
     item.className = 'notice';
-    item.setAttribute('role', 'status');
     item.dataset.member = member;
     item.textContent = text;
     $('messages').append(item);
@@ -550,7 +549,6 @@ class CircleView {
       this.lastDay = day;
       const separator = document.createElement('li');
       separator.className = 'day';
-      separator.setAttribute('role', 'separator');
       separator.textContent = day;
       list.append(separator);
     }
