@@ -366,6 +366,13 @@ const pages = {
       say('Only admins of the circle can see this page.', 'error');
       return;
     }
+    for (const section of document.querySelectorAll('.admin-only')) section.hidden = false;
+    // Names live inside the group, never on the server: this browser's device knows them.
+    const { DeviceStore } = await import('/static/device.js');
+    const names = await DeviceStore.names(me.member).catch(() => ({}));
+    const known = Object.keys(names).length > 0;
+    document.getElementById('names-hint').hidden = known;
+    const named = (id) => (names[id] ? `${names[id]} (${short(id)})` : `member ${short(id)}`);
     const pending = document.querySelector('#pending tbody');
     const members = document.querySelector('#members tbody');
     const showInvitation = ({ link, qr }) => {
@@ -383,7 +390,7 @@ const pages = {
       for (const invitation of invitations) {
         const row = document.createElement('tr');
         row.dataset.invitation = invitation.id;
-        cell(row, invitation.kind === 'recovery' ? `recovery for ${short(invitation.member)}` : 'newcomer');
+        cell(row, invitation.kind === 'recovery' ? `recovery for ${named(invitation.member)}` : 'newcomer');
         cell(row, invitation.role);
         cell(row, when(invitation.expires_at));
         actionCell(row, 'Revoke', async () => {
@@ -398,30 +405,30 @@ const pages = {
       for (const member of directory.filter((m) => !m.revocation)) {
         const row = document.createElement('tr');
         row.dataset.member = member.id;
-        cell(row, member.id === me.member ? `${short(member.id)} (you)` : short(member.id));
+        cell(row, member.id === me.member ? `${named(member.id)} (you)` : named(member.id));
         cell(row, member.role);
         cell(row, String(member.passkeys.length));
         if (member.id === me.member) {
           cell(row, '');
         } else {
           actionCell(row, 'Revoke', async () => {
-            if (!window.confirm('Revoke this member? Their sessions end at once, and your key signs their removal from the group.')) return;
+            if (!window.confirm(`Revoke ${named(member.id)}? Their sessions end at once, and your key signs their removal from the group.`)) return;
             await decide(me, 'revoke', member.id);
             await draw();
-            say('Member revoked.');
+            say(`${named(member.id)} is revoked.`);
           });
           if (member.role !== 'admin') {
             actionCell(row, 'Make admin', async () => {
-              if (!window.confirm('Make this member an admin? They will invite, revoke and promote as you do.')) return;
+              if (!window.confirm(`Make ${named(member.id)} an admin? They will invite, revoke and promote as you do.`)) return;
               await decide(me, 'promote', member.id);
               await draw();
-              say('Member promoted to admin.');
+              say(`${named(member.id)} is now an admin.`);
             });
           }
           actionCell(row, 'Recovery link', async () => {
             showInvitation(await issueInvitation(me, { role: 'member', ttlSecs: 86400, recovers: member.id }));
             await draw();
-            say('Recovery invitation issued.');
+            say(`Recovery invitation for ${named(member.id)} issued.`);
           });
         }
         members.append(row);

@@ -826,6 +826,12 @@ class CircleView {
   #draw() {
     const { device } = this;
     const view = this.#view();
+    // For the admin panel, which names members from what this device knows.
+    const names = JSON.stringify(view.names);
+    if (names !== this.savedNames) {
+      this.savedNames = names;
+      this.store.saveNames(view.names).catch((error) => console.warn(`names not kept: ${error?.message ?? error}`));
+    }
     document.body.dataset.inGroup = String(view.in_group);
     if (!device.stopped) {
       document.body.dataset.device = view.in_group ? 'joined' : 'waiting';

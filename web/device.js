@@ -188,6 +188,29 @@ export class DeviceStore {
     return (await request(tx.objectStore('engine').get('identity'))) ?? null;
   }
 
+  // The members' names as this browser's device last showed them ({member: label}, the engine's
+  // labels), kept for the pages that do not run the device (the admin panel).
+  async saveNames(names) {
+    const tx = this.db.transaction('engine', 'readwrite');
+    const done = finished(tx);
+    tx.objectStore('engine').put(names, 'names');
+    await done;
+  }
+
+  // The names `saveNames` kept for `member`'s device on this browser; {} when this browser is no
+  // device of theirs (no database is made for asking).
+  static async names(member) {
+    const databases = await indexedDB.databases?.() ?? [];
+    if (!databases.some((d) => d.name === databaseName(member))) return {};
+    const store = await DeviceStore.open(member);
+    try {
+      const tx = store.db.transaction('engine', 'readonly');
+      return (await request(tx.objectStore('engine').get('names'))) ?? {};
+    } finally {
+      store.close();
+    }
+  }
+
   // The last `limit` messages, oldest first, with the changes kept for them (to show with the
   // engine's `showMessages`).
   async history(limit = 200) {

@@ -519,8 +519,16 @@ if (insideNamespace(FILE)) {
 
   test('h. the admin revokes the member: their page says so, and nothing sent afterwards reaches them', async () => {
     await openAdmin(admin.adminPage);
-    await admin.adminPage.locator(`#members tbody tr[data-member="${bob.member}"]`).getByRole('button', { name: 'Revoke' }).click();
-    await admin.adminPage.locator('#status', { hasText: 'Member revoked.' }).waitFor();
+    // The panel names members from what the admin's device knows (names never reach the server),
+    // and the confirmation says who.
+    const row = admin.adminPage.locator(`#members tbody tr[data-member="${bob.member}"]`);
+    const named = `${bob.name} (${bob.member.slice(0, 8)})`;
+    assert.equal(await row.locator('td').first().textContent(), named);
+    assert.equal(await admin.adminPage.locator('#names-hint').isVisible(), false);
+    const confirmation = admin.adminPage.waitForEvent('dialog');
+    await row.getByRole('button', { name: 'Revoke' }).click();
+    assert.match((await confirmation).message(), new RegExp(`^Revoke ${named.replace(/[()]/g, '\\$&')}\\? `));
+    await admin.adminPage.locator('#status', { hasText: `${named} is revoked.` }).waitFor();
     await bob.page.locator('body[data-device="stopped"]').waitFor({ timeout: LINK_WAIT });
     assert.match(await status(bob.page), /membership of this circle was revoked/);
     await shot(bob.page, 'circle-revoked');

@@ -114,6 +114,12 @@ test('c. a newcomer enrolls with the invitation in another context', async () =>
   run.member.member = shown.member;
   assert.equal(await run.member.page.locator('#admin-link').isVisible(), false, 'a member sees no Admin link');
   await shot(run.member.page, 'account-member');
+  // A member who opens the admin page anyway is told it is for admins, and shown no admin form.
+  await run.member.page.goto('/admin');
+  await run.member.page.locator('#status', { hasText: 'Only admins of the circle can see this page.' }).waitFor();
+  assert.equal(await run.member.page.locator('#invite, #pending, #members').filter({ visible: true }).count(), 0,
+    'no admin form or list for a member');
+  await run.member.page.goto('/account');
 
   const { page } = run.admin;
   await page.reload();
@@ -222,7 +228,7 @@ test('e2. the admin makes the member an admin, with a promotion the admin\'s key
   await openAdmin(page);
   const row = page.locator(`#members tbody tr[data-member="${run.member.member}"]`);
   await row.getByRole('button', { name: 'Make admin' }).click();
-  await page.locator('#status', { hasText: 'Member promoted to admin.' }).waitFor();
+  await page.locator('#status', { hasText: `member ${run.member.member.slice(0, 8)} is now an admin.` }).waitFor();
   await page.locator(`#members tbody tr[data-member="${run.member.member}"] td:nth-child(2)`, { hasText: 'admin' }).waitFor();
   assert.equal(await page.locator(`#members tbody tr[data-member="${run.member.member}"]`).getByRole('button', { name: 'Make admin' }).count(), 0,
     'an admin is not offered a promotion');
@@ -242,7 +248,9 @@ test('f. the admin revokes the member, whose next request fails', async () => {
   await row.getByRole('button', { name: 'Revoke' }).click();
   await page.locator('#members tbody tr').nth(1).waitFor({ state: 'detached' });
   assert.equal(await page.locator('#members tbody tr').count(), 1, 'only the admin remains');
-  assert.equal(await status(page), 'Member revoked.');
+  // This browser is no device of the admin's yet: members are named by their ids, with a hint why.
+  assert.equal(await status(page), `member ${run.member.member.slice(0, 8)} is revoked.`);
+  assert.ok(await page.locator('#names-hint').isVisible(), 'the page says where names come from');
   // The directory keeps the member, with their key, and the revocation the admin's key signed
   // (which the page made; the devices remove the member on it, and take what the member's key
   // signed before only where the revocation keeps it). The admin page does not list them.
