@@ -41,7 +41,10 @@ export function explain(error) {
   if (typeof error === 'string') return error.charAt(0).toUpperCase() + error.slice(1) + '.';
   switch (error?.name) {
     case 'NotAllowedError':
-      return 'The key did not answer, or the request was cancelled. Is your key inserted? Try again and touch it when it blinks.';
+      // The browser says no more, on purpose: a key with no passkey here fails the same way.
+      return 'No key answered for this circle: the request was cancelled or timed out, or the key used holds no passkey for this site (is it the key you enrolled here?). Insert your key, try again and touch it when it blinks.';
+    case 'AbortError':
+      return 'Cancelled: your key was not used.';
     case 'InvalidStateError':
       return 'This key is already enrolled here.';
     case 'SecurityError':
@@ -52,6 +55,27 @@ export function explain(error) {
       return 'The server cannot be reached. Check your network and try again.';
     default:
       return `Something went wrong: ${error?.message ?? error}`;
+  }
+}
+
+// Asks the member's key (`ask(signal)` makes the WebAuthn request with `signal`) with a way out:
+// while the browser waits for the key, the status line says so, with a Cancel button that ends
+// the wait at once instead of after the ceremony's minutes.
+export async function askKey(ask) {
+  const controller = new AbortController();
+  const line = statusLine();
+  const cancel = document.createElement('button');
+  cancel.type = 'button';
+  cancel.id = 'key-cancel';
+  cancel.className = 'link';
+  cancel.textContent = 'Cancel';
+  cancel.addEventListener('click', () => controller.abort());
+  line.className = 'info';
+  line.replaceChildren('Waiting for your key: insert it, and touch it when it blinks. ', cancel);
+  try {
+    return await ask(controller.signal);
+  } finally {
+    if (line.contains(cancel)) say('');
   }
 }
 
@@ -81,7 +105,7 @@ async function registerKey(startPath, startBody, finishPath, { check = () => {},
   const start = await api('POST', startPath, startBody);
   check(start);
   const publicKey = PublicKeyCredential.parseCreationOptionsFromJSON(start.publicKey);
-  const credential = await navigator.credentials.create({ publicKey });
+  const credential = await askKey((signal) => navigator.credentials.create({ publicKey, signal }));
   const json = credential.toJSON();
   const passkey = (await engine()).passkeyOf(json.rawId,
     base64url(credential.response.getPublicKey()), credential.response.getPublicKeyAlgorithm());
@@ -93,7 +117,7 @@ async function registerKey(startPath, startBody, finishPath, { check = () => {},
 // Has one of the member's keys sign `request` (the JSON of `publicKey`) and returns the answer.
 async function signWithKey(request) {
   const publicKey = PublicKeyCredential.parseRequestOptionsFromJSON(JSON.parse(request));
-  const credential = await navigator.credentials.get({ publicKey });
+  const credential = await askKey((signal) => navigator.credentials.get({ publicKey, signal }));
   return JSON.stringify(credential.toJSON());
 }
 
@@ -136,7 +160,7 @@ async function decide(me, decision, member) {
 async function logIn() {
   const start = await api('POST', '/login/start', {});
   const publicKey = PublicKeyCredential.parseRequestOptionsFromJSON(start.publicKey);
-  const credential = await navigator.credentials.get({ publicKey });
+  const credential = await askKey((signal) => navigator.credentials.get({ publicKey, signal }));
   return api('POST', '/login/finish', { ceremony: start.ceremony, credential: credential.toJSON() });
 }
 

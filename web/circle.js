@@ -2,7 +2,7 @@
 // tap on the hardware key), then shows what the device does: members with their names, keys and
 // presence, and the chat with each message's delivery state. The device itself is web/device.js.
 
-import { api, busy, explain, keepRoot, rootOf, say, short } from '/static/app.js';
+import { api, askKey, busy, explain, keepRoot, rootOf, say, short } from '/static/app.js';
 import { Device, DeviceStore, loadEngine, shownRows } from '/static/device.js';
 
 const $ = (id) => document.getElementById(id);
@@ -80,9 +80,8 @@ async function makeDevice(engine, me, store) {
   const key = engine.WebDeviceKey.generate();
   const device = crypto.randomUUID();
   const options = JSON.parse(key.certificateRequest(window.location.hostname, me.member, device));
-  const credential = await navigator.credentials.get({
-    publicKey: PublicKeyCredential.parseRequestOptionsFromJSON(options),
-  });
+  const request = PublicKeyCredential.parseRequestOptionsFromJSON(options);
+  const credential = await askKey((signal) => navigator.credentials.get({ publicKey: request, signal }));
   const certificate = key.certify(me.member, device, JSON.stringify(credential.toJSON()));
   const directory = await api('GET', '/members');
   const fingerprint = engine.verifyCertificate(

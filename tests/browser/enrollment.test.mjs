@@ -39,6 +39,20 @@ test('the login page renders', async () => {
   await visitor.context.close();
 });
 
+test('a key with no passkey here is told so, and a wait for a key that never comes can be cancelled', async () => {
+  const stranger = await run.person('stranger');
+  await stranger.page.goto('/');
+  await stranger.page.locator('#login').click();
+  await stranger.page.locator('#status.error', { hasText: 'holds no passkey for this site' }).waitFor();
+  // No key at all: the page waits for one, says so, and Cancel ends the wait at once.
+  await stranger.cdp.send('WebAuthn.removeVirtualAuthenticator', { authenticatorId: stranger.authenticatorId });
+  await stranger.page.locator('#login').click();
+  await stranger.page.locator('#status', { hasText: 'Waiting for your key' }).waitFor();
+  await stranger.page.locator('#key-cancel').click();
+  await stranger.page.locator('#status.error', { hasText: 'Cancelled: your key was not used.' }).waitFor({ timeout: 5_000 });
+  await stranger.context.close();
+});
+
 test('a. the first admin enrolls with the bootstrap link', async () => {
   run.admin = await run.person('admin');
   const shown = await run.enroll(run.admin, run.bootstrapLink, run.label('Ada-Lovelace'));
