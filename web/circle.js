@@ -124,6 +124,7 @@ class CircleView {
     this.#wireSend();
     this.#wireFiles();
     this.#wireName();
+    this.#wireNotifications();
     await this.#showHistory();
     // The roles and key fingerprints (the restored device's first "members changed" came before
     // this view listened).
@@ -411,6 +412,7 @@ class CircleView {
     switch (event.event) {
       case 'message':
         this.#message({ ...event, delivered: [] });
+        if (!event.outgoing) this.#unseen(event);
         break;
       case 'delivered':
         this.#delivered(event.id, event.device, event.carried);
@@ -512,6 +514,50 @@ class CircleView {
   // The message's item in the list, by the history's key.
   #item({ device, id }) {
     return this.items.get(`${device}/${id}`) ?? null;
+  }
+
+  // New messages while the tab is in the background: counted in the tab's title, and told as a
+  // notification when the member allowed them. Back in front, the count goes.
+  #wireNotifications() {
+    this.title = document.title;
+    this.unread = 0;
+    document.addEventListener('visibilitychange', () => {
+      if (document.visibilityState === 'visible') {
+        this.unread = 0;
+        document.title = this.title;
+      }
+    });
+    const button = $('notify');
+    const state = $('notify-state');
+    const show = () => {
+      const permission = window.Notification?.permission ?? 'unsupported';
+      button.hidden = permission !== 'default';
+      state.textContent = {
+        granted: 'New messages are told while this tab is in the background.',
+        denied: 'Notifications are blocked for this site: the tab\'s title still counts new messages. Allow them in the browser\'s site settings to be told.',
+        unsupported: 'This browser shows no notifications: the tab\'s title counts new messages.',
+      }[permission] ?? '';
+    };
+    // Asked for only when the member presses the button, never on arrival.
+    button.addEventListener('click', async () => {
+      await window.Notification?.requestPermission();
+      show();
+    });
+    show();
+  }
+
+  #unseen(event) {
+    if (document.visibilityState === 'visible') return;
+    this.unread += 1;
+    document.title = `(${this.unread}) ${this.title}`;
+    if (window.Notification?.permission !== 'granted') return;
+    const from = event.member === this.me.member ? 'You (another device)' : this.#name(event.member);
+    const body = event.file ? `Shared ${event.file.name}` : event.text.slice(0, 140);
+    const note = new Notification(from, { body, tag: 'tessera-messages' });
+    note.addEventListener('click', () => {
+      window.focus();
+      note.close();
+    });
   }
 
   // Something about the circle said in the chat's flow, such as a member's new name.

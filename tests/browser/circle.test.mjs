@@ -326,6 +326,45 @@ if (insideNamespace(FILE)) {
     assert.equal(await admin.page.locator('#members li > strong', { hasText: `${admin.name} (` }).count(), 1);
   });
 
+  test('d7. a message that arrives while the tab is behind another is counted in its title and told as a notification', async () => {
+    await admin.context.grantPermissions(['notifications'], { origin: run.base });
+    await admin.page.reload();
+    await joined(admin);
+    await admin.page.locator('#notify-state', { hasText: 'New messages are told while this tab is in the background.' }).waitFor();
+    assert.equal(await admin.page.locator('#notify').isVisible(), false, 'nothing to ask once allowed');
+    await admin.page.evaluate(() => {
+      const Real = window.Notification;
+      window.told = [];
+      window.Notification = class extends Real {
+        constructor(title, options) {
+          super(title, options);
+          window.told.push({ title, body: options?.body });
+        }
+      };
+    });
+    await linkedTo(admin, await deviceId(bob));
+    const title = await admin.page.title();
+    // Headless Chromium keeps every tab visible: the tab goes behind as the page sees it, through
+    // the visibility state and its event.
+    const behindOrFront = (hidden) => admin.page.evaluate((hidden) => {
+      Object.defineProperty(document, 'visibilityState', { get: () => (hidden ? 'hidden' : 'visible'), configurable: true });
+      document.dispatchEvent(new Event('visibilitychange'));
+    }, hidden);
+    await behindOrFront(true);
+    const behind = secret('while-behind');
+    await send(bob, behind);
+    await admin.page.waitForFunction((t) => document.title === `(1) ${t}`, title, { timeout: LINK_WAIT });
+    assert.deepEqual(await admin.page.evaluate(() => window.told), [{ title: bob.name, body: behind }]);
+    await behindOrFront(false);
+    await admin.page.waitForFunction((t) => document.title === t, title);
+    // In front, a new message is shown and neither counted nor told.
+    const inFront = secret('in-front');
+    await send(bob, inFront);
+    await received(admin, inFront);
+    assert.equal(await admin.page.title(), title);
+    assert.equal(await admin.page.evaluate(() => window.told.length), 1);
+  });
+
   test('d4. files go browser to browser and to and from the CLI: a picture as a thumbnail, 50 MB downloaded whole, progress shown', async (t) => {
     const sha256 = (bytes) => createHash('sha256').update(bytes).digest('hex');
     const card = (who, name) => who.page.locator(`#messages li.file:has(.file-name:text-is("${name}"))`);
