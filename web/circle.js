@@ -125,6 +125,7 @@ class CircleView {
     this.#wireFiles();
     this.#wireName();
     this.#wireNotifications();
+    this.#wireSearch();
     await this.#showHistory();
     // The roles and key fingerprints (the restored device's first "members changed" came before
     // this view listened).
@@ -514,6 +515,46 @@ class CircleView {
   // The message's item in the list, by the history's key.
   #item({ device, id }) {
     return this.items.get(`${device}/${id}`) ?? null;
+  }
+
+  // Search over this browser's own history (all of it, as its changes leave it), by the engine's
+  // rule: every word, any case and order. A result shows the message where it is in the list.
+  #wireSearch() {
+    $('search').addEventListener('submit', async (event) => {
+      event.preventDefault();
+      const words = $('search-words').value.trim();
+      const list = $('search-results');
+      list.replaceChildren();
+      if (!words) {
+        $('search-count').textContent = '';
+        return;
+      }
+      const { rows, changes } = await this.store.history(Number.MAX_SAFE_INTEGER);
+      const found = this.engine.searchMessages(words, rows, changes);
+      $('search-count').textContent = found.length === 1 ? '1 message found.' : `${found.length} messages found.`;
+      for (const message of found) {
+        const item = document.createElement('li');
+        const show = document.createElement('button');
+        show.type = 'button';
+        show.className = 'link';
+        const at = new Date(message.sent_at);
+        const when = Number.isNaN(at.getTime()) ? '' : `${at.toLocaleString()} · `;
+        const from = message.member === this.me.member ? 'You' : this.#name(message.member);
+        show.textContent = `${when}${from}: ${message.file ? message.file.name : message.text.slice(0, 120)}`;
+        show.addEventListener('click', () => {
+          const shown = this.#item(message);
+          if (!shown) {
+            say('That message is older than what this page shows.');
+            return;
+          }
+          shown.scrollIntoView({ block: 'center' });
+          shown.classList.add('found');
+          setTimeout(() => shown.classList.remove('found'), 2_000);
+        });
+        item.append(show);
+        list.append(item);
+      }
+    });
   }
 
   // New messages while the tab is in the background: counted in the tab's title, and told as a

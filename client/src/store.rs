@@ -15,6 +15,7 @@ use tessera_engine::changes::{self, Change, MessageChange, MessageRef, ShownMess
 use tessera_engine::delivery::{OutboxChange, Queued};
 use tessera_engine::files::{FileChange, FileRow};
 use tessera_engine::history::Cursor;
+use tessera_engine::search::Query;
 use tessera_engine::trust::RootFingerprint;
 use tessera_engine::{ChatMessage, Engine, EngineError, HistoryChange, StoreWrite, StoredDevice};
 use tessera_wire::Role;
@@ -414,13 +415,47 @@ impl DeviceStore {
     /// # Errors
     /// When SQLite fails or a row is malformed.
     pub async fn history(&self, limit: u32) -> Result<Vec<HistoryEntry>, StoreError> {
+        let mut entries = self.newest(limit, 0).await?;
+        entries.reverse();
+        Ok(entries)
+    }
+
+    /// The messages `query` finds ([`Query::finds`]), the newest `limit` of them, oldest first:
+    /// the history read newest first, a page at a time, as its changes leave it.
+    ///
+    /// # Errors
+    /// When SQLite fails or a row is malformed.
+    pub async fn search(
+        &self,
+        query: &Query,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        const PAGE: u32 = 500;
+        let mut found = Vec::new();
+        let mut offset = 0;
+        while found.len() < limit {
+            let page = self.newest(PAGE, offset).await?;
+            if page.is_empty() {
+                break;
+            }
+            offset += page.len();
+            found.extend(page.into_iter().filter(|e| query.finds(&e.shown)));
+        }
+        found.truncate(limit);
+        found.reverse();
+        Ok(found)
+    }
+
+    /// `limit` messages after the newest `offset`, newest first, as their changes leave them.
+    async fn newest(&self, limit: u32, offset: usize) -> Result<Vec<HistoryEntry>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, member, device, text, sent_at, file, reply_to, outgoing, delivered + \
              (SELECT COUNT(*) FROM delivered_to d WHERE d.device = h.device AND d.id = h.id) FROM \
-             (SELECT rowid AS seq, * FROM history ORDER BY sent_at DESC, seq DESC LIMIT ?) AS h \
-             ORDER BY sent_at, seq",
+             (SELECT rowid AS seq, * FROM history) AS h \
+             ORDER BY sent_at DESC, seq DESC LIMIT ? OFFSET ?",
         )
         .bind(i64::from(limit))
+        .bind(i64::try_from(offset).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?;
         let mut messages = Vec::with_capacity(rows.len());

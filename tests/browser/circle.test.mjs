@@ -300,6 +300,22 @@ if (insideNamespace(FILE)) {
     assert.ok(!history.includes(question) && !history.includes(edited), history);
     deleted.push(question, edited);
     t.diagnostic('reply, two reactions, an edit and a deletion reached every device');
+
+    // Search, on the page's own copy: the answer is found and shown; the deleted message is not.
+    const search = async (words) => {
+      await admin.page.locator('#search-words').fill(words);
+      await admin.page.locator('#search-button').click();
+      await admin.page.locator('#search-count', { hasText: 'found' }).waitFor();
+      return admin.page.locator('#search-results li').allTextContents();
+    };
+    const found = await search(answer.toUpperCase());
+    assert.equal(found.length, 1, found.join(' | '));
+    assert.match(found[0], new RegExp(`${bob.name}: ${answer}$`));
+    await admin.page.locator('#search-results button').first().click();
+    await admin.page.locator('#messages li.found', { hasText: answer }).waitFor();
+    assert.deepEqual(await search(edited), [], 'a deleted message is found nowhere');
+    const cli = native.ok(['search', ...answer.split('-')]);
+    assert.ok(cli.includes(answer), cli);
   });
 
   test('d6. a member who takes the admin\'s name is told apart on every device, and the rename is said', async () => {

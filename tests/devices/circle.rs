@@ -817,4 +817,12 @@ fn replies_reactions_edits_and_deletions_from_the_command_line_reach_another_dev
         "{history}"
     );
     assert!(history.contains(&answer), "{history}");
+    // Search finds the answer by any of its words, in any case, and nothing of the deleted one.
+    let found = circle.devices[1].ok(&["search", "USUAL", "yes,"]);
+    assert!(found.contains(&answer), "{found}");
+    let gone = circle.devices[1].ok(&["search", "Lunch"]);
+    assert!(
+        gone.contains("No message on this device holds every word of that."),
+        "{gone}"
+    );
 }

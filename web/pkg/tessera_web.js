@@ -1605,6 +1605,29 @@ export function rootOfKey(member, passkey_json) {
 }
 
 /**
+ * The messages among the history rows the page read (any order) that `query` finds, as their
+ * changes leave them ([`tessera_engine::search`]): the newest [`search::RESULTS`] of them, oldest
+ * first, each `{id, member, device, text, sent_at, file, reply_to, edited, deleted, reactions}`.
+ * Nothing when the query holds no word.
+ *
+ * # Errors
+ * When the rows or the changes are not what the page stores.
+ * @param {string} query
+ * @param {any} rows
+ * @param {any} changes
+ * @returns {any}
+ */
+export function searchMessages(query, rows, changes) {
+    const ptr0 = passStringToWasm0(query, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+    const len0 = WASM_VECTOR_LEN;
+    const ret = wasm.searchMessages(ptr0, len0, rows, changes);
+    if (ret[2]) {
+        throw takeFromExternrefTable0(ret[1]);
+    }
+    return takeFromExternrefTable0(ret[0]);
+}
+
+/**
  * The history rows the page read (`{id, member, device, text, sent_at, file, reply_to, …}`) as
  * the changes it holds to them leave them ([`tessera_engine::changes::show`]), in their order:
  * each `{id, member, device, text, sent_at, file, reply_to, edited, deleted, reactions}`, its

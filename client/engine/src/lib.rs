@@ -22,6 +22,7 @@ pub mod provider;
 pub mod renewal;
 pub mod roster;
 pub mod safety;
+pub mod search;
 pub mod signed;
 pub mod trust;
 

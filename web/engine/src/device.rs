@@ -13,6 +13,7 @@ use tessera_engine::history::Cursor;
 use tessera_engine::identity::DeviceCertificate;
 use tessera_engine::payload::RtcSignal;
 use tessera_engine::renewal::RenewalOutcome;
+use tessera_engine::search;
 use tessera_engine::trust::{RootFingerprint, RootPin, Trust};
 use tessera_engine::{
     ChatMessage, Engine, EngineConfig, Event, HistoryChange, IceOutcome, LinkCommand, Output,
@@ -358,6 +359,32 @@ pub fn show_messages(rows: JsValue, changes: JsValue) -> Result<JsValue, String>
     let changes: Vec<MessageChange> = serde_wasm_bindgen::from_value(changes)
         .map_err(|e| format!("not changes to messages: {e}"))?;
     to_js(&changes::show_all(messages, &changes))
+}
+
+/// The messages among the history rows the page read (any order) that `query` finds, as their
+/// changes leave them ([`tessera_engine::search`]): the newest [`search::RESULTS`] of them, oldest
+/// first, each `{id, member, device, text, sent_at, file, reply_to, edited, deleted, reactions}`.
+/// Nothing when the query holds no word.
+///
+/// # Errors
+/// When the rows or the changes are not what the page stores.
+#[wasm_bindgen(js_name = searchMessages)]
+pub fn search_messages(query: &str, rows: JsValue, changes: JsValue) -> Result<JsValue, String> {
+    let Some(query) = search::Query::new(query) else {
+        return to_js(&Vec::<ChatMessage>::new());
+    };
+    let messages: Vec<ChatMessage> =
+        serde_wasm_bindgen::from_value(rows).map_err(|e| format!("not history rows: {e}"))?;
+    let changes: Vec<MessageChange> = serde_wasm_bindgen::from_value(changes)
+        .map_err(|e| format!("not changes to messages: {e}"))?;
+    let mut found: Vec<_> = changes::show_all(messages, &changes)
+        .into_iter()
+        .filter(|m| query.finds(m))
+        .collect();
+    found.sort_by_key(|m| std::cmp::Reverse(Cursor::of(&m.message)));
+    found.truncate(search::RESULTS);
+    found.reverse();
+    to_js(&found)
 }
 
 /// Turns a Rust value into the plain JavaScript value the page uses: objects, not `Map`s (what a

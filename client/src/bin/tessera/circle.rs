@@ -14,6 +14,7 @@ use tessera_client::store::HistoryEntry;
 use tessera_client::trust::{TrustError, UsedInvitations, distrust_all, verify_directory};
 use tessera_engine::changes::ShownMessage;
 use tessera_engine::safety::safety_words;
+use tessera_engine::search::{Query, RESULTS as SEARCH_RESULTS};
 use tessera_engine::{ChatMessage, Event, StopReason};
 use tessera_wire::Base64Url;
 use tessera_wire::signal::ServerFrame;
@@ -324,6 +325,7 @@ const CHAT_HELP: &str = "Type a message and press Enter to send it to the circle
     /reply ID TEXT  answer a message (ids as the lines show them: [12:03 3f2a9c1b])\n\
     /react ID EMOJI, /unreact ID EMOJI  react to a message, or take it back\n\
     /edit ID TEXT, /delete ID  edit or delete one of your messages for everyone\n\
+    /search WORDS  the messages on this device that hold every word\n\
     /name N   set your display name\n\
     /status   this device's state (JSON)\n\
     /quit     leave (Ctrl-D too)";
@@ -414,6 +416,23 @@ pub async fn chat(settings: &Settings, json_lines: bool) -> Result<()> {
                             eprintln!("! {e:#}");
                         }
                     }
+                    ("/search", words) => match Query::new(words) {
+                        None => eprintln!("! /search needs words: /search WORDS"),
+                        Some(query) => match opened.store.search(&query, SEARCH_RESULTS).await {
+                            Ok(found) if json_lines => println!(
+                                "{}",
+                                json!({"event": "search", "query": words, "results": found
+                                    .iter()
+                                    .map(|e| &e.shown)
+                                    .collect::<Vec<_>>()})
+                            ),
+                            Ok(found) => {
+                                println!("* {} found:", found.len());
+                                print_entries(&found, &status.view.names);
+                            }
+                            Err(e) => eprintln!("! {e}"),
+                        },
+                    },
                     ("/name", name) if !name.is_empty() => {
                         if let Err(e) = device.set_display_name(name).await {
                             eprintln!("! Cannot set the name: {e}");
@@ -658,13 +677,35 @@ pub async fn history(settings: &Settings, limit: u32) -> Result<()> {
     let names = account::restore(&store, &profile, Some(settings))
         .await?
         .display_names();
-    let entries = store.history(limit).await?;
+    print_entries(&store.history(limit).await?, &names);
+    Ok(())
+}
+
+/// `tessera search QUERY` (needs no lock: it only reads): the stored messages it finds.
+pub async fn search(settings: &Settings, query: &str, limit: usize) -> Result<()> {
+    let Some(query) = Query::new(query) else {
+        bail!("search for at least one word");
+    };
+    let Opened { store, profile, .. } = account::open_profile(settings).await?;
+    let names = account::restore(&store, &profile, Some(settings))
+        .await?
+        .display_names();
+    let found = store.search(&query, limit).await?;
+    if found.is_empty() {
+        println!("No message on this device holds every word of that.");
+    }
+    print_entries(&found, &names);
+    Ok(())
+}
+
+/// History entries as `tessera history` prints them, one line each.
+fn print_entries(entries: &[HistoryEntry], names: &BTreeMap<Uuid, String>) {
     let shown: Vec<ShownMessage> = entries.iter().map(|e| e.shown.clone()).collect();
     for HistoryEntry {
         shown: entry,
         outgoing,
         delivered,
-    } in &entries
+    } in entries
     {
         let state = if *outgoing && !entry.deleted {
             format!("  (delivered to {delivered})")
@@ -672,10 +713,9 @@ pub async fn history(settings: &Settings, limit: u32) -> Result<()> {
             String::new()
         };
         let at = clock(entry.message.sent_at);
-        let line = crate::messages::history_line(entry, &shown, &names, &at);
+        let line = crate::messages::history_line(entry, &shown, names, &at);
         println!("{line}{state}");
     }
-    Ok(())
 }
 
 /// `tessera members`: the directory from the server, names from the group, who is online from a

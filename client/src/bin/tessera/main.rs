@@ -209,6 +209,14 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
+    /// Search the messages stored on this device for every word given (in any case and order).
+    Search {
+        /// The words.
+        words: Vec<String>,
+        /// How many of the latest messages found.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
     /// Your keys on the server: list, add, revoke.
     Keys {
         #[command(subcommand)]
@@ -432,5 +440,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::DeleteFile { id } => files::delete(&settings, &id).await,
         Command::History { limit } => circle::history(&settings, limit).await,
+        Command::Search { words, limit } => {
+            circle::search(&settings, &words.join(" "), limit).await
+        }
     }
 }
