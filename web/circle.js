@@ -487,15 +487,18 @@ class CircleView {
     line.textContent = done
       ? `Your history from your device ${short(device)}: ${received} messages, all here.`
       : `Receiving your history from your device ${short(device)}: ${received} of ${total} messages…`;
-    $('messages').replaceChildren();
-    this.items.clear();
-    this.lastDay = null;
-    await this.#showHistory();
+    await this.#showHistory({ replace: true });
   }
 
-  // The stored messages, as their changes (reactions, edits, deletions) leave them.
-  async #showHistory() {
+  // The stored messages, as their changes (reactions, edits, deletions) leave them; with
+  // `replace`, instead of those shown (swapped at once, so the list is never seen empty).
+  async #showHistory({ replace = false } = {}) {
     const history = await this.store.history();
+    if (replace) {
+      $('messages').replaceChildren();
+      this.items.clear();
+      this.lastDay = null;
+    }
     for (const entry of shownRows(this.engine, history)) {
       try {
         this.#message(entry);
@@ -922,8 +925,9 @@ class CircleView {
     if (!device.stopped) {
       document.body.dataset.device = view.in_group ? 'joined' : 'waiting';
       const online = device.connected ? 'online' : 'offline';
+      $('epoch').textContent = view.in_group ? `The group's MLS epoch: ${view.epoch}.` : '';
       $('device-state').textContent = view.in_group
-        ? `In the circle's encrypted group (epoch ${view.epoch}), ${online}.`
+        ? `In the circle's encrypted group, ${online}.`
         : `Waiting for one of the circle's online devices to add this browser to the group (${online})…`;
       // What the devices linked now hold that has not reached this browser: on its way, or waiting
       // for a device that can carry it.

@@ -379,6 +379,14 @@ if (insideNamespace(FILE)) {
     await received(admin, inFront);
     assert.equal(await admin.page.title(), title);
     assert.equal(await admin.page.evaluate(() => window.told.length), 1);
+
+    // By now the chat is longer than the screen: scrolled back to its start, the list of messages
+    // runs past the bottom of the screen and the message box is still in sight there.
+    const { height } = admin.page.viewportSize();
+    await admin.page.evaluate(() => document.getElementById('chat-heading').scrollIntoView({ block: 'start' }));
+    const [list, box] = [await admin.page.locator('#messages').boundingBox(), await admin.page.locator('#message').boundingBox()];
+    assert.ok(list.y + list.height > height, `the chat runs past the screen (it ends at ${list.y + list.height} px of ${height})`);
+    assert.ok(box.y >= 0 && box.y + box.height <= height, `the message box is at ${JSON.stringify(box)} on a ${height} px screen`);
   });
 
   test('d4. files go browser to browser and to and from the CLI: a picture as a thumbnail, 50 MB downloaded whole, progress shown', async (t) => {
