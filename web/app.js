@@ -98,6 +98,15 @@ function base64url(buffer) {
 export const rootOf = (member) => localStorage.getItem(`tessera.root.${member}`);
 export const keepRoot = (member, root) => localStorage.setItem(`tessera.root.${member}`, root);
 
+// What the member typed when a key was enrolled on this browser, which the server never keeps:
+// the key's label (shown beside the key on the account page) and the name they chose for the
+// circle (given to the group once this browser becomes a device).
+export const keepLabel = (credential, label) => label && localStorage.setItem(`tessera.label.${credential}`, label);
+export const labelOf = (credential) => localStorage.getItem(`tessera.label.${credential}`);
+export const keepPendingName = (member, name) => name && localStorage.setItem(`tessera.name.${member}`, name);
+export const pendingName = (member) => localStorage.getItem(`tessera.name.${member}`);
+export const forgetPendingName = (member) => localStorage.removeItem(`tessera.name.${member}`);
+
 // Registers a new key: `check(start)` may refuse the server's options before the key is made;
 // `proofOf(start, passkey)` makes what admits the key (the admission or the endorsement, opaque to
 // the server) between its creation and the finish.
@@ -111,7 +120,7 @@ async function registerKey(startPath, startBody, finishPath, { check = () => {},
     base64url(credential.response.getPublicKey()), credential.response.getPublicKeyAlgorithm());
   const proof = await proofOf(start, passkey);
   const finished = await api('POST', finishPath, { ceremony: start.ceremony, credential: json, proof });
-  return { finished, passkey };
+  return { finished, passkey, credential: json.rawId };
 }
 
 // Has one of the member's keys sign `request` (the JSON of `publicKey`) and returns the answer.
@@ -255,7 +264,7 @@ const pages = {
         const wasm = await engine();
         const plan = fragment ? JSON.parse(wasm.joinPlan(fragment)) : null;
         const label = document.getElementById('label').value;
-        const { finished: granted, passkey } = await registerKey(
+        const { finished: granted, passkey, credential } = await registerKey(
           '/enroll/start', { token, label, member: plan?.member ?? null }, '/enroll/finish', {
             check(start) {
               say('Touch your key and enter its PIN…');
@@ -277,6 +286,8 @@ const pages = {
         if (!members.some((m) => m.member === granted.member)) {
           throw new Error('Your key is enrolled, but the circle named in this link does not admit you: the link was altered on its way, or the server is not honest. Ask the admin for a new link and tell them.');
         }
+        keepLabel(credential, label);
+        keepPendingName(granted.member, document.getElementById('display-name').value.trim());
         await signedIn();
         // The invitation is used up: keep the link out of the history.
         window.history.replaceState(null, '', '/account');
@@ -318,7 +329,8 @@ const pages = {
       for (const key of keys) {
         const row = document.createElement('tr');
         row.dataset.key = key.id;
-        cell(row, `${short(key.id)}… (${key.public_key.alg})`);
+        const label = labelOf(key.id);
+        cell(row, `${label ? `${label} · ` : ''}${short(key.id)}… (${key.public_key.alg})`);
         cell(row, when(key.created_at));
         cell(row, when(key.last_used_at));
         actionCell(row, 'Revoke', async () => {
@@ -355,7 +367,7 @@ const pages = {
       try {
         const label = document.getElementById('key-label').value;
         const existing = (await api('GET', '/me/passkeys')).map((k) => k.id);
-        await registerKey('/me/passkeys/start', { label }, '/me/passkeys/finish', {
+        const { credential } = await registerKey('/me/passkeys/start', { label }, '/me/passkeys/finish', {
           async proofOf(_, passkey) {
             // One of the keys the member has already signs for the new one: the member swaps keys
             // (a USB port is often single), then says when the old key is in.
@@ -372,6 +384,7 @@ const pages = {
             return wasm.endorsement(me.member, passkey, await signWithKey(request));
           },
         });
+        keepLabel(credential, label);
         document.getElementById('key-label').value = '';
         await draw();
         say('Key added.');

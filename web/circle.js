@@ -2,7 +2,9 @@
 // tap on the hardware key), then shows what the device does: members with their names, keys and
 // presence, and the chat with each message's delivery state. The device itself is web/device.js.
 
-import { api, askKey, busy, explain, keepRoot, rootOf, say, short } from '/static/app.js';
+import {
+  api, askKey, busy, explain, forgetPendingName, keepRoot, pendingName, rootOf, say, short,
+} from '/static/app.js';
 import { Device, DeviceStore, loadEngine, shownRows } from '/static/device.js';
 
 const $ = (id) => document.getElementById(id);
@@ -1061,6 +1063,8 @@ async function run(engine, me) {
       $('setup').hidden = false;
       const button = $('certify');
       button.disabled = false;
+      // The name typed at enrollment, if this browser enrolled the key; the member may change it.
+      $('setup-name').value = pendingName(me.member) ?? '';
       button.focus();
       button.addEventListener('click', async () => {
         busy(button, true);
@@ -1084,6 +1088,16 @@ async function run(engine, me) {
   }
   const device = await Device.start(store, webDevice);
   mark('deviceStarted');
+  // The name chosen while this browser was no device goes to the group once it is one.
+  const chosen = $('setup-name').value.trim();
+  if (!stored && chosen) {
+    try {
+      device.setDisplayName(chosen);
+      forgetPendingName(me.member);
+    } catch (error) {
+      say(`Your name was not saved: ${error?.message ?? error}. Set it under Members.`, 'error');
+    }
+  }
   document.body.dataset.deviceId = device.id;
   const view = new CircleView(engine, me, store, device);
   await view.start();

@@ -55,12 +55,17 @@ test('a key with no passkey here is told so, and a wait for a key that never com
 
 test('a. the first admin enrolls with the bootstrap link', async () => {
   run.admin = await run.person('admin');
-  const shown = await run.enroll(run.admin, run.bootstrapLink, run.label('Ada-Lovelace'));
+  const keyLabel = run.label('Ada-Lovelace'); // the first label: the key shows it (below)
+  run.admin.name = run.label('Ada');
+  const shown = await run.enroll(run.admin, run.bootstrapLink, keyLabel, run.admin.name);
   assert.match(shown.member, UUID);
   assert.equal(shown.role, 'admin');
   assert.equal(shown.keys, 1);
   run.admin.member = shown.member;
   assert.ok(await run.admin.page.locator('#admin-link').isVisible(), 'an admin sees the Admin link');
+  // The key's label, which the server never keeps, is shown beside the key by the browser that
+  // enrolled it.
+  assert.match(await run.admin.page.locator('#keys tbody tr').first().textContent(), new RegExp(`^${run.labels[0]} · `));
   await shot(run.admin.page, 'account-admin');
   const { credentials } = await run.admin.cdp.send('WebAuthn.getCredentials', { authenticatorId: run.admin.authenticatorId });
   assert.equal(credentials.length, 1);
@@ -190,6 +195,9 @@ test('d2. the circle page runs the engine (WebAssembly) in the page', async (t) 
     /certified by your hardware key [0-9a-f]{4}( [0-9a-f]{4}){7}\./,
     `status line: "${await status(page)}"`,
   );
+  // The name typed at enrollment went to the circle with the new device.
+  assert.equal(await page.locator('#display-name').inputValue(), run.admin.name);
+  await page.locator('#members li > strong', { hasText: `${run.admin.name} (you)` }).waitFor();
   const key = (await page.locator('#device-key').textContent()).trim();
   assert.match(key, /^[0-9a-f]{4}( [0-9a-f]{4}){15}$/, 'the 32-byte device key made in the page');
   assert.match(await page.locator('#device-state').textContent(), /In the circle's encrypted group, (online|offline)\./);
@@ -387,9 +395,9 @@ test('g. the admin adds a spare key, then revokes it', async () => {
 });
 
 
-test('h. no label, token or IP address in the database files or the logs', async () => {
+test('h. no label, name, token or IP address in the database files or the logs', async () => {
   // The files are read as they are, while the server runs (database, WAL and shared memory).
-  assert.equal(run.labels.length, 3);
+  assert.equal(run.labels.length, 4, 'three key labels and the admin\'s name in the circle');
   assert.equal(run.tokens.length, 2);
   assert.equal(run.linkSecrets.length, 1, 'the bootstrap link has no fragment');
   await run.assertNowhere([...run.labels, ...run.tokens, ...run.linkSecrets, '127.0.0.1']);

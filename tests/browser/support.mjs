@@ -297,10 +297,13 @@ export class Harness {
     return me.body.member;
   }
 
-  async enroll(who, link, typed) {
+  // Enrolls `who`'s key with the invitation `link`, typing `typed` as the key's label and, when
+  // given, `name` as their name in the circle (kept by the browser until it becomes a device).
+  async enroll(who, link, typed, name = '') {
     const response = await who.page.goto(link);
     assert.equal(response.status(), 200, 'an unused invitation link answers 200');
     await who.page.locator('#label').fill(typed);
+    if (name) await who.page.locator('#display-name').fill(name);
     await shot(who.page, `join-${who.name}`);
     await who.page.locator('#enroll-button').click();
     try {
