@@ -597,7 +597,7 @@ class CircleView {
     this.unread += 1;
     document.title = `(${this.unread}) ${this.title}`;
     if (window.Notification?.permission !== 'granted') return;
-    const from = event.member === this.me.member ? 'You (another device)' : this.#name(event.member);
+    const from = this.#sender(event.member);
     const body = event.file ? `Shared ${event.file.name}` : event.text.slice(0, 140);
     const note = new Notification(from, { body, tag: 'tessera-messages' });
     note.addEventListener('click', () => {

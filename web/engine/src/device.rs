@@ -344,6 +344,19 @@ pub fn renewal_outcome_of(status: Option<u16>, error: Option<String>) -> String 
         .to_owned()
 }
 
+/// History rows as the page stores them (`{id, member, device, text, sent_at, file, reply_to, …}`;
+/// other fields are left out) and the changes it keeps for them.
+fn stored_history(
+    rows: JsValue,
+    changes: JsValue,
+) -> Result<(Vec<ChatMessage>, Vec<MessageChange>), String> {
+    let rows =
+        serde_wasm_bindgen::from_value(rows).map_err(|e| format!("not history rows: {e}"))?;
+    let changes = serde_wasm_bindgen::from_value(changes)
+        .map_err(|e| format!("not changes to messages: {e}"))?;
+    Ok((rows, changes))
+}
+
 /// The history rows the page read (`{id, member, device, text, sent_at, file, reply_to, …}`) as
 /// the changes it holds to them leave them ([`tessera_engine::changes::show`]), in their order:
 /// each `{id, member, device, text, sent_at, file, reply_to, edited, deleted, reactions}`, its
@@ -354,10 +367,7 @@ pub fn renewal_outcome_of(status: Option<u16>, error: Option<String>) -> String 
 /// When the rows or the changes are not what the page stores.
 #[wasm_bindgen(js_name = showMessages)]
 pub fn show_messages(rows: JsValue, changes: JsValue) -> Result<JsValue, String> {
-    let messages: Vec<ChatMessage> =
-        serde_wasm_bindgen::from_value(rows).map_err(|e| format!("not history rows: {e}"))?;
-    let changes: Vec<MessageChange> = serde_wasm_bindgen::from_value(changes)
-        .map_err(|e| format!("not changes to messages: {e}"))?;
+    let (messages, changes) = stored_history(rows, changes)?;
     to_js(&changes::show_all(messages, &changes))
 }
 
@@ -373,10 +383,7 @@ pub fn search_messages(query: &str, rows: JsValue, changes: JsValue) -> Result<J
     let Some(query) = search::Query::new(query) else {
         return to_js(&Vec::<ChatMessage>::new());
     };
-    let messages: Vec<ChatMessage> =
-        serde_wasm_bindgen::from_value(rows).map_err(|e| format!("not history rows: {e}"))?;
-    let changes: Vec<MessageChange> = serde_wasm_bindgen::from_value(changes)
-        .map_err(|e| format!("not changes to messages: {e}"))?;
+    let (messages, changes) = stored_history(rows, changes)?;
     let mut found: Vec<_> = changes::show_all(messages, &changes)
         .into_iter()
         .filter(|m| query.finds(m))
@@ -662,10 +669,7 @@ impl WebDevice {
         changes: JsValue,
         older: f64,
     ) -> Result<(), String> {
-        let rows: Vec<ChatMessage> =
-            serde_wasm_bindgen::from_value(rows).map_err(|e| format!("not history rows: {e}"))?;
-        let changes: Vec<MessageChange> = serde_wasm_bindgen::from_value(changes)
-            .map_err(|e| format!("not changes to messages: {e}"))?;
+        let (rows, changes) = stored_history(rows, changes)?;
         let older = whole_number(older);
         self.0
             .handle_history_read(Instant::now(), uuid(peer, "device")?, rows, &changes, older);
